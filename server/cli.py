@@ -1,0 +1,115 @@
+"""``mlip-server``: serve a TorchScript model to i-PI (or the LAMMPS bridge) over sockets.
+
+Example::
+
+    mlip-server --model models/water-pet.pt --structure init.xyz --address unix:water
+    mlip-server --model m.pt --structure init.xyz --address unix:raw --address unix:avg=2i
+
+Exit status: 0 after i-PI's EXIT on every connection; 1 when the run cannot go on
+(peer died, malformed message, bad structure); 2 for bad arguments or a bad model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+
+from .averaging import VALID_SPECS, Averaging
+from .errors import InputError, MLIPError, ModelError
+
+log = logging.getLogger("mlip-server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mlip-server", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="TorchScript model file (the model contract)")
+    p.add_argument("--structure", required=True,
+                   help="structure file readable by ASE (e.g. i-PI's init.xyz): gives the elements, in "
+                        "i-PI's atom order (the i-PI protocol carries positions only)")
+    p.add_argument("--address", action="append", required=True, metavar="ADDR[=SPEC]",
+                   help="unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT; repeat for several "
+                        "connections; '=SPEC' sets this endpoint's averaging (e.g. unix:slow=2i)")
+    p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
+    p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--max-batch-edges", type=int, default=2_000_000,
+                   help="memory budget: edges per model call, rotated copies included")
+    p.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds to wait for the i-PI socket to appear")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds a message may stall mid-transfer before the peer is declared dead")
+    p.add_argument("--idle-timeout", type=float, default=0.0,
+                   help="seconds without any message before giving up (0: no limit)")
+    p.add_argument("--batch-wait", type=float, default=0.005,
+                   help="seconds to wait for the other connections of an address before evaluating")
+    p.add_argument("--nonperiodic", action="store_true", help="ignore the cell (gas-phase runs)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--log-every", type=int, default=100, help="log statistics every N evaluations")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return p
+
+
+def read_numbers(path: str) -> np.ndarray:
+    """Atomic numbers of the first frame of ``path`` (any ASE-readable file)."""
+    if not os.path.isfile(path):
+        raise InputError(f"structure file {path!r} not found: pass --structure with i-PI's initial structure")
+    import ase.io
+
+    try:
+        atoms = ase.io.read(path, index=0)
+    except Exception as err:
+        raise InputError(f"cannot read structure file {path!r} with ASE ({str(err)[:100]}): "
+                         "use xyz/extxyz/pdb or another ASE format") from None
+    return atoms.get_atomic_numbers()
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mlip-server: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    from .evaluator import Evaluator
+    from .socket_server import Address, ForceServer
+
+    try:
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        addresses = [Address.parse(a) for a in args.address]
+        for spec in {a.spec or args.average for a in addresses}:
+            Averaging(spec)  # refuse unknown specs before connecting
+        numbers = read_numbers(args.structure)
+        evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype,
+                              max_batch_edges=args.max_batch_edges)
+        log.info("model %s: cutoff %.3g Å, species %s, %s on %s", args.model, evaluator.cutoff,
+                 evaluator.model.species, args.dtype, args.device)
+        unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
+        if unknown:
+            raise InputError(f"{args.structure} contains atomic numbers {unknown} that model {args.model} "
+                             f"does not support (species {evaluator.model.species})")
+    except MLIPError as err:
+        print(f"mlip-server: error: {err}", file=sys.stderr)
+        return 2
+    server = ForceServer(evaluator, addresses, numbers, average=args.average, seed=args.seed,
+                         connect_timeout=args.connect_timeout, timeout=args.timeout,
+                         idle_timeout=args.idle_timeout, batch_wait=args.batch_wait,
+                         log_every=args.log_every, nonperiodic=args.nonperiodic)
+    try:
+        server.serve()
+    except MLIPError as err:
+        print(f"mlip-server: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mlip-server: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Neighbour lists for the model contract, computed with vesin.
+
+One call, arrays in, arrays out: :func:`neighbor_list` returns every ordered pair
+(i, j) with |x_j - x_i + S·cell| < cutoff, including several periodic images of the
+same pair when the cutoff exceeds half the cell (vesin handles that case).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vesin
+
+
+def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """Full neighbour list of one structure.
+
+    Args:
+        positions: [N, 3] Cartesian positions, Å.
+        cell: [3, 3] lattice vectors as rows, Å (ignored along non-periodic axes).
+        pbc: [3] booleans, periodicity along each lattice vector.
+        cutoff: cutoff radius, Å.
+
+    Returns:
+        ``(edge_index, edge_vectors)``: int64 [2, E] (row 0 centre i, row 1 neighbour j)
+        and float64 [E, 3] vectors r_ij = x_j - x_i + S·cell in Å. The list is symmetric:
+        for every edge i→j with vector r there is one edge j→i with vector −r.
+    """
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool)
+    box = np.array(cell, dtype=np.float64)
+    if not pbc.any():
+        box = np.zeros((3, 3))
+    i, j, shifts = vesin.NeighborList(cutoff=float(cutoff), full_list=True).compute(
+        points=positions, box=box, periodic=pbc.tolist(), quantities="ijS", copy=True
+    )
+    edge_index = np.stack([i, j]).astype(np.int64)
+    vectors = positions[j] - positions[i] + shifts.astype(np.float64) @ box
+    return edge_index, vectors

@@ -1,0 +1,300 @@
+"""The force server: one model, several i-PI connections, pending requests batched.
+
+The server is a *client* of each socket (i-PI, or the LAMMPS bridge, listens; we
+connect, exactly like an i-PI driver). Every endpoint has its own averaging spec, so
+one process can serve the raw model and its rotational average side by side (the
+multiple-time-stepping setup), sharing one model in memory.
+
+Batching: structures that are pending at the same moment on different connections are
+evaluated in one :meth:`Evaluator.compute` call. When one connection of an address has
+sent positions, the server waits at most ``batch_wait`` seconds for the other idle
+connections *of the same address* (e.g. the other beads), then evaluates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from .averaging import Averaging
+from .errors import InputError, ProtocolError
+from .evaluator import Evaluator, Structure
+from .ipi_protocol import (BOHR_PER_ANGSTROM, HEADERS, Wire, cell_to_rows, encode_extras,
+                           encode_result, parse_init, read_natoms)
+
+log = logging.getLogger("mlip-server")
+UNIX_PREFIX = "/tmp/ipi_"
+
+
+@dataclass(frozen=True)
+class Address:
+    """``unix:NAME`` (socket file /tmp/ipi_NAME, or NAME itself if it starts with /) or
+    ``inet:HOST:PORT``, optionally followed by ``=SPEC`` (the endpoint's averaging)."""
+
+    kind: str
+    target: str
+    port: int = 0
+    spec: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Address":
+        body, _, spec = text.partition("=")
+        kind, sep, rest = body.partition(":")
+        spec = spec or None
+        if kind == "unix" and sep and rest:
+            return cls("unix", rest if rest.startswith("/") else UNIX_PREFIX + rest, 0, spec)
+        if kind == "inet" and sep:
+            host, sep2, port = rest.rpartition(":")
+            if sep2 and host and port.isdigit() and 0 < int(port) < 65536:
+                return cls("inet", host, int(port), spec)
+        raise InputError(f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT, optionally =SPEC")
+
+    def __str__(self):
+        where = self.target if self.kind == "unix" else f"{self.target}:{self.port}"
+        return f"{self.kind}:{where}"
+
+    def connect(self, timeout: float) -> socket.socket:
+        """Connects, waiting up to ``timeout`` s for the listening socket to appear."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            if self.kind == "unix":
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                target = self.target
+            else:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                target = (self.target, self.port)
+            try:
+                sock.connect(target)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError, socket.gaierror) as err:
+                sock.close()
+                if isinstance(err, socket.gaierror) or time.monotonic() > deadline:
+                    raise ProtocolError(
+                        f"no i-PI server listening at {self} after {timeout:g} s: start i-PI (or the "
+                        "LAMMPS bridge) with the same address, or raise --connect-timeout"
+                    ) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.25)
+
+
+class Connection:
+    """One socket to i-PI and its protocol state."""
+
+    def __init__(self, address: Address, averaging: Averaging, sock: socket.socket, timeout: float,
+                 nonperiodic: bool = False):
+        self.address, self.averaging = address, averaging
+        self.wire = Wire(sock, str(address), timeout)
+        self.nonperiodic = nonperiodic
+        self.initialized = False
+        self.batch_size = 1
+        self.natoms = 0
+        self.pending: list[Structure] | None = None
+        self.results = None
+        self.exited = False
+        self.numbers: np.ndarray | None = None
+
+    def fileno(self):
+        return self.wire.sock.fileno()
+
+    @property
+    def idle(self) -> bool:
+        return not self.exited and self.pending is None and self.results is None
+
+    def close(self):
+        try:
+            self.wire.sock.close()
+        except OSError:
+            pass
+
+    def handle_message(self) -> None:
+        """Reads and answers one message (may set ``pending``)."""
+        name = self.wire.read_header()
+        if name is None:
+            raise ProtocolError(
+                f"{self.address}: i-PI closed the connection without EXIT (it stopped or crashed: see its output)"
+            )
+        if name == "STATUS":
+            state = "NEEDINIT" if not self.initialized else ("HAVEDATA" if self.results is not None else "READY")
+            self.wire.send(HEADERS[state])
+        elif name == "INIT":
+            self.wire.read_int("INIT")  # replica index: the server is stateless
+            length = self.wire.read_int("INIT")
+            if length < 0 or length > (1 << 20):
+                raise ProtocolError(f"{self.address}: absurd INIT string length {length}: corrupt stream")
+            text = self.wire.read_exact(length, "INIT").decode("utf-8", "replace")
+            self.batch_size = parse_init(text)
+            self.initialized = True
+            log.info("%s: INIT %r (batch_size %d)", self.address, text, self.batch_size)
+        elif name == "POSDATA":
+            self._read_positions()
+        elif name == "GETFORCE":
+            self._send_forces()
+        elif name == "EXIT":
+            log.info("%s: EXIT received", self.address)
+            self.exited = True
+            self.close()
+        else:
+            raise ProtocolError(f"{self.address}: unexpected {name} message from i-PI")
+
+    def _read_positions(self):
+        if self.results is not None:
+            raise ProtocolError(f"{self.address}: POSDATA before the previous forces were collected")
+        if self.batch_size == 1:
+            h = self.wire.read_array(np.float64, 9, "POSDATA")
+            self.wire.read_array(np.float64, 9, "POSDATA")  # inverse cell: not needed
+            natoms = read_natoms(self.wire)
+            cells = [h]
+            positions = self.wire.read_array(np.float64, 3 * natoms, "POSDATA").reshape(1, natoms, 3)
+        else:
+            natoms = read_natoms(self.wire)
+            blocks = self.wire.read_array(np.float64, 18 * self.batch_size, "POSDATA").reshape(-1, 18)
+            cells = [b[:9] for b in blocks]
+            positions = self.wire.read_array(np.float64, 3 * natoms * self.batch_size, "POSDATA")
+            positions = positions.reshape(self.batch_size, natoms, 3)
+        if self.numbers is None or len(self.numbers) != natoms:
+            raise ProtocolError(
+                f"{self.address}: i-PI sent {natoms} atoms but the server was given "
+                f"{0 if self.numbers is None else len(self.numbers)} elements: pass the matching --structure"
+            )
+        self.natoms = natoms
+        self.pending = [self._structure(h, p) for h, p in zip(cells, positions)]
+
+    def _structure(self, h, positions_bohr) -> Structure:
+        cell = cell_to_rows(h)
+        periodic = not self.nonperiodic and bool(np.abs(cell).sum() > 0)
+        return Structure(positions_bohr / BOHR_PER_ANGSTROM, self.numbers, cell, np.full(3, periodic))
+
+    def _send_forces(self):
+        if self.results is None:
+            raise ProtocolError(f"{self.address}: GETFORCE before POSDATA: protocol out of order")
+        encoded = [encode_result(r.energy, r.forces, r.virial) for r in self.results]
+        extras = [encode_extras(r.extras) for r in self.results]
+        n = np.int32(self.natoms)
+        if self.batch_size == 1:
+            (e, f, v), x = encoded[0], extras[0]
+            self.wire.send(HEADERS["FORCEREADY"], e, n, f, v, np.int32(len(x)), x)
+        else:
+            parts = [HEADERS["FORCEREADY"], np.array([e for e, _, _ in encoded]), n]
+            parts += [f for _, f, _ in encoded] + [v for _, _, v in encoded]
+            for x in extras:
+                parts += [np.int32(len(x)), x]
+            self.wire.send(*parts)
+        self.results = None
+
+
+class ForceServer:
+    """Serves one :class:`Evaluator` on several connections.
+
+    Args:
+        evaluator: the model evaluator.
+        addresses: list of :class:`Address` (or strings).
+        numbers: atomic numbers of the atoms, in i-PI's order (the protocol carries
+            positions only).
+        average: default averaging spec for addresses without ``=SPEC``.
+        seed: seed for random-rotation specs.
+        connect_timeout: seconds to wait for each i-PI socket to appear.
+        timeout: seconds a message may stall mid-transfer before the peer is declared dead.
+        idle_timeout: seconds without any message before giving up (0: wait forever).
+        batch_wait: seconds to wait for other connections of the same address.
+        log_every: log batch statistics and diagnostics every this many evaluations.
+    """
+
+    def __init__(self, evaluator: Evaluator, addresses, numbers, average="none", seed=12345,
+                 connect_timeout=60.0, timeout=60.0, idle_timeout=0.0, batch_wait=0.005,
+                 log_every=100, nonperiodic=False):
+        self.evaluator = evaluator
+        self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.average, self.seed = average, seed
+        self.connect_timeout, self.timeout, self.idle_timeout = connect_timeout, timeout, idle_timeout
+        self.batch_wait, self.log_every, self.nonperiodic = batch_wait, log_every, nonperiodic
+        self.connections: list[Connection] = []
+        self.batch_sizes: Counter = Counter()
+        self.n_evaluations = 0
+
+    def connect(self):
+        specs = {}
+        for n, address in enumerate(self.addresses):
+            spec = address.spec or self.average
+            # one Averaging per endpoint: random rotations are drawn per endpoint
+            averaging = specs.setdefault(str(address) + "=" + spec, Averaging(spec, seed=self.seed + n))
+            sock = address.connect(self.connect_timeout)
+            conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic)
+            conn.numbers = self.numbers
+            self.connections.append(conn)
+            log.info("connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations)
+
+    def serve(self) -> None:
+        """Runs until every connection has received EXIT. Raises MLIPError on failure."""
+        if not self.connections:
+            self.connect()
+        try:
+            self._loop()
+        finally:
+            for c in self.connections:
+                c.close()
+            self.log_summary()
+
+    def _loop(self):
+        gather_deadline = None
+        last_activity = time.monotonic()
+        while not all(c.exited for c in self.connections):
+            listening = [c for c in self.connections if not c.exited and c.pending is None]
+            wait = None if gather_deadline is None else max(0.0, gather_deadline - time.monotonic())
+            if wait is None and self.idle_timeout > 0:
+                wait = self.idle_timeout
+            readable = select.select(listening, [], [], wait)[0] if listening else []
+            for conn in readable:
+                conn.handle_message()
+            now = time.monotonic()
+            if readable:
+                last_activity = now
+            elif gather_deadline is None and self.idle_timeout > 0 and now - last_activity > self.idle_timeout:
+                raise ProtocolError(f"no message from i-PI for {self.idle_timeout:g} s (--idle-timeout): giving up")
+            pending = [c for c in self.connections if c.pending is not None]
+            if not pending:
+                continue
+            if gather_deadline is None:
+                gather_deadline = now + self.batch_wait
+            groups = {c.address for c in pending}
+            waiting = [c for c in self.connections if c.idle and c.address in groups]
+            if waiting and now < gather_deadline:
+                continue
+            self._evaluate(pending)
+            gather_deadline = None
+
+    def _evaluate(self, pending):
+        structures, averagings = [], []
+        for conn in pending:
+            structures += conn.pending
+            averagings += [conn.averaging] * len(conn.pending)
+        results = self.evaluator.compute(structures, averagings)
+        start = 0
+        for conn in pending:
+            conn.results = results[start:start + len(conn.pending)]
+            start += len(conn.pending)
+            conn.pending = None
+        self.batch_sizes[len(structures)] += 1
+        self.n_evaluations += 1
+        if self.n_evaluations == 1 or self.n_evaluations % self.log_every == 0:
+            self.log_summary()
+            for conn in pending:
+                if conn.results and conn.results[0].extras:
+                    x = conn.results[0].extras
+                    log.info("%s: %s", conn.address, ", ".join(
+                        f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in x.items()))
+
+    def log_summary(self):
+        sizes = ", ".join(f"{k}×{v}" for k, v in sorted(self.batch_sizes.items()))
+        t = self.evaluator.timings
+        log.info("evaluations %d; batch sizes (structures per model call × calls): %s; time in model %.2f s, "
+                 "total %.2f s", self.n_evaluations, sizes or "none", t["model"], t["total"])

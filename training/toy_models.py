@@ -1,0 +1,129 @@
+"""Small TorchScript models under the contract, for tests, benchmarks and the demo stand-in.
+
+* :class:`LennardJones` — the shifted Lennard-Jones pair potential of ASE's
+  ``LennardJones`` calculator (``smooth=False``), for peer checks against ASE and LAMMPS.
+* :class:`AnisotropicPairModel` — Morse pair terms per species pair plus a small MLP
+  of the raw edge vector: deliberately *not* rotation-invariant (strength set by
+  ``anisotropy``), smooth at the cutoff. A toy, not a water model.
+
+Both take ``forward(edge_vectors, edge_index, numbers, structure_index, n_structures)``
+(Å in, eV out) and carry ``cutoff`` (Å) and ``species``.
+"""
+
+
+import math
+from typing import List
+
+import torch
+
+
+def _species_lookup(species: List[int]) -> torch.Tensor:
+    lookup = torch.full((max(species) + 1,), -1, dtype=torch.int64)
+    for n, z in enumerate(species):
+        lookup[z] = n
+    return lookup
+
+
+def _sum_per_structure(edge_energy, edge_index, structure_index, n_structures: int):
+    """Σ over edges, assigned to the structure of the centre atom."""
+    out = torch.zeros(n_structures, dtype=edge_energy.dtype, device=edge_energy.device)
+    return out.index_add(0, structure_index[edge_index[0]], edge_energy)
+
+
+class LennardJones(torch.nn.Module):
+    """E = Σ_pairs 4ε[(σ/r)^12 − (σ/r)^6] − e(rc), for r < rc (ASE's convention).
+
+    Args: epsilon (eV), sigma (Å), cutoff (Å), species (atomic numbers it accepts).
+    """
+
+    cutoff: float
+    species: List[int]
+
+    def __init__(self, epsilon: float = 0.0104, sigma: float = 3.4, cutoff: float = 8.5,
+                 species: List[int] = [18]):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.species = list(species)
+        self.epsilon = float(epsilon)
+        self.sigma = float(sigma)
+        self.shift = 4 * epsilon * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
+
+    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
+                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+        r2 = (edge_vectors**2).sum(dim=1)
+        c6 = (self.sigma**2 / r2) ** 3
+        pair = 4 * self.epsilon * (c6 * c6 - c6) - self.shift
+        pair = torch.where(r2 < self.cutoff**2, pair, torch.zeros_like(pair))
+        # the full list has each pair twice
+        return _sum_per_structure(0.5 * pair, edge_index, structure_index, n_structures)
+
+
+class AnisotropicPairModel(torch.nn.Module):
+    """Morse pairs (per species pair) + ``anisotropy`` × MLP(r_vec/rc, |r|/rc, species).
+
+    The MLP term depends on the direction of each edge, so the model is not
+    rotation-invariant; with ``anisotropy=0`` it is an invariant Morse model.
+    Energies in eV, lengths in Å; a cosine cutoff makes everything smooth at ``cutoff``.
+    """
+
+    cutoff: float
+    species: List[int]
+
+    def __init__(self, species: List[int] = [1, 8], cutoff: float = 4.0, anisotropy: float = 0.05,
+                 hidden: int = 16, seed: int = 0, well_depth: float = 0.1, r0: float = 1.5,
+                 width: float = 1.5):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.cutoff = float(cutoff)
+        self.species = list(species)
+        self.anisotropy = float(anisotropy)
+        n = len(species)
+        self.register_buffer("lookup", _species_lookup(species))
+        self.register_buffer("depth", torch.full((n, n), float(well_depth)))
+        self.register_buffer("r0", torch.full((n, n), float(r0)))
+        self.register_buffer("a", torch.full((n, n), float(width)))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(4 + 2 * n, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+        )
+        with torch.no_grad():
+            for p in self.mlp.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p.shape[-1]))
+
+    def set_pair(self, z1: int, z2: int, depth: float, r0: float, width: float):
+        """Morse parameters of one species pair: depth (eV), r0 (Å), width a (1/Å)."""
+        i, j = int(self.lookup[z1]), int(self.lookup[z2])
+        for t, v in ((self.depth, depth), (self.r0, r0), (self.a, width)):
+            t[i, j] = v
+            t[j, i] = v
+
+    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
+                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+        kind = self.lookup[numbers]
+        ki, kj = kind[edge_index[0]], kind[edge_index[1]]
+        d = torch.sqrt((edge_vectors**2).sum(dim=1))
+        fc = 0.5 * (torch.cos(math.pi * d / self.cutoff) + 1.0)
+        fc = torch.where(d < self.cutoff, fc, torch.zeros_like(fc))
+        x = torch.exp(-self.a[ki, kj] * (d - self.r0[ki, kj]))
+        morse = self.depth[ki, kj] * (x * x - 2.0 * x)
+        n = len(self.species)
+        onehot_i = torch.nn.functional.one_hot(ki, n).to(edge_vectors.dtype)
+        onehot_j = torch.nn.functional.one_hot(kj, n).to(edge_vectors.dtype)
+        features = torch.cat([edge_vectors / self.cutoff, (d / self.cutoff).unsqueeze(1), onehot_i, onehot_j], dim=1)
+        aniso = self.anisotropy * self.mlp(features).squeeze(1)
+        return _sum_per_structure(0.5 * (morse + aniso) * fc, edge_index, structure_index, n_structures)
+
+
+def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:
+    """An :class:`AnisotropicPairModel` with O–H bonds near 1 Å, for short runs on water
+    geometries (tests and the demo stand-in). Not a physical water model."""
+    model = AnisotropicPairModel(species=[1, 8], cutoff=4.0, anisotropy=anisotropy, seed=seed)
+    model.set_pair(1, 8, depth=4.0, r0=0.97, width=2.3)
+    model.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
+    model.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
+    return model
+
+
+def export(model: torch.nn.Module, path) -> str:
+    """Scripts and saves ``model``; returns the path."""
+    torch.jit.save(torch.jit.script(model), str(path))
+    return str(path)
