@@ -1,0 +1,43 @@
+"""An ASE calculator on the Evaluator (energy, forces, stress), optionally averaged."""
+
+from __future__ import annotations
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from .averaging import Averaging
+from .evaluator import Evaluator, Structure
+
+
+class MLIPCalculator(Calculator):
+    """ASE calculator for a contract model.
+
+    Args:
+        model: model path, ScriptModule, or an existing :class:`Evaluator`.
+        average: averaging spec (``none``, ``2i``, ``random``, ...).
+        device, dtype: as for :class:`Evaluator`.
+
+    Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³,
+    = −W/V with the virial W symmetrised; periodic cells only), and for averaged
+    models the diagnostics in ``results["extras"]``.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def __init__(self, model, average="none", device="cpu", dtype="float64", **kwargs):
+        super().__init__(**kwargs)
+        self.evaluator = model if isinstance(model, Evaluator) else Evaluator(model, device=device, dtype=dtype)
+        self.averaging = Averaging(average) if isinstance(average, str) else average
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties or ["energy"], system_changes)
+        result = self.evaluator.compute([Structure.from_ase(self.atoms)], self.averaging)[0]
+        self.results = {"energy": result.energy, "free_energy": result.energy, "forces": result.forces,
+                        "extras": result.extras}
+        if self.atoms.pbc.all():
+            self.results["stress"] = full_3x3_to_voigt_6_stress(-result.virial / self.atoms.get_volume())
+        elif "stress" in (properties or []):
+            from ase.calculators.calculator import PropertyNotImplementedError
+
+            raise PropertyNotImplementedError("stress needs a cell that is periodic in all three directions")

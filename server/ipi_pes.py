@@ -1,0 +1,66 @@
+"""In-process i-PI PES on the Evaluator: ``<ffdirect>`` and ``i-pi-py_driver -m custom``.
+
+i-PI loads this file by path, so it imports the project with absolute imports (the
+project must be installed, e.g. ``pip install -e .``)::
+
+    <ffdirect name='mlip'>
+      <pes>custom</pes>
+      <pes_path>/path/to/project/server/ipi_pes.py</pes_path>
+      <parameters>{model: model.pt, structure: init.xyz, average: none, dtype: float64}</parameters>
+    </ffdirect>
+
+    i-pi-py_driver -m custom -P server/ipi_pes.py -u -a NAME -o model=model.pt,structure=init.xyz
+
+Parameters: ``model`` (path), ``structure`` (file giving the elements in i-PI's
+order), ``average`` (spec), ``device``, ``dtype``, ``nonperiodic`` (bool).
+Batched calls (lists of cells and positions) are evaluated as one batch.
+"""
+
+import json
+
+import numpy as np
+from ipi.pes.dummy import Dummy_driver
+
+from server.averaging import Averaging
+from server.cli import read_numbers
+from server.evaluator import Evaluator, Structure
+from server.ipi_protocol import BOHR_PER_ANGSTROM, HARTREE_PER_EV, cell_to_rows
+
+__DRIVER_NAME__ = "mlip"
+__DRIVER_CLASS__ = "MLIPDriver"
+
+
+def _bool(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes")
+
+
+class MLIPDriver(Dummy_driver):
+    """i-PI PES: positions (Bohr) and cell (columns, Bohr) in; Hartree units out."""
+
+    def __init__(self, model, structure, average="none", device="cpu", dtype="float64",
+                 nonperiodic=False, *args, **kwargs):
+        self.evaluator = Evaluator(model, device=device, dtype=dtype)
+        self.numbers = read_numbers(structure)
+        self.averaging = Averaging(average)
+        self.nonperiodic = _bool(nonperiodic)
+        super().__init__(*args, **kwargs)
+
+    def _structure(self, cell, pos) -> Structure:
+        rows = cell_to_rows(cell)
+        periodic = not self.nonperiodic and bool(np.abs(rows).sum() > 0)
+        positions = np.asarray(pos, dtype=np.float64).reshape(-1, 3) / BOHR_PER_ANGSTROM
+        return Structure(positions, self.numbers, rows, np.full(3, periodic))
+
+    def compute(self, cell, pos):
+        batched = isinstance(cell, list)
+        cells, positions = (cell, pos) if batched else ([cell], [pos])
+        results = self.evaluator.compute([self._structure(c, p) for c, p in zip(cells, positions)],
+                                         self.averaging)
+        out = [
+            (r.energy * HARTREE_PER_EV,
+             r.forces.reshape(np.shape(p)) * (HARTREE_PER_EV / BOHR_PER_ANGSTROM),
+             r.virial * HARTREE_PER_EV,
+             json.dumps(r.extras) if r.extras else "")
+            for r, p in zip(results, positions)
+        ]
+        return out if batched else out[0]

@@ -1,0 +1,104 @@
+"""Starting and stopping i-PI and force-server processes without sleeps or leftovers.
+
+Used by the launcher, the demo, the benchmarks and the tests: unique socket names,
+waiting for i-PI's socket to appear (instead of ``sleep``), and a clean stop that
+kills what was started and removes the socket files that i-PI leaves behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from .errors import ProtocolError
+from .socket_server import UNIX_PREFIX
+
+BIN = Path(sys.executable).parent
+
+
+def unique_name(prefix: str = "mlip") -> str:
+    """A socket name no concurrent run uses: ``prefix-PID-RANDOM``."""
+    return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def unix_socket_path(name: str) -> str:
+    return name if name.startswith("/") else UNIX_PREFIX + name
+
+
+def start(cmd, cwd=None, log=None, env=None) -> subprocess.Popen:
+    """Starts ``cmd`` in its own process group (so a stop reaches its children)."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    finally:
+        if log:
+            out.close()
+
+
+def start_ipi(xml, cwd, log="ipi.log") -> subprocess.Popen:
+    return start([BIN / "i-pi", xml], cwd=cwd, log=Path(cwd) / log)
+
+
+def start_server(model, structure, addresses, cwd, log="server.log", extra=()) -> subprocess.Popen:
+    cmd = [BIN / "mlip-server", "--model", model, "--structure", structure]
+    for a in addresses:
+        cmd += ["--address", a]
+    return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log)
+
+
+def wait_for_socket(name: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Waits until i-PI's unix socket ``name`` exists; fails at once if ``proc`` died."""
+    path = unix_socket_path(name)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise ProtocolError(f"i-PI exited (status {proc.returncode}) before opening {path}: see its log")
+        if time.monotonic() > deadline:
+            raise ProtocolError(f"i-PI did not open {path} within {timeout:g} s")
+        time.sleep(0.02)
+
+
+def wait(procs, timeout: float) -> list[int]:
+    """Waits for all ``procs``; kills them all if any is still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    codes = []
+    try:
+        for p in procs:
+            codes.append(p.wait(timeout=max(0.1, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        stop(procs)
+        raise
+    return codes
+
+
+def stop(procs, sockets=(), grace: float = 5.0) -> None:
+    """Terminates ``procs`` (process groups), kills them after ``grace`` s, removes ``sockets``."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace
+    for p in procs:
+        if p is None:
+            continue
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    for name in sockets:
+        try:
+            os.unlink(unix_socket_path(name))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,113 @@
+"""Small i-PI runs for the tests: render an input, run i-PI and mlip-server, read outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from server import processes
+
+FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
+    <address>{address}</address>{port}<latency>1e-4</latency><batch_size>{batch}</batch_size>
+  </ffsocket>
+"""
+
+EXTRAS = """    <trajectory filename='extras' stride='1' extra_type='{extra}'> extras </trajectory>
+"""
+
+INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>
+  <output prefix='sim'>
+    <properties stride='1' filename='out'> [step, conserved, temperature{{kelvin}}, potential{{electronvolt}}] </properties>
+    <trajectory filename='pos' stride='1' format='ase'> positions </trajectory>
+{extras}  </output>
+  <total_steps>{steps}</total_steps>
+  <prng><seed>31415</seed></prng>
+{forcefields}  <system>
+    <initialize nbeads='{nbeads}'><file mode='xyz' units='angstrom'>init.xyz</file>
+      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
+    <forces>{forces}</forces>
+    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
+    <motion mode='dynamics'><dynamics mode='{mode}'><timestep units='femtosecond'>0.5</timestep>
+      {thermostat}</dynamics></motion>
+  </system>
+</simulation>
+"""
+
+
+def write_init(atoms, path):
+    a, b, c = atoms.cell.lengths()
+    al, be, ga = atoms.cell.angles()
+    lines = [str(len(atoms)),
+             f"# CELL(abcABC): {a:.10f} {b:.10f} {c:.10f} {al:.10f} {be:.10f} {ga:.10f} "
+             "positions{angstrom} cell{angstrom}"]
+    lines += [f"{s} {x:.12f} {y:.12f} {z:.12f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1, batch=1,
+        server_args=(), endpoints=None, extra=None, timeout=240):
+    """Runs i-PI + one mlip-server; returns the parsed outputs.
+
+    ``endpoints``: list of (forcefield name, address suffix for the server, weight) for
+    several forcefields; default one forcefield 'mlip'.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_init(atoms, workdir / "init.xyz")
+    base = processes.unique_name("mlip-test")
+    endpoints = endpoints or [("mlip", "", 1.0)]
+    ffs, forces, addresses, sockets = "", "", [], []
+    for k, (name, suffix, weight) in enumerate(endpoints):
+        if mode == "unix":
+            address, port = f"{base}-{k}", ""
+            sockets.append(address)
+            server_address = f"unix:{address}"
+        else:
+            address, port_n = "127.0.0.1", _free_port()
+            port = f"<port>{port_n}</port>"
+            server_address = f"inet:127.0.0.1:{port_n}"
+        ffs += FORCEFIELD.format(name=name, mode=mode, address=address, port=port, batch=batch)
+        forces += f"<force forcefield='{name}' weight='{weight}'/>"
+        addresses += [server_address + suffix] * connections
+    thermostat = "<thermostat mode='svr'><tau units='femtosecond'>10</tau></thermostat>"
+    motion = "nvt"
+    if nbeads > 1:
+        thermostat = "<thermostat mode='pile_l'><tau units='femtosecond'>100</tau></thermostat>"
+    xml = INPUT.format(steps=steps, nbeads=nbeads, forcefields=ffs, forces=forces, mode=motion,
+                       thermostat=thermostat,
+                       extras=EXTRAS.format(extra=extra) if extra else "")
+    (workdir / "input.xml").write_text(xml)
+    ipi = processes.start_ipi("input.xml", workdir)
+    server = None
+    try:
+        if mode == "unix":
+            processes.wait_for_socket(sockets[0], ipi)
+        server = processes.start_server(model, "init.xyz", addresses, workdir, extra=list(server_args))
+        codes = processes.wait([ipi, server], timeout)
+    finally:
+        processes.stop([ipi, server], sockets)
+    return Outputs(workdir, codes, nbeads)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Outputs:
+    def __init__(self, workdir, codes, nbeads):
+        self.workdir, self.codes, self.nbeads = Path(workdir), codes, nbeads
+        self.properties = np.loadtxt(self.workdir / "sim.out")
+        self.server_log = (self.workdir / "server.log").read_text()
+        self.ipi_log = (self.workdir / "ipi.log").read_text()
+
+    def frames(self, bead=0):
+        """Position frames of one bead as ASE Atoms (Å, with the cell)."""
+        import ase.io
+
+        (path,) = sorted(self.workdir.glob("sim.pos_*.extxyz"))[bead:bead + 1]
+        return ase.io.read(path, index=":")

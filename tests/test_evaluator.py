@@ -1,0 +1,126 @@
+"""Physics of the Evaluator: forces, virial, small cells, batching, a peer (ASE)."""
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.lj import LennardJones as AseLJ
+
+from server.evaluator import Evaluator, Structure
+
+
+def _energy(ev, positions, numbers, cell, pbc=True):
+    return ev.compute([Structure(positions, numbers, cell, np.full(3, pbc))])[0].energy
+
+
+def finite_difference_forces(ev, s: Structure, h=1e-5):
+    f = np.zeros_like(s.positions)
+    for i in range(len(s.positions)):
+        for a in range(3):
+            p, m = s.positions.copy(), s.positions.copy()
+            p[i, a] += h
+            m[i, a] -= h
+            f[i, a] = -(_energy(ev, p, s.numbers, s.cell, s.pbc.all()) -
+                        _energy(ev, m, s.numbers, s.cell, s.pbc.all())) / (2 * h)
+    return f
+
+
+def strain_derivative_virial(ev, s: Structure, h=1e-6):
+    """W_ab = -dE/dε_ab for x -> (1 + ε) x applied to positions and cell."""
+    w = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(3):
+            e = []
+            for sign in (1, -1):
+                eps = np.eye(3)
+                eps[a, b] += sign * h
+                e.append(_energy(ev, s.positions @ eps.T, s.numbers, s.cell @ eps.T, s.pbc.all()))
+            w[a, b] = -(e[0] - e[1]) / (2 * h)
+    return w
+
+
+@pytest.mark.parametrize("which", ["water8", "water32_triclinic"])
+def test_forces_and_virial_match_finite_differences(request, which, toy_model):
+    atoms = request.getfixturevalue(which)
+    atoms.rattle(0.05, seed=4)
+    ev = Evaluator(toy_model, dtype="float64")
+    s = Structure.from_ase(atoms)
+    if which == "water8":
+        assert ev.cutoff > 0.5 * min(atoms.cell.lengths()), "this case must have several images per pair"
+        s.positions, s.numbers = s.positions[:9], s.numbers[:9]  # keep the test fast
+    res = ev.compute([s])[0]
+    fd = finite_difference_forces(ev, s)
+    assert np.abs(res.forces - fd).max() <= 1e-6 * np.abs(fd).max()
+    w_fd = strain_derivative_virial(ev, s)
+    assert np.abs(res.virial - w_fd).max() <= 1e-6 * np.abs(w_fd).max()
+    # the toy is not rotation-invariant, so the virial need not be symmetric: the test
+    # above checks the full tensor, including its antisymmetric part
+    assert np.abs(res.virial - res.virial.T).max() > 1e-8
+
+
+def test_nonperiodic_forces_match_finite_differences(toy_model):
+    from training.structures import water_molecule
+
+    mol = water_molecule() + water_molecule(center=(2.9, 0.3, 0.1))
+    s = Structure(mol.positions, mol.numbers)
+    ev = Evaluator(toy_model)
+    res = ev.compute([s])[0]
+    fd = finite_difference_forces(ev, s)
+    assert np.abs(res.forces - fd).max() <= 1e-6 * np.abs(fd).max()
+    # no external field: total force vanishes for any model of edge vectors
+    assert np.abs(res.forces.sum(axis=0)).max() < 1e-12
+
+
+def test_lennard_jones_matches_ase(lj_model):
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True) * (2, 2, 2)
+    atoms.rattle(0.1, seed=1)
+    atoms.set_cell(atoms.cell[:] + np.array([[0, 0, 0], [0.3, 0, 0], [0.2, 0.1, 0]]), scale_atoms=True)
+    atoms.calc = AseLJ(epsilon=0.0104, sigma=3.4, rc=8.5)
+    res = Evaluator(lj_model).compute([Structure.from_ase(atoms)])[0]
+    e_ref = atoms.get_potential_energy()
+    assert abs(res.energy - e_ref) <= 1e-10 * abs(e_ref)
+    assert np.abs(res.forces - atoms.get_forces()).max() <= 1e-10 * np.abs(atoms.get_forces()).max()
+    stress = -res.virial / atoms.get_volume()
+    assert np.abs(stress - atoms.get_stress(voigt=False)).max() <= 1e-10 * np.abs(stress).max()
+
+
+def test_small_cell_agrees_with_supercell(toy_model, water8):
+    """Several images of one pair (cutoff > half cell): E(2×2×2 supercell) = 8 E(cell)."""
+    ev = Evaluator(toy_model)
+    small = ev.compute([Structure.from_ase(water8)])[0]
+    big = ev.compute([Structure.from_ase(water8 * (2, 2, 2))])[0]
+    assert abs(big.energy - 8 * small.energy) < 1e-9 * abs(big.energy)
+    assert np.abs(big.forces[: len(water8)] - small.forces).max() < 1e-10
+
+
+def test_batch_equals_one_by_one(toy_model, water8, water32_triclinic):
+    ev = Evaluator(toy_model)
+    structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
+    batched = ev.compute(structures)
+    for s, b in zip(structures, batched):
+        single = ev.compute([s])[0]
+        assert abs(single.energy - b.energy) < 1e-12 * abs(b.energy)
+        assert np.abs(single.forces - b.forces).max() < 1e-12
+    # a memory budget smaller than one structure still works (one structure per call)
+    tiny = Evaluator(toy_model, max_batch_edges=10).compute(structures)
+    assert np.allclose([r.energy for r in tiny], [r.energy for r in batched], rtol=1e-13, atol=0)
+
+
+def test_float32_close_to_float64(toy_model, water32_triclinic):
+    s = Structure.from_ase(water32_triclinic)
+    r64 = Evaluator(toy_model, dtype="float64").compute([s])[0]
+    r32 = Evaluator(toy_model, dtype="float32").compute([s])[0]
+    assert abs(r32.energy - r64.energy) < 1e-5 * abs(r64.energy)
+    assert np.abs(r32.forces - r64.forces).max() < 1e-4
+    assert r32.forces.dtype == np.float64
+
+
+def test_ase_calculator_matches_evaluator(toy_model, water32_triclinic):
+    from server.ase_calculator import MLIPCalculator
+
+    atoms = water32_triclinic
+    atoms.calc = MLIPCalculator(toy_model)
+    res = Evaluator(toy_model).compute([Structure.from_ase(atoms)])[0]
+    assert atoms.get_potential_energy() == pytest.approx(res.energy, rel=1e-14)
+    assert np.abs(atoms.get_forces() - res.forces).max() < 1e-14
+    sym = 0.5 * (res.virial + res.virial.T)
+    assert np.abs(atoms.get_stress(voigt=False) + sym / atoms.get_volume()).max() < 1e-14
