@@ -74,8 +74,9 @@ class Averaging:
 
     @property
     def n_rotations(self) -> int:
-        """Number of model evaluations per structure (1 for none/random)."""
-        return 1 if self._fixed is None else len(self._fixed.matrices)
+        """Number of rotations with non-zero weight (1 for none/random); a grid without the
+        identity costs one more evaluation (the raw model, for the diagnostics)."""
+        return 1 if self._fixed is None else int((self._fixed.weights > 0).sum())
 
     def rotations(self) -> RotationSet:
         if self.spec == "none":
