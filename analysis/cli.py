@@ -1,0 +1,200 @@
+"""``mlip-analyse``: trajectory analyses for water MD from i-PI / LAMMPS / anything MDAnalysis reads.
+
+Usage::
+
+    mlip-analyse rdf|msd|dipole|orientation|symmetry|all TRAJ [--format FMT] [--out DIR]
+                 [--box a b c [alpha beta gamma]] [--reference FILE[:bohr]] [--types O H]
+                 [--timestep FS] [more options: mlip-analyse -h]
+
+Each analysis writes a plain-text table (``*.dat``), a PNG plot and its section of
+``DIR/summary.json`` (values with block-averaged standard errors). Bad input gives one line
+``error: ...`` naming the fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from .errors import AnalysisInputError
+
+COMMANDS = ("rdf", "msd", "dipole", "orientation", "symmetry", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mlip-analyse",
+        description="RDFs, diffusion, dipole/orientation statistics and symmetry diagnostics of "
+        "water trajectories (MDAnalysis). Units: Å, fs, ps, K.",
+    )
+    p.add_argument("command", choices=COMMANDS, help="analysis to run ('all': every one that applies)")
+    p.add_argument("traj", metavar="TRAJ", help="trajectory file (for 'symmetry' also an i-PI .out file)")
+    g = p.add_argument_group("input")
+    g.add_argument("--format", help="ipi-xyz, extxyz (i-PI 'ase'), pdb, lammpsdump, or an MDAnalysis format "
+                   "(default: from the extension and the first comment line)")
+    g.add_argument("--box", nargs="+", type=float, metavar="L",
+                   help="periodic box a b c [alpha beta gamma] in Å and degrees (overrides the file's)")
+    g.add_argument("--types", nargs="+", metavar="EL", help="element of LAMMPS atom type 1, 2, ... (e.g. O H)")
+    g.add_argument("--timestep", type=float, metavar="FS", help="time between stored frames, fs")
+    g.add_argument("--beads", metavar="centroid|K",
+                   help="i-PI path integrals: average all bead files prefix.pos_*.xyz (centroid) or read bead K")
+    g.add_argument("--start", type=int, help="first frame")
+    g.add_argument("--stop", type=int, help="frame to stop before")
+    g.add_argument("--step", type=int, help="analyse every STEP-th frame")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default="analysis-output", metavar="DIR", help="output folder (default %(default)s)")
+    o.add_argument("--blocks", type=int, default=5, help="blocks for error bars (default %(default)s)")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    o.add_argument("--workers", type=int, default=1,
+                   help="MDAnalysis multiprocessing workers (no progress bars when > 1)")
+    a = p.add_argument_group("analysis settings")
+    a.add_argument("--reference", action="append", default=[], metavar="FILE[:bohr]",
+                   help="reference g(r) to overlay; .gdr files are read as Bohr; repeatable")
+    a.add_argument("--rmax", type=float, help="largest r for g(r), c_L, c_T in Å (default min(L/2, 8))")
+    a.add_argument("--nbins", type=int, default=200, help="g(r) bins (default %(default)s)")
+    a.add_argument("--msd-group", choices=("O", "com"), default="O", help="oxygens or molecular centres of mass")
+    a.add_argument("--fit-window", nargs=2, type=float, metavar=("T0", "T1"),
+                   help="MSD fit window in ps (default 10-50%% of one block)")
+    a.add_argument("--viscosity", type=float, metavar="MPAS", help="shear viscosity (mPa s) for the Yeh-Hummer correction")
+    a.add_argument("--temperature", type=float, default=300.0, help="K, for Yeh-Hummer and dielectric constant")
+    a.add_argument("--charges", nargs="+", metavar="EL=Q",
+                   help="point charges in e for the dielectric constant, e.g. O=-0.8476 H=0.4238")
+    s = p.add_argument_group("symmetry diagnostics")
+    s.add_argument("--properties", metavar="OUT", help="i-PI properties file (default: PREFIX.out next to TRAJ)")
+    s.add_argument("--v-raw", metavar="COLUMN", help="raw potential column (default pot_component_raw(0))")
+    s.add_argument("--v-avg", metavar="COLUMN", help="averaged potential column (default pot_component_raw(1))")
+    s.add_argument("--velocities", "--momenta", dest="velocities", metavar="FILE",
+                   help="i-PI velocity or momentum trajectory (default: found next to TRAJ)")
+    s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
+    s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
+    return p
+
+
+def _charges(items):
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        k, sep, v = it.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[k.strip()] = float(v)
+        except ValueError:
+            raise AnalysisInputError(f"bad --charges item {it!r}: write ELEMENT=CHARGE, e.g. O=-0.8476 H=0.4238") from None
+    return out
+
+
+def _options(args, dt_ps):
+    from .commands import Options
+
+    if args.blocks < 1:
+        raise AnalysisInputError("--blocks must be at least 1")
+    return Options(
+        out=args.out, n_blocks=args.blocks, dt_ps=dt_ps, start=args.start, stop=args.stop,
+        step=args.step, verbose=not args.quiet, workers=max(1, args.workers), rmax=args.rmax,
+        nbins=args.nbins, references=args.reference, msd_group=args.msd_group,
+        fit_window=tuple(args.fit_window) if args.fit_window else None, viscosity=args.viscosity,
+        temperature=args.temperature, charges=_charges(args.charges), properties=args.properties,
+        v_raw=args.v_raw, v_avg=args.v_avg, n_molecules=args.n_molecules,
+        velocities=args.velocities, forces=args.forces,
+    )
+
+
+def run(args) -> dict:
+    """Run the command in ``args`` (from :func:`build_parser`); returns the summaries written."""
+    from . import commands, output
+    from .errors import require_box
+    from .readers import load_universe
+
+    if args.box is not None and len(args.box) not in (3, 6):
+        raise AnalysisInputError(f"--box takes 3 or 6 numbers, got {len(args.box)}: give a b c [alpha beta gamma]")
+    if args.timestep is not None and args.timestep <= 0:
+        raise AnalysisInputError("--timestep must be positive (fs between stored frames)")
+    for ref in args.reference:
+        from .reference import parse_spec
+
+        if not os.path.isfile(parse_spec(ref)[0]):
+            raise AnalysisInputError(f"no such reference file: {parse_spec(ref)[0]}: check --reference")
+    if not os.path.isfile(args.traj):
+        raise AnalysisInputError(f"no such file: {args.traj}: check the path")
+
+    def load(path, velocities=None, forces=None):
+        return load_universe(path, fmt=args.format, box=args.box, types=args.types, beads=args.beads,
+                             timestep_fs=args.timestep, velocities=velocities, forces=forces)
+
+    results = {}
+    if args.command == "symmetry":
+        opt = _options(args, args.timestep / 1000.0 if args.timestep else None)
+        results["symmetry"] = commands.symmetry(args.traj, opt, load)
+        _report(opt.out, results)
+        return results
+
+    u = load(args.traj)
+    dt_ps = args.timestep / 1000.0 if args.timestep else getattr(u, "_mlip_dt_ps", None)
+    opt = _options(args, dt_ps)
+    info = {"trajectory": os.path.abspath(args.traj), "format": args.format or "auto",
+            "n_atoms": int(u.atoms.n_atoms), "n_frames": len(u.trajectory),
+            "box_first_frame_A_deg": None if u.dimensions is None else [float(x) for x in u.dimensions],
+            "dt_ps": dt_ps, "beads": args.beads, "elements": sorted(set(map(str, u.atoms.elements)))}
+
+    if args.command == "all":
+        require_box(u, "'all' (g(r) and MSD unwrapping)")
+        done = {}
+        for name, fn in (("rdf", commands.rdf), ("msd", commands.msd), ("orientation", commands.orientation),
+                         ("dipole", commands.dipole)):
+            try:
+                results[name] = fn(u, opt)
+                done[name] = "done"
+            except AnalysisInputError as exc:
+                if name == "rdf":
+                    raise
+                done[name] = f"skipped: {exc}"
+                print(f"note: {name} {done[name]}", file=sys.stderr)
+        found = commands.find_ipi_outputs(commands.ipi_prefix(args.traj))
+        if args.properties or args.velocities or args.forces or "properties" in found:
+            try:
+                results["symmetry"] = commands.symmetry(args.traj, opt, load)
+                done["symmetry"] = "done"
+            except AnalysisInputError as exc:
+                done["symmetry"] = f"skipped: {exc}"
+                print(f"note: symmetry {done['symmetry']}", file=sys.stderr)
+        else:
+            done["symmetry"] = "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
+        output.update_summary(opt.out, "all", done)
+    else:
+        fn = getattr(commands, args.command)
+        results[args.command] = fn(u, opt)
+    output.update_summary(opt.out, "input", info)
+    _report(opt.out, results)
+    return results
+
+
+def _report(out, results):
+    for name in results:
+        print(f"{name}: written to {out}/ (summary.json section '{name}')")
+
+
+def main(argv=None) -> int:
+    """Entry point of ``mlip-analyse``; returns the exit status (2 on bad input)."""
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module="MDAnalysis")
+    try:
+        run(args)
+    except AnalysisInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. output folder not writable
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"error: {exc.strerror or exc}{where}: check the path and permissions", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

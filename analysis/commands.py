@@ -1,0 +1,440 @@
+"""One function per ``mlip-analyse`` sub-command: run the analysis, then write its table(s),
+PNG plot and ``summary.json`` section into the output folder. Nothing is written before the
+analysis has finished, so a failure leaves the folder as it was.
+
+Each function takes the loaded Universe (or paths) and an :class:`Options` and returns the
+summary dictionary it wrote.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import output
+from .blocks import DEFAULT_BLOCKS
+from .errors import AnalysisInputError, require_box
+from .reference import load_reference
+
+TIMESTEP_FIX = "pass --timestep FS (time between stored frames, fs)"
+
+
+@dataclass
+class Options:
+    """Settings shared by the sub-commands (units: Å, fs, ps, K, mPa s, e)."""
+
+    out: str = "analysis-output"
+    n_blocks: int = DEFAULT_BLOCKS
+    dt_ps: float | None = None  # time between trajectory frames
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+    verbose: bool = True
+    workers: int = 1
+    rmax: float | None = None
+    nbins: int = 200
+    references: list = field(default_factory=list)
+    msd_group: str = "O"
+    fit_window: tuple | None = None
+    viscosity: float | None = None
+    temperature: float = 300.0
+    charges: dict | None = None
+    properties: str | None = None
+    v_raw: str | None = None
+    v_avg: str | None = None
+    n_molecules: int | None = None
+    n_cos: int = 20
+    n_phi: int = 36
+    velocities: str | None = None  # i-PI velocity or momentum trajectory (symmetry)
+    forces: str | None = None  # i-PI force trajectory (symmetry)
+
+    def run_kw(self):
+        kw = dict(start=self.start, stop=self.stop, step=self.step)
+        if self.workers > 1:
+            kw.update(backend="multiprocessing", n_workers=self.workers)
+        else:
+            kw.update(verbose=self.verbose, progressbar_kwargs={"desc": None})
+        return kw
+
+    def run_kw_for(self, desc):
+        kw = self.run_kw()
+        if "progressbar_kwargs" in kw:
+            kw["progressbar_kwargs"] = {"desc": desc}
+        return kw
+
+    def path(self, name):
+        return os.path.join(self.out, name)
+
+
+def _frames_info(u, opt):
+    return {"n_frames_analysed": len(range(*slice(opt.start, opt.stop, opt.step).indices(len(u.trajectory))))}
+
+
+# --------------------------------------------------------------------------- RDF
+def rdf(u, opt: Options) -> dict:
+    """g_OO, g_OH, g_HH (water, intramolecular pairs excluded) or all element pairs."""
+    from .molecules import find_water
+    from .rdf import BlockRDF, default_rmax, water_rdfs
+
+    require_box(u, "g(r)")
+    refs = [load_reference(s) for s in opt.references]
+    rmax = opt.rmax or default_rmax(u)
+    try:
+        water = find_water(u)
+    except AnalysisInputError:
+        water = None
+    if water is not None:
+        res = water_rdfs(u, water, rmax=rmax, nbins=opt.nbins, n_blocks=opt.n_blocks,
+                         run_kw=opt.run_kw())
+    else:
+        els = sorted(set(u.atoms.elements))
+        res = {}
+        for i, a in enumerate(els):
+            for b in els[i:]:
+                ga, gb = u.select_atoms(f"element {a}"), u.select_atoms(f"element {b}")
+                res[a + b] = BlockRDF(ga, gb, nbins=opt.nbins, range=(0.0, rmax),
+                                      exclusion_block=(1, 1) if a == b else None,
+                                      n_blocks=opt.n_blocks).run(**opt.run_kw_for(f"g(r) {a}-{b}"))
+    first = next(iter(res.values())).results
+    cols = {"r_A": first.bins}
+    summary = {"rmax_A": rmax, "nbins": opt.nbins, "n_blocks": opt.n_blocks,
+               "intramolecular_excluded": water is not None, "pairs": {}}
+    for name, a in res.items():
+        r = a.results
+        cols[f"g_{name}"] = r.rdf
+        cols[f"g_{name}_err"] = r.rdf_err
+        cols[f"n_{name}"] = r.cn
+        cols[f"n_{name}_err"] = r.cn_err
+        summary["pairs"][name] = {
+            "first_peak_r_A": r.first_peak[0], "first_peak_g": r.first_peak[1],
+            "first_min_r_A": r.first_min,
+            "coordination_first_shell": r.cn_shell, "coordination_first_shell_err": r.cn_shell_err,
+        }
+    summary.update(_frames_info(u, opt))
+    summary["references"] = [{"file": x.label, "partial": x.partial} for x in refs]
+
+    fig, axes = output.new_figure(1, len(res), size=(4.5, 3.6))
+    for ax, (name, a) in zip(axes[0], res.items()):
+        r = a.results
+        output.band(ax, r.bins, r.rdf, r.rdf_err, label=f"g_{name} (this run)")
+        for ref in refs:
+            if ref.partial == name or (ref.partial is None and name == next(iter(res))):
+                sel = ref.r <= rmax
+                ax.plot(ref.r[sel], ref.g[sel], "--", lw=1, label=ref.label)
+        ax.axhline(1.0, color="0.7", lw=0.5)
+        ax.set_xlabel("r (Å)")
+        ax.set_ylabel(f"g_{name}(r)")
+        ax.legend(fontsize=7)
+    header = (f"radial distribution functions; r in Å (bin centres), n = running coordination number; "
+              f"errors: block standard errors over {opt.n_blocks} blocks")
+    output.write_table(opt.path("rdf.dat"), cols, header)
+    output.save_figure(fig, opt.path("rdf.png"))
+    output.update_summary(opt.out, "rdf", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- MSD
+def msd(u, opt: Options) -> dict:
+    """Oxygen (or molecular-centre) MSD and self-diffusion coefficient."""
+    from .molecules import find_water
+    from .msd import MSD
+
+    require_box(u, "MSD unwrapping")
+    if opt.dt_ps is None:
+        raise AnalysisInputError(f"the MSD needs the time between frames: {TIMESTEP_FIX}")
+    water = None
+    if opt.msd_group == "com":
+        water = find_water(u)
+    else:
+        try:
+            water = find_water(u)
+        except AnalysisInputError:
+            water = None
+    m = MSD(u, water=water, group=opt.msd_group, dt_ps=opt.dt_ps, fit_window=opt.fit_window,
+            n_blocks=opt.n_blocks, viscosity=opt.viscosity, temperature=opt.temperature)
+    m.run(**opt.run_kw_for(f"MSD ({opt.msd_group})"))
+    r = m.results
+    summary = {
+        "group": opt.msd_group, "D_A2_per_ps": r.D, "D_A2_per_ps_err": r.D_err,
+        "D_1e-5_cm2_per_s": r.D_1e5cm2s, "D_1e-5_cm2_per_s_err": r.D_1e5cm2s_err,
+        "fit_window_ps": list(r.fit_window), "D_blocks_A2_per_ps": r.D_blocks,
+        "n_blocks": opt.n_blocks, "drift_removed": True, "dt_ps": opt.dt_ps,
+    }
+    if opt.viscosity:
+        summary.update({"viscosity_mPa_s": opt.viscosity, "temperature_K": opt.temperature,
+                        "yeh_hummer_correction_A2_per_ps": r.yh_correction,
+                        "D_yeh_hummer_A2_per_ps": r.D_yh,
+                        "D_yeh_hummer_1e-5_cm2_per_s": r.D_yh * 10.0})
+    summary.update(_frames_info(u, opt))
+    fig, axes = output.new_figure()
+    ax = axes[0, 0]
+    output.band(ax, r.time, r.msd, r.msd_err, label="MSD")
+    lo, hi = r.fit_window
+    t = np.linspace(lo, hi, 50)
+    ax.plot(t, 6 * r.D * t + r.intercept, "k--", lw=1,
+            label=f"fit: D = {r.D_1e5cm2s:.3g} ± {r.D_1e5cm2s_err:.2g} ×1e-5 cm²/s")
+    ax.set_xlabel("t (ps)")
+    ax.set_ylabel("MSD (Å²)")
+    ax.legend(fontsize=8)
+    output.write_table(opt.path("msd.dat"), {"t_ps": r.time, "msd_A2": r.msd, "msd_A2_err": r.msd_err},
+                       f"mean-squared displacement of {opt.msd_group}, unwrapped, centre-of-mass drift removed")
+    output.save_figure(fig, opt.path("msd.png"))
+    output.update_summary(opt.out, "msd", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- orientation
+def orientation(u, opt: Options) -> dict:
+    """P(cos theta, phi) of the water dipoles and -ln P."""
+    from .dipoles import DipoleOrientation
+    from .molecules import find_water
+
+    water = find_water(u)
+    d = DipoleOrientation(u, water, n_cos=opt.n_cos, n_phi=opt.n_phi, n_blocks=opt.n_blocks)
+    d.run(**opt.run_kw_for("dipole orientation"))
+    r = d.results
+    cc = 0.5 * (r.cos_edges[1:] + r.cos_edges[:-1])
+    pc = 0.5 * (r.phi_edges[1:] + r.phi_edges[:-1])
+    C, P = np.meshgrid(cc, pc, indexing="ij")
+    summary = {
+        "n_cos": opt.n_cos, "n_phi": opt.n_phi, "n_molecules": water.n_molecules,
+        "P_max": float(r.P.max()), "P_min": float(r.P.min()),
+        "free_energy_range_kT": float(np.nanmax(r.free_energy) - np.nanmin(r.free_energy)),
+        "mean_cos_theta": r.mean_cos, "mean_cos_theta_err": r.mean_cos_err,
+        "P_cos": r.P_cos, "P_cos_err": r.P_cos_err, "n_blocks": opt.n_blocks,
+    }
+    summary.update(_frames_info(u, opt))
+    fig, axes = output.new_figure(1, 2, size=(5.0, 3.8))
+    im = axes[0, 0].pcolormesh(r.phi_edges, r.cos_edges, r.free_energy, shading="flat", cmap="viridis")
+    fig.colorbar(im, ax=axes[0, 0], label="-ln P (k_B T)")
+    axes[0, 0].set_xlabel("φ (rad)")
+    axes[0, 0].set_ylabel("cos θ")
+    output.band(axes[0, 1], cc, r.P_cos, r.P_cos_err, label="P(cos θ)")
+    axes[0, 1].axhline(1.0, color="0.6", lw=0.5)
+    axes[0, 1].set_xlabel("cos θ")
+    axes[0, 1].set_ylabel("P (isotropic = 1)")
+    output.write_table(opt.path("orientation.dat"),
+                       {"cos_theta": C.ravel(), "phi_rad": P.ravel(), "P": r.P.ravel(),
+                        "P_err": r.P_err.ravel(), "minus_ln_P": r.free_energy.ravel()},
+                       "dipole orientation distribution at bin centres, normalised so isotropic = 1")
+    output.save_figure(fig, opt.path("orientation.png"))
+    output.update_summary(opt.out, "orientation", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- dipole
+def dipole(u, opt: Options) -> dict:
+    """c_L(r), c_T(r); C1(t), C2(t) and reorientation times; dielectric constant (charges)."""
+    from .dipoles import DielectricConstant, DipoleAutocorrelation, DipolePairCorrelation
+    from .molecules import find_water
+    from .rdf import default_rmax
+
+    water = find_water(u)
+    require_box(u, "c_L(r), c_T(r)")
+    rmax = opt.rmax or default_rmax(u)
+    nb = max(10, int(round(rmax / 0.1)))
+    pc = DipolePairCorrelation(u, water, rmax=rmax, nbins=nb, n_blocks=opt.n_blocks)
+    pc.run(**opt.run_kw_for("c_L, c_T"))
+    p = pc.results
+    summary = {"rmax_A": rmax, "nbins": nb, "n_blocks": opt.n_blocks}
+    ac = None
+    if opt.dt_ps is not None:
+        ac = DipoleAutocorrelation(u, water, dt_ps=opt.dt_ps, n_blocks=opt.n_blocks)
+        ac.run(**opt.run_kw_for("dipole autocorrelation"))
+        a = ac.results
+        summary.update({"tau1_ps": a.tau1, "tau1_ps_err": a.tau1_err,
+                        "tau2_ps": a.tau2, "tau2_ps_err": a.tau2_err, "dt_ps": opt.dt_ps})
+    else:
+        summary["autocorrelation"] = f"skipped: {TIMESTEP_FIX}"
+    if opt.charges:
+        de = DielectricConstant(u, water, opt.charges, temperature=opt.temperature, n_blocks=opt.n_blocks)
+        de.run(**opt.run_kw_for("total dipole"))
+        e = de.results
+        summary.update({"charges_e": opt.charges, "temperature_K": opt.temperature,
+                        "epsilon": e.epsilon, "epsilon_err": e.epsilon_err,
+                        "M2_fluctuation_e2A2": e.M2_fluct, "M2_fluctuation_err": e.M2_fluct_err,
+                        "mu_molecule_D": e.mu_molecule, "mu_molecule_D_err": e.mu_molecule_err})
+    summary.update(_frames_info(u, opt))
+
+    fig, axes = output.new_figure(1, 2 if ac else 1, size=(5.0, 3.8))
+    ax = axes[0, 0]
+    output.band(ax, p.bins, p.c_L, p.c_L_err, label="c_L(r)")
+    output.band(ax, p.bins, p.c_T, p.c_T_err, label="c_T(r)")
+    ax.axhline(0, color="0.6", lw=0.5)
+    ax.set_xlabel("r_OO (Å)")
+    ax.set_ylabel("pair dipole correlation")
+    ax.legend(fontsize=8)
+    output.write_table(opt.path("dipole_correlation.dat"),
+                       {"r_A": p.bins, "c_L": p.c_L, "c_L_err": p.c_L_err, "c_T": p.c_T,
+                        "c_T_err": p.c_T_err, "pairs": p.pairs},
+                       "longitudinal/transverse dipole correlations over O-O pairs at distance r (Å)")
+    if ac:
+        a = ac.results
+        ax = axes[0, 1]
+        output.band(ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 = {a.tau1:.3g} ps")
+        output.band(ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 = {a.tau2:.3g} ps")
+        ax.set_xlim(0, a.time[-1] / 2 if len(a.time) > 2 else 1)
+        ax.set_xlabel("t (ps)")
+        ax.set_ylabel("C_n(t)")
+        ax.legend(fontsize=8)
+        output.write_table(opt.path("dipole_acf.dat"),
+                           {"t_ps": a.time, "C1": a.C1, "C1_err": a.C1_err, "C2": a.C2, "C2_err": a.C2_err},
+                           "dipole autocorrelations C1 = <u(t).u(0)>, C2 = <P2(u(t).u(0))>")
+    output.save_figure(fig, opt.path("dipole.png"))
+    output.update_summary(opt.out, "dipole", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- symmetry
+_KINDS = {"positions": "positions", "x_centroid": "positions", "velocities": "velocities",
+          "v_centroid": "velocities", "momenta": "momenta", "p_centroid": "momenta",
+          "forces": "forces", "f_centroid": "forces"}
+
+
+def ipi_prefix(path: str) -> str:
+    """``run/sim.pos_0.xyz`` -> ``run/sim``; ``run/sim.out`` -> ``run/sim``."""
+    d, base = os.path.split(path)
+    if base.endswith(".out"):
+        return os.path.join(d, base[:-4])
+    parts = base.split(".")
+    return os.path.join(d, ".".join(parts[:-2]) if len(parts) > 2 else parts[0])
+
+
+def find_ipi_outputs(prefix: str) -> dict:
+    """Files i-PI wrote with ``prefix``: properties (.out) and bead-0 (or centroid) trajectories
+    classified by the quantity named in their first comment line."""
+    found = {}
+    if os.path.isfile(prefix + ".out"):
+        found["properties"] = prefix + ".out"
+    for f in sorted(glob.glob(glob.escape(prefix) + ".*")):
+        if not f.endswith((".xyz", ".extxyz")) or re.search(r"_(\d+)\.\w+$", f) and not re.search(r"_0+\.\w+$", f):
+            continue
+        try:
+            with open(f) as fh:
+                fh.readline()
+                com = fh.readline()
+        except OSError:
+            continue
+        keys = re.findall(r"(\w+)\{", com)
+        kind = next((_KINDS[k] for k in keys if k in _KINDS), None)
+        if kind and kind not in found:
+            found[kind] = f
+    return found
+
+
+def _column(props, wanted, fallbacks):
+    for name in ([wanted] if wanted else []) + fallbacks:
+        if name in props:
+            return name
+    if wanted:
+        raise AnalysisInputError(f"no column {wanted!r} in the properties file (has {', '.join(props)}): pick one of those")
+    return None
+
+
+def symmetry(traj: str, opt: Options, load) -> dict:
+    """ΔV statistics, conserved-energy drift (from the .out file) and L(t), torque (from
+    positions + velocities/momenta + forces of a gas-phase molecule).
+
+    ``load(path, velocities=..., forces=...)`` opens the positions as a Universe."""
+    from .symmetry import AngularMomentum, conserved_drift, delta_v_statistics, read_properties
+
+    prefix = ipi_prefix(traj)
+    found = find_ipi_outputs(prefix)
+    props_path = opt.properties or (traj if traj.endswith(".out") else found.get("properties"))
+    summary, notes = {}, []
+    u = None
+    pos = None if traj.endswith(".out") else traj
+    pos = pos or found.get("positions")
+    vel = opt.velocities or found.get("velocities") or found.get("momenta")
+    frc = opt.forces or found.get("forces")
+    if pos and (vel or frc):
+        u = load(pos, velocities=vel, forces=frc)
+    elif pos:
+        notes.append("angular momentum/torque skipped: no velocity, momentum or force trajectory found "
+                     "(pass --velocities/--momenta/--forces)")
+    if props_path is None and u is None:
+        raise AnalysisInputError(
+            f"nothing to analyse for symmetry next to {traj}: give the i-PI .out file (--properties) "
+            "or velocity/force trajectories (--velocities, --forces)")
+
+    fig_panels = []
+    if props_path:
+        props = read_properties(props_path)
+        summary["properties_file"] = props_path
+        t = _time_axis_or_none(props, opt)
+        raw = _column(props, opt.v_raw, ["pot_component_raw(0)", "pot_component(0)"])
+        avg = _column(props, opt.v_avg, ["pot_component_raw(1)", "pot_component(1)"])
+        if raw and avg and t is not None:
+            dv = delta_v_statistics(props[avg], props[raw], t, opt.n_blocks)
+            summary["delta_v"] = {k: v for k, v in dv.items() if np.ndim(v) == 0}
+            summary["delta_v"].update({"v_avg_column": avg, "v_raw_column": raw})
+            output.write_table(opt.path("symmetry_delta_v.dat"),
+                               {"t_ps": dv["time_ps"], "dV_meV": dv["series_meV"], "lag_ps": dv["lag_ps"],
+                                "acf": dv["acf"]},
+                               f"dV = {avg} - {raw} in meV; normalised autocorrelation of dV")
+            output.write_table(opt.path("symmetry_delta_v_spectrum.dat"),
+                               {"freq_THz": dv["freq_THz"], "freq_cm1": dv["freq_cm1"],
+                                "psd_meV2_per_THz": dv["psd_meV2_per_THz"]},
+                               "one-sided power spectral density of dV")
+            fig_panels.append(("dv", dv))
+        else:
+            notes.append("ΔV skipped: no pot_component_raw(0)/(1) columns (pass --v-raw and --v-avg) "
+                         "or no time axis (--timestep)")
+        if "conserved" in props and t is not None:
+            nmol = opt.n_molecules or (int(np.sum(u.atoms.elements == "O")) if u is not None else None) or 1
+            summary["conserved"] = conserved_drift(t, props["conserved"], nmol, opt.n_blocks)
+            fig_panels.append(("cons", (t, props["conserved"])))
+    if u is not None:
+        am = AngularMomentum(u, dt_ps=opt.dt_ps, n_blocks=opt.n_blocks)
+        am.run(**opt.run_kw_for("angular momentum / torque"))
+        r = am.results
+        summary["angular_momentum"] = dict(r.summary)
+        summary["angular_momentum"]["trajectory"] = pos
+        output.write_table(opt.path("symmetry_angular_momentum.dat"),
+                           {"t_ps": r.time, "Lx_hbar": r.L_hbar[:, 0], "Ly_hbar": r.L_hbar[:, 1],
+                            "Lz_hbar": r.L_hbar[:, 2], "tau_x_eV": r.torque[:, 0], "tau_y_eV": r.torque[:, 1],
+                            "tau_z_eV": r.torque[:, 2]},
+                           "angular momentum about the centre of mass (ħ) and torque Σ(r - r_com) × F (eV)")
+        fig_panels.append(("L", r))
+    summary["notes"] = notes
+    if not fig_panels:
+        raise AnalysisInputError(f"no symmetry diagnostic could be computed from {props_path or traj}: "
+                                 + "; ".join(notes))
+    fig, axes = output.new_figure(1, len(fig_panels), size=(4.8, 3.6))
+    for ax, (kind, data) in zip(axes[0], fig_panels):
+        if kind == "dv":
+            ax.plot(data["time_ps"], data["series_meV"], lw=0.6)
+            ax.set_xlabel("t (ps)")
+            ax.set_ylabel("ΔV = V_avg - V_raw (meV)")
+            ins = ax.inset_axes([0.6, 0.6, 0.38, 0.35])
+            ins.plot(data["lag_ps"][: len(data["lag_ps"]) // 2], data["acf"][: len(data["acf"]) // 2], lw=0.8)
+            ins.set_title("ACF", fontsize=7)
+            ins.tick_params(labelsize=6)
+        elif kind == "cons":
+            t, e = data
+            ax.plot(t, (e - e[0]) * 1000.0, lw=0.8)
+            ax.set_xlabel("t (ps)")
+            ax.set_ylabel("conserved - initial (meV)")
+        else:
+            ax.plot(data.time, np.linalg.norm(data.L_hbar, axis=1), lw=0.8, label="|L| (ħ)")
+            ax2 = ax.twinx()
+            ax2.plot(data.time, np.linalg.norm(data.torque, axis=1) * 1000.0, "C1", lw=0.8, label="|τ| (meV)")
+            ax.set_xlabel("t (ps)")
+            ax.set_ylabel("|L| (ħ)")
+            ax2.set_ylabel("|τ| (meV)")
+    output.save_figure(fig, opt.path("symmetry.png"))
+    output.update_summary(opt.out, "symmetry", summary)
+    return summary
+
+
+def _time_axis_or_none(props, opt):
+    from .symmetry import _time_axis
+
+    try:
+        return _time_axis(props, opt.dt_ps)
+    except AnalysisInputError:
+        return None
