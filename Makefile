@@ -31,8 +31,9 @@ test: install
 demo: install
 	$(PY) -m server.demo
 
+STRUCTURE ?= init.xyz
 serve: install
-	$(VENV)/bin/mlip-server --model $(MODEL) --address $(ADDRESS) --device $(DEVICE) --dtype $(DTYPE)
+	$(VENV)/bin/mlip-server --model $(MODEL) --structure $(STRUCTURE) --address $(ADDRESS) --device $(DEVICE) --dtype $(DTYPE)
 
 teacher: install
 	$(PY) -m training.export_teacher --data $(SHARED)/bpnnp-revpbe0d3 --out models/local/bpnnp-revpbe0d3.pt

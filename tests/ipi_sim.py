@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from server import processes
+from server.ipi_sim_files import write_ipi_xyz
 
 FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
     <address>{address}</address>{port}<latency>1e-4</latency><batch_size>{batch}</batch_size>
@@ -35,14 +36,7 @@ INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>
 """
 
 
-def write_init(atoms, path):
-    a, b, c = atoms.cell.lengths()
-    al, be, ga = atoms.cell.angles()
-    lines = [str(len(atoms)),
-             f"# CELL(abcABC): {a:.10f} {b:.10f} {c:.10f} {al:.10f} {be:.10f} {ga:.10f} "
-             "positions{angstrom} cell{angstrom}"]
-    lines += [f"{s} {x:.12f} {y:.12f} {z:.12f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)]
-    Path(path).write_text("\n".join(lines) + "\n")
+write_init = write_ipi_xyz
 
 
 def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1, batch=1,

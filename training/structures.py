@@ -30,7 +30,7 @@ def _random_rotation(rng) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def water_box(n_molecules: int, density: float = 0.997, seed: int = 0, min_distance: float = 2.3) -> Atoms:
+def water_box(n_molecules: int, density: float = 0.997, seed: int = 0, min_distance: float = 2.2) -> Atoms:
     """A cubic periodic box of ``n_molecules`` randomly oriented waters.
 
     Molecules sit on a jittered simple-cubic grid (no overlaps); ``density`` in g/cm³
@@ -50,7 +50,7 @@ def water_box(n_molecules: int, density: float = 0.997, seed: int = 0, min_dista
     atoms = Atoms(cell=cell, pbc=True)
     for site in chosen:
         for _ in range(200):  # random orientations (and jitter) until nothing clashes
-            center = (site + 0.5 + rng.uniform(-0.1, 0.1, 3)) * spacing
+            center = (site + 0.5 + rng.uniform(-0.05, 0.05, 3)) * spacing
             mol = water_molecule(center, _random_rotation(rng))
             if len(atoms) == 0:
                 break
