@@ -1,0 +1,943 @@
+"""Behler–Parrinello neural-network potentials in n2p2/RuNNer format as contract models.
+
+:func:`read_n2p2` reads a directory with ``input.nn``, ``scaling.data`` and
+``weights.ZZZ.data`` (ZZZ = atomic number) into an :class:`N2P2Potential`;
+:class:`N2P2Model` turns that into a TorchScript-able module under the project's model
+contract (DESIGN.md §3): ``forward(edge_vectors, edge_index, numbers, structure_index,
+n_structures) -> energies``, with attributes ``cutoff`` (Å) and ``species``.
+
+What is supported (the rest is refused with :class:`N2P2FormatError`):
+
+* symmetry functions type 2 (radial, ``exp(-η (r - rs)²) fc(r)``) and type 3 (angular,
+  ``2^(1-ζ) Σ_{j<k} (1 + λ cos θ_ijk)^ζ exp(-η Σ (r - rs)²) fc(r_ij) fc(r_ik) fc(r_jk)``,
+  each unordered neighbour pair counted once, as in n2p2's ``SymFncExpAngn``);
+* ``cutoff_type`` 0–8 of n2p2 (2 = tanh³(1 − r/rc)) with the optional inner-cutoff ``alpha``;
+* scaling: ``scale_symmetry_functions``, ``center_symmetry_functions`` (both: G' = Smin +
+  (Smax − Smin)(G − mean)/(max − min)), ``scale_symmetry_functions_sigma``,
+  ``scale_min_short``/``scale_max_short`` (defaults 0 and 1, as in n2p2);
+* ``global_hidden_layers_short``, ``global_nodes_short``, ``global_activation_short``
+  (n2p2 letters l t s p r g c S e h), ``element_nodes_short``;
+* n2p2 data-set normalisation (``mean_energy``, ``conv_energy``, ``conv_length``) and
+  ``atom_energy`` offsets, applied as in n2p2's prediction:
+  E = Σ_i [E_NN,i / conv_energy + mean_energy + atom_energy(Z_i)].
+
+Network input order: within an element, n2p2 sorts the symmetry functions by
+(type, rc, η, rs, ζ, λ, neighbour element indices) — not the order of the
+``symfunction_short`` lines. Rows of ``scaling.data`` and the network inputs follow that
+order. Weights files hold one value per line (extra columns of n2p2's format are ignored),
+layer by layer: the weight matrix with input index slow (``w[i * n_out + j]``), then the
+layer's biases.
+
+Units. The files' length and energy units are arguments (default Bohr and Hartree, as in
+RuNNer and the revPBE0-D3 water potential). Conversions use :mod:`ase.units`
+(CODATA 2014: 1 Bohr = 0.52917721067 Å, 1 Hartree = 27.21138602 eV). The model takes Å
+and returns eV; its ``cutoff`` attribute is in Å.
+
+Implementation. Everything is vectorised: radial terms per edge, angular terms per
+triplet (i, j, k) built inside ``forward`` from the edge list (edges sorted by centre,
+all pairs j<k inside each centre's block by index arithmetic), r_jk = r_ik − r_ij, which
+also holds for periodic images. Triplets of element combinations no function uses, or
+with r_jk beyond the cutoff, are dropped before any differentiable work. Forces come from
+autograd through the edge vectors; all operations are twice differentiable.
+"""
+
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import ase.data
+import ase.units
+import numpy as np
+import torch
+
+from server.errors import MLIPError
+
+__all__ = ["N2P2FormatError", "SymmetryFunction", "ElementNetwork", "N2P2Potential",
+           "read_n2p2", "N2P2Model", "ACTIVATIONS", "CUTOFF_TYPES"]
+
+#: n2p2 activation letters → integer codes used inside the TorchScript module.
+ACTIVATIONS = {"l": 0, "t": 1, "s": 2, "p": 3, "r": 4, "g": 5, "c": 6, "S": 7, "e": 8, "h": 9}
+#: n2p2 cutoff function types (CutoffFunction::CutoffType).
+CUTOFF_TYPES = {0: "hard", 1: "cos", 2: "tanhu", 3: "tanh", 4: "exp", 5: "poly1",
+                6: "poly2", 7: "poly3", 8: "poly4"}
+_SUPPORTED_SF = (2, 3)
+
+
+class N2P2FormatError(MLIPError, ValueError):
+    """A file of an n2p2/RuNNer potential is missing, malformed or uses an unsupported
+    feature. The message is one line: ``<file>:<line>: <problem>``."""
+
+
+# -- plain description of a potential ------------------------------------------------
+@dataclass(frozen=True)
+class SymmetryFunction:
+    """One ``symfunction_short`` line, parameters in the file's length unit.
+
+    ``neighbours`` holds atomic numbers (one for type 2, two sorted ones for type 3).
+    ``eta`` is in 1/length², ``rs`` and ``rc`` in length; ``zeta``, ``lam`` only for type 3.
+    ``line`` is the 1-based line number in input.nn.
+    """
+
+    centre: int
+    kind: int
+    neighbours: Tuple[int, ...]
+    eta: float
+    rs: float
+    rc: float
+    zeta: float = 0.0
+    lam: float = 0.0
+    line: int = 0
+
+    def sort_key(self, index_of: Dict[int, int]):
+        """n2p2's order within an element: type, rc, η, rs, ζ, λ, neighbour indices."""
+        return (self.kind, self.rc, self.eta, self.rs, self.zeta, self.lam,
+                tuple(index_of[z] for z in self.neighbours))
+
+
+@dataclass
+class ElementNetwork:
+    """The atomic network of one element.
+
+    ``symfuncs`` are in network-input order; ``g_min``, ``g_max``, ``g_mean``, ``g_sigma``
+    are the scaling statistics (``g_sigma`` is None when scaling.data has no sigma
+    column); ``layers`` is a list of (weights [n_in, n_out], biases [n_out], activation).
+    """
+
+    z: int
+    symfuncs: List[SymmetryFunction]
+    g_min: np.ndarray = None
+    g_max: np.ndarray = None
+    g_mean: np.ndarray = None
+    g_sigma: Optional[np.ndarray] = None
+    layers: List[Tuple[np.ndarray, np.ndarray, str]] = field(default_factory=list)
+
+    @property
+    def symbol(self) -> str:
+        return ase.data.chemical_symbols[self.z]
+
+
+@dataclass
+class N2P2Potential:
+    """Everything needed for prediction, in the files' units (see module docstring)."""
+
+    directory: str
+    elements: List[ElementNetwork]  # sorted by atomic number (n2p2's element index)
+    cutoff_type: int
+    cutoff_alpha: float
+    scaling: str  # none | scale | center | scalecenter | scalesigma
+    smin: float
+    smax: float
+    mean_energy: float = 0.0
+    conv_energy: float = 1.0
+    conv_length: float = 1.0
+    atom_energy: Dict[int, float] = field(default_factory=dict)
+    length_unit: float = ase.units.Bohr  # Å per file length unit
+    energy_unit: float = ase.units.Hartree  # eV per file energy unit
+
+    @property
+    def species(self) -> List[int]:
+        return [e.z for e in self.elements]
+
+    @property
+    def cutoff(self) -> float:
+        """Largest symmetry-function cutoff, in the file's length unit."""
+        return max(sf.rc for e in self.elements for sf in e.symfuncs)
+
+
+# -- readers ---------------------------------------------------------------------------
+def _strip(line: str) -> str:
+    for mark in ("#", "!"):
+        k = line.find(mark)
+        if k >= 0:
+            line = line[:k]
+    return line.strip()
+
+
+def _float(token: str, where: str, what: str) -> float:
+    try:
+        value = float(token.replace("D", "E").replace("d", "e"))
+    except ValueError:
+        raise N2P2FormatError(f"{where}: cannot read {what} from {token!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise N2P2FormatError(f"{where}: {what} is {token!r}: expected a finite number")
+    return value
+
+
+def _int(token: str, where: str, what: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise N2P2FormatError(f"{where}: cannot read {what} from {token!r}: expected an integer") from None
+
+
+def _read_lines(path: str) -> List[str]:
+    if not os.path.isfile(path):
+        raise N2P2FormatError(f"{path}: file not found: an n2p2 potential needs input.nn, "
+                              "scaling.data and weights.ZZZ.data in one directory")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read().splitlines()
+    except OSError as err:
+        raise N2P2FormatError(f"{path}: cannot read ({err.strerror})") from None
+
+
+def _atomic_number(symbol: str, where: str) -> int:
+    z = ase.data.atomic_numbers.get(symbol)
+    if z is None or z == 0:
+        raise N2P2FormatError(f"{where}: unknown element symbol {symbol!r}")
+    return z
+
+
+_REFUSED = {
+    "normalize_nodes": "normalised neurons (normalize_nodes) are not implemented",
+    "global_symfunction_short": "RuNNer shorthand symmetry-function keywords are not supported: "
+                                "list every function with symfunction_short",
+    "element_symfunction_short": "RuNNer shorthand symmetry-function keywords are not supported: "
+                                 "list every function with symfunction_short",
+    "element_activation_short": "per-element activations are not implemented",
+    "element_hidden_layers_short": "per-element numbers of layers are not implemented",
+}
+
+
+def _parse_input(path: str):
+    """input.nn → (settings dict keyword → (value tokens, line), symmetry functions,
+    element_nodes lines, atom_energy lines)."""
+    settings: Dict[str, Tuple[List[str], int]] = {}
+    symlines: List[Tuple[List[str], int]] = []
+    element_nodes: List[Tuple[List[str], int]] = []
+    atom_energy: List[Tuple[List[str], int]] = []
+    for n, raw in enumerate(_read_lines(path), start=1):
+        line = _strip(raw)
+        if not line:
+            continue
+        key, *values = line.split()
+        if key in _REFUSED:
+            raise N2P2FormatError(f"{path}:{n}: {_REFUSED[key]}")
+        if key == "symfunction_short":
+            symlines.append((values, n))
+        elif key == "element_nodes_short":
+            element_nodes.append((values, n))
+        elif key == "atom_energy":
+            atom_energy.append((values, n))
+        else:
+            settings[key] = (values, n)
+    return settings, symlines, element_nodes, atom_energy
+
+
+def _symmetry_function(values: List[str], where: str, elements: Dict[str, int]) -> SymmetryFunction:
+    if len(values) < 2:
+        raise N2P2FormatError(f"{where}: symfunction_short needs '<element> <type> ...'")
+
+    def element(token):
+        if token not in elements:
+            raise N2P2FormatError(f"{where}: element {token!r} is not in the 'elements' list")
+        return elements[token]
+
+    centre = element(values[0])
+    kind = _int(values[1], where, "symmetry function type")
+    if kind not in _SUPPORTED_SF:
+        raise N2P2FormatError(f"{where}: symmetry function type {kind} is not supported "
+                              f"(supported: {', '.join(map(str, _SUPPORTED_SF))})")
+    if kind == 2:  # ec 2 e1 eta rs rc
+        if len(values) < 6:
+            raise N2P2FormatError(f"{where}: type 2 needs '<ec> 2 <e1> <eta> <rs> <rc>'")
+        eta, rs, rc = (_float(values[k], where, name) for k, name in ((3, "eta"), (4, "rs"), (5, "rc")))
+        sf = SymmetryFunction(centre, 2, (element(values[2]),), eta, rs, rc, line=0)
+    else:  # ec 3 e1 e2 eta lambda zeta rc [rs]
+        if len(values) < 8:
+            raise N2P2FormatError(f"{where}: type 3 needs '<ec> 3 <e1> <e2> <eta> <lambda> <zeta> <rc> [<rs>]'")
+        eta, lam, zeta, rc = (_float(values[k], where, name)
+                              for k, name in ((4, "eta"), (5, "lambda"), (6, "zeta"), (7, "rc")))
+        rs = 0.0
+        if len(values) > 8:  # optional rs, only if it is a number (RuNNer comments may follow)
+            try:
+                rs = float(values[8])
+            except ValueError:
+                rs = 0.0
+        if zeta < 1.0:
+            raise N2P2FormatError(f"{where}: zeta = {zeta} < 1 gives infinite forces at λcosθ = −1")
+        pair = tuple(sorted((element(values[2]), element(values[3]))))
+        sf = SymmetryFunction(centre, 3, pair, eta, rs, rc, zeta, lam)
+    if not sf.rc > 0 or sf.eta < 0:
+        raise N2P2FormatError(f"{where}: need rc > 0 and eta >= 0, got rc={sf.rc}, eta={sf.eta}")
+    return sf
+
+
+def _setting(settings, key, path, default=None):
+    if key not in settings:
+        if default is not None:
+            return default
+        raise N2P2FormatError(f"{path}: keyword '{key}' is missing")
+    return settings[key]
+
+
+def _read_scaling(path: str, elements: List[ElementNetwork]) -> None:
+    """Fills g_min/g_max/g_mean/g_sigma of each element from scaling.data."""
+    rows: List[Tuple[List[str], int]] = []
+    lines = _read_lines(path)
+    for n, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        rows.append((line.split(), n))
+    expected = sum(len(e.symfuncs) for e in elements)
+    k = 0
+    for ie, el in enumerate(elements, start=1):
+        stats = np.zeros((len(el.symfuncs), 4))
+        has_sigma = True
+        for isf in range(1, len(el.symfuncs) + 1):
+            if k >= len(rows):
+                raise N2P2FormatError(
+                    f"{path}:{len(lines)}: file ends after {k} rows; expected {expected} rows "
+                    f"({', '.join(f'{len(e.symfuncs)} for {e.symbol}' for e in elements)})")
+            tokens, n = rows[k]
+            where = f"{path}:{n}"
+            if len(tokens) not in (5, 6):
+                raise N2P2FormatError(f"{where}: expected 'element function min max mean [sigma]' "
+                                      f"(5 or 6 columns), found {len(tokens)}")
+            got = (_int(tokens[0], where, "element index"), _int(tokens[1], where, "function index"))
+            if got != (ie, isf):
+                raise N2P2FormatError(f"{where}: expected element {ie} ({el.symbol}) function {isf}, "
+                                      f"found element {got[0]} function {got[1]}")
+            values = [_float(t, where, name) for t, name in zip(tokens[2:], ("min", "max", "mean", "sigma"))]
+            if len(values) == 3:
+                has_sigma = False
+                values.append(0.0)
+            stats[isf - 1] = values
+            k += 1
+        el.g_min, el.g_max, el.g_mean = stats[:, 0], stats[:, 1], stats[:, 2]
+        el.g_sigma = stats[:, 3] if has_sigma else None
+    for tokens, n in rows[k:]:  # RuNNer's trailing energy range line (2 numbers) is allowed
+        if len(tokens) != 2:
+            raise N2P2FormatError(f"{path}:{n}: unexpected row after the {expected} symmetry-function rows")
+
+
+def _read_weights(path: str, el: ElementNetwork, sizes: List[int], activations: List[str]) -> None:
+    """Fills el.layers from one weights file (one value per line, first column)."""
+    expected = sum(sizes[i] * sizes[i + 1] + sizes[i + 1] for i in range(len(sizes) - 1))
+    lines = _read_lines(path)
+    values = np.empty(expected)
+    count = 0
+    for n, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if count == expected:
+            raise N2P2FormatError(f"{path}:{n}: more values than the {expected} of a "
+                                  f"{'-'.join(map(str, sizes))} network for {el.symbol}")
+        values[count] = _float(line.split()[0], f"{path}:{n}", "weight")
+        count += 1
+    if count < expected:
+        raise N2P2FormatError(f"{path}:{len(lines)}: file ends after {count} values; a "
+                              f"{'-'.join(map(str, sizes))} network for {el.symbol} needs {expected}")
+    k = 0
+    for i in range(len(sizes) - 1):
+        n_in, n_out = sizes[i], sizes[i + 1]
+        w = values[k:k + n_in * n_out].reshape(n_in, n_out)
+        k += n_in * n_out
+        b = values[k:k + n_out]
+        k += n_out
+        el.layers.append((w.copy(), b.copy(), activations[i]))
+
+
+def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
+              energy_unit: float = ase.units.Hartree) -> N2P2Potential:
+    """Reads ``input.nn``, ``scaling.data`` and ``weights.ZZZ.data`` from ``directory``.
+
+    Args:
+        directory: folder with the three kinds of files.
+        length_unit: Å per length unit of the files (default: Bohr).
+        energy_unit: eV per energy unit of the files (default: Hartree).
+
+    Raises:
+        N2P2FormatError: one-line message naming the file and line of the problem.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise N2P2FormatError(f"{directory}: not a directory: pass the folder holding input.nn, "
+                              "scaling.data and weights.ZZZ.data")
+    inp = os.path.join(directory, "input.nn")
+    settings, symlines, element_nodes, atom_energy_lines = _parse_input(inp)
+
+    values, n = _setting(settings, "elements", inp)
+    symbols = {s: _atomic_number(s, f"{inp}:{n}") for s in values}
+    if not symbols:
+        raise N2P2FormatError(f"{inp}:{n}: 'elements' lists no element")
+    if "number_of_elements" in settings:
+        v, nn = settings["number_of_elements"]
+        if not v or _int(v[0], f"{inp}:{nn}", "number_of_elements") != len(symbols):
+            raise N2P2FormatError(f"{inp}:{nn}: number_of_elements does not match the {len(symbols)} "
+                                  "symbols of 'elements'")
+    zs = sorted(symbols.values())
+    index_of = {z: i for i, z in enumerate(zs)}
+
+    if "nnp_type" in settings:
+        v, nn = settings["nnp_type"]
+        if v and v[0] != "1":
+            raise N2P2FormatError(f"{inp}:{nn}: nnp_type {v[0]} is not supported (only short-range NNPs, type 1)")
+    if "committee_mode" in settings:
+        v, nn = settings["committee_mode"]
+        if v and v[0].lower() != "disabled":
+            raise N2P2FormatError(f"{inp}:{nn}: committee_mode {v[0]} is not supported")
+
+    v, nn = _setting(settings, "cutoff_type", inp)
+    if not v:
+        raise N2P2FormatError(f"{inp}:{nn}: cutoff_type needs a value")
+    cutoff_type = _int(v[0], f"{inp}:{nn}", "cutoff_type")
+    if cutoff_type not in CUTOFF_TYPES:
+        raise N2P2FormatError(f"{inp}:{nn}: unknown cutoff_type {cutoff_type} (n2p2 knows 0-8)")
+    cutoff_alpha = _float(v[1], f"{inp}:{nn}", "cutoff alpha") if len(v) > 1 else 0.0
+    if not 0.0 <= cutoff_alpha < 1.0:
+        raise N2P2FormatError(f"{inp}:{nn}: cutoff alpha must be in [0, 1), got {cutoff_alpha}")
+
+    scale = "scale_symmetry_functions" in settings
+    center = "center_symmetry_functions" in settings
+    sigma = "scale_symmetry_functions_sigma" in settings
+    scaling = ("scalecenter" if scale and center else "scale" if scale else "center" if center
+               else "scalesigma" if sigma else "none")
+    smin, smax = 0.0, 1.0
+    for key in ("scale_min_short", "scale_max_short"):
+        if key in settings:
+            v, nn = settings[key]
+            value = _float(v[0] if v else "", f"{inp}:{nn}", key)
+            smin, smax = (value, smax) if key == "scale_min_short" else (smin, value)
+
+    norm_keys = ("mean_energy", "conv_energy", "conv_length")
+    present = [k for k in norm_keys if k in settings]
+    norm = {"mean_energy": 0.0, "conv_energy": 1.0, "conv_length": 1.0}
+    if present and len(present) != 3:
+        raise N2P2FormatError(f"{inp}: use all or none of mean_energy, conv_energy, conv_length "
+                              f"(found only {', '.join(present)})")
+    for k in present:
+        v, nn = settings[k]
+        norm[k] = _float(v[0] if v else "", f"{inp}:{nn}", k)
+
+    atom_energy: Dict[int, float] = {}
+    for v, nn in atom_energy_lines:
+        where = f"{inp}:{nn}"
+        if len(v) < 2 or v[0] not in symbols:
+            raise N2P2FormatError(f"{where}: atom_energy needs '<element of elements> <energy>'")
+        atom_energy[symbols[v[0]]] = _float(v[1], where, "atom_energy")
+
+    # network topology
+    v, nn = _setting(settings, "global_hidden_layers_short", inp)
+    n_hidden = _int(v[0] if v else "", f"{inp}:{nn}", "global_hidden_layers_short")
+    v, nn = _setting(settings, "global_nodes_short", inp)
+    if len(v) < n_hidden:
+        raise N2P2FormatError(f"{inp}:{nn}: global_nodes_short needs {n_hidden} numbers, found {len(v)}")
+    nodes = [_int(t, f"{inp}:{nn}", "number of nodes") for t in v[:n_hidden]]
+    v, nn = _setting(settings, "global_activation_short", inp)
+    if len(v) < n_hidden + 1:
+        raise N2P2FormatError(f"{inp}:{nn}: global_activation_short needs {n_hidden + 1} letters, found {len(v)}")
+    acts = v[:n_hidden + 1]
+    for a in acts:
+        if a not in ACTIVATIONS:
+            raise N2P2FormatError(f"{inp}:{nn}: unknown activation {a!r} (n2p2 letters: {' '.join(ACTIVATIONS)})")
+    per_element_nodes = {z: list(nodes) for z in zs}
+    for v, nn in element_nodes:
+        where = f"{inp}:{nn}"
+        if len(v) < 3 or v[0] not in symbols:
+            raise N2P2FormatError(f"{where}: element_nodes_short needs '<element> <layer> <nodes>'")
+        layer = _int(v[1], where, "layer")
+        if not 1 <= layer <= n_hidden:
+            raise N2P2FormatError(f"{where}: layer {layer} is not a hidden layer (1..{n_hidden})")
+        per_element_nodes[symbols[v[0]]][layer - 1] = _int(v[2], where, "number of nodes")
+
+    # symmetry functions, sorted as n2p2 does
+    per_element: Dict[int, List[SymmetryFunction]] = {z: [] for z in zs}
+    for v, nn in symlines:
+        sf = _symmetry_function(v, f"{inp}:{nn}", symbols)
+        per_element[sf.centre].append(SymmetryFunction(**{**sf.__dict__, "line": nn}))
+    elements = []
+    for z in zs:
+        sfs = sorted(per_element[z], key=lambda s: s.sort_key(index_of))
+        if not sfs:
+            raise N2P2FormatError(f"{inp}: no symfunction_short for element {ase.data.chemical_symbols[z]}")
+        for a, b in zip(sfs, sfs[1:]):
+            if a.sort_key(index_of) == b.sort_key(index_of):
+                raise N2P2FormatError(f"{inp}:{b.line}: duplicate of the symmetry function on line {a.line}")
+        elements.append(ElementNetwork(z, sfs))
+
+    _read_scaling(os.path.join(directory, "scaling.data"), elements)
+    for el in elements:
+        if scaling in ("scale", "scalecenter") and np.any(el.g_max <= el.g_min):
+            k = int(np.argmax(el.g_max <= el.g_min))
+            raise N2P2FormatError(f"{os.path.join(directory, 'scaling.data')}: {el.symbol} function {k + 1} "
+                                  "has max <= min: cannot scale")
+        if scaling == "scalesigma" and (el.g_sigma is None or np.any(el.g_sigma <= 0)):
+            raise N2P2FormatError(f"{os.path.join(directory, 'scaling.data')}: scale_symmetry_functions_sigma "
+                                  f"needs a positive sigma column for {el.symbol}")
+        sizes = [len(el.symfuncs)] + per_element_nodes[el.z] + [1]
+        _read_weights(os.path.join(directory, f"weights.{el.z:03d}.data"), el, sizes, acts)
+
+    return N2P2Potential(directory, elements, cutoff_type, cutoff_alpha, scaling, smin, smax,
+                         norm["mean_energy"], norm["conv_energy"], norm["conv_length"], atom_energy,
+                         float(length_unit), float(energy_unit))
+
+
+# -- TorchScript building blocks ----------------------------------------------------------
+def _activation(x: torch.Tensor, kind: int) -> torch.Tensor:
+    if kind == 0:
+        return x
+    if kind == 1:
+        return torch.tanh(x)
+    if kind == 2:
+        return torch.sigmoid(x)
+    if kind == 3:
+        return torch.nn.functional.softplus(x)
+    if kind == 4:
+        return torch.relu(x)
+    if kind == 5:
+        return torch.exp(-0.5 * x * x)
+    if kind == 6:
+        return torch.cos(x)
+    if kind == 7:
+        return 1.0 - torch.sigmoid(x)
+    if kind == 8:
+        return torch.exp(-x)
+    return x * x  # 9: harmonic
+
+
+def _cutoff_function(d: torch.Tensor, rc: float, alpha: float, kind: int) -> torch.Tensor:
+    """n2p2 cutoff functions for d < rc (callers drop d >= rc, where fc = 0)."""
+    if kind == 2:
+        t = torch.tanh(1.0 - d / rc)
+        return t * t * t
+    if kind == 3:
+        t = torch.tanh(1.0 - d / rc)
+        return t * t * t / (math.tanh(1.0) ** 3)
+    if kind == 0:
+        return torch.ones_like(d)
+    rci = alpha * rc
+    x = ((d - rci) / (rc - rci)).clamp(min=0.0)
+    if kind == 1:
+        return 0.5 * (torch.cos(math.pi * x) + 1.0)
+    if kind == 4:
+        return torch.exp(1.0 - 1.0 / (1.0 - x * x))
+    if kind == 5:
+        return (2.0 * x - 3.0) * x * x + 1.0
+    if kind == 6:
+        return ((15.0 - 6.0 * x) * x - 10.0) * x * x * x + 1.0
+    if kind == 7:
+        return (x * (x * (20.0 * x - 70.0) + 84.0) - 35.0) * x ** 4 + 1.0
+    return (x * (x * ((315.0 - 70.0 * x) * x - 540.0) + 420.0) - 126.0) * x ** 5 + 1.0
+
+
+class _RadialGroup(torch.nn.Module):
+    """Type-2 functions of one (centre element, neighbour element, rc): G [N, n]."""
+
+    centre: int
+    neighbour: int
+    rc: float
+    alpha: float
+    cutoff_type: int
+
+    def __init__(self, centre: int, neighbour: int, rc: float, alpha: float, cutoff_type: int,
+                 eta: List[float], rs: List[float]):
+        super().__init__()
+        self.centre, self.neighbour = centre, neighbour
+        self.rc, self.alpha, self.cutoff_type = rc, alpha, cutoff_type
+        self.register_buffer("eta", torch.tensor(eta, dtype=torch.float64))
+        self.register_buffer("rs", torch.tensor(rs, dtype=torch.float64))
+
+    def forward(self, d: torch.Tensor, d_plain: torch.Tensor, centre: torch.Tensor,
+                centre_elem: torch.Tensor, neighbour_elem: torch.Tensor, n_atoms: int) -> torch.Tensor:
+        sel = torch.nonzero((centre_elem == self.centre) & (neighbour_elem == self.neighbour)
+                            & (d_plain < self.rc)).view(-1)
+        dd = d.index_select(0, sel)
+        fc = _cutoff_function(dd, self.rc, self.alpha, self.cutoff_type)
+        eta, rs = self.eta.to(d.dtype), self.rs.to(d.dtype)
+        x = dd.unsqueeze(1) - rs
+        values = torch.exp(-eta * x * x) * fc.unsqueeze(1)
+        out = torch.zeros((n_atoms, eta.shape[0]), dtype=d.dtype, device=d.device)
+        return out.index_add(0, centre.index_select(0, sel), values)
+
+
+def _integer_power(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x**n for an integer n >= 1 by repeated squaring (cheaper than pow, exact grads)."""
+    result = torch.ones_like(x)
+    first = True
+    base = x
+    while n > 0:
+        if n % 2 == 1:
+            result = base if first else result * base
+            first = False
+        n = n // 2
+        if n > 0:
+            base = base * base
+    return result
+
+
+def _pairs_within(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Positions (p, q), p < q, of all pairs of entries with equal centre.
+
+    ``centres`` must be sorted; pairs are formed inside each centre's block by index
+    arithmetic (no loop over atoms)."""
+    m = centres.shape[0]
+    counts = torch.bincount(centres, minlength=n_atoms)
+    start = torch.cumsum(counts, 0) - counts
+    position = torch.arange(m, device=centres.device) - start.index_select(0, centres)
+    n_after = counts.index_select(0, centres) - 1 - position
+    first = torch.repeat_interleave(torch.arange(m, device=centres.device), n_after)
+    pair_start = torch.cumsum(n_after, 0) - n_after
+    second = first + 1 + torch.arange(first.shape[0], device=centres.device) - pair_start.index_select(0, first)
+    return first, second
+
+
+def _pairs_across(centres_a: torch.Tensor, centres_b: torch.Tensor,
+                  n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Positions (p in a, q in b) of all pairs with equal centre; ``centres_b`` sorted."""
+    counts_b = torch.bincount(centres_b, minlength=n_atoms)
+    start_b = torch.cumsum(counts_b, 0) - counts_b
+    repeats = counts_b.index_select(0, centres_a)
+    first = torch.repeat_interleave(torch.arange(centres_a.shape[0], device=centres_a.device), repeats)
+    offset = torch.cumsum(repeats, 0) - repeats
+    second = (start_b.index_select(0, centres_a.index_select(0, first))
+              + torch.arange(first.shape[0], device=centres_a.device) - offset.index_select(0, first))
+    return first, second
+
+
+class _AngularGroup(torch.nn.Module):
+    """Type-3 functions of one (centre element, neighbour pair, rc, rs): G [N, n].
+
+    Works on the triplets of its pair class (edge ids j, k with a common centre). The
+    (ζ, λ) and η values of the group's functions are evaluated once per distinct value
+    and combined by index. r_jk² = r_ij² + r_ik² − 2 r_ij·r_ik, cos θ = r_ij·r_ik/(r_ij r_ik).
+    """
+
+    slot: int
+    rc: float
+    rs: float
+    alpha: float
+    cutoff_type: int
+    needs_mask: bool
+    zl_zeta: List[float]
+    zl_lam: List[float]
+    eta_list: List[float]
+    eta_of_column: List[int]
+    zl_of_column: List[int]
+
+    def __init__(self, slot: int, class_rc: float, rc: float, rs: float, alpha: float,
+                 cutoff_type: int, eta: List[float], zeta: List[float], lam: List[float]):
+        super().__init__()
+        self.slot = slot
+        self.rc, self.rs, self.alpha, self.cutoff_type = rc, rs, alpha, cutoff_type
+        self.needs_mask = rc < class_rc
+        etas = sorted(set(eta))
+        zls = sorted(set(zip(zeta, lam)))
+        self.zl_zeta = [float(z) for z, _ in zls]
+        self.zl_lam = [float(l) for _, l in zls]
+        self.eta_list = [float(e) for e in etas]
+        self.eta_of_column = [etas.index(e) for e in eta]
+        self.zl_of_column = [zls.index(p) for p in zip(zeta, lam)]
+
+    def forward(self, packed: torch.Tensor, t_j: torch.Tensor, t_k: torch.Tensor,
+                t_centre: torch.Tensor, djk_plain: torch.Tensor, d_plain: torch.Tensor,
+                n_atoms: int) -> torch.Tensor:
+        """``packed``: [4, E] rows x, y, z, |r| of the edges (file units)."""
+        if self.needs_mask:
+            sel = torch.nonzero((djk_plain < self.rc) & (d_plain.index_select(0, t_j) < self.rc)
+                                & (d_plain.index_select(0, t_k) < self.rc)).view(-1)
+            t_j, t_k, t_centre = t_j.index_select(0, sel), t_k.index_select(0, sel), t_centre.index_select(0, sel)
+        fc_edge = _cutoff_function(packed[3], self.rc, self.alpha, self.cutoff_type)  # valid for d < rc
+        edge = torch.cat([packed, fc_edge.unsqueeze(0)], dim=0)  # [5, E]
+        pj, pk = edge.index_select(1, t_j), edge.index_select(1, t_k)  # [5, T]
+        dij, dik = pj[3], pk[3]
+        dot = pj[0] * pk[0] + pj[1] * pk[1] + pj[2] * pk[2]
+        d2 = dij * dij + dik * dik
+        djk = torch.sqrt((d2 - 2.0 * dot).clamp(min=0.0))
+        cos = dot / (dij * dik)
+        fc = pj[4] * pk[4] * _cutoff_function(djk, self.rc, self.alpha, self.cutoff_type)
+        if self.rs == 0.0:
+            s = 2.0 * (d2 - dot)
+        else:
+            s = (dij - self.rs) ** 2 + (dik - self.rs) ** 2 + (djk - self.rs) ** 2
+        radial: List[torch.Tensor] = []
+        for eta in self.eta_list:
+            radial.append(torch.exp(-eta * s) * fc)
+        angular: List[torch.Tensor] = []
+        for zeta, lam in zip(self.zl_zeta, self.zl_lam):
+            base = (1.0 + lam * cos).clamp(min=0.0)
+            if zeta == float(int(zeta)) and zeta <= 64.0:
+                power = _integer_power(base, int(zeta))
+            else:
+                power = torch.pow(base, zeta)
+            angular.append(power * 2.0 ** (1.0 - zeta))
+        columns: List[torch.Tensor] = []
+        for e, k in zip(self.eta_of_column, self.zl_of_column):
+            out = torch.zeros(n_atoms, dtype=packed.dtype, device=packed.device)
+            columns.append(out.index_add(0, t_centre, radial[e] * angular[k]))
+        return torch.stack(columns, dim=1)
+
+
+class _Dense(torch.nn.Module):
+    activation: int
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, activation: int):
+        super().__init__()
+        self.activation = activation
+        self.register_buffer("weight", torch.tensor(weight, dtype=torch.float64))
+        self.register_buffer("bias", torch.tensor(bias, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.addmm(self.bias.to(x.dtype), x, self.weight.to(x.dtype))
+        return _activation(y, self.activation)
+
+
+class _ElementNet(torch.nn.Module):
+    """Scaling + atomic network of one element; returns atomic energies in eV."""
+
+    element: int
+    energy_scale: float
+    energy_shift: float
+
+    def __init__(self, element: int, columns: List[int], shift: np.ndarray, scale: np.ndarray,
+                 smin: float, layers, energy_scale: float, energy_shift: float):
+        super().__init__()
+        self.element = element
+        self.energy_scale, self.energy_shift = energy_scale, energy_shift
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.int64))
+        self.register_buffer("shift", torch.tensor(shift, dtype=torch.float64))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+        self.register_buffer("smin", torch.full((len(columns),), float(smin), dtype=torch.float64))
+        self.layers = torch.nn.ModuleList([_Dense(w, b, ACTIVATIONS[a]) for w, b, a in layers])
+
+    def raw(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """Unscaled symmetry functions of this element's atoms [n, n_sf], network order."""
+        return descriptors.index_select(1, self.columns)
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        dt = descriptors.dtype
+        x = (self.raw(descriptors) - self.shift.to(dt)) * self.scale.to(dt) + self.smin.to(dt)
+        for layer in self.layers:
+            x = layer(x)
+        return x.view(-1) * self.energy_scale + self.energy_shift
+
+
+class N2P2Model(torch.nn.Module):
+    """A Behler–Parrinello potential under the model contract (Å in, eV out).
+
+    Build it from :func:`read_n2p2` and ``torch.jit.script`` it. Computations run in the
+    dtype of ``edge_vectors`` (float64 recommended; parameters are kept in float64 and cast).
+
+    Attributes:
+        cutoff: largest symmetry-function cutoff, Å.
+        species: supported atomic numbers.
+    """
+
+    cutoff: float
+    species: List[int]
+    n_elements: int
+    inv_length_unit: float
+    cutoff_file: float
+    max_functions: int
+    class_centre: List[int]
+    class_a: List[int]
+    class_b: List[int]
+    class_rc: List[float]
+    pair_elements_c: List[int]
+    pair_elements_a: List[int]
+    pair_rc: List[float]
+
+    def __init__(self, potential: N2P2Potential):
+        super().__init__()
+        pot = potential
+        zs = pot.species
+        index_of = {z: i for i, z in enumerate(zs)}
+        ne = len(zs)
+        self.species = list(zs)
+        self.n_elements = ne
+        self.inv_length_unit = 1.0 / pot.length_unit
+        self.cutoff_file = float(pot.cutoff)
+        self.cutoff = float(pot.cutoff * pot.length_unit)
+        lookup = torch.full((max(zs) + 1,), -1, dtype=torch.int64)
+        for i, z in enumerate(zs):
+            lookup[z] = i
+        self.register_buffer("z_to_index", lookup)
+
+        # group the functions; each group owns a contiguous block of descriptor columns
+        radial: Dict[tuple, List[SymmetryFunction]] = {}
+        angular: Dict[tuple, List[SymmetryFunction]] = {}
+        for el in pot.elements:
+            for sf in el.symfuncs:
+                c = index_of[sf.centre]
+                nb = tuple(index_of[z] for z in sf.neighbours)
+                if sf.kind == 2:
+                    radial.setdefault((c, nb[0], sf.rc), []).append(sf)
+                else:
+                    pair_class = (c * ne + nb[0]) * ne + nb[1]
+                    angular.setdefault((pair_class, sf.rc, sf.rs), []).append(sf)
+        column: Dict[SymmetryFunction, int] = {}
+        offset = 0
+        radial_groups, angular_groups = [], []
+        for (c, a, rc), sfs in radial.items():
+            radial_groups.append(_RadialGroup(c, a, rc, pot.cutoff_alpha, pot.cutoff_type,
+                                              [s.eta for s in sfs], [s.rs for s in sfs]))
+            for k, s in enumerate(sfs):
+                column[s] = offset + k
+            offset += len(sfs)
+        # angular: one triplet set ("slot") per (centre, neighbour pair) class
+        class_keys = sorted({pc for pc, _, _ in angular})
+        class_rc = {pc: max(rc for q, rc, _ in angular if q == pc) for pc in class_keys}
+        self.class_centre = [pc // (ne * ne) for pc in class_keys]
+        self.class_a = [(pc // ne) % ne for pc in class_keys]
+        self.class_b = [pc % ne for pc in class_keys]
+        self.class_rc = [float(class_rc[pc]) for pc in class_keys]
+        # (centre, neighbour) element pairs whose edges enter some angular class
+        pair_rc: Dict[Tuple[int, int], float] = {}
+        for c, a, b, rc in zip(self.class_centre, self.class_a, self.class_b, self.class_rc):
+            for key in ((c, a), (c, b)):
+                pair_rc[key] = max(pair_rc.get(key, 0.0), rc)
+        self.pair_elements_c = [key[0] for key in sorted(pair_rc)]
+        self.pair_elements_a = [key[1] for key in sorted(pair_rc)]
+        self.pair_rc = [pair_rc[key] for key in sorted(pair_rc)]
+        for (pc, rc, rs), sfs in angular.items():
+            slot = class_keys.index(pc)
+            angular_groups.append(_AngularGroup(slot, class_rc[pc], rc, rs, pot.cutoff_alpha, pot.cutoff_type,
+                                                [s.eta for s in sfs], [s.zeta for s in sfs],
+                                                [s.lam for s in sfs]))
+            for k, s in enumerate(sfs):
+                column[s] = offset + k
+            offset += len(sfs)
+        self.radial = torch.nn.ModuleList(radial_groups)
+        self.angular = torch.nn.ModuleList(angular_groups)
+
+        nets = []
+        for i, el in enumerate(pot.elements):
+            n = len(el.symfuncs)
+            if pot.scaling == "none":
+                shift, scale = np.zeros(n), np.ones(n)
+            elif pot.scaling == "scale":
+                shift, scale = el.g_min, (pot.smax - pot.smin) / (el.g_max - el.g_min)
+            elif pot.scaling == "center":
+                shift, scale = el.g_mean, np.ones(n)
+            elif pot.scaling == "scalecenter":
+                shift, scale = el.g_mean, (pot.smax - pot.smin) / (el.g_max - el.g_min)
+            else:  # scalesigma
+                shift, scale = el.g_mean, (pot.smax - pot.smin) / el.g_sigma
+            smin = pot.smin if pot.scaling in ("scale", "scalecenter", "scalesigma") else 0.0
+            e_scale = pot.energy_unit / pot.conv_energy
+            e_shift = pot.energy_unit * (pot.mean_energy + pot.atom_energy.get(el.z, 0.0))
+            nets.append(_ElementNet(i, [column[s] for s in el.symfuncs], shift, scale, smin,
+                                    el.layers, e_scale, e_shift))
+        self.nets = torch.nn.ModuleList(nets)
+        self.max_functions = max(len(el.symfuncs) for el in pot.elements)
+
+    # -- helpers ---------------------------------------------------------------
+    def _element_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        if numbers.numel() == 0:
+            return numbers
+        lo, hi = int(numbers.min()), int(numbers.max())
+        bad = -1
+        if lo < 0 or hi >= self.z_to_index.shape[0]:
+            bad = lo if lo < 0 else hi
+        else:
+            elem = self.z_to_index.index_select(0, numbers)
+            unknown = torch.nonzero(elem < 0).view(-1)
+            if unknown.numel() == 0:
+                return elem
+            bad = int(numbers[unknown[0]])
+        raise RuntimeError("n2p2 model: atomic number " + str(bad) + " is not supported; species: "
+                           + str(self.species))
+
+    def _triplets(self, centre: torch.Tensor, centre_elem: torch.Tensor, neighbour_elem: torch.Tensor,
+                  r_plain: torch.Tensor, d_plain: torch.Tensor,
+                  n_atoms: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Triplets of every angular class (no grad): per class, edge ids j and k with a
+        common centre (each unordered pair once), the centre, and |r_jk| (file units);
+        only triplets with r_ij, r_ik, r_jk below the class cutoff. ``centre`` is sorted;
+        ``r_plain`` is [3, E] (rows x, y, z)."""
+        lists: List[torch.Tensor] = []
+        for c, a, rc in zip(self.pair_elements_c, self.pair_elements_a, self.pair_rc):
+            lists.append(torch.nonzero((centre_elem == c) & (neighbour_elem == a) & (d_plain < rc)).view(-1))
+        out: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for c, a, b, rc in zip(self.class_centre, self.class_a, self.class_b, self.class_rc):
+            edges_a = lists[self._pair_slot(c, a)]
+            edges_a = edges_a.index_select(0, torch.nonzero(d_plain.index_select(0, edges_a) < rc).view(-1))
+            centres_a = centre.index_select(0, edges_a)
+            if a == b:
+                p, q = _pairs_within(centres_a, n_atoms)
+                t_j, t_k = edges_a.index_select(0, p), edges_a.index_select(0, q)
+            else:
+                edges_b = lists[self._pair_slot(c, b)]
+                edges_b = edges_b.index_select(0, torch.nonzero(d_plain.index_select(0, edges_b) < rc).view(-1))
+                p, q = _pairs_across(centres_a, centre.index_select(0, edges_b), n_atoms)
+                t_j, t_k = edges_a.index_select(0, p), edges_b.index_select(0, q)
+            diff = r_plain.index_select(1, t_k) - r_plain.index_select(1, t_j)  # [3, P]
+            djk2 = diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2]
+            keep = torch.nonzero(djk2 < rc * rc).view(-1)
+            t_j, t_k = t_j.index_select(0, keep), t_k.index_select(0, keep)
+            out.append((t_j, t_k, centre.index_select(0, t_j), torch.sqrt(djk2.index_select(0, keep))))
+        return out
+
+    def _pair_slot(self, c: int, a: int) -> int:
+        for k in range(len(self.pair_elements_c)):
+            if self.pair_elements_c[k] == c and self.pair_elements_a[k] == a:
+                return k
+        return -1
+
+    def _descriptors(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor,
+                     elem: torch.Tensor, n_atoms: int) -> torch.Tensor:
+        """Unscaled symmetry functions of all groups, [N, n_columns], file units."""
+        with torch.no_grad():
+            d_all = torch.linalg.vector_norm(edge_vectors, dim=1) * self.inv_length_unit
+            inside = torch.nonzero(d_all < self.cutoff_file).view(-1)
+            # sort by centre so that every element-filtered subset is grouped by centre
+            order = torch.argsort(edge_index[0].index_select(0, inside), stable=True)
+            inside = inside.index_select(0, order)
+        r = edge_vectors.index_select(0, inside) * self.inv_length_unit
+        d_plain = d_all.index_select(0, inside)
+        centre = edge_index[0].index_select(0, inside)
+        centre_elem = elem.index_select(0, centre)
+        neighbour_elem = elem.index_select(0, edge_index[1].index_select(0, inside))
+        d = torch.linalg.vector_norm(r, dim=1)
+        blocks: List[torch.Tensor] = []
+        for rgroup in self.radial:
+            blocks.append(rgroup(d, d_plain, centre, centre_elem, neighbour_elem, n_atoms))
+        if len(self.angular) > 0:
+            with torch.no_grad():
+                triplets = self._triplets(centre, centre_elem, neighbour_elem, r.detach().t().contiguous(),
+                                          d_plain, n_atoms)
+            packed = torch.cat([r.t(), d.unsqueeze(0)], dim=0)  # [4, E]
+            for agroup in self.angular:
+                t_j, t_k, t_centre, t_djk = triplets[agroup.slot]
+                blocks.append(agroup(packed, t_j, t_k, t_centre, t_djk, d_plain, n_atoms))
+        return torch.cat(blocks, dim=1)
+
+    # -- public ----------------------------------------------------------------
+    @torch.jit.export
+    def symmetry_functions(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor,
+                           numbers: torch.Tensor) -> torch.Tensor:
+        """Unscaled symmetry functions [N, max_functions] (file units, e.g. Bohr-based),
+        per atom in its element's network-input order, zero-padded."""
+        elem = self._element_index(numbers)
+        n_atoms = numbers.shape[0]
+        desc = self._descriptors(edge_vectors, edge_index, elem, n_atoms)
+        out = torch.zeros((n_atoms, self.max_functions), dtype=desc.dtype, device=desc.device)
+        for net in self.nets:
+            atoms = torch.nonzero(elem == net.element).view(-1)
+            raw = net.raw(desc.index_select(0, atoms))
+            out[atoms, : raw.shape[1]] = raw
+        return out
+
+    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
+                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+        """Total energies [n_structures] in eV; edge_vectors [E, 3] in Å."""
+        elem = self._element_index(numbers)
+        n_atoms = numbers.shape[0]
+        desc = self._descriptors(edge_vectors, edge_index, elem, n_atoms)
+        energies = torch.zeros(n_structures, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        for net in self.nets:
+            atoms = torch.nonzero(elem == net.element).view(-1)
+            if atoms.numel() > 0:
+                energies = energies.index_add(0, structure_index.index_select(0, atoms),
+                                              net(desc.index_select(0, atoms)))
+        return energies
+
+
+def build_model(directory: str, length_unit: float = ase.units.Bohr,
+                energy_unit: float = ase.units.Hartree) -> N2P2Model:
+    """``N2P2Model(read_n2p2(directory, ...))`` (float64, not yet scripted)."""
+    return N2P2Model(read_n2p2(directory, length_unit, energy_unit))
