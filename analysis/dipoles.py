@@ -78,7 +78,7 @@ class DipoleOrientation(_PerFrame):
     phi, mean 1); ``mean_cos`` and ``mean_cos_err`` (<u_z>, a net polarisation).
     """
 
-    _per_frame = ("hist",)
+    _per_frame = ("hist", "uz")
 
     def __init__(self, universe, water, n_cos=20, n_phi=36, n_blocks=DEFAULT_BLOCKS, **kwargs):
         super().__init__(universe.trajectory, **kwargs)
@@ -86,6 +86,7 @@ class DipoleOrientation(_PerFrame):
 
     def _prepare(self):
         self.results.hist = np.zeros((self.n_frames, self.n_cos * self.n_phi), np.int32)
+        self.results.uz = np.zeros((self.n_frames, 1))
 
     def _single_frame(self):
         u = dipole_directions(self._ts.positions, self.water, self._box(False))
@@ -93,6 +94,7 @@ class DipoleOrientation(_PerFrame):
         phi = np.arctan2(u[:, 1], u[:, 0])
         ip = np.clip(((phi + np.pi) / (2 * np.pi) * self.n_phi).astype(int), 0, self.n_phi - 1)
         self.results.hist[self._frame_index] = np.bincount(ic * self.n_phi + ip, minlength=self.n_cos * self.n_phi)
+        self.results.uz[self._frame_index] = u[:, 2].mean()
 
     def _conclude(self):
         r = self.results
@@ -116,10 +118,8 @@ class DipoleOrientation(_PerFrame):
             r.free_energy = np.where(r.P > 0, -np.log(np.where(r.P > 0, r.P, 1.0)), np.nan)
         r.P_cos = cos_of(total)
         r.P_cos_err = mean_sem([cos_of(r.hist[s].sum(axis=0)) for s in slices])[1]
-        centres = 0.5 * (r.cos_edges[1:] + r.cos_edges[:-1])
-        hc = [r.hist[s].sum(axis=0).reshape(shape).sum(axis=1) for s in slices]
-        r.mean_cos = float((centres * total.reshape(shape).sum(axis=1)).sum() / total.sum())
-        r.mean_cos_err = mean_sem([(centres * h).sum() / h.sum() for h in hc])[1]
+        r.mean_cos = float(r.uz.mean())
+        r.mean_cos_err = mean_sem([r.uz[s].mean() for s in slices])[1]
 
 
 class DipolePairCorrelation(_PerFrame):
