@@ -1,0 +1,307 @@
+"""The revPBE0-D3 Behler–Parrinello teacher (training/n2p2.py) against independent checks.
+
+Needs the published network in ../shared/data (skipped with a reason when absent):
+symmetry functions against a brute-force numpy implementation, DFT accuracy on a few
+frames, forces against finite differences, rotation invariance, clear errors for broken
+files and unknown elements, and the TorchScript round trip.
+"""
+
+import math
+import shutil
+from pathlib import Path
+
+import ase.io
+import ase.units
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from server.evaluator import Evaluator, Structure
+from server.neighbors import neighbor_list
+from training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
+from training.structures import water_molecule
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NETWORK = DATA / "bpnnp-revpbe0d3"
+DFT = DATA / "dft" / "water_revpbe0d3_190.xyz"
+
+pytestmark = pytest.mark.skipif(
+    not (NETWORK / "input.nn").is_file() or not DFT.is_file(),
+    reason=f"published BP network / DFT frames not found under {DATA} (shared data absent)",
+)
+
+# From the full 190-frame validation (models/validation/teacher.json, float64): energy
+# error offset 0.18 meV/atom, spread (std) 2.42 meV/atom; force RMSE 0.1205 eV/Å overall;
+# per-frame force RMSE 0.060-0.429 eV/Å, 99th percentile 0.267 eV/Å.
+ENERGY_OFFSET = 0.18  # meV/atom
+ENERGY_SPREAD = 2.42  # meV/atom
+FRAME_FORCE_RMSE_P99 = 0.27  # eV/Å
+DFT_FRAMES = (0, 95, 189)  # first, middle, last: not chosen by their errors
+
+
+@pytest.fixture(scope="module")
+def potential():
+    return read_n2p2(NETWORK)
+
+
+@pytest.fixture(scope="module")
+def eager(potential):
+    return N2P2Model(potential)
+
+
+@pytest.fixture(scope="module")
+def scripted(eager):
+    return torch.jit.script(eager)
+
+
+@pytest.fixture(scope="module")
+def evaluator(scripted):
+    return Evaluator(scripted, device="cpu", dtype="float64")
+
+
+def _rotation(seed):
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+# -- independent brute-force reference ------------------------------------------------
+def _images(positions, cell, pbc, rc):
+    """All (i, j, r_ij) with 0 < |r_ij| < rc by explicit image enumeration (Å)."""
+    shifts = [np.zeros(3)]
+    if np.any(pbc):
+        volume = abs(np.linalg.det(cell))
+        heights = [volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)]
+        n = [int(math.ceil(rc / h)) if p else 0 for h, p in zip(heights, pbc)]
+        shifts = [np.array([a, b, c]) @ cell for a in range(-n[0], n[0] + 1)
+                  for b in range(-n[1], n[1] + 1) for c in range(-n[2], n[2] + 1)]
+    out = []
+    for i in range(len(positions)):
+        for j in range(len(positions)):
+            for s in shifts:
+                r = positions[j] - positions[i] + s
+                d = np.linalg.norm(r)
+                if 0 < d < rc:
+                    out.append((i, j, r))
+    return out
+
+
+def brute_force_symmetry_functions(atoms: Atoms, potential) -> np.ndarray:
+    """G[i, n] straight from the definitions (Bohr units), loops over atoms and functions."""
+    assert potential.cutoff_type == 2
+    bohr = ase.units.Bohr
+    rc_max = potential.cutoff * bohr
+    edges = _images(atoms.positions, np.array(atoms.cell[:]), atoms.pbc, rc_max)
+    numbers = atoms.numbers
+
+    def fc(d, rc):
+        return np.where(d < rc, np.tanh(1.0 - d / rc) ** 3, 0.0)
+
+    elements = {el.z: el for el in potential.elements}
+    n_max = max(len(el.symfuncs) for el in potential.elements)
+    G = np.zeros((len(atoms), n_max))
+    for i in range(len(atoms)):
+        mine = [(j, r / bohr) for (c, j, r) in edges if c == i]
+        z_nb = np.array([numbers[j] for j, _ in mine])
+        R = np.array([r for _, r in mine]).reshape(-1, 3)
+        d = np.linalg.norm(R, axis=1)
+        jj, kk = np.triu_indices(len(mine), k=1)
+        for n, sf in enumerate(elements[numbers[i]].symfuncs):
+            if sf.kind == 2:
+                sel = z_nb == sf.neighbours[0]
+                G[i, n] = np.sum(np.exp(-sf.eta * (d[sel] - sf.rs) ** 2) * fc(d[sel], sf.rc))
+            else:
+                pair = np.sort(np.stack([z_nb[jj], z_nb[kk]]), axis=0)
+                sel = (pair[0] == sf.neighbours[0]) & (pair[1] == sf.neighbours[1])
+                a, b = jj[sel], kk[sel]
+                dij, dik = d[a], d[b]
+                djk = np.linalg.norm(R[b] - R[a], axis=1)
+                cos = np.einsum("ij,ij->i", R[a], R[b]) / (dij * dik)
+                term = (2.0 ** (1 - sf.zeta) * np.clip(1 + sf.lam * cos, 0, None) ** sf.zeta
+                        * np.exp(-sf.eta * ((dij - sf.rs) ** 2 + (dik - sf.rs) ** 2 + (djk - sf.rs) ** 2))
+                        * fc(dij, sf.rc) * fc(dik, sf.rc) * fc(djk, sf.rc))
+                G[i, n] = term.sum()
+    return G, edges
+
+
+def _water_dimer() -> Atoms:
+    return Atoms("OH2OH2", positions=[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
+                                      [2.9, 0.1, 0.2], [3.3, 0.9, -0.2], [3.3, -0.7, 0.3]])
+
+
+def _small_triclinic() -> Atoms:
+    """3 waters in a ~5.3 Å triclinic cell: the 6.35 Å cutoff reaches several images."""
+    cell = np.array([[5.3, 0.0, 0.0], [0.9, 5.1, 0.0], [-0.6, 0.7, 5.4]])
+    atoms = Atoms(cell=cell, pbc=True)
+    for n, frac in enumerate([(0.1, 0.2, 0.1), (0.55, 0.45, 0.5), (0.2, 0.8, 0.7)]):
+        atoms += water_molecule(np.array(frac) @ cell, _rotation(n))
+    return atoms
+
+
+@pytest.mark.parametrize("make", [_water_dimer, _small_triclinic], ids=["dimer", "periodic-triclinic"])
+def test_symmetry_functions_match_brute_force(scripted, potential, make):
+    atoms = make()
+    reference, edges = brute_force_symmetry_functions(atoms, potential)
+    edge_index = torch.tensor([[i for i, _, _ in edges], [j for _, j, _ in edges]], dtype=torch.int64)
+    vectors = torch.tensor(np.array([r for _, _, r in edges]), dtype=torch.float64)
+    # shuffle the edge list: the model must not rely on any order
+    perm = torch.randperm(len(edges), generator=torch.Generator().manual_seed(0))
+    G = scripted.symmetry_functions(vectors[perm], edge_index[:, perm], torch.tensor(atoms.numbers)).numpy()
+    assert np.abs(reference).max() > 0.1  # the check is not vacuous
+    np.testing.assert_allclose(G, reference, rtol=0, atol=1e-10)
+
+
+def test_network_input_order_matches_scaling_statistics(scripted, potential):
+    """Raw functions of a DFT frame (one of the training frames) lie inside scaling.data's
+    [min, max] and near its mean: checks n2p2's sort order independently of the energies."""
+    atoms = ase.io.read(DFT, index=0)
+    edge_index, vectors = neighbor_list(atoms.positions, np.array(atoms.cell[:]), atoms.pbc, scripted.cutoff)
+    G = scripted.symmetry_functions(torch.tensor(vectors), torch.tensor(edge_index),
+                                    torch.tensor(atoms.numbers)).numpy()
+    for el in potential.elements:
+        g = G[atoms.numbers == el.z][:, : len(el.symfuncs)]
+        width = el.g_max - el.g_min
+        assert np.all(g.min(axis=0) >= el.g_min - 1e-6 * width), el.symbol
+        assert np.all(g.max(axis=0) <= el.g_max + 1e-6 * width), el.symbol
+        assert np.all(np.abs(g.mean(axis=0) - el.g_mean) < 0.15 * width), el.symbol
+
+
+# -- accuracy against DFT --------------------------------------------------------------
+def test_dft_frames_within_validated_errors(evaluator):
+    for k in DFT_FRAMES:
+        atoms = ase.io.read(DFT, index=k)
+        result = evaluator.compute([Structure.from_ase(atoms)])[0]
+        per_atom = 1000.0 * (result.energy - atoms.get_potential_energy()) / len(atoms)
+        force_rmse = np.sqrt(np.mean((result.forces - atoms.get_forces()) ** 2))
+        assert abs(per_atom - ENERGY_OFFSET) < 3 * ENERGY_SPREAD, (k, per_atom)
+        assert force_rmse < FRAME_FORCE_RMSE_P99, (k, force_rmse)
+
+
+# -- physics -----------------------------------------------------------------------------
+def test_forces_match_finite_differences(evaluator, water8):
+    structure = Structure.from_ase(water8)
+    forces = evaluator.compute([structure])[0].forces
+    h = 1e-4  # Å
+    fd = np.zeros_like(forces)
+    for i in range(len(water8)):
+        for a in range(3):
+            energies = []
+            for sign in (1, -1):
+                pos = water8.positions.copy()
+                pos[i, a] += sign * h
+                energies.append(evaluator.compute([Structure(pos, water8.numbers, structure.cell, structure.pbc)])[0].energy)
+            fd[i, a] = -(energies[0] - energies[1]) / (2 * h)
+    assert np.abs(forces).max() > 0.1
+    assert np.abs(fd - forces).max() <= 1e-6 * np.abs(forces).max()
+
+
+def test_rotation_invariance(evaluator, scripted, water8):
+    R = _rotation(7)
+    structure = Structure.from_ase(water8)
+    rotated = Structure(water8.positions @ R.T, water8.numbers, structure.cell @ R.T, structure.pbc)
+    a, b = evaluator.compute([structure, rotated])
+    assert abs(a.energy - b.energy) <= 1e-10 * abs(a.energy)
+    np.testing.assert_allclose(b.forces, a.forces @ R.T, rtol=0, atol=1e-10)
+    # same graph, rotated edge vectors: identical up to rounding
+    edge_index, vectors = neighbor_list(water8.positions, structure.cell, structure.pbc, scripted.cutoff)
+    ei, numbers, si = torch.tensor(edge_index), torch.tensor(water8.numbers), torch.zeros(len(water8), dtype=torch.int64)
+    e0 = scripted(torch.tensor(vectors), ei, numbers, si, 1)
+    e1 = scripted(torch.tensor(vectors @ R.T), ei, numbers, si, 1)
+    assert abs(float(e0 - e1)) <= 1e-12 * abs(float(e0))
+
+
+def test_batch_of_structures_gives_per_structure_energies(evaluator, water8):
+    dimer = _water_dimer()
+    dimer.set_cell(np.eye(3) * 30.0)
+    single = [evaluator.compute([Structure.from_ase(a)])[0] for a in (water8, dimer)]
+    both = evaluator.compute([Structure.from_ase(water8), Structure.from_ase(dimer)])
+    for s, b in zip(single, both):
+        assert abs(s.energy - b.energy) <= 1e-12 * abs(s.energy)
+        np.testing.assert_allclose(b.forces, s.forces, rtol=0, atol=1e-10)
+
+
+def test_unknown_element_is_a_clear_error(scripted):
+    vectors = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    # TorchScript surfaces the model's RuntimeError as torch.jit.Error (same message)
+    with pytest.raises((RuntimeError, torch.jit.Error), match="atomic number 6 is not supported"):
+        scripted(vectors, edge_index, torch.tensor([8, 6]), torch.zeros(2, dtype=torch.int64), 1)
+
+
+# -- files and TorchScript ----------------------------------------------------------------
+def _copy_network(tmp_path) -> Path:
+    target = tmp_path / "net"
+    shutil.copytree(NETWORK, target)
+    for path in target.iterdir():
+        path.chmod(0o644)
+    return target
+
+
+def test_truncated_weights_file_names_file_and_line(tmp_path):
+    net = _copy_network(tmp_path)
+    lines = (net / "weights.008.data").read_text().splitlines()
+    (net / "weights.008.data").write_text("\n".join(lines[:500]) + "\n")
+    with pytest.raises(N2P2FormatError, match=r"weights\.008\.data:500: file ends after 500 values"):
+        read_n2p2(net)
+
+
+def test_garbled_weight_names_file_and_line(tmp_path):
+    net = _copy_network(tmp_path)
+    lines = (net / "weights.001.data").read_text().splitlines()
+    lines[16] = "  0.12x4"
+    (net / "weights.001.data").write_text("\n".join(lines) + "\n")
+    with pytest.raises(N2P2FormatError, match=r"weights\.001\.data:17: cannot read weight from '0\.12x4'"):
+        read_n2p2(net)
+
+
+def test_truncated_scaling_file_names_file_and_line(tmp_path):
+    net = _copy_network(tmp_path)
+    text = (net / "scaling.data").read_text()
+    lines = text.splitlines()
+    cut = lines[:40] + [lines[40][:25]]  # line 41 ends in the middle of a row
+    (net / "scaling.data").write_text("\n".join(cut) + "\n")
+    with pytest.raises(N2P2FormatError, match=r"scaling\.data:41: expected 'element function min max mean"):
+        read_n2p2(net)
+    (net / "scaling.data").write_text("\n".join(lines[:40]) + "\n")
+    with pytest.raises(N2P2FormatError, match=r"scaling\.data:40: file ends after 40 rows; expected 57"):
+        read_n2p2(net)
+
+
+def test_missing_file_and_unsupported_function_type(tmp_path):
+    net = _copy_network(tmp_path)
+    (net / "weights.001.data").unlink()
+    with pytest.raises(N2P2FormatError, match=r"weights\.001\.data: file not found"):
+        read_n2p2(net)
+    net = _copy_network(tmp_path / "b")
+    text = (net / "input.nn").read_text().replace("symfunction_short H 2 H 0.001", "symfunction_short H 9 H 0.001", 1)
+    (net / "input.nn").write_text(text)
+    with pytest.raises(N2P2FormatError, match=r"input\.nn:\d+: symmetry function type 9 is not supported"):
+        read_n2p2(net)
+
+
+def test_error_message_is_one_line_and_cli_exit_code(tmp_path, capsys):
+    from training.export_teacher import main
+
+    net = _copy_network(tmp_path)
+    (net / "weights.008.data").write_text("1.0\n")
+    out = tmp_path / "out" / "model.pt"
+    assert main(["--data", str(net), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "weights.008.data:1" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_torchscript_round_trip(tmp_path, eager, scripted, water8):
+    from training.export_teacher import main
+
+    path = tmp_path / "teacher.pt"
+    assert main(["--data", str(NETWORK), "--out", str(path)]) == 0
+    loaded = torch.jit.load(str(path))
+    assert loaded.species == [1, 8] and abs(loaded.cutoff - 12.0 * ase.units.Bohr) < 1e-12
+    edge_index, vectors = neighbor_list(water8.positions, np.array(water8.cell[:]), water8.pbc, loaded.cutoff)
+    args = (torch.tensor(vectors), torch.tensor(edge_index), torch.tensor(water8.numbers),
+            torch.zeros(len(water8), dtype=torch.int64), 1)
+    e_loaded, e_scripted, e_eager = loaded(*args), scripted(*args), eager(*args)
+    assert torch.equal(e_loaded, e_scripted)
+    assert abs(float(e_eager - e_scripted)) <= 1e-12 * abs(float(e_eager))

@@ -1,0 +1,240 @@
+"""Validate the exported teacher against the revPBE0-D3 DFT frames, and time it.
+
+    python -m training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt \\
+        --dft ../shared/data/dft/water_revpbe0d3_190.xyz --out models
+
+Evaluates every frame with the project's :class:`server.evaluator.Evaluator` and reports
+
+* energy: per-frame error per atom e_k = (E_pred − E_DFT)/N_atoms; its mean ("offset")
+  and standard deviation ("spread"), in meV/atom (the absolute offset depends on the DFT
+  reference energies of the training set, the spread is the model's accuracy);
+* forces: MAE and RMSE over all components, in eV/Å, also per element;
+* timings of one energy+forces call (neighbour list included) for the first DFT frame
+  (192 atoms) and for ``--large`` (default: ``structures/water_512.xyz`` next to the DFT
+  folder, 1536 atoms), on the chosen device.
+
+Writes ``<out>/validation/teacher.json`` and ``<out>/VALIDATION.md``. Exits with 1 when
+the acceptance limits (force RMSE ≤ 0.13 eV/Å, spread ≤ 4 meV/atom) are not met.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+from server.errors import MLIPError
+from server.evaluator import Evaluator, Structure
+
+ACCEPT_FORCE_RMSE = 0.13  # eV/Å
+ACCEPT_ENERGY_SPREAD = 4.0  # meV/atom
+
+
+def _read_frames(path: str, limit=None):
+    import ase.io
+
+    if not os.path.isfile(path):
+        raise MLIPError(f"{path}: file not found: pass --dft PATH to the extended-XYZ DFT frames")
+    frames = ase.io.read(path, ":")
+    if limit:
+        frames = frames[:limit]
+    for k, atoms in enumerate(frames):
+        if atoms.calc is None or "forces" not in atoms.calc.results or "energy" not in atoms.calc.results:
+            raise MLIPError(f"{path}: frame {k} has no energy= or forces: expected extended XYZ with DFT labels")
+    return frames
+
+
+def evaluate_frames(evaluator: Evaluator, frames) -> dict:
+    """Per-frame errors of ``frames`` (ASE atoms with DFT energy/forces), one frame per call."""
+    e_err, n_atoms, f_pred, f_ref, numbers = [], [], [], [], []
+    for atoms in frames:
+        result = evaluator.compute([Structure.from_ase(atoms)])[0]
+        e_err.append(result.energy - atoms.get_potential_energy())
+        n_atoms.append(len(atoms))
+        f_pred.append(result.forces)
+        f_ref.append(atoms.get_forces())
+        numbers.append(atoms.numbers)
+    e_err, n_atoms = np.array(e_err), np.array(n_atoms)
+    per_atom = 1000.0 * e_err / n_atoms  # meV/atom
+    df = np.concatenate(f_pred) - np.concatenate(f_ref)
+    numbers = np.concatenate(numbers)
+    frame_rmse = [float(np.sqrt(np.mean((p - r) ** 2))) for p, r in zip(f_pred, f_ref)]
+    per_element = {}
+    for z in sorted(set(numbers.tolist())):
+        sel = df[numbers == z]
+        per_element[str(z)] = {"force_mae": float(np.abs(sel).mean()), "force_rmse": float(np.sqrt((sel**2).mean()))}
+    return {
+        "n_frames": len(frames),
+        "n_atoms_total": int(n_atoms.sum()),
+        "energy_offset_mev_per_atom": float(per_atom.mean()),
+        "energy_spread_mev_per_atom": float(per_atom.std()),
+        "energy_rmse_mev_per_atom": float(np.sqrt(np.mean(per_atom**2))),
+        "energy_max_abs_deviation_from_offset_mev_per_atom": float(np.abs(per_atom - per_atom.mean()).max()),
+        "force_mae": float(np.abs(df).mean()),
+        "force_rmse": float(np.sqrt(np.mean(df**2))),
+        "force_rmse_per_frame_max": float(max(frame_rmse)),
+        "force_rmse_per_frame_min": float(min(frame_rmse)),
+        "per_element": per_element,
+        "per_frame_energy_error_mev_per_atom": [round(float(x), 4) for x in per_atom],
+        "per_frame_force_rmse": [round(x, 5) for x in frame_rmse],
+    }
+
+
+def time_structure(evaluator: Evaluator, structure: Structure, repeats: int, warmup: int = 2) -> dict:
+    """Wall time of one energy+forces call (ms): median and min over ``repeats``."""
+    for _ in range(warmup):
+        evaluator.compute([structure])
+    totals, neighbours = [], []
+    for _ in range(repeats):
+        before = dict(evaluator.timings)
+        t0 = time.perf_counter()
+        evaluator.compute([structure])
+        totals.append(1000.0 * (time.perf_counter() - t0))
+        neighbours.append(1000.0 * (evaluator.timings["neighbors"] - before["neighbors"]))
+    return {
+        "n_atoms": int(len(structure.numbers)),
+        "repeats": repeats,
+        "median_ms": round(statistics.median(totals), 2),
+        "min_ms": round(min(totals), 2),
+        "neighbour_list_median_ms": round(statistics.median(neighbours), 2),
+    }
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def _write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def markdown(report: dict) -> str:
+    v, m, t = report["validation"], report["machine"], report["timings"]
+    acc = report["acceptance"]
+    lines = [
+        "# Teacher validation: revPBE0-D3 Behler–Parrinello water potential",
+        "",
+        f"Model `{report['model']}` (n2p2/RuNNer network of Cheng et al., PNAS 2019, exported by "
+        "`training.export_teacher`), evaluated with `server.evaluator.Evaluator` "
+        f"({report['dtype']}, {m['device']}) on all {v['n_frames']} frames of `{report['dft']}` "
+        "(revPBE0-D3 DFT, 192 atoms each). Written by `python -m training.validate_teacher` on "
+        f"{report['date']}.",
+        "",
+        "| quantity | value | acceptance |",
+        "|---|---|---|",
+        f"| energy error offset, mean of (E_pred − E_DFT)/N | {v['energy_offset_mev_per_atom']:.3f} meV/atom | — |",
+        f"| energy error spread, std over frames | {v['energy_spread_mev_per_atom']:.3f} meV/atom "
+        f"| ≤ {ACCEPT_ENERGY_SPREAD} |",
+        f"| force MAE (all components) | {v['force_mae']:.4f} eV/Å | — |",
+        f"| force RMSE (all components) | {v['force_rmse']:.4f} eV/Å | ≤ {ACCEPT_FORCE_RMSE} |",
+    ]
+    for z, e in v["per_element"].items():
+        lines.append(f"| force RMSE, Z = {z} | {e['force_rmse']:.4f} eV/Å | — |")
+    lines += [
+        f"| per-frame force RMSE, min–max | {v['force_rmse_per_frame_min']:.4f}–"
+        f"{v['force_rmse_per_frame_max']:.4f} eV/Å | — |",
+        "",
+        f"Acceptance: **{'passed' if acc['passed'] else 'FAILED'}**.",
+        "",
+        "## Timings (energy + forces, one structure per call, neighbour list included)",
+        "",
+        "| atoms | median | min | of which neighbour list (median) |",
+        "|---|---|---|---|",
+    ]
+    for entry in t.values():
+        lines.append(f"| {entry['n_atoms']} | {entry['median_ms']:.1f} ms | {entry['min_ms']:.1f} ms "
+                     f"| {entry['neighbour_list_median_ms']:.1f} ms |")
+    lines += [
+        "",
+        f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "") + ". Shared machines give noisy timings.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Validate the exported teacher against DFT frames and time it.")
+    parser.add_argument("--model", required=True, help="TorchScript teacher, e.g. models/local/bpnnp-revpbe0d3.pt")
+    parser.add_argument("--dft", required=True, help="extended XYZ with DFT energy= and forces (eV, eV/Å)")
+    parser.add_argument("--out", required=True, help="folder for validation/teacher.json and VALIDATION.md")
+    parser.add_argument("--large", default=None,
+                        help="large structure to time (default: ../structures/water_512.xyz next to --dft)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    parser.add_argument("--frames", type=int, default=None, help="only the first N frames (quick check)")
+    args = parser.parse_args(argv)
+
+    try:
+        evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype)
+        frames = _read_frames(args.dft, args.frames)
+        t0 = time.perf_counter()
+        validation = evaluate_frames(evaluator, frames)
+        validation["wall_time_s"] = round(time.perf_counter() - t0, 1)
+        timings = {"dft_frame_192": time_structure(evaluator, Structure.from_ase(frames[0]), repeats=7)}
+        large = args.large or os.path.join(os.path.dirname(os.path.abspath(args.dft)), "..", "structures",
+                                           "water_512.xyz")
+        if os.path.isfile(large):
+            import ase.io
+
+            structure = Structure.from_ase(ase.io.read(large))
+            timings[f"{os.path.basename(large)}_{len(structure.numbers)}"] = time_structure(
+                evaluator, structure, repeats=3, warmup=1)
+        else:
+            print(f"note: {large} not found, large-cell timing skipped", file=sys.stderr)
+    except MLIPError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    passed = (validation["force_rmse"] <= ACCEPT_FORCE_RMSE
+              and validation["energy_spread_mev_per_atom"] <= ACCEPT_ENERGY_SPREAD)
+    report = {
+        "model": args.model,
+        "dft": args.dft,
+        "dtype": args.dtype,
+        "date": datetime.date.today().isoformat(),
+        "units": {"energy": "meV/atom", "forces": "eV/Å", "time": "ms"},
+        "validation": validation,
+        "acceptance": {"force_rmse_max": ACCEPT_FORCE_RMSE, "energy_spread_max": ACCEPT_ENERGY_SPREAD,
+                       "passed": passed},
+        "timings": timings,
+        "machine": machine_info(args.device),
+    }
+    _write_atomic(os.path.join(args.out, "validation", "teacher.json"), json.dumps(report, indent=1) + "\n")
+    _write_atomic(os.path.join(args.out, "VALIDATION.md"), markdown(report))
+    v = validation
+    print(f"{v['n_frames']} frames: energy offset {v['energy_offset_mev_per_atom']:.3f} meV/atom, spread "
+          f"{v['energy_spread_mev_per_atom']:.3f} meV/atom; forces MAE {v['force_mae']:.4f} eV/Å, "
+          f"RMSE {v['force_rmse']:.4f} eV/Å -> {'passed' if passed else 'FAILED'}")
+    for name, entry in timings.items():
+        print(f"timing {name}: {entry['median_ms']:.1f} ms median ({entry['n_atoms']} atoms)")
+    print(f"wrote {os.path.join(args.out, 'validation', 'teacher.json')} and {os.path.join(args.out, 'VALIDATION.md')}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
