@@ -104,6 +104,20 @@ def test_formats_give_identical_rdf_and_msd(tmp_path, water_traj):
     assert mb.D == pytest.approx(m0.D, rel=1e-3)
 
 
+def test_dense_and_cell_list_pair_search_agree(water_traj):
+    names, x, dims = water_traj
+    u = build_universe(names, x[:6], dims)
+    w = find_water(u)
+    for g1, g2, excl in ((w.oxygens, w.oxygens, (1, 1)), (w.oxygens, w.hydrogens, (1, 2)),
+                         (w.hydrogens, w.hydrogens, (2, 2)), (w.hydrogens, w.hydrogens, None),
+                         (w.oxygens, w.hydrogens, None)):
+        dense = BlockRDF(g1, g2, nbins=40, range=(0.0, 4.9), exclusion_block=excl).run()
+        cells = BlockRDF(g1, g2, nbins=40, range=(0.0, 4.9), exclusion_block=excl, dense_max_pairs=0).run()
+        assert dense.dense and not cells.dense
+        np.testing.assert_array_equal(dense.results.count, cells.results.count)
+        np.testing.assert_allclose(dense.results.rdf_err, cells.results.rdf_err)
+
+
 def test_g_oo_matches_lammps_compute_rdf(tmp_path, water_traj):
     names, x, dims = water_traj
     types = [1 if n == "O" else 2 for n in names]
@@ -377,6 +391,13 @@ def test_torque_and_angular_momentum_of_rigid_rotation(tmp_path):
     tau_exact = 0.3 * np.stack([d[:, 1], -d[:, 0], np.zeros(F)], axis=1)  # (r1 - r2) × (0, 0, f)
     np.testing.assert_allclose(r2.torque, tau_exact, atol=1e-4)
     assert np.abs(tau_exact).max() > 0.1
+    # the CLI finds gas.vel_0.xyz / gas.for_0.xyz next to the positions by their header
+    out = tmp_path / "out"
+    assert cli.main(["symmetry", str(tmp_path / "gas.pos_0.xyz"), "--out", str(out), "--quiet",
+                     "--timestep", "0.5"]) == 0
+    s = json.loads((out / "summary.json").read_text())["symmetry"]["angular_momentum"]
+    assert s["torque_norm_mean_eV"] < 1e-4
+    assert s["L_norm_mean_hbar"] == pytest.approx(np.linalg.norm(L_exact, axis=1).mean() / HBAR_AMU_A2_PS, rel=1e-3)
 
 
 # --------------------------------------------------------------------------- CLI

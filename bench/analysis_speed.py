@@ -1,0 +1,147 @@
+"""Speed of the trajectory analyses (analysis/) on a water-like system.
+
+Generates a synthetic trajectory of rigid water molecules (default 512 molecules = 1536 atoms,
+1000 frames, cubic 24.861 Å box, 10 fs between frames; centres random-walk, dipoles
+rotationally diffuse), then measures
+
+* frames per second of every analysis class on an in-memory Universe, serial;
+* the speed-up of MDAnalysis' parallel backend (``backend="multiprocessing", n_workers=2``)
+  for every class that supports it (same run, side by side);
+* the wall time of the whole ``mlip-analyse all`` on the same frames written as an i-PI
+  ``xyz`` file (parsing included), against the target of 60 s.
+
+Writes ``bench/results/analysis_speed.json`` and prints a markdown table.
+
+    .venv/bin/python bench/analysis_speed.py [--frames 1000] [--molecules 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from analysis import cli  # noqa: E402
+from analysis.dipoles import (DielectricConstant, DipoleAutocorrelation, DipoleOrientation,  # noqa: E402
+                              DipolePairCorrelation)
+from analysis.molecules import find_water  # noqa: E402
+from analysis.msd import MSD  # noqa: E402
+from analysis.rdf import BlockRDF, default_rmax  # noqa: E402
+from analysis.readers import build_universe, load_universe  # noqa: E402
+from analysis.synthetic import water_trajectory, wrap, write_ipi  # noqa: E402
+
+CHARGES = {"O": -0.8476, "H": 0.4238}
+
+
+def machine():
+    model = "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import MDAnalysis
+
+    return {"cpu_model": model, "cpus_available": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(), "MDAnalysis": MDAnalysis.__version__,
+            "numpy": np.__version__}
+
+
+def timed(make, **run_kw):
+    t = time.perf_counter()
+    make().run(**run_kw)
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--molecules", type=int, default=512)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "analysis_speed.json"))
+    args = ap.parse_args(argv)
+
+    F, M, dt = args.frames, args.molecules, 0.01
+    L = 24.861 * (M / 512) ** (1 / 3)
+    names, x, dims = water_trajectory(n_molecules=M, box_length=L, n_frames=F, dt_ps=dt, D=0.23,
+                                      rot_step=0.15, seed=1)
+    xw = wrap(x, dims)
+    u = build_universe(names, xw, dims, dt_ps=dt)
+    w = find_water(u)
+    rmax = default_rmax(u)
+    O, H = w.oxygens, w.hydrogens
+    cases = {
+        "g_OO (BlockRDF)": lambda: BlockRDF(O, O, nbins=200, range=(0, rmax), exclusion_block=(1, 1)),
+        "g_OH (BlockRDF)": lambda: BlockRDF(O, H, nbins=200, range=(0, rmax), exclusion_block=(1, 2)),
+        "g_HH (BlockRDF)": lambda: BlockRDF(H, H, nbins=200, range=(0, rmax), exclusion_block=(2, 2)),
+        "MSD oxygens (MSD)": lambda: MSD(u, water=w, dt_ps=dt),
+        "orientation P(cos θ, φ) (DipoleOrientation)": lambda: DipoleOrientation(u, w),
+        "c_L, c_T (DipolePairCorrelation)": lambda: DipolePairCorrelation(u, w, rmax=rmax, nbins=80),
+        "C1, C2 (DipoleAutocorrelation)": lambda: DipoleAutocorrelation(u, w, dt_ps=dt),
+        "dielectric (DielectricConstant)": lambda: DielectricConstant(u, w, CHARGES),
+    }
+    rows = []
+    for name, make in cases.items():
+        t_serial = timed(make)
+        obj = make()
+        row = {"analysis": name, "frames": F, "serial_s": t_serial, "serial_fps": F / t_serial}
+        if obj.parallelizable:
+            t_par = timed(make, backend="multiprocessing", n_workers=args.workers)
+            row.update(parallel_s=t_par, parallel_fps=F / t_par, speedup=t_serial / t_par)
+        rows.append(row)
+        print(f"{name}: {F / t_serial:.0f} frames/s", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        traj = os.path.join(tmp, "bench.pos_0.xyz")
+        write_ipi(traj, names, xw, dims)  # i-PI's own writer, atomic units
+        t = time.perf_counter()
+        load_universe(traj, timestep_fs=10.0)
+        t_read = time.perf_counter() - t
+        t = time.perf_counter()
+        rc = cli.main(["all", traj, "--timestep", "10", "--out", os.path.join(tmp, "out"), "--quiet",
+                       "--charges", "O=-0.8476", "H=0.4238"])
+        t_all = time.perf_counter() - t
+        size_mb = os.path.getsize(traj) / 1e6
+    assert rc == 0, "mlip-analyse all failed"
+
+    result = {
+        "machine": machine(),
+        "system": {"atoms": 3 * M, "molecules": M, "frames": F, "box_A": L, "rmax_A": rmax,
+                   "rdf_bins": 200, "pair_search": "dense distance_array" if BlockRDF(O, H).dense else "capped_distance"},
+        "analyses": rows,
+        "end_to_end": {"command": "mlip-analyse all TRAJ --timestep 10 --charges O=-0.8476 H=0.4238",
+                       "file": f"i-PI xyz, atomic units, {size_mb:.0f} MB", "read_s": t_read,
+                       "all_s": t_all, "target_s": 60.0, "met": t_all < 60.0},
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+
+    m = result["machine"]
+    print(f"\nMachine: {m['cpu_model']}, {m['cpus_available']} cores; MDAnalysis {m['MDAnalysis']}; "
+          f"{3 * M} atoms x {F} frames\n")
+    print(f"| analysis | serial frames/s | {args.workers} workers frames/s | speed-up |")
+    print("|---|---|---|---|")
+    for r in rows:
+        par = f"{r['parallel_fps']:.0f} | {r['speedup']:.2f}x" if "speedup" in r else "n/a | n/a"
+        print(f"| {r['analysis']} | {r['serial_fps']:.0f} | {par} |")
+    e = result["end_to_end"]
+    print(f"| `mlip-analyse all` (read {e['read_s']:.1f} s incl.) | {F / e['all_s']:.0f} "
+          f"({e['all_s']:.1f} s total, target < 60 s) | | |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
