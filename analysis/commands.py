@@ -70,6 +70,17 @@ class Options:
         return os.path.join(self.out, name)
 
 
+def _rmax(u, opt) -> float:
+    """--rmax, or min(L/2, 8 Å); refuse an r_max beyond half the box (minimum-image counts
+    would be incomplete there)."""
+    from .rdf import default_rmax
+
+    half = default_rmax(u, cap=np.inf)
+    if opt.rmax is not None and opt.rmax > half + 1e-6:
+        raise AnalysisInputError(f"--rmax {opt.rmax:g} Å exceeds half the box width ({half:.3f} Å): pass --rmax <= {half:.3f}")
+    return opt.rmax or min(half, 8.0)
+
+
 def _frames_info(u, opt):
     return {"n_frames_analysed": len(range(*slice(opt.start, opt.stop, opt.step).indices(len(u.trajectory))))}
 
@@ -78,11 +89,11 @@ def _frames_info(u, opt):
 def rdf(u, opt: Options) -> dict:
     """g_OO, g_OH, g_HH (water, intramolecular pairs excluded) or all element pairs."""
     from .molecules import find_water
-    from .rdf import BlockRDF, default_rmax, water_rdfs
+    from .rdf import BlockRDF, water_rdfs
 
     require_box(u, "g(r)")
     refs = [load_reference(s) for s in opt.references]
-    rmax = opt.rmax or default_rmax(u)
+    rmax = _rmax(u, opt)
     try:
         water = find_water(u)
     except AnalysisInputError:
@@ -231,11 +242,10 @@ def dipole(u, opt: Options) -> dict:
     """c_L(r), c_T(r); C1(t), C2(t) and reorientation times; dielectric constant (charges)."""
     from .dipoles import DielectricConstant, DipoleAutocorrelation, DipolePairCorrelation
     from .molecules import find_water
-    from .rdf import default_rmax
 
     water = find_water(u)
     require_box(u, "c_L(r), c_T(r)")
-    rmax = opt.rmax or default_rmax(u)
+    rmax = _rmax(u, opt)
     nb = max(10, int(round(rmax / 0.1)))
     pc = DipolePairCorrelation(u, water, rmax=rmax, nbins=nb, n_blocks=opt.n_blocks)
     pc.run(**opt.run_kw_for("c_L, c_T"))
