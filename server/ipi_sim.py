@@ -1,4 +1,8 @@
-"""Small i-PI runs for the tests: render an input, run i-PI and mlip-server, read outputs."""
+"""Small i-PI runs (tests, benchmarks): render an input, run i-PI and mlip-server, read outputs.
+
+The input is a fixed NVT (SVR) or PIMD (PILE-L) water-like setup at 300 K with 0.5 fs steps;
+``ffdirect=True`` evaluates the model in-process (``server/ipi_pes.py``) instead of a socket.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,12 @@ from server.ipi_sim_files import write_ipi_xyz
 FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
     <address>{address}</address>{port}<latency>1e-4</latency><batch_size>{batch}</batch_size>
   </ffsocket>
+"""
+
+PES = Path(__file__).resolve().parent / "ipi_pes.py"
+DIRECT = """  <ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{pes}</pes_path>
+    <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters><batch_size>{batch}</batch_size>
+  </ffdirect>
 """
 
 EXTRAS = """    <trajectory filename='extras' stride='1' extra_type='{extra}'> extras </trajectory>
@@ -40,7 +50,7 @@ write_init = write_ipi_xyz
 
 
 def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1, batch=1,
-        server_args=(), endpoints=None, extra=None, timeout=240):
+        server_args=(), endpoints=None, extra=None, timeout=240, ffdirect=False):
     """Runs i-PI + one mlip-server; returns the parsed outputs.
 
     ``endpoints``: list of (forcefield name, address suffix for the server, weight) for
@@ -53,6 +63,11 @@ def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1
     endpoints = endpoints or [("mlip", "", 1.0)]
     ffs, forces, addresses, sockets = "", "", [], []
     for k, (name, suffix, weight) in enumerate(endpoints):
+        if ffdirect:
+            ffs += DIRECT.format(name=name, pes=PES, model=Path(model).resolve(), average=suffix.lstrip("=") or "none",
+                                 batch=batch)
+            forces += f"<force forcefield='{name}' weight='{weight}'/>"
+            continue
         if mode == "unix":
             address, port = f"{base}-{k}", ""
             sockets.append(address)
@@ -75,6 +90,8 @@ def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1
     ipi = processes.start_ipi("input.xml", workdir)
     server = None
     try:
+        if ffdirect:
+            return Outputs(workdir, processes.wait([ipi], timeout) + [0], nbeads)
         if mode == "unix":
             processes.wait_for_socket(sockets[0], ipi)
         server = processes.start_server(model, "init.xyz", addresses, workdir, extra=list(server_args))
@@ -96,7 +113,8 @@ class Outputs:
     def __init__(self, workdir, codes, nbeads):
         self.workdir, self.codes, self.nbeads = Path(workdir), codes, nbeads
         self.properties = np.loadtxt(self.workdir / "sim.out")
-        self.server_log = (self.workdir / "server.log").read_text()
+        log = self.workdir / "server.log"
+        self.server_log = log.read_text() if log.exists() else ""
         self.ipi_log = (self.workdir / "ipi.log").read_text()
 
     def frames(self, bead=0):

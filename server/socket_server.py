@@ -220,6 +220,7 @@ class ForceServer:
         self.connections: list[Connection] = []
         self.batch_sizes: Counter = Counter()
         self.n_evaluations = 0
+        self.busy_seconds = 0.0  # reading, evaluating and answering (not waiting for i-PI)
 
     def connect(self):
         specs = {}
@@ -253,8 +254,10 @@ class ForceServer:
             if wait is None and self.idle_timeout > 0:
                 wait = self.idle_timeout
             readable = select.select(listening, [], [], wait)[0] if listening else []
+            t0 = time.perf_counter()
             for conn in readable:
                 conn.handle_message()
+            self.busy_seconds += time.perf_counter() - t0
             now = time.monotonic()
             if readable:
                 last_activity = now
@@ -269,7 +272,9 @@ class ForceServer:
             waiting = [c for c in self.connections if c.idle and c.address in groups]
             if waiting and now < gather_deadline:
                 continue
+            t0 = time.perf_counter()
             self._evaluate(pending)
+            self.busy_seconds += time.perf_counter() - t0
             gather_deadline = None
 
     def _evaluate(self, pending):
@@ -296,5 +301,6 @@ class ForceServer:
     def log_summary(self):
         sizes = ", ".join(f"{k}×{v}" for k, v in sorted(self.batch_sizes.items()))
         t = self.evaluator.timings
-        log.info("evaluations %d; batch sizes (structures per model call × calls): %s; time in model %.2f s, "
-                 "total %.2f s", self.n_evaluations, sizes or "none", t["model"], t["total"])
+        log.info("evaluations %d; batch sizes (structures per model call × calls): %s; time in model %.3f s, "
+                 "neighbour lists %.3f s, server busy %.3f s", self.n_evaluations, sizes or "none", t["model"],
+                 t["neighbors"], self.busy_seconds)

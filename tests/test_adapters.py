@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-import ipi_sim
+from server import ipi_sim
 from server import processes
 
 PES = Path(__file__).resolve().parents[1] / "server" / "ipi_pes.py"

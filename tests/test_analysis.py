@@ -223,7 +223,12 @@ def test_isotropic_orientations_are_flat_and_uncorrelated():
     assert abs(np.std(o.P) - sigma) < 0.3 * sigma  # the noise is what it should be, no more
     assert np.abs(o.P_cos - 1).max() < 5 / np.sqrt(F * M / 10)
     assert abs(o.mean_cos) < 4 / np.sqrt(3 * F * M)
-    c = DipolePairCorrelation(u, w, rmax=7.0, nbins=7).run().results
+    pc = DipolePairCorrelation(u, w, rmax=7.0, nbins=7).run()
+    c = pc.results
+    cells = DipolePairCorrelation(u, w, rmax=7.0, nbins=7, dense_max_pairs=0).run()
+    assert pc.dense and not cells.dense
+    np.testing.assert_array_equal(cells.results.pairs, c.pairs)
+    np.testing.assert_allclose(cells.results.c_L, c.c_L, atol=1e-12)
     sel = c.pairs > 500
     assert sel.sum() >= 4
     assert np.all(np.abs(c.c_L[sel]) < 5 / np.sqrt(9 * c.pairs[sel]) + 1e-3)

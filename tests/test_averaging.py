@@ -127,7 +127,7 @@ def test_random_rotation_changes_every_call_and_is_reproducible(strongly_anisotr
 def test_agrees_with_ipi_ffrotations(tmp_path, strongly_anisotropic_model):
     """i-PI's engine-side <ffrotations> (legendre 2 + inversion) around our raw endpoint
     equals our 2i endpoint, step by step, on the same trajectory."""
-    import ipi_sim
+    from server import ipi_sim
     from server import processes
 
     atoms = water_box(8, seed=6)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import ipi_sim
+from server import ipi_sim
 from server.evaluator import Evaluator, Structure
 
 

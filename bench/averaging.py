@@ -1,0 +1,136 @@
+"""Cost of rotational averaging: batched (ours) vs a serial loop vs i-PI <ffrotations>.
+
+Time per energy+forces evaluation for the specs none, i, 2, 2i, 3i on a gas-phase water
+molecule, 192 atoms and 1536 atoms, and the ratio of each to ``none``:
+
+* batched: all rotated copies in one (chunked) model call — ``Evaluator.compute(s, spec)``;
+* serial: one model call per rotation, as in the original workflow;
+* i-PI: ``<ffrotations>`` around our raw socket endpoint (wall time per MD step, molecule
+  and 192 atoms only, ``none`` and ``2i``).
+
+    python bench/averaging.py [--model M] [--device cuda] [--dtype float32] [--no-ipi]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import default_model, machine, timeit, write
+from server.averaging import Averaging
+from server.evaluator import Evaluator, Structure
+from training.structures import water_box, water_molecule
+
+SPECS = ["none", "i", "2", "2i", "3i"]
+
+
+def serial(ev, s, spec):
+    rot = Averaging(spec).rotations()
+    for r, w in zip(rot.matrices, rot.weights):
+        if w > 0:
+            ev.compute([Structure(s.positions @ r.T, s.numbers, s.cell @ r.T, s.pbc)])
+
+
+IPI_XML = """<simulation verbosity='quiet'>
+  <output prefix='sim'><properties stride='1' filename='out'> [step, potential] </properties></output>
+  <total_steps>{steps}</total_steps>
+  <ffrotations name='avg'><grid_order>{order}</grid_order><inversion>{inv}</inversion>
+    <ffsocket name='raw' mode='unix' pbc='false'><address>{addr}</address><latency>1e-4</latency></ffsocket>
+  </ffrotations>
+  <system><initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
+    <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
+    <forces><force forcefield='avg'/></forces>
+    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
+  </system>
+</simulation>"""
+
+
+def ipi_ffrotations(workdir, atoms, model, spec, steps=(2, 6), extra=()):
+    from server import processes
+    from server.ipi_sim_files import write_ipi_xyz
+
+    order, inv = (1, "false") if spec == "none" else (int(spec.rstrip("i")), str(spec.endswith("i")).lower())
+    times = []
+    for n in steps:
+        d = Path(workdir) / f"{spec}-{n}"
+        d.mkdir(parents=True)
+        write_ipi_xyz(atoms, d / "init.xyz")
+        addr = processes.unique_name("bench")
+        (d / "input.xml").write_text(IPI_XML.format(steps=n, order=order, inv=inv, addr=addr))
+        t0 = time.perf_counter()
+        ipi = processes.start_ipi("input.xml", d)
+        server = None
+        try:
+            processes.wait_for_socket(addr, ipi)
+            server = processes.start_server(model, "init.xyz", [f"unix:{addr}"], d, extra=list(extra))
+            assert processes.wait([ipi, server], 3000) == [0, 0]
+        finally:
+            processes.stop([ipi, server], [addr])
+        times.append(time.perf_counter() - t0)
+    return (times[1] - times[0]) / (steps[1] - steps[0])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--no-ipi", action="store_true")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-avg-"))
+    model, label = (args.model, args.model) if args.model else default_model(work)
+    ev = Evaluator(model, device=args.device, dtype=args.dtype)
+    mol = water_molecule(center=(5, 5, 5))
+    mol.cell, mol.pbc = np.eye(3) * 10, False
+    systems = {"molecule (3)": mol, "192 atoms": water_box(64, seed=0), "1536 atoms": water_box(512, seed=0)}
+    data = {"machine": machine(), "model": label, "device": args.device, "dtype": args.dtype, "systems": {}}
+    lines = []
+    for name, atoms in systems.items():
+        s = Structure.from_ase(atoms)
+        row = {}
+        for spec in SPECS:
+            big = len(atoms) > 1000 and spec == "3i"
+            rep = 1 if len(atoms) > 1000 else args.repeat
+            batched = timeit(lambda: ev.compute([s], spec), repeat=rep, warmup=1)
+            loop = np.nan if big else timeit(lambda: serial(ev, s, spec), repeat=1 if len(atoms) > 100 else rep,
+                                             warmup=0 if len(atoms) > 100 else 1)
+            row[spec] = {"batched_s": batched, "serial_s": loop}
+        if not args.no_ipi and len(atoms) < 1000:
+            extra = ["--device", args.device, "--dtype", args.dtype]
+            for spec in ("none", "2i"):
+                row[spec]["ipi_ffrotations_s_per_step"] = ipi_ffrotations(work / name.split()[0], atoms, model, spec,
+                                                                          extra=extra)
+        data["systems"][name] = row
+        base = row["none"]["batched_s"]
+        for spec in SPECS:
+            r = row[spec]
+            ipi = r.get("ipi_ffrotations_s_per_step")
+            ipi_txt = f"{1e3 * ipi:.1f} ({ipi / row['none']['ipi_ffrotations_s_per_step']:.1f}×)" if ipi else "–"
+            loop_txt = "–" if np.isnan(r["serial_s"]) else f"{1e3 * r['serial_s']:.1f} ({r['serial_s'] / base:.1f}×)"
+            ratio = r["batched_s"] / r["serial_s"] if not np.isnan(r["serial_s"]) else np.nan
+            lines.append(f"| {name} | {spec} | {Averaging(spec).n_rotations} | {1e3 * r['batched_s']:.1f} "
+                         f"({r['batched_s'] / base:.1f}×) | {loop_txt} | {ratio:.2f} | {ipi_txt} |")
+    m = data["machine"]
+    md = f"""## Rotational averaging (`bench/averaging.py`)
+Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads){', GPU ' + m['gpu'] if 'gpu' in m else ''}, {m['date']}.
+Model: {label}; device {args.device}, {args.dtype}. Times in ms per energy+forces evaluation (× = ratio to `none`
+of the same column); i-PI column: wall time per MD step with `<ffrotations>` around our raw endpoint.
+
+| system | spec | rotations | batched (ours) | serial loop | batched / serial | i-PI ffrotations |
+|---|---|---|---|---|---|---|
+{chr(10).join(lines)}
+"""
+    name = "averaging" if args.device == "cpu" else f"averaging_{args.device.split(':')[0]}"
+    write(name, data, md)
+    print(md)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

