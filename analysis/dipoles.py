@@ -28,7 +28,7 @@ import numpy as np
 import tidynamics
 from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
-from MDAnalysis.lib.distances import minimize_vectors, self_capped_distance
+from MDAnalysis.lib.distances import minimize_vectors, self_capped_distance, self_distance_array
 
 from .blocks import DEFAULT_BLOCKS, block_slices, mean_sem
 from .errors import AnalysisInputError, BoxError, require_box
@@ -131,23 +131,33 @@ class DipolePairCorrelation(_PerFrame):
 
     _per_frame = ("frame_sums",)
 
-    def __init__(self, universe, water, rmax=8.0, nbins=80, n_blocks=DEFAULT_BLOCKS, **kwargs):
+    def __init__(self, universe, water, rmax=8.0, nbins=80, n_blocks=DEFAULT_BLOCKS,
+                 dense_max_pairs=4_000_000, **kwargs):
         require_box(universe, "c_L(r), c_T(r)")
         super().__init__(universe.trajectory, **kwargs)
         self.water, self.rmax, self.nbins, self.n_blocks = water, float(rmax), int(nbins), n_blocks
+        # all O-O distances at once (self_distance_array) for small systems, else a cell list
+        self.dense = water.n_molecules ** 2 <= dense_max_pairs
 
     def _prepare(self):
         self.results.frame_sums = np.zeros((self.n_frames, 3, self.nbins))
+        if self.dense:
+            self._iu, self._ju = np.triu_indices(self.water.n_molecules, k=1)
 
     def _single_frame(self):
         box = self._box(True)
         pos = self._ts.positions
         u = dipole_directions(pos, self.water, box)
         xo = pos[self.water.o]
-        pairs, d = self_capped_distance(xo, self.rmax, box=box)
-        ok = d > 0
-        pairs, d = pairs[ok], d[ok]
-        i, j = pairs[:, 0], pairs[:, 1]
+        if self.dense:
+            d = self_distance_array(xo, box=box)
+            sel = np.flatnonzero((d < self.rmax) & (d > 0))
+            i, j, d = self._iu[sel], self._ju[sel], d[sel]
+        else:
+            pairs, d = self_capped_distance(xo, self.rmax, box=box)
+            ok = d > 0
+            pairs, d = pairs[ok], d[ok]
+            i, j = pairs[:, 0], pairs[:, 1]
         rhat = minimize_vectors(xo[j] - xo[i], box) / d[:, None]
         ui, uj = u[i], u[j]
         cl = np.einsum("ij,ij->i", rhat, ui) * np.einsum("ij,ij->i", rhat, uj)

@@ -172,13 +172,17 @@ def _xyz_blocks(path: str, lines: list):
     return n, nf, comments, body
 
 
-def _columns(path, body, n, nf, ncol_min):
-    toks = " ".join(body).split()
-    ncol = len(toks) // (n * nf) if n * nf else 0
-    if ncol < ncol_min or ncol * n * nf != len(toks):
+def _columns(path, body, n, nf, cols):
+    """Names (first column of the first frame) and the float columns ``cols`` of every atom
+    line, as (nf, n, len(cols)); numpy's C parser (``np.loadtxt``) does the work."""
+    names = [ln.split(maxsplit=1)[0] for ln in body[:n]]
+    try:
+        data = np.loadtxt(body, usecols=cols, dtype=np.float64, comments=None, ndmin=2)
+    except (ValueError, IndexError) as exc:
+        raise AnalysisInputError(f"{path}: unreadable atom line ({str(exc).splitlines()[0]}): check the file is complete") from None
+    if data.shape[0] != n * nf:
         raise AnalysisInputError(f"{path}: atom lines have inconsistent columns: check the file is complete")
-    arr = np.array(toks, dtype=object).reshape(nf, n, ncol)
-    return arr
+    return names, data.reshape(nf, n, len(cols))
 
 
 def _abc_from_h(h: np.ndarray) -> np.ndarray:
@@ -205,9 +209,7 @@ def read_ipi_xyz(path: str) -> Frames:
 
     lines = _read_lines(path)
     n, nf, comments, body = _xyz_blocks(path, lines)
-    arr = _columns(path, body, n, nf, 4)
-    names = [str(x) for x in arr[0, :, 0]]
-    data = arr[:, :, 1:4].astype(np.float64)
+    names, data = _columns(path, body, n, nf, (1, 2, 3))
 
     has_cell = any(r.search(comments[0]) for r in cell_re)
     units = dict(_UNIT_RE.findall(comments[0]))
@@ -277,9 +279,10 @@ def read_extxyz(path: str) -> Frames:
         col += int(cnt)
     if species_col is None or pos_col is None:
         raise AnalysisInputError(f"{path}: Properties= lacks species or pos columns: write positions with ASE or i-PI 'ase' mode")
-    arr = _columns(path, body, n, nf, col)
-    names = [str(x) for x in arr[0, :, species_col]]
-    pos = arr[:, :, pos_col : pos_col + 3].astype(np.float64)
+    if species_col != 0:
+        body = [" ".join([ln.split()[species_col]] + [ln]) for ln in body]
+        pos_col += 1
+    names, pos = _columns(path, body, n, nf, (pos_col, pos_col + 1, pos_col + 2))
 
     dims = np.empty((nf, 6))
     for k, com in enumerate(comments):

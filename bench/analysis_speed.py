@@ -56,7 +56,9 @@ def machine():
 
     return {"cpu_model": model, "cpus_available": len(os.sched_getaffinity(0)),
             "python": platform.python_version(), "MDAnalysis": MDAnalysis.__version__,
-            "numpy": np.__version__}
+            "numpy": np.__version__,
+            "load_average_1min_at_start": os.getloadavg()[0],
+            "note": "2-core machine shared with other jobs; load average shows how busy it was"}
 
 
 def timed(make, **run_kw):
