@@ -44,12 +44,16 @@ def water_names(n_molecules: int) -> list:
 def water_trajectory(n_molecules=64, box_length=12.4, n_frames=100, dt_ps=0.01, D=0.23,
                      rot_step=0.1, seed=0):
     """Rigid molecules whose centres (O) random-walk with diffusion coefficient ``D`` (Å²/ps)
-    and whose orientations random-walk by ``rot_step`` rad per frame. Returns
-    ``(names, positions (F, 3M, 3) unwrapped Å, dimensions (6,))``."""
+    and whose orientations random-walk by ``rot_step`` rad per frame; they start on randomly
+    chosen sites of a jittered cubic grid, so no two molecules overlap in the first frame.
+    Returns ``(names, positions (F, 3M, 3) unwrapped Å, dimensions (6,))``."""
     rng = np.random.default_rng(seed)
     M = n_molecules
     o = np.empty((n_frames, M, 3))
-    o[0] = rng.uniform(0, box_length, (M, 3))
+    k = int(np.ceil(M ** (1 / 3)))
+    a = box_length / k
+    sites = np.stack(np.meshgrid(*[np.arange(k)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    o[0] = (sites[rng.permutation(len(sites))[:M]] + 0.5) * a + rng.uniform(-0.1, 0.1, (M, 3)) * a
     o[1:] = rng.normal(0.0, np.sqrt(2 * D * dt_ps), (n_frames - 1, M, 3))
     o = np.cumsum(o, axis=0)
     u = np.empty((n_frames, M, 3))

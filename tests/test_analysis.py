@@ -211,6 +211,22 @@ def _water_universe(o, u_dir, L, dt_ps=0.01, seed=0):
     return build_universe(water_names(M), np.mod(x, L), cubic(L), dt_ps=dt_ps)
 
 
+def test_molecules_by_nearest_oxygen_when_not_ordered(water_traj):
+    names, x, dims = water_traj
+    rng = np.random.default_rng(1)
+    perm = np.concatenate([rng.permutation(np.arange(0, len(names), 3)),
+                           rng.permutation(np.flatnonzero(np.arange(len(names)) % 3))])
+    u_ord = build_universe(names, x[:3], dims)
+    u_mix = build_universe([names[k] for k in perm], x[:3, perm], dims)
+    w = find_water(u_mix)
+    # every molecule found is an original O with its own two H
+    for o, (h1, h2) in zip(perm[w.o], perm[w.h]):
+        assert o % 3 == 0 and {h1, h2} == {o + 1, o + 2}
+    a = DipoleOrientation(u_ord, find_water(u_ord), n_cos=6, n_phi=6).run().results
+    b = DipoleOrientation(u_mix, w, n_cos=6, n_phi=6).run().results
+    np.testing.assert_array_equal(a.P, b.P)
+
+
 def test_isotropic_orientations_are_flat_and_uncorrelated():
     rng = np.random.default_rng(5)
     F, M, L = 20, 300, 16.0
