@@ -268,6 +268,8 @@ def dipole(u, opt: Options) -> dict:
                         "epsilon": e.epsilon, "epsilon_err": e.epsilon_err,
                         "M2_fluctuation_e2A2": e.M2_fluct, "M2_fluctuation_err": e.M2_fluct_err,
                         "mu_molecule_D": e.mu_molecule, "mu_molecule_D_err": e.mu_molecule_err})
+    else:
+        summary["dielectric"] = "skipped: pass --charges, e.g. O=-0.8476 H=0.4238 (SPC/E)"
     summary.update(_frames_info(u, opt))
 
     fig, axes = output.new_figure(1, 2 if ac else 1, size=(5.0, 3.8))
