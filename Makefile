@@ -14,7 +14,11 @@ SHARED ?= ../shared/data
 TRAJ ?=
 OUT ?= analysis-output
 
-.PHONY: install test demo serve clean teacher validate-teacher analyse
+# i-PI experiments (ipi_inputs/): make nvt MODEL=... ARGS="--steps 2000"
+ARGS ?=
+RUN := $(VENV)/bin/mlip-run
+
+.PHONY: install test demo serve clean teacher validate-teacher analyse nvt mts pimd pimd-rpc molecule npt ice-geop replay
 
 install: $(STAMP)
 
@@ -43,6 +47,23 @@ validate-teacher: teacher
 
 analyse: install
 	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)
+
+nvt: install
+	$(RUN) water-nvt --model $(MODEL) $(ARGS)
+mts: install
+	$(RUN) water-nvt-mts --model $(MODEL) $(ARGS)
+pimd: install
+	$(RUN) water-pimd --model $(MODEL) $(ARGS)
+pimd-rpc: install
+	$(RUN) water-pimd-rpc-mts --model $(MODEL) $(ARGS)
+molecule: install
+	$(RUN) molecule-nve --model $(MODEL) $(ARGS)
+npt: install
+	$(RUN) water-npt --model $(MODEL) $(ARGS)
+ice-geop: install
+	$(RUN) ice-geop --model $(MODEL) $(ARGS)
+replay: install
+	$(RUN) replay --model $(MODEL) $(ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info demo-output

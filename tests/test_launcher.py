@@ -1,0 +1,123 @@
+"""mlip-run: every experiment runs through the launcher; stop, restart and concurrency."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+
+from server.launcher import experiments, main as mlip_run
+from training.structures import water_box
+
+RUN = [sys.executable, "-m", "server.launcher"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _outputs_parse(folder):
+    data = np.loadtxt(folder / "sim.out", ndmin=2)
+    assert data.shape[0] >= 2 and np.isfinite(data).all()
+    for path in folder.glob("*.extxyz"):
+        frames = ase.io.read(path, index=":")
+        assert frames and frames[0].cell.volume > 0
+    return data
+
+
+def test_all_experiments_are_covered():
+    assert set(experiments()) == {"water-nvt", "water-nvt-mts", "water-pimd", "water-pimd-rpc-mts",
+                                  "molecule-nve", "water-npt", "ice-geop", "replay"}
+
+
+@pytest.mark.parametrize("experiment", ["water-nvt", "water-nvt-mts", "water-pimd", "water-pimd-rpc-mts",
+                                        "molecule-nve", "water-npt", "ice-geop"])
+def test_experiment_runs_and_outputs_parse(tmp_path, toy_model, experiment):
+    import json
+
+    args = [experiment, "--model", toy_model, "--steps", "4", "--molecules", "8", "--beads", "4",
+            "--stride", "1", "--out", str(tmp_path / "run"), "--progress", "0"]
+    if experiment == "ice-geop":
+        water_box(8, seed=4).write(tmp_path / "cell.extxyz")
+        args += ["--structure", str(tmp_path / "cell.extxyz")]
+    assert mlip_run(args) == 0
+    run = tmp_path / "run"
+    meta = json.loads((ROOT / "ipi_inputs" / experiment / "experiment.json").read_text())
+    for name in meta["outputs"]:
+        assert (run / name).exists(), name
+    _outputs_parse(run)
+    log = (run / "server.log").read_text()
+    if experiment == "water-pimd":  # one server process, all 4 beads in one batch
+        assert "batch sizes (structures per model call × calls): 4×" in log
+    if experiment == "water-nvt-mts":
+        delta = [float(l) for l in (run / "sim.diag").read_text().split("\n") if l.strip() and "#" not in l]
+        assert len(delta) == 5 and all(abs(d) > 0 for d in delta)
+
+
+def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
+    frames = []
+    for k in range(3):
+        a = water_box(8, seed=10 + k)
+        frames.append(a)
+    ase.io.write(tmp_path / "traj.extxyz", frames)
+    assert mlip_run(["replay", "--model", toy_model, "--trajectory", str(tmp_path / "traj.extxyz"),
+                     "--specs", "none,i", "--dtype", "float64", "--out", str(tmp_path / "run"),
+                     "--progress", "0"]) == 0
+    data = np.loadtxt(tmp_path / "run" / "sim.out")
+    from server.evaluator import Evaluator, Structure
+
+    ev = Evaluator(toy_model)
+    for k, atoms in enumerate(frames):  # step k+1 holds frame k
+        s = Structure.from_ase(atoms)
+        assert data[k + 1, 1] == pytest.approx(ev.compute([s])[0].energy, abs=2e-6)
+        assert data[k + 1, 2] == pytest.approx(ev.compute([s], "i")[0].energy, abs=2e-6)
+
+
+def test_restart_continues_the_run(tmp_path, toy_model):
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert mlip_run(["water-nvt", "--model", toy_model, "--steps", "10", "--molecules", "8", "--stride", "5",
+                     "--set", "checkpoint=5", "--out", str(first), "--progress", "0"]) == 0
+    assert mlip_run(["water-nvt", "--model", toy_model, "--restart", str(first), "--steps", "20",
+                     "--out", str(second), "--progress", "0"]) == 0
+    steps = np.loadtxt(second / "sim.out")[:, 0]
+    assert steps[0] > 10 - 1e-9 and steps[-1] == 20
+
+
+def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
+    before = set(glob.glob("/tmp/ipi_mlip-*"))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "100000", "--molecules", "8",
+                                   "--stride", "1", "--out", str(run), "--progress", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((run / "sim.out").exists() and len((run / "sim.out").read_text().splitlines()) > 12):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2  # i-PI and mlip-server
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
+
+
+def test_two_launches_at_once_do_not_interfere(tmp_path, toy_model):
+    procs = [subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "20", "--molecules", "8",
+                                     "--seed", str(seed), "--progress", "0", "--out", str(tmp_path / f"run{seed}")])
+             for seed in (1, 2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    a, b = (np.loadtxt(tmp_path / f"run{s}" / "sim.out") for s in (1, 2))
+    assert a.shape == b.shape and not np.allclose(a[:, 5], b[:, 5])
+    sockets = [set(socket_names(tmp_path / f"run{s}" / "input.xml")) for s in (1, 2)]
+    assert not sockets[0] & sockets[1]
+
+
+def socket_names(xml_path):
+    import re
+
+    return re.findall(r"<address>([^<]+)</address>", xml_path.read_text())
