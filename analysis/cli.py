@@ -156,7 +156,7 @@ def run(args) -> dict:
         found = commands.find_ipi_outputs(commands.ipi_prefix(args.traj))
         if args.properties or args.velocities or args.forces or "properties" in found:
             try:
-                results["symmetry"] = commands.symmetry(args.traj, opt, load)
+                results["symmetry"] = commands.symmetry(args.traj, opt, load, universe=u)
                 done["symmetry"] = "done"
             except AnalysisInputError as exc:
                 done["symmetry"] = f"skipped: {exc}"

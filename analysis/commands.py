@@ -347,11 +347,25 @@ def _column(props, wanted, fallbacks):
     return None
 
 
-def symmetry(traj: str, opt: Options, load) -> dict:
+def _count_molecules(u, pos, load) -> int | None:
+    """Water molecules (= O atoms) of the run, from a loaded Universe or the positions file."""
+    if u is None and pos:
+        try:
+            u = load(pos)
+        except AnalysisInputError:
+            return None
+    if u is None:
+        return None
+    n_o = int(np.sum(np.asarray(u.atoms.elements) == "O"))
+    return n_o or None
+
+
+def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
     """ΔV statistics, conserved-energy drift (from the .out file) and L(t), torque (from
     positions + velocities/momenta + forces of a gas-phase molecule).
 
-    ``load(path, velocities=..., forces=...)`` opens the positions as a Universe."""
+    ``load(path, velocities=..., forces=...)`` opens the positions as a Universe; ``universe``
+    (optional, already loaded positions) is used to count molecules for the energy drift."""
     from .symmetry import AngularMomentum, conserved_drift, delta_v_statistics, read_properties
 
     prefix = ipi_prefix(traj)
@@ -397,7 +411,7 @@ def symmetry(traj: str, opt: Options, load) -> dict:
             notes.append("ΔV skipped: no pot_component_raw(0)/(1) columns (pass --v-raw and --v-avg) "
                          "or no time axis (--timestep)")
         if "conserved" in props and t is not None:
-            nmol = opt.n_molecules or (int(np.sum(u.atoms.elements == "O")) if u is not None else None) or 1
+            nmol = opt.n_molecules or _count_molecules(u if u is not None else universe, pos, load) or 1
             summary["conserved"] = conserved_drift(t, props["conserved"], nmol, opt.n_blocks)
             fig_panels.append(("cons", (t, props["conserved"])))
     if u is not None:

@@ -448,6 +448,9 @@ def test_cli_all_end_to_end(tmp_path, water_traj):
     assert tab.shape[1] == 1 + 3 * 4  # r, then g, g_err, n, n_err per pair
     assert summary["msd"]["D_A2_per_ps"] > 0 and summary["msd"]["D_A2_per_ps_err"] > 0
     assert summary["symmetry"]["delta_v"]["mean_meV"] == pytest.approx(1000 * 1e-3 * np.cos(t).mean(), rel=1e-3)
+    cons = summary["symmetry"]["conserved"]  # 1 meV/ps for the 32 molecules of the trajectory
+    assert cons["n_molecules"] == 32
+    assert cons["drift_meV_per_ps_per_molecule"] == pytest.approx(1.0 / 32, rel=1e-4)
     assert summary["input"]["box_first_frame_A_deg"][0] == pytest.approx(10.0, abs=1e-4)
     # a second command into the same folder keeps the other sections
     assert cli.main(["orientation", str(traj), "--out", str(out), "--quiet"]) == 0
