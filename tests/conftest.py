@@ -58,10 +58,12 @@ def water32_triclinic():
 
 @pytest.fixture(autouse=True, scope="session")
 def no_leftover_sockets():
-    """Fails the session if the tests leave i-PI socket files of their own behind."""
-    before = set(glob.glob("/tmp/ipi_mlip-test-*"))
+    """Fails the session if its tests leave i-PI socket files behind. Only names made in
+    this process (processes.unique_name puts the PID in them) are checked, so concurrent
+    test sessions on one machine do not touch each other's live sockets."""
+    pattern = f"/tmp/ipi_mlip-test-{os.getpid()}-*"
     yield
-    left = set(glob.glob("/tmp/ipi_mlip-test-*")) - before
+    left = sorted(glob.glob(pattern))
     for path in left:
         os.unlink(path)
-    assert not left, f"tests left socket files behind: {sorted(left)}"
+    assert not left, f"tests left socket files behind: {left}"
