@@ -460,7 +460,12 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
                 raise N2P2FormatError(f"{inp}:{b.line}: duplicate of the symmetry function on line {a.line}")
         elements.append(ElementNetwork(z, sfs))
 
-    _read_scaling(os.path.join(directory, "scaling.data"), elements)
+    scaling_file = os.path.join(directory, "scaling.data")
+    if scaling == "none" and not os.path.isfile(scaling_file):
+        for el in elements:  # statistics are not used without scaling
+            el.g_min = el.g_max = el.g_mean = np.zeros(len(el.symfuncs))
+    else:
+        _read_scaling(scaling_file, elements)
     for el in elements:
         if scaling in ("scale", "scalecenter") and np.any(el.g_max <= el.g_min):
             k = int(np.argmax(el.g_max <= el.g_min))
@@ -571,32 +576,34 @@ def _integer_power(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _pairs_within(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Positions (p, q), p < q, of all pairs of entries with equal centre.
+    """Pairs (p, q), p < q, of positions with equal centre, as (repeats of p, q).
 
-    ``centres`` must be sorted; pairs are formed inside each centre's block by index
-    arithmetic (no loop over atoms)."""
+    ``centres`` must be sorted. Returns ``repeats`` [m] (entry p is paired with the
+    ``repeats[p]`` entries after it in its centre's block) and ``q`` [P]; the first member
+    of pair n is ``repeat_interleave(arange(m), repeats)[n]``. Only index arithmetic and
+    sequential expansions, no loop over atoms."""
     m = centres.shape[0]
     counts = torch.bincount(centres, minlength=n_atoms)
-    start = torch.cumsum(counts, 0) - counts
-    position = torch.arange(m, device=centres.device) - start.index_select(0, centres)
-    n_after = counts.index_select(0, centres) - 1 - position
-    first = torch.repeat_interleave(torch.arange(m, device=centres.device), n_after)
-    pair_start = torch.cumsum(n_after, 0) - n_after
-    second = first + 1 + torch.arange(first.shape[0], device=centres.device) - pair_start.index_select(0, first)
-    return first, second
+    end = torch.cumsum(counts, 0).index_select(0, centres)  # one past the block of each entry
+    position = torch.arange(m, device=centres.device)
+    repeats = end - 1 - position
+    offset = torch.cumsum(repeats, 0) - repeats  # first pair of each entry
+    q = (torch.arange(int(offset[-1] + repeats[-1]) if m > 0 else 0, device=centres.device)
+         - torch.repeat_interleave(offset - position - 1, repeats))
+    return repeats, q
 
 
 def _pairs_across(centres_a: torch.Tensor, centres_b: torch.Tensor,
                   n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Positions (p in a, q in b) of all pairs with equal centre; ``centres_b`` sorted."""
+    """Pairs (p in a, q in b) with equal centre, as (repeats of p, q); ``centres_b`` sorted."""
     counts_b = torch.bincount(centres_b, minlength=n_atoms)
     start_b = torch.cumsum(counts_b, 0) - counts_b
     repeats = counts_b.index_select(0, centres_a)
-    first = torch.repeat_interleave(torch.arange(centres_a.shape[0], device=centres_a.device), repeats)
     offset = torch.cumsum(repeats, 0) - repeats
-    second = (start_b.index_select(0, centres_a.index_select(0, first))
-              + torch.arange(first.shape[0], device=centres_a.device) - offset.index_select(0, first))
-    return first, second
+    total = int(offset[-1] + repeats[-1]) if centres_a.shape[0] > 0 else 0
+    q = (torch.arange(total, device=centres_a.device)
+         - torch.repeat_interleave(offset - start_b.index_select(0, centres_a), repeats))
+    return repeats, q
 
 
 class _AngularGroup(torch.nn.Module):
@@ -633,23 +640,24 @@ class _AngularGroup(torch.nn.Module):
         self.eta_of_column = [etas.index(e) for e in eta]
         self.zl_of_column = [zls.index(p) for p in zip(zeta, lam)]
 
-    def forward(self, packed: torch.Tensor, t_j: torch.Tensor, t_k: torch.Tensor,
-                t_centre: torch.Tensor, djk_plain: torch.Tensor, d_plain: torch.Tensor,
-                n_atoms: int) -> torch.Tensor:
-        """``packed``: [4, E] rows x, y, z, |r| of the edges (file units)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, d: torch.Tensor,
+                t_j: torch.Tensor, t_k: torch.Tensor, t_centre: torch.Tensor, djk_plain: torch.Tensor,
+                d_plain: torch.Tensor, n_atoms: int) -> torch.Tensor:
+        """``x, y, z, d``: components and length of the edge vectors [E] (file units)."""
         if self.needs_mask:
             sel = torch.nonzero((djk_plain < self.rc) & (d_plain.index_select(0, t_j) < self.rc)
                                 & (d_plain.index_select(0, t_k) < self.rc)).view(-1)
             t_j, t_k, t_centre = t_j.index_select(0, sel), t_k.index_select(0, sel), t_centre.index_select(0, sel)
-        fc_edge = _cutoff_function(packed[3], self.rc, self.alpha, self.cutoff_type)  # valid for d < rc
-        edge = torch.cat([packed, fc_edge.unsqueeze(0)], dim=0)  # [5, E]
-        pj, pk = edge.index_select(1, t_j), edge.index_select(1, t_k)  # [5, T]
-        dij, dik = pj[3], pk[3]
-        dot = pj[0] * pk[0] + pj[1] * pk[1] + pj[2] * pk[2]
+        fc_edge = _cutoff_function(d, self.rc, self.alpha, self.cutoff_type)  # valid for d < rc
+        # 1-D gathers: their backward scatters into [E] buffers (cheap), unlike row selects
+        dij, dik = d.index_select(0, t_j), d.index_select(0, t_k)
+        dot = (x.index_select(0, t_j) * x.index_select(0, t_k) + y.index_select(0, t_j) * y.index_select(0, t_k)
+               + z.index_select(0, t_j) * z.index_select(0, t_k))
         d2 = dij * dij + dik * dik
         djk = torch.sqrt((d2 - 2.0 * dot).clamp(min=0.0))
         cos = dot / (dij * dik)
-        fc = pj[4] * pk[4] * _cutoff_function(djk, self.rc, self.alpha, self.cutoff_type)
+        fc = (fc_edge.index_select(0, t_j) * fc_edge.index_select(0, t_k)
+              * _cutoff_function(djk, self.rc, self.alpha, self.cutoff_type))
         if self.rs == 0.0:
             s = 2.0 * (d2 - dot)
         else:
@@ -659,16 +667,22 @@ class _AngularGroup(torch.nn.Module):
             radial.append(torch.exp(-eta * s) * fc)
         angular: List[torch.Tensor] = []
         for zeta, lam in zip(self.zl_zeta, self.zl_lam):
-            base = (1.0 + lam * cos).clamp(min=0.0)
-            if zeta == float(int(zeta)) and zeta <= 64.0:
-                power = _integer_power(base, int(zeta))
+            if lam == 1.0:
+                base = 1.0 + cos
+            elif lam == -1.0:
+                base = 1.0 - cos
             else:
-                power = torch.pow(base, zeta)
-            angular.append(power * 2.0 ** (1.0 - zeta))
+                base = 1.0 + lam * cos
+            if zeta == float(int(zeta)) and zeta <= 64.0 and abs(lam) <= 1.0:
+                # base >= 0 up to rounding, and an integer power needs no clamp
+                angular.append(_integer_power(base, int(zeta)))
+            else:  # n2p2: the term is 0 where 1 + λ cos θ <= 0
+                angular.append(torch.pow(base.clamp(min=0.0), zeta))
         columns: List[torch.Tensor] = []
         for e, k in zip(self.eta_of_column, self.zl_of_column):
-            out = torch.zeros(n_atoms, dtype=packed.dtype, device=packed.device)
-            columns.append(out.index_add(0, t_centre, radial[e] * angular[k]))
+            out = torch.zeros(n_atoms, dtype=d.dtype, device=d.device).index_add(0, t_centre, radial[e] * angular[k])
+            norm = 2.0 ** (1.0 - self.zl_zeta[k])
+            columns.append(out if norm == 1.0 else out * norm)
         return torch.stack(columns, dim=1)
 
 
@@ -858,17 +872,20 @@ class N2P2Model(torch.nn.Module):
             edges_a = edges_a.index_select(0, torch.nonzero(d_plain.index_select(0, edges_a) < rc).view(-1))
             centres_a = centre.index_select(0, edges_a)
             if a == b:
-                p, q = _pairs_within(centres_a, n_atoms)
-                t_j, t_k = edges_a.index_select(0, p), edges_a.index_select(0, q)
+                edges_b = edges_a
+                repeats, q = _pairs_within(centres_a, n_atoms)
             else:
                 edges_b = lists[self._pair_slot(c, b)]
                 edges_b = edges_b.index_select(0, torch.nonzero(d_plain.index_select(0, edges_b) < rc).view(-1))
-                p, q = _pairs_across(centres_a, centre.index_select(0, edges_b), n_atoms)
-                t_j, t_k = edges_a.index_select(0, p), edges_b.index_select(0, q)
-            diff = r_plain.index_select(1, t_k) - r_plain.index_select(1, t_j)  # [3, P]
+                repeats, q = _pairs_across(centres_a, centre.index_select(0, edges_b), n_atoms)
+            # |r_jk|² for all candidate pairs: j side by sequential expansion, k side by gather
+            ra, rb = r_plain.index_select(1, edges_a), r_plain.index_select(1, edges_b)  # [3, m]
+            diff = rb.index_select(1, q) - torch.repeat_interleave(ra, repeats, dim=1)  # [3, P]
             djk2 = diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2]
             keep = torch.nonzero(djk2 < rc * rc).view(-1)
-            t_j, t_k = t_j.index_select(0, keep), t_k.index_select(0, keep)
+            first = torch.repeat_interleave(torch.arange(edges_a.shape[0], device=centre.device), repeats)
+            t_j = edges_a.index_select(0, first.index_select(0, keep))
+            t_k = edges_b.index_select(0, q.index_select(0, keep))
             out.append((t_j, t_k, centre.index_select(0, t_j), torch.sqrt(djk2.index_select(0, keep))))
         return out
 
@@ -900,10 +917,10 @@ class N2P2Model(torch.nn.Module):
             with torch.no_grad():
                 triplets = self._triplets(centre, centre_elem, neighbour_elem, r.detach().t().contiguous(),
                                           d_plain, n_atoms)
-            packed = torch.cat([r.t(), d.unsqueeze(0)], dim=0)  # [4, E]
+            x, y, z = r[:, 0].contiguous(), r[:, 1].contiguous(), r[:, 2].contiguous()
             for agroup in self.angular:
                 t_j, t_k, t_centre, t_djk = triplets[agroup.slot]
-                blocks.append(agroup(packed, t_j, t_k, t_centre, t_djk, d_plain, n_atoms))
+                blocks.append(agroup(x, y, z, d, t_j, t_k, t_centre, t_djk, d_plain, n_atoms))
         return torch.cat(blocks, dim=1)
 
     # -- public ----------------------------------------------------------------

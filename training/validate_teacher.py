@@ -99,6 +99,7 @@ def time_structure(evaluator: Evaluator, structure: Structure, repeats: int, war
         neighbours.append(1000.0 * (evaluator.timings["neighbors"] - before["neighbors"]))
     return {
         "n_atoms": int(len(structure.numbers)),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "repeats": repeats,
         "median_ms": round(statistics.median(totals), 2),
         "min_ms": round(min(totals), 2),
@@ -171,7 +172,9 @@ def markdown(report: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']} with "
         f"{m['torch_threads']} threads, device {m['device']}"
-        + (f" ({m['gpu']})" if "gpu" in m else "") + ". Shared machines give noisy timings.",
+        + (f" ({m['gpu']})" if "gpu" in m else "") + f". 1-minute load average during the timings: "
+        + ", ".join(f"{e['load_average_1min']}" for e in t.values())
+        + " (other processes share the CPUs; timings on a busy machine are upper bounds).",
         "",
     ]
     return "\n".join(lines)
@@ -187,7 +190,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--frames", type=int, default=None, help="only the first N frames (quick check)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice, usually the number of cores)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype)
