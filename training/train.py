@@ -1,0 +1,504 @@
+"""Training the PET-like model on energies and forces; export to TorchScript.
+
+Usage::
+
+    python -m training.train CONFIG.yaml [--resume] [--device cuda]
+    python -m training.train --export CHECKPOINT OUT.pt
+
+The YAML config (see ``training/configs/water-pet.yaml``; every key has a default in
+:data:`DEFAULTS`)::
+
+    seed, output_dir, device, dtype (float32|float64), matmul_precision
+    data:  train, val (paths) or val_fraction; rotate, invert (augmentation)
+    model: keyword arguments of :class:`training.pet.PET`
+    optim: lr, weight_decay, schedule (cosine|step|constant), warmup_steps,
+           min_lr_ratio, step_epochs, step_gamma, grad_clip
+    loss:  energy_weight, force_weight
+    batch_size, val_batch_size, epochs, max_minutes
+
+Loss per batch (as the paper): w_E · MSE(E/N_atoms) / σ_E² + w_F · MSE(F) / σ_F², with
+σ_E the standard deviation of the per-atom energy (after the composition baseline) and
+σ_F the RMS force component of the training set. The composition baseline (eV per atom
+of each species) is fitted by least squares on the training set; the model's output
+scale is set to σ_F × 1 Å and its bond-energy normalisation to 1 / (mean number of
+neighbours).
+
+Every epoch: validation (energy MAE per atom, meV; force MAE and RMSE, meV/Å) on the
+un-rotated validation frames, ``output_dir/checkpoint.pt`` (model, best model, optimiser,
+scheduler, position in the epoch, RNG states, best validation loss, history) and
+``output_dir/log.jsonl``. SIGTERM/SIGINT finish the current batch, write the checkpoint
+and exit with 128 + signal; ``--resume`` continues from the exact batch (the order of
+the frames and their rotations in epoch k depend only on ``seed`` and k). At the end the
+best model (lowest validation loss) is exported to ``output_dir/model.pt``.
+
+With ``max_minutes`` the run stops when the budget (summed over resumes) is spent; after
+the first epoch the learning-rate schedule is fitted to the number of epochs that fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import (Graph, build_graphs, collate, fit_baseline, forces_from_edge_gradient,
+                   random_rotations, read_frames)
+from .pet import PET, build, count_parameters, to_torchscript
+
+DEFAULTS = {
+    "seed": 0,
+    "output_dir": "runs/pet",
+    "device": "cpu",
+    "dtype": "float32",
+    "matmul_precision": "highest",  # "high" allows TF32 on NVIDIA GPUs
+    "data": {"train": None, "val": None, "val_fraction": 0.1, "rotate": True, "invert": True},
+    "model": {},
+    "optim": {"lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 100,
+              "min_lr_ratio": 0.01, "step_epochs": 100, "step_gamma": 0.5, "grad_clip": 10.0},
+    "loss": {"energy_weight": 0.01, "force_weight": 1.0},
+    "batch_size": 8,
+    "val_batch_size": 16,
+    "epochs": 100,
+    "max_minutes": None,
+}
+
+CHECKPOINT = "checkpoint.pt"
+EXPORT = "model.pt"
+
+
+# -- configuration -------------------------------------------------------------------
+def load_config(path) -> dict:
+    """The YAML config merged over :data:`DEFAULTS` (unknown keys are an error)."""
+    import yaml
+
+    with open(path) as fh:
+        user = yaml.safe_load(fh) or {}
+    return merge_config(user)
+
+
+def merge_config(user: dict) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    for key, value in user.items():
+        if key not in config:
+            raise ValueError(f"unknown config key {key!r}: known keys are {sorted(config)}")
+        if isinstance(config[key], dict) and key != "model":
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {key!r} must be a mapping")
+            unknown = sorted(set(value) - set(config[key]))
+            if unknown:
+                raise ValueError(f"unknown key(s) {unknown} under {key!r}: known are {sorted(config[key])}")
+            config[key].update(value)
+        else:
+            config[key] = value
+    return config
+
+
+# -- learning-rate schedule --------------------------------------------------------------
+class WarmupSchedule:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio``·lr at
+    ``total_steps``, or ×``step_gamma`` every ``step_epochs`` epochs, or constant.
+    Sets the optimiser's learning rate directly; state = (step, total_steps)."""
+
+    def __init__(self, optimizer, kind: str, base_lr: float, warmup_steps: int, total_steps: int,
+                 steps_per_epoch: int, min_lr_ratio: float, step_epochs: int, step_gamma: float):
+        if kind not in ("cosine", "step", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}: use cosine, step or constant")
+        self.optimizer, self.kind, self.base_lr = optimizer, kind, base_lr
+        self.warmup_steps, self.total_steps = int(warmup_steps), int(total_steps)
+        self.steps_per_epoch, self.min_lr_ratio = int(steps_per_epoch), float(min_lr_ratio)
+        self.step_epochs, self.step_gamma = int(step_epochs), float(step_gamma)
+        self.step_count = 0
+        self._apply()
+
+    def lr(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.base_lr * (step + 1) / self.warmup_steps
+        if self.kind == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            x = min((step - self.warmup_steps) / span, 1.0)
+            return self.base_lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x)))
+        if self.kind == "step":
+            return self.base_lr * self.step_gamma ** (step // max(self.step_epochs * self.steps_per_epoch, 1))
+        return self.base_lr
+
+    def _apply(self):
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step_count)
+
+    def step(self):
+        self.step_count += 1
+        self._apply()
+
+    def state_dict(self) -> dict:
+        return {"step_count": self.step_count, "total_steps": self.total_steps}
+
+    def load_state_dict(self, state: dict):
+        self.step_count, self.total_steps = int(state["step_count"]), int(state["total_steps"])
+        self._apply()
+
+
+# -- data -----------------------------------------------------------------------------
+def prepare_data(config: dict, model: PET, device: torch.device):
+    """Reads, splits and graphs the data; fits the baseline and the loss scales.
+
+    Returns (train graphs, val graphs, stats) with energies minus the composition
+    baseline; stats: ``baseline`` (eV/atom per species), ``sigma_e`` (eV/atom), ``sigma_f`` (eV/Å).
+    """
+    data = config["data"]
+    if not data["train"]:
+        raise ValueError("config data.train is not set: give the path of an extended-XYZ training set")
+    train_frames = read_frames(data["train"])
+    if data["val"]:
+        val_frames = read_frames(data["val"])
+    else:
+        order = np.random.default_rng(config["seed"]).permutation(len(train_frames))
+        n_val = max(1, int(round(float(data["val_fraction"]) * len(train_frames))))
+        if n_val >= len(train_frames):
+            raise ValueError(f"val_fraction {data['val_fraction']} leaves no training frames")
+        val_frames = [train_frames[k] for k in order[:n_val]]
+        train_frames = [train_frames[k] for k in order[n_val:]]
+    train = build_graphs(train_frames, model.cutoff)
+    val = build_graphs(val_frames, model.cutoff)
+    mu = fit_baseline(train, model.species)
+    lookup = {z: k for k, z in enumerate(model.species)}
+    for g in train + val:
+        kinds = torch.tensor([lookup[int(z)] for z in g.numbers.tolist()])
+        g.energy = g.energy - torch.from_numpy(mu)[kinds].sum()
+    n_edges = sum(g.edge_index.shape[1] for g in train)
+    mean_neighbours = max(n_edges / sum(g.n_atoms for g in train), 1.0)
+    per_atom = np.array([float(g.energy) / g.n_atoms for g in train])
+    sigma_e = float(per_atom.std()) if len(train) > 1 else 0.0
+    sigma_f = float(torch.sqrt(torch.cat([g.forces.reshape(-1) for g in train]).pow(2).mean()))
+    # guard against degenerate sets (one frame, zero forces)
+    sigma_e = max(sigma_e, 1e-4)
+    sigma_f = max(sigma_f, 1e-3)
+    stats = {"baseline": mu.tolist(), "sigma_e": sigma_e, "sigma_f": sigma_f, "mean_neighbours": mean_neighbours,
+             "n_train": len(train), "n_val": len(val)}
+    return [g.to(device) for g in train], [g.to(device) for g in val], stats
+
+
+def epoch_plan(n_train: int, batch_size: int, seed: int, epoch: int, rotate: bool, invert: bool):
+    """Frame order and rotations of one epoch: a function of (seed, epoch) only."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_train, generator=gen)
+    rotations = random_rotations(n_train, gen, inversion=invert) if rotate else None
+    if rotations is None and invert:
+        flip = torch.rand(n_train, generator=gen) < 0.5
+        rotations = torch.where(flip[:, None, None], -torch.eye(3, dtype=torch.float64),
+                                torch.eye(3, dtype=torch.float64))
+    batches = [order[k:k + batch_size] for k in range(0, n_train, batch_size)]
+    return batches, rotations
+
+
+# -- model evaluation -------------------------------------------------------------------
+def predict(model: PET, batch, create_graph: bool):
+    """Energies [B] (eV, without the composition baseline) and forces [N, 3] (eV/Å)."""
+    atomic = model.atomic_energies(batch.edge_vectors, batch.edge_index, batch.numbers, False)
+    energies = torch.zeros(batch.n_structures, dtype=atomic.dtype, device=atomic.device)
+    energies = energies.index_add(0, batch.structure_index, atomic)
+    (grad,) = torch.autograd.grad(energies.sum(), batch.edge_vectors, create_graph=create_graph)
+    forces = forces_from_edge_gradient(grad, batch.edge_index, batch.numbers.shape[0])
+    return energies, forces
+
+
+def loss_terms(energies, forces, batch, stats, weights):
+    dtype = energies.dtype
+    e_err = (energies - batch.energies.to(dtype)) / batch.n_atoms.to(dtype)
+    f_err = forces - batch.forces.to(dtype)
+    loss_e = (e_err ** 2).mean() / stats["sigma_e"] ** 2
+    loss_f = (f_err ** 2).mean() / stats["sigma_f"] ** 2
+    return weights["energy_weight"] * loss_e + weights["force_weight"] * loss_f, e_err, f_err
+
+
+def validate(model: PET, graphs, config, stats, dtype) -> dict:
+    """Validation metrics: energy MAE per atom (meV/atom), per structure (meV), force
+    MAE and RMSE (meV/Å), and the weighted loss (the model-selection criterion)."""
+    model.eval()
+    bs = int(config["val_batch_size"])
+    sums = torch.zeros(5, dtype=torch.float64, device=graphs[0].vectors.device)
+    n_frames, n_comp = 0, 0
+    for k in range(0, len(graphs), bs):
+        batch = collate(graphs[k:k + bs], None, dtype)
+        energies, forces = predict(model, batch, create_graph=False)
+        loss, e_err, f_err = loss_terms(energies.detach(), forces.detach(), batch, stats, config["loss"])
+        e_err, f_err = e_err.double(), f_err.double()
+        sums += torch.stack([e_err.abs().sum(), (e_err * batch.n_atoms).abs().sum(),
+                             f_err.abs().sum(), (f_err ** 2).sum(), loss.double() * len(e_err)])
+        n_frames += len(e_err)
+        n_comp += f_err.numel()
+    s = sums.tolist()
+    model.train()
+    return {"energy_mae_mev_per_atom": 1000 * s[0] / n_frames, "energy_mae_mev": 1000 * s[1] / n_frames,
+            "force_mae_mev_per_a": 1000 * s[2] / n_comp, "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp),
+            "loss": s[4] / n_frames}
+
+
+# -- checkpoints and export -----------------------------------------------------------
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu_state(module) -> dict:
+    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: Path, state: dict):
+    """Atomic write (temporary file + rename): an interruption never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def model_from_checkpoint(checkpoint, which: str = "best_model") -> PET:
+    """The PET of a checkpoint (a path or a loaded dict), float32 on CPU; ``which`` is
+    ``best_model`` (lowest validation loss) or ``model`` (the latest weights)."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = build(checkpoint["model_config"])
+    state = checkpoint.get(which) or checkpoint["model"]
+    model.load_state_dict(state)
+    return model.float()
+
+
+def export(checkpoint, path) -> str:
+    """Exports the best model of ``checkpoint`` (path or dict) to a TorchScript file
+    ``path`` under the model contract (attributes ``cutoff``, ``species``) and checks
+    that the server loads it. Returns the path."""
+    from server.model import load_model
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scripted = to_torchscript(model_from_checkpoint(checkpoint))
+    tmp = path.with_name(path.name + ".tmp")
+    torch.jit.save(scripted, str(tmp))
+    load_model(str(tmp))  # contract check (dry run) before the file appears under its name
+    os.replace(tmp, path)
+    return str(path)
+
+
+# -- signals ----------------------------------------------------------------------------
+class StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint after the current batch.
+    A second signal interrupts at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.signum:  # second signal: give up waiting for the batch
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no signal handling
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+# -- training ---------------------------------------------------------------------------
+def train(config: dict, resume: bool = False, on_batch=None) -> dict:
+    """Runs (or resumes) training; returns a summary dict.
+
+    ``on_batch(epoch, batch_index)``, if given, is called after every optimiser step
+    (tests use it to send themselves a signal at a known point).
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(config["output_dir"])
+    ckpt_path = out_dir / CHECKPOINT
+    from server.model import parse_device, parse_dtype
+
+    device = parse_device(config["device"])
+    dtype = parse_dtype(config["dtype"])
+    torch.set_float32_matmul_precision(config["matmul_precision"])
+    seed = int(config["seed"])
+
+    checkpoint = None
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}: start without --resume")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if checkpoint["model_config"] != config["model"]:
+            raise ValueError(f"--resume: the model section of the config differs from the checkpoint's "
+                             f"({checkpoint['model_config']}): resume with the same model options")
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+    model = build(config["model"])
+    train_set, val_set, stats = prepare_data(config, model, device)
+    with torch.no_grad():
+        model.baseline.copy_(torch.tensor(stats["baseline"]))
+        model.energy_scale.fill_(stats["sigma_f"])
+        model.bond_norm.fill_(1.0 / stats["mean_neighbours"])
+    model.to(device=device, dtype=dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    opt_cfg = config["optim"]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(opt_cfg["lr"]),
+                                  weight_decay=float(opt_cfg["weight_decay"]))
+    batch_size = int(config["batch_size"])
+    steps_per_epoch = math.ceil(len(train_set) / batch_size)
+    epochs = int(config["epochs"])
+    schedule = WarmupSchedule(optimizer, opt_cfg["schedule"], float(opt_cfg["lr"]), opt_cfg["warmup_steps"],
+                              epochs * steps_per_epoch, steps_per_epoch, opt_cfg["min_lr_ratio"],
+                              opt_cfg["step_epochs"], opt_cfg["step_gamma"])
+    epoch, batch_start, best_val, elapsed, history = 0, 0, math.inf, 0.0, []
+    best_state = _cpu_state(model)
+    planned = False  # whether the schedule was fitted to the time budget
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["scheduler"])
+        epoch, batch_start = checkpoint["epoch"], checkpoint["batch_in_epoch"]
+        best_val, best_state = checkpoint["best_val"], checkpoint["best_model"]
+        elapsed, history, planned = checkpoint["elapsed_s"], checkpoint["history"], checkpoint["planned"]
+        stats = checkpoint["stats"]
+        _set_rng_state(checkpoint["rng"])
+        print(f"resuming from {ckpt_path}: epoch {epoch + 1}, batch {batch_start}", file=sys.stderr)
+
+    def snapshot(batch_in_epoch: int) -> dict:
+        return {"config": config, "model_config": config["model"], "model": _cpu_state(model),
+                "best_model": best_state, "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                "best_val": best_val, "elapsed_s": elapsed, "history": history, "planned": planned,
+                "stats": stats, "rng": _rng_state(), "n_parameters": count_parameters(model)}
+
+    budget = None if config["max_minutes"] is None else 60.0 * float(config["max_minutes"])
+    weights = config["loss"]
+    grad_clip = opt_cfg["grad_clip"]
+    print(f"PET: {count_parameters(model)} parameters, {stats['n_train']} train / {stats['n_val']} val "
+          f"frames, device {device}, {dtype}; sigma_E {1000 * stats['sigma_e']:.3g} meV/atom, "
+          f"sigma_F {stats['sigma_f']:.3g} eV/Å", file=sys.stderr)
+    model.train()
+    stopped_by = None
+    with StopRequest() as stop:
+        while epoch < epochs and stopped_by is None:
+            t_epoch = time.perf_counter()
+            t_last = t_epoch
+            batches, rotations = epoch_plan(len(train_set), batch_size, seed, epoch,
+                                            config["data"]["rotate"], config["data"]["invert"])
+            running = torch.zeros(2, dtype=torch.float64, device=device)
+            bar = tqdm(range(batch_start, len(batches)), desc=f"epoch {epoch + 1}/{epochs}",
+                       leave=False, dynamic_ncols=True, mininterval=1.0)
+            for b in bar:
+                idx = batches[b]
+                batch = collate([train_set[k] for k in idx.tolist()],
+                                None if rotations is None else rotations[idx], dtype)
+                energies, forces = predict(model, batch, create_graph=True)
+                loss, _, _ = loss_terms(energies, forces, batch, stats, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+                optimizer.step()
+                schedule.step()
+                running += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
+                if b % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                now = time.perf_counter()
+                elapsed += now - t_last
+                t_last = now
+                if on_batch is not None:
+                    on_batch(epoch, b)
+                if stop.signum:
+                    stopped_by = stop.signum
+                    break
+                if budget is not None and elapsed > budget:
+                    stopped_by = "time"
+                    break
+            bar.close()
+            if stopped_by is not None and b + 1 < len(batches):
+                save_checkpoint(ckpt_path, snapshot(b + 1))
+                break
+            # end of epoch: validate, keep the best, checkpoint
+            metrics = validate(model, val_set, config, stats, dtype)
+            elapsed += time.perf_counter() - t_last
+            r = running.tolist()
+            metrics.update(epoch=epoch + 1, train_loss=r[0] / max(r[1], 1), lr=optimizer.param_groups[0]["lr"],
+                           elapsed_s=elapsed, epoch_s=time.perf_counter() - t_epoch)
+            if metrics["loss"] < best_val:
+                best_val, best_state = metrics["loss"], _cpu_state(model)
+            history.append(metrics)
+            epoch, batch_start = epoch + 1, 0
+            if budget is not None and not planned:
+                # fit the schedule to the epochs that the time budget allows
+                fit = max(1, int(budget // max(metrics["epoch_s"], 1e-9)))
+                schedule.total_steps = min(epochs, fit) * steps_per_epoch
+                planned = True
+            save_checkpoint(ckpt_path, snapshot(0))
+            with open(out_dir / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            tqdm.write(f"epoch {epoch}: train loss {metrics['train_loss']:.4g}, val loss {metrics['loss']:.4g}, "
+                       f"E MAE {metrics['energy_mae_mev_per_atom']:.3g} meV/atom, F MAE "
+                       f"{metrics['force_mae_mev_per_a']:.4g} / RMSE {metrics['force_rmse_mev_per_a']:.4g} meV/Å",
+                       file=sys.stderr)
+            if budget is not None and elapsed + metrics["epoch_s"] > budget and stopped_by is None:
+                stopped_by = "time"
+    if isinstance(stopped_by, int):
+        name = signal.Signals(stopped_by).name
+        print(f"{name}: checkpoint written to {ckpt_path}; continue with --resume", file=sys.stderr)
+        raise SystemExit(128 + stopped_by)
+    exported = export(ckpt_path, out_dir / EXPORT) if history else None
+    if exported:
+        print(f"best model (val loss {best_val:.4g}) exported to {exported}", file=sys.stderr)
+    return {"epochs": epoch, "best_val": best_val, "history": history, "checkpoint": str(ckpt_path),
+            "model": exported, "stopped_by": stopped_by}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?", help="YAML training config")
+    parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    parser.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT"),
+                        help="export the best model of CHECKPOINT to the TorchScript file OUT and exit")
+    args = parser.parse_args(argv)
+    try:
+        if args.export:
+            print(export(*args.export))
+            return 0
+        if not args.config:
+            parser.error("give a CONFIG.yaml (or --export CHECKPOINT OUT)")
+        config = load_config(args.config)
+        if args.device:
+            config["device"] = args.device
+        train(config, resume=args.resume)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
