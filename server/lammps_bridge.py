@@ -592,7 +592,7 @@ class Bridge:
         path = Path(self.cfg.structure)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        ase.io.write(tmp, atoms, format="extxyz")
+        ase.io.write(tmp, atoms, format="extxyz", parallel=False)  # ASE would broadcast over MPI
         os.replace(tmp, path)
 
     # -- the force callback ---------------------------------------------------------------
@@ -643,9 +643,11 @@ class Bridge:
             self.lmp.set_internal_variable(HALT, 1)
             return
         f[:nlocal] = self.scatter(forces, counts, nlocal)
+        # every rank passes the totals (LAMMPS divides the virial by the number of ranks
+        # before summing it over ranks, and takes the energy as it is)
         self.lmp.fix_external_set_energy_global(self.parts.fix_id, float(header[1]))
-        if self.rank == 0:  # LAMMPS sums the fix virial over ranks
-            self.lmp.fix_external_set_virial_global(self.parts.fix_id, [float(v) for v in header[2:]])
+        self.lmp.fix_external_set_virial_global(self.parts.fix_id, [float(v) for v in header[2:]])
+        if self.rank == 0:
             t3 = time.perf_counter()
             tm = self.client.timings
             tm.scatter += t3 - t2

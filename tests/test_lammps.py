@@ -1,0 +1,186 @@
+"""The LAMMPS bridge: real LAMMPS (Python module, MPI), real mlip-server processes, real sockets.
+
+* A Lennard-Jones TorchScript model served through the bridge reproduces LAMMPS's native
+  ``pair_style lj/cut`` + ``pair_modify shift yes`` (positions, energies, pressure), on 1 and
+  2 MPI ranks, in a cubic and a triclinic box.
+* A water run with the toy model conserves energy, and its thermo energy equals a direct
+  Evaluator call on the dumped frame.
+* Failures on either side end the other with a one-line error, in bounded time; bad
+  mappings are refused before the run; nothing is left in /tmp or /dev/shm.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server import lammps_run, processes
+from server.lammps_bridge import DeckError, split_deck
+from server.lammps_run import LammpsRun, bridge_env, find_mpiexec, leftover_shm_files, shm_files
+
+ROOT = Path(__file__).resolve().parents[1]
+DECKS = ROOT / "lammps_inputs"
+
+try:
+    _spec = importlib.util.find_spec("lammps")
+except ValueError:
+    _spec = None
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+pytestmark = pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]")
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed: pip install -e .[lammps]")
+SERVER_ARGS = ["--threads", "1"]
+
+LJ_COMMON = """units metal
+atom_style atomic
+boundary p p p
+read_data {data}
+{forces}
+neighbor 2.0 bin
+neigh_modify every 1 delay 0 check yes
+comm_modify cutoff 11.0
+velocity all create 60.0 4928459 mom yes rot yes dist gaussian loop all
+timestep 0.002
+fix nve all nve
+thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+thermo 10
+dump d all custom 100 traj.dump id type x y z
+dump_modify d sort id format float %.17g
+run 100
+"""
+NATIVE = "pair_style lj/cut 8.5\npair_coeff 1 1 0.0104 3.4\npair_modify shift yes"
+BRIDGE = "fix mlip all external pf/callback 1 1"
+
+
+# --------------------------------------------------------------------------- helpers
+def lmp_binary() -> str:
+    return str(Path(_spec.submodule_search_locations[0]) / "lmp")
+
+
+def run_native(workdir: Path, deck: Path, np_: int) -> None:
+    cmd = [lmp_binary(), "-in", str(deck), "-log", "log.lammps", "-screen", "none", "-nocite"]
+    if np_ > 1:
+        cmd = [find_mpiexec(), "-n", str(np_)] + cmd
+    done = subprocess.run(cmd, cwd=workdir, env=bridge_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def thermo(log: Path) -> dict:
+    """Columns of the thermo table(s) of a LAMMPS log, as float arrays."""
+    lines = log.read_text().splitlines()
+    header, rows = None, []
+    for line in lines:
+        words = line.split()
+        if words[:1] == ["Step"]:
+            header = words
+            continue
+        if header and line.startswith("Loop time"):
+            header_done = header
+            header = None
+            continue
+        if header and len(words) == len(header):
+            try:
+                rows.append([float(w) for w in words])
+            except ValueError:
+                pass
+    return {name: np.array(col) for name, col in zip(header_done, np.array(rows).T)}
+
+
+def read_dump(path: Path, elements):
+    import ase.io
+
+    return ase.io.read(path, index=-1, format="lammps-dump-text", specorder=list(elements), order=True)
+
+
+def argon(triclinic: bool = False):
+    """256 fcc argon atoms, rattled; cell 21.0 Å (> 2 × 8.5 Å), optionally sheared."""
+    from ase.build import bulk
+
+    atoms = bulk("Ar", "fcc", a=5.25, cubic=True).repeat((4, 4, 4))
+    if triclinic:
+        cell = np.array(atoms.cell[:])
+        cell[1, 0] += 2.1  # b gets an x component (xy tilt), c gets x and y (xz, yz)
+        cell[2, 0] += -1.3
+        cell[2, 1] += 1.7
+        atoms.set_cell(cell, scale_atoms=True)
+    atoms.rattle(0.05, seed=7)
+    return atoms
+
+
+def write_data(atoms, path: Path, specorder) -> Path:
+    import ase.io
+
+    ase.io.write(path, atoms, format="lammps-data", atom_style="atomic", specorder=list(specorder), masses=True)
+    return path
+
+
+def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, **kwargs):
+    result = lammps_run.run(deck, model, elements, np=np_, workdir=workdir, echo=False,
+                            server_args=SERVER_ARGS + list(kwargs.pop("server_args", [])), timeout=timeout,
+                            **kwargs)
+    return result
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    """Every test: no socket files of the bridge and no MPICH shm files left behind."""
+    sockets_before = set(Path("/tmp").glob("ipi_lammps-*"))
+    shm_before = shm_files()
+    yield
+    left = set(Path("/tmp").glob("ipi_lammps-*")) - sockets_before
+    shm_left = leftover_shm_files(shm_before)
+    for path in list(left) + list(shm_left):
+        Path(path).unlink(missing_ok=True)
+    assert not left, f"socket files left behind: {sorted(map(str, left))}"
+    assert not shm_left, f"MPICH shm files left behind: {sorted(shm_left)}"
+
+
+# --------------------------------------------------------------------------- deck parsing
+def test_split_deck_finds_the_fix_line():
+    parts = split_deck("units metal\nread_data x\nfix   ext all external pf/callback 1 1  # the model\nrun 10\n")
+    assert (parts.fix_id, parts.line) == ("ext", 3)
+    assert parts.head.endswith("# the model\n") and parts.tail == "run 10\n"
+    cont = split_deck("read_data x\nfix ext all external &\n  pf/callback 1 1\nrun 5\n")
+    assert cont.tail == "run 5\n" and cont.line == 2
+
+
+@pytest.mark.parametrize("text, message", [
+    ("units metal\nrun 10\n", "no top-level"),
+    ("# fix e all external pf/callback 1 1\n", "no top-level"),
+    ("fix e mobile external pf/callback 1 1\n", "group 'mobile'"),
+    ("fix e all external pf/callback 10 1\n", "pf/callback 1 1"),
+    ("fix a all external pf/callback 1 1\nfix b all external pf/callback 1 1\n", "exactly one"),
+])
+def test_split_deck_refuses(text, message):
+    with pytest.raises(DeckError, match=message):
+        split_deck(text)
+
+
+# --------------------------------------------------------------------------- physics: LJ vs native
+@pytest.mark.parametrize("np_, triclinic", [
+    (1, False), pytest.param(2, False, marks=needs_mpi4py), pytest.param(2, True, marks=needs_mpi4py)])
+def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
+    data = write_data(argon(triclinic), tmp_path / "argon.data", ["Ar"])
+    native, bridged = tmp_path / "native", tmp_path / "bridge"
+    for folder, forces in ((native, NATIVE), (bridged, BRIDGE)):
+        folder.mkdir()
+        (folder / "in.lj").write_text(LJ_COMMON.format(data=data, forces=forces))
+    run_native(native, native / "in.lj", np_)
+    result = bridge_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_=np_)
+    assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
+    ref, got = thermo(native / "log.lammps"), thermo(bridged / "log.lammps")
+    assert len(ref["Step"]) == len(got["Step"]) == 11
+    for name in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
+        # relative to the largest magnitude of the column (components pass through zero)
+        scale = np.abs(ref[name]).max()
+        assert np.abs(got[name] - ref[name]).max() <= 1e-8 * scale, (name, got[name] - ref[name])
+    a, b = read_dump(native / "traj.dump", ["Ar"]), read_dump(bridged / "traj.dump", ["Ar"])
+    assert np.abs(a.positions - b.positions).max() < 1e-6
+    assert np.abs(a.positions - argon(triclinic).positions).max() > 0.05  # the atoms did move
