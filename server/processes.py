@@ -8,6 +8,7 @@ kills what was started and removes the socket files that i-PI leaves behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,12 +42,18 @@ def start(cmd, cwd=None, log=None, env=None) -> subprocess.Popen:
             out.close()
 
 
+def executable(name: str) -> str:
+    """``name`` next to this Python (the venv), else on PATH."""
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
 def start_ipi(xml, cwd, log="ipi.log") -> subprocess.Popen:
-    return start([BIN / "i-pi", xml], cwd=cwd, log=Path(cwd) / log)
+    return start([executable("i-pi"), xml], cwd=cwd, log=Path(cwd) / log)
 
 
 def start_server(model, structure, addresses, cwd, log="server.log", extra=()) -> subprocess.Popen:
-    cmd = [BIN / "mlip-server", "--model", model, "--structure", structure]
+    cmd = [sys.executable, "-m", "server.cli", "--model", model, "--structure", structure]
     for a in addresses:
         cmd += ["--address", a]
     return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log)

@@ -41,7 +41,7 @@ def test_ffdirect_and_py_driver_match_socket_server(tmp_path, toy_model, water8)
     client = None
     try:
         processes.wait_for_socket(name, ipi)
-        client = processes.start([processes.BIN / "i-pi-py_driver", "-m", "custom", "-P", PES, "-u", "-a", name,
+        client = processes.start([processes.executable("i-pi-py_driver"), "-m", "custom", "-P", PES, "-u", "-a", name,
                                   "-o", f"model={toy_model},structure=init.xyz"], cwd=driver, log=driver / "driver.log")
         assert processes.wait([ipi, client], 120)[0] == 0
     finally:

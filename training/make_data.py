@@ -1,0 +1,204 @@
+"""``make training-data``: configurations from i-PI runs with the reference potential, labelled by it.
+
+Runs several i-PI simulations in parallel through ``mlip-run`` with the teacher model
+(the published revPBE0-D3 Behler–Parrinello water potential, ``make teacher``) served by
+``mlip-server``: liquid water (64 molecules) at 250–400 K, path-integral liquid (bead
+configurations), proton-disordered ice cells, a gas-phase molecule at high temperature and
+small clusters in a large box. After ``--minutes`` each run is stopped cleanly, its frames
+are collected and re-labelled by the teacher in float64 (energy eV, forces eV/Å), and
+written as extended XYZ: ``OUT/train.extxyz``, ``OUT/val.extxyz`` (10 % of the frames of each
+run, chosen at random) and ``OUT/provenance.json``. The 190 DFT frames are never used.
+
+    python -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data \\
+        --minutes 30 [--device cuda] [--ice-dir ../shared/data/structures/ice]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cluster(n_molecules: int, seed: int):
+    """n molecules cut from a liquid box around its first oxygen, in a 30 Å box."""
+    from training.structures import water_box
+
+    box = water_box(max(8, n_molecules), seed=seed)
+    oxygens = np.flatnonzero(box.numbers == 8)
+    d = box.get_distances(oxygens[0], oxygens, mic=True)
+    keep = np.concatenate([[o, o + 1, o + 2] for o in oxygens[np.argsort(d)[:n_molecules]]])
+    cluster = box[keep]
+    # make the cluster whole around the first oxygen, then centre it in a large box
+    vec = cluster.positions - cluster.positions[0]
+    vec -= np.round(vec @ np.linalg.inv(box.cell[:])) @ box.cell[:]
+    cluster.positions = vec + 15.0
+    cluster.cell, cluster.pbc = [30.0, 30.0, 30.0], True
+    return cluster
+
+
+def plan(args, work: Path) -> list[dict]:
+    """The simulations: name, experiment, options."""
+    runs = []
+    for k, temperature in enumerate((250, 300, 350, 400)):
+        runs.append({"name": f"liquid-{temperature}K", "experiment": "water-nvt",
+                     "options": ["--molecules", "64", "--temperature", str(temperature), "--seed", str(k)]})
+    runs.append({"name": "liquid-128-320K", "experiment": "water-nvt",
+                 "options": ["--molecules", "128", "--temperature", "320", "--seed", "7"]})
+    runs.append({"name": "pimd-300K", "experiment": "water-pimd",
+                 "options": ["--molecules", "64", "--beads", "8", "--temperature", "300", "--seed", "11"]})
+    if args.ice_dir:
+        for k, name in enumerate(("ice_ih_disordered_02.xyz", "ice_ih_disordered_03.xyz")):
+            path = Path(args.ice_dir) / name
+            if path.exists():
+                runs.append({"name": f"ice-{k}-250K", "experiment": "water-nvt",
+                             "options": ["--structure", str(path), "--temperature", "250", "--seed", str(20 + k)]})
+    for n, temperature in ((4, 300), (8, 350)):
+        path = work / f"cluster{n}.extxyz"
+        _cluster(n, seed=n).write(path)
+        runs.append({"name": f"cluster{n}-{temperature}K", "experiment": "water-nvt",
+                     "options": ["--structure", str(path), "--temperature", str(temperature), "--seed", str(30 + n)]})
+    runs.append({"name": "molecule-600K", "experiment": "water-nvt",
+                 "options": ["--structure", str(_molecule(work)), "--temperature", "600", "--seed", "40"]})
+    return runs
+
+
+def _molecule(work: Path) -> Path:
+    from training.structures import water_molecule
+
+    mol = water_molecule(center=(15.0, 15.0, 15.0))
+    mol.cell, mol.pbc = [30.0, 30.0, 30.0], True
+    path = work / "molecule.extxyz"
+    mol.write(path)
+    return path
+
+
+def simulate(args, work: Path) -> list[dict]:
+    runs = plan(args, work)
+    procs = []
+    for run in runs:
+        cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(Path(args.teacher).resolve()),
+               "--steps", "10000000", "--stride", str(args.stride), "--device", args.device, "--dtype", "float64",
+               "--out", str(work / run["name"]), "--progress", "0", *run["options"]]
+        log = open(work / f"{run['name']}.launcher.log", "w")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    print(f"make_data: {len(runs)} simulations for {args.minutes} min: " + ", ".join(r["name"] for r in runs),
+          flush=True)
+    deadline = time.monotonic() + 60 * args.minutes
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)  # the launcher stops i-PI and the server cleanly
+    for p, run in zip(procs, runs):
+        try:
+            run["launcher_exit"] = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            run["launcher_exit"] = "killed"
+    return runs
+
+
+def collect(runs, work: Path, skip: int):
+    """Frames of each run (the first ``skip`` output frames are equilibration and dropped)."""
+    import ase.io
+
+    frames = {}
+    for run in runs:
+        path = work / run["name"] / "sim.pos_0.extxyz"
+        if not path.exists():
+            run["frames"] = 0
+            continue
+        try:
+            atoms = ase.io.read(path, index=":")
+        except Exception:  # a frame cut by the stop: read the complete ones
+            atoms = _read_complete(path)
+        elements = ase.io.read(work / run["name"] / "init.xyz", index=0)
+        for a in atoms:
+            a.numbers = elements.numbers
+            a.pbc = True
+        frames[run["name"]] = atoms[skip:]
+        run["frames"] = len(frames[run["name"]])
+    return frames
+
+
+def _read_complete(path):
+    import ase.io
+    import io
+
+    text = path.read_text().splitlines(keepends=True)
+    out, i = [], 0
+    while i < len(text):
+        n = int(text[i])
+        if i + 2 + n > len(text):
+            break
+        out.append(ase.io.read(io.StringIO("".join(text[i:i + 2 + n])), format="extxyz"))
+        i += 2 + n
+    return out
+
+
+def label(frames: dict, teacher: str, device: str, batch: int):
+    """Energies and forces of the teacher (float64) stored in the Atoms (info/arrays)."""
+    from server.evaluator import Evaluator, Structure
+
+    ev = Evaluator(teacher, device=device, dtype="float64")
+    for name, atoms in frames.items():
+        for start in range(0, len(atoms), batch):
+            chunk = atoms[start:start + batch]
+            for a, r in zip(chunk, ev.compute([Structure.from_ase(a) for a in chunk])):
+                a.info.clear()
+                a.info["energy"] = r.energy
+                a.info["source"] = name
+                a.arrays["forces"] = r.forces
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--teacher", default=str(ROOT / "models" / "local" / "bpnnp-revpbe0d3.pt"))
+    p.add_argument("--out", default=str(ROOT / "training" / "data"))
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--stride", type=int, default=20, help="MD steps between saved frames")
+    p.add_argument("--skip", type=int, default=5, help="saved frames dropped at the start of each run")
+    p.add_argument("--ice-dir", default=str(ROOT.parent / "shared" / "data" / "structures" / "ice"))
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    import ase.io
+
+    if not Path(args.teacher).is_file():
+        print(f"make_data: error: teacher model {args.teacher} not found: run `make teacher` first", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    work = out / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    runs = simulate(args, work)
+    frames = collect(runs, work, args.skip)
+    label(frames, args.teacher, args.device, batch=16)
+    rng = np.random.default_rng(args.seed)
+    train, val = [], []
+    for name, atoms in frames.items():
+        is_val = rng.random(len(atoms)) < args.val_fraction
+        train += [a for a, v in zip(atoms, is_val) if not v]
+        val += [a for a, v in zip(atoms, is_val) if v]
+    ase.io.write(out / "train.extxyz", train, format="extxyz")
+    ase.io.write(out / "val.extxyz", val, format="extxyz")
+    provenance = {"teacher": str(args.teacher), "device": args.device, "minutes": args.minutes,
+                  "stride": args.stride, "skip": args.skip, "runs": runs, "n_train": len(train), "n_val": len(val),
+                  "wall_s": time.time() - t0}
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    print(f"make_data: {len(train)} training and {len(val)} validation frames in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
