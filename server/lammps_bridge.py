@@ -599,14 +599,14 @@ class Bridge:
     def _callback(self, caller, step, nlocal, tag, x, f):
         """Called by fix external on every rank; must never raise (ctypes would swallow it)."""
         try:
-            self._forces(nlocal, tag, x, f)
+            self._forces(step, nlocal, tag, x, f)
         except BaseException as err:  # noqa: BLE001 - anything here must stop the run, not vanish
             f[:] = 0.0
             if self.failure is None:
                 self.failure = f"internal error in the force callback at step {step}: {type(err).__name__}: {err}"
             self.lmp.set_internal_variable(HALT, 1)
 
-    def _forces(self, nlocal, tag, x, f):
+    def _forces(self, step, nlocal, tag, x, f):
         if self.status != OK:  # the run is being halted: nothing more to compute
             f[:] = 0.0
             return
@@ -629,8 +629,11 @@ class Bridge:
                 forces = forces_all[rows]
                 w = 0.5 * (virial + virial.T)  # LAMMPS keeps the symmetric part
                 header[:] = (OK, energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2])
+            except ProtocolError as err:
+                header[0] = FAILED
+                self.failure = f"step {step}: {err}: the force server died or hung (see its output); LAMMPS halted"
             except MLIPError as err:
-                header[0], self.failure = FAILED, str(err)
+                header[0], self.failure = FAILED, f"step {step}: {err}"
             except KeyboardInterrupt:
                 header[0], self.failure = INTERRUPTED, "interrupted"
             except Exception as err:  # noqa: BLE001

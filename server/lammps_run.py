@@ -258,12 +258,16 @@ class LammpsRun:
                     # A server that failed before connecting leaves the bridge waiting: stop it soon.
                     name, proc = ended[0]
                     other = self.server if proc is self.bridge else self.bridge
-                    grace = self.grace if (proc is self.bridge or proc.returncode == 0) else min(self.grace, 5.0)
+                    grace = self.grace
+                    if proc is self.server and proc.returncode != 0 and not self.connected():
+                        grace = 0.0  # the bridge would wait for its connect time-out in vain
                     try:
+                        if grace <= 0:
+                            raise subprocess.TimeoutExpired(other.args, 0)
                         other.wait(timeout=grace)
                     except subprocess.TimeoutExpired:
-                        message = f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped {grace:g} s " \
-                                  f"after {name} ended"
+                        message = (f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped "
+                                   + (f"{grace:g} s after {name} ended" if grace > 0 else f"when {name} failed"))
                         processes.stop([other])
                     continue
                 if deadline is not None and time.monotonic() > deadline:
@@ -275,6 +279,11 @@ class LammpsRun:
         finally:
             removed = self.stop()
         return self._result(first, message, removed)
+
+    def connected(self) -> bool:
+        """Whether the bridge has reported the server's connection."""
+        relay = self._relays.get("lammps.out")
+        return relay is not None and any("force server connected" in l for l in relay.lines)
 
     def stop(self) -> list:
         """Kills whatever still runs, removes the socket file and leftover MPICH shm files."""

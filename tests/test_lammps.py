@@ -184,3 +184,158 @@ def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
     a, b = read_dump(native / "traj.dump", ["Ar"]), read_dump(bridged / "traj.dump", ["Ar"])
     assert np.abs(a.positions - b.positions).max() < 1e-6
     assert np.abs(a.positions - argon(triclinic).positions).max() > 0.05  # the atoms did move
+
+
+# --------------------------------------------------------------------------- physics: water
+@pytest.fixture(scope="session")
+def water_data(tmp_path_factory):
+    """128 water molecules (384 atoms) from the project's builder, as a LAMMPS data file."""
+    sys.path.insert(0, str(DECKS))
+    from make_data import write_water_data
+
+    return write_water_data(128, tmp_path_factory.mktemp("water") / "water-128.data", seed=3)
+
+
+def test_water_nve_conserves_energy_and_matches_the_evaluator(tmp_path, toy_model, water_data):
+    """The shipped NVE deck, 0.25 fs × 200 steps on 384 atoms (the 1536-atom box takes ~0.1 s
+    per force call on this 2-core machine: too slow for the test suite)."""
+    result = bridge_run(tmp_path, DECKS / "in.water-nve", toy_model, ["O", "H"],
+                        variables=[("data", water_data), ("dt", 0.25), ("steps", 200), ("thermo", 10),
+                                   ("dump", 200)])
+    assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:]
+    t = thermo(tmp_path / "log.lammps")
+    assert t["Step"][-1] == 200
+    drift = np.abs(t["TotEng"] - t["TotEng"][0]).max()
+    heat = np.abs(t["KinEng"] - t["KinEng"][0]).max()
+    n = 384
+    # measured: max |ΔE| ≈ 6.5e-4 eV/atom while the toy model heats the box by ~400 eV
+    assert drift / n < 2.5e-3, drift / n
+    assert drift < 0.01 * heat, (drift, heat)  # forces are the gradient of the energy LAMMPS reports
+    from server.evaluator import Evaluator, Structure
+
+    frame = read_dump(tmp_path / "water-nve.lammpstrj", ["O", "H"])
+    assert frame.get_chemical_formula() == "H256O128" and frame.pbc.all()
+    energy = Evaluator(toy_model).compute([Structure.from_ase(frame)])[0].energy
+    assert energy == pytest.approx(t["PotEng"][-1], rel=1e-10, abs=0)
+
+
+# --------------------------------------------------------------------------- failures
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _lj_deck(tmp_path, tail: str, steps=100) -> Path:
+    data = write_data(argon(), tmp_path / "argon.data", ["Ar"])
+    text = LJ_COMMON.format(data=data, forces=BRIDGE).replace("thermo 10", "thermo 1")
+    deck = tmp_path / "in.lj"
+    deck.write_text(text.replace("run 100", f"run {steps}") + tail)
+    return deck
+
+
+def test_lammps_error_after_connect_ends_the_server(tmp_path, lj_model):
+    deck = _lj_deck(tmp_path, "bogus_command 1 2\n", steps=3)
+    t0 = time.monotonic()
+    result = bridge_run(tmp_path, deck, lj_model, ["Ar"])
+    assert time.monotonic() - t0 < 60
+    assert result.code == 1 and result.bridge_code == 1 and result.server_code == 1
+    assert "Unknown command: bogus_command" in result.message
+    bridge_errors = [l for l in result.bridge_output.splitlines() if "error:" in l]
+    assert len(bridge_errors) == 1 and "Traceback" not in result.bridge_output, result.bridge_output
+    assert "without EXIT" in lammps_run.error_line(result.server_output)
+
+
+@pytest.mark.parametrize("np_", [2 if HAVE_MPI4PY else 1])
+def test_server_killed_mid_run_halts_lammps(tmp_path, lj_model, np_):
+    import signal
+
+    deck = _lj_deck(tmp_path, "", steps=100000)
+    job = LammpsRun(deck, lj_model, ["Ar"], np=np_, workdir=tmp_path, echo=False, server_args=SERVER_ARGS)
+    try:
+        job.start()
+        relay = job._relays["lammps.out"]
+        _wait_for(lambda: sum(l.split()[:1] == ["5"] for l in relay.lines) > 0 or job.bridge.poll() is not None,
+                  60, "5 MD steps")
+        assert job.bridge.poll() is None, relay.text
+        os.killpg(job.server.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        result = job.wait(timeout=60)
+    finally:
+        job.stop()
+    assert time.monotonic() - t0 < 30
+    assert result.server_code == -signal.SIGKILL and result.bridge_code == 1
+    line = lammps_run.error_line(result.bridge_output)
+    assert "force server" in line and "died or hung" in line and "LAMMPS halted" in line, result.bridge_output[-2000:]
+    assert "killed by signal 9" in result.message
+
+
+@pytest.mark.parametrize("elements, edit, message", [
+    (["O"], None, "LAMMPS atom type 2 has no element"),
+    (["O", "H"], ("units           metal", "units           real"), "use 'units metal'"),
+])
+def test_bad_mapping_is_refused_before_the_run(tmp_path, toy_model, water_data, elements, edit, message):
+    deck = DECKS / "in.water-nve"
+    if edit:
+        deck = tmp_path / "in.edited"
+        deck.write_text((DECKS / "in.water-nve").read_text().replace(*edit))
+    result = bridge_run(tmp_path, deck, toy_model, elements, variables=[("data", water_data)])
+    assert result.code == 2 and result.server_code is None  # the server was never started
+    assert message in result.message
+    errors = [l for l in result.bridge_output.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "Traceback" not in result.bridge_output
+    assert "Step" not in (tmp_path / "log.lammps").read_text()
+
+
+def test_model_without_an_element_stops_the_waiting_bridge(tmp_path, lj_model, water_data):
+    t0 = time.monotonic()
+    result = bridge_run(tmp_path, DECKS / "in.water-nve", lj_model, ["O", "H"], variables=[("data", water_data)])
+    assert time.monotonic() - t0 < 40  # not the bridge's 120 s connect time-out
+    assert result.code == 2 and result.server_code == 2
+    assert "does not support" in result.message and "[1, 8]" in result.message
+    assert "Step" not in (tmp_path / "log.lammps").read_text()
+
+
+def test_no_server_connecting_is_a_one_line_error(tmp_path, water_data):
+    name = processes.unique_name("lammps")
+    cmd = [sys.executable, "-m", "server.lammps_bridge", str(DECKS / "in.water-nve"), "--address", f"unix:{name}",
+           "-e", "O", "H", "--var", "data", str(water_data), "--connect-timeout", "1"]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, cwd=tmp_path, env=bridge_env(), capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert done.returncode == 2
+    errors = [l for l in done.stderr.splitlines() if "error:" in l]
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"no force server connected to unix:/tmp/ipi_{name} within 1 s: start mlip-server" in errors[0]
+    assert not os.path.exists(f"/tmp/ipi_{name}")
+    assert (tmp_path / "lammps-init.xyz").exists()
+
+
+def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
+    import signal
+
+    deck = _lj_deck(tmp_path, "", steps=100000)
+    cmd = [sys.executable, "-m", "server.lammps_run", str(deck), "--model", lj_model, "-e", "Ar", "--workdir",
+           str(tmp_path / "run"), "--threads", "1"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in launcher.stdout:
+            if line.split()[:1] == ["3"]:  # thermo of step 3: the run is going
+                break
+        launcher.send_signal(signal.SIGINT)
+        out = launcher.communicate(timeout=30)[0]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130, out
+    assert "interrupted" in out
+    run_dir = str(tmp_path / "run")
+    alive = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if run_dir.encode() in cmdline.read_bytes():
+                alive.append(cmdline.parent.name)
+        except OSError:
+            pass
+    assert not alive, f"processes of the run still alive: {alive}"
