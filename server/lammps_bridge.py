@@ -169,8 +169,16 @@ class Timings:
     transfer: float = 0.0  # sending positions, receiving the forces payload, unit conversion
     scatter: float = 0.0  # result broadcast, reordering and MPI scatter of the forces
 
+    first: dict | None = None  # the totals after the first call (LAMMPS's set-up), to exclude it
+
     def as_dict(self):
-        return {k: getattr(self, k) for k in ("calls", "callback", "gather", "server", "transfer", "scatter")}
+        values = {k: getattr(self, k) for k in ("calls", "callback", "gather", "server", "transfer", "scatter")}
+        return dict(values, first=self.first)
+
+    def count(self) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.first = {k: v for k, v in self.as_dict().items() if k != "first"}
 
 
 class ForceClient:
@@ -655,7 +663,7 @@ class Bridge:
             tm = self.client.timings
             tm.scatter += t3 - t2
             tm.callback += t3 - t0
-            tm.calls += 1
+            tm.count()
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> int:

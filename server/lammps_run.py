@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -125,9 +126,9 @@ def bridge_env() -> dict:
 
 
 def error_line(text: str) -> str | None:
-    """The last ``error:`` line of a process's output."""
-    lines = [l.strip() for l in text.splitlines() if "error:" in l]
-    return lines[-1] if lines else None
+    """The message of the last ``PROG: error: MESSAGE`` line of a process's output."""
+    lines = [l.strip() for l in text.splitlines() if "error: " in l]
+    return lines[-1].split("error: ", 1)[1] if lines else None
 
 
 class _Relay:
@@ -301,14 +302,14 @@ class LammpsRun:
         if b == 0 and s == 0 and first != "timeout":
             return RunResult(0, b, s, bout, sout, message, self.workdir, removed)
         # the side that failed first is the cause; the other one only followed
-        sides = [("LAMMPS", b, bout, "lammps.out"), ("mlip-server", s, sout, "server.log")]
+        sides = [("mlip-lammps", b, bout, "lammps.out"), ("mlip-server", s, sout, "server.log")]
         if first == "mlip-server" or b == 0:
             sides.reverse()
         for name, rc, out, log in sides:
             if rc not in (0, None):
                 code = rc if rc > 0 else 1
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-                cause = error_line(out) or f"{name} {how}: see {self.workdir / log}"
+                cause = f"{name}: {error_line(out)}" if error_line(out) else f"{name} {how}: see {self.workdir / log}"
                 message = f"{cause}; {message}" if message else cause
                 break
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up like Ctrl-C
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     deck = Path(args.deck)
