@@ -377,12 +377,18 @@ def get_comm():
     return MPI.COMM_WORLD
 
 
+def _mpi4py():
+    from mpi4py import MPI
+
+    return MPI
+
+
 def _wait(request) -> None:
     """Completes a non-blocking MPI request, sleeping between tests (no busy spinning)."""
     delay = 2e-5
     while not request.Test():
         time.sleep(delay)
-        delay = min(2 * delay, 2e-3)
+        delay = min(2 * delay, 1e-3)
 
 
 # --------------------------------------------------------------------------- the bridge
@@ -425,7 +431,7 @@ class Bridge:
         self.row_of_tag: np.ndarray | None = None
         self.natoms = 0
         self.tail_path: str | None = None
-        self._mpi = None if isinstance(comm, SerialComm) else __import__("mpi4py.MPI", fromlist=["MPI"])
+        self._mpi = None if isinstance(comm, SerialComm) else _mpi4py()
         self._header = np.zeros(8)  # status, energy, virial xx yy zz xy xz yz
 
     # -- messages (rank 0) ----------------------------------------------------------
@@ -518,9 +524,11 @@ class Bridge:
 
     def cell(self) -> np.ndarray:
         """LAMMPS box → h (Å), lattice vectors as columns: a=(lx,0,0), b=(xy,ly,0), c=(xz,yz,lz)."""
-        lo, hi, xy, yz, xz, _, _ = self.lmp.extract_box()
         if not self.periodic:
             return np.zeros((3, 3))
+        g = self.lmp.extract_global  # (extract_box would re-initialise the domain every step)
+        lo, hi = g("boxlo"), g("boxhi")
+        xy, xz, yz = g("xy"), g("xz"), g("yz")
         lx, ly, lz = (h - l for h, l in zip(hi, lo))
         return np.array([[lx, xy, xz], [0.0, ly, yz], [0.0, 0.0, lz]])
 
@@ -761,7 +769,10 @@ class Bridge:
             self.tail_path = None
         if self.lmp is not None:
             try:
-                self.lmp.close()
+                if isinstance(self.comm, SerialComm):
+                    self.lmp.finalize()  # LAMMPS initialised MPI itself: finalise it, or MPICH leaves /dev/shm files
+                else:
+                    self.lmp.close()  # mpi4py finalises MPI at exit
             except Exception:  # noqa: BLE001 - closing after an error is best effort
                 pass
             self.lmp = None

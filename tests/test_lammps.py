@@ -47,8 +47,8 @@ neigh_modify every 1 delay 0 check yes
 comm_modify cutoff 11.0
 velocity all create 60.0 4928459 mom yes rot yes dist gaussian loop all
 timestep 0.002
-fix nve all nve
-thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz
+{ensemble}
+thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz vol
 thermo_modify format float %.17g
 thermo 10
 dump d all custom 100 traj.dump id type x y z
@@ -57,6 +57,8 @@ run 100
 """
 NATIVE = "pair_style lj/cut 8.5\npair_coeff 1 1 0.0104 3.4\npair_modify shift yes"
 BRIDGE = "fix mlip all external pf/callback 1 1"
+NVE = "fix nve all nve"
+NPT_TRI = "fix npt all npt temp 60.0 60.0 0.1 tri 0.0 0.0 0.5"  # all 6 virial components drive the box
 
 
 # --------------------------------------------------------------------------- helpers
@@ -121,6 +123,14 @@ def write_data(atoms, path: Path, specorder) -> Path:
     return path
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, **kwargs):
     result = lammps_run.run(deck, model, elements, np=np_, workdir=workdir, echo=False,
                             server_args=SERVER_ARGS + list(kwargs.pop("server_args", [])), timeout=timeout,
@@ -167,17 +177,24 @@ def test_split_deck_refuses(text, message):
 @pytest.mark.parametrize("np_, triclinic", [
     (1, False), pytest.param(2, False, marks=needs_mpi4py), pytest.param(2, True, marks=needs_mpi4py)])
 def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
+    """NVE in the cubic box; in the triclinic box NPT with a fully flexible cell, which only
+    matches if all six virial components and the cell sent every step are right."""
     data = write_data(argon(triclinic), tmp_path / "argon.data", ["Ar"])
     native, bridged = tmp_path / "native", tmp_path / "bridge"
     for folder, forces in ((native, NATIVE), (bridged, BRIDGE)):
         folder.mkdir()
-        (folder / "in.lj").write_text(LJ_COMMON.format(data=data, forces=forces))
+        deck = LJ_COMMON.format(data=data, forces=forces, ensemble=NPT_TRI if triclinic else NVE)
+        (folder / "in.lj").write_text(deck)
     run_native(native, native / "in.lj", np_)
-    result = bridge_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_=np_)
+    # the serial run goes over TCP (inet), the MPI runs over unix sockets
+    address = f"inet:127.0.0.1:{_free_port()}" if np_ == 1 else None
+    result = bridge_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_=np_, address=address)
     assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
     ref, got = thermo(native / "log.lammps"), thermo(bridged / "log.lammps")
     assert len(ref["Step"]) == len(got["Step"]) == 11
-    for name in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
+    if triclinic:
+        assert abs(ref["Volume"][-1] / ref["Volume"][0] - 1) > 1e-3  # the barostat did move the box
+    for name in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz", "Volume"):
         # relative to the largest magnitude of the column (components pass through zero)
         scale = np.abs(ref[name]).max()
         assert np.abs(got[name] - ref[name]).max() <= 1e-8 * scale, (name, got[name] - ref[name])
@@ -229,7 +246,7 @@ def _wait_for(predicate, timeout, what):
 
 def _lj_deck(tmp_path, tail: str, steps=100) -> Path:
     data = write_data(argon(), tmp_path / "argon.data", ["Ar"])
-    text = LJ_COMMON.format(data=data, forces=BRIDGE).replace("thermo 10", "thermo 1")
+    text = LJ_COMMON.format(data=data, forces=BRIDGE, ensemble=NVE).replace("thermo 10", "thermo 1")
     deck = tmp_path / "in.lj"
     deck.write_text(text.replace("run 100", f"run {steps}") + tail)
     return deck
