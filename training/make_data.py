@@ -37,10 +37,18 @@ def _cluster(n_molecules: int, seed: int):
     d = box.get_distances(oxygens[0], oxygens, mic=True)
     keep = np.concatenate([[o, o + 1, o + 2] for o in oxygens[np.argsort(d)[:n_molecules]]])
     cluster = box[keep]
-    # make the cluster whole around the first oxygen, then centre it in a large box
-    vec = cluster.positions - cluster.positions[0]
-    vec -= np.round(vec @ np.linalg.inv(box.cell[:])) @ box.cell[:]
-    cluster.positions = vec + 15.0
+    # unwrap each oxygen next to the first one and each H next to its own oxygen, so that
+    # no molecule is split by the periodic boundary, then centre it in a large box
+    cell, inv = box.cell[:], np.linalg.inv(box.cell[:])
+
+    def nearest(vec):
+        return vec - np.round(vec @ inv) @ cell
+
+    pos = cluster.positions.copy()
+    for m in range(0, len(pos), 3):
+        pos[m] = pos[0] + nearest(pos[m] - pos[0])
+        pos[m + 1:m + 3] = pos[m] + nearest(pos[m + 1:m + 3] - pos[m])
+    cluster.positions = pos - pos.mean(axis=0) + 15.0
     cluster.cell, cluster.pbc = [30.0, 30.0, 30.0], True
     return cluster
 
@@ -53,6 +61,9 @@ def plan(args, work: Path) -> list[dict]:
                      "options": ["--molecules", "64", "--temperature", str(temperature), "--seed", str(k)]})
     runs.append({"name": "liquid-128-320K", "experiment": "water-nvt",
                  "options": ["--molecules", "128", "--temperature", "320", "--seed", "7"]})
+    if args.liquid:
+        runs.append({"name": "liquid512-300K", "experiment": "water-nvt",
+                     "options": ["--structure", str(args.liquid), "--temperature", "300", "--seed", "8"]})
     runs.append({"name": "pimd-300K", "experiment": "water-pimd",
                  "options": ["--molecules", "64", "--beads", "8", "--temperature", "300", "--seed", "11"]})
     if args.ice_dir:
@@ -83,6 +94,9 @@ def _molecule(work: Path) -> Path:
 
 def simulate(args, work: Path) -> list[dict]:
     runs = plan(args, work)
+    if args.only:
+        wanted = set(args.only.split(","))
+        runs = [r for r in runs if r["name"] in wanted]
     procs = []
     for run in runs:
         cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(Path(args.teacher).resolve()),
@@ -169,11 +183,16 @@ def main(argv=None) -> int:
     p.add_argument("--stride", type=int, default=20, help="MD steps between saved frames")
     p.add_argument("--skip", type=int, default=5, help="saved frames dropped at the start of each run")
     p.add_argument("--ice-dir", default=str(ROOT.parent / "shared" / "data" / "structures" / "ice"))
+    p.add_argument("--liquid", default=str(ROOT.parent / "shared" / "data" / "structures" / "water_512.xyz"),
+                   help="an equilibrated liquid box to start one more run from (skipped if missing)")
+    p.add_argument("--only", help="comma-separated names of the simulations to run (default: all)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     import ase.io
 
+    if args.liquid and not Path(args.liquid).is_file():
+        args.liquid = None
     if not Path(args.teacher).is_file():
         print(f"make_data: error: teacher model {args.teacher} not found: run `make teacher` first", file=sys.stderr)
         return 2
