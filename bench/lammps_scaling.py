@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     model = args.model or lammps_run.default_model(workdir)
     model_name = "models/water-pet.pt" if args.model is None and lammps_run.SHIPPED_MODEL.exists() else (
         args.model or "training.toy_models.water_toy (stand-in: Morse pairs + MLP, cutoff 4 Å)")
+    info = machine()
     runs = [(r, 1) for r in args.replicas] + [(max(args.replicas), n) for n in args.np if n != 1]
     rows = []
     for replicas, np_ in runs:
@@ -142,7 +143,6 @@ def main(argv=None) -> int:
         print(f"lammps_scaling: {512 * 3 * replicas ** 3:,} atoms on {np_} rank(s), {steps} steps ...", flush=True)
         rows.append(run_one(str(model), replicas, np_, steps, args.threads))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
-    info = machine()
     info["load_average_at_end"] = os.getloadavg()[0]
     data = {"benchmark": "lammps_scaling", "model": model_name, "deck": "lammps_inputs/in.water-large (NVT, 0.5 fs)",
             "server_threads": args.threads or "torch default", "machine": info, "runs": rows}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -141,10 +142,11 @@ def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, *
 @pytest.fixture(autouse=True)
 def no_leftovers():
     """Every test: no socket files of the bridge and no MPICH shm files left behind."""
-    sockets_before = set(Path("/tmp").glob("ipi_lammps-*"))
+    mine = f"ipi_lammps-{os.getpid()}-*"  # processes.unique_name: runs started by this process
+    sockets_before = set(Path("/tmp").glob(mine))
     shm_before = shm_files()
     yield
-    left = set(Path("/tmp").glob("ipi_lammps-*")) - sockets_before
+    left = set(Path("/tmp").glob(mine)) - sockets_before
     shm_left = leftover_shm_files(shm_before)
     for path in list(left) + list(shm_left):
         Path(path).unlink(missing_ok=True)
@@ -336,17 +338,21 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
     cmd = [sys.executable, "-m", "server.lammps_run", str(deck), "--model", lj_model, "-e", "Ar", "--workdir",
            str(tmp_path / "run"), "--threads", "1"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
     try:
         for line in launcher.stdout:
+            seen.append(line)
             if line.split()[:1] == ["3"]:  # thermo of step 3: the run is going
                 break
         launcher.send_signal(signal.SIGINT)
-        out = launcher.communicate(timeout=30)[0]
+        out = "".join(seen) + launcher.communicate(timeout=30)[0]
     finally:
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode == 130, out
     assert "interrupted" in out
+    socket_file = re.search(r"listening on unix:(\S+);", out).group(1)
+    assert not os.path.exists(socket_file)
     run_dir = str(tmp_path / "run")
     alive = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
