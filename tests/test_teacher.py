@@ -230,6 +230,31 @@ def test_rotation_invariance(evaluator, scripted, water8):
 
 
 @needs_data
+def test_second_derivatives_match_finite_differences(scripted):
+    """Twice differentiable: the Hessian-vector product by double backward equals the
+    finite-difference change of the forces."""
+    atoms = _water_dimer()
+    edge_index, _ = neighbor_list(atoms.positions, np.zeros((3, 3)), np.zeros(3, bool), scripted.cutoff)
+    ei, numbers = torch.tensor(edge_index), torch.tensor(atoms.numbers)
+    si = torch.zeros(len(atoms), dtype=torch.int64)
+
+    def forces(positions, create_graph):
+        x = positions.clone().requires_grad_(True)
+        energy = scripted(x[ei[1]] - x[ei[0]], ei, numbers, si, 1)
+        (grad,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
+        return -grad, x
+
+    v = torch.tensor(np.random.default_rng(3).normal(size=(len(atoms), 3)))
+    x0 = torch.tensor(atoms.positions)
+    f, x = forces(x0, True)
+    (hv,) = torch.autograd.grad((f * v).sum(), x)
+    h = 1e-5
+    fd = (forces(x0 + h * v, False)[0] - forces(x0 - h * v, False)[0]) / (2 * h)
+    assert fd.abs().max() > 1.0
+    assert (hv - fd).abs().max() <= 1e-6 * fd.abs().max()
+
+
+@needs_data
 def test_batch_of_structures_gives_per_structure_energies(evaluator, water8):
     dimer = _water_dimer()
     dimer.set_cell(np.eye(3) * 30.0)

@@ -35,8 +35,8 @@ and returns eV; its ``cutoff`` attribute is in Å.
 
 Implementation. Everything is vectorised: radial terms per edge, angular terms per
 triplet (i, j, k) built inside ``forward`` from the edge list (edges sorted by centre,
-all pairs j<k inside each centre's block by index arithmetic), r_jk = r_ik − r_ij, which
-also holds for periodic images. Triplets of element combinations no function uses, or
+all pairs j<k inside each centre's block by index arithmetic), with r_jk = r_ik − r_ij
+(so |r_jk|² = r_ij² + r_ik² − 2 r_ij·r_ik), which also holds for periodic images. Triplets of element combinations no function uses, or
 with r_jk beyond the cutoff, are dropped before any differentiable work. Forces come from
 autograd through the edge vectors; all operations are twice differentiable.
 """
