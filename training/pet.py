@@ -122,14 +122,16 @@ class Attention(nn.Module):
         """x [A, L, d]; weights [A, L] (f_c, 1 for the central token, 0 for padding);
         padding [A, L] bool (True for empty slots)."""
         a, length, d = x.shape
-        qkv = self.qkv(x).view(a, length, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [A, H, L, dh]
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.d_head))
+        h = self.n_heads
+        # [A, L, 3d] -> three [A, H, L, dh] views (split's backward is one cat, no zero fills)
+        q, k, v = self.qkv(x).view(a, length, 3 * h, self.d_head).transpose(1, 2).split(h, dim=1)
+        scores = torch.matmul(q * (1.0 / math.sqrt(self.d_head)), k.transpose(-1, -2))
         # stabilising shift over the real keys only (a constant per row: no gradient needed)
         shift = scores.detach().masked_fill(padding[:, None, None, :], -1e30).amax(dim=-1, keepdim=True)
         p = torch.exp(scores - shift) * weights[:, None, None, :]
-        p = p / p.sum(dim=-1, keepdim=True)
-        y = torch.matmul(p, v).transpose(1, 2).reshape(a, length, d)
+        # normalise after the product with V: [A, H, L, dh] is smaller than [A, H, L, L]
+        y = torch.matmul(p, v) / p.sum(dim=-1, keepdim=True)
+        y = y.transpose(1, 2).reshape(a, length, d)
         return self.out(y)
 
 
