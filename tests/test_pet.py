@@ -261,6 +261,10 @@ def test_tiny_training_loss_falls_checkpoints_resumes_and_exports(tmp_path):
     assert ev.cutoff == config["model"]["cutoff"] and sorted(ev.model.species) == [1, 8]
     res = ev.compute([Structure.from_ase(water_box(8, seed=20))])[0]
     assert np.isfinite(res.energy) and np.isfinite(res.forces).all()
+    # the export carries the fitted composition baseline: energies are on the labels' scale
+    first = ase.io.read(config["data"]["train"], index=0)
+    predicted = ev.compute([Structure.from_ase(first)])[0].energy
+    assert abs(predicted - first.get_potential_energy()) / len(first) < 0.05
     # and the command line exports the same model
     out = tmp_path / "cli.pt"
     assert train_mod.main(["--export", str(ckpt_path), str(out)]) == 0

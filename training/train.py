@@ -54,6 +54,7 @@ import torch
 from .data import (Graph, build_graphs, collate, fit_baseline, forces_from_edge_gradient,
                    random_rotations, read_frames)
 from .pet import PET, build, count_parameters, to_torchscript
+from server.errors import ModelError
 
 DEFAULTS = {
     "seed": 0,
@@ -410,7 +411,8 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
                                             config["data"]["rotate"], config["data"]["invert"])
             running = torch.zeros(2, dtype=torch.float64, device=device)
             bar = tqdm(range(batch_start, len(batches)), desc=f"epoch {epoch + 1}/{epochs}",
-                       leave=False, dynamic_ncols=True, mininterval=1.0)
+                       leave=False, dynamic_ncols=True, mininterval=1.0,
+                       disable=None)  # None: a bar on a terminal, none in log files
             for b in bar:
                 idx = batches[b]
                 batch = collate([train_set[k] for k in idx.tolist()],
@@ -494,7 +496,7 @@ def main(argv=None) -> int:
         if args.device:
             config["device"] = args.device
         train(config, resume=args.resume)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
