@@ -28,6 +28,7 @@ Exit status: 0 when both sides finished cleanly, otherwise the failing side's st
 from __future__ import annotations
 
 import argparse
+import collections
 import glob
 import os
 import signal
@@ -132,11 +133,13 @@ def error_line(text: str) -> str | None:
 
 
 class _Relay:
-    """Copies a process's output line by line to a file and, optionally, to our stdout."""
+    """Copies a process's output line by line to a file and, optionally, to our stdout;
+    keeps the last ``keep`` lines (for error messages) and notes the bridge's connection."""
 
-    def __init__(self, proc: subprocess.Popen, path: Path, echo: bool):
+    def __init__(self, proc: subprocess.Popen, path: Path, echo: bool, keep: int = 5000):
         self.proc, self.path, self.echo = proc, path, echo
-        self.lines: list[str] = []
+        self.lines: collections.deque = collections.deque(maxlen=keep)
+        self.connected = False
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -144,6 +147,8 @@ class _Relay:
         with open(self.path, "w") as out:
             for line in self.proc.stdout:
                 self.lines.append(line)
+                if not self.connected and "force server connected" in line:
+                    self.connected = True
                 out.write(line)
                 out.flush()
                 if self.echo:
@@ -230,15 +235,16 @@ class LammpsRun:
         return proc
 
     # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        """Starts the bridge, waits for its structure file, starts the server."""
+    def start(self, timeout: float | None = None) -> None:
+        """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._shm_before = shm_files()
         self.structure.unlink(missing_ok=True)
         self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=bridge_env())
         while not self.structure.exists():
-            if self.bridge.poll() is not None:
-                return  # failed before listening: wait() reports it
+            if self.bridge.poll() is not None or (deadline is not None and time.monotonic() > deadline):
+                return  # failed (or too slow) before listening: wait() reports it
             time.sleep(0.02)
         self.server = self._spawn(self.server_command(), "server.log")
 
@@ -284,7 +290,7 @@ class LammpsRun:
     def connected(self) -> bool:
         """Whether the bridge has reported the server's connection."""
         relay = self._relays.get("lammps.out")
-        return relay is not None and any("force server connected" in l for l in relay.lines)
+        return relay is not None and relay.connected
 
     def stop(self) -> list:
         """Kills whatever still runs, removes the socket file and leftover MPICH shm files."""
@@ -318,9 +324,10 @@ class LammpsRun:
 def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:
     """Starts a :class:`LammpsRun`, waits for it, cleans up (also on Ctrl-C)."""
     job = LammpsRun(deck, model, elements, **kwargs)
+    t0 = time.monotonic()
     try:
-        job.start()
-        return job.wait(timeout)
+        job.start(timeout)
+        return job.wait(None if timeout is None else max(0.0, timeout - (time.monotonic() - t0)))
     except BaseException:
         job.stop()
         raise
