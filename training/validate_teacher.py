@@ -120,7 +120,7 @@ def machine_info(device: str) -> dict:
                     break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -165,16 +165,15 @@ def markdown(report: dict) -> str:
         "",
         "## Timings (energy + forces, one structure per call, neighbour list included)",
         "",
-        "| atoms | median | min | of which neighbour list (median) | process CPU time (median, all threads) |",
-        "|---|---|---|---|---|",
+        "| atoms | torch threads | median | min | of which neighbour list (median) | process CPU time (median) |",
+        "|---|---|---|---|---|---|",
     ]
     for entry in t.values():
-        lines.append(f"| {entry['n_atoms']} | {entry['median_ms']:.1f} ms | {entry['min_ms']:.1f} ms "
+        lines.append(f"| {entry['n_atoms']} | {entry['threads']} | {entry['median_ms']:.1f} ms | {entry['min_ms']:.1f} ms "
                      f"| {entry['neighbour_list_median_ms']:.1f} ms | {entry['process_cpu_median_ms']:.1f} ms |")
     lines += [
         "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']} with "
-        f"{m['torch_threads']} threads, device {m['device']}"
+        f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']}, device {m['device']}"
         + (f" ({m['gpu']})" if "gpu" in m else "") + f". 1-minute load average during the timings: "
         + ", ".join(f"{e['load_average_1min']}" for e in t.values())
         + " (other processes share the CPUs; timings on a busy machine are upper bounds).",
@@ -214,17 +213,26 @@ def _run(args) -> int:
         t0 = time.perf_counter()
         validation = evaluate_frames(evaluator, frames)
         validation["wall_time_s"] = round(time.perf_counter() - t0, 1)
-        timings = {"dft_frame_192": time_structure(evaluator, Structure.from_ase(frames[0]), repeats=7)}
+        structures = {"dft_frame_192": Structure.from_ase(frames[0])}
         large = args.large or os.path.join(os.path.dirname(os.path.abspath(args.dft)), "..", "structures",
                                            "water_512.xyz")
         if os.path.isfile(large):
             import ase.io
 
-            structure = Structure.from_ase(ase.io.read(large))
-            timings[f"{os.path.basename(large)}_{len(structure.numbers)}"] = time_structure(
-                evaluator, structure, repeats=3, warmup=1)
+            big = Structure.from_ase(ase.io.read(large))
+            structures[f"{os.path.splitext(os.path.basename(large))[0]}_{len(big.numbers)}"] = big
         else:
             print(f"note: {large} not found, large-cell timing skipped", file=sys.stderr)
+        timings = {}
+        default_threads = torch.get_num_threads()
+        for threads in sorted({1, default_threads}):  # one thread is robust on a busy machine
+            torch.set_num_threads(threads)
+            for name, structure in structures.items():
+                small = len(structure.numbers) < 1000
+                timings[f"{name}_{threads}thread{'s' if threads > 1 else ''}"] = {
+                    "threads": threads,
+                    **time_structure(evaluator, structure, repeats=7 if small else 3, warmup=2 if small else 1)}
+        torch.set_num_threads(default_threads)
     except MLIPError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
