@@ -27,6 +27,12 @@ force server died, writes the starting structure (extxyz in atom-tag order: the 
 reads the elements from it), waits for the server to connect, and then executes the
 rest of the deck. At the end it sends EXIT to the server.
 
+The fix's global vector carries the server's diagnostics of a rotationally averaged model
+(``mlip-server --average 2i``), for ``thermo_style custom ... f_ID[1] f_ID[2]``:
+``f_ID[1]`` the raw (un-rotated) model energy, ``f_ID[2]`` averaged − raw energy,
+``f_ID[3]`` the energy spread over the rotation grid (all eV), ``f_ID[4]`` the RMS force
+spread (eV/Å). Without averaging they are the energy and zeros.
+
 Exit status: 0 after a complete deck; 1 when the run failed (server died or stalled,
 LAMMPS error during the run); 2 for bad arguments, a bad deck or no server connecting;
 130 when interrupted. Errors are one ``mlip-lammps: error: ...`` line naming the fix.
@@ -61,6 +67,8 @@ PROG = "mlip-lammps"
 UNIX_PREFIX = "/tmp/ipi_"  # as i-PI and mlip-server (server.socket_server.UNIX_PREFIX)
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
 OK, FAILED, INTERRUPTED = 0.0, 1.0, 2.0
+# the fix's global vector f_ID[1..4]: the server's diagnostics of a rotationally averaged model
+DIAGNOSTICS = ("raw_energy", "delta_energy", "energy_spread", "force_spread_rms")
 FIX_LINE = re.compile(r"^\s*fix\s+(\S+)\s+(\S+)\s+external\s+pf/callback\s+(\S+)\s+(\S+)\s*$")
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -252,7 +260,8 @@ class ForceClient:
             raise ProtocolError(f"the force server answered {got} instead of {name} during {what}: is it mlip-server?")
 
     def compute(self, h: np.ndarray, positions: np.ndarray):
-        """Energy (eV), forces [N,3] (eV/Å) and virial [3,3] (eV) for ``positions`` (Å).
+        """Energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV) and the extras dict (the
+        averaging diagnostics, empty for the raw model) for ``positions`` (Å).
 
         ``h``: cell matrix in Å with the lattice vectors as columns (zeros: no cell).
         """
@@ -276,9 +285,15 @@ class ForceClient:
         nextra = self.wire.read_int("FORCEREADY")
         if nextra < 0 or nextra > (1 << 24):
             raise ProtocolError(f"absurd extras length {nextra} from the force server: corrupt stream")
+        extras = {}
         if nextra:
-            self.wire.read_exact(nextra, "FORCEREADY")
-        result = (energy / HARTREE_PER_EV, forces * (BOHR_PER_ANGSTROM / HARTREE_PER_EV), virial / HARTREE_PER_EV)
+            raw = self.wire.read_exact(nextra, "FORCEREADY")
+            try:
+                extras = json.loads(raw.decode("utf-8", "replace"))
+            except ValueError:
+                extras = {}
+        result = (energy / HARTREE_PER_EV, forces * (BOHR_PER_ANGSTROM / HARTREE_PER_EV), virial / HARTREE_PER_EV,
+                  extras if isinstance(extras, dict) else {})
         t3 = time.perf_counter()
         if not (math.isfinite(result[0]) and np.isfinite(result[1]).all()):
             raise ProtocolError("the force server returned a non-finite energy or force: the model failed on this "
@@ -432,7 +447,7 @@ class Bridge:
         self.natoms = 0
         self.tail_path: str | None = None
         self._mpi = None if isinstance(comm, SerialComm) else _mpi4py()
-        self._header = np.zeros(8)  # status, energy, virial xx yy zz xy xz yz
+        self._header = np.zeros(8 + len(DIAGNOSTICS))  # status, energy, virial xx yy zz xy xz yz, diagnostics
 
     # -- messages (rank 0) ----------------------------------------------------------
     def say(self, text: str) -> None:
@@ -518,6 +533,7 @@ class Bridge:
     def install_fix(self) -> None:
         lmp, fix = self.lmp, self.parts.fix_id
         lmp.command(f"fix_modify {fix} energy yes virial yes")
+        lmp.fix_external_set_vector_length(fix, len(DIAGNOSTICS))
         lmp.command(f"variable {HALT} internal 0")
         lmp.command(f"fix {HALT} all halt 1 v_{HALT} > 0 error hard message no")
         lmp.set_fix_external_callback(fix, self._callback, None)
@@ -640,11 +656,14 @@ class Bridge:
                 positions = np.empty((self.natoms, 3))
                 positions[rows] = everything[:, 1:4]
                 with self.interrupts.raising():
-                    energy, forces_all, virial = self.client.compute(self.cell(), positions)
+                    energy, forces_all, virial, extras = self.client.compute(self.cell(), positions)
                 t2 = time.perf_counter()
                 forces = forces_all[rows]
                 w = 0.5 * (virial + virial.T)  # LAMMPS keeps the symmetric part
-                header[:] = (OK, energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2])
+                header[:8] = (OK, energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2])
+                diagnostics = dict(raw_energy=energy, delta_energy=0.0, energy_spread=0.0, force_spread_rms=0.0)
+                diagnostics.update({k: float(v) for k, v in extras.items() if k in diagnostics})
+                header[8:] = [diagnostics[k] for k in DIAGNOSTICS]
             except ProtocolError as err:
                 header[0] = FAILED
                 self.failure = f"step {step}: {err}: the force server died or hung (see its output); LAMMPS halted"
@@ -665,7 +684,9 @@ class Bridge:
         # every rank passes the totals (LAMMPS divides the virial by the number of ranks
         # before summing it over ranks, and takes the energy as it is)
         self.lmp.fix_external_set_energy_global(self.parts.fix_id, float(header[1]))
-        self.lmp.fix_external_set_virial_global(self.parts.fix_id, [float(v) for v in header[2:]])
+        self.lmp.fix_external_set_virial_global(self.parts.fix_id, [float(v) for v in header[2:8]])
+        for i, value in enumerate(header[8:], 1):
+            self.lmp.fix_external_set_vector(self.parts.fix_id, i, float(value))
         if self.rank == 0:
             t3 = time.perf_counter()
             tm = self.client.timings
