@@ -18,7 +18,7 @@ OUT ?= analysis-output
 ARGS ?=
 RUN := $(VENV)/bin/mlip-run
 
-.PHONY: install test demo serve clean teacher validate-teacher analyse nvt mts pimd pimd-rpc molecule npt ice-geop replay
+.PHONY: install test demo serve clean teacher validate-teacher analyse nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
 
 install: $(STAMP)
 
@@ -64,6 +64,16 @@ ice-geop: install
 	$(RUN) ice-geop --model $(MODEL) $(ARGS)
 replay: install
 	$(RUN) replay --model $(MODEL) $(ARGS)
+
+# LAMMPS (lammps_inputs/): the bridge drives LAMMPS, the same mlip-server computes forces
+NP ?= 2
+LAMMPS_ARGS ?=
+lammps: install
+	$(PY) -m server.lammps_run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps $(LAMMPS_ARGS)
+lammps-large: install
+	$(PY) -m server.lammps_run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps-large $(LAMMPS_ARGS)
+bench-lammps: install
+	$(PY) bench/lammps_scaling.py $(if $(wildcard $(MODEL)),--model $(MODEL))
 
 clean:
 	rm -rf $(VENV) *.egg-info demo-output
