@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,24 +36,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "lammps_inputs"))
 
+from bench.common import machine  # noqa: E402
 from server import lammps_run  # noqa: E402
 
 DECK = ROOT / "lammps_inputs" / "in.water-large"
 RESULT = ROOT / "bench" / "results" / "lammps_scaling.json"
 DEFAULT_STEPS = {1: 40, 2: 8, 4: 3}
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "load_average_at_start": os.getloadavg()[0]}
 
 
 def parse(workdir: Path, timings: Path) -> dict:
