@@ -187,7 +187,8 @@ def run(args) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a parent shell may have started us with SIGINT ignored (background jobs)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         ipi = processes.start_ipi(xml_name, out)
         for s in sockets:

@@ -111,7 +111,7 @@ def simulate(args, work: Path) -> list[dict]:
         time.sleep(2)
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)  # the launcher stops i-PI and the server cleanly
+            p.send_signal(signal.SIGTERM)  # the launcher stops i-PI and the server cleanly
     for p, run in zip(procs, runs):
         try:
             run["launcher_exit"] = p.wait(timeout=120)
@@ -121,8 +121,9 @@ def simulate(args, work: Path) -> list[dict]:
     return runs
 
 
-def collect(runs, work: Path, skip: int):
-    """Frames of each run (the first ``skip`` output frames are equilibration and dropped)."""
+def collect(runs, work: Path, skip: int, max_frames: int | None = None):
+    """Frames of each run (the first ``skip`` output frames are equilibration and dropped;
+    at most ``max_frames`` per run, evenly spaced, so cheap small systems do not dominate)."""
     import ase.io
 
     frames = {}
@@ -139,7 +140,10 @@ def collect(runs, work: Path, skip: int):
         for a in atoms:
             a.numbers = elements.numbers
             a.pbc = True
-        frames[run["name"]] = atoms[skip:]
+        atoms = atoms[skip:]
+        if max_frames and len(atoms) > max_frames:
+            atoms = [atoms[int(k)] for k in np.linspace(0, len(atoms) - 1, max_frames)]
+        frames[run["name"]] = atoms
         run["frames"] = len(frames[run["name"]])
     return frames
 
@@ -185,6 +189,7 @@ def main(argv=None) -> int:
     p.add_argument("--ice-dir", default=str(ROOT.parent / "shared" / "data" / "structures" / "ice"))
     p.add_argument("--liquid", default=str(ROOT.parent / "shared" / "data" / "structures" / "water_512.xyz"),
                    help="an equilibrated liquid box to start one more run from (skipped if missing)")
+    p.add_argument("--max-frames", type=int, default=400, help="frames kept per simulation (evenly spaced)")
     p.add_argument("--only", help="comma-separated names of the simulations to run (default: all)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -201,7 +206,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     runs = simulate(args, work)
-    frames = collect(runs, work, args.skip)
+    frames = collect(runs, work, args.skip, args.max_frames)
     label(frames, args.teacher, args.device, batch=16)
     rng = np.random.default_rng(args.seed)
     train, val = [], []
