@@ -302,3 +302,11 @@ def test_bad_config_is_a_clear_error(tmp_path):
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"data: {{train: {tmp_path / 'nope.extxyz'}}}\noutput_dir: {tmp_path / 'o'}\n")
     assert train_mod.main([str(missing)]) == 2
+
+
+def test_asymmetric_neighbour_list_is_refused():
+    model = _random_pet()
+    vectors = torch.tensor([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.5, 0.0]], dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 0], [1, 0, 2]])  # 0->2 has no reverse edge
+    with pytest.raises(RuntimeError, match="symmetric neighbour list"):
+        model.double()(vectors, edge_index, torch.tensor([8, 1, 1]), torch.zeros(3, dtype=torch.long), 1)

@@ -266,6 +266,11 @@ class PET(nn.Module):
         filled = filled.index_fill(0, pos, True).view(n_atoms, m)
         padding = torch.cat([torch.zeros_like(filled[:, :1]), ~filled], dim=1)
         rev = reverse_edges(edge_index, edge_vectors, n_atoms)
+        if rev.shape[0] > 0:  # the contract's symmetric list; a broken one fails loudly
+            mismatch = (edge_vectors.detach() + edge_vectors.detach()[rev]).abs().max()
+            if not bool((centres[rev] == neighbours).all()) or bool(mismatch > 1e-4):
+                raise RuntimeError("PET needs a symmetric neighbour list: every edge i->j with "
+                                   "vector r must have one edge j->i with vector -r")
 
         energy = torch.zeros(n_atoms, dtype=edge_vectors.dtype, device=edge_vectors.device)
         message = torch.zeros(0, dtype=edge_vectors.dtype, device=edge_vectors.device)
