@@ -364,7 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill cleans up like Ctrl-C
+    # a kill cleans up like Ctrl-C; SIGINT is set too because a parent shell may have
+    # started us with it ignored (background jobs), and then Ctrl-C would do nothing
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     deck = Path(args.deck)
