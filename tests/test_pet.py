@@ -271,6 +271,11 @@ def test_tiny_training_loss_falls_checkpoints_resumes_and_exports(tmp_path):
     res2 = Evaluator(str(out), dtype="float32").compute([Structure.from_ase(water_box(8, seed=20))])[0]
     assert res2.energy == res.energy
 
+    # init_from starts a new run (fresh optimiser) from the best weights of this one
+    tuned = _tiny_config(tmp_path, "tuned", init_from=str(ckpt_path), epochs=1)
+    start = train_mod.train(tuned)["history"][0]["train_loss"]
+    assert start < losses[0], (start, losses[0])
+
 
 def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     changes = dict(epochs=2, batch_size=2, data={"rotate": True, "invert": True})

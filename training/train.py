@@ -15,6 +15,7 @@ The YAML config (see ``training/configs/water-pet.yaml``; every key has a defaul
            min_lr_ratio, step_epochs, step_gamma, grad_clip
     loss:  energy_weight, force_weight
     batch_size, val_batch_size, epochs, max_minutes
+    init_from: a checkpoint whose best weights start this run (fine-tuning; fresh optimiser)
 
 Loss per batch (as the paper): w_E · MSE(E/N_atoms) / σ_E² + w_F · MSE(F) / σ_F², with
 σ_E the standard deviation of the per-atom energy (after the composition baseline) and
@@ -71,6 +72,7 @@ DEFAULTS = {
     "val_batch_size": 16,
     "epochs": 100,
     "max_minutes": None,
+    "init_from": None,
 }
 
 CHECKPOINT = "checkpoint.pt"
@@ -362,6 +364,17 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
         model.baseline.copy_(torch.tensor(stats["baseline"]))
         model.energy_scale.fill_(stats["sigma_f"])
         model.bond_norm.fill_(1.0 / stats["mean_neighbours"])
+    if config["init_from"] and checkpoint is None:  # fine-tuning: weights from another run
+        start = torch.load(config["init_from"], map_location="cpu", weights_only=False)
+        if start["model_config"] != config["model"]:
+            raise ValueError(f"init_from: {config['init_from']} has model options {start['model_config']}: "
+                             "use the same model section")
+        model.load_state_dict(start["best_model"])
+        with torch.no_grad():  # the normalisation follows this run's data
+            model.baseline.copy_(torch.tensor(stats["baseline"]))
+            model.energy_scale.fill_(stats["sigma_f"])
+            model.bond_norm.fill_(1.0 / stats["mean_neighbours"])
+        print(f"initialised from the best model of {config['init_from']}", file=sys.stderr)
     model.to(device=device, dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
 
