@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"demo: outputs in {out}: demo.out (properties), demo.pos_0.extxyz (trajectory), "
-          "demo.diag_0 (averaged − raw energy per step, eV), server.log (batch sizes, diagnostics)")
+          "demo.diag (averaged − raw energy per step, eV), server.log (batch sizes, diagnostics)")
     return 0
 
 
