@@ -18,7 +18,7 @@ OUT ?= analysis-output
 ARGS ?=
 RUN := $(VENV)/bin/mlip-run
 
-.PHONY: install test demo serve clean teacher validate-teacher analyse nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
+.PHONY: install test demo serve clean teacher validate-teacher analyse training-data train nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
 
 install: $(STAMP)
 
@@ -44,6 +44,14 @@ teacher: install
 
 validate-teacher: teacher
 	$(PY) -m training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt --dft $(SHARED)/dft/water_revpbe0d3_190.xyz --out models
+
+# shipped model: teacher-labelled data from i-PI runs, then (resumable) training
+MINUTES ?= 45
+training-data: teacher
+	$(PY) -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
+train: install
+	$(PY) -m training.train training/configs/water-pet-cpu.yaml --resume
+	$(PY) -m training.train --export models/checkpoints/water-pet/checkpoint.pt models/water-pet.pt
 
 analyse: install
 	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)
