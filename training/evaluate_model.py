@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     if Path(args.dft).is_file():
         dft = ase.io.read(args.dft, index=":")
         report["dft"] = accuracy(ev, dft)
-        report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64"),
+        report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64", max_batch_edges=300_000),
                                                         dft[:args.symmetry_frames], args.grid)
     if Path(args.val).is_file():
         report["teacher_val"] = accuracy(ev, ase.io.read(args.val, index=":"))
