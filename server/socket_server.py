@@ -60,30 +60,26 @@ class Address:
         where = self.target if self.kind == "unix" else f"{self.target}:{self.port}"
         return f"{self.kind}:{where}"
 
-    def connect(self, timeout: float) -> socket.socket:
-        """Connects, waiting up to ``timeout`` s for the listening socket to appear."""
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            if self.kind == "unix":
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                target = self.target
-            else:
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                target = (self.target, self.port)
-            try:
-                sock.connect(target)
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError, socket.gaierror) as err:
-                sock.close()
-                if isinstance(err, socket.gaierror) or time.monotonic() > deadline:
-                    raise ProtocolError(
-                        f"no i-PI server listening at {self} after {timeout:g} s: start i-PI (or the "
-                        "LAMMPS bridge) with the same address, or raise --connect-timeout"
-                    ) from None
-                time.sleep(delay)
-                delay = min(2 * delay, 0.25)
+    def try_connect(self) -> socket.socket | None:
+        """One connection attempt: the socket, or None if nobody listens yet or the listener's
+        backlog is full (i-PI accepts and hand-shakes clients one at a time)."""
+        if self.kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            target = self.target
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            target = (self.target, self.port)
+        sock.settimeout(0.2)
+        try:
+            sock.connect(target)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, socket.timeout):
+            sock.close()
+            return None
+        except socket.gaierror as err:
+            sock.close()
+            raise ProtocolError(f"cannot resolve host of {self} ({err}): check the address") from None
 
 
 class Connection:
@@ -222,13 +218,25 @@ class ForceServer:
         self.n_evaluations = 0
         self.busy_seconds = 0.0  # reading, evaluating and answering (not waiting for i-PI)
 
-    def connect(self):
-        specs = {}
-        for n, address in enumerate(self.addresses):
+    def _connect_pending(self) -> None:
+        """Connects the addresses not yet connected, as far as the listeners accept now.
+
+        Called from the serve loop, so that the connections already made answer i-PI's
+        hand-shake while the others wait: i-PI accepts clients one at a time and its listen
+        backlog is small, so connecting all of them first could deadlock."""
+        while self._unconnected:
+            n, address = self._unconnected[0]
+            sock = address.try_connect()
+            if sock is None:
+                if time.monotonic() > self._connect_deadline:
+                    raise ProtocolError(
+                        f"no i-PI server listening at {address} after {self.connect_timeout:g} s: start i-PI "
+                        "(or the LAMMPS bridge) with the same address, or raise --connect-timeout")
+                return
+            self._unconnected.pop(0)
             spec = address.spec or self.average
             # one Averaging per endpoint: random rotations are drawn per endpoint
-            averaging = specs.setdefault(str(address) + "=" + spec, Averaging(spec, seed=self.seed + n))
-            sock = address.connect(self.connect_timeout)
+            averaging = self._specs.setdefault(f"{address}={spec}", Averaging(spec, seed=self.seed + n))
             conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic)
             conn.numbers = self.numbers
             self.connections.append(conn)
@@ -236,8 +244,9 @@ class ForceServer:
 
     def serve(self) -> None:
         """Runs until every connection has received EXIT. Raises MLIPError on failure."""
-        if not self.connections:
-            self.connect()
+        self._unconnected = list(enumerate(self.addresses))
+        self._specs = {}
+        self._connect_deadline = time.monotonic() + self.connect_timeout
         try:
             self._loop()
         finally:
@@ -248,12 +257,17 @@ class ForceServer:
     def _loop(self):
         gather_deadline = None
         last_activity = time.monotonic()
-        while not all(c.exited for c in self.connections):
+        while self._unconnected or not all(c.exited for c in self.connections):
+            self._connect_pending()
             listening = [c for c in self.connections if not c.exited and c.pending is None]
             wait = None if gather_deadline is None else max(0.0, gather_deadline - time.monotonic())
             if wait is None and self.idle_timeout > 0:
                 wait = self.idle_timeout
+            if self._unconnected:
+                wait = 0.05 if wait is None else min(wait, 0.05)
             readable = select.select(listening, [], [], wait)[0] if listening else []
+            if not listening and self._unconnected:
+                time.sleep(0.05)
             t0 = time.perf_counter()
             for conn in readable:
                 conn.handle_message()
