@@ -149,6 +149,7 @@ def _restart(args, out: Path, run_id: str) -> tuple[str, dict]:
 
 
 def run(args) -> int:
+    meta = load_experiment(args.experiment)[0]  # refuses an unknown experiment before any output
     run_id = processes.unique_name("mlip")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or ROOT / "runs" / f"{args.experiment}-{stamp}-{run_id.rsplit('-', 1)[-1]}")
@@ -158,14 +159,13 @@ def run(args) -> int:
         raise InputError(f"model {model} not found: pass --model PATH (a TorchScript model file)")
     if args.restart:
         xml, endpoints = _restart(args, out, run_id)
-        server_args = list(load_experiment(args.experiment)[0].get("server_args", []))
+        server_args = list(meta.get("server_args", []))
         (out / "RESTART.in").write_text(xml)
         xml_name = "RESTART.in"
         element_file = "init.xyz" if (out / "init.xyz").exists() else "init.extxyz"
-        meta = load_experiment(args.experiment)[0]
     else:
-        element_file = _starting_structure(load_experiment(args.experiment)[0], args, out)
-        xml, endpoints, server_args, meta = render(args.experiment, args, out, run_id)
+        element_file = _starting_structure(meta, args, out)
+        xml, endpoints, server_args, _ = render(args.experiment, args, out, run_id)
         (out / "input.xml").write_text(xml)
         xml_name = "input.xml"
     (out / "endpoints.json").write_text(json.dumps(endpoints))
