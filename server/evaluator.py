@@ -29,7 +29,7 @@ import torch
 from .averaging import Averaging
 from .errors import InputError, ModelError
 from .model import LoadedModel, load_model
-from .neighbors import neighbor_list
+from .neighbors import neighbor_pairs
 
 try:  # element symbols for error messages
     from ase.data import chemical_symbols
@@ -83,9 +83,15 @@ class Result:
 
 @dataclass
 class _Graph:
+    """A validated structure with its full neighbour list (Å)."""
+
     numbers: np.ndarray
     edge_index: np.ndarray
     vectors: np.ndarray
+    shifts: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
 
 
 class Evaluator:
@@ -163,7 +169,7 @@ class Evaluator:
             )
         if pbc.any() and abs(np.linalg.det(cell[pbc][:, pbc] if pbc.sum() < 3 else cell)) < 1e-12:
             raise InputError(f"{where}: periodic cell has zero volume: give the cell or set pbc to False")
-        edge_index, vectors = neighbor_list(positions, cell, pbc, self.cutoff)
+        edge_index, shifts, vectors = neighbor_pairs(positions, cell, pbc, self.cutoff)
         if len(vectors):
             d2 = np.einsum("ij,ij->i", vectors, vectors)
             k = int(np.argmin(d2))
@@ -173,7 +179,7 @@ class Evaluator:
                     f"{where}: atoms {i} and {j} overlap (distance {np.sqrt(d2[k]):.3g} Å < "
                     f"{self.min_distance} Å): check the input geometry and its units"
                 )
-        return _Graph(numbers, edge_index, vectors)
+        return _Graph(numbers, edge_index, vectors, shifts, positions, cell, pbc.copy())
 
     # -- batched evaluation -------------------------------------------------------
     def _evaluate_copies(self, graphs, rotations):
@@ -194,6 +200,17 @@ class Evaluator:
         return out
 
     def _run_chunk(self, chunk, graphs, rotations, out):
+        if self.model.metatomic is not None:
+            t0 = time.perf_counter()
+            copies = [(graphs[s], rotations[s].matrices[k]) for s, k in chunk]
+            results = self.model.metatomic.evaluate(copies)
+            self.timings["model"] += time.perf_counter() - t0
+            for (s, k), (energy, forces, virial) in zip(chunk, results):
+                if not np.isfinite(energy) or not np.isfinite(forces).all():
+                    raise ModelError(f"model {self.model.path} returned non-finite energy or forces: "
+                                     "the structure is probably far outside its training data")
+                out[s][k] = (energy, forces, virial)
+            return
         dev, dt = self.device, self.dtype
         numbers, centres, neighbours, vectors, struct_index = [], [], [], [], []
         offset = 0

@@ -5,17 +5,23 @@ attributes ``cutoff: float`` (Å) and ``species: List[int]`` (atomic numbers) an
 
     forward(edge_vectors [E,3] Å, edge_index int64 [2,E], numbers int64 [N],
             structure_index int64 [N], n_structures: int) -> energies [B] eV
+
+metatomic ``AtomisticModel`` files are recognised and loaded by :mod:`server.metatomic_model`
+(they run in the dtype they declare).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .metatomic_model import MetatomicModel
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -50,6 +56,7 @@ class LoadedModel:
     path: str
     device: torch.device
     dtype: torch.dtype
+    metatomic: Optional["MetatomicModel"] = None  # set for metatomic AtomisticModel files
 
 
 def load_model(model, device="cpu", dtype="float64") -> LoadedModel:
@@ -69,6 +76,11 @@ def load_model(model, device="cpu", dtype="float64") -> LoadedModel:
         path = os.fspath(model)
         if not os.path.isfile(path):
             raise ModelError(f"model file {path!r} not found: pass --model PATH to a TorchScript file")
+        from .metatomic_model import MetatomicModel, is_metatomic_file
+
+        if is_metatomic_file(path):
+            mt = MetatomicModel(path, device, dtype)
+            return LoadedModel(mt.module, mt.cutoff, mt.species, path, device, mt.dtype, metatomic=mt)
         try:
             module = torch.jit.load(path, map_location=device)
         except Exception as err:  # torch raises RuntimeError/ValueError with long texts

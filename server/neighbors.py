@@ -11,8 +11,8 @@ import numpy as np
 import vesin
 
 
-def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
-    """Full neighbour list of one structure.
+def neighbor_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """Full neighbour list of one structure as pairs and integer cell shifts.
 
     Args:
         positions: [N, 3] Cartesian positions, Å.
@@ -21,9 +21,10 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cuto
         cutoff: cutoff radius, Å.
 
     Returns:
-        ``(edge_index, edge_vectors)``: int64 [2, E] (row 0 centre i, row 1 neighbour j)
-        and float64 [E, 3] vectors r_ij = x_j - x_i + S·cell in Å. The list is symmetric:
-        for every edge i→j with vector r there is one edge j→i with vector −r.
+        ``(edge_index, shifts, vectors)``: int64 [2, E] (row 0 centre i, row 1 neighbour j),
+        int64 [E, 3] cell shifts S and float64 [E, 3] vectors r_ij = x_j - x_i + S·cell in Å.
+        The list is symmetric: for every edge i→j with vector r (shift S) there is one edge
+        j→i with vector −r (shift −S).
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)
@@ -34,5 +35,12 @@ def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cuto
         points=positions, box=box, periodic=pbc.tolist(), quantities="ijS", copy=True
     )
     edge_index = np.stack([i, j]).astype(np.int64)
+    shifts = shifts.astype(np.int64)
     vectors = positions[j] - positions[i] + shifts.astype(np.float64) @ box
+    return edge_index, shifts, vectors
+
+
+def neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """``(edge_index, edge_vectors)`` of :func:`neighbor_pairs` (the model contract's inputs)."""
+    edge_index, _, vectors = neighbor_pairs(positions, cell, pbc, cutoff)
     return edge_index, vectors

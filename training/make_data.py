@@ -64,8 +64,14 @@ def plan(args, work: Path) -> list[dict]:
     if args.liquid:
         runs.append({"name": "liquid512-300K", "experiment": "water-nvt",
                      "options": ["--structure", str(args.liquid), "--temperature", "300", "--seed", "8"]})
-    runs.append({"name": "pimd-300K", "experiment": "water-pimd",
-                 "options": ["--molecules", "64", "--beads", "8", "--temperature", "300", "--seed", "11"]})
+    # path-integral liquid over a range of densities and temperatures: bead configurations have
+    # the quantum O-H spread (and forces of ~2 eV/Å rms) that the DFT test frames show; every bead
+    # is a training frame
+    for k, (temperature, density) in enumerate(PIMD_STATES):
+        start = _liquid_start(work, density, seed=50 + k, source=args.liquid_frames)
+        runs.append({"name": f"pimd-{temperature}K-d{density:.2f}", "experiment": "water-pimd", "beads": 8,
+                     "options": ["--structure", str(start), "--beads", "8", "--timestep", "0.4",
+                                 "--temperature", str(temperature), "--seed", str(11 + k)]})
     if args.ice_dir:
         for k, name in enumerate(("ice_ih_disordered_02.xyz", "ice_ih_disordered_03.xyz")):
             path = Path(args.ice_dir) / name
@@ -82,6 +88,37 @@ def plan(args, work: Path) -> list[dict]:
     return runs
 
 
+PIMD_STATES = ((300, 1.00), (300, 0.85), (350, 1.15), (400, 0.75), (300, 1.20))
+"""(temperature K, density g/cm³) of the path-integral runs: the DFT frames span 24–43 Å³ per molecule."""
+
+
+def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> Path:
+    """A 64-molecule liquid at ``density`` g/cm³: a frame of ``source`` (teacher-equilibrated liquid,
+    e.g. an earlier training set) with its molecule centres scaled to the density, else a new box."""
+    import ase.io
+    from training.structures import water_box
+
+    path = work / f"start-d{density:.2f}-{seed}.extxyz"
+    frames = []
+    if source and Path(source).is_file():
+        frames = [a for a in ase.io.read(source, index=":")
+                  if len(a) == 192 and str(a.info.get("source", "")).startswith("liquid")]
+    if not frames:
+        water_box(64, density=density, seed=seed).write(path)
+        return path
+    atoms = frames[np.random.default_rng(seed).integers(len(frames))].copy()
+    scale = (atoms.get_volume() / (64 * 18.01528 / 0.602214076 / density)) ** (1 / 3)
+    pos = atoms.positions
+    for m in range(0, len(atoms), 3):  # O,H,H per molecule: move each molecule rigidly with its oxygen
+        pos[m:m + 3] += pos[m] * (1 / scale - 1)
+    atoms.positions = pos
+    atoms.set_cell(atoms.cell[:] / scale)
+    atoms.info.clear()
+    atoms.arrays.pop("forces", None)
+    atoms.write(path)
+    return path
+
+
 def _molecule(work: Path) -> Path:
     from training.structures import water_molecule
 
@@ -96,7 +133,7 @@ def simulate(args, work: Path) -> list[dict]:
     runs = plan(args, work)
     if args.only:
         wanted = set(args.only.split(","))
-        runs = [r for r in runs if r["name"] in wanted]
+        runs = [r for r in runs if any(r["name"].startswith(w) for w in wanted)]
     procs = []
     for run in runs:
         cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(Path(args.teacher).resolve()),
@@ -128,19 +165,21 @@ def collect(runs, work: Path, skip: int, max_frames: int | None = None):
 
     frames = {}
     for run in runs:
-        path = work / run["name"] / "sim.pos_0.extxyz"
-        if not path.exists():
+        paths = sorted((work / run["name"]).glob("sim.pos_*.extxyz"))  # one file per bead
+        if not paths:
             run["frames"] = 0
             continue
-        try:
-            atoms = ase.io.read(path, index=":")
-        except Exception:  # a frame cut by the stop: read the complete ones
-            atoms = _read_complete(path)
         elements = ase.io.read(work / run["name"] / "init.xyz", index=0)
-        for a in atoms:
-            a.numbers = elements.numbers
-            a.pbc = True
-        atoms = atoms[skip:]
+        atoms = []
+        for path in paths:
+            try:
+                bead = ase.io.read(path, index=":")
+            except Exception:  # a frame cut by the stop: read the complete ones
+                bead = _read_complete(path)
+            for a in bead:
+                a.numbers = elements.numbers
+                a.pbc = True
+            atoms += bead[skip:]
         if max_frames and len(atoms) > max_frames:
             atoms = [atoms[int(k)] for k in np.linspace(0, len(atoms) - 1, max_frames)]
         frames[run["name"]] = atoms
@@ -190,7 +229,12 @@ def main(argv=None) -> int:
     p.add_argument("--liquid", default=str(ROOT.parent / "shared" / "data" / "structures" / "water_512.xyz"),
                    help="an equilibrated liquid box to start one more run from (skipped if missing)")
     p.add_argument("--max-frames", type=int, default=400, help="frames kept per simulation (evenly spaced)")
-    p.add_argument("--only", help="comma-separated names of the simulations to run (default: all)")
+    p.add_argument("--only", help="comma-separated names (or name prefixes) of the simulations to run")
+    p.add_argument("--append", action="store_true",
+                   help="add the new frames to an existing OUT/train.extxyz and val.extxyz instead of replacing them")
+    p.add_argument("--liquid-frames", default=str(ROOT / "training" / "data" / "train.extxyz"),
+                   help="extended XYZ with 64-molecule liquid frames to start the path-integral runs from "
+                        "(rescaled to each density); a fresh water box when missing")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -214,9 +258,15 @@ def main(argv=None) -> int:
         is_val = rng.random(len(atoms)) < args.val_fraction
         train += [a for a, v in zip(atoms, is_val) if not v]
         val += [a for a, v in zip(atoms, is_val) if v]
+    previous = {}
+    if args.append and (out / "train.extxyz").is_file():
+        train = ase.io.read(out / "train.extxyz", index=":") + train
+        val = ase.io.read(out / "val.extxyz", index=":") + val
+        if (out / "provenance.json").is_file():
+            previous = json.loads((out / "provenance.json").read_text())
     ase.io.write(out / "train.extxyz", train, format="extxyz")
     ase.io.write(out / "val.extxyz", val, format="extxyz")
-    provenance = {"teacher": str(args.teacher), "device": args.device, "minutes": args.minutes,
+    provenance = {"previous": previous, "teacher": str(args.teacher), "device": args.device, "minutes": args.minutes,
                   "stride": args.stride, "skip": args.skip, "runs": runs, "n_train": len(train), "n_val": len(val),
                   "wall_s": time.time() - t0}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))

@@ -1,0 +1,261 @@
+"""metatomic AtomisticModel files served by our Evaluator, checked against i-PI's own
+``-m metatomic`` driver, i-PI's <ffrotations>, the contract model they wrap, and finite differences."""
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pytest
+
+mta = pytest.importorskip("metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]")
+
+import torch  # noqa: E402
+from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
+
+from ipi.utils.units import unit_to_internal  # noqa: E402
+
+from server import ipi_sim, processes  # noqa: E402
+from server.evaluator import Evaluator, Structure  # noqa: E402
+from server.metatomic_model import is_metatomic_file  # noqa: E402
+from training.export_metatomic import export_metatomic  # noqa: E402
+from training.structures import water_box  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def metatomic_model(models_dir, strongly_anisotropic_model):
+    """The strongly non-invariant toy contract model, wrapped as a metatomic model (float64)."""
+    return export_metatomic(strongly_anisotropic_model, models_dir / "anisotropic-metatomic.pt")
+
+
+class HalfListPair(torch.nn.Module):
+    """A metatomic model written directly against metatomic: a non-invariant pair energy over a
+    *half* list at 3.5 Å plus a term over a full list at 2.5 Å (two requests, two cutoffs)."""
+
+    def __init__(self):
+        super().__init__()
+        self.half = mta.NeighborListOptions(cutoff=3.5, full_list=False, strict=True)
+        self.full = mta.NeighborListOptions(cutoff=2.5, full_list=True, strict=True)
+
+    def requested_neighbor_lists(self) -> List[mta.NeighborListOptions]:
+        return [self.half, self.full]
+
+    def forward(self, systems: List[mta.System], outputs: Dict[str, mta.ModelOutput],
+                selected_atoms: Optional[Labels] = None) -> Dict[str, TensorMap]:
+        energies: List[torch.Tensor] = []
+        for system in systems:
+            v = system.get_neighbor_list(self.half).values.reshape(-1, 3)
+            r = torch.linalg.norm(v, dim=1)
+            e = (torch.exp(-r) * (1.0 + 0.3 * v[:, 0] * v[:, 2] + 0.2 * v[:, 1])).sum()
+            w = system.get_neighbor_list(self.full).values.reshape(-1, 3)
+            e = e + 0.05 * (torch.cos(torch.linalg.norm(w, dim=1)) * (1.0 + 0.1 * w[:, 0])).sum()
+            energies.append(e.reshape(1))
+        values = torch.cat(energies).reshape(-1, 1)
+        empty: List[Labels] = []
+        block = TensorBlock(values, Labels("system", torch.arange(len(systems), dtype=torch.int32).reshape(-1, 1)),
+                            empty, Labels("energy", torch.zeros((1, 1), dtype=torch.int32)))
+        return {"energy": TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32)), [block])}
+
+
+@pytest.fixture(scope="module")
+def half_list_model(models_dir):
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")}, atomic_types=[1, 8],
+        interaction_range=3.5, length_unit="angstrom", supported_devices=["cpu"], dtype="float64")
+    model = mta.AtomisticModel(HalfListPair().eval(), mta.ModelMetadata(name="half-list pair"), capabilities)
+    path = models_dir / "half-list-metatomic.pt"
+    model.save(str(path))
+    return str(path)
+
+
+def _structures():
+    box = water_box(8, seed=3)
+    cell = box.cell[:] + np.array([[0, 0, 0], [1.1, 0, 0], [0.4, -0.7, 0]])  # triclinic, small: many images
+    tri = Structure(box.positions, box.numbers, cell, np.ones(3, bool))
+    cluster = Structure(box.positions[:9], box.numbers[:9])  # not periodic
+    return [tri, cluster]
+
+
+def test_detects_metatomic_files(metatomic_model, strongly_anisotropic_model):
+    assert is_metatomic_file(metatomic_model)
+    assert not is_metatomic_file(strongly_anisotropic_model)
+
+
+def test_equals_the_contract_model_it_wraps(metatomic_model, strongly_anisotropic_model):
+    ours, wrapped = Evaluator(strongly_anisotropic_model), Evaluator(metatomic_model)
+    assert wrapped.model.metatomic is not None and wrapped.cutoff == ours.cutoff
+    structures = _structures()
+    for spec in ("none", "2i"):
+        for a, b in zip(ours.compute(structures, spec), wrapped.compute(structures, spec)):
+            assert abs(a.energy) > 1e-3
+            assert b.energy == pytest.approx(a.energy, rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
+            np.testing.assert_allclose(b.virial, a.virial, rtol=0, atol=1e-11)  # incl. its antisymmetric part
+    raw = ours.compute(structures[:1])[0]
+    assert np.abs(raw.virial - raw.virial.T).max() > 1e-3  # the check above covers a non-invariant virial
+
+
+def test_half_lists_forces_and_virial_are_derivatives(half_list_model):
+    ev = Evaluator(half_list_model)
+    assert ev.cutoff == 3.5
+    s = _structures()[0]
+    res = ev.compute([s])[0]
+    h = 1e-5
+    for i, a in [(0, 0), (4, 2), (13, 1)]:
+        e = []
+        for sign in (1, -1):
+            x = s.positions.copy()
+            x[i, a] += sign * h
+            e.append(ev.compute([Structure(x, s.numbers, s.cell, s.pbc)])[0].energy)
+        assert res.forces[i, a] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-8)
+    for a, b in [(0, 0), (0, 1), (2, 1)]:
+        e = []
+        for sign in (1, -1):
+            eps = np.eye(3)
+            eps[a, b] += sign * h
+            e.append(ev.compute([Structure(s.positions @ eps.T, s.numbers, s.cell @ eps.T, s.pbc)])[0].energy)
+        assert res.virial[a, b] == pytest.approx(-(e[0] - e[1]) / (2 * h), rel=1e-6, abs=1e-8)
+    # a half list holds each pair once: the pair sum over a full list would be twice as large
+    assert abs(res.energy) > 1e-2
+
+
+XML = """<simulation verbosity='low' floatformat='%25.16e'>
+  <output prefix='sim'>
+    <properties stride='1' filename='out'> [step, {energies}] </properties>
+{trajectories}  </output>
+  <total_steps>8</total_steps>
+  <prng><seed>27</seed></prng>
+  <ffsocket name='ours' mode='unix' pbc='false'><address>{ours}</address><latency>1e-4</latency></ffsocket>
+  <ffsocket name='ipi' mode='unix' pbc='false'><address>{theirs}</address><latency>1e-4</latency></ffsocket>
+  <system>
+    <initialize nbeads='{beads}'><file mode='xyz' units='angstrom'>init.xyz</file>
+      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
+    <forces><force forcefield='ours' weight='1'/><force forcefield='ipi' weight='0'/></forces>
+    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
+    <motion mode='dynamics'><dynamics mode='nvt'><timestep units='femtosecond'>0.5</timestep>
+      <thermostat mode='pile_l'><tau units='femtosecond'>100</tau></thermostat></dynamics></motion>
+  </system>
+</simulation>"""
+
+
+def _read_binary_frames(path):
+    """Frames of an i-PI ``format='bin'`` trajectory: arrays [natoms, 3] (atomic units).
+
+    Layout per frame: cell (9 float64), natoms (int64), 3·natoms float64, the length of the
+    '|'-joined names (int64), the names and a title as UTF-32 strings of unknown length; the
+    title is read as ASCII characters (4 bytes, 3 of them zero) up to the next frame's cell."""
+    data = Path(path).read_bytes()
+    frames, at = [], 0
+    while at < len(data):
+        natoms = int(np.frombuffer(data, np.int64, 1, at + 72)[0])
+        at += 80
+        frames.append(np.frombuffer(data, np.float64, 3 * natoms, at).reshape(natoms, 3))
+        at += 24 * natoms
+        at += 8 + 4 * int(np.frombuffer(data, np.int64, 1, at)[0])
+        while at + 4 <= len(data) and 32 <= data[at] < 127 and data[at + 1:at + 4] == b"\0\0\0":
+            at += 4
+    return frames
+
+
+@pytest.mark.parametrize("beads", [1, 4])
+def test_server_equals_ipi_metatomic_driver(tmp_path, metatomic_model, beads):
+    """One i-PI run, two forcefields on the same configurations at every step: our server
+    (weight 1, one connection per bead) and i-PI's own ``-m metatomic`` driver (weight 0)."""
+    atoms = water_box(8, seed=5)
+    ipi_sim.write_init(atoms, tmp_path / "init.xyz")
+    ours, theirs = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
+    energies = ", ".join(f"pot_component_raw(index={k};bead={b})" for b in range(beads) for k in (0, 1))
+    trajectories = "".join(f"    <trajectory filename='f{k}_{b}' stride='1' format='bin' bead='{b}'> "
+                           f"forces_component_raw({k}) </trajectory>\n" for b in range(beads) for k in (0, 1))
+    (tmp_path / "input.xml").write_text(XML.format(ours=ours, theirs=theirs, beads=beads, energies=energies,
+                                                   trajectories=trajectories))
+    ipi = processes.start_ipi("input.xml", tmp_path)
+    driver = server = None
+    try:
+        processes.wait_for_socket(theirs, ipi)
+        driver = processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", theirs,
+                                  "-o", f"template=init.xyz,model={metatomic_model}"], cwd=tmp_path,
+                                 log=tmp_path / "driver.log")
+        server = processes.start_server(metatomic_model, "init.xyz", [f"unix:{ours}"] * beads, tmp_path)
+        codes = processes.wait([ipi, driver, server], 240)
+    finally:
+        processes.stop([ipi, driver, server], [ours, theirs])
+    assert codes[0] == 0 and codes[2] == 0, (tmp_path / "ipi.log").read_text()[-2000:]
+    props = np.loadtxt(tmp_path / "sim.out")
+    assert props.shape == (9, 1 + 2 * beads)
+    e_ours, e_ipi = props[:, 1::2], props[:, 2::2]
+    assert np.ptp(e_ours[:, 0]) > 1e-6  # the configurations change
+    np.testing.assert_allclose(e_ours, e_ipi, rtol=1e-10, atol=0)
+    # i-PI's driver converts forces with i-PI's 8-digit 'ev/ang' constant (0.019446904); we use
+    # energy/length (0.0194469061 Ha/Bohr per eV/Å), so that forces are the exact gradient of the
+    # energy in i-PI's units. Undo that 1e-7 relative difference, then demand 1e-10.
+    ratio = (unit_to_internal("energy", "electronvolt", 1.0) / unit_to_internal("length", "angstrom", 1.0)
+             / unit_to_internal("force", "ev/ang", 1.0))
+    assert abs(ratio - 1) > 1e-8
+    for b in range(beads):
+        f_ours = np.array(_read_binary_frames(tmp_path / f"sim.f0_{b}.bin"))
+        f_ipi = np.array(_read_binary_frames(tmp_path / f"sim.f1_{b}.bin"))
+        assert f_ours.shape == f_ipi.shape == (9, len(atoms), 3)
+        assert np.abs(f_ours).max() > 1e-3
+        np.testing.assert_allclose(f_ours, f_ipi * ratio, rtol=0, atol=1e-10 * np.abs(f_ours).max())
+
+
+def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, metatomic_model):
+    """i-PI's <ffrotations> (legendre 2 + inversion) around i-PI's own metatomic driver
+    equals our 2i endpoint serving the same file: no code of ours on the reference side."""
+    atoms = water_box(8, seed=6)
+    ipi_sim.write_init(atoms, tmp_path / "init.xyz")
+    raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
+    xml = f"""<simulation verbosity='low' floatformat='%25.16e'>
+  <output prefix='sim'>
+    <properties stride='1' filename='out'> [step, pot_component_raw(0), pot_component_raw(1)] </properties>
+  </output>
+  <total_steps>6</total_steps>
+  <prng><seed>4</seed></prng>
+  <ffrotations name='ipi-avg'>
+    <grid_mode>legendre</grid_mode><grid_order>2</grid_order><inversion>true</inversion>
+    <ffsocket name='raw' mode='unix' pbc='false'><address>{raw}</address><latency>1e-4</latency></ffsocket>
+  </ffrotations>
+  <ffsocket name='ours' mode='unix' pbc='false'><address>{avg}</address><latency>1e-4</latency></ffsocket>
+  <system>
+    <initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
+      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
+    <forces><force forcefield='ipi-avg' weight='1'/><force forcefield='ours' weight='0'/></forces>
+    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
+    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
+  </system>
+</simulation>"""
+    (tmp_path / "input.xml").write_text(xml)
+    ipi = processes.start_ipi("input.xml", tmp_path)
+    driver = server = None
+    try:
+        processes.wait_for_socket(raw, ipi)
+        driver = processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", raw,
+                                  "-o", f"template=init.xyz,model={metatomic_model}"], cwd=tmp_path,
+                                 log=tmp_path / "driver.log")
+        server = processes.start_server(metatomic_model, "init.xyz", [f"unix:{avg}=2i"], tmp_path)
+        codes = processes.wait([ipi, driver, server], 240)
+    finally:
+        processes.stop([ipi, driver, server], [raw, avg])
+    assert codes[0] == 0 and codes[2] == 0, (tmp_path / "server.log").read_text()[-2000:]
+    props = np.loadtxt(tmp_path / "sim.out")
+    assert len(props) == 7
+    raw_energy = Evaluator(metatomic_model).compute([Structure.from_ase(atoms)])[0].energy
+    assert abs(props[0, 1] - raw_energy / 27.211386245988) > 1e-4  # averaging changes the energy here
+    np.testing.assert_allclose(props[:, 2], props[:, 1], rtol=1e-10, atol=0)
+
+
+def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
+    """``mlip-server`` loads it and says so; unknown elements still give one clear line."""
+    import subprocess
+    import sys
+
+    from ase import Atoms
+
+    Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[10, 10, 10], pbc=True).write(tmp_path / "nacl.xyz")
+    out = subprocess.run([sys.executable, "-m", "server.cli", "--model", metatomic_model, "--structure",
+                          str(tmp_path / "nacl.xyz"), "--address", "unix:never-used"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(lines) == 1 and "atomic numbers [11, 17]" in lines[0], out.stderr
+    assert "metatomic model" in out.stderr

@@ -1,0 +1,62 @@
+"""Export a contract model (DESIGN.md §3) as a metatomic ``AtomisticModel``.
+
+The exported file runs wherever metatomic models run: i-PI's ``-m metatomic`` driver, ASE's
+``MetatomicCalculator``, LAMMPS ``pair_style metatomic``, and ``mlip-server`` itself. The wrapper
+requests one full, strict neighbour list at the model's cutoff (Å), feeds its vectors and pairs
+to the contract's ``forward`` and returns the ``energy`` output (eV, one value per system).
+
+    python -m training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt [--dtype float32]
+
+Needs ``pip install -e .[metatomic]``.
+"""
+
+
+import argparse
+import sys
+import torch
+
+
+def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-server contract model") -> str:
+    """Wraps ``model`` (a contract TorchScript file or module) and saves it as a metatomic model.
+
+    Args:
+        model: path to a contract model or a ScriptModule.
+        path: output file.
+        dtype: ``float32`` or ``float64``, the dtype the metatomic model declares and runs in.
+    """
+    import metatomic.torch as mta
+
+    module = torch.jit.load(str(model), map_location="cpu") if not isinstance(model, torch.nn.Module) else model
+    module = module.to(dtype=getattr(torch, dtype)).eval()
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
+        atomic_types=[int(z) for z in module.species],
+        interaction_range=float(module.cutoff),
+        length_unit="angstrom",
+        supported_devices=["cpu", "cuda"],
+        dtype=dtype,
+    )
+    from training.metatomic_wrapper import ContractAsMetatomic
+
+    wrapped = mta.AtomisticModel(ContractAsMetatomic(module).eval(), mta.ModelMetadata(name=name), capabilities)
+    wrapped.save(str(path))
+    return str(path)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="contract TorchScript model")
+    p.add_argument("output", help="metatomic model file to write")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    args = p.parse_args(argv)
+    try:
+        export_metatomic(args.model, args.output, args.dtype)
+    except ImportError:
+        print("export_metatomic: error: metatomic-torch is not installed: pip install -e .[metatomic]", file=sys.stderr)
+        return 2
+    print(f"export_metatomic: wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
