@@ -18,7 +18,7 @@ OUT ?= analysis-output
 ARGS ?=
 RUN := $(VENV)/bin/mlip-run
 
-.PHONY: install test demo serve clean teacher validate-teacher analyse training-data train nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
+.PHONY: install test demo probe serve clean teacher validate-teacher analyse training-data train nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ training-data: teacher
 train: install
 	$(PY) -m training.train training/configs/water-pet-cpu.yaml --resume
 	$(PY) -m training.train --export models/checkpoints/water-pet/checkpoint.pt models/water-pet.pt
+
+# the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
+LEVEL ?= quick
+probe: install
+	$(PY) -m analysis.probe.cli $(MODEL) --level $(LEVEL) $(ARGS)
 
 analyse: install
 	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)

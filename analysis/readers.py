@@ -270,11 +270,17 @@ def read_extxyz(path: str) -> Frames:
     n, nf, comments, body = _xyz_blocks(path, lines)
     info = key_val_str_to_dict(comments[0])
     props = str(info.get("Properties", "species:S:1:pos:R:3")).split(":")
+    # i-PI's 'ase' mode stores velocities/momenta/forces in their own column (positions are
+    # zeros) and names the quantity and unit in ipi_comment, e.g. "velocities{ase}"
+    units = dict(_UNIT_RE.findall(str(info.get("ipi_comment", ""))))
+    quantity = next((k for k in units if k != "cell"), "positions")
+    column_names = [name for name in props[0::3]]
+    vector = quantity if quantity != "positions" and quantity in column_names else None
     col, species_col, pos_col = 0, None, None
     for name, _typ, cnt in zip(props[0::3], props[1::3], props[2::3]):
         if name == "species":
             species_col = col
-        if name in ("pos", "positions"):
+        if (vector is None and name in ("pos", "positions")) or name == vector:
             pos_col = col
         col += int(cnt)
     if species_col is None or pos_col is None:
@@ -283,6 +289,8 @@ def read_extxyz(path: str) -> Frames:
         body = [" ".join([ln.split()[species_col]] + [ln]) for ln in body]
         pos_col += 1
     names, pos = _columns(path, body, n, nf, (pos_col, pos_col + 1, pos_col + 2))
+    if vector is not None:
+        pos = pos * _to_project(_traj_dimension(vector), units.get(vector, "ase"))
 
     dims = np.empty((nf, 6))
     for k, com in enumerate(comments):
@@ -305,6 +313,8 @@ def read_extxyz(path: str) -> Frames:
 
                 std = cellpar_to_cell(dims[k])
                 pos[k] = pos[k] @ np.linalg.inv(rows) @ std
+    if vector is not None:  # a vector quantity: no rotation into the a-along-x frame below
+        return Frames(names, pos.astype(np.float64), dims, _steps(comments), quantity=vector)
     return Frames(names, pos.astype(np.float32), dims, _steps(comments))
 
 

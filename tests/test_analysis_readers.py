@@ -200,3 +200,25 @@ def test_console_script_bad_input_no_traceback(tmp_path, boxless_xyz):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, p.stderr)
         assert "Traceback" not in p.stderr
+
+
+def test_extxyz_velocities_and_forces_from_ipi_ase_mode(tmp_path, small_water):
+    """i-PI's 'ase' mode writes vectors into their own column (positions are zeros) in ASE
+    units: they come back in Å/ps and eV/Å."""
+    from analysis.readers import read_vectors
+    from ipi.utils.units import unit_to_internal, unit_to_user
+
+    names, x, dims = small_water
+    rng = np.random.default_rng(3)
+    v_au = rng.normal(size=x.shape) * 1e-3
+    f_au = rng.normal(size=x.shape) * 1e-2
+    for key, dim, data in (("velocities", "velocity", v_au), ("forces", "force", f_au)):
+        p = tmp_path / f"sim.{key}_0.extxyz"
+        write_ipi(p, names, data, dims, mode="ase", key=key, dimension=dim, units="ase", cell_units="ase")
+        assert f"{key}:R:3" in p.read_text().splitlines()[1]
+        got = read_vectors(str(p))
+        if key == "velocities":
+            expect = data * unit_to_user("length", "angstrom", 1.0) / unit_to_user("time", "picosecond", 1.0)
+        else:
+            expect = data / unit_to_internal("force", "ev/ang", 1.0)
+        np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7 * np.abs(expect).max())
