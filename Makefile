@@ -51,7 +51,7 @@ training-data: teacher
 	$(PY) -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
 train: install
 	$(PY) -m training.train training/configs/water-pet-cpu.yaml --resume
-	$(PY) -m training.train --export models/checkpoints/water-pet/checkpoint.pt models/water-pet.pt
+	$(PY) -m training.train --export models/checkpoints/water-pet-pimd/checkpoint.pt models/water-pet.pt
 
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
 LEVEL ?= quick

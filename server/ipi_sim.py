@@ -45,6 +45,29 @@ INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>
 </simulation>
 """
 
+FFROTATIONS = """<simulation verbosity='low' floatformat='%25.16e'>
+  <output prefix='sim'>
+    <properties stride='1' filename='out'> [step, pot_component_raw(0), pot_component_raw(1)] </properties>
+{trajectories}  </output>
+  <total_steps>{steps}</total_steps>
+  <prng><seed>4</seed></prng>
+  <ffrotations name='ipi-avg'>
+    <grid_mode>legendre</grid_mode><grid_order>2</grid_order><inversion>true</inversion>
+    <ffsocket name='raw' mode='unix' pbc='false'><address>{raw}</address><latency>1e-4</latency></ffsocket>
+  </ffrotations>
+  <ffsocket name='ours' mode='unix' pbc='false'><address>{ours}</address><latency>1e-4</latency></ffsocket>
+  <system>
+    <initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
+      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
+    <forces><force forcefield='ipi-avg' weight='1'/><force forcefield='ours' weight='0'/></forces>
+    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
+    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
+  </system>
+</simulation>"""
+"""NVE driven by i-PI's own <ffrotations> (legendre 2 + inversion = our ``2i``) around the socket
+``raw``, with a second socket ``ours`` evaluated on the same configurations (weight 0):
+``sim.out`` columns 1 and 2 are their energies (Hartree)."""
+
 
 write_init = write_ipi_xyz
 

@@ -133,27 +133,10 @@ def test_agrees_with_ipi_ffrotations(tmp_path, strongly_anisotropic_model):
     atoms = water_box(8, seed=6)
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
-    xml = f"""<simulation verbosity='low' floatformat='%25.16e'>
-  <output prefix='sim'>
-    <properties stride='1' filename='out'> [step, pot_component_raw(0), pot_component_raw(1)] </properties>
-    <trajectory filename='f0' stride='5' format='xyz'> forces_component_raw(0) </trajectory>
-    <trajectory filename='f1' stride='5' format='xyz'> forces_component_raw(1) </trajectory>
-  </output>
-  <total_steps>10</total_steps>
-  <prng><seed>4</seed></prng>
-  <ffrotations name='ipi-avg'>
-    <grid_mode>legendre</grid_mode><grid_order>2</grid_order><inversion>true</inversion>
-    <ffsocket name='raw' mode='unix' pbc='false'><address>{raw}</address><latency>1e-4</latency></ffsocket>
-  </ffrotations>
-  <ffsocket name='ours' mode='unix' pbc='false'><address>{avg}</address><latency>1e-4</latency></ffsocket>
-  <system>
-    <initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
-      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
-    <forces><force forcefield='ipi-avg' weight='1'/><force forcefield='ours' weight='0'/></forces>
-    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
-    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
-  </system>
-</simulation>"""
+    xml = ipi_sim.FFROTATIONS.format(
+        raw=raw, ours=avg, steps=10,
+        trajectories="    <trajectory filename='f0' stride='5' format='xyz'> forces_component_raw(0) </trajectory>\n"
+                     "    <trajectory filename='f1' stride='5' format='xyz'> forces_component_raw(1) </trajectory>\n")
     (tmp_path / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", tmp_path)
     server = None

@@ -137,6 +137,12 @@ XML = """<simulation verbosity='low' floatformat='%25.16e'>
 </simulation>"""
 
 
+def _ipi_metatomic_driver(address, model, workdir):
+    """i-PI's own ``i-pi-py_driver -m metatomic`` client on unix socket ``address``."""
+    return processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", address,
+                            "-o", f"template=init.xyz,model={model}"], cwd=workdir, log=workdir / "driver.log")
+
+
 def _read_binary_frames(path):
     """Frames of an i-PI ``format='bin'`` trajectory: arrays [natoms, 3] (atomic units).
 
@@ -172,9 +178,7 @@ def test_server_equals_ipi_metatomic_driver(tmp_path, metatomic_model, beads):
     driver = server = None
     try:
         processes.wait_for_socket(theirs, ipi)
-        driver = processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", theirs,
-                                  "-o", f"template=init.xyz,model={metatomic_model}"], cwd=tmp_path,
-                                 log=tmp_path / "driver.log")
+        driver = _ipi_metatomic_driver(theirs, metatomic_model, tmp_path)
         server = processes.start_server(metatomic_model, "init.xyz", [f"unix:{ours}"] * beads, tmp_path)
         codes = processes.wait([ipi, driver, server], 240)
     finally:
@@ -205,33 +209,13 @@ def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, metatomic_m
     atoms = water_box(8, seed=6)
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
-    xml = f"""<simulation verbosity='low' floatformat='%25.16e'>
-  <output prefix='sim'>
-    <properties stride='1' filename='out'> [step, pot_component_raw(0), pot_component_raw(1)] </properties>
-  </output>
-  <total_steps>6</total_steps>
-  <prng><seed>4</seed></prng>
-  <ffrotations name='ipi-avg'>
-    <grid_mode>legendre</grid_mode><grid_order>2</grid_order><inversion>true</inversion>
-    <ffsocket name='raw' mode='unix' pbc='false'><address>{raw}</address><latency>1e-4</latency></ffsocket>
-  </ffrotations>
-  <ffsocket name='ours' mode='unix' pbc='false'><address>{avg}</address><latency>1e-4</latency></ffsocket>
-  <system>
-    <initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
-      <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
-    <forces><force forcefield='ipi-avg' weight='1'/><force forcefield='ours' weight='0'/></forces>
-    <ensemble><temperature units='kelvin'>300</temperature></ensemble>
-    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
-  </system>
-</simulation>"""
+    xml = ipi_sim.FFROTATIONS.format(raw=raw, ours=avg, steps=6, trajectories="")
     (tmp_path / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", tmp_path)
     driver = server = None
     try:
         processes.wait_for_socket(raw, ipi)
-        driver = processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", raw,
-                                  "-o", f"template=init.xyz,model={metatomic_model}"], cwd=tmp_path,
-                                 log=tmp_path / "driver.log")
+        driver = _ipi_metatomic_driver(raw, metatomic_model, tmp_path)
         server = processes.start_server(metatomic_model, "init.xyz", [f"unix:{avg}=2i"], tmp_path)
         codes = processes.wait([ipi, driver, server], 240)
     finally:
