@@ -90,7 +90,14 @@ def main(argv=None) -> int:
         report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64", max_batch_edges=300_000),
                                                         dft[:args.symmetry_frames], args.grid)
     if Path(args.val).is_file():
-        report["teacher_val"] = accuracy(ev, ase.io.read(args.val, index=":"))
+        val = ase.io.read(args.val, index=":")
+        report["teacher_val"] = accuracy(ev, val)
+        # by kind of run: classical MD frames and path-integral bead frames (make_data's pimd-* runs)
+        pimd = [a for a in val if str(a.info.get("source", "")).startswith("pimd")]
+        classical = [a for a in val if not str(a.info.get("source", "")).startswith("pimd")]
+        for name, subset in (("teacher_val_classical", classical), ("teacher_val_pimd", pimd)):
+            if subset and len(subset) < len(val):
+                report[name] = accuracy(ev, subset)
     report["speed_float32"] = speed(ev)
     from bench.common import machine
 

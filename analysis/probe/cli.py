@@ -135,7 +135,7 @@ def probe(args) -> dict:
     if work.exists() and any(work.iterdir()):
         raise MLIPError(f"work folder {work} is not empty: remove it or pass --work DIR")
     work.mkdir(parents=True, exist_ok=True)
-    results = {"model": str(args.model), "level": level.name, "machine": machine()}
+    results = {"model": str(args.model), "level": level.name, "machine": machine(), "device": args.device}
     frames, description = (load_dataset(args.dataset, level.n_dataset_frames) if args.dataset
                            else default_dataset())
     import ase.io
@@ -145,15 +145,15 @@ def probe(args) -> dict:
     # 2. cost, on the idle machine, as MD serves the model (float32)
     print("probe: timing the grids", flush=True)
     torch.set_num_threads(args.threads)
-    ev32 = Evaluator(args.model, dtype="float32")
+    ev32 = Evaluator(args.model, device=args.device, dtype="float32")
     cost = static.timings(ev32, liquid, level.grids, repeats=level.timing_repeats)
     cost.update({"threads": args.threads, "repeats": level.timing_repeats})
     results["cost"] = cost
 
     # 3./4. MD in the background
     print("probe: starting the molecule and liquid runs", flush=True)
-    jobs = {**dynamics.molecule_jobs(Path(args.model).resolve(), level),
-            **dynamics.liquid_jobs(Path(args.model).resolve(), level)}
+    jobs = {**dynamics.molecule_jobs(Path(args.model).resolve(), level, args.device),
+            **dynamics.liquid_jobs(Path(args.model).resolve(), level, args.device)}
     import threading
 
     md = {}
@@ -162,7 +162,7 @@ def probe(args) -> dict:
     try:
         # 1. and 5., single points in float64 while the MD runs
         torch.set_num_threads(1)
-        ev64 = Evaluator(args.model, dtype="float64")
+        ev64 = Evaluator(args.model, device=args.device, dtype="float64")
         print("probe: convergence of the grids", flush=True)
         conv = static.convergence(ev64, frames, level.grids, level.reference_grid)
         conv["description"] = description
@@ -244,6 +244,7 @@ def build_parser():
     p.add_argument("--ice-dir", default=str(SHARED / "structures" / "ice"),
                    help="folder with ice_ih_disordered_*.xyz cells (section 5 is skipped without it)")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (single points and MD servers)")
     return p
 
 

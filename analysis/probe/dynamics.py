@@ -54,20 +54,22 @@ def run_all(jobs, work: Path) -> dict:
     return done
 
 
-def molecule_jobs(model, level) -> dict:
+def molecule_jobs(model, level, device="cpu") -> dict:
     """Gas-phase molecule NVE, raw and 2i (one thread each)."""
-    opts = ["--steps", level.molecule_steps, "--stride", level.molecule_stride, "--timestep", INNER_FS]
+    opts = ["--steps", level.molecule_steps, "--stride", level.molecule_stride, "--timestep", INNER_FS,
+            "--device", device]
     return {"molecule-raw": ("molecule-nve", model, opts + ["--average", "none"], 1),
             "molecule-2i": ("molecule-nve", model, opts + ["--average", "2i"], 1)}
 
 
-def liquid_jobs(model, level) -> dict:
+def liquid_jobs(model, level, device="cpu") -> dict:
     """Bulk liquid NVT at 300 K: raw model; MTS with the averaged model as the slow force every
     ``nmts`` inner steps; a fresh random rotation per call. Same inner step and output interval."""
     if level.liquid_molecules == 64 and SHIPPED_LIQUID.is_file():
         start = ["--structure", SHIPPED_LIQUID]
     else:
         start = ["--molecules", level.liquid_molecules]
+    start += ["--device", device]
     stride = max(1, round(level.liquid_stride_fs / INNER_FS))
     outer_fs = INNER_FS * level.liquid_nmts
     single = start + ["--steps", level.liquid_inner_steps, "--timestep", INNER_FS, "--stride", stride]

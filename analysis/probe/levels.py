@@ -19,7 +19,7 @@ class Level:
     molecule_steps: int = 4000  # 0.5 fs steps, NVE, per run (raw and 2i)
     molecule_stride: int = 10
     liquid_molecules: int = 64
-    liquid_inner_steps: int = 1200  # 0.5 fs steps per liquid run
+    liquid_inner_steps: int = 1000  # 0.5 fs steps per liquid run
     liquid_nmts: int = 10  # inner steps per outer (averaged) step
     liquid_stride_fs: float = 10.0
     liquid_average: str = "2i"
