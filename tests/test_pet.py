@@ -315,3 +315,24 @@ def test_asymmetric_neighbour_list_is_refused():
     edge_index = torch.tensor([[0, 1, 0], [1, 0, 2]])  # 0->2 has no reverse edge
     with pytest.raises(RuntimeError, match="symmetric neighbour list"):
         model.double()(vectors, edge_index, torch.tensor([8, 1, 1]), torch.zeros(3, dtype=torch.long), 1)
+
+
+def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
+    """training.short_range: zero change where every pair is beyond its wall radius; below it,
+    exactly k·(r0 − r)³ per pair (each pair once, although the list holds it twice)."""
+    import torch
+
+    from server.evaluator import Evaluator, Structure
+    from training.short_range import add_wall
+    from training.structures import water_box
+
+    walled = add_wall(toy_model, tmp_path / "walled.pt", k=50.0)
+    plain, wall = Evaluator(toy_model), Evaluator(walled)
+    box = Structure.from_ase(water_box(8, seed=2))  # closest O–O well above 2 Å
+    a, b = plain.compute([box])[0], wall.compute([box])[0]
+    assert b.energy == a.energy and np.array_equal(b.forces, a.forces)
+    pair = Structure(np.array([[0.0, 0, 0], [1.5, 0, 0]]), np.array([8, 8]))
+    a, b = plain.compute([pair])[0], wall.compute([pair])[0]
+    assert b.energy - a.energy == pytest.approx(50.0 * 0.5 ** 3, rel=1e-12)
+    assert (b.forces - a.forces)[1, 0] == pytest.approx(3 * 50.0 * 0.5 ** 2, rel=1e-10)  # pushes apart
+    assert torch.jit.load(walled).cutoff == torch.jit.load(toy_model).cutoff

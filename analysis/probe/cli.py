@@ -145,7 +145,7 @@ def probe(args) -> dict:
     # 2. cost, on the idle machine, as MD serves the model (float32)
     print("probe: timing the grids", flush=True)
     torch.set_num_threads(args.threads)
-    ev32 = Evaluator(args.model, device=args.device, dtype="float32")
+    ev32 = Evaluator(args.model, device=args.device, dtype="float32", max_batch_edges=level.max_batch_edges)
     cost = static.timings(ev32, liquid, level.grids, repeats=level.timing_repeats)
     cost.update({"threads": args.threads, "repeats": level.timing_repeats})
     results["cost"] = cost
@@ -162,7 +162,7 @@ def probe(args) -> dict:
     try:
         # 1. and 5., single points in float64 while the MD runs
         torch.set_num_threads(1)
-        ev64 = Evaluator(args.model, device=args.device, dtype="float64")
+        ev64 = Evaluator(args.model, device=args.device, dtype="float64", max_batch_edges=level.max_batch_edges)
         print("probe: convergence of the grids", flush=True)
         conv = static.convergence(ev64, frames, level.grids, level.reference_grid)
         conv["description"] = description

@@ -19,12 +19,13 @@ class Level:
     molecule_steps: int = 4000  # 0.5 fs steps, NVE, per run (raw and 2i)
     molecule_stride: int = 10
     liquid_molecules: int = 64
-    liquid_inner_steps: int = 1000  # 0.5 fs steps per liquid run
+    liquid_inner_steps: int = 600  # 0.5 fs steps per liquid run
     liquid_nmts: int = 10  # inner steps per outer (averaged) step
     liquid_stride_fs: float = 10.0
     liquid_average: str = "2i"
     ice_max_atoms: int = 600  # cells with more atoms are skipped for the averaged energies
     ice_grid: str = "2i"
+    max_batch_edges: int = 200_000  # per model call in the single-point sections (4i of 192 atoms at 2M edges: 21 GB)
     n_blocks: int = 4
     timing_repeats: int = 2
 
