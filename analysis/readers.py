@@ -274,8 +274,7 @@ def read_extxyz(path: str) -> Frames:
     # zeros) and names the quantity and unit in ipi_comment, e.g. "velocities{ase}"
     units = dict(_UNIT_RE.findall(str(info.get("ipi_comment", ""))))
     quantity = next((k for k in units if k != "cell"), "positions")
-    column_names = [name for name in props[0::3]]
-    vector = quantity if quantity != "positions" and quantity in column_names else None
+    vector = quantity if quantity != "positions" and quantity in props[0::3] else None
     col, species_col, pos_col = 0, None, None
     for name, _typ, cnt in zip(props[0::3], props[1::3], props[2::3]):
         if name == "species":

@@ -88,6 +88,7 @@ class _Graph:
     numbers: np.ndarray
     edge_index: np.ndarray
     vectors: np.ndarray
+    lengths2: np.ndarray  # squared edge lengths, Å²
     shifts: np.ndarray
     positions: np.ndarray
     cell: np.ndarray
@@ -170,8 +171,8 @@ class Evaluator:
         if pbc.any() and abs(np.linalg.det(cell[pbc][:, pbc] if pbc.sum() < 3 else cell)) < 1e-12:
             raise InputError(f"{where}: periodic cell has zero volume: give the cell or set pbc to False")
         edge_index, shifts, vectors = neighbor_pairs(positions, cell, pbc, self.cutoff)
+        d2 = np.einsum("ij,ij->i", vectors, vectors)
         if len(vectors):
-            d2 = np.einsum("ij,ij->i", vectors, vectors)
             k = int(np.argmin(d2))
             if d2[k] < self.min_distance**2:
                 i, j = edge_index[:, k]
@@ -179,7 +180,7 @@ class Evaluator:
                     f"{where}: atoms {i} and {j} overlap (distance {np.sqrt(d2[k]):.3g} Å < "
                     f"{self.min_distance} Å): check the input geometry and its units"
                 )
-        return _Graph(numbers, edge_index, vectors, shifts, positions, cell, pbc.copy())
+        return _Graph(numbers, edge_index, vectors, d2, shifts, positions, cell, pbc.copy())
 
     # -- batched evaluation -------------------------------------------------------
     def _evaluate_copies(self, graphs, rotations):
@@ -206,9 +207,7 @@ class Evaluator:
             results = self.model.metatomic.evaluate(copies)
             self.timings["model"] += time.perf_counter() - t0
             for (s, k), (energy, forces, virial) in zip(chunk, results):
-                if not np.isfinite(energy) or not np.isfinite(forces).all():
-                    raise ModelError(f"model {self.model.path} returned non-finite energy or forces: "
-                                     "the structure is probably far outside its training data")
+                self._require_finite(energy, forces)
                 out[s][k] = (energy, forces, virial)
             return
         dev, dt = self.device, self.dtype
@@ -242,9 +241,7 @@ class Evaluator:
         forces = forces.detach().to("cpu", torch.float64).numpy()
         grad = grad.detach().to("cpu", torch.float64).numpy()
         self.timings["model"] += time.perf_counter() - t0
-        if not np.isfinite(energies).all() or not np.isfinite(forces).all():
-            raise ModelError(f"model {self.model.path} returned non-finite energy or forces: "
-                             "the structure is probably far outside its training data")
+        self._require_finite(energies, forces)
         atom0, edge0 = 0, 0
         for b, (s, k) in enumerate(chunk):
             g = graphs[s]
@@ -254,6 +251,11 @@ class Evaluator:
             virial = -g_e.T @ g.vectors
             out[s][k] = (float(energies[b]), forces[atom0:atom0 + n] @ rot, virial)
             atom0, edge0 = atom0 + n, edge0 + e
+
+    def _require_finite(self, energies, forces):
+        if not np.isfinite(energies).all() or not np.isfinite(forces).all():
+            raise ModelError(f"model {self.model.path} returned non-finite energy or forces: "
+                             "the structure is probably far outside its training data")
 
 
 def _combine(copies, rot, raw_only: bool) -> Result:

@@ -58,7 +58,7 @@ class MetatomicModel:
         requests: the requested ``NeighborListOptions``.
     """
 
-    def __init__(self, path: str, device: torch.device, requested_dtype: torch.dtype):
+    def __init__(self, path: str, device: torch.device):
         mta, mts = _import()
         self._mta, self._mts = mta, mts
         try:
@@ -75,7 +75,6 @@ class MetatomicModel:
             raise ModelError(f"{path!r}: the metatomic model supports devices "
                              f"{list(capabilities.supported_devices)}, not {device.type}: change --device")
         self.dtype = getattr(torch, capabilities.dtype)
-        self.requested_dtype = requested_dtype
         self.module = module.to(device=device)
         self.device = device
         self.species = [int(z) for z in capabilities.atomic_types]
@@ -95,7 +94,7 @@ class MetatomicModel:
         """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies``.
 
         ``copies``: list of ``(graph, R)`` with a graph of the Evaluator (positions, cell, pbc,
-        numbers, edge_index, shifts; Å) and a rotation R [3,3]; results are in the original frame.
+        numbers, edge_index, shifts, lengths2; Å) and a rotation R [3,3]; results are in the original frame.
         """
         dev, dt = self.device, self.dtype
         systems, leaves, strains = [], [], []
@@ -129,8 +128,7 @@ class MetatomicModel:
     def _neighbors(self, g, positions, cell, request):
         """The requested list cut from the Evaluator's full list, vectors differentiable in x and ε."""
         cutoff = float(request.cutoff)
-        d2 = np.einsum("ij,ij->i", g.vectors, g.vectors)
-        keep = d2 < cutoff * cutoff
+        keep = g.lengths2 < cutoff * cutoff
         i, j = g.edge_index[0], g.edge_index[1]
         if not request.full_list:  # one of (i, j, S) and (j, i, -S)
             s = g.shifts

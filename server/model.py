@@ -79,7 +79,7 @@ def load_model(model, device="cpu", dtype="float64") -> LoadedModel:
         from .metatomic_model import MetatomicModel, is_metatomic_file
 
         if is_metatomic_file(path):
-            mt = MetatomicModel(path, device, dtype)
+            mt = MetatomicModel(path, device)  # runs in its declared dtype
             return LoadedModel(mt.module, mt.cutoff, mt.species, path, device, mt.dtype, metatomic=mt)
         try:
             module = torch.jit.load(path, map_location=device)

@@ -96,7 +96,7 @@ def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> 
     """A 64-molecule liquid at ``density`` g/cm³: a frame of ``source`` (teacher-equilibrated liquid,
     e.g. an earlier training set) with its molecule centres scaled to the density, else a new box."""
     import ase.io
-    from training.structures import water_box
+    from training.structures import AVOGADRO, WATER_MASS, water_box
 
     path = work / f"start-d{density:.2f}-{seed}.extxyz"
     frames = []
@@ -107,7 +107,7 @@ def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> 
         water_box(64, density=density, seed=seed).write(path)
         return path
     atoms = frames[np.random.default_rng(seed).integers(len(frames))].copy()
-    scale = (atoms.get_volume() / (64 * 18.01528 / 0.602214076 / density)) ** (1 / 3)
+    scale = (atoms.get_volume() / (64 * WATER_MASS / AVOGADRO / density * 1e24)) ** (1 / 3)
     pos = atoms.positions
     for m in range(0, len(atoms), 3):  # O,H,H per molecule: move each molecule rigidly with its oxygen
         pos[m:m + 3] += pos[m] * (1 / scale - 1)

@@ -16,8 +16,10 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import ase.io
 import numpy as np
 
 from server.errors import MLIPError
@@ -32,7 +34,6 @@ SHARED = ROOT.parent / "shared" / "data"
 def default_dataset():
     """The shipped water structures: a 64-molecule liquid frame, a gas-phase molecule and,
     when the ice cells are available, the smallest proton-disordered cell."""
-    import ase.io
     from training.structures import water_molecule
 
     frames = [ase.io.read(dynamics.SHIPPED_LIQUID, index=0)]
@@ -48,8 +49,6 @@ def default_dataset():
 
 
 def load_dataset(path, n_frames: int):
-    import ase.io
-
     if not Path(path).is_file():
         raise MLIPError(f"dataset {path} not found: pass --dataset FILE (extended XYZ, ASE-readable)")
     frames = ase.io.read(path, index=":")
@@ -138,8 +137,6 @@ def probe(args) -> dict:
     results = {"model": str(args.model), "level": level.name, "machine": machine(), "device": args.device}
     frames, description = (load_dataset(args.dataset, level.n_dataset_frames) if args.dataset
                            else default_dataset())
-    import ase.io
-
     liquid = ase.io.read(dynamics.SHIPPED_LIQUID, index=0)  # the timing structure (192 atoms)
 
     # 2. cost, on the idle machine, as MD serves the model (float32)
@@ -154,12 +151,8 @@ def probe(args) -> dict:
     print("probe: starting the molecule and liquid runs", flush=True)
     jobs = {**dynamics.molecule_jobs(Path(args.model).resolve(), level, args.device),
             **dynamics.liquid_jobs(Path(args.model).resolve(), level, args.device)}
-    import threading
-
-    md = {}
-    thread = threading.Thread(target=lambda: md.update(runs=_safe(dynamics.run_all, jobs, work)))
-    thread.start()
-    try:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        md_runs = pool.submit(dynamics.run_all, jobs, work)
         # 1. and 5., single points in float64 while the MD runs
         torch.set_num_threads(1)
         ev64 = Evaluator(args.model, device=args.device, dtype="float64", max_batch_edges=level.max_batch_edges)
@@ -167,16 +160,11 @@ def probe(args) -> dict:
         conv = static.convergence(ev64, frames, level.grids, level.reference_grid)
         conv["description"] = description
         results["convergence"] = conv
-        ice_dir = Path(args.ice_dir) if args.ice_dir else None
-        if ice_dir and ice_dir.is_dir() and sorted(ice_dir.glob("ice_ih_disordered_*.xyz")):
+        ice_cells = sorted(Path(args.ice_dir).glob("ice_ih_disordered_*.xyz")) if args.ice_dir else []
+        if ice_cells:
             print("probe: ice cells", flush=True)
-            results["ice"] = static.ice(ev64, sorted(ice_dir.glob("ice_ih_disordered_*.xyz")), level.ice_grid,
-                                        level.ice_max_atoms)
-    finally:
-        thread.join()
-    if isinstance(md["runs"], Exception):
-        raise md["runs"]
-    runs = md["runs"]
+            results["ice"] = static.ice(ev64, ice_cells, level.ice_grid, level.ice_max_atoms)
+        runs = md_runs.result()  # waits for the MD; re-raises a failed run
 
     print("probe: analysing the runs", flush=True)
     mol = {}
@@ -224,13 +212,6 @@ def output_jsonable(x):
     if isinstance(x, (list, tuple)):
         return [output_jsonable(v) for v in x]
     return jsonable(x)
-
-
-def _safe(fn, *a):
-    try:
-        return fn(*a)
-    except Exception as err:  # re-raised in the main thread
-        return err
 
 
 def build_parser():
