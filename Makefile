@@ -50,8 +50,8 @@ MINUTES ?= 45
 training-data: teacher
 	$(PY) -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
 train: install
-	$(PY) -m training.train training/configs/water-pet-cpu.yaml --resume
-	$(PY) -m training.train --export models/checkpoints/water-pet-pimd/checkpoint.pt models/water-pet.pt
+	$(PY) -m training.train training/configs/water-pet-gpu-phase3.yaml --resume --device $(DEVICE)
+	$(PY) -m training.train --export models/checkpoints/water-pet-phase3/checkpoint.pt models/water-pet.pt
 
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
 LEVEL ?= quick

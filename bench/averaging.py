@@ -8,7 +8,7 @@ molecule, 192 atoms and 1536 atoms, and the ratio of each to ``none``:
 * i-PI: ``<ffrotations>`` around our raw socket endpoint (wall time per MD step, molecule
   and 192 atoms only, ``none`` and ``2i``).
 
-    python bench/averaging.py [--model M] [--device cuda] [--dtype float32] [--no-ipi]
+    python bench/averaging.py [--model M] [--device cuda] [--dtype float32] [--no-ipi] [--specs none,2i,4i]
 """
 
 from __future__ import annotations
@@ -82,10 +82,12 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--no-ipi", action="store_true")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--specs", default=",".join(SPECS), help="comma-separated averaging specs to time")
     p.add_argument("--max-serial-evaluations", type=int, default=400,
                    help="skip the serial loop (and 3i at 1536 atoms) where it would need more model calls "
                         "× atoms/192 than this (CPU time)")
     args = p.parse_args(argv)
+    specs = args.specs.split(",")
     work = Path(tempfile.mkdtemp(prefix="bench-avg-"))
     model, label = (args.model, args.model) if args.model else default_model(work)
     ev = Evaluator(model, device=args.device, dtype=args.dtype)
@@ -97,9 +99,9 @@ def main(argv=None):
     for name, atoms in systems.items():
         s = Structure.from_ase(atoms)
         row = {}
-        for spec in SPECS:
+        for spec in specs:
             cost = Averaging(spec).n_rotations * max(1.0, len(atoms) / 192)
-            big = len(atoms) > 1000 and spec == "3i"
+            big = args.device == "cpu" and len(atoms) > 1000 and Averaging(spec).n_rotations >= 150
             rep = 1 if len(atoms) > 1000 else args.repeat
             batched = np.nan if big else timeit(lambda: ev.compute([s], spec), repeat=rep, warmup=1)
             loop = np.nan if (big or cost > args.max_serial_evaluations) else timeit(
@@ -112,7 +114,7 @@ def main(argv=None):
                                                                           extra=extra)
         data["systems"][name] = row
         base = row["none"]["batched_s"]
-        for spec in SPECS:
+        for spec in specs:
             r = row[spec]
             ipi = r.get("ipi_ffrotations_s_per_step")
             ipi_txt = f"{1e3 * ipi:.1f} ({ipi / row['none']['ipi_ffrotations_s_per_step']:.1f}×)" if ipi else "–"

@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--max-batch-edges", type=int, default=2_000_000,
-                   help="memory budget: edges per model call, rotated copies included")
+    p.add_argument("--max-batch-edges", type=int, default=None,
+                   help="edges per model call, rotated copies included (default: 50000 on CPU, "
+                        "2000000 on a GPU)")
     p.add_argument("--connect-timeout", type=float, default=60.0,
                    help="seconds to wait for the i-PI socket to appear")
     p.add_argument("--timeout", type=float, default=60.0,

@@ -68,6 +68,9 @@ def speed(ev: Evaluator) -> dict:
     return out
 
 
+DISTORTED_SOURCES = ("perturbed", "close-contacts", "explore")
+
+
 def main(argv=None) -> int:
     import ase.io
 
@@ -87,15 +90,20 @@ def main(argv=None) -> int:
     if Path(args.dft).is_file():
         dft = ase.io.read(args.dft, index=":")
         report["dft"] = accuracy(ev, dft)
-        report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64", max_batch_edges=300_000),
+        report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64"),
                                                         dft[:args.symmetry_frames], args.grid)
     if Path(args.val).is_file():
         val = ase.io.read(args.val, index=":")
         report["teacher_val"] = accuracy(ev, val)
-        # by kind of run: classical MD frames and path-integral bead frames (make_data's pimd-* runs)
-        pimd = [a for a in val if str(a.info.get("source", "")).startswith("pimd")]
-        classical = [a for a in val if not str(a.info.get("source", "")).startswith("pimd")]
-        for name, subset in (("teacher_val_classical", classical), ("teacher_val_pimd", pimd)):
+        # by kind of run (make_data's names): classical MD, path-integral beads (pimd-*), and distorted
+        # frames (perturbed, close-contacts, explore-*: compressed, displaced, or visited by a failing model)
+        kinds = {"teacher_val_classical": [], "teacher_val_pimd": [], "teacher_val_distorted": []}
+        for a in val:
+            source = str(a.info.get("source", ""))
+            kind = ("pimd" if source.startswith("pimd") else
+                    "distorted" if source.startswith(DISTORTED_SOURCES) else "classical")
+            kinds[f"teacher_val_{kind}"].append(a)
+        for name, subset in kinds.items():
             if subset and len(subset) < len(val):
                 report[name] = accuracy(ev, subset)
     report["speed_float32"] = speed(ev)

@@ -11,6 +11,13 @@ run, chosen at random) and ``OUT/provenance.json``. The 190 DFT frames are never
 
     python -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data \\
         --minutes 30 [--device cuda] [--ice-dir ../shared/data/structures/ice]
+
+Two more families, added to an existing set with ``--append``: active learning
+(``--explore-model M``: liquid runs driven by a trained model, e.g. one that collapses, labelled by
+the teacher) and distorted copies of the liquid frames (``--perturb N``: compressed up to 1.3× the
+density and randomly displaced; with ``--close-pairs K`` also K O–O contacts of 1.75–2.4 Å per
+frame). Frames with a teacher force component above ``--max-force`` (25 eV/Å, the largest in the
+DFT test frames) are dropped.
 """
 
 from __future__ import annotations
@@ -85,7 +92,63 @@ def plan(args, work: Path) -> list[dict]:
                      "options": ["--structure", str(path), "--temperature", str(temperature), "--seed", str(30 + n)]})
     runs.append({"name": "molecule-600K", "experiment": "water-nvt",
                  "options": ["--structure", str(_molecule(work)), "--temperature", "600", "--seed", "40"]})
+    if args.explore_model:
+        # active learning: MD driven by a trained model (which may fail, e.g. molecules collapsing),
+        # its configurations labelled by the teacher, so the next model learns where it went wrong
+        for k, (temperature, density) in enumerate(EXPLORE_STATES):
+            start = _liquid_start(work, density, seed=70 + k, source=args.liquid_frames)
+            runs.append({"name": f"explore-{temperature}K-d{density:.2f}", "experiment": "water-nvt",
+                         "model": args.explore_model, "dtype": "float32", "stride": args.explore_stride,
+                         "steps": args.explore_steps,
+                         "options": ["--structure", str(start), "--temperature", str(temperature),
+                                     "--seed", str(80 + k)]})
     return runs
+
+
+EXPLORE_STATES = ((300, 1.00), (350, 0.95), (400, 1.05), (300, 1.15))
+"""(temperature K, density g/cm³) of the active-learning runs driven by ``--explore-model``."""
+
+
+def perturbed(source: str, n_frames: int, seed: int, max_sigma: float = 0.12, max_compression: float = 1.3,
+              close_pairs: int = 0, close_range: tuple = (1.75, 2.4)):
+    """``n_frames`` distorted copies of the periodic 192-atom frames of ``source`` (unlabelled).
+
+    Each copy has its molecule centres scaled to a density up to ``max_compression`` times the
+    original (molecules moved rigidly with their oxygen, so O–O contacts shorten) and every atom
+    displaced by Gaussian noise of a standard deviation drawn uniformly in [0, ``max_sigma``] Å:
+    the short O–O distances and stretched O–H bonds that MD never visits but a model must see
+    to learn the repulsive wall (the DFT test frames reach O–O 1.45 Å, O–H ±0.13 Å). With
+    ``close_pairs`` > 0, that many molecules of each copy are also moved rigidly towards their
+    nearest oxygen neighbour until the O–O distance is uniform in ``close_range`` (Å): the contacts
+    through which a model without such data collapses."""
+    import ase.io
+
+    rng = np.random.default_rng(seed)
+    frames = [a for a in ase.io.read(source, index=":") if len(a) == 192 and a.pbc.all()]
+    if not frames:
+        raise ValueError(f"{source}: no periodic 192-atom frames to perturb")
+    out = []
+    for k in rng.integers(len(frames), size=n_frames):
+        atoms = frames[k].copy()
+        scale = rng.uniform(1.0, max_compression) ** (1 / 3)  # linear factor of the density increase
+        pos = atoms.positions
+        for m in range(0, len(atoms), 3):  # O,H,H per molecule
+            pos[m:m + 3] += pos[m] * (1 / scale - 1)
+        atoms.positions = pos
+        atoms.set_cell(atoms.cell[:] / scale, scale_atoms=False)
+        oxygens = np.flatnonzero(atoms.numbers == 8)
+        for o in rng.choice(oxygens, size=min(close_pairs, len(oxygens)), replace=False):
+            d = atoms.get_distances(o, oxygens, mic=True, vector=True)
+            r = np.linalg.norm(d, axis=1)
+            r[oxygens == o] = np.inf
+            near = int(np.argmin(r))
+            pos[o:o + 3] += d[near] * (1 - rng.uniform(*close_range) / r[near])  # slide along the O–O vector
+        pos += rng.normal(scale=rng.uniform(0.0, max_sigma), size=pos.shape)
+        atoms.positions = pos
+        atoms.info.clear()
+        atoms.arrays.pop("forces", None)
+        out.append(atoms)
+    return out
 
 
 PIMD_STATES = ((300, 1.00), (300, 0.85), (350, 1.15), (400, 0.75), (300, 1.20))
@@ -136,8 +199,10 @@ def simulate(args, work: Path) -> list[dict]:
         runs = [r for r in runs if any(r["name"].startswith(w) for w in wanted)]
     procs = []
     for run in runs:
-        cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(Path(args.teacher).resolve()),
-               "--steps", "10000000", "--stride", str(args.stride), "--device", args.device, "--dtype", "float64",
+        model = Path(run.get("model", args.teacher)).resolve()
+        cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(model),
+               "--steps", str(run.get("steps", 10000000)), "--stride", str(run.get("stride", args.stride)),
+               "--device", args.device, "--dtype", run.get("dtype", "float64"),
                "--out", str(work / run["name"]), "--progress", "0", *run["options"]]
         log = open(work / f"{run['name']}.launcher.log", "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
@@ -235,6 +300,18 @@ def main(argv=None) -> int:
     p.add_argument("--liquid-frames", default=str(ROOT / "training" / "data" / "train.extxyz"),
                    help="extended XYZ with 64-molecule liquid frames to start the path-integral runs from "
                         "(rescaled to each density); a fresh water box when missing")
+    p.add_argument("--explore-model", help="a trained model to drive extra liquid runs whose configurations the "
+                                           "teacher labels (active learning; names explore-*)")
+    p.add_argument("--explore-steps", type=int, default=2000, help="MD steps of each exploration run")
+    p.add_argument("--explore-stride", type=int, default=5)
+    p.add_argument("--perturb", type=int, default=0,
+                   help="add this many compressed and randomly displaced copies of --liquid-frames (name perturbed)")
+    p.add_argument("--max-sigma", type=float, default=0.12, help="Å, largest random displacement of --perturb")
+    p.add_argument("--close-pairs", type=int, default=0,
+                   help="--perturb also slides this many molecules per frame to an O–O contact of 1.75–2.4 Å "
+                        "(name close-contacts)")
+    p.add_argument("--max-force", type=float, default=25.0,
+                   help="eV/Å: frames with a larger teacher force component are dropped")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -251,7 +328,18 @@ def main(argv=None) -> int:
     t0 = time.time()
     runs = simulate(args, work)
     frames = collect(runs, work, args.skip, args.max_frames)
+    if args.perturb:
+        name = "close-contacts" if args.close_pairs else "perturbed"
+        frames[name] = perturbed(args.liquid_frames, args.perturb, seed=args.seed, max_sigma=args.max_sigma,
+                                 close_pairs=args.close_pairs)
+        runs.append({"name": name, "frames": args.perturb, "source": str(args.liquid_frames),
+                     "max_sigma": args.max_sigma, "close_pairs": args.close_pairs})
     label(frames, args.teacher, args.device, batch=16)
+    for run in runs:  # an exploring model can reach overlapping atoms: forces there only swamp the loss
+        kept = [a for a in frames.get(run["name"], []) if np.abs(a.arrays["forces"]).max() <= args.max_force]
+        run["dropped_max_force"] = len(frames.get(run["name"], [])) - len(kept)
+        if run["name"] in frames:
+            frames[run["name"]] = kept
     rng = np.random.default_rng(args.seed)
     train, val = [], []
     for name, atoms in frames.items():

@@ -370,10 +370,9 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
             raise ValueError(f"init_from: {config['init_from']} has model options {start['model_config']}: "
                              "use the same model section")
         model.load_state_dict(start["best_model"])
-        with torch.no_grad():  # the normalisation follows this run's data
+        with torch.no_grad():  # the composition baseline follows this run's data; the output scale and
+            # bond normalisation stay the checkpoint's, so the run starts from the same function
             model.baseline.copy_(torch.tensor(stats["baseline"]))
-            model.energy_scale.fill_(stats["sigma_f"])
-            model.bond_norm.fill_(1.0 / stats["mean_neighbours"])
         print(f"initialised from the best model of {config['init_from']}", file=sys.stderr)
     model.to(device=device, dtype=dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
