@@ -48,3 +48,32 @@ def test_tiny_probe_report(tmp_path, strongly_anisotropic_model):
     # 5. ice, when the cells are available
     if (ROOT.parent / "shared" / "data" / "structures" / "ice").is_dir():
         assert r["ice"]["n_compared"] >= 2 and "## 5. Ice" in text
+
+
+def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path):
+    """Each run's own first g_OO minimum can fall in a different shell when the minimum is shallow
+    (the shipped model's runs gave 3.85, 4.32 and 4.23 Å, i.e. coordinations 7.3 vs 10.8): the
+    comparison must read n_OO(r) of every run at the raw run's radius."""
+    import numpy as np
+
+    from analysis.probe.cli import liquid_section
+    from analysis.probe.levels import LEVELS
+
+    r = np.arange(0.05, 6.0, 0.1)  # bin centres, 0.1 Å bins: upper edges 0.1, 0.2, ...
+    runs = {}
+    for name, own_min, slope in (("raw", 3.5, 1.0), ("other", 4.3, 2.0)):
+        d = tmp_path / name
+        d.mkdir()
+        n = slope * r  # running coordination n(r) at the upper edges, distinct per run
+        table = np.column_stack([r, np.ones_like(r), 0.1 * np.ones_like(r), n, 0.01 * n])
+        np.savetxt(d / "rdf.dat", table, header="r_A g_OO g_OO_err n_OO n_OO_err")
+        summary = {"rdf": {"pairs": {"OO": {"first_peak_r_A": 2.85, "first_peak_g": 2.5, "first_min_r_A": own_min,
+                                            "coordination_first_shell": slope * own_min}}}}
+        runs[name] = {"summary": summary, "analysis": str(d), "wall_s": 1.0}
+    liq = liquid_section(runs, LEVELS["tiny"])
+    assert liq["first_shell_r_A"] == 3.5
+    (coordination,) = [c for c in liq["comparisons"] if c["label"].startswith("O coordination")]
+    (raw, raw_err), (other, other_err) = coordination["values"]
+    edge = 3.5 - 0.05  # the tabulated r of the bin whose upper edge is 3.5 Å
+    assert raw == pytest.approx(edge) and other == pytest.approx(2 * edge)
+    assert other_err == pytest.approx(0.02 * edge)

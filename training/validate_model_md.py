@@ -8,7 +8,9 @@ Reports the longest intramolecular O–H distance over every stored frame (atoms
 molecule; a molecule counts as broken beyond 1.3 Å), the simulated time, and the g_OO first peak
 (after ``--skip-ps``) against the reference potential's own i-PI run
 (``models/validation/teacher_md.json``, from ``training.validate_teacher_md``) and the published
-NNP curve. Writes ``OUT/validation/water-pet-md.json`` and ``water-pet-md-rdf.png``.
+NNP curve; also the closest O–O pair over all frames, the depth of the first g_OO minimum and the
+largest |Δg_OO| over 2–6 Å against the published curve (beyond the acceptance). Writes
+``OUT/validation/water-pet-md.json`` and ``water-pet-md-rdf.png``.
 Acceptance: no O–H beyond 1.3 Å, ≥ 10 ps, g_OO peak height within ±0.2 of the reference potential's.
 """
 
@@ -23,6 +25,27 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKEN_OH = 1.3  # Å
+
+
+def min_oo(universe) -> tuple[float, int]:
+    """Closest intermolecular O–O distance (Å, minimum image) over all frames and its frame."""
+    from MDAnalysis.lib.distances import self_distance_array
+
+    o = universe.atoms[0::3]
+    closest, where = np.inf, -1
+    for ts in universe.trajectory:
+        d = self_distance_array(o.positions, box=ts.dimensions).min()
+        if d < closest:
+            closest, where = float(d), ts.frame
+    return closest, where
+
+
+def _lowest(r, g, lo: float, hi: float) -> dict:
+    """Lowest g and where (Å) for lo ≤ r ≤ hi."""
+    r, g = np.asarray(r), np.asarray(g)
+    window = np.flatnonzero((r >= lo) & (r <= hi))
+    k = window[np.argmin(g[window])]
+    return {"r_A": float(r[k]), "g": float(g[k])}
 
 
 def max_oh(universe) -> tuple[float, int]:
@@ -63,20 +86,37 @@ def main(argv=None) -> int:
         print(f"error: atoms are not ordered O,H,H per molecule ({names}): reorder the structure", file=sys.stderr)
         return 2
     worst, frame = max_oh(u)
+    closest, closest_frame = min_oo(u)
     start = int(round(1000 * args.skip_ps / args.frame_fs))
     rdfs = water_rdfs(u, find_water(u), rmax=6.0, nbins=120, run_kw={"start": start})
     r, g = rdfs["OO"].results.bins, rdfs["OO"].results.rdf
     lo = r >= 2.0
     (rp, gp), _, _ = first_shell(r[lo], g[lo])
-    teacher = json.loads(Path(args.teacher_md).read_text())["partials"]["OO"]["first_peak"]
+    teacher_md = json.loads(Path(args.teacher_md).read_text())["partials"]["OO"]
+    teacher = teacher_md["first_peak"]
+    ref_file = Path(args.reference_dir) / "nnp_goo.gdr"
+    ref = None
+    if ref_file.is_file():
+        from analysis.reference import load_reference
+
+        ref = load_reference(str(ref_file))
     report = {
         "trajectory": args.trajectory, "frames": len(u.trajectory),
         "simulated_ps": (len(u.trajectory) - 1) * args.frame_fs / 1000,
         "max_intramolecular_OH_A": worst, "max_OH_frame": frame, "broken": bool(worst > BROKEN_OH),
+        "min_OO_A": closest, "min_OO_frame": closest_frame,
         "g_OO_first_peak": {"model_r_A": rp, "model_g": gp, "teacher_r_A": teacher["ours_r_A"],
                             "teacher_g": teacher["ours_g"], "published_nnp_g": teacher["ref_g"],
                             "delta_g_vs_teacher": None if gp is None else gp - teacher["ours_g"]},
         "g_frames_used": len(u.trajectory) - start,
+        # beyond the acceptance: depth of the first minimum (lowest g in 3.0–3.7 Å, vs the published
+        # curve's), and the largest deviation from the published curve over 2–6 Å (the reference
+        # potential's own run deviates by teacher_max_abs_delta_g_2_6A)
+        "g_OO_min_3_to_3.7A": _lowest(r, g, 3.0, 3.7),
+        "published_g_OO_min_3_to_3.7A": None if ref is None else _lowest(ref.r, ref.g, 3.0, 3.7),
+        "max_abs_delta_g_2_6A_vs_published": None if ref is None else float(
+            np.abs(g - np.interp(r, ref.r, ref.g))[(r >= 2.0) & (r <= 6.0)].max()),
+        "teacher_max_abs_delta_g_2_6A": teacher_md.get("max_abs_delta_g_2_6A"),
     }
     d = report["g_OO_first_peak"]["delta_g_vs_teacher"]
     report["acceptance"] = {"not_broken": not report["broken"], "at_least_10_ps": report["simulated_ps"] >= 10.0 - 1e-9,
@@ -84,11 +124,7 @@ def main(argv=None) -> int:
     out = Path(args.out) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ref_file = Path(args.reference_dir) / "nnp_goo.gdr"
-    if ref_file.is_file():
-        from analysis.reference import load_reference
-
-        ref = load_reference(str(ref_file))
+    if ref is not None:
         ax.plot(ref.r, ref.g, "k-", lw=1, label="published NNP (classical)")
     ax.plot(r, g, "C3-", lw=1.2, label="water-pet (i-PI + mlip-server)")
     ax.axhline(teacher["ours_g"], color="C0", lw=0.8, ls="--", label="reference potential's peak height")

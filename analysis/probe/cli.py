@@ -88,26 +88,41 @@ def _peak_with_error(analysis_dir, summary):
     return p["first_peak_g"], float(t["g_OO_err"][k])
 
 
-OBSERVABLES = [  # label, function(summary, analysis dir) -> (value, error)
-    ("g_OO first peak height", lambda s, d: _peak_with_error(d, s)),
-    ("O coordination, first shell", lambda s, d: (s["rdf"]["pairs"]["OO"]["coordination_first_shell"],
-                                                  s["rdf"]["pairs"]["OO"]["coordination_first_shell_err"])),
-    ("⟨cos θ⟩ dipole vs z", lambda s, d: (s["orientation"]["mean_cos_theta"], s["orientation"]["mean_cos_theta_err"])),
-    ("D (1e-5 cm²/s)", lambda s, d: (s["msd"]["D_1e-5_cm2_per_s"], s["msd"]["D_1e-5_cm2_per_s_err"])
+def _coordination_within(analysis_dir, radius):
+    """Running O–O coordination number n(radius) and its block error, from rdf.dat (n is tabulated at
+    each bin's upper edge)."""
+    t = report.read_table(Path(analysis_dir) / "rdf.dat")
+    edges = t["r_A"] + 0.5 * (t["r_A"][1] - t["r_A"][0])
+    k = int(np.argmin(np.abs(edges - radius)))
+    return float(t["n_OO"][k]), float(t["n_OO_err"][k])
+
+
+SHELL_FALLBACK_A = 3.5
+"""O–O first-shell radius (Å) when the raw run's g_OO has no first minimum below 1."""
+
+OBSERVABLES = [  # label, function(summary, analysis dir, first-shell radius Å) -> (value, error)
+    ("g_OO first peak height", lambda s, d, shell: _peak_with_error(d, s)),
+    # every run is integrated to the same radius (the raw run's first minimum): each run's own
+    # minimum can land in a different shell when the first minimum is shallow
+    ("O coordination, first shell", lambda s, d, shell: _coordination_within(d, shell)),
+    ("⟨cos θ⟩ dipole vs z", lambda s, d, shell: (s["orientation"]["mean_cos_theta"],
+                                                s["orientation"]["mean_cos_theta_err"])),
+    ("D (1e-5 cm²/s)", lambda s, d, shell: (s["msd"]["D_1e-5_cm2_per_s"], s["msd"]["D_1e-5_cm2_per_s_err"])
      if "msd" in s else (None, None)),
-    ("τ1 dipole (ps)", lambda s, d: (s["dipole"].get("tau1_ps"), s["dipole"].get("tau1_ps_err"))),
-    ("τ2 dipole (ps)", lambda s, d: (s["dipole"].get("tau2_ps"), s["dipole"].get("tau2_ps_err"))),
+    ("τ1 dipole (ps)", lambda s, d, shell: (s["dipole"].get("tau1_ps"), s["dipole"].get("tau1_ps_err"))),
+    ("τ2 dipole (ps)", lambda s, d, shell: (s["dipole"].get("tau2_ps"), s["dipole"].get("tau2_ps_err"))),
 ]
 
 
 def liquid_section(runs, level) -> dict:
     names = list(runs)
+    shell = runs[names[0]]["summary"]["rdf"]["pairs"]["OO"].get("first_min_r_A") or SHELL_FALLBACK_A
     comparisons = []
     for label, fn in OBSERVABLES:
         values = []
         for name in names:
             try:
-                v, e = fn(runs[name]["summary"], runs[name]["analysis"])
+                v, e = fn(runs[name]["summary"], runs[name]["analysis"], shell)
             except (KeyError, TypeError):
                 v, e = None, None
             values.append((v, e))
@@ -117,7 +132,7 @@ def liquid_section(runs, level) -> dict:
     return {"runs": names, "comparisons": comparisons, "n_molecules": level.liquid_molecules,
             "length_ps": level.liquid_inner_steps * dynamics.INNER_FS / 1000, "stride_fs": level.liquid_stride_fs,
             "n_blocks": level.n_blocks, "nmts": level.liquid_nmts, "average": level.liquid_average,
-            "skip_fraction": 0.1,
+            "skip_fraction": 0.1, "first_shell_r_A": shell,
             "wall_ms_per_step": {n: 1e3 * runs[n]["wall_s"] / level.liquid_inner_steps for n in names}}
 
 

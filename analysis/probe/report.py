@@ -235,7 +235,8 @@ def write_markdown(results, path: Path, figures: Path):
            f"{liq['n_molecules']} molecules, {liq['length_ps']:.3g} ps per run (first {liq['skip_fraction']:.0%} "
            f"dropped), frames every {liq['stride_fs']:g} fs; error bars: block standard errors over "
            f"{liq['n_blocks']} blocks. Runs: raw model; MTS with `{liq['average']}` as the slow force every "
-           f"{liq['nmts']} steps; a fresh random rotation per call.", "",
+           f"{liq['nmts']} steps; a fresh random rotation per call. Coordination numbers of every run are "
+           f"counted within the raw run's first g_OO minimum, {liq.get('first_shell_r_A', float('nan')):.3g} Å.", "",
            "| observable | " + " | ".join(liq["runs"]) + " |", "|---|" + "---|" * len(liq["runs"])]
     for obs in liq["comparisons"]:
         md.append(f"| {obs['label']} | " + " | ".join(_pm(v, e) for v, e in obs["values"]) + " |")
