@@ -1,7 +1,7 @@
 """How much each ``--level`` computes. Times are for the shipped 98k-parameter PET on 2 CPU cores.
 
-``quick`` (≈ 15–20 min on 2 cores): every section, statistics only indicative.
-``full`` (a GPU node, hours on CPU): statistics for publication-quality comparisons.
+``quick`` (≈ 13 min on 2 cores for the shipped model): every section, statistics only indicative.
+``full`` (a GPU node, an estimated 2–3 h on one H100; days on 2 CPU cores): statistics for publication-quality comparisons.
 ``tiny`` (seconds, for tests with toy models): every section, minimal lengths.
 """
 

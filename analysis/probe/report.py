@@ -212,7 +212,7 @@ def write_markdown(results, path: Path, figures: Path):
     md += ["", f"![convergence]({rel('convergence.png')})", "", f"**Verdict.** {r['verdicts']['convergence']}", ""]
     cost = r["cost"]
     md += ["## 2. Cost", "", f"One evaluation of the {cost['n_atoms']}-atom liquid frame, float32, "
-           f"{cost['threads']} threads, best of {cost['repeats']}:", "",
+           f"{cost['threads']} threads, best of {cost['repeats']} or more (cheap grids: about 1 s of repeats):", "",
            "| grid | seconds | × raw | MTS cost per inner step, n = 5 / 10 / 20 |", "|---|---|---|---|"]
     for g, t in cost["seconds"].items():
         m = cost["mts_cost_per_step"].get(g)
