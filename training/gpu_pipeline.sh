@@ -12,7 +12,7 @@ OUT=${OUT:-runs/gpu}; mkdir -p "$OUT"
 DATA_MINUTES=${DATA_MINUTES:-3}; TRAIN_MINUTES=${TRAIN_MINUTES:-4}; DEVICE=${DEVICE:-cuda}
 STRIDE=${STRIDE:-20}; SKIP=${SKIP:-10}; CONFIG=${CONFIG:-training/configs/water-pet.yaml}
 BATCH=${BATCH:-}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 if [ -n "${DATA:-}" ]; then
