@@ -21,8 +21,8 @@ E_avg. Copies of all structures are packed into model calls of at most
 from __future__ import annotations
 
 import time
-from typing import Optional
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch

@@ -129,13 +129,9 @@ def perturbed(source: str, n_frames: int, seed: int, max_sigma: float = 0.12, ma
         raise ValueError(f"{source}: no periodic 192-atom frames to perturb")
     out = []
     for k in rng.integers(len(frames), size=n_frames):
-        atoms = frames[k].copy()
-        scale = rng.uniform(1.0, max_compression) ** (1 / 3)  # linear factor of the density increase
-        pos = atoms.positions
-        for m in range(0, len(atoms), 3):  # O,H,H per molecule
-            pos[m:m + 3] += pos[m] * (1 / scale - 1)
-        atoms.positions = pos
-        atoms.set_cell(atoms.cell[:] / scale, scale_atoms=False)
+        # linear factor of a density increase up to max_compression
+        atoms = _compressed(frames[k], rng.uniform(1.0, max_compression) ** (1 / 3))
+        pos = atoms.positions  # the array itself: the close-pair distances below see each move
         oxygens = np.flatnonzero(atoms.numbers == 8)
         for o in rng.choice(oxygens, size=min(close_pairs, len(oxygens)), replace=False):
             d = atoms.get_distances(o, oxygens, mic=True, vector=True)
@@ -145,8 +141,6 @@ def perturbed(source: str, n_frames: int, seed: int, max_sigma: float = 0.12, ma
             pos[o:o + 3] += d[near] * (1 - rng.uniform(*close_range) / r[near])  # slide along the O–O vector
         pos += rng.normal(scale=rng.uniform(0.0, max_sigma), size=pos.shape)
         atoms.positions = pos
-        atoms.info.clear()
-        atoms.arrays.pop("forces", None)
         out.append(atoms)
     return out
 
@@ -169,17 +163,24 @@ def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> 
     if not frames:
         water_box(64, density=density, seed=seed).write(path)
         return path
-    atoms = frames[np.random.default_rng(seed).integers(len(frames))].copy()
+    atoms = frames[np.random.default_rng(seed).integers(len(frames))]
     scale = (atoms.get_volume() / (64 * WATER_MASS / AVOGADRO / density * 1e24)) ** (1 / 3)
+    _compressed(atoms, scale).write(path)
+    return path
+
+
+def _compressed(atoms, scale: float):
+    """An unlabelled copy of water ``atoms`` (O,H,H per molecule) with the cell and the molecule
+    centres divided by the linear factor ``scale``: each molecule moves rigidly with its oxygen."""
+    atoms = atoms.copy()
     pos = atoms.positions
-    for m in range(0, len(atoms), 3):  # O,H,H per molecule: move each molecule rigidly with its oxygen
+    for m in range(0, len(atoms), 3):
         pos[m:m + 3] += pos[m] * (1 / scale - 1)
     atoms.positions = pos
     atoms.set_cell(atoms.cell[:] / scale)
     atoms.info.clear()
     atoms.arrays.pop("forces", None)
-    atoms.write(path)
-    return path
+    return atoms
 
 
 def _molecule(work: Path) -> Path:
@@ -336,9 +337,10 @@ def main(argv=None) -> int:
                      "max_sigma": args.max_sigma, "close_pairs": args.close_pairs})
     label(frames, args.teacher, args.device, batch=16)
     for run in runs:  # an exploring model can reach overlapping atoms: forces there only swamp the loss
-        kept = [a for a in frames.get(run["name"], []) if np.abs(a.arrays["forces"]).max() <= args.max_force]
-        run["dropped_max_force"] = len(frames.get(run["name"], [])) - len(kept)
-        if run["name"] in frames:
+        labelled = frames.get(run["name"], [])
+        kept = [a for a in labelled if np.abs(a.arrays["forces"]).max() <= args.max_force]
+        run["dropped_max_force"] = len(labelled) - len(kept)
+        if labelled:
             frames[run["name"]] = kept
     rng = np.random.default_rng(args.seed)
     train, val = [], []

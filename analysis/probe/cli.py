@@ -157,7 +157,7 @@ def probe(args) -> dict:
     # 2. cost, on the idle machine, as MD serves the model (float32)
     print("probe: timing the grids", flush=True)
     torch.set_num_threads(args.threads)
-    ev32 = Evaluator(args.model, device=args.device, dtype="float32", max_batch_edges=level.max_batch_edges)
+    ev32 = Evaluator(args.model, device=args.device, dtype="float32")
     cost = static.timings(ev32, liquid, level.grids, repeats=level.timing_repeats)
     cost.update({"threads": args.threads, "repeats": level.timing_repeats})
     results["cost"] = cost
@@ -170,7 +170,7 @@ def probe(args) -> dict:
         md_runs = pool.submit(dynamics.run_all, jobs, work)
         # 1. and 5., single points in float64 while the MD runs
         torch.set_num_threads(1)
-        ev64 = Evaluator(args.model, device=args.device, dtype="float64", max_batch_edges=level.max_batch_edges)
+        ev64 = Evaluator(args.model, device=args.device, dtype="float64")
         print("probe: convergence of the grids", flush=True)
         conv = static.convergence(ev64, frames, level.grids, level.reference_grid)
         conv["description"] = description

@@ -25,7 +25,6 @@ class Level:
     liquid_average: str = "2i"
     ice_max_atoms: int = 600  # cells with more atoms are skipped for the averaged energies
     ice_grid: str = "2i"
-    max_batch_edges: int | None = None  # per model call; None: the server default of the device
     n_blocks: int = 4
     timing_repeats: int = 2
 
