@@ -230,7 +230,7 @@ class LammpsRun:
     def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
         proc = subprocess.Popen([str(c) for c in cmd], cwd=self.workdir, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
-                                start_new_session=True, bufsize=1)
+                                start_new_session=True, preexec_fn=processes.tie_to_parent, bufsize=1)
         self._relays[log_name] = _Relay(proc, self.workdir / log_name, self.echo)
         return proc
 

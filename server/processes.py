@@ -7,6 +7,7 @@ kills what was started and removes the socket files that i-PI leaves behind.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -31,12 +32,24 @@ def unix_socket_path(name: str) -> str:
     return name if name.startswith("/") else UNIX_PREFIX + name
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def tie_to_parent() -> None:
+    """``preexec_fn`` of every child we start: on Linux the kernel sends the child SIGTERM when
+    the process that started it dies, even by SIGKILL (our own SIGTERM handlers cannot run then),
+    so no i-PI, server or MD launcher outlives a killed parent. Elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
 def start(cmd, cwd=None, log=None, env=None) -> subprocess.Popen:
-    """Starts ``cmd`` in its own process group (so a stop reaches its children)."""
+    """Starts ``cmd`` in its own process group (so a stop reaches its children), tied to this
+    process's life (:func:`tie_to_parent`)."""
     out = open(log, "w") if log else subprocess.DEVNULL
     try:
         return subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=tie_to_parent)
     finally:
         if log:
             out.close()

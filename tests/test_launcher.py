@@ -106,6 +106,35 @@ def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
     assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
 
 
+def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
+    """SIGKILL leaves the launcher no chance to clean up; its i-PI and server are tied to its life
+    (processes.tie_to_parent), receive SIGTERM from the kernel and exit, removing i-PI's socket."""
+    before = set(glob.glob("/tmp/ipi_mlip-*"))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "100000", "--molecules", "8",
+                                   "--stride", "1", "--out", str(run), "--progress", "0"],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ((run / "sim.out").exists() and len((run / "sim.out").read_text().splitlines()) > 12):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2  # i-PI and mlip-server
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 60
+    alive = children
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
+                 and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        time.sleep(0.2)
+    assert not alive, f"processes {alive} outlived their SIGKILLed launcher"
+    deadline = time.monotonic() + 10
+    while set(glob.glob("/tmp/ipi_mlip-*")) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
+
+
 def test_two_launches_at_once_do_not_interfere(tmp_path, toy_model):
     procs = [subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "20", "--molecules", "8",
                                      "--seed", str(seed), "--progress", "0", "--out", str(tmp_path / f"run{seed}")])

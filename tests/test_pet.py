@@ -300,6 +300,58 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path):
     assert resumed["history"][-1]["loss"] == straight["history"][-1]["loss"]
 
 
+class _InvariantPairEnergy(torch.nn.Module):
+    """E = Σ_edges exp(−|r|²): rotation-invariant, so its forces rotate with the structure."""
+
+    def atomic_energies(self, vectors, edge_index, numbers, unused: bool):
+        per_edge = torch.exp(-(vectors ** 2).sum(dim=1))
+        return torch.zeros(numbers.shape[0], dtype=vectors.dtype).index_add(0, edge_index[0], per_edge)
+
+
+def test_symmetry_terms_vanish_exactly_for_invariant_models_not_for_pet(tmp_path):
+    graphs = data_mod.build_graphs(data_mod.read_frames(_labelled_frames(tmp_path, 2)), 3.5)
+    gen = torch.Generator().manual_seed(3)
+    pairs = torch.stack([data_mod.random_rotations(2, gen), data_mod.random_rotations(2, gen)], dim=1)
+    batch, both = train_mod.paired_batch(graphs, pairs, torch.float64)
+    assert batch.n_structures == 4 and torch.equal(both[2:], pairs[:, 1])
+
+    def spread(model, batch, both):
+        energies, forces = train_mod.predict(model, batch, create_graph=False)
+        e_diff, f_diff = train_mod.symmetry_terms(energies, forces, batch, both)
+        assert f_diff.shape == (sum(g.n_atoms for g in graphs), 3)
+        return e_diff.abs().max().item(), f_diff.abs().max().item(), forces.abs().max().item()
+
+    e, f, scale = spread(_InvariantPairEnergy(), batch, both)  # back in the lab frame, forces agree
+    assert e < 1e-12 and f < 1e-12 * scale and scale > 0.1
+    pet = _random_pet().double()
+    e, f, scale = spread(pet, batch, both)
+    assert e > 1e-6 and f > 1e-4 * scale  # an unconstrained model is not invariant
+    same = torch.stack([pairs[:, 0], pairs[:, 0]], dim=1)  # one orientation twice: no spread at all
+    e, f, _ = spread(pet, *train_mod.paired_batch(graphs, same, torch.float64))
+    assert e == 0.0 and f == 0.0
+
+
+def test_symmetry_weight_shrinks_the_rotation_spread(tmp_path):
+    """Same seed, data and steps; the run that penalises the orientation spread ends with a
+    smaller spread on the validation frames than plain rotation augmentation."""
+    spreads = {}
+    for weight in (0.0, 1000.0):
+        config = _tiny_config(tmp_path, f"w{weight}", epochs=20, data={"rotate": True, "invert": True},
+                              loss={"symmetry_weight": weight})
+        train_mod.train(config)
+        probe = copy.deepcopy(config)
+        probe["loss"]["symmetry_weight"] = 1.0  # validation reports the spread when the weight is > 0
+        ckpt = torch.load(tmp_path / f"w{weight}" / train_mod.CHECKPOINT, weights_only=False)
+        model = train_mod.model_from_checkpoint(ckpt, "model")
+        _, val, _ = train_mod.prepare_data(probe, model, torch.device("cpu"))
+        spreads[weight] = train_mod.validate(model, val, probe, ckpt["stats"], torch.float32)
+    plain, penalised = spreads[0.0], spreads[1000.0]
+    assert plain["rotation_force_mad_mev_per_a"] > 0
+    assert penalised["rotation_force_mad_mev_per_a"] < 0.2 * plain["rotation_force_mad_mev_per_a"], spreads
+    with pytest.raises(ValueError, match="data.rotate"):
+        train_mod.train(_tiny_config(tmp_path, "norot", loss={"symmetry_weight": 1.0}))
+
+
 def test_bad_config_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 2\nlearning_rate: 0.1\n")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from server.processes import start
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -205,8 +207,7 @@ def simulate(args, work: Path) -> list[dict]:
                "--steps", str(run.get("steps", 10000000)), "--stride", str(run.get("stride", args.stride)),
                "--device", args.device, "--dtype", run.get("dtype", "float64"),
                "--out", str(work / run["name"]), "--progress", "0", *run["options"]]
-        log = open(work / f"{run['name']}.launcher.log", "w")
-        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(start(cmd, log=work / f"{run['name']}.launcher.log"))
     print(f"make_data: {len(runs)} simulations for {args.minutes} min: " + ", ".join(r["name"] for r in runs),
           flush=True)
     deadline = time.monotonic() + 60 * args.minutes

@@ -13,13 +13,22 @@ The YAML config (see ``training/configs/water-pet.yaml``; every key has a defaul
     model: keyword arguments of :class:`training.pet.PET`
     optim: lr, weight_decay, schedule (cosine|step|constant), warmup_steps,
            min_lr_ratio, step_epochs, step_gamma, grad_clip
-    loss:  energy_weight, force_weight
+    loss:  energy_weight, force_weight, symmetry_weight
     batch_size, val_batch_size, epochs, max_minutes
     init_from: a checkpoint whose best weights start this run (fine-tuning; fresh optimiser)
 
 Loss per batch (as the paper): w_E · MSE(E/N_atoms) / σ_E² + w_F · MSE(F) / σ_F², with
 σ_E the standard deviation of the per-atom energy (after the composition baseline) and
-σ_F the RMS force component of the training set. The composition baseline (eV per atom
+σ_F the RMS force component of the training set.
+
+With ``loss.symmetry_weight`` w_S > 0 every structure of a batch is seen twice, under two independent
+random rotations R₁, R₂ (both copies enter the loss above), and the loss gains
+w_S · [w_E · MSE((E₁ − E₂)/N_atoms) / σ_E² + w_F · MSE(R₁ᵀF₁ − R₂ᵀF₂) / σ_F²]: the spread of the
+model's predictions over orientations, i.e. its rotational symmetry breaking, penalised directly
+(the architecture stays unconstrained; augmentation alone penalises the same spread only
+through the label error, weakly). Each step then costs twice as much.
+
+The composition baseline (eV per atom
 of each species) is fitted by least squares on the training set; the model's output
 scale is set to σ_F × 1 Å and its bond-energy normalisation to 1 / (mean number of
 neighbours).
@@ -67,7 +76,7 @@ DEFAULTS = {
     "model": {},
     "optim": {"lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 100,
               "min_lr_ratio": 0.01, "step_epochs": 100, "step_gamma": 0.5, "grad_clip": 10.0},
-    "loss": {"energy_weight": 0.01, "force_weight": 1.0},
+    "loss": {"energy_weight": 0.01, "force_weight": 1.0, "symmetry_weight": 0.0},
     "batch_size": 8,
     "val_batch_size": 16,
     "epochs": 100,
@@ -190,15 +199,23 @@ def prepare_data(config: dict, model: PET, device: torch.device):
     return [g.to(device) for g in train], [g.to(device) for g in val], stats
 
 
-def epoch_plan(n_train: int, batch_size: int, seed: int, epoch: int, rotate: bool, invert: bool):
-    """Frame order and rotations of one epoch: a function of (seed, epoch) only."""
+def epoch_plan(n_train: int, batch_size: int, seed: int, epoch: int, rotate: bool, invert: bool,
+               pairs: bool = False):
+    """Frame order and rotations of one epoch: a function of (seed, epoch) only.
+
+    With ``pairs`` the rotations are [n_train, 2, 3, 3]: a second, independent orientation
+    per frame for the symmetry term (the first ones are those drawn without ``pairs``)."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(n_train, generator=gen)
+    if pairs and not rotate:
+        raise ValueError("loss.symmetry_weight > 0 needs data.rotate: true (two orientations per frame)")
     rotations = random_rotations(n_train, gen, inversion=invert) if rotate else None
     if rotations is None and invert:
         flip = torch.rand(n_train, generator=gen) < 0.5
         rotations = torch.where(flip[:, None, None], -torch.eye(3, dtype=torch.float64),
                                 torch.eye(3, dtype=torch.float64))
+    if pairs:
+        rotations = torch.stack([rotations, random_rotations(n_train, gen, inversion=invert)], dim=1)
     batches = [order[k:k + batch_size] for k in range(0, n_train, batch_size)]
     return batches, rotations
 
@@ -223,9 +240,39 @@ def loss_terms(energies, forces, batch, stats, weights):
     return weights["energy_weight"] * loss_e + weights["force_weight"] * loss_f, e_err, f_err
 
 
+def paired_batch(graphs, rotations, dtype):
+    """One batch of 2B structures: ``graphs`` under ``rotations[:, 0]``, then under ``rotations[:, 1]``
+    (rotations [B, 2, 3, 3]); returns (batch, the [2B, 3, 3] rotations in batch order)."""
+    both = torch.cat([rotations[:, 0], rotations[:, 1]])
+    return collate(list(graphs) * 2, both, dtype), both
+
+
+def symmetry_terms(energies, forces, batch, rotations):
+    """Orientation spread of a :func:`paired_batch` prediction: (per-atom energy differences
+    (E₁ − E₂)/N [B] in eV/atom, lab-frame force differences R₁ᵀF₁ − R₂ᵀF₂ [N/2, 3] in eV/Å)."""
+    half = batch.n_structures // 2
+    n_half = int(batch.n_atoms[:half].sum())
+    lab = torch.einsum("iba,ib->ia", rotations.to(forces)[batch.structure_index], forces)
+    e_diff = (energies[:half] - energies[half:]) / batch.n_atoms[:half].to(energies)
+    return e_diff, lab[:n_half] - lab[n_half:]
+
+
+def symmetry_loss(energies, forces, batch, rotations, stats, weights):
+    e_diff, f_diff = symmetry_terms(energies, forces, batch, rotations)
+    return (weights["energy_weight"] * (e_diff ** 2).mean() / stats["sigma_e"] ** 2
+            + weights["force_weight"] * (f_diff ** 2).mean() / stats["sigma_f"] ** 2)
+
+
+VALIDATION_SEED = 20240521  # fixed orientations for the validation symmetry metrics: comparable across epochs
+
+
 def validate(model: PET, graphs, config, stats, dtype) -> dict:
     """Validation metrics: energy MAE per atom (meV/atom), per structure (meV), force
-    MAE and RMSE (meV/Å), and the weighted loss (the model-selection criterion)."""
+    MAE and RMSE (meV/Å), and the weighted loss (the model-selection criterion), all on the
+    un-rotated frames. With ``loss.symmetry_weight`` > 0 also the orientation spread on the
+    validation frames under two fixed random rotations each: mean |E₁ − E₂| (meV/structure) and
+    mean |R₁ᵀF₁ − R₂ᵀF₂| (meV/Å; for a spread that is Gaussian, √2 × the mean distance of a
+    raw prediction from the orientation average, the model card's raw-vs-averaged number)."""
     model.eval()
     bs = int(config["val_batch_size"])
     sums = torch.zeros(5, dtype=torch.float64, device=graphs[0].vectors.device)
@@ -240,10 +287,25 @@ def validate(model: PET, graphs, config, stats, dtype) -> dict:
         n_frames += len(e_err)
         n_comp += f_err.numel()
     s = sums.tolist()
+    metrics = {"energy_mae_mev_per_atom": 1000 * s[0] / n_frames, "energy_mae_mev": 1000 * s[1] / n_frames,
+               "force_mae_mev_per_a": 1000 * s[2] / n_comp,
+               "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp), "loss": s[4] / n_frames}
+    if float(config["loss"]["symmetry_weight"]) > 0:
+        gen = torch.Generator().manual_seed(VALIDATION_SEED)
+        rotations = torch.stack([random_rotations(len(graphs), gen), random_rotations(len(graphs), gen)], dim=1)
+        spread = torch.zeros(2, dtype=torch.float64, device=sums.device)
+        n_comp = 0
+        for k in range(0, len(graphs), bs):
+            batch, both = paired_batch(graphs[k:k + bs], rotations[k:k + bs], dtype)
+            energies, forces = predict(model, batch, create_graph=False)
+            e_diff, f_diff = symmetry_terms(energies.detach(), forces.detach(), batch, both)
+            e_diff, f_diff = e_diff.double() * batch.n_atoms[:len(e_diff)], f_diff.double()
+            spread += torch.stack([e_diff.abs().sum(), f_diff.abs().sum()])
+            n_comp += f_diff.numel()
+        metrics.update(rotation_energy_mad_mev=1000 * float(spread[0]) / n_frames,
+                       rotation_force_mad_mev_per_a=1000 * float(spread[1]) / n_comp)
     model.train()
-    return {"energy_mae_mev_per_atom": 1000 * s[0] / n_frames, "energy_mae_mev": 1000 * s[1] / n_frames,
-            "force_mae_mev_per_a": 1000 * s[2] / n_comp, "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp),
-            "loss": s[4] / n_frames}
+    return metrics
 
 
 # -- checkpoints and export -----------------------------------------------------------
@@ -409,6 +471,7 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
 
     budget = None if config["max_minutes"] is None else 60.0 * float(config["max_minutes"])
     weights = config["loss"]
+    symmetry_weight = float(weights["symmetry_weight"])
     grad_clip = opt_cfg["grad_clip"]
     print(f"PET: {count_parameters(model)} parameters, {stats['n_train']} train / {stats['n_val']} val "
           f"frames, device {device}, {dtype}; sigma_E {1000 * stats['sigma_e']:.3g} meV/atom, "
@@ -419,18 +482,23 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
         while epoch < epochs and stopped_by is None:
             t_epoch = time.perf_counter()
             t_last = t_epoch
-            batches, rotations = epoch_plan(len(train_set), batch_size, seed, epoch,
-                                            config["data"]["rotate"], config["data"]["invert"])
+            batches, rotations = epoch_plan(len(train_set), batch_size, seed, epoch, config["data"]["rotate"],
+                                            config["data"]["invert"], pairs=symmetry_weight > 0)
             running = torch.zeros(2, dtype=torch.float64, device=device)
             bar = tqdm(range(batch_start, len(batches)), desc=f"epoch {epoch + 1}/{epochs}",
                        leave=False, dynamic_ncols=True, mininterval=1.0,
                        disable=None)  # None: a bar on a terminal, none in log files
             for b in bar:
                 idx = batches[b]
-                batch = collate([train_set[k] for k in idx.tolist()],
-                                None if rotations is None else rotations[idx], dtype)
+                graphs = [train_set[k] for k in idx.tolist()]
+                if symmetry_weight > 0:
+                    batch, both = paired_batch(graphs, rotations[idx], dtype)
+                else:
+                    batch = collate(graphs, None if rotations is None else rotations[idx], dtype)
                 energies, forces = predict(model, batch, create_graph=True)
                 loss, _, _ = loss_terms(energies, forces, batch, stats, weights)
+                if symmetry_weight > 0:
+                    loss = loss + symmetry_weight * symmetry_loss(energies, forces, batch, both, stats, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip:
@@ -475,8 +543,9 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
                 fh.write(json.dumps(metrics) + "\n")
             tqdm.write(f"epoch {epoch}: train loss {metrics['train_loss']:.4g}, val loss {metrics['loss']:.4g}, "
                        f"E MAE {metrics['energy_mae_mev_per_atom']:.3g} meV/atom, F MAE "
-                       f"{metrics['force_mae_mev_per_a']:.4g} / RMSE {metrics['force_rmse_mev_per_a']:.4g} meV/Å",
-                       file=sys.stderr)
+                       f"{metrics['force_mae_mev_per_a']:.4g} / RMSE {metrics['force_rmse_mev_per_a']:.4g} meV/Å"
+                       + (f", rotation spread F {metrics['rotation_force_mad_mev_per_a']:.3g} meV/Å"
+                          if "rotation_force_mad_mev_per_a" in metrics else ""), file=sys.stderr)
             if budget is not None and elapsed + metrics["epoch_s"] > budget and stopped_by is None:
                 stopped_by = "time"
     if isinstance(stopped_by, int):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from server.errors import MLIPError
+from server.processes import start
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_LIQUID = ROOT / "ipi_inputs" / "structures" / "water-64-liquid-300K.extxyz"
@@ -25,8 +25,7 @@ class RunFailed(MLIPError):
 def _launch(experiment, model, out: Path, options, threads: int, log: Path):
     cmd = [sys.executable, "-m", "server.launcher", experiment, "--model", str(model), "--out", str(out),
            "--progress", "0", *map(str, options)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    return start(cmd, log=log, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
 
 
 def run_all(jobs, work: Path) -> dict:
