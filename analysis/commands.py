@@ -256,8 +256,9 @@ def dipole(u, opt: Options) -> dict:
         ac = DipoleAutocorrelation(u, water, dt_ps=opt.dt_ps, n_blocks=opt.n_blocks)
         ac.run(**opt.run_kw_for("dipole autocorrelation"))
         a = ac.results
-        summary.update({"tau1_ps": a.tau1, "tau1_ps_err": a.tau1_err,
-                        "tau2_ps": a.tau2, "tau2_ps_err": a.tau2_err, "dt_ps": opt.dt_ps})
+        summary.update({"tau1_ps": a.tau1, "tau1_ps_err": a.tau1_err, "tau1_complete": a.tau1_complete,
+                        "tau2_ps": a.tau2, "tau2_ps_err": a.tau2_err, "tau2_complete": a.tau2_complete,
+                        "dt_ps": opt.dt_ps})
     else:
         summary["autocorrelation"] = f"skipped: {TIMESTEP_FIX}"
     if opt.charges:
@@ -287,8 +288,8 @@ def dipole(u, opt: Options) -> dict:
     if ac:
         a = ac.results
         ax = axes[0, 1]
-        output.band(ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 = {a.tau1:.3g} ps")
-        output.band(ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 = {a.tau2:.3g} ps")
+        output.band(ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 {'=' if a.tau1_complete else '≥'} {a.tau1:.3g} ps")
+        output.band(ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 {'=' if a.tau2_complete else '≥'} {a.tau2:.3g} ps")
         ax.set_xlim(0, a.time[-1] / 2 if len(a.time) > 2 else 1)
         ax.set_xlabel("t (ps)")
         ax.set_ylabel("C_n(t)")

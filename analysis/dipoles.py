@@ -215,7 +215,13 @@ class DipoleAutocorrelation(_PerFrame):
     Parameters: ``dt_ps`` time between trajectory frames in ps (default: trajectory ``dt``).
     Results: ``time`` (ps), ``C1``, ``C1_err``, ``C2``, ``C2_err`` (errors from blocks, NaN
     beyond one block's length), ``tau1``, ``tau1_err``, ``tau2``, ``tau2_err`` (ps, integrated
-    to the first zero crossing).
+    to the first zero crossing), ``tau1_complete``, ``tau2_complete``.
+
+    ``tau_n_complete`` is False when C_n never reaches zero in the run: τ_n is then the integral
+    over the whole run, a lower bound that depends on the run length, not a relaxation time.
+    ``tau_n_err`` is the standard error of the same estimator over blocks, so it is given only
+    when C_n reaches zero inside every block; otherwise it is NaN (blocks shorter than the decay
+    would give a tight scatter of a different, truncated quantity).
     """
 
     _per_frame = ("u",)
@@ -243,18 +249,19 @@ class DipoleAutocorrelation(_PerFrame):
         r.C1, r.C2 = _c1_c2(U)
         r.tau1 = integrated_time(r.time, r.C1)
         r.tau2 = integrated_time(r.time, r.C2)
+        r.tau1_complete, r.tau2_complete = bool(np.any(r.C1 <= 0)), bool(np.any(r.C2 <= 0))
         b1, b2, t1, t2 = [], [], [], []
         for s in block_slices(F, self.n_blocks):
             c1, c2 = _c1_c2(U[s])
             n = len(c1)
-            t1.append(integrated_time(r.time[:n], c1))
-            t2.append(integrated_time(r.time[:n], c2))
+            t1.append(integrated_time(r.time[:n], c1) if np.any(c1 <= 0) else np.nan)
+            t2.append(integrated_time(r.time[:n], c2) if np.any(c2 <= 0) else np.nan)
             b1.append(np.pad(c1, (0, F - n), constant_values=np.nan))
             b2.append(np.pad(c2, (0, F - n), constant_values=np.nan))
         r.C1_err = mean_sem(b1)[1]
         r.C2_err = mean_sem(b2)[1]
-        r.tau1_err = mean_sem(t1)[1]
-        r.tau2_err = mean_sem(t2)[1]
+        r.tau1_err = mean_sem(t1)[1] if np.all(np.isfinite(t1)) else np.nan
+        r.tau2_err = mean_sem(t2)[1] if np.all(np.isfinite(t2)) else np.nan
         del r["u"]
 
 

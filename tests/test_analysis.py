@@ -290,6 +290,21 @@ def test_rotating_molecules_c1_is_cos_omega_t():
     np.testing.assert_allclose(a.C2, 0.5 * (3 * np.cos(omega * t) ** 2 - 1), atol=4e-5)
     assert a.tau1 == pytest.approx(1 / omega, rel=2e-3)  # ∫_0^{pi/2w} cos(wt) dt
     assert a.tau2 == pytest.approx(0.5924 / omega, rel=5e-3)
+    assert a.tau1_complete and a.tau2_complete
+    # 5 blocks of 12 frames (lags up to 0.11 ps): C1 reaches zero at pi/2w = 0.26 ps and C2 at
+    # 0.16 ps, so the blocks cannot estimate the errors of τ1, τ2
+    assert np.isnan(a.tau1_err) and np.isnan(a.tau2_err)
+    # 2 blocks of 0.3 ps resolve both; every block is the same rigid rotation: no scatter
+    b = DipoleAutocorrelation(u, w, dt_ps=dt, n_blocks=2).run().results
+    assert b.tau1 == a.tau1 and b.tau1_err == pytest.approx(0.0, abs=1e-4)
+    # a rotation too slow to decorrelate within the run: τ1 is only a lower bound, flagged, no error
+    slow = 0.5
+    u_dir = np.cos(slow * t[:, None, None]) * u0 + np.sin(slow * t[:, None, None]) * np.cross(axis, u0)
+    x = rigid_water(o, u_dir, np.broadcast_to(axis, (F, M, 3)))
+    c = DipoleAutocorrelation(build_universe(water_names(M), np.mod(x, L), cubic(L), dt_ps=dt), w,
+                              dt_ps=dt).run().results
+    assert not c.tau1_complete and np.isnan(c.tau1_err)
+    assert c.tau1 == pytest.approx(np.sin(slow * t[-1]) / slow, rel=1e-3)  # ∫_0^T cos: the whole run
 
 
 def test_dielectric_constant_of_independent_dipoles():

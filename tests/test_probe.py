@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,3 +78,18 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
     edge = 3.5 - 0.05  # the tabulated r of the bin whose upper edge is 3.5 Å
     assert raw == pytest.approx(edge) and other == pytest.approx(2 * edge)
     assert other_err == pytest.approx(0.02 * edge)
+
+
+def test_compare_uses_welch_t_with_few_blocks():
+    from analysis.probe.report import compare
+
+    # 4 blocks each: 3 + 3 → 6 degrees of freedom; t = 3/√2 = 2.12 passes |z| ≥ 2 but not t(6) = 2.447
+    c = compare(0.0, 1.0, 3.0, 1.0, n_blocks=4)
+    assert c["t"] == pytest.approx(3 / np.sqrt(2)) and c["dof"] == pytest.approx(6.0)
+    assert c["t_crit"] == pytest.approx(2.4469, abs=1e-4) and c["significant"] is False
+    assert compare(0.0, 1.0, 4.0, 1.0, n_blocks=4)["significant"] is True
+    # unequal errors: Welch–Satterthwaite, between 3 and 6
+    assert 3.0 < compare(0.0, 1.0, 4.0, 0.2, n_blocks=4)["dof"] < 3.5
+    # an unknown error (NaN from a run too short to estimate it) gives no verdict
+    for bad in (None, float("nan")):
+        assert compare(0.0, bad, 1.0, 1.0, n_blocks=4)["significant"] is None

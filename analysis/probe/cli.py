@@ -127,7 +127,8 @@ def liquid_section(runs, level) -> dict:
                 v, e = None, None
             values.append((v, e))
         raw = values[0]
-        vs = {names[k]: report.compare(raw[0], raw[1], v[0], v[1]) for k, v in enumerate(values) if k > 0}
+        vs = {names[k]: report.compare(raw[0], raw[1], v[0], v[1], level.n_blocks)
+              for k, v in enumerate(values) if k > 0}
         comparisons.append({"label": label, "values": values, "vs_raw": vs})
     return {"runs": names, "comparisons": comparisons, "n_molecules": level.liquid_molecules,
             "length_ps": level.liquid_inner_steps * dynamics.INNER_FS / 1000, "stride_fs": level.liquid_stride_fs,
