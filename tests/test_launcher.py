@@ -86,18 +86,23 @@ def test_restart_continues_the_run(tmp_path, toy_model):
     assert steps[0] > 10 - 1e-9 and steps[-1] == 20
 
 
-def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
-    before = set(glob.glob("/tmp/ipi_mlip-*"))
-    run = tmp_path / "run"
+def _long_run(run, toy_model, stderr):
+    """A launcher in the middle of a long water-nvt run; returns it and its children's pids."""
     proc = subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "100000", "--molecules", "8",
                                    "--stride", "1", "--out", str(run), "--progress", "0"],
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=stderr, text=True)
     deadline = time.monotonic() + 120
     while not ((run / "sim.out").exists() and len((run / "sim.out").read_text().splitlines()) > 12):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.2)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 2  # i-PI and mlip-server
+    return proc, children
+
+
+def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
+    before = set(glob.glob("/tmp/ipi_mlip-*"))
+    proc, children = _long_run(tmp_path / "run", toy_model, subprocess.PIPE)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
@@ -110,16 +115,7 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     """SIGKILL leaves the launcher no chance to clean up; its i-PI and server are tied to its life
     (processes.tie_to_parent), receive SIGTERM from the kernel and exit, removing i-PI's socket."""
     before = set(glob.glob("/tmp/ipi_mlip-*"))
-    run = tmp_path / "run"
-    proc = subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "100000", "--molecules", "8",
-                                   "--stride", "1", "--out", str(run), "--progress", "0"],
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not ((run / "sim.out").exists() and len((run / "sim.out").read_text().splitlines()) > 12):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.2)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    assert len(children) == 2  # i-PI and mlip-server
+    proc, children = _long_run(tmp_path / "run", toy_model, subprocess.DEVNULL)
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 60
