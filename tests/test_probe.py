@@ -55,8 +55,6 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
     """Each run's own first g_OO minimum can fall in a different shell when the minimum is shallow
     (the shipped model's runs gave 3.85, 4.32 and 4.23 Å, i.e. coordinations 7.3 vs 10.8): the
     comparison must read n_OO(r) of every run at the raw run's radius."""
-    import numpy as np
-
     from analysis.probe.cli import liquid_section
     from analysis.probe.levels import LEVELS
 
