@@ -33,7 +33,7 @@ test: install
 	$(PY) -m pytest -q -ra tests
 
 demo: install
-	$(PY) -m server.demo
+	$(PY) -m server.ipi.demo
 
 STRUCTURE ?= init.xyz
 serve: install
@@ -56,7 +56,7 @@ train: install
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
 LEVEL ?= quick
 probe: install
-	$(PY) -m analysis.probe.cli $(MODEL) --level $(LEVEL) $(ARGS)
+	$(VENV)/bin/mlip-probe $(MODEL) --level $(LEVEL) $(ARGS)
 
 analyse: install
 	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)
@@ -82,9 +82,9 @@ replay: install
 NP ?= 2
 LAMMPS_ARGS ?=
 lammps: install
-	$(PY) -m server.lammps_run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps $(LAMMPS_ARGS)
 lammps-large: install
-	$(PY) -m server.lammps_run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps-large $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps-large $(LAMMPS_ARGS)
 bench-lammps: install
 	$(PY) bench/lammps_scaling.py $(if $(wildcard $(MODEL)),--model $(MODEL))
 

@@ -4,13 +4,13 @@ Every message is one line that names the problem *and* the fix; the command line
 (:mod:`analysis.cli`) prints it as ``error: <message>`` and exits with status 2.
 """
 
-from server.errors import InputError
+from server.core.errors import InputError
 
 
 class AnalysisInputError(InputError):
     """Bad input to an analysis: missing file, unknown format or element, inconsistent data.
 
-    A :class:`server.errors.InputError`, so one ``except MLIPError`` covers the whole project."""
+    A :class:`server.core.errors.InputError`, so one ``except MLIPError`` covers the whole project."""
 
 
 class BoxError(AnalysisInputError):

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, timeit, write
-from server.averaging import Averaging
-from server.evaluator import Evaluator, Structure
-from training.structures import water_box, water_molecule
+from server.core.averaging import Averaging
+from server.core.evaluator import Evaluator, Structure
+from server.structures import water_box, water_molecule
 
 SPECS = ["none", "i", "2", "2i", "3i"]
 
@@ -52,7 +52,7 @@ IPI_XML = """<simulation verbosity='quiet'>
 
 def ipi_ffrotations(workdir, atoms, model, spec, steps=(2, 6), extra=()):
     from server import processes
-    from server.ipi_sim_files import write_ipi_xyz
+    from server.structures import write_ipi_xyz
 
     order, inv = (1, "false") if spec == "none" else (int(spec.rstrip("i")), str(spec.endswith("i")).lower())
     times = []

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import default_model, machine, write
 from server import ipi_sim
-from training.structures import water_box
+from server.structures import water_box
 
 
 def per_step(workdir, atoms, model, steps, **kw):

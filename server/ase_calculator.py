@@ -6,17 +6,23 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from .averaging import Averaging
-from .evaluator import Evaluator, Structure
+from .core.averaging import Averaging
+from .core.evaluator import Evaluator, Structure
+
+__all__ = ["MLIPCalculator"]
 
 
 class MLIPCalculator(Calculator):
     """ASE calculator for a contract model.
 
-    Args:
-        model: model path, ScriptModule, or an existing :class:`Evaluator`.
-        average: averaging spec (``none``, ``2i``, ``random``, ...).
-        device, dtype: as for :class:`Evaluator`.
+    Parameters
+    ----------
+    model : str, torch.jit.ScriptModule or Evaluator
+        Model path, scripted module, or an existing :class:`Evaluator`.
+    average : str or Averaging
+        Averaging spec (``none``, ``2i``, ``random``, ...).
+    device, dtype : str
+        As for :class:`Evaluator`.
 
     Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³,
     = −W/V with the virial W symmetrised; periodic cells only), and for averaged

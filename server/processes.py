@@ -1,6 +1,6 @@
 """Starting and stopping i-PI and force-server processes without sleeps or leftovers.
 
-Used by the launcher, the demo, the benchmarks and the tests: unique socket names,
+Used by the launchers (i-PI and LAMMPS), the benchmarks and the tests: unique socket names,
 waiting for i-PI's socket to appear (instead of ``sleep``), and a clean stop that
 kills what was started and removes the socket files that i-PI leaves behind.
 """
@@ -17,8 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import ProtocolError
-from .socket_server import UNIX_PREFIX
+from .core.errors import ProtocolError
+from .protocol import UNIX_PREFIX
 
 BIN = Path(sys.executable).parent
 
@@ -61,15 +61,17 @@ def executable(name: str) -> str:
     return str(path) if path.exists() else (shutil.which(name) or name)
 
 
-def start_ipi(xml, cwd, log="ipi.log") -> subprocess.Popen:
-    return start([executable("i-pi"), xml], cwd=cwd, log=Path(cwd) / log)
+def start_ipi(xml, cwd, log="ipi.log", env=None) -> subprocess.Popen:
+    """i-PI on input ``xml`` in folder ``cwd``, its output in ``cwd/log``."""
+    return start([executable("i-pi"), xml], cwd=cwd, log=Path(cwd) / log, env=env)
 
 
-def start_server(model, structure, addresses, cwd, log="server.log", extra=()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "server.cli", "--model", model, "--structure", structure]
+def start_server(model, structure, addresses, cwd, log="server.log", extra=(), env=None) -> subprocess.Popen:
+    """``mlip-server`` for ``model`` on ``addresses``, elements from ``structure``, output in ``cwd/log``."""
+    cmd = [sys.executable, "-m", "server.ipi.serve", "--model", model, "--structure", structure]
     for a in addresses:
         cmd += ["--address", a]
-    return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log)
+    return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log, env=env)
 
 
 def wait_for_socket(name: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

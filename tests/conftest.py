@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.structures import water_box
+from server.structures import water_box
 from training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
 
 ROOT = Path(__file__).resolve().parents[1]

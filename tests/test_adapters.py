@@ -4,10 +4,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server import ipi_sim
+import ipi_sim
 from server import processes
 
-PES = Path(__file__).resolve().parents[1] / "server" / "ipi_pes.py"
+PES = Path(__file__).resolve().parents[1] / "server" / "ipi" / "pes.py"
 
 
 def _xml(forcefield):

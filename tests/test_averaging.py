@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from server.averaging import Averaging
-from server.errors import InputError
-from server.evaluator import Evaluator, Structure
+from server.core.averaging import Averaging
+from server.core.errors import InputError
+from server.core.evaluator import Evaluator, Structure
 from test_evaluator import finite_difference_forces, strain_derivative_virial
-from training.structures import water_box, water_molecule
+from server.structures import water_box, water_molecule
 
 
 def _cluster():
@@ -127,7 +127,7 @@ def test_random_rotation_changes_every_call_and_is_reproducible(strongly_anisotr
 def test_agrees_with_ipi_ffrotations(tmp_path, strongly_anisotropic_model):
     """i-PI's engine-side <ffrotations> (legendre 2 + inversion) around our raw endpoint
     equals our 2i endpoint, step by step, on the same trajectory."""
-    from server import ipi_sim
+    import ipi_sim
     from server import processes
 
     atoms = water_box(8, seed=6)

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from server import processes
-from server.cli import main as server_main
-from server.errors import InputError, ModelError
-from server.evaluator import Evaluator, Structure
-from server.ipi_protocol import HEADERS
+from server.ipi.serve import main as server_main
+from server.core.errors import InputError, ModelError
+from server.core.evaluator import Evaluator, Structure
+from server.protocol import HEADERS
 
-SERVER = [sys.executable, "-m", "server.cli"]
+SERVER = [sys.executable, "-m", "server.ipi.serve"]
 
 
 class FakeIPI:
@@ -62,7 +62,7 @@ class FakeIPI:
 
 @pytest.fixture
 def molecule():
-    from training.structures import water_molecule
+    from server.structures import water_molecule
 
     return water_molecule(center=(5.0, 5.0, 5.0))
 
@@ -160,7 +160,7 @@ def test_no_ipi_times_out(tmp_path, toy_model, molecule, capsys):
 
 
 def _run_cli(tmp_path, capsys, model, *extra, molecule=None):
-    from training.structures import water_molecule
+    from server.structures import water_molecule
 
     (molecule or water_molecule()).write(tmp_path / "m.xyz")
     code = server_main(["--model", str(model), "--structure", str(tmp_path / "m.xyz"), "--address",

@@ -5,7 +5,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
 
-from server.evaluator import Evaluator, Structure
+from server.core.evaluator import Evaluator, Structure
 
 
 def _energy(ev, positions, numbers, cell, pbc=True):
@@ -58,7 +58,7 @@ def test_forces_and_virial_match_finite_differences(request, which, toy_model):
 
 
 def test_nonperiodic_forces_match_finite_differences(toy_model):
-    from training.structures import water_molecule
+    from server.structures import water_molecule
 
     mol = water_molecule() + water_molecule(center=(2.9, 0.3, 0.1))
     s = Structure(mol.positions, mol.numbers)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from server import ipi_sim
-from server.evaluator import Evaluator, Structure
+import ipi_sim
+from server.core.evaluator import Evaluator, Structure
 
 
 @pytest.mark.parametrize("mode", ["unix", "inet"])

@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import lammps_run, processes
-from server.lammps_bridge import DeckError, split_deck
-from server.lammps_run import LammpsRun, bridge_env, find_mpiexec, leftover_shm_files, shm_files
+from server import processes
+from server.lammps import runner as lammps_run
+from server.lammps.deck import DeckError, split_deck
+from server.lammps.mpi import find_mpiexec, leftover_shm_files, shm_files
+from server.lammps.mpi import mpi_env as bridge_env
+from server.lammps.runner import LammpsRun
 
 ROOT = Path(__file__).resolve().parents[1]
 DECKS = ROOT / "lammps_inputs"
@@ -209,8 +212,7 @@ def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
 @pytest.fixture(scope="session")
 def water_data(tmp_path_factory):
     """128 water molecules (384 atoms) from the project's builder, as a LAMMPS data file."""
-    sys.path.insert(0, str(DECKS))
-    from make_data import write_water_data
+    from server.structures import write_water_data
 
     return write_water_data(128, tmp_path_factory.mktemp("water") / "water-128.data", seed=3)
 
@@ -231,7 +233,7 @@ def test_water_nve_conserves_energy_and_matches_the_evaluator(tmp_path, toy_mode
     # measured: max |ΔE| ≈ 7e-4 eV/atom while the toy model heats the box by ~450 eV
     assert drift / n < 2.5e-3, drift / n
     assert drift < 0.01 * heat, (drift, heat)  # forces are the gradient of the energy LAMMPS reports
-    from server.evaluator import Evaluator, Structure
+    from server.core.evaluator import Evaluator, Structure
 
     frame = read_dump(tmp_path / "water-nve.lammpstrj", ["O", "H"])
     assert frame.get_chemical_formula() == "H256O128" and frame.pbc.all()
@@ -325,7 +327,7 @@ def test_model_without_an_element_stops_the_waiting_bridge(tmp_path, lj_model, w
 
 def test_no_server_connecting_is_a_one_line_error(tmp_path, water_data):
     name = processes.unique_name("lammps")
-    cmd = [sys.executable, "-m", "server.lammps_bridge", str(DECKS / "in.water-nve"), "--address", f"unix:{name}",
+    cmd = [sys.executable, "-m", "server.lammps.bridge", str(DECKS / "in.water-nve"), "--address", f"unix:{name}",
            "-e", "O", "H", "--var", "data", str(water_data), "--connect-timeout", "1"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=tmp_path, env=bridge_env(), capture_output=True, text=True, timeout=60)
@@ -342,7 +344,7 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
     import signal
 
     deck = _lj_deck(tmp_path, "", steps=100000)
-    cmd = [sys.executable, "-m", "server.lammps_run", str(deck), "--model", lj_model, "-e", "Ar", "--workdir",
+    cmd = [sys.executable, "-m", "server.lammps.runner", str(deck), "--model", lj_model, "-e", "Ar", "--workdir",
            str(tmp_path / "run"), "--threads", "1"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []

@@ -12,10 +12,10 @@ import ase.io
 import numpy as np
 import pytest
 
-from server.launcher import experiments, main as mlip_run
-from training.structures import water_box
+from server.ipi.launcher import experiments, main as mlip_run
+from server.structures import water_box
 
-RUN = [sys.executable, "-m", "server.launcher"]
+RUN = [sys.executable, "-m", "server.ipi.launcher"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,7 +67,7 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
                      "--specs", "none,i", "--dtype", "float64", "--out", str(tmp_path / "run"),
                      "--progress", "0"]) == 0
     data = np.loadtxt(tmp_path / "run" / "sim.out")
-    from server.evaluator import Evaluator, Structure
+    from server.core.evaluator import Evaluator, Structure
 
     ev = Evaluator(toy_model)
     for k, atoms in enumerate(frames):  # step k+1 holds frame k

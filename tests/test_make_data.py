@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from training.make_data import perturbed
-from training.structures import water_box
+from server.structures import water_box
 
 
 def _oo(atoms):

@@ -14,11 +14,12 @@ from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
 
 from ipi.utils.units import unit_to_internal  # noqa: E402
 
-from server import ipi_sim, processes  # noqa: E402
-from server.evaluator import Evaluator, Structure  # noqa: E402
-from server.metatomic_model import is_metatomic_file  # noqa: E402
+import ipi_sim  # noqa: E402
+from server import processes  # noqa: E402
+from server.core.evaluator import Evaluator, Structure  # noqa: E402
+from server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
 from training.export_metatomic import export_metatomic  # noqa: E402
-from training.structures import water_box  # noqa: E402
+from server.structures import water_box  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_detects_metatomic_files(metatomic_model, strongly_anisotropic_model):
 
 def test_equals_the_contract_model_it_wraps(metatomic_model, strongly_anisotropic_model):
     ours, wrapped = Evaluator(strongly_anisotropic_model), Evaluator(metatomic_model)
-    assert wrapped.model.metatomic is not None and wrapped.cutoff == ours.cutoff
+    assert isinstance(wrapped.model, MetatomicModel) and wrapped.cutoff == ours.cutoff
     structures = _structures()
     for spec in ("none", "2i"):
         for a, b in zip(ours.compute(structures, spec), wrapped.compute(structures, spec)):
@@ -236,7 +237,7 @@ def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
     from ase import Atoms
 
     Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[10, 10, 10], pbc=True).write(tmp_path / "nacl.xyz")
-    out = subprocess.run([sys.executable, "-m", "server.cli", "--model", metatomic_model, "--structure",
+    out = subprocess.run([sys.executable, "-m", "server.ipi.serve", "--model", metatomic_model, "--structure",
                           str(tmp_path / "nacl.xyz"), "--address", "unix:never-used"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2

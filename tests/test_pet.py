@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from server.evaluator import Evaluator, Structure
+from server.core.evaluator import Evaluator, Structure
 from training import data as data_mod
 from training import train as train_mod
 from training.pet import PET, reverse_edges, to_torchscript
-from training.structures import water_box, water_molecule
+from server.structures import water_box, water_molecule
 from training.toy_models import AnisotropicPairModel
 from training.toy_models import export as export_toy
 
@@ -107,7 +107,7 @@ def _brute_force_reverse(edge_index, vectors):
 @pytest.mark.parametrize("n_molecules", [1, 8])
 def test_reverse_edges_match_brute_force(n_molecules):
     """Small cells: several images of a pair, and (one molecule) atoms that see their own images."""
-    from server.neighbors import neighbor_list
+    from server.core.neighbors import neighbor_list
 
     atoms = water_box(n_molecules, seed=4)
     edge_index, vectors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
@@ -374,9 +374,9 @@ def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
     exactly k·(r0 − r)³ per pair (each pair once, although the list holds it twice)."""
     import torch
 
-    from server.evaluator import Evaluator, Structure
+    from server.core.evaluator import Evaluator, Structure
     from training.short_range import add_wall
-    from training.structures import water_box
+    from server.structures import water_box
 
     walled = add_wall(toy_model, tmp_path / "walled.pt", k=50.0)
     plain, wall = Evaluator(toy_model), Evaluator(walled)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from ase import Atoms
 
-from server.evaluator import Evaluator, Structure
-from server.neighbors import neighbor_list
+from server.core.evaluator import Evaluator, Structure
+from server.core.neighbors import neighbor_list
 from training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
-from training.structures import water_molecule
+from server.structures import water_molecule
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NETWORK = DATA / "bpnnp-revpbe0d3"

@@ -4,7 +4,7 @@
   in ``atoms.info["energy"]`` or on a (single-point) calculator, forces in
   ``atoms.arrays["forces"]`` or on the calculator.
 * :func:`build_graphs` makes one :class:`Graph` per frame with the server's own
-  neighbour list (:func:`server.neighbors.neighbor_list`), so training sees exactly the
+  neighbour list (:func:`server.core.neighbors.neighbor_list`), so training sees exactly the
   graphs the server will build.
 * :func:`collate` packs several graphs into the contract's tensors, optionally rotating
   each structure (edge vectors and force labels alike) by its own 3×3 matrix;
@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from server.neighbors import neighbor_list
+from server.core.neighbors import neighbor_list
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.evaluator import Evaluator, Structure
+from server.core.evaluator import Evaluator, Structure
 
 
 def accuracy(ev: Evaluator, frames) -> dict:
@@ -53,7 +53,7 @@ def symmetry_breaking(ev: Evaluator, frames, grid: str) -> dict:
 
 
 def speed(ev: Evaluator) -> dict:
-    from training.structures import water_box
+    from server.structures import water_box
 
     out = {}
     for n in (64, 512):

@@ -16,7 +16,7 @@ import tempfile
 import torch
 from ase.data import chemical_symbols
 
-from server.errors import MLIPError
+from server.core.errors import MLIPError
 from training.n2p2 import N2P2Model, read_n2p2
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cluster(n_molecules: int, seed: int):
     """n molecules cut from a liquid box around its first oxygen, in a 30 Å box."""
-    from training.structures import water_box
+    from server.structures import water_box
 
     box = water_box(max(8, n_molecules), seed=seed)
     oxygens = np.flatnonzero(box.numbers == 8)
@@ -155,7 +155,7 @@ def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> 
     """A 64-molecule liquid at ``density`` g/cm³: a frame of ``source`` (teacher-equilibrated liquid,
     e.g. an earlier training set) with its molecule centres scaled to the density, else a new box."""
     import ase.io
-    from training.structures import AVOGADRO, WATER_MASS, water_box
+    from server.structures import AVOGADRO, WATER_MASS, water_box
 
     path = work / f"start-d{density:.2f}-{seed}.extxyz"
     frames = []
@@ -186,7 +186,7 @@ def _compressed(atoms, scale: float):
 
 
 def _molecule(work: Path) -> Path:
-    from training.structures import water_molecule
+    from server.structures import water_molecule
 
     mol = water_molecule(center=(15.0, 15.0, 15.0))
     mol.cell, mol.pbc = [30.0, 30.0, 30.0], True
@@ -203,7 +203,7 @@ def simulate(args, work: Path) -> list[dict]:
     procs = []
     for run in runs:
         model = Path(run.get("model", args.teacher)).resolve()
-        cmd = [sys.executable, "-m", "server.launcher", run["experiment"], "--model", str(model),
+        cmd = [sys.executable, "-m", "server.ipi.launcher", run["experiment"], "--model", str(model),
                "--steps", str(run.get("steps", 10000000)), "--stride", str(run.get("stride", args.stride)),
                "--device", args.device, "--dtype", run.get("dtype", "float64"),
                "--out", str(work / run["name"]), "--progress", "0", *run["options"]]
@@ -271,7 +271,7 @@ def _read_complete(path):
 
 def label(frames: dict, teacher: str, device: str, batch: int):
     """Energies and forces of the teacher (float64) stored in the Atoms (info/arrays)."""
-    from server.evaluator import Evaluator, Structure
+    from server.core.evaluator import Evaluator, Structure
 
     ev = Evaluator(teacher, device=device, dtype="float64")
     for name, atoms in frames.items():

@@ -52,7 +52,7 @@ import ase.units
 import numpy as np
 import torch
 
-from server.errors import MLIPError
+from server.core.errors import MLIPError
 
 __all__ = ["N2P2FormatError", "SymmetryFunction", "ElementNetwork", "N2P2Potential",
            "read_n2p2", "N2P2Model", "ACTIVATIONS", "CUTOFF_TYPES"]

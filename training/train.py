@@ -64,7 +64,7 @@ import torch
 from .data import (Graph, build_graphs, collate, fit_baseline, forces_from_edge_gradient,
                    random_rotations, read_frames)
 from .pet import PET, build, count_parameters, to_torchscript
-from server.errors import ModelError
+from server.core.errors import ModelError
 
 DEFAULTS = {
     "seed": 0,
@@ -350,7 +350,7 @@ def export(checkpoint, path) -> str:
     """Exports the best model of ``checkpoint`` (path or dict) to a TorchScript file
     ``path`` under the model contract (attributes ``cutoff``, ``species``) and checks
     that the server loads it. Returns the path."""
-    from server.model import load_model
+    from server.formats import load_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -401,7 +401,7 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
 
     out_dir = Path(config["output_dir"])
     ckpt_path = out_dir / CHECKPOINT
-    from server.model import parse_device, parse_dtype
+    from server.formats import parse_device, parse_dtype
 
     device = parse_device(config["device"])
     dtype = parse_dtype(config["dtype"])

@@ -3,7 +3,7 @@
     python -m training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt \\
         --dft ../shared/data/dft/water_revpbe0d3_190.xyz --out models
 
-Evaluates every frame with the project's :class:`server.evaluator.Evaluator` and reports
+Evaluates every frame with the project's :class:`server.core.evaluator.Evaluator` and reports
 
 * energy: per-frame error per atom e_k = (E_pred − E_DFT)/N_atoms; its mean ("offset")
   and standard deviation ("spread"), in meV/atom (the absolute offset depends on the DFT
@@ -33,8 +33,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from server.errors import MLIPError  # noqa: E402
-from server.evaluator import Evaluator, Structure  # noqa: E402
+from server.core.errors import MLIPError  # noqa: E402
+from server.core.evaluator import Evaluator, Structure  # noqa: E402
 
 ACCEPT_FORCE_RMSE = 0.13  # eV/Å
 ACCEPT_ENERGY_SPREAD = 4.0  # meV/atom
@@ -147,7 +147,7 @@ def markdown(report: dict) -> str:
         "# Teacher validation: revPBE0-D3 Behler–Parrinello water potential",
         "",
         f"Model `{report['model']}` (n2p2/RuNNer network of Cheng et al., PNAS 2019, exported by "
-        "`training.export_teacher`), evaluated with `server.evaluator.Evaluator` "
+        "`training.export_teacher`), evaluated with `server.core.evaluator.Evaluator` "
         f"({report['dtype']}, {m['device']}) on all {v['n_frames']} frames of `{report['dft']}` "
         "(revPBE0-D3 DFT, 192 atoms each). Written by `python -m training.validate_teacher` on "
         f"{report['date']}.",

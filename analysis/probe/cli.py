@@ -22,7 +22,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
-from server.errors import MLIPError
+from server.core.errors import MLIPError
 
 from . import dynamics, report, static
 from .levels import LEVELS
@@ -34,7 +34,7 @@ SHARED = ROOT.parent / "shared" / "data"
 def default_dataset():
     """The shipped water structures: a 64-molecule liquid frame, a gas-phase molecule and,
     when the ice cells are available, the smallest proton-disordered cell."""
-    from training.structures import water_molecule
+    from server.structures import water_molecule
 
     frames = [ase.io.read(dynamics.SHIPPED_LIQUID, index=0)]
     mol = water_molecule(center=(15.0, 15.0, 15.0))
@@ -139,7 +139,7 @@ def liquid_section(runs, level) -> dict:
 
 def probe(args) -> dict:
     import torch
-    from server.evaluator import Evaluator
+    from server.core.evaluator import Evaluator
 
     level = LEVELS[args.level]
     t_start = time.monotonic()

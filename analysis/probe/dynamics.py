@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from server.errors import MLIPError
+from server.core.errors import MLIPError
 from server.processes import start
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ class RunFailed(MLIPError):
 
 
 def _launch(experiment, model, out: Path, options, threads: int, log: Path):
-    cmd = [sys.executable, "-m", "server.launcher", experiment, "--model", str(model), "--out", str(out),
+    cmd = [sys.executable, "-m", "server.ipi.launcher", experiment, "--model", str(model), "--out", str(out),
            "--progress", "0", *map(str, options)]
     return start(cmd, log=log, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.evaluator import Evaluator, Structure
+from server.core.evaluator import Evaluator, Structure
 
 
 def convergence(ev: Evaluator, frames, grids, reference_grid: str) -> dict:

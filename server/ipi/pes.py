@@ -5,11 +5,11 @@ project must be installed, e.g. ``pip install -e .``)::
 
     <ffdirect name='mlip'>
       <pes>custom</pes>
-      <pes_path>/path/to/project/server/ipi_pes.py</pes_path>
+      <pes_path>/path/to/project/server/ipi/pes.py</pes_path>
       <parameters>{model: model.pt, structure: init.xyz, average: none, dtype: float64}</parameters>
     </ffdirect>
 
-    i-pi-py_driver -m custom -P server/ipi_pes.py -u -a NAME -o model=model.pt,structure=init.xyz
+    i-pi-py_driver -m custom -P server/ipi/pes.py -u -a NAME -o model=model.pt,structure=init.xyz
 
 Parameters: ``model`` (path), ``structure`` (file giving the elements in i-PI's
 order), ``average`` (spec), ``device``, ``dtype``, ``nonperiodic`` (bool).
@@ -21,10 +21,12 @@ import json
 import numpy as np
 from ipi.pes.dummy import Dummy_driver
 
-from server.averaging import Averaging
-from server.cli import read_numbers
-from server.evaluator import Evaluator, Structure
-from server.ipi_protocol import BOHR_PER_ANGSTROM, HARTREE_PER_EV, cell_to_rows
+from server.core.averaging import Averaging
+from server.core.evaluator import Evaluator, Structure
+from server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result
+from server.structures import read_numbers
+
+__all__ = ["MLIPDriver"]
 
 __DRIVER_NAME__ = "mlip"
 __DRIVER_CLASS__ = "MLIPDriver"
@@ -56,11 +58,9 @@ class MLIPDriver(Dummy_driver):
         cells, positions = (cell, pos) if batched else ([cell], [pos])
         results = self.evaluator.compute([self._structure(c, p) for c, p in zip(cells, positions)],
                                          self.averaging)
-        out = [
-            (r.energy * HARTREE_PER_EV,
-             r.forces.reshape(np.shape(p)) * (HARTREE_PER_EV / BOHR_PER_ANGSTROM),
-             r.virial * HARTREE_PER_EV,
-             json.dumps(r.extras) if r.extras else "")
-            for r, p in zip(results, positions)
-        ]
+        out = []
+        for r, p in zip(results, positions):
+            energy, forces, virial = encode_result(r.energy, r.forces, r.virial)
+            out.append((float(energy), forces.reshape(np.shape(p)), virial.reshape(3, 3),
+                        json.dumps(r.extras) if r.extras else ""))
         return out if batched else out[0]

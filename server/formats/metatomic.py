@@ -5,7 +5,7 @@ takes ``System`` objects (types, positions Å, cell Å, pbc) carrying the neighb
 the model requests, and returns named outputs; we use its ``energy`` output (eV).
 Install with ``pip install -e .[metatomic]``.
 
-How it maps onto the Evaluator (DESIGN.md §3, "adapters"):
+How it maps onto the Evaluator (the ``ModelAdapter`` interface, ARCHITECTURE.md):
 
 * the Evaluator builds one full vesin list at the largest requested cutoff; every requested
   list (its own cutoff, full or half) is cut out of it, so the pairs are exactly those a
@@ -24,7 +24,13 @@ import zipfile
 import numpy as np
 import torch
 
-from .errors import ModelError
+from ..core.errors import ModelError
+from .base import ModelAdapter, first_line
+
+__all__ = ["MetatomicModel", "is_metatomic_file"]
+
+__FORMAT_NAME__ = "metatomic"
+__FORMAT_CLASS__ = "MetatomicModel"
 
 INSTALL_HINT = "pip install -e .[metatomic] (metatomic-torch)"
 
@@ -47,25 +53,42 @@ def _import():
     return mta, mts
 
 
-class MetatomicModel:
-    """A loaded metatomic model with what the Evaluator needs.
+class MetatomicModel(ModelAdapter):
+    """A loaded metatomic model.
 
-    Attributes:
-        module: the ``AtomisticModel``.
-        cutoff: the largest requested neighbour-list cutoff, Å.
-        species: ``capabilities().atomic_types``.
-        dtype: the model's own dtype (metatomic models run in the dtype they declare).
-        requests: the requested ``NeighborListOptions``.
+    Attributes
+    ----------
+    module : AtomisticModel
+        The metatomic model.
+    cutoff : float
+        The largest requested neighbour-list cutoff, Å.
+    species : list of int
+        ``capabilities().atomic_types``.
+    dtype : torch.dtype
+        The model's own dtype (metatomic models run in the dtype they declare).
+    requests : list
+        The requested ``NeighborListOptions``.
     """
+
+    label = "metatomic model"
+    priority = 10
+
+    @classmethod
+    def recognizes(cls, path: str) -> bool:
+        return is_metatomic_file(path)
+
+    @classmethod
+    def load(cls, path, device, dtype) -> "MetatomicModel":
+        return cls(path, device)  # runs in its declared dtype
 
     def __init__(self, path: str, device: torch.device):
         mta, mts = _import()
         self._mta, self._mts = mta, mts
+        self.path = path
         try:
             module = mta.load_atomistic_model(path)
         except Exception as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"{path!r}: metatomic could not load it ({first[:160]}): "
+            raise ModelError(f"{path!r}: metatomic could not load it ({first_line(err)[:160]}): "
                              "check that it was exported with a compatible metatomic-torch") from None
         capabilities = module.capabilities()
         if "energy" not in capabilities.outputs:
@@ -91,11 +114,8 @@ class MetatomicModel:
         self._distance = mts.Labels("distance", torch.zeros((1, 1), dtype=torch.int32, device=device))
 
     def evaluate(self, copies):
-        """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies``.
-
-        ``copies``: list of ``(graph, R)`` with a graph of the Evaluator (positions, cell, pbc,
-        numbers, edge_index, shifts, lengths2; Å) and a rotation R [3,3]; results are in the original frame.
-        """
+        """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies`` (see
+        :meth:`ModelAdapter.evaluate`), from one call of the model on one ``System`` per copy."""
         dev, dt = self.device, self.dtype
         systems, leaves, strains = [], [], []
         for g, rot in copies:

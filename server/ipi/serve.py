@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
-import numpy as np
+from ..core.averaging import VALID_SPECS, Averaging
+from ..core.errors import InputError, MLIPError
+from ..structures import read_numbers
 
-from .averaging import VALID_SPECS, Averaging
-from .errors import InputError, MLIPError, ModelError
+__all__ = ["main", "build_parser"]
 
 log = logging.getLogger("mlip-server")
 
@@ -56,26 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_numbers(path: str) -> np.ndarray:
-    """Atomic numbers of the first frame of ``path`` (any ASE-readable file)."""
-    if not os.path.isfile(path):
-        raise InputError(f"structure file {path!r} not found: pass --structure with i-PI's initial structure")
-    import ase.io
-
-    try:
-        atoms = ase.io.read(path, index=0)
-    except Exception as err:
-        raise InputError(f"cannot read structure file {path!r} with ASE ({str(err)[:100]}): "
-                         "use xyz/extxyz/pdb or another ASE format") from None
-    return atoms.get_atomic_numbers()
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mlip-server: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
-    from .evaluator import Evaluator
-    from .socket_server import Address, ForceServer
+    from ..core.evaluator import Evaluator
+    from ..protocol import Address
+    from .socket_server import ForceServer
 
     try:
         import torch
@@ -88,8 +75,7 @@ def main(argv=None) -> int:
         numbers = read_numbers(args.structure)
         evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype,
                               max_batch_edges=args.max_batch_edges)
-        kind = "metatomic model" if evaluator.model.metatomic is not None else "model"
-        log.info("%s %s: cutoff %.3g Å, species %s, %s on %s", kind, args.model, evaluator.cutoff,
+        log.info("%s %s: cutoff %.3g Å, species %s, %s on %s", evaluator.model.label, args.model, evaluator.cutoff,
                  evaluator.model.species, str(evaluator.dtype).replace("torch.", ""), args.device)
         unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:

@@ -1,6 +1,6 @@
 """Runs a LAMMPS deck with forces from ``mlip-server``: the bridge and the server, in order.
 
-    python -m server.lammps_run lammps_inputs/in.water-nvt --model m.pt -e O H --np 2 \\
+    mlip-lammps-run lammps_inputs/in.water-nvt --model m.pt -e O H --np 2 \\
         --var steps 2000 --workdir runs/water-nvt
 
 Order, without sleeps: the bridge (``mlip-lammps``, under ``mpiexec -n K`` when K > 1)
@@ -18,8 +18,7 @@ them when a rank is killed) are deleted.
 
 When the deck uses ``${data}`` and no ``--var data`` is given, a water box of
 ``--molecules`` molecules is built once into ``lammps_inputs/water-N.data``. Without
-``--model`` the shipped ``models/water-pet.pt`` is used, or, until it ships, the toy
-stand-in (not a physical water model).
+``--model`` the shipped ``models/water-pet.pt`` is used.
 
 Exit status: 0 when both sides finished cleanly, otherwise the failing side's status
 (2 bad input, 1 failed run), 130 on Ctrl-C.
@@ -29,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
-import os
 import signal
 import subprocess
 import sys
@@ -39,91 +36,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import processes
+from .. import processes
+from ..paths import lammps_inputs_dir, shipped_model
+from ..structures import write_water_data
+from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_MODEL = ROOT / "models" / "water-pet.pt"
-SHM_GLOB = "/dev/shm/mpich_shm_*"
-PROG = "lammps-run"
+__all__ = ["LammpsRun", "RunResult", "run", "main", "build_parser", "error_line"]
 
-
-# --------------------------------------------------------------------------- MPICH shm files
-def shm_files() -> set:
-    """MPICH's shared-memory files that exist now."""
-    return set(glob.glob(SHM_GLOB))
-
-
-def mapped_shm_files() -> set:
-    """MPICH shm files that some live process has mapped (those are in use: never touch)."""
-    used = set()
-    for maps in glob.glob("/proc/[0-9]*/maps"):
-        try:
-            with open(maps) as fh:
-                for line in fh:
-                    if "/dev/shm/mpich_shm_" in line:
-                        used.add(line.split(None, 5)[-1].strip().removesuffix(" (deleted)"))
-        except OSError:  # process gone, or not ours
-            continue
-    return used
-
-
-def leftover_shm_files(before: set) -> set:
-    """Files created since ``before`` that are ours and no live process uses: leftovers."""
-    new = {p for p in shm_files() - before if _owned(p)}
-    return new - mapped_shm_files() if new else set()
-
-
-def remove_leftover_shm(before: set) -> list:
-    removed = []
-    for path in sorted(leftover_shm_files(before)):
-        try:
-            os.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-    return removed
-
-
-def _owned(path) -> bool:
-    try:
-        return os.stat(path).st_uid == os.getuid()
-    except FileNotFoundError:
-        return False
-
-
-# --------------------------------------------------------------------------- helpers
-def default_model(workdir: Path) -> str:
-    """The shipped water model, or the toy stand-in exported into ``workdir`` (with a warning)."""
-    if SHIPPED_MODEL.exists():
-        return str(SHIPPED_MODEL)
-    from training.toy_models import export, water_toy
-
-    print(f"{PROG}: models/water-pet.pt is not shipped yet; using the toy stand-in model "
-          "(training/toy_models.py:water_toy), which is NOT a physical water model", flush=True)
-    return export(water_toy(), workdir / "water-toy.pt")
-
-
-def find_mpiexec() -> str:
-    """``mpiexec`` of the virtual environment (MPICH from the ``mpich`` wheel), else from PATH."""
-    local = Path(sys.executable).parent / "mpiexec"
-    if local.exists():
-        return str(local)
-    import shutil
-
-    found = shutil.which("mpiexec")
-    if not found:
-        raise FileNotFoundError("no mpiexec found: pip install mpich (or lammps[mpi]), or use --np 1")
-    return found
-
-
-def bridge_env() -> dict:
-    """Environment for the bridge: MPICH's libmpi found, the project importable, 1 OpenMP thread."""
-    env = dict(os.environ)
-    lib = str(Path(sys.prefix) / "lib")
-    env["LD_LIBRARY_PATH"] = lib + (os.pathsep + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+PROG = "mlip-lammps-run"
 
 
 def error_line(text: str) -> str | None:
@@ -182,7 +102,7 @@ class LammpsRun:
     """One bridge (LAMMPS, optionally under mpiexec) and one mlip-server, started in order.
 
     Args:
-        deck: LAMMPS input (see ``server.lammps_bridge``).
+        deck: LAMMPS input (see :mod:`server.lammps.deck`).
         model: TorchScript model file.
         elements: element of each LAMMPS atom type, in type order.
         np: MPI ranks for LAMMPS (1: no mpiexec).
@@ -214,7 +134,7 @@ class LammpsRun:
 
     # -- commands -------------------------------------------------------------------------
     def bridge_command(self) -> list:
-        cmd = [sys.executable, "-m", "server.lammps_bridge", str(self.deck), "--address", self.address,
+        cmd = [sys.executable, "-m", "server.lammps.bridge", str(self.deck), "--address", self.address,
                "-e", *self.elements, "--write-structure", str(self.structure)]
         for name, value in self.variables:
             cmd += ["--var", name, value]
@@ -241,7 +161,7 @@ class LammpsRun:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._shm_before = shm_files()
         self.structure.unlink(missing_ok=True)
-        self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=bridge_env())
+        self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=mpi_env())
         while not self.structure.exists():
             if self.bridge.poll() is not None or (deadline is not None and time.monotonic() > deadline):
                 return  # failed (or too slow) before listening: wait() reports it
@@ -335,10 +255,10 @@ def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:
 
 # --------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m server.lammps_run", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("deck", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
-    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt or the toy)")
+    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument("-e", "--elements", nargs="+", default=["O", "H"], metavar="SYMBOL",
                    help="element of LAMMPS atom types 1, 2, ... (default: O H)")
     p.add_argument("--np", type=int, default=1, help="MPI ranks for LAMMPS (mpiexec -n NP)")
@@ -377,20 +297,14 @@ def main(argv=None) -> int:
         return 2
     variables = list(args.var)
     if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
-        sys.path.insert(0, str(ROOT / "lammps_inputs"))
-        from make_data import write_water_data
-
-        data = write_water_data(args.molecules, ROOT / "lammps_inputs" / f"water-{args.molecules}.data")
+        data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
         print(f"{PROG}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
         variables.append(("data", str(data)))
-    if args.model is None:
-        model = default_model(workdir.resolve())
-    elif not Path(args.model).is_file():
-        print(f"{PROG}: error: model file {args.model!r} not found: pass --model PATH to a TorchScript file",
+    model = args.model or str(shipped_model())
+    if not Path(model).is_file():
+        print(f"{PROG}: error: model file {model!r} not found: pass --model PATH to a TorchScript file",
               file=sys.stderr)
         return 2
-    else:
-        model = args.model
     server_args = ["--device", args.device, "--dtype", args.dtype, "--average", args.average]
     if args.threads:
         server_args += ["--threads", str(args.threads)]

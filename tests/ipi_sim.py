@@ -1,7 +1,7 @@
 """Small i-PI runs (tests, benchmarks): render an input, run i-PI and mlip-server, read outputs.
 
 The input is a fixed NVT (SVR) or PIMD (PILE-L) water-like setup at 300 K with 0.5 fs steps;
-``ffdirect=True`` evaluates the model in-process (``server/ipi_pes.py``) instead of a socket.
+``ffdirect=True`` evaluates the model in-process (``server/ipi/pes.py``) instead of a socket.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from server import processes
-from server.ipi_sim_files import write_ipi_xyz
+from server.structures import write_ipi_xyz
 
 FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
     <address>{address}</address>{port}<latency>1e-4</latency><batch_size>{batch}</batch_size>
   </ffsocket>
 """
 
-PES = Path(__file__).resolve().parent / "ipi_pes.py"
+PES = Path(__file__).resolve().parents[1] / "server" / "ipi" / "pes.py"
 DIRECT = """  <ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{pes}</pes_path>
     <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters><batch_size>{batch}</batch_size>
   </ffdirect>

@@ -14,72 +14,22 @@ connections *of the same address* (e.g. the other beads), then evaluates.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import socket
 import time
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
-from .averaging import Averaging
-from .errors import InputError, ProtocolError
-from .evaluator import Evaluator, Structure
-from .ipi_protocol import (BOHR_PER_ANGSTROM, HEADERS, Wire, cell_to_rows, encode_extras,
-                           encode_result, parse_init, read_natoms)
+from ..core.averaging import Averaging
+from ..core.errors import ProtocolError
+from ..core.evaluator import Evaluator, Structure
+from ..protocol import (BOHR_PER_ANGSTROM, HEADERS, Address, Wire, cell_to_rows, read_init, read_posdata,
+                        send_forceready)
+
+__all__ = ["ForceServer", "Connection"]
 
 log = logging.getLogger("mlip-server")
-UNIX_PREFIX = "/tmp/ipi_"
-
-
-@dataclass(frozen=True)
-class Address:
-    """``unix:NAME`` (socket file /tmp/ipi_NAME, or NAME itself if it starts with /) or
-    ``inet:HOST:PORT``, optionally followed by ``=SPEC`` (the endpoint's averaging)."""
-
-    kind: str
-    target: str
-    port: int = 0
-    spec: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> "Address":
-        body, _, spec = text.partition("=")
-        kind, sep, rest = body.partition(":")
-        spec = spec or None
-        if kind == "unix" and sep and rest:
-            return cls("unix", rest if rest.startswith("/") else UNIX_PREFIX + rest, 0, spec)
-        if kind == "inet" and sep:
-            host, sep2, port = rest.rpartition(":")
-            if sep2 and host and port.isdigit() and 0 < int(port) < 65536:
-                return cls("inet", host, int(port), spec)
-        raise InputError(f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT, optionally =SPEC")
-
-    def __str__(self):
-        where = self.target if self.kind == "unix" else f"{self.target}:{self.port}"
-        return f"{self.kind}:{where}"
-
-    def try_connect(self) -> socket.socket | None:
-        """One connection attempt: the socket, or None if nobody listens yet or the listener's
-        backlog is full (i-PI accepts and hand-shakes clients one at a time)."""
-        if self.kind == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            target = self.target
-        else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            target = (self.target, self.port)
-        sock.settimeout(0.2)
-        try:
-            sock.connect(target)
-            return sock
-        except (FileNotFoundError, ConnectionRefusedError, BlockingIOError, socket.timeout):
-            sock.close()
-            return None
-        except socket.gaierror as err:
-            sock.close()
-            raise ProtocolError(f"cannot resolve host of {self} ({err}): check the address") from None
 
 
 class Connection:
@@ -122,12 +72,7 @@ class Connection:
             state = "NEEDINIT" if not self.initialized else ("HAVEDATA" if self.results is not None else "READY")
             self.wire.send(HEADERS[state])
         elif name == "INIT":
-            self.wire.read_int("INIT")  # replica index: the server is stateless
-            length = self.wire.read_int("INIT")
-            if length < 0 or length > (1 << 20):
-                raise ProtocolError(f"{self.address}: absurd INIT string length {length}: corrupt stream")
-            text = self.wire.read_exact(length, "INIT").decode("utf-8", "replace")
-            self.batch_size = parse_init(text)
+            text, self.batch_size = read_init(self.wire)
             self.initialized = True
             log.info("%s: INIT %r (batch_size %d)", self.address, text, self.batch_size)
         elif name == "POSDATA":
@@ -144,18 +89,8 @@ class Connection:
     def _read_positions(self):
         if self.results is not None:
             raise ProtocolError(f"{self.address}: POSDATA before the previous forces were collected")
-        if self.batch_size == 1:
-            h = self.wire.read_array(np.float64, 9, "POSDATA")
-            self.wire.read_array(np.float64, 9, "POSDATA")  # inverse cell: not needed
-            natoms = read_natoms(self.wire)
-            cells = [h]
-            positions = self.wire.read_array(np.float64, 3 * natoms, "POSDATA").reshape(1, natoms, 3)
-        else:
-            natoms = read_natoms(self.wire)
-            blocks = self.wire.read_array(np.float64, 18 * self.batch_size, "POSDATA").reshape(-1, 18)
-            cells = [b[:9] for b in blocks]
-            positions = self.wire.read_array(np.float64, 3 * natoms * self.batch_size, "POSDATA")
-            positions = positions.reshape(self.batch_size, natoms, 3)
+        cells, positions = read_posdata(self.wire, self.batch_size)
+        natoms = positions.shape[1]
         if self.numbers is None or len(self.numbers) != natoms:
             raise ProtocolError(
                 f"{self.address}: i-PI sent {natoms} atoms but the server was given "
@@ -172,36 +107,37 @@ class Connection:
     def _send_forces(self):
         if self.results is None:
             raise ProtocolError(f"{self.address}: GETFORCE before POSDATA: protocol out of order")
-        encoded = [encode_result(r.energy, r.forces, r.virial) for r in self.results]
-        extras = [encode_extras(r.extras) for r in self.results]
-        n = np.int32(self.natoms)
-        if self.batch_size == 1:
-            (e, f, v), x = encoded[0], extras[0]
-            self.wire.send(HEADERS["FORCEREADY"], e, n, f, v, np.int32(len(x)), x)
-        else:
-            parts = [HEADERS["FORCEREADY"], np.array([e for e, _, _ in encoded]), n]
-            parts += [f for _, f, _ in encoded] + [v for _, _, v in encoded]
-            for x in extras:
-                parts += [np.int32(len(x)), x]
-            self.wire.send(*parts)
+        send_forceready(self.wire, self.results, self.natoms, batched=self.batch_size > 1)
         self.results = None
 
 
 class ForceServer:
     """Serves one :class:`Evaluator` on several connections.
 
-    Args:
-        evaluator: the model evaluator.
-        addresses: list of :class:`Address` (or strings).
-        numbers: atomic numbers of the atoms, in i-PI's order (the protocol carries
-            positions only).
-        average: default averaging spec for addresses without ``=SPEC``.
-        seed: seed for random-rotation specs.
-        connect_timeout: seconds to wait for each i-PI socket to appear.
-        timeout: seconds a message may stall mid-transfer before the peer is declared dead.
-        idle_timeout: seconds without any message before giving up (0: wait forever).
-        batch_wait: seconds to wait for other connections of the same address.
-        log_every: log batch statistics and diagnostics every this many evaluations.
+    Parameters
+    ----------
+    evaluator : Evaluator
+        The model evaluator.
+    addresses : list of Address or str
+        Where i-PI (or the LAMMPS bridge) listens, each optionally with ``=SPEC``.
+    numbers : array of int
+        Atomic numbers of the atoms, in i-PI's order (the protocol carries positions only).
+    average : str
+        Default averaging spec for addresses without ``=SPEC``.
+    seed : int
+        Seed for random-rotation specs.
+    connect_timeout : float
+        Seconds to wait for each i-PI socket to appear.
+    timeout : float
+        Seconds a message may stall mid-transfer before the peer is declared dead.
+    idle_timeout : float
+        Seconds without any message before giving up (0: wait forever).
+    batch_wait : float
+        Seconds to wait for other connections of the same address.
+    log_every : int
+        Log batch statistics and diagnostics every this many evaluations.
+    nonperiodic : bool
+        Ignore the cell (gas-phase runs).
     """
 
     def __init__(self, evaluator: Evaluator, addresses, numbers, average="none", seed=12345,

@@ -1,0 +1,70 @@
+"""Model formats behind one interface (:class:`~server.formats.base.ModelAdapter`).
+
+Each module of this package is one format and registers itself with two module constants,
+``__FORMAT_NAME__`` and ``__FORMAT_CLASS__`` (see :mod:`server.formats.base`); a new format is
+one new file. :func:`load_model` asks the formats, highest ``priority`` first, whether they
+recognise a file: ``metatomic`` (``AtomisticModel`` archives), then ``contract`` (any other
+TorchScript file: the project's model contract, ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+
+import torch
+
+from ..core.errors import ModelError
+from .base import ModelAdapter, parse_device, parse_dtype
+
+__all__ = ["load_model", "formats", "ModelAdapter", "parse_device", "parse_dtype"]
+
+
+def formats() -> dict[str, type[ModelAdapter]]:
+    """Format name → adapter class, highest priority first."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        name, cls = getattr(module, "__FORMAT_NAME__", None), getattr(module, "__FORMAT_CLASS__", None)
+        if name and cls:
+            found[name] = getattr(module, cls)
+    return dict(sorted(found.items(), key=lambda item: -item[1].priority))
+
+
+def load_model(model, device="cpu", dtype="float64") -> ModelAdapter:
+    """Loads a model file of any registered format (or wraps a scripted contract module).
+
+    Parameters
+    ----------
+    model : str, os.PathLike, torch.jit.ScriptModule or ModelAdapter
+        A model file, an in-memory contract module, or an already loaded model.
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N``.
+    dtype : str
+        ``float32`` or ``float64``: contract models are cast to it; metatomic models run in
+        the dtype they declare.
+
+    Raises
+    ------
+    ModelError
+        Missing file, unreadable file, or a model that breaks its format's contract.
+    """
+    if isinstance(model, ModelAdapter):
+        return model
+    device, dtype = parse_device(device), parse_dtype(dtype)
+    if isinstance(model, torch.jit.ScriptModule):
+        from .contract import ContractModel
+
+        return ContractModel.from_module(model, "<in-memory>", device, dtype)
+    if not isinstance(model, (str, os.PathLike)):
+        raise ModelError(f"expected a model path or a ScriptModule, got {type(model).__name__}")
+    path = os.fspath(model)
+    if not os.path.isfile(path):
+        raise ModelError(f"model file {path!r} not found: pass --model PATH to a TorchScript file")
+    for cls in formats().values():
+        if cls.recognizes(path):
+            return cls.load(path, device, dtype)
+    raise ModelError(f"{path!r} is of no known model format ({', '.join(formats())})")  # pragma: no cover

@@ -1,0 +1,102 @@
+"""The one small interface every model format implements, and device/dtype parsing.
+
+A format is one module in :mod:`server.formats` that defines a :class:`ModelAdapter` subclass
+and names it in two module constants, as i-PI's ``pes/`` files do::
+
+    __FORMAT_NAME__ = "myformat"
+    __FORMAT_CLASS__ = "MyFormatModel"
+
+The registry (:func:`server.formats.load_model`) finds it; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from ..core.errors import ModelError
+
+__all__ = ["ModelAdapter", "parse_dtype", "parse_device"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    """``"float32"``/``"float64"`` (or a torch dtype) → torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def parse_device(device) -> torch.device:
+    """Checks that the device exists (e.g. ``cuda`` on a machine without a GPU)."""
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise ModelError(f"unknown device {device!r}: use cpu, cuda or cuda:N ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but torch sees no GPU: use --device cpu")
+    return device
+
+
+def first_line(err: BaseException, last: bool = False) -> str:
+    """The first (or last) non-empty line of an exception's text, else its type name."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    lines = text.splitlines()
+    return lines[-1] if last else lines[0]
+
+
+class ModelAdapter:
+    """A loaded model of one file format, as the Evaluator sees it.
+
+    Attributes
+    ----------
+    path : str
+        Where it was loaded from (``"<in-memory>"`` for a module).
+    cutoff : float
+        Neighbour-list cutoff the Evaluator builds graphs with, Å.
+    species : list of int
+        Atomic numbers it supports.
+    device : torch.device
+        Where it runs.
+    dtype : torch.dtype
+        The precision it runs in.
+    """
+
+    label: ClassVar[str] = "model"
+    """How logs name the format (``"model"``, ``"metatomic model"``)."""
+    priority: ClassVar[int] = 0
+    """Formats with a higher priority are asked first whether they recognise a file."""
+
+    path: str
+    cutoff: float
+    species: list
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def recognizes(cls, path: str) -> bool:
+        """Whether the file at ``path`` is of this format (cheap: no loading)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "ModelAdapter":
+        """Loads and checks the file; raises :class:`ModelError` with the fix."""
+        raise NotImplementedError
+
+    def evaluate(self, copies) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Energy (eV), forces [N,3] (eV/Å) and virial [3,3] (eV) of each copy, in one call.
+
+        Parameters
+        ----------
+        copies : list of (Graph, numpy.ndarray)
+            A graph of the Evaluator and a rotation R [3,3] (r' = R r) to evaluate it in.
+            Results are in the original (un-rotated) frame: forces F R, virial Rᵀ W R.
+        """
+        raise NotImplementedError

@@ -1,0 +1,155 @@
+"""The project's own model contract: a TorchScript module on edge vectors (ARCHITECTURE.md).
+
+A TorchScript module with attributes ``cutoff: float`` (Å) and ``species: List[int]``
+(atomic numbers) and
+
+    forward(edge_vectors [E,3] Å, edge_index int64 [2,E], numbers int64 [N],
+            structure_index int64 [N], n_structures: int) -> energies [B] eV
+
+All rotated copies of one Evaluator chunk go through one ``forward`` call (copy b is
+structure b); with g_e = ∂E/∂r_e from autograd, forces F_i = Σ_{e: i centre} g_e −
+Σ_{e: i neighbour} g_e (eV/Å) and the virial W = −Σ_e r_e ⊗ g_e (eV), i-PI's convention.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..core.errors import ModelError
+from .base import ModelAdapter, first_line
+
+__all__ = ["ContractModel"]
+
+__FORMAT_NAME__ = "contract"
+__FORMAT_CLASS__ = "ContractModel"
+
+
+class ContractModel(ModelAdapter):
+    """A contract-checked TorchScript model (any TorchScript file that is not metatomic).
+
+    Parameters
+    ----------
+    module : torch.jit.ScriptModule
+        The scripted model, already on ``device`` in ``dtype``.
+    path : str
+        Where it came from.
+    cutoff : float
+        Its cutoff, Å.
+    species : list of int
+        Its atomic numbers.
+    device : torch.device
+    dtype : torch.dtype
+    """
+
+    label = "model"
+    priority = 0  # the fallback: every other format is asked first
+
+    def __init__(self, module, path, cutoff, species, device, dtype):
+        self.module, self.path, self.cutoff, self.species = module, path, cutoff, species
+        self.device, self.dtype = device, dtype
+        # TorchScript's profiling executor re-specialises for new input shapes (every MD step
+        # has a different number of edges), costing seconds per call for no gain on CPU;
+        # on CUDA its fusers can pay off
+        self._jit_optimize = device.type == "cuda"
+
+    @classmethod
+    def recognizes(cls, path: str) -> bool:
+        return True
+
+    @classmethod
+    def load(cls, path, device, dtype) -> "ContractModel":
+        try:
+            module = torch.jit.load(path, map_location=device)
+        except Exception as err:  # torch raises RuntimeError/ValueError with long texts
+            raise ModelError(
+                f"{path!r} is not a TorchScript model ({first_line(err)[:120]}): export it with "
+                "torch.jit.save(torch.jit.script(model), path)"
+            ) from None
+        return cls.from_module(module, path, device, dtype)
+
+    @classmethod
+    def from_module(cls, module, path, device, dtype) -> "ContractModel":
+        """Checks the attributes, casts to ``device``/``dtype`` and dry-runs the module."""
+        for name in ("cutoff", "species"):
+            if not hasattr(module, name):
+                raise ModelError(
+                    f"model {path!r} has no attribute '{name}': the contract needs "
+                    "`cutoff: float` (Å) and `species: List[int]` as TorchScript attributes"
+                )
+        cutoff = float(module.cutoff)
+        species = [int(z) for z in module.species]
+        if not cutoff > 0 or not species:
+            raise ModelError(f"model {path!r} has cutoff={cutoff} and species={species}: both must be set")
+        module = module.to(device=device, dtype=dtype)
+        module.eval()
+        _dry_run(module, path, cutoff, species, device, dtype)
+        return cls(module, path, cutoff, species, device, dtype)
+
+    def evaluate(self, copies):
+        dev, dt = self.device, self.dtype
+        numbers, centres, neighbours, vectors, struct_index = [], [], [], [], []
+        offset = 0
+        for b, (g, rot) in enumerate(copies):
+            numbers.append(g.numbers)
+            centres.append(g.edge_index[0] + offset)
+            neighbours.append(g.edge_index[1] + offset)
+            vectors.append(g.vectors @ rot.T)
+            struct_index.append(np.full(len(g.numbers), b, dtype=np.int64))
+            offset += len(g.numbers)
+        edge_index = torch.from_numpy(np.stack([np.concatenate(centres), np.concatenate(neighbours)])).to(dev)
+        leaf = torch.from_numpy(np.concatenate(vectors)).to(device=dev, dtype=dt).requires_grad_(True)
+        numbers_t = torch.from_numpy(np.concatenate(numbers)).to(dev)
+        struct_t = torch.from_numpy(np.concatenate(struct_index)).to(dev)
+        with torch.jit.optimized_execution(self._jit_optimize):
+            energies = self.module(leaf, edge_index, numbers_t, struct_t, len(copies))
+            if leaf.shape[0] > 0:
+                (grad,) = torch.autograd.grad(energies.sum(), leaf, allow_unused=True)
+            else:
+                grad = None
+        if grad is None:
+            grad = torch.zeros_like(leaf)
+        # per-atom forces of every copy, still in the rotated frame
+        forces = torch.zeros((offset, 3), dtype=dt, device=dev)
+        forces.index_add_(0, edge_index[0], grad).index_add_(0, edge_index[1], -grad)
+        energies = energies.detach().to("cpu", torch.float64).numpy()
+        forces = forces.detach().to("cpu", torch.float64).numpy()
+        grad = grad.detach().to("cpu", torch.float64).numpy()
+        results, atom0, edge0 = [], 0, 0
+        for b, (g, rot) in enumerate(copies):
+            n, e = len(g.numbers), len(g.vectors)
+            g_e = grad[edge0:edge0 + e] @ rot  # back to the original frame: R^T g
+            virial = -g_e.T @ g.vectors
+            results.append((float(energies[b]), forces[atom0:atom0 + n] @ rot, virial))
+            atom0, edge0 = atom0 + n, edge0 + e
+        return results
+
+
+def _dry_run(module, path, cutoff, species, device, dtype):
+    """Evaluates two 2-atom structures in one batch and checks shapes and gradients."""
+    z = species[0]
+    r = 0.5 * cutoff
+    vectors = torch.tensor(
+        [[r, 0, 0], [-r, 0, 0], [0, r, 0], [0, -r, 0]], dtype=dtype, device=device, requires_grad=True
+    )
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]], dtype=torch.int64, device=device)
+    numbers = torch.full((4,), z, dtype=torch.int64, device=device)
+    structure_index = torch.tensor([0, 0, 1, 1], dtype=torch.int64, device=device)
+    try:
+        energies = module(vectors, edge_index, numbers, structure_index, 2)
+    except Exception as err:
+        raise ModelError(
+            f"model {path!r} failed a dry run with the contract's forward(edge_vectors, "
+            f"edge_index, numbers, structure_index, n_structures): {first_line(err, last=True)[:160]}"
+        ) from None
+    if not isinstance(energies, torch.Tensor) or tuple(energies.shape) != (2,):
+        shape = tuple(energies.shape) if isinstance(energies, torch.Tensor) else type(energies).__name__
+        raise ModelError(
+            f"model {path!r} returned {shape} for 2 structures: forward must return energies of shape [n_structures]"
+        )
+    if not torch.isfinite(energies).all():
+        raise ModelError(f"model {path!r} returned non-finite energies in a dry run: check its weights")
+    if not energies.requires_grad:
+        raise ModelError(
+            f"model {path!r} energies do not depend on edge_vectors differentiably: forces need autograd"
+        )

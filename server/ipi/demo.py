@@ -1,0 +1,75 @@
+"""``make demo``: the ``water-nvt-mts`` experiment on the shipped water model, and its summary.
+
+Runs the paper's multiple-time-stepping setup on a 32-molecule water box: the raw model every
+0.5 fs inner step and the ``2i`` rotational average as a slow correction every 5 fs outer step,
+both served by one server process (:func:`server.ipi.launcher.run_experiment`). Prints where
+the outputs are and a short summary (temperature K, potential eV, size of the symmetry breaking).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import MLIPError
+from ..paths import project_root, shipped_model
+from .launcher import run_experiment
+
+__all__ = ["main", "summarise"]
+
+EXPERIMENT = "water-nvt-mts"
+
+
+def summarise(folder: Path) -> dict:
+    """Summary of a ``water-nvt-mts`` run from its ``sim.out`` (ps, K, eV)."""
+    data = np.loadtxt(Path(folder) / "sim.out", ndmin=2)
+    n = len(data) // 2
+    delta = data[:, 6] - data[:, 5]  # averaged − raw potential, eV
+    return {
+        "time_ps": float(data[-1, 1]),
+        "temperature_K_mean_second_half": float(data[n:, 3].mean()),
+        "potential_eV_last": float(data[-1, 4]),
+        "averaged_minus_raw_eV_mean": float(delta.mean()),
+        "averaged_minus_raw_eV_std": float(delta.std()),
+        "conserved_drift_eV": float(data[-1, 2] - data[0, 2]),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model file (default: the shipped water model)")
+    p.add_argument("--molecules", type=int, default=32)
+    p.add_argument("--steps", type=int, default=40, help="outer 5 fs steps")
+    p.add_argument("--out", default=None, help="output folder (default: demo-output, replaced)")
+    args = p.parse_args(argv)
+    try:
+        out = Path(args.out or project_root() / "demo-output")
+        if out.exists():
+            shutil.rmtree(out)
+        model = args.model or str(shipped_model())
+        print(f"demo: {args.molecules} water molecules, MTS 10 × 0.5 fs inside 5 fs, {args.steps} outer steps, "
+              f"model {model}")
+        result = run_experiment(EXPERIMENT, model=model, molecules=args.molecules, steps=args.steps,
+                                average="2i", dtype="float64", timestep=5.0, nmts=10, stride=2, seed=2024,
+                                template={"checkpoint": 20}, out=str(out), progress=0)
+    except MLIPError as err:
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2
+    if result.code:
+        print(f"demo: failed: {result.message}", file=sys.stderr)
+        return 1
+    summary = summarise(out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    print(f"demo: outputs in {out}: sim.out (properties), sim.pos_0.extxyz (trajectory), "
+          "sim.diag (averaged − raw energy per step, eV), server.log (batch sizes, diagnostics)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

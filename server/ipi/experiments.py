@@ -1,0 +1,232 @@
+"""i-PI experiments: the folders of ``ipi_inputs/`` rendered into a run folder.
+
+Each experiment is a folder ``ipi_inputs/NAME`` with ``input.xml`` (a ``string.Template``
+with ``$steps``, ``$temperature``, ``$forcefield_<endpoint>``, ...), ``experiment.json``
+(defaults, structure kind, endpoints and their averaging specs) and a README. Rendering writes
+the starting structure and returns the XML and what the server needs; the forcefield elements
+(unix or inet sockets) are written here, the one place that knows i-PI's socket syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.errors import InputError
+from ..paths import experiments_dir
+from ..structures import water_box, water_molecule, write_ipi_xyz
+
+__all__ = ["RunOptions", "Rendered", "experiments", "load_experiment", "render", "forcefield"]
+
+TEMPLATE_KEYS = ("steps", "temperature", "timestep", "beads", "nmts", "pressure", "stride", "seed")
+"""Run options that are also template values of ``input.xml``."""
+
+
+@dataclass
+class RunOptions:
+    """Everything a run of an experiment can be given (the keywords of ``run_experiment``).
+
+    Units: ``temperature`` K, ``pressure`` bar, ``timestep`` fs (the outer step for MTS
+    experiments), ``density`` g/cm³; ``steps`` and ``stride`` in (outer) steps.
+    """
+
+    model: str | None = None
+    structure: str | None = None
+    trajectory: str | None = None
+    molecules: int | None = None
+    density: float = 0.997
+    steps: int | None = None
+    temperature: float | None = None
+    pressure: float | None = None
+    timestep: float | None = None
+    nmts: int | None = None
+    beads: int | None = None
+    stride: int | None = None
+    average: str = "none"
+    specs: str | None = None
+    seed: int = 12345
+    device: str = "cpu"
+    dtype: str = "float32"
+    template: dict = field(default_factory=dict)
+    """Any other template value (``--set NAME=VALUE``)."""
+    restart: str | None = None
+    out: str | None = None
+    progress: float = 10.0
+    """Seconds between progress lines (0: quiet)."""
+    threads: int | None = None
+    """OpenMP threads of i-PI and the server (None: inherited)."""
+    transport: str = "unix"
+    """``unix`` (one socket file per endpoint) or ``inet`` (``host``, ``port``, ``port``+1, ...)."""
+    host: str = "127.0.0.1"
+    port: int | None = None
+    side: str = "both"
+    """``both``; ``ipi`` (i-PI only: another machine runs the server); ``server`` (the server only,
+    for the run folder that the ``ipi`` side made)."""
+
+
+@dataclass
+class Rendered:
+    """A rendered experiment: the i-PI input and what the server side needs."""
+
+    xml: str
+    xml_name: str
+    endpoints: dict
+    """Endpoint (forcefield name) → averaging spec."""
+    addresses: list
+    """Server addresses, ``unix:NAME=SPEC`` or ``inet:HOST:PORT=SPEC``, one per connection."""
+    sockets: list
+    """Unix socket names i-PI creates (to wait for, and to remove)."""
+    server_args: list
+    element_file: str
+    """The file in the run folder that gives the server the elements."""
+
+
+def experiments() -> list[str]:
+    """Names of the shipped experiments."""
+    return sorted(p.name for p in experiments_dir().iterdir() if (p / "experiment.json").exists())
+
+
+def load_experiment(name: str) -> tuple[dict, str]:
+    """(experiment.json, input.xml template) of experiment ``name``."""
+    folder = experiments_dir() / name
+    if not (folder / "experiment.json").exists():
+        raise InputError(f"unknown experiment {name!r}: choose one of {', '.join(experiments())}")
+    return json.loads((folder / "experiment.json").read_text()), (folder / "input.xml").read_text()
+
+
+def forcefield(name: str, address: str, options: RunOptions, port: int | None) -> str:
+    """The ``<ffsocket>`` element of endpoint ``name`` (unix socket ``address``, or inet)."""
+    if options.transport == "inet":
+        where = f"<address>{options.host}</address><port>{port}</port>"
+        mode = "inet"
+    else:
+        where, mode = f"<address>{address}</address>", "unix"
+    return f"<ffsocket name='{name}' mode='{mode}' pbc='false'>{where}<latency>1e-4</latency></ffsocket>"
+
+
+def _starting_structure(meta, options: RunOptions, out: Path) -> str:
+    """Writes init.xyz (or the replay files) into ``out``; returns the element source file."""
+    kind = meta["structure"]["kind"]
+    if options.structure:
+        import ase.io
+
+        if not Path(options.structure).is_file():
+            raise InputError(f"structure file {options.structure!r} not found")
+        atoms = ase.io.read(options.structure, index=0)
+        if not atoms.cell.any():
+            raise InputError(f"{options.structure} has no cell: give a periodic structure (or --molecules)")
+    elif kind == "water_box":
+        atoms = water_box(options.molecules or meta["structure"]["molecules"], density=options.density,
+                          seed=options.seed)
+    elif kind == "molecule":
+        atoms = water_molecule(center=(50.0, 50.0, 50.0))
+        atoms.cell, atoms.pbc = [100.0, 100.0, 100.0], True
+    elif kind == "file":
+        raise InputError("this experiment needs --structure FILE (e.g. an ice cell in extended XYZ)")
+    elif kind == "trajectory":
+        return _replay_files(options, out)
+    else:  # pragma: no cover - guarded by the experiment files
+        raise InputError(f"unknown structure kind {kind!r}")
+    write_ipi_xyz(atoms, out / "init.xyz")
+    return "init.xyz"
+
+
+def _replay_files(options: RunOptions, out: Path) -> str:
+    import ase.io
+
+    if not options.trajectory or not Path(options.trajectory).is_file():
+        raise InputError("replay needs --trajectory FILE (any ASE-readable trajectory with the cell)")
+    frames = ase.io.read(options.trajectory, index=":")
+    if not frames[0].cell.any():
+        raise InputError(f"{options.trajectory} carries no cell: replay needs a format with the cell (extxyz, ...)")
+    for a in frames:
+        a.info.clear()
+    ase.io.write(out / "trajectory.extxyz", frames, format="extxyz")
+    ase.io.write(out / "init.extxyz", frames[0], format="extxyz")
+    # i-PI evaluates the initial structure (frame 0) at step 0 and frame k-1 at step k
+    options.steps = len(frames) if options.steps is None else options.steps
+    return "init.extxyz"
+
+
+def _endpoints(meta, values, options: RunOptions) -> dict:
+    if meta["endpoints"] == "specs":  # replay: one endpoint per averaging level
+        specs = (options.specs or values["specs"]).split(",")
+        return {f"ff{k}": spec.strip() for k, spec in enumerate(specs)}
+    endpoints = {e: (options.average if spec == "$average" else spec) for e, spec in meta["endpoints"].items()}
+    if options.average != "none" and "avg" in endpoints:
+        endpoints["avg"] = options.average
+    return endpoints
+
+
+def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptions) -> tuple[list, list]:
+    """(server addresses, unix socket names) of the endpoints; beads get one connection each."""
+    connections = 1
+    if meta.get("connections") == "beads":
+        connections = int(re.search(r"nbeads=['\"](\d+)['\"]", xml).group(1))
+    addresses, sockets = [], []
+    for k, (e, spec) in enumerate(endpoints.items()):
+        n = connections if e == "raw" else 1
+        if options.transport == "inet":
+            addresses += [f"inet:{options.host}:{options.port + k}={spec}"] * n
+        else:
+            addresses += [f"unix:{run_id}-{e}={spec}"] * n
+            sockets.append(f"{run_id}-{e}")
+    return addresses, sockets
+
+
+def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
+    """Writes the starting structure into ``out`` and renders ``input.xml`` (or, with
+    ``options.restart``, the previous run's RESTART with fresh socket names); writes no XML."""
+    if options.transport not in ("unix", "inet"):
+        raise InputError(f"unknown transport {options.transport!r}: use unix or inet")
+    if options.transport == "inet" and not options.port:
+        raise InputError("the inet transport needs --port (the first of one port per endpoint)")
+    meta, template = load_experiment(name)
+    if options.restart:
+        return _render_restart(meta, options, out, run_id)
+    element_file = _starting_structure(meta, options, out)
+    values = {k: str(v) for k, v in meta["defaults"].items()}
+    for key in TEMPLATE_KEYS:
+        value = getattr(options, key, None)
+        if value is not None:
+            values[key] = str(value)
+    values.update({k: str(v) for k, v in options.template.items()})
+    endpoints = _endpoints(meta, values, options)
+    for k, e in enumerate(endpoints):
+        values[f"forcefield_{e}"] = forcefield(e, f"{run_id}-{e}", options, (options.port or 0) + k)
+    if meta["endpoints"] == "specs":
+        values["forcefields"] = "\n".join(f"  {values[f'forcefield_{e}']}" for e in endpoints)
+        values["forces"] = "\n".join(f"      <force forcefield='{e}' weight='{1 if k == 0 else 0}'/>"
+                                     for k, e in enumerate(endpoints))
+        values["pot_columns"] = ", ".join(f"pot_component_raw({k}){{electronvolt}}" for k in range(len(endpoints)))
+        template = string.Template(template).safe_substitute(values)
+    try:
+        xml = string.Template(template).substitute(values)
+    except KeyError as err:
+        raise InputError(f"experiment {name}: template needs a value for {err}: pass --set {err.args[0]}=VALUE") from None
+    addresses, sockets = _connections(meta, xml, endpoints, run_id, options)
+    return Rendered(xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file)
+
+
+def _render_restart(meta, options: RunOptions, out: Path, run_id: str) -> Rendered:
+    old = Path(options.restart)
+    if not (old / "RESTART").exists():
+        raise InputError(f"no RESTART file in {old}: pass the folder of a run that wrote checkpoints")
+    text = (old / "RESTART").read_text()
+    endpoints = json.loads((old / "endpoints.json").read_text())
+    for e in endpoints:
+        text = re.sub(r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>.*?<address>)\s*[^<]*(</address>)" % re.escape(e),
+                      r"\g<1>%s-%s\g<2>" % (run_id, e), text, flags=re.S)
+    if options.steps is not None:  # extend (or shorten) the run: total steps counted from the start
+        text = re.sub(r"<total_steps>\s*\d+\s*</total_steps>", f"<total_steps>{options.steps}</total_steps>", text)
+    for f in ("init.xyz", "init.extxyz", "trajectory.extxyz"):
+        if (old / f).exists():
+            shutil.copy(old / f, out / f)
+    element_file = "init.xyz" if (out / "init.xyz").exists() else "init.extxyz"
+    addresses, sockets = _connections(meta, text, endpoints, run_id, options)
+    return Rendered(text, "RESTART.in", endpoints, addresses, sockets, list(meta.get("server_args", [])),
+                    element_file)

@@ -1,0 +1,146 @@
+"""LAMMPS decks as the bridge reads them: split after the one ``fix external pf/callback`` line.
+
+The bridge executes the deck's head (up to and including that line) itself, checks the system,
+installs its callback, and then runs the tail; see :mod:`server.lammps.bridge`.
+
+The deck must contain, at top level (not in an ``include``d file or a loop), once::
+
+    fix ID all external pf/callback 1 1
+
+after the system is complete (after ``read_data``/``replicate``). The bridge executes
+the deck up to and including that line, checks it (``units metal``, one element per
+atom type given by ``-e``, fully periodic or fully non-periodic box), adds
+``fix_modify ID energy yes virial yes`` and a ``fix halt`` it uses to stop a run whose
+force server died, writes the starting structure (extxyz in atom-tag order: the server
+reads the elements from it), waits for the server to connect, and then executes the
+rest of the deck. At the end it sends EXIT to the server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..core.errors import InputError
+
+__all__ = ["DeckError", "DeckParts", "split_deck", "lammps_message", "check_elements", "FIX_LINE"]
+
+FIX_LINE = re.compile(r"^\s*fix\s+(\S+)\s+(\S+)\s+external\s+pf/callback\s+(\S+)\s+(\S+)\s*$")
+
+
+class DeckError(InputError):
+    """The LAMMPS deck cannot be driven by the bridge (no fix external line, wrong units...)."""
+
+
+@dataclass
+class DeckParts:
+    """A deck split after its ``fix ID GROUP external pf/callback NCALL NAPPLY`` line."""
+
+    head: str
+    tail: str
+    fix_id: str
+    group: str
+    ncall: str
+    napply: str
+    line: int  # 1-based line number of the fix line in the deck
+
+
+def _logical_lines(text: str):
+    """(first physical line number, text) of each logical line (``&`` continues a line)."""
+    buf, start = [], None
+    for n, raw in enumerate(text.splitlines(), 1):
+        if start is None:
+            start = n
+        stripped = raw.rstrip()
+        if stripped.endswith("&"):
+            buf.append(stripped[:-1])
+            continue
+        buf.append(raw)
+        yield start, n, " ".join(buf)
+        buf, start = [], None
+    if buf:
+        yield start, start + len(buf) - 1, " ".join(buf)
+
+
+def split_deck(text: str, name: str = "deck") -> DeckParts:
+    """Splits ``text`` after its one top-level ``fix ... external pf/callback`` line.
+
+    Raises DeckError when there is none or more than one (the bridge drives one fix).
+    """
+    lines = text.splitlines(keepends=True)
+    found = []
+    for first, last, logical in _logical_lines(text):
+        code = logical.split("#", 1)[0]
+        m = FIX_LINE.match(code)
+        if m:
+            found.append((first, last, m))
+    if not found:
+        raise DeckError(
+            f"{name} has no top-level 'fix ID all external pf/callback 1 1' line: add one after the "
+            "system is built (after read_data/replicate) and before the first run")
+    if len(found) > 1:
+        raise DeckError(f"{name} has {len(found)} 'fix ... external pf/callback' lines (lines "
+                        f"{', '.join(str(f[0]) for f in found)}): the bridge drives exactly one")
+    first, last, m = found[0]
+    fix_id, group, ncall, napply = m.groups()
+    if group != "all":
+        raise DeckError(f"{name}:{first}: fix {fix_id} acts on group {group!r}: the model's energy belongs "
+                        "to all atoms, use 'fix ID all external pf/callback 1 1'")
+    if (ncall, napply) != ("1", "1"):
+        raise DeckError(f"{name}:{first}: fix {fix_id} has 'pf/callback {ncall} {napply}': use 'pf/callback 1 1' "
+                        "(forces every step; multiple time stepping belongs in i-PI)")
+    return DeckParts("".join(lines[:last]), "".join(lines[last:]), fix_id, group, ncall, napply, first)
+
+
+def lammps_message(err: BaseException) -> str:
+    """First line of a LAMMPS exception, without 'ERROR:' and the source location."""
+    text = str(err.message if hasattr(err, "message") else err).strip().strip("'\"")
+    first = text.replace("\\n", "\n").splitlines()[0] if text else type(err).__name__
+    first = re.sub(r"^ERROR(\s+on proc \d+)?:\s*", "", first)
+    first = re.sub(r"\s*\(src/[^)]*\)\s*$", "", first)
+    last = re.search(r"Last input line:\s*(.*)", text.replace("\\n", "\n"))
+    return first + (f" (input line: {last.group(1).strip()})" if last else "")
+
+
+def check_elements(elements: list, ntypes: int, masses) -> list[str]:
+    """Checks that ``elements`` (``-e``) names one element per LAMMPS atom type.
+
+    Parameters
+    ----------
+    elements : list of str
+        Element symbols of types 1, 2, ...
+    ntypes : int
+        Atom types the deck defines.
+    masses : array or None
+        LAMMPS per-type masses (index 1..ntypes), g/mol.
+
+    Returns
+    -------
+    list of str
+        Warnings (a mass far from the element's: maybe the wrong order of ``-e``).
+
+    Raises
+    ------
+    InputError
+        An unknown symbol, or not exactly one element per type.
+    """
+    from ase.data import atomic_masses, atomic_numbers
+
+    bad = [e for e in elements if e not in atomic_numbers]
+    if bad:
+        raise InputError(f"-e lists {bad[0]!r}, which is not an element symbol: use e.g. -e O H")
+    if len(elements) < ntypes:
+        missing = ", ".join(str(t) for t in range(len(elements) + 1, ntypes + 1))
+        raise InputError(f"LAMMPS atom type {missing} has no element: the deck defines {ntypes} atom types, "
+                         f"pass one element per type with -e (now -e {' '.join(elements)})")
+    if len(elements) > ntypes:
+        raise InputError(f"-e lists {len(elements)} elements but the deck defines {ntypes} atom types: "
+                         "pass exactly one element per type, in type order")
+    warnings = []
+    if masses is not None:
+        for t, sym in enumerate(elements, 1):
+            m, ref = float(masses[t]), atomic_masses[atomic_numbers[sym]]
+            if m > 0 and not 0.6 < m / ref < 1.7:
+                warnings.append(f"atom type {t} has mass {m:g} but -e maps it to {sym} ({ref:.3f}): check the "
+                                "order of -e (fine for isotopes)")
+    return warnings
