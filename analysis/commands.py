@@ -1,31 +1,46 @@
 """One function per ``mlip-analyse`` sub-command: run the analysis, then write its table(s),
-PNG plot and ``summary.json`` section into the output folder. Nothing is written before the
-analysis has finished, so a failure leaves the folder as it was.
+PNG plot (:mod:`analysis.plots`) and ``summary.json`` section into the output folder. Nothing
+is written before the analysis has finished, so a failure leaves the folder as it was.
 
 Each function takes the loaded Universe (or paths) and an :class:`Options` and returns the
-summary dictionary it wrote.
+summary dictionary it wrote; :func:`every_analysis` runs all that apply (``mlip-analyse all``).
+From Python::
+
+    from analysis.commands import Options, every_analysis
+    from analysis.readers import load_universe
+
+    load = lambda path, **kw: load_universe(path, timestep_fs=10, **kw)
+    every_analysis(load("run/sim.pos_0.extxyz"), "run/sim.pos_0.extxyz", Options(out="out", dt_ps=0.01), load)
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import output
-from .blocks import DEFAULT_BLOCKS
+from . import output, plots
 from .errors import AnalysisInputError, require_box
+from .ipi_files import find_ipi_outputs, ipi_prefix, read_properties, time_axis
 from .reference import load_reference
+from .statistics import DEFAULT_BLOCKS
+
+__all__ = ["Options", "rdf", "msd", "orientation", "dipole", "symmetry", "every_analysis", "input_info",
+           "TIMESTEP_FIX"]
 
 TIMESTEP_FIX = "pass --timestep FS (time between stored frames, fs)"
 
 
 @dataclass
 class Options:
-    """Settings shared by the sub-commands (units: Å, fs, ps, K, mPa s, e)."""
+    """Settings shared by the sub-commands (units: Å, fs, ps, K, mPa s, e).
+
+    The fields are the ``mlip-analyse`` options: ``out`` the output folder, ``n_blocks`` blocks
+    for the errors, ``dt_ps`` time between trajectory frames (ps), ``start``/``stop``/``step``
+    the frames analysed, ``charges`` element -> point charge (e) for the dielectric constant, ...
+    """
 
     out: str = "analysis-output"
     n_blocks: int = DEFAULT_BLOCKS
@@ -128,18 +143,7 @@ def rdf(u, opt: Options) -> dict:
     summary.update(_frames_info(u, opt))
     summary["references"] = [{"file": x.label, "partial": x.partial} for x in refs]
 
-    fig, axes = output.new_figure(1, len(res), size=(4.5, 3.6))
-    for ax, (name, a) in zip(axes[0], res.items()):
-        r = a.results
-        output.band(ax, r.bins, r.rdf, r.rdf_err, label=f"g_{name} (this run)")
-        for ref in refs:
-            if ref.partial == name or (ref.partial is None and name == next(iter(res))):
-                sel = ref.r <= rmax
-                ax.plot(ref.r[sel], ref.g[sel], "--", lw=1, label=ref.label)
-        ax.axhline(1.0, color="0.7", lw=0.5)
-        ax.set_xlabel("r (Å)")
-        ax.set_ylabel(f"g_{name}(r)")
-        ax.legend(fontsize=7)
+    fig = plots.rdf_figure(res, refs, rmax)
     header = (f"radial distribution functions; r in Å (bin centres), n = running coordination number; "
               f"errors: block standard errors over {opt.n_blocks} blocks")
     output.write_table(opt.path("rdf.dat"), cols, header)
@@ -181,16 +185,7 @@ def msd(u, opt: Options) -> dict:
                         "D_yeh_hummer_A2_per_ps": r.D_yh,
                         "D_yeh_hummer_1e-5_cm2_per_s": r.D_yh * 10.0})
     summary.update(_frames_info(u, opt))
-    fig, axes = output.new_figure()
-    ax = axes[0, 0]
-    output.band(ax, r.time, r.msd, r.msd_err, label="MSD")
-    lo, hi = r.fit_window
-    t = np.linspace(lo, hi, 50)
-    ax.plot(t, 6 * r.D * t + r.intercept, "k--", lw=1,
-            label=f"fit: D = {r.D_1e5cm2s:.3g} ± {r.D_1e5cm2s_err:.2g} ×1e-5 cm²/s")
-    ax.set_xlabel("t (ps)")
-    ax.set_ylabel("MSD (Å²)")
-    ax.legend(fontsize=8)
+    fig = plots.msd_figure(r)
     output.write_table(opt.path("msd.dat"), {"t_ps": r.time, "msd_A2": r.msd, "msd_A2_err": r.msd_err},
                        f"mean-squared displacement of {opt.msd_group}, unwrapped, centre-of-mass drift removed")
     output.save_figure(fig, opt.path("msd.png"))
@@ -219,15 +214,7 @@ def orientation(u, opt: Options) -> dict:
         "P_cos": r.P_cos, "P_cos_err": r.P_cos_err, "n_blocks": opt.n_blocks,
     }
     summary.update(_frames_info(u, opt))
-    fig, axes = output.new_figure(1, 2, size=(5.0, 3.8))
-    im = axes[0, 0].pcolormesh(r.phi_edges, r.cos_edges, r.free_energy, shading="flat", cmap="viridis")
-    fig.colorbar(im, ax=axes[0, 0], label="-ln P (k_B T)")
-    axes[0, 0].set_xlabel("φ (rad)")
-    axes[0, 0].set_ylabel("cos θ")
-    output.band(axes[0, 1], cc, r.P_cos, r.P_cos_err, label="P(cos θ)")
-    axes[0, 1].axhline(1.0, color="0.6", lw=0.5)
-    axes[0, 1].set_xlabel("cos θ")
-    axes[0, 1].set_ylabel("P (isotropic = 1)")
+    fig = plots.orientation_figure(r, cc)
     output.write_table(opt.path("orientation.dat"),
                        {"cos_theta": C.ravel(), "phi_rad": P.ravel(), "P": r.P.ravel(),
                         "P_err": r.P_err.ravel(), "minus_ln_P": r.free_energy.ravel()},
@@ -273,27 +260,13 @@ def dipole(u, opt: Options) -> dict:
         summary["dielectric"] = "skipped: pass --charges, e.g. O=-0.8476 H=0.4238 (SPC/E)"
     summary.update(_frames_info(u, opt))
 
-    fig, axes = output.new_figure(1, 2 if ac else 1, size=(5.0, 3.8))
-    ax = axes[0, 0]
-    output.band(ax, p.bins, p.c_L, p.c_L_err, label="c_L(r)")
-    output.band(ax, p.bins, p.c_T, p.c_T_err, label="c_T(r)")
-    ax.axhline(0, color="0.6", lw=0.5)
-    ax.set_xlabel("r_OO (Å)")
-    ax.set_ylabel("pair dipole correlation")
-    ax.legend(fontsize=8)
+    fig = plots.dipole_figure(p, ac.results if ac else None)
     output.write_table(opt.path("dipole_correlation.dat"),
                        {"r_A": p.bins, "c_L": p.c_L, "c_L_err": p.c_L_err, "c_T": p.c_T,
                         "c_T_err": p.c_T_err, "pairs": p.pairs},
                        "longitudinal/transverse dipole correlations over O-O pairs at distance r (Å)")
     if ac:
         a = ac.results
-        ax = axes[0, 1]
-        output.band(ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 {'=' if a.tau1_complete else '≥'} {a.tau1:.3g} ps")
-        output.band(ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 {'=' if a.tau2_complete else '≥'} {a.tau2:.3g} ps")
-        ax.set_xlim(0, a.time[-1] / 2 if len(a.time) > 2 else 1)
-        ax.set_xlabel("t (ps)")
-        ax.set_ylabel("C_n(t)")
-        ax.legend(fontsize=8)
         output.write_table(opt.path("dipole_acf.dat"),
                            {"t_ps": a.time, "C1": a.C1, "C1_err": a.C1_err, "C2": a.C2, "C2_err": a.C2_err},
                            "dipole autocorrelations C1 = <u(t).u(0)>, C2 = <P2(u(t).u(0))>")
@@ -303,42 +276,6 @@ def dipole(u, opt: Options) -> dict:
 
 
 # --------------------------------------------------------------------------- symmetry
-_KINDS = {"positions": "positions", "x_centroid": "positions", "velocities": "velocities",
-          "v_centroid": "velocities", "momenta": "momenta", "p_centroid": "momenta",
-          "forces": "forces", "f_centroid": "forces"}
-
-
-def ipi_prefix(path: str) -> str:
-    """``run/sim.pos_0.xyz`` -> ``run/sim``; ``run/sim.out`` -> ``run/sim``."""
-    d, base = os.path.split(path)
-    if base.endswith(".out"):
-        return os.path.join(d, base[:-4])
-    parts = base.split(".")
-    return os.path.join(d, ".".join(parts[:-2]) if len(parts) > 2 else parts[0])
-
-
-def find_ipi_outputs(prefix: str) -> dict:
-    """Files i-PI wrote with ``prefix``: properties (.out) and bead-0 (or centroid) trajectories
-    classified by the quantity named in their first comment line."""
-    found = {}
-    if os.path.isfile(prefix + ".out"):
-        found["properties"] = prefix + ".out"
-    for f in sorted(glob.glob(glob.escape(prefix) + ".*")):
-        if not f.endswith((".xyz", ".extxyz")) or re.search(r"_(\d+)\.\w+$", f) and not re.search(r"_0+\.\w+$", f):
-            continue
-        try:
-            with open(f) as fh:
-                fh.readline()
-                com = fh.readline()
-        except OSError:
-            continue
-        keys = re.findall(r"(\w+)\{", com)
-        kind = next((_KINDS[k] for k in keys if k in _KINDS), None)
-        if kind and kind not in found:
-            found[kind] = f
-    return found
-
-
 def _column(props, wanted, fallbacks):
     for name in ([wanted] if wanted else []) + fallbacks:
         if name in props:
@@ -367,7 +304,7 @@ def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
 
     ``load(path, velocities=..., forces=...)`` opens the positions as a Universe; ``universe``
     (optional, already loaded positions) is used to count molecules for the energy drift."""
-    from .symmetry import AngularMomentum, conserved_drift, delta_v_statistics, read_properties
+    from .symmetry import AngularMomentum, conserved_drift, delta_v_statistics
 
     prefix = ipi_prefix(traj)
     found = find_ipi_outputs(prefix)
@@ -431,37 +368,101 @@ def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
     if not fig_panels:
         raise AnalysisInputError(f"no symmetry diagnostic could be computed from {props_path or traj}: "
                                  + "; ".join(notes))
-    fig, axes = output.new_figure(1, len(fig_panels), size=(4.8, 3.6))
-    for ax, (kind, data) in zip(axes[0], fig_panels):
-        if kind == "dv":
-            ax.plot(data["time_ps"], data["series_meV"], lw=0.6)
-            ax.set_xlabel("t (ps)")
-            ax.set_ylabel("ΔV = V_avg - V_raw (meV)")
-            ins = ax.inset_axes([0.6, 0.6, 0.38, 0.35])
-            ins.plot(data["lag_ps"][: len(data["lag_ps"]) // 2], data["acf"][: len(data["acf"]) // 2], lw=0.8)
-            ins.set_title("ACF", fontsize=7)
-            ins.tick_params(labelsize=6)
-        elif kind == "cons":
-            t, e = data
-            ax.plot(t, (e - e[0]) * 1000.0, lw=0.8)
-            ax.set_xlabel("t (ps)")
-            ax.set_ylabel("conserved - initial (meV)")
-        else:
-            ax.plot(data.time, np.linalg.norm(data.L_hbar, axis=1), lw=0.8, label="|L| (ħ)")
-            ax2 = ax.twinx()
-            ax2.plot(data.time, np.linalg.norm(data.torque, axis=1) * 1000.0, "C1", lw=0.8, label="|τ| (meV)")
-            ax.set_xlabel("t (ps)")
-            ax.set_ylabel("|L| (ħ)")
-            ax2.set_ylabel("|τ| (meV)")
+    fig = plots.symmetry_figure(fig_panels)
     output.save_figure(fig, opt.path("symmetry.png"))
     output.update_summary(opt.out, "symmetry", summary)
     return summary
 
 
 def _time_axis_or_none(props, opt):
-    from .symmetry import _time_axis
-
     try:
-        return _time_axis(props, opt.dt_ps)
+        return time_axis(props, opt.dt_ps)
     except AnalysisInputError:
         return None
+
+
+# --------------------------------------------------------------------------- all
+def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = False) -> dict:
+    """``mlip-analyse all``: every analysis that applies, into one output folder.
+
+    Runs :func:`rdf`, :func:`msd`, :func:`orientation`, :func:`dipole` and, when an i-PI
+    properties file lies next to ``traj`` (or ``symmetry_inputs``), :func:`symmetry`; an
+    analysis that cannot run on this input (no time step, no water, ...) is skipped with a note
+    on stderr. Writes the ``all`` section of ``summary.json`` (analysis -> ``done`` or why it
+    was skipped).
+
+    Parameters
+    ----------
+    u : MDAnalysis.Universe
+        The trajectory ``traj``, loaded (positions Å, with a periodic box).
+    traj : str
+        Its file, next to which the i-PI outputs of the run are looked for.
+    opt : Options
+        Settings; ``opt.dt_ps`` (ps between frames) is needed by the MSD and C1/C2.
+    load : callable
+        ``load(path, velocities=None, forces=None)`` -> Universe, as :func:`symmetry` takes.
+    symmetry_inputs : bool
+        Run :func:`symmetry` even without a properties file (the caller named its inputs:
+        ``opt.properties``, ``opt.velocities`` or ``opt.forces``).
+
+    Returns
+    -------
+    dict
+        Analysis name -> the summary it wrote.
+
+    Raises
+    ------
+    AnalysisInputError
+        No periodic box, or g(r) cannot be computed.
+    """
+    require_box(u, "'all' (g(r) and MSD unwrapping)")
+    results, done = {}, {}
+    for name, fn in (("rdf", rdf), ("msd", msd), ("orientation", orientation), ("dipole", dipole)):
+        try:
+            results[name] = fn(u, opt)
+            done[name] = "done"
+        except AnalysisInputError as exc:
+            if name == "rdf":
+                raise
+            done[name] = f"skipped: {exc}"
+            print(f"note: {name} {done[name]}", file=sys.stderr)
+    found = find_ipi_outputs(ipi_prefix(traj))
+    if symmetry_inputs or "properties" in found:
+        try:
+            results["symmetry"] = symmetry(traj, opt, load, universe=u)
+            done["symmetry"] = "done"
+        except AnalysisInputError as exc:
+            done["symmetry"] = f"skipped: {exc}"
+            print(f"note: symmetry {done['symmetry']}", file=sys.stderr)
+    else:
+        done["symmetry"] = "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
+    output.update_summary(opt.out, "all", done)
+    return results
+
+
+def input_info(u, traj: str, fmt: str | None, dt_ps: float | None, beads=None) -> dict:
+    """The ``input`` section of ``summary.json``: what was analysed.
+
+    Parameters
+    ----------
+    u : MDAnalysis.Universe
+        The loaded trajectory.
+    traj : str
+        Its file.
+    fmt : str or None
+        The format asked for (None: guessed).
+    dt_ps : float or None
+        Time between frames, ps.
+    beads : str or int, optional
+        ``centroid`` or the bead read.
+
+    Returns
+    -------
+    dict
+        ``trajectory`` (absolute path), ``format``, ``n_atoms``, ``n_frames``,
+        ``box_first_frame_A_deg`` (Å, degrees, or None), ``dt_ps``, ``beads``, ``elements``.
+    """
+    return {"trajectory": os.path.abspath(traj), "format": fmt or "auto",
+            "n_atoms": int(u.atoms.n_atoms), "n_frames": len(u.trajectory),
+            "box_first_frame_A_deg": None if u.dimensions is None else [float(x) for x in u.dimensions],
+            "dt_ps": dt_ps, "beads": beads, "elements": sorted(set(map(str, u.atoms.elements)))}

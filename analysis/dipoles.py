@@ -18,7 +18,7 @@ molecule (minimum-image O->H vectors, see :mod:`analysis.molecules`).
   eps = 1 + (<M²> - <M>²) / (3 eps0 V k_B T) (conducting boundary conditions).
 
 Every class stores per-frame data and computes errors by block averaging
-(:mod:`analysis.blocks`); all but the autocorrelation can run with
+(:mod:`analysis.statistics`); all but the autocorrelation can run with
 ``backend="multiprocessing"`` (it too, the per-frame vectors are merged in order).
 """
 
@@ -30,7 +30,7 @@ from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import minimize_vectors, self_capped_distance, self_distance_array
 
-from .blocks import DEFAULT_BLOCKS, block_slices, mean_sem
+from .statistics import DEFAULT_BLOCKS, block_slices, integrated_time, mean_sem
 from .errors import AnalysisInputError, BoxError, require_box
 from .molecules import dipole_directions, oh_vectors
 
@@ -39,7 +39,6 @@ __all__ = [
     "DipolePairCorrelation",
     "DipoleAutocorrelation",
     "DielectricConstant",
-    "integrated_time",
     "EPS0_E2_PER_EV_A",
     "KB_EV",
     "DEBYE_PER_EA",
@@ -183,20 +182,6 @@ class DipolePairCorrelation(_PerFrame):
         blocks = [ratio(r.frame_sums[s].sum(axis=0)) for s in block_slices(self.n_frames, self.n_blocks)]
         r.c_L_err = mean_sem([b[0] for b in blocks])[1]
         r.c_T_err = mean_sem([b[1] for b in blocks])[1]
-
-
-def integrated_time(t, c) -> float:
-    """∫ C dt (trapezoid) from 0 to the first zero crossing of C (or the end), in units of t."""
-    c = np.asarray(c, float)
-    neg = np.flatnonzero(c <= 0)
-    if len(neg):
-        k = neg[0]
-        # linear interpolation to the crossing
-        t0 = t[k - 1] + (t[k] - t[k - 1]) * c[k - 1] / (c[k - 1] - c[k]) if k > 0 else 0.0
-        tt = np.append(t[:k], t0)
-        cc = np.append(c[:k], 0.0)
-        return float(np.trapezoid(cc, tt))
-    return float(np.trapezoid(c, t))
 
 
 def _c1_c2(U: np.ndarray):

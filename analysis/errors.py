@@ -6,6 +6,8 @@ Every message is one line that names the problem *and* the fix; the command line
 
 from server.core.errors import InputError
 
+__all__ = ["AnalysisInputError", "BoxError", "BOX_FIX", "require_box"]
+
 
 class AnalysisInputError(InputError):
     """Bad input to an analysis: missing file, unknown format or element, inconsistent data.

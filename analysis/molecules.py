@@ -15,6 +15,8 @@ from MDAnalysis.lib.distances import distance_array, minimize_vectors
 
 from .errors import AnalysisInputError
 
+__all__ = ["Water", "find_water", "oh_vectors", "dipole_directions", "molecular_centres"]
+
 
 @dataclass
 class Water:

@@ -28,7 +28,7 @@ from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import minimize_vectors
 
-from .blocks import DEFAULT_BLOCKS, block_slices, mean_sem
+from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 from .errors import AnalysisInputError, BoxError, require_box
 from .molecules import molecular_centres
 

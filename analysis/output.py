@@ -19,6 +19,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+__all__ = ["write_table", "read_table", "save_figure", "jsonable", "update_summary", "new_figure", "band",
+           "SUMMARY"]
+
 SUMMARY = "summary.json"
 
 
@@ -48,6 +51,25 @@ def write_table(path: str, columns: dict, header: str = "") -> None:
         np.savetxt(fh, data, fmt="%.8g")
 
     _atomic_path(path, w)
+
+
+def read_table(path) -> dict:
+    """A table written by :func:`write_table`.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.dat`` file.
+
+    Returns
+    -------
+    dict
+        Column name (from the last header line) -> values, in the table's units.
+    """
+    with open(path) as fh:
+        names = [line for line in fh.read().splitlines() if line.startswith("#")][-1][1:].split()
+    data = np.loadtxt(path, ndmin=2)
+    return {n: data[:, k] for k, n in enumerate(names)}
 
 
 def save_figure(fig, path: str) -> None:

@@ -16,7 +16,7 @@ from MDAnalysis.analysis.rdf import InterRDF
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import distance_array, self_distance_array
 
-from .blocks import DEFAULT_BLOCKS, block_slices, mean_sem
+from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 from .errors import BoxError, require_box
 
 __all__ = ["BlockRDF", "water_rdfs", "default_rmax", "first_shell"]

@@ -20,6 +20,9 @@ Path integrals: i-PI writes one file per bead, ``prefix.pos_0.xyz``, ``prefix.po
 (zero-padded when there are 10 or more beads). ``beads="centroid"`` averages all sibling bead
 files (minimum image to bead 0, so a ring polymer split by a wrapped box stays together);
 ``beads=k`` reads bead ``k``; ``beads=None`` reads just the file given.
+
+i-PI's properties (``.out``) files, and finding the files of a run, are in
+:mod:`analysis.ipi_files`; unit conversions in :mod:`analysis.units`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import AnalysisInputError
+from .units import atomic_to_analysis, to_atomic
 
 __all__ = [
     "Frames",
@@ -106,27 +110,16 @@ def _masses(elements) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- i-PI units
-def _to_project(dimension: str, unit: str) -> float:
-    """Factor converting an i-PI quantity of ``dimension`` in ``unit`` to project units."""
-    from ipi.utils.units import unit_to_internal, unit_to_user
+_CONVERTED = ("length", "velocity", "force")
+"""Trajectory dimensions converted to analysis units; others (momenta: divided by the masses in
+:func:`read_vectors`) stay in atomic units."""
 
-    if unit in ("", "automatic"):
-        unit = "atomic_unit"
-    try:
-        internal = unit_to_internal(dimension, unit, 1.0)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise AnalysisInputError(
-            f"unknown i-PI unit {unit!r} for {dimension}: use a unit i-PI knows (e.g. angstrom, atomic_unit)"
-        ) from exc
-    if dimension == "length":
-        return internal * unit_to_user("length", "angstrom", 1.0)
-    if dimension == "velocity":  # Å/ps
-        return internal * unit_to_user("length", "angstrom", 1.0) / unit_to_user("time", "picosecond", 1.0)
-    if dimension == "force":  # eV/Å
-        return internal * unit_to_user("force", "ev/ang", 1.0)
-    if dimension == "momentum":  # stays atomic; converted with the masses in read_vectors
-        return internal
-    return internal
+
+def _to_project(dimension: str, unit: str) -> float:
+    """Factor converting an i-PI quantity of ``dimension`` written in ``unit`` to analysis units
+    (Å, Å/ps, eV/Å; forces as energy/length, see :mod:`analysis.units`)."""
+    factor = to_atomic(dimension, unit)
+    return factor * atomic_to_analysis(dimension) if dimension in _CONVERTED else factor
 
 
 def _traj_dimension(key: str) -> str:

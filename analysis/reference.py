@@ -16,13 +16,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import AnalysisInputError
+from .units import ANGSTROM_PER_BOHR
 
-BOHR_A = 0.529177210903
-_UNITS = {"bohr": BOHR_A, "au": BOHR_A, "atomic_unit": BOHR_A, "angstrom": 1.0, "a": 1.0, "ang": 1.0}
+__all__ = ["Reference", "load_reference", "parse_spec"]
+
+_UNITS = {"bohr": ANGSTROM_PER_BOHR, "au": ANGSTROM_PER_BOHR, "atomic_unit": ANGSTROM_PER_BOHR,
+          "angstrom": 1.0, "a": 1.0, "ang": 1.0}
 
 
 @dataclass
 class Reference:
+    """A reference g(r) curve: file name, r (Å), g, and the partial (``OO``, ``OH``, ``HH``) or None."""
+
     label: str
     r: np.ndarray  # Å
     g: np.ndarray
@@ -30,7 +35,19 @@ class Reference:
 
 
 def parse_spec(spec: str):
-    """``FILE[:unit]`` -> (path, Å per file unit)."""
+    """Split a ``--reference`` value.
+
+    Parameters
+    ----------
+    spec : str
+        ``FILE[:unit]``, unit one of ``bohr``, ``au``, ``atomic_unit``, ``angstrom``, ``a``, ``ang``.
+
+    Returns
+    -------
+    path : str
+    factor : float
+        Å per file unit of r (default: Bohr for ``.gdr`` files, else Å).
+    """
     path, unit = spec, None
     if ":" in spec:
         head, tail = spec.rsplit(":", 1)
@@ -50,7 +67,23 @@ def _partial(name: str):
 
 
 def load_reference(spec: str) -> Reference:
-    """Read a reference curve (see module doc); r converted to Å."""
+    """Read a reference curve (see the module doc).
+
+    Parameters
+    ----------
+    spec : str
+        ``FILE[:unit]`` as for :func:`parse_spec`.
+
+    Returns
+    -------
+    Reference
+        With r converted to Å.
+
+    Raises
+    ------
+    AnalysisInputError
+        Missing file or fewer than two numeric lines.
+    """
     path, factor = parse_spec(spec)
     if not os.path.isfile(path):
         raise AnalysisInputError(f"no such reference file: {path}: check --reference")

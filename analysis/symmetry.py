@@ -1,9 +1,6 @@
-"""Symmetry-breaking diagnostics from i-PI outputs.
+"""Symmetry-breaking diagnostics from i-PI outputs (read with :mod:`analysis.ipi_files` and
+:mod:`analysis.readers`).
 
-* :func:`read_properties` -- an i-PI ``.out`` property file: columns from the
-  ``# column N --> name{unit}`` / ``# cols. N-M --> name`` header lines, converted to project
-  units (energy eV, time ps, temperature K, length Å) with i-PI's own unit tables; a column
-  without ``{unit}`` is in i-PI's atomic units.
 * :func:`delta_v_statistics` -- ΔV = V_averaged - V_raw (e.g. ``pot_component_raw(1)`` minus
   ``pot_component_raw(0)``): mean, standard deviation, RMS and MAE (meV) with block errors,
   normalised autocorrelation, integrated correlation time (ps), one-sided power spectrum
@@ -17,113 +14,17 @@
 
 from __future__ import annotations
 
-import os
-import re
-
 import numpy as np
-import tidynamics
 from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 
-from .blocks import DEFAULT_BLOCKS, block_slices, mean_sem, series_mean_sem
 from .errors import AnalysisInputError
+from .statistics import DEFAULT_BLOCKS, block_slices, integrated_time, mean_sem, normalised_acf, series_mean_sem
 
-__all__ = ["read_properties", "delta_v_statistics", "conserved_drift", "AngularMomentum",
-           "HBAR_AMU_A2_PS", "PropertyTable"]
+__all__ = ["delta_v_statistics", "conserved_drift", "AngularMomentum", "HBAR_AMU_A2_PS", "CM1_PER_THZ"]
 
 HBAR_AMU_A2_PS = 6.350779923  # ħ in amu Å² / ps
-_HEAD = re.compile(r"^#\s*(?:column|cols\.)\s+(\d+)(?:\s*-\s*(\d+))?\s*-->\s*(\S+)")
-_NAME = re.compile(r"^(?P<key>[^\s{(]+)(?:\{(?P<u1>[^}]*)\})?(?:\((?P<args>[^)]*)\))?(?:\{(?P<u2>[^}]*)\})?$")
-_TARGET = {"energy": "electronvolt", "time": "picosecond", "temperature": "kelvin", "length": "angstrom"}
-
-
-class PropertyTable(dict):
-    """``name -> values`` (project units); ``.units[name]`` is the unit now, ``.raw_units`` as written."""
-
-    def __init__(self):
-        super().__init__()
-        self.units, self.raw_units = {}, {}
-
-
-def _dimension(key: str, unit: str | None):
-    try:
-        from ipi.engine.properties import Properties
-
-        d = Properties().property_dict.get(key, {}).get("dimension")
-        if d:
-            return d
-    except Exception:  # pragma: no cover - i-PI internals changed
-        pass
-    if unit:
-        from ipi.utils.units import UnitMap
-
-        for fam, table in UnitMap.items():
-            if unit in table and unit not in ("", "automatic", "atomic_unit"):
-                return fam
-    return "undefined"
-
-
-def read_properties(path: str) -> PropertyTable:
-    """Read an i-PI ``.out`` file into a :class:`PropertyTable` (see module doc)."""
-    from ipi.utils.units import unit_to_internal, unit_to_user
-
-    if not os.path.isfile(path):
-        raise AnalysisInputError(f"no such file: {path}: give the i-PI properties (.out) file")
-    cols = []
-    with open(path) as fh:
-        for line in fh:
-            if not line.startswith("#"):
-                continue
-            m = _HEAD.match(line)
-            if m:
-                a = int(m.group(1))
-                b = int(m.group(2)) if m.group(2) else a
-                cols.append((a, b, m.group(3)))
-    if not cols:
-        raise AnalysisInputError(f"{path} has no '# column N --> name' header: give an i-PI properties file")
-    try:
-        data = np.loadtxt(path, comments="#", ndmin=2)
-    except ValueError as exc:
-        raise AnalysisInputError(f"{path}: unreadable data line ({exc}): cut the partial last line") from None
-    out = PropertyTable()
-    for a, b, spec in cols:
-        nm = _NAME.match(spec)
-        if not nm:
-            continue
-        key, args = nm["key"], nm["args"]
-        unit = nm["u2"] or nm["u1"] or ""
-        name = f"{key}({args})" if args is not None else key
-        if b > data.shape[1]:
-            raise AnalysisInputError(f"{path}: header names column {b} but lines have {data.shape[1]}: the file is truncated")
-        vals = data[:, a - 1 : b] if b > a else data[:, a - 1].copy()
-        dim = _dimension(key, unit)
-        out.raw_units[name] = unit or "atomic_unit"
-        if dim in _TARGET:
-            try:
-                vals = unit_to_user(dim, _TARGET[dim], unit_to_internal(dim, unit or "atomic_unit", vals))
-            except (KeyError, ValueError, TypeError):
-                raise AnalysisInputError(f"{path}: unknown unit {unit!r} for {name}: use an i-PI unit") from None
-            out.units[name] = _TARGET[dim]
-        else:
-            out.units[name] = unit or ("" if dim in ("number", "undefined") else "atomic_unit")
-        out[name] = np.asarray(vals, float)
-    return out
-
-
-def _time_axis(props: PropertyTable, dt_ps):
-    n = len(next(iter(props.values())))
-    if "time" in props:
-        return props["time"]
-    if dt_ps and "step" in props:
-        return props["step"] * float(dt_ps)
-    if dt_ps:
-        return np.arange(n) * float(dt_ps)
-    raise AnalysisInputError("the properties file has no time{picosecond} column: pass --timestep (fs between lines)")
-
-
-def _acf_norm(x):
-    c = tidynamics.acf(x - x.mean())
-    return c / c[0] if c[0] > 0 else c
+CM1_PER_THZ = 33.35640952  # wavenumber (cm⁻¹) of 1 THz
 
 
 def delta_v_statistics(v_avg, v_raw, time_ps, n_blocks=DEFAULT_BLOCKS) -> dict:
@@ -138,10 +39,8 @@ def delta_v_statistics(v_avg, v_raw, time_ps, n_blocks=DEFAULT_BLOCKS) -> dict:
     std_b = [dv[s].std() for s in sl]
     rms_b = [np.sqrt((dv[s] ** 2).mean()) for s in sl]
     mae_b = [np.abs(dv[s]).mean() for s in sl]
-    acf = _acf_norm(dv)
+    acf = normalised_acf(dv)
     lag = np.arange(len(dv)) * dt
-    from .dipoles import integrated_time
-
     x = dv - dv.mean()
     spec = np.abs(np.fft.rfft(x)) ** 2 * dt / len(x) * 2.0  # one-sided PSD, meV² / THz (t in ps)
     freq = np.fft.rfftfreq(len(x), d=dt)  # THz
@@ -153,7 +52,7 @@ def delta_v_statistics(v_avg, v_raw, time_ps, n_blocks=DEFAULT_BLOCKS) -> dict:
         "mae_meV": float(np.abs(dv).mean()), "mae_meV_err": mean_sem(mae_b)[1],
         "tau_int_ps": integrated_time(lag, acf),
         "lag_ps": lag, "acf": acf,
-        "freq_THz": freq, "freq_cm1": freq * 33.35640952, "psd_meV2_per_THz": spec,
+        "freq_THz": freq, "freq_cm1": freq * CM1_PER_THZ, "psd_meV2_per_THz": spec,
         "peak_freq_THz": float(freq[1:][np.argmax(spec[1:])]) if len(freq) > 1 else float("nan"),
         "series_meV": dv, "time_ps": t,
     }

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .units import ATOMIC_PER_ANALYSIS
+
+__all__ = ["BOND_A", "ANGLE_DEG", "random_unit_vectors", "perpendicular", "rigid_water", "water_names",
+           "water_trajectory", "wrap", "write_ipi"]
+
 BOND_A = 0.9572
 ANGLE_DEG = 104.52
 
@@ -76,32 +81,51 @@ def wrap(positions, dimensions) -> np.ndarray:
 
 
 def _cell_h_internal(dims):
+    """i-PI's cell matrix (Bohr) of MDAnalysis dimensions (Å, degrees)."""
     from ipi.utils.mathtools import abc2h
-    from ipi.utils.units import unit_to_internal
 
     a, b, c, al, be, ga = [float(x) for x in dims]
-    return abc2h(a, b, c, np.radians(al), np.radians(be), np.radians(ga)) * unit_to_internal("length", "angstrom", 1.0)
+    return abc2h(a, b, c, np.radians(al), np.radians(be), np.radians(ga)) * ATOMIC_PER_ANALYSIS["length"]
 
 
 def write_ipi(path, names, frames, dimensions, mode="xyz", units="automatic", cell_units="automatic",
               key="positions", dimension="length", to_internal=None, steps=None, bead=0):
-    """Write ``frames`` (F, N, 3) with i-PI's ``print_file`` (modes xyz, ase, pdb).
+    """Write ``frames`` with i-PI's ``print_file``, as i-PI writes a trajectory.
 
-    ``frames`` are in Å (positions) or, for other ``key``/``dimension``, in i-PI internal
-    atomic units unless ``to_internal`` (a factor from the given values to atomic units) is
-    given. ``dimensions`` (6,) or (F, 6) in Å / degrees.
+    Parameters
+    ----------
+    path : str or Path
+        File to write.
+    names : list of str
+        Atom names.
+    frames : array_like
+        (F, N, 3): positions in Å or, for another ``key``/``dimension``, values in i-PI's
+        atomic units unless ``to_internal`` is given.
+    dimensions : array_like
+        (6,) or (F, 6): box lengths (Å) and angles (degrees).
+    mode : str
+        i-PI output format: ``xyz``, ``ase`` or ``pdb``.
+    units, cell_units : str
+        i-PI units to write the values and the cell in (``automatic``: atomic units).
+    key, dimension : str
+        The i-PI quantity (``positions``, ``velocities``, ``forces``, ...) and its dimension.
+    to_internal : float, optional
+        Atomic units per unit of ``frames`` (default: Bohr per Å for lengths, else 1).
+    steps : array_like, optional
+        MD step of each frame for the comment line (default 0, 1, ...).
+    bead : int
+        Bead index for the comment line.
     """
     from ipi.engine.atoms import Atoms
     from ipi.engine.cell import Cell
     from ipi.utils.io import print_file
-    from ipi.utils.units import unit_to_internal
 
     frames = np.asarray(frames, float)
     dims = np.asarray(dimensions, float)
     if dims.ndim == 1:
         dims = np.tile(dims, (len(frames), 1))
     if to_internal is None:
-        to_internal = unit_to_internal("length", "angstrom", 1.0) if dimension == "length" else 1.0
+        to_internal = ATOMIC_PER_ANALYSIS["length"] if dimension == "length" else 1.0
     atoms = Atoms(frames.shape[1])
     atoms.names[:] = list(names)
     cell = Cell()

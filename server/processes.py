@@ -20,6 +20,9 @@ from pathlib import Path
 from .core.errors import ProtocolError
 from .protocol import UNIX_PREFIX
 
+__all__ = ["unique_name", "unix_socket_path", "tie_to_parent", "start", "executable", "start_ipi",
+           "start_server", "wait_for_socket", "wait", "stop"]
+
 BIN = Path(sys.executable).parent
 
 

@@ -4,7 +4,7 @@
         --out models/local/bpnnp-revpbe0d3.pt [--dtype float64]
 
 The exported module takes edge vectors in Å and returns energies in eV (see
-:mod:`training.n2p2`). The file is written atomically (temporary file, then rename), so
+:mod:`training.n2p2.model`). The file is written atomically (temporary file, then rename), so
 a failed export leaves no half-written model behind.
 """
 
@@ -19,13 +19,32 @@ from ase.data import chemical_symbols
 from server.core.errors import MLIPError
 from training.n2p2 import N2P2Model, read_n2p2
 
+__all__ = ["export", "main"]
+
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def export(data: str, out: str, dtype: str = "float64") -> torch.jit.ScriptModule:
     """Reads the potential in ``data``, scripts it, casts it to ``dtype`` and saves it to ``out``.
 
-    Returns the scripted module. Raises :class:`training.n2p2.N2P2FormatError` for bad files.
+    Parameters
+    ----------
+    data : str
+        Folder with ``input.nn``, ``scaling.data`` and ``weights.ZZZ.data`` (Bohr, Hartree).
+    out : str
+        TorchScript file to write (atomically).
+    dtype : str
+        ``float64`` or ``float32``: dtype of the saved parameters.
+
+    Returns
+    -------
+    torch.jit.ScriptModule
+        The scripted model (Å in, eV out).
+
+    Raises
+    ------
+    training.n2p2.N2P2FormatError
+        Bad or unsupported potential files.
     """
     potential = read_n2p2(data)
     module = torch.jit.script(N2P2Model(potential).to(_DTYPES[dtype]))

@@ -21,8 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import sys
 import time
 
@@ -30,11 +28,14 @@ import time
 # of busy neighbours made a 2-thread call 50x slower (must be set before torch loads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from server import machine, metrics  # noqa: E402
 from server.core.errors import MLIPError  # noqa: E402
 from server.core.evaluator import Evaluator, Structure  # noqa: E402
+
+__all__ = ["evaluate_frames", "time_structure", "machine_info", "markdown", "main",
+           "ACCEPT_FORCE_RMSE", "ACCEPT_ENERGY_SPREAD"]
 
 ACCEPT_FORCE_RMSE = 0.13  # eV/Å
 ACCEPT_ENERGY_SPREAD = 4.0  # meV/atom
@@ -55,80 +56,78 @@ def _read_frames(path: str, limit=None):
 
 
 def evaluate_frames(evaluator: Evaluator, frames) -> dict:
-    """Per-frame errors of ``frames`` (ASE atoms with DFT energy/forces), one frame per call."""
-    e_err, n_atoms, f_pred, f_ref, numbers = [], [], [], [], []
-    for atoms in frames:
-        result = evaluator.compute([Structure.from_ase(atoms)])[0]
-        e_err.append(result.energy - atoms.get_potential_energy())
-        n_atoms.append(len(atoms))
-        f_pred.append(result.forces)
-        f_ref.append(atoms.get_forces())
-        numbers.append(atoms.numbers)
-    e_err, n_atoms = np.array(e_err), np.array(n_atoms)
-    per_atom = 1000.0 * e_err / n_atoms  # meV/atom
-    df = np.concatenate(f_pred) - np.concatenate(f_ref)
-    numbers = np.concatenate(numbers)
-    frame_rmse = [float(np.sqrt(np.mean((p - r) ** 2))) for p, r in zip(f_pred, f_ref)]
-    per_element = {}
-    for z in sorted(set(numbers.tolist())):
-        sel = df[numbers == z]
-        per_element[str(z)] = {"force_mae": float(np.abs(sel).mean()), "force_rmse": float(np.sqrt((sel**2).mean()))}
+    """Errors of the model against DFT-labelled frames, one frame per model call.
+
+    Parameters
+    ----------
+    evaluator : Evaluator
+    frames : list of ase.Atoms
+        With DFT energy (eV) and forces (eV/Å).
+
+    Returns
+    -------
+    dict
+        ``energy_*_mev_per_atom`` (offset = mean, spread = std over frames of (E_pred − E_DFT)/N,
+        meV/atom), ``force_mae``, ``force_rmse`` and per-frame extremes (eV/Å), ``per_element``
+        force errors (eV/Å), and the per-frame lists; the keys of ``models/validation/teacher.json``.
+    """
+    errs = metrics.label_errors(evaluator, frames, batch=1)
+    per_atom = 1000.0 * errs.energy_per_atom  # meV/atom
+    frame_rmse = errs.force_rmse_per_structure()
     return {
-        "n_frames": len(frames),
-        "n_atoms_total": int(n_atoms.sum()),
-        "energy_offset_mev_per_atom": float(per_atom.mean()),
-        "energy_spread_mev_per_atom": float(per_atom.std()),
-        "energy_rmse_mev_per_atom": float(np.sqrt(np.mean(per_atom**2))),
-        "energy_max_abs_deviation_from_offset_mev_per_atom": float(np.abs(per_atom - per_atom.mean()).max()),
-        "force_mae": float(np.abs(df).mean()),
-        "force_rmse": float(np.sqrt(np.mean(df**2))),
-        "force_rmse_per_frame_max": float(max(frame_rmse)),
-        "force_rmse_per_frame_min": float(min(frame_rmse)),
-        "per_element": per_element,
+        "n_frames": errs.n_structures,
+        "n_atoms_total": int(errs.n_atoms.sum()),
+        "energy_offset_mev_per_atom": 1000.0 * errs.energy_offset_per_atom,
+        "energy_spread_mev_per_atom": 1000.0 * errs.energy_spread_per_atom,
+        "energy_rmse_mev_per_atom": 1000.0 * errs.energy_rmse_per_atom,
+        "energy_max_abs_deviation_from_offset_mev_per_atom": 1000.0 * errs.energy_max_deviation_from_offset_per_atom,
+        "force_mae": errs.force_mae,
+        "force_rmse": errs.force_rmse,
+        "force_rmse_per_frame_max": float(frame_rmse.max()),
+        "force_rmse_per_frame_min": float(frame_rmse.min()),
+        "per_element": {str(z): e for z, e in errs.per_element().items()},
         "per_frame_energy_error_mev_per_atom": [round(float(x), 4) for x in per_atom],
-        "per_frame_force_rmse": [round(x, 5) for x in frame_rmse],
+        "per_frame_force_rmse": [round(float(x), 5) for x in frame_rmse],
     }
 
 
 def time_structure(evaluator: Evaluator, structure: Structure, repeats: int, warmup: int = 2) -> dict:
-    """Wall time of one energy+forces call (ms): median and min over ``repeats``, and the
-    process CPU time (all threads), which is less sensitive to other processes."""
-    for _ in range(warmup):
-        evaluator.compute([structure])
-    totals, neighbours, cpu = [], [], []
-    for _ in range(repeats):
-        before = dict(evaluator.timings)
-        c0, t0 = time.process_time(), time.perf_counter()
-        evaluator.compute([structure])
-        totals.append(1000.0 * (time.perf_counter() - t0))
-        cpu.append(1000.0 * (time.process_time() - c0))
-        neighbours.append(1000.0 * (evaluator.timings["neighbors"] - before["neighbors"]))
+    """Wall time of one energy+forces call, and the process CPU time (all threads), which is
+    less sensitive to other processes.
+
+    Parameters
+    ----------
+    evaluator : Evaluator
+    structure : Structure
+    repeats : int
+        Timed calls.
+    warmup : int
+        Untimed calls first.
+
+    Returns
+    -------
+    dict
+        ``median_ms``, ``min_ms``, ``neighbour_list_median_ms``, ``process_cpu_median_ms`` (ms),
+        ``n_atoms``, ``repeats`` and the 1-minute load average after the calls.
+    """
+    t = metrics.time_model(evaluator, structure, repeats=repeats, warmup=warmup)
     return {
         "n_atoms": int(len(structure.numbers)),
-        "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min": round(t.load_average_1min, 2),
         "repeats": repeats,
-        "median_ms": round(statistics.median(totals), 2),
-        "min_ms": round(min(totals), 2),
-        "neighbour_list_median_ms": round(statistics.median(neighbours), 2),
-        "process_cpu_median_ms": round(statistics.median(cpu), 2),
+        "median_ms": round(1000.0 * t.median_s, 2),
+        "min_ms": round(1000.0 * t.min_s, 2),
+        "neighbour_list_median_ms": round(1000.0 * t.neighbors_median_s, 2),
+        "process_cpu_median_ms": round(1000.0 * t.cpu_median_s, 2),
     }
 
 
 def machine_info(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-            "torch": torch.__version__, "python": platform.python_version(), "device": device}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    """:func:`server.machine.describe` of ``device``, with the key names of the committed
+    ``models/validation/teacher.json`` (``cpu_count``, ``torch_default_threads``) as well."""
+    info = machine.describe(device)
+    info.update(cpu_count=info["cores"], torch_default_threads=info["torch_threads"],
+                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
     return info
 
 
@@ -179,7 +178,7 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']}, device {m['device']}"
-        + (f" ({m['gpu']})" if "gpu" in m else "") + f". 1-minute load average during the timings: "
+        + (f" ({m['gpu']})" if "gpu" in m else "") + ". 1-minute load average during the timings: "
         + ", ".join(f"{e['load_average_1min']}" for e in t.values())
         + " (other processes share the CPUs; timings on a busy machine are upper bounds).",
         "",

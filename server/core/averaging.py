@@ -28,6 +28,8 @@ from ipi.utils.prng import Random
 
 from .errors import InputError
 
+__all__ = ["Averaging", "RotationSet", "VALID_SPECS"]
+
 VALID_SPECS = "none, i, L, Li (L = 2, 3, ...), lebedev:N, lebedev:Ni, random, random-i"
 _GRID = re.compile(r"^(?:(?P<leb>lebedev:)?(?P<order>\d+))?(?P<inv>i)?$")
 
@@ -36,11 +38,15 @@ _GRID = re.compile(r"^(?:(?P<leb>lebedev:)?(?P<order>\d+))?(?P<inv>i)?$")
 class RotationSet:
     """Rotations of one call.
 
-    Attributes:
-        matrices: [K, 3, 3] rotation matrices (possibly improper, det = -1).
-        weights: [K] quadrature weights summing to 1; a zero weight marks the raw
-            (un-rotated) evaluation added only for the diagnostics.
-        raw_index: index of the identity rotation in ``matrices`` (or None).
+    Attributes
+    ----------
+    matrices
+        [K, 3, 3] rotation matrices (possibly improper, det = -1).
+    weights
+        [K] quadrature weights summing to 1; a zero weight marks the raw
+        (un-rotated) evaluation added only for the diagnostics.
+    raw_index
+        index of the identity rotation in ``matrices`` (or None).
     """
 
     matrices: np.ndarray
@@ -51,10 +57,13 @@ class RotationSet:
 class Averaging:
     """One averaging spec. ``rotations()`` gives the rotation set of the next call.
 
-    Args:
-        spec: a spec string (see the module docstring).
-        seed: seed of the random rotations (``random``/``random-i``); calls are
-            reproducible for a given seed.
+    Parameters
+    ----------
+    spec
+        a spec string (see the module docstring).
+    seed
+        seed of the random rotations (``random``/``random-i``); calls are
+        reproducible for a given seed.
     """
 
     def __init__(self, spec: str = "none", seed: int = 12345):

@@ -4,6 +4,8 @@ Command-line entry points catch :class:`MLIPError` and print ``error: <message>`
 instead of a traceback.
 """
 
+__all__ = ["MLIPError", "ModelError", "InputError", "ProtocolError"]
+
 
 class MLIPError(Exception):
     """Base class: a user-facing error with a one-line message."""

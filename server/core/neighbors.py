@@ -10,21 +10,29 @@ from __future__ import annotations
 import numpy as np
 import vesin
 
+__all__ = ["neighbor_pairs", "neighbor_list"]
+
 
 def neighbor_pairs(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
     """Full neighbour list of one structure as pairs and integer cell shifts.
 
-    Args:
-        positions: [N, 3] Cartesian positions, Å.
-        cell: [3, 3] lattice vectors as rows, Å (ignored along non-periodic axes).
-        pbc: [3] booleans, periodicity along each lattice vector.
-        cutoff: cutoff radius, Å.
+    Parameters
+    ----------
+    positions
+        [N, 3] Cartesian positions, Å.
+    cell
+        [3, 3] lattice vectors as rows, Å (ignored along non-periodic axes).
+    pbc
+        [3] booleans, periodicity along each lattice vector.
+    cutoff
+        cutoff radius, Å.
 
-    Returns:
-        ``(edge_index, shifts, vectors)``: int64 [2, E] (row 0 centre i, row 1 neighbour j),
-        int64 [E, 3] cell shifts S and float64 [E, 3] vectors r_ij = x_j - x_i + S·cell in Å.
-        The list is symmetric: for every edge i→j with vector r (shift S) there is one edge
-        j→i with vector −r (shift −S).
+    Returns
+    -------
+    ``(edge_index, shifts, vectors)``: int64 [2, E] (row 0 centre i, row 1 neighbour j),
+    int64 [E, 3] cell shifts S and float64 [E, 3] vectors r_ij = x_j - x_i + S·cell in Å.
+    The list is symmetric: for every edge i→j with vector r (shift S) there is one edge
+    j→i with vector −r (shift −S).
     """
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool)

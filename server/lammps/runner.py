@@ -101,17 +101,28 @@ class RunResult:
 class LammpsRun:
     """One bridge (LAMMPS, optionally under mpiexec) and one mlip-server, started in order.
 
-    Args:
-        deck: LAMMPS input (see :mod:`server.lammps.deck`).
-        model: TorchScript model file.
-        elements: element of each LAMMPS atom type, in type order.
-        np: MPI ranks for LAMMPS (1: no mpiexec).
-        variables: (name, value) LAMMPS variables.
-        workdir: where LAMMPS and the server run and write (created).
-        address: ``unix:NAME`` / ``inet:HOST:PORT``; default a unique unix socket.
-        server_args / bridge_args: extra command-line arguments for each side.
-        echo: stream both outputs to stdout.
-        grace: seconds a side may take to exit by itself after the other one ended.
+    Parameters
+    ----------
+    deck
+        LAMMPS input (see :mod:`server.lammps.deck`).
+    model
+        TorchScript model file.
+    elements
+        element of each LAMMPS atom type, in type order.
+    np
+        MPI ranks for LAMMPS (1: no mpiexec).
+    variables
+        (name, value) LAMMPS variables.
+    workdir
+        where LAMMPS and the server run and write (created).
+    address
+        ``unix:NAME`` / ``inet:HOST:PORT``; default a unique unix socket.
+    server_args / bridge_args
+        extra command-line arguments for each side.
+    echo
+        stream both outputs to stdout.
+    grace
+        seconds a side may take to exit by itself after the other one ended.
     """
 
     def __init__(self, deck, model, elements, *, np=1, variables=(), workdir=".", address=None,

@@ -1,0 +1,103 @@
+"""One description of the machine that produced a number: CPU, cores, threads, torch, GPU.
+
+Every report that contains timings (``training.validate_teacher``, ``training.evaluate_model``,
+``mlip-probe``, the scripts of ``bench/``) stores :func:`describe` next to them, so that a
+reader can tell a busy 2-core laptop from an idle GPU node.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Sequence
+
+__all__ = ["describe", "cpu_name"]
+
+
+def cpu_name() -> str:
+    """The CPU model name.
+
+    Returns
+    -------
+    str
+        ``model name`` of ``/proc/cpuinfo``, else ``Model name`` of ``lscpu``, else what
+        :mod:`platform` knows (e.g. ``x86_64``).
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe(device: str | None = None, *, torch: bool = True, packages: Sequence[str] = ()) -> dict:
+    """The machine, as a JSON-ready dict.
+
+    Parameters
+    ----------
+    device : str, optional
+        The device the numbers were measured on (``cpu``, ``cuda``, ``cuda:1``); stored under
+        ``device``. With a CUDA device, ``gpu`` names that device; without ``device``, ``gpu``
+        names CUDA device 0 whenever one is available.
+    torch : bool
+        Record torch's version and its CPU threads (imports torch). False for reports that
+        do not use it (the analysis benchmark).
+    packages : sequence of str
+        Distributions whose versions to record as well, e.g. ``("MDAnalysis", "numpy")``;
+        each under its own name (``"not installed"`` when missing).
+
+    Returns
+    -------
+    dict
+        ``cpu`` (model name), ``cores`` (logical CPUs of the machine), ``cpus_available``
+        (those this process may run on), ``python``, ``date`` (local, ``YYYY-MM-DD HH:MM``),
+        ``load_average_at_start`` (1-minute load average now: other processes compete for the
+        CPUs when it exceeds ``cores``), ``omp_wait_policy`` (only when set); with ``torch``:
+        ``torch`` (version) and ``torch_threads`` (intra-op threads now); ``device`` and
+        ``gpu`` as above; one key per entry of ``packages``.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count()
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "cpus_available": available,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average_at_start": os.getloadavg()[0]}
+    if os.environ.get("OMP_WAIT_POLICY"):
+        info["omp_wait_policy"] = os.environ["OMP_WAIT_POLICY"]
+    if torch:
+        import torch as _torch
+
+        info["torch"] = _torch.__version__
+        info["torch_threads"] = _torch.get_num_threads()
+        if device is not None:
+            info["device"] = device
+        cuda = device is None or str(device).startswith("cuda")
+        if cuda and _torch.cuda.is_available():
+            info["gpu"] = _torch.cuda.get_device_name(_torch.device(device) if device else 0)
+    elif device is not None:
+        info["device"] = device
+    for name in packages:
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None)
+        if version is None:
+            try:
+                version = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                version = "not installed"
+        info[name] = version
+    return info
