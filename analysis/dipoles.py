@@ -30,9 +30,9 @@ from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import minimize_vectors, self_capped_distance, self_distance_array
 
-from .statistics import DEFAULT_BLOCKS, block_slices, integrated_time, mean_sem
 from .errors import AnalysisInputError, BoxError, require_box
 from .molecules import dipole_directions, oh_vectors
+from .statistics import DEFAULT_BLOCKS, block_slices, integrated_time, mean_sem
 
 __all__ = [
     "DipoleOrientation",

@@ -28,9 +28,9 @@ from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import minimize_vectors
 
-from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 from .errors import AnalysisInputError, BoxError, require_box
 from .molecules import molecular_centres
+from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 
 __all__ = ["MSD", "unwrap", "yeh_hummer", "XI_CUBIC"]
 

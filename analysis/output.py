@@ -12,9 +12,8 @@ import math
 import os
 import tempfile
 
-import numpy as np
-
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

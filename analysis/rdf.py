@@ -16,8 +16,8 @@ from MDAnalysis.analysis.rdf import InterRDF
 from MDAnalysis.analysis.results import ResultsGroup
 from MDAnalysis.lib.distances import distance_array, self_distance_array
 
-from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 from .errors import BoxError, require_box
+from .statistics import DEFAULT_BLOCKS, block_slices, mean_sem
 
 __all__ = ["BlockRDF", "water_rdfs", "default_rmax", "first_shell"]
 

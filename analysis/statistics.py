@@ -16,8 +16,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLOCKS", "block_slices", "mean_sem", "series_mean_sem", "normalised_acf", "integrated_time",
-           "welch_compare"]
+__all__ = ["DEFAULT_BLOCKS", "block_slices", "mean_sem", "series_mean_sem", "normalised_acf",
+           "integrated_time", "welch_compare"]
 
 DEFAULT_BLOCKS = 5
 
@@ -171,4 +171,5 @@ def welch_compare(a, a_err, b, b_err, n_blocks: int) -> dict:
     dof = err ** 4 / (a_err ** 4 / nu + b_err ** 4 / nu) if err > 0 else float(nu)
     t = delta / err if err > 0 else (math.inf if delta else 0.0)
     t_crit = float(student_t.ppf(0.975, dof))
-    return {"delta": delta, "err": err, "t": t, "dof": dof, "t_crit": t_crit, "significant": bool(abs(t) >= t_crit)}
+    return {"delta": delta, "err": err, "t": t, "dof": dof, "t_crit": t_crit,
+            "significant": bool(abs(t) >= t_crit)}

@@ -19,7 +19,14 @@ from MDAnalysis.analysis.base import AnalysisBase
 from MDAnalysis.analysis.results import ResultsGroup
 
 from .errors import AnalysisInputError
-from .statistics import DEFAULT_BLOCKS, block_slices, integrated_time, mean_sem, normalised_acf, series_mean_sem
+from .statistics import (
+    DEFAULT_BLOCKS,
+    block_slices,
+    integrated_time,
+    mean_sem,
+    normalised_acf,
+    series_mean_sem,
+)
 
 __all__ = ["delta_v_statistics", "conserved_drift", "AngularMomentum", "HBAR_AMU_A2_PS", "CM1_PER_THZ"]
 

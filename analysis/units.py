@@ -28,7 +28,8 @@ from server.protocol import ATOMIC_UNITS
 
 from .errors import AnalysisInputError
 
-__all__ = ["ATOMIC_PER_ANALYSIS", "ANALYSIS_UNITS", "ANGSTROM_PER_BOHR", "from_ipi", "to_atomic", "atomic_to_analysis"]
+__all__ = ["ATOMIC_PER_ANALYSIS", "ANALYSIS_UNITS", "ANGSTROM_PER_BOHR", "from_ipi", "to_atomic",
+           "atomic_to_analysis"]
 
 PS_PER_FS = 1e-3
 

@@ -12,7 +12,7 @@ rotationally diffuse), then measures
 
 Writes ``bench/results/analysis_speed.json`` and prints a markdown table.
 
-    .venv/bin/python bench/analysis_speed.py [--frames 1000] [--molecules 512]
+    .venv/bin/python -m bench.analysis_speed [--frames 1000] [--molecules 512]
 """
 
 from __future__ import annotations
@@ -20,45 +20,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from analysis import cli  # noqa: E402
-from analysis.dipoles import (DielectricConstant, DipoleAutocorrelation, DipoleOrientation,  # noqa: E402
-                              DipolePairCorrelation)
-from analysis.molecules import find_water  # noqa: E402
-from analysis.msd import MSD  # noqa: E402
-from analysis.rdf import BlockRDF, default_rmax  # noqa: E402
-from analysis.readers import build_universe, load_universe  # noqa: E402
-from analysis.synthetic import water_trajectory, wrap, write_ipi  # noqa: E402
+from analysis import cli
+from analysis.dipoles import (
+    DielectricConstant,
+    DipoleAutocorrelation,
+    DipoleOrientation,
+    DipolePairCorrelation,
+)
+from analysis.molecules import find_water
+from analysis.msd import MSD
+from analysis.rdf import BlockRDF, default_rmax
+from analysis.readers import build_universe, load_universe
+from analysis.synthetic import water_trajectory, wrap, write_ipi
+from server.machine import describe
+from server.paths import project_root
 
 CHARGES = {"O": -0.8476, "H": 0.4238}
 
 
-def machine():
-    model = "unknown"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import MDAnalysis
-
-    return {"cpu_model": model, "cpus_available": len(os.sched_getaffinity(0)),
-            "python": platform.python_version(), "MDAnalysis": MDAnalysis.__version__,
-            "numpy": np.__version__,
-            "load_average_1min_at_start": os.getloadavg()[0],
-            "note": "2-core machine shared with other jobs; load average shows how busy it was"}
+def machine() -> dict:
+    """:func:`server.machine.describe` without torch, with MDAnalysis' and numpy's versions, and
+    the key names of the committed ``bench/results/analysis_speed.json``."""
+    info = describe(torch=False, packages=("MDAnalysis", "numpy"))
+    info.update(
+        cpu_model=info["cpu"],
+        load_average_1min_at_start=info["load_average_at_start"],
+        note="2-core machine shared with other jobs; load average shows how busy it was",
+    )
+    return info
 
 
 def timed(make, **run_kw):
@@ -73,13 +66,14 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--molecules", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "analysis_speed.json"))
+    ap.add_argument("--out", default=str(project_root() / "bench" / "results" / "analysis_speed.json"))
     args = ap.parse_args(argv)
 
     F, M, dt = args.frames, args.molecules, 0.01
     L = 24.861 * (M / 512) ** (1 / 3)
-    names, x, dims = water_trajectory(n_molecules=M, box_length=L, n_frames=F, dt_ps=dt, D=0.23,
-                                      rot_step=0.15, seed=1)
+    names, x, dims = water_trajectory(
+        n_molecules=M, box_length=L, n_frames=F, dt_ps=dt, D=0.23, rot_step=0.15, seed=1
+    )
     xw = wrap(x, dims)
     u = build_universe(names, xw, dims, dt_ps=dt)
     w = find_water(u)
@@ -99,8 +93,14 @@ def main(argv=None):
     for name, make in cases.items():
         t_serial, c_serial = timed(make)
         obj = make()
-        row = {"analysis": name, "frames": F, "serial_s": t_serial, "serial_fps": F / t_serial,
-               "serial_cpu_s": c_serial, "serial_fps_per_cpu_s": F / c_serial}
+        row = {
+            "analysis": name,
+            "frames": F,
+            "serial_s": t_serial,
+            "serial_fps": F / t_serial,
+            "serial_cpu_s": c_serial,
+            "serial_fps_per_cpu_s": F / c_serial,
+        }
         if obj.parallelizable:
             t_par, _ = timed(make, backend="multiprocessing", n_workers=args.workers)
             row.update(parallel_s=t_par, parallel_fps=F / t_par, speedup=t_serial / t_par)
@@ -114,38 +114,70 @@ def main(argv=None):
         load_universe(traj, timestep_fs=10.0)
         t_read = time.perf_counter() - t
         t, c = time.perf_counter(), time.process_time()
-        rc = cli.main(["all", traj, "--timestep", "10", "--out", os.path.join(tmp, "out"), "--quiet",
-                       "--charges", "O=-0.8476", "H=0.4238"])
+        rc = cli.main(
+            [
+                "all",
+                traj,
+                "--timestep",
+                "10",
+                "--out",
+                os.path.join(tmp, "out"),
+                "--quiet",
+                "--charges",
+                "O=-0.8476",
+                "H=0.4238",
+            ]
+        )
         t_all, c_all = time.perf_counter() - t, time.process_time() - c
         size_mb = os.path.getsize(traj) / 1e6
     assert rc == 0, "mlip-analyse all failed"
 
     result = {
         "machine": machine(),
-        "system": {"atoms": 3 * M, "molecules": M, "frames": F, "box_A": L, "rmax_A": rmax,
-                   "rdf_bins": 200, "pair_search": "dense distance_array" if BlockRDF(O, H).dense else "capped_distance"},
+        "system": {
+            "atoms": 3 * M,
+            "molecules": M,
+            "frames": F,
+            "box_A": L,
+            "rmax_A": rmax,
+            "rdf_bins": 200,
+            "pair_search": "dense distance_array" if BlockRDF(O, H).dense else "capped_distance",
+        },
         "analyses": rows,
-        "end_to_end": {"command": "mlip-analyse all TRAJ --timestep 10 --charges O=-0.8476 H=0.4238",
-                       "file": f"i-PI xyz, atomic units, {size_mb:.0f} MB", "read_s": t_read,
-                       "all_s": t_all, "all_cpu_s": c_all, "target_s": 60.0, "met": t_all < 60.0},
+        "end_to_end": {
+            "command": "mlip-analyse all TRAJ --timestep 10 --charges O=-0.8476 H=0.4238",
+            "file": f"i-PI xyz, atomic units, {size_mb:.0f} MB",
+            "read_s": t_read,
+            "all_s": t_all,
+            "all_cpu_s": c_all,
+            "target_s": 60.0,
+            "met": t_all < 60.0,
+        },
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2)
 
     m = result["machine"]
-    print(f"\nMachine: {m['cpu_model']}, {m['cpus_available']} cores; MDAnalysis {m['MDAnalysis']}; "
-          f"{3 * M} atoms x {F} frames\n")
+    print(
+        f"\nMachine: {m['cpu']}, {m['cpus_available']} cores; MDAnalysis {m['MDAnalysis']}; "
+        f"{3 * M} atoms x {F} frames\n"
+    )
     print(f"load average (1 min) at start: {m['load_average_1min_at_start']:.2f}\n")
-    print(f"| analysis | serial frames/s (wall) | frames per CPU-second | {args.workers} workers frames/s | speed-up |")
+    print(
+        "| analysis | serial frames/s (wall) | frames per CPU-second "
+        f"| {args.workers} workers frames/s | speed-up |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
         par = f"{r['parallel_fps']:.0f} | {r['speedup']:.2f}x" if "speedup" in r else "n/a | n/a"
         print(f"| {r['analysis']} | {r['serial_fps']:.0f} | {r['serial_fps_per_cpu_s']:.0f} | {par} |")
     e = result["end_to_end"]
-    print(f"| `mlip-analyse all` incl. reading the {e['file']} ({e['read_s']:.1f} s) | "
-          f"{F / e['all_s']:.0f} ({e['all_s']:.1f} s wall, target < 60 s) | {F / e['all_cpu_s']:.0f} "
-          f"({e['all_cpu_s']:.1f} CPU s) | | |")
+    print(
+        f"| `mlip-analyse all` incl. reading the {e['file']} ({e['read_s']:.1f} s) | "
+        f"{F / e['all_s']:.0f} ({e['all_s']:.1f} s wall, target < 60 s) | {F / e['all_cpu_s']:.0f} "
+        f"({e['all_cpu_s']:.1f} CPU s) | | |"
+    )
     return 0
 
 

@@ -8,7 +8,7 @@ molecule, 192 atoms and 1536 atoms, and the ratio of each to ``none``:
 * i-PI: ``<ffrotations>`` around our raw socket endpoint (wall time per MD step, molecule
   and 192 atoms only, ``none`` and ``2i``).
 
-    python bench/averaging.py [--model M] [--device cuda] [--dtype float32] [--no-ipi] [--specs none,2i,4i]
+    python -m bench.averaging [--model M] [--device cuda] [--dtype float32] [--no-ipi] [--specs none,2i,4i]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ IPI_XML = """<simulation verbosity='quiet'>
   <system><initialize nbeads='1'><file mode='xyz' units='angstrom'>init.xyz</file>
     <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
     <forces><force forcefield='avg'/></forces>
-    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
+    <motion mode='dynamics'><dynamics mode='nve'>\
+<timestep units='femtosecond'>0.5</timestep></dynamics></motion>
   </system>
 </simulation>"""
 
@@ -83,13 +84,17 @@ def main(argv=None):
     p.add_argument("--no-ipi", action="store_true")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--specs", default=",".join(SPECS), help="comma-separated averaging specs to time")
-    p.add_argument("--max-serial-evaluations", type=int, default=400,
-                   help="skip the serial loop (and 3i at 1536 atoms) where it would need more model calls "
-                        "× atoms/192 than this (CPU time)")
+    p.add_argument(
+        "--max-serial-evaluations",
+        type=int,
+        default=400,
+        help="skip the serial loop (and 3i at 1536 atoms) where it would need more model calls "
+        "× atoms/192 than this (CPU time)",
+    )
     args = p.parse_args(argv)
     specs = args.specs.split(",")
     work = Path(tempfile.mkdtemp(prefix="bench-avg-"))
-    model, label = (args.model, args.model) if args.model else default_model(work)
+    model, label = (args.model, args.model) if args.model else default_model()
     ev = Evaluator(model, device=args.device, dtype=args.dtype)
     mol = water_molecule(center=(5, 5, 5))
     mol.cell, mol.pbc = np.eye(3) * 10, False
@@ -104,31 +109,52 @@ def main(argv=None):
             big = args.device == "cpu" and len(atoms) > 1000 and Averaging(spec).n_rotations >= 150
             rep = 1 if len(atoms) > 1000 else args.repeat
             batched = np.nan if big else timeit(lambda: ev.compute([s], spec), repeat=rep, warmup=1)
-            loop = np.nan if (big or cost > args.max_serial_evaluations) else timeit(
-                lambda: serial(ev, s, spec), repeat=1 if len(atoms) > 100 else rep, warmup=0 if len(atoms) > 100 else 1)
+            loop = (
+                np.nan
+                if (big or cost > args.max_serial_evaluations)
+                else timeit(
+                    lambda: serial(ev, s, spec),
+                    repeat=1 if len(atoms) > 100 else rep,
+                    warmup=0 if len(atoms) > 100 else 1,
+                )
+            )
             row[spec] = {"batched_s": batched, "serial_s": loop}
         if not args.no_ipi and len(atoms) < 1000:
             extra = ["--device", args.device, "--dtype", args.dtype]
             for spec in ("none", "2i"):
-                row[spec]["ipi_ffrotations_s_per_step"] = ipi_ffrotations(work / name.split()[0], atoms, model, spec,
-                                                                          extra=extra)
+                row[spec]["ipi_ffrotations_s_per_step"] = ipi_ffrotations(
+                    work / name.split()[0], atoms, model, spec, extra=extra
+                )
         data["systems"][name] = row
         base = row["none"]["batched_s"]
         for spec in specs:
             r = row[spec]
             ipi = r.get("ipi_ffrotations_s_per_step")
-            ipi_txt = f"{1e3 * ipi:.1f} ({ipi / row['none']['ipi_ffrotations_s_per_step']:.1f}×)" if ipi else "–"
-            loop_txt = "–" if np.isnan(r["serial_s"]) else f"{1e3 * r['serial_s']:.1f} ({r['serial_s'] / base:.1f}×)"
+            ipi_txt = (
+                f"{1e3 * ipi:.1f} ({ipi / row['none']['ipi_ffrotations_s_per_step']:.1f}×)" if ipi else "–"
+            )
+            loop_txt = (
+                "–" if np.isnan(r["serial_s"]) else f"{1e3 * r['serial_s']:.1f} ({r['serial_s'] / base:.1f}×)"
+            )
             ratio = r["batched_s"] / r["serial_s"] if not np.isnan(r["serial_s"]) else np.nan
-            batched_txt = "–" if np.isnan(r["batched_s"]) else f"{1e3 * r['batched_s']:.1f} ({r['batched_s'] / base:.1f}×)"
-            lines.append(f"| {name} | {spec} | {Averaging(spec).n_rotations} | {batched_txt} | {loop_txt} | "
-                         f"{'–' if np.isnan(ratio) else f'{ratio:.2f}'} | {ipi_txt} |")
+            batched_txt = (
+                "–"
+                if np.isnan(r["batched_s"])
+                else f"{1e3 * r['batched_s']:.1f} ({r['batched_s'] / base:.1f}×)"
+            )
+            lines.append(
+                f"| {name} | {spec} | {Averaging(spec).n_rotations} | {batched_txt} | {loop_txt} | "
+                f"{'–' if np.isnan(ratio) else f'{ratio:.2f}'} | {ipi_txt} |"
+            )
     m = data["machine"]
     md = f"""## Rotational averaging (`bench/averaging.py`)
-Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads){', GPU ' + m['gpu'] if 'gpu' in m else ''}, {m['date']}.
-Model: {label}; device {args.device}, {args.dtype}. Times in ms per energy+forces evaluation (× = ratio to `none`
+Machine: {m["cpu"]}, {m["cores"]} cores, torch {m["torch"]} ({m["torch_threads"]} threads)\
+{", GPU " + m["gpu"] if "gpu" in m else ""}, {m["date"]}.
+Model: {label}; device {args.device}, {args.dtype}. Times in ms per energy+forces \
+evaluation (× = ratio to `none`
 of the same column); i-PI column: wall time per MD step with `<ffrotations>` around our raw endpoint.
-"–": not run (serial loops above {args.max_serial_evaluations} 192-atom model calls, and 3i at 1536 atoms, cost too much CPU time here).
+"–": not run (serial loops above {args.max_serial_evaluations} 192-atom model calls, \
+and 3i at 1536 atoms, cost too much CPU time here).
 
 | system | spec | rotations | batched (ours) | serial loop | batched / serial | i-PI ffrotations |
 |---|---|---|---|---|---|---|

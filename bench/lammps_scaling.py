@@ -2,8 +2,8 @@
 into the model, the rest of the server, the bridge (gather, sockets, scatter on rank 0)
 and LAMMPS itself.
 
-    python bench/lammps_scaling.py                      # 1.5k, 12k, 98k atoms; 1 and 2 ranks at 98k
-    python bench/lammps_scaling.py --model models/water-pet.pt --replicas 1 2 --np 1 2
+    python -m bench.lammps_scaling                      # 1.5k, 12k, 98k atoms; 1 and 2 ranks at 98k
+    python -m bench.lammps_scaling --model models/water-pet.pt --replicas 1 2 --np 1 2
 
 Each size is the 512-molecule water box replicated r×r×r in LAMMPS (``in.water-large``,
 NVT, 0.5 fs). Sources of the numbers:
@@ -32,15 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "lammps_inputs"))
+from server.lammps import runner
+from server.machine import describe as machine
+from server.paths import lammps_inputs_dir, project_root, shipped_model
+from server.structures import write_water_data
 
-from bench.common import machine  # noqa: E402
-from server import lammps_run  # noqa: E402
-
-DECK = ROOT / "lammps_inputs" / "in.water-large"
-RESULT = ROOT / "bench" / "results" / "lammps_scaling.json"
 DEFAULT_STEPS = {1: 40, 2: 8, 4: 3}
 
 
@@ -66,27 +62,49 @@ def parse(workdir: Path, timings: Path) -> dict:
         "lammps": max(total - per["callback"], 0.0),
     }
     return {
-        "atoms": natoms, "ranks": procs, "steps": steps,
+        "atoms": natoms,
+        "ranks": procs,
+        "steps": steps,
         "step_s": total,
-        "per_step_s": dict(parts, bridge_gather=per["gather"], bridge_socket=per["transfer"],
-                           bridge_scatter=per["scatter"], callback=per["callback"]),
+        "per_step_s": dict(
+            parts,
+            bridge_gather=per["gather"],
+            bridge_socket=per["transfer"],
+            bridge_scatter=per["scatter"],
+            callback=per["callback"],
+        ),
         "shares": {k: v / total for k, v in parts.items()},
     }
 
 
 def run_one(model: str, replicas: int, np_: int, steps: int, threads: int) -> dict:
-    from make_data import write_water_data
-
-    data = write_water_data(512, ROOT / "lammps_inputs" / "water-512.data")
+    data = write_water_data(512, lammps_inputs_dir() / "water-512.data")
     with tempfile.TemporaryDirectory(prefix="lammps-scaling-") as tmp:
         workdir = Path(tmp)
         timings = workdir / "timings.json"
-        variables = [("data", data), ("nx", replicas), ("ny", replicas), ("nz", replicas), ("steps", steps),
-                     ("thermo", steps), ("dump", 10 * steps)]
+        variables = [
+            ("data", data),
+            ("nx", replicas),
+            ("ny", replicas),
+            ("nz", replicas),
+            ("steps", steps),
+            ("thermo", steps),
+            ("dump", 10 * steps),
+        ]
         server_args = ["--threads", str(threads)] if threads else []
         t0 = time.perf_counter()
-        result = lammps_run.run(DECK, model, ["O", "H"], np=np_, variables=variables, workdir=workdir, echo=False,
-                                server_args=server_args, bridge_args=[f"--timings={timings}"], timeout=1800)
+        result = runner.run(
+            lammps_inputs_dir() / "in.water-large",
+            model,
+            ["O", "H"],
+            np=np_,
+            variables=variables,
+            workdir=workdir,
+            echo=False,
+            server_args=server_args,
+            bridge_args=[f"--timings={timings}"],
+            timeout=1800,
+        )
         wall = time.perf_counter() - t0
         if result.code:
             raise SystemExit(f"lammps_scaling: error: {result.message}")
@@ -96,47 +114,70 @@ def run_one(model: str, replicas: int, np_: int, steps: int, threads: int) -> di
 
 
 def table(rows) -> str:
-    lines = ["| atoms | MPI ranks | s/step | model | neighbour lists | server other | bridge (gather/socket/scatter) | LAMMPS |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| atoms | MPI ranks | s/step | model | neighbour lists | server other "
+        "| bridge (gather/socket/scatter) | LAMMPS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         s, p = r["shares"], r["per_step_s"]
-        lines.append(f"| {r['atoms']:,} | {r['ranks']} | {r['step_s']:.3g} | {s['model']:.1%} | "
-                     f"{s['neighbour_lists']:.1%} | {s['server_other']:.1%} | {s['bridge']:.2%} "
-                     f"({1e3 * p['bridge_gather']:.2g} / {1e3 * p['bridge_socket']:.2g} / "
-                     f"{1e3 * p['bridge_scatter']:.2g} ms) | {s['lammps']:.2%} |")
+        lines.append(
+            f"| {r['atoms']:,} | {r['ranks']} | {r['step_s']:.3g} | {s['model']:.1%} | "
+            f"{s['neighbour_lists']:.1%} | {s['server_other']:.1%} | {s['bridge']:.2%} "
+            f"({1e3 * p['bridge_gather']:.2g} / {1e3 * p['bridge_socket']:.2g} / "
+            f"{1e3 * p['bridge_scatter']:.2g} ms) | {s['lammps']:.2%} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt, else the toy)")
-    p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4],
-                   help="r: the 512-molecule box replicated r×r×r (1: 1,536 atoms, 2: 12,288, 4: 98,304)")
+    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=[1, 2, 4],
+        help="r: the 512-molecule box replicated r×r×r (1: 1,536 atoms, 2: 12,288, 4: 98,304)",
+    )
     p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="MPI ranks at the largest size")
-    p.add_argument("--steps", type=int, default=None, help="MD steps per size (default 50/10/4 for r = 1/2/4)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="server torch threads (0: torch's default; 1 gives steadier numbers on a shared machine)")
+    p.add_argument(
+        "--steps", type=int, default=None, help="MD steps per size (default 50/10/4 for r = 1/2/4)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="server torch threads (0: torch's default; 1 gives steadier numbers on a shared machine)",
+    )
     args = p.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="lammps-scaling-model-"))
-    model = args.model or lammps_run.default_model(workdir)
-    model_name = "models/water-pet.pt" if args.model is None and lammps_run.SHIPPED_MODEL.exists() else (
-        args.model or "training.toy_models.water_toy (stand-in: Morse pairs + MLP, cutoff 4 Å)")
+    model = args.model or str(shipped_model())
+    model_name = args.model or "models/water-pet.pt"
     info = machine()
     runs = [(r, 1) for r in args.replicas] + [(max(args.replicas), n) for n in args.np if n != 1]
     rows = []
     for replicas, np_ in runs:
         steps = args.steps or DEFAULT_STEPS.get(replicas, 4)
-        print(f"lammps_scaling: {512 * 3 * replicas ** 3:,} atoms on {np_} rank(s), {steps} steps ...", flush=True)
+        print(
+            f"lammps_scaling: {512 * 3 * replicas**3:,} atoms on {np_} rank(s), {steps} steps ...", flush=True
+        )
         rows.append(run_one(str(model), replicas, np_, steps, args.threads))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     info["load_average_at_end"] = os.getloadavg()[0]
-    data = {"benchmark": "lammps_scaling", "model": model_name, "deck": "lammps_inputs/in.water-large (NVT, 0.5 fs)",
-            "server_threads": args.threads or "torch default", "machine": info, "runs": rows}
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(data, indent=2) + "\n")
+    data = {
+        "benchmark": "lammps_scaling",
+        "model": model_name,
+        "deck": "lammps_inputs/in.water-large (NVT, 0.5 fs)",
+        "server_threads": args.threads or "torch default",
+        "machine": info,
+        "runs": rows,
+    }
+    result = project_root() / "bench" / "results" / "lammps_scaling.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\n## LAMMPS through the socket bridge ({model_name}, {info['cpu']}, {info['cores']} cores)\n")
     print(table(rows))
-    print(f"\nwrote {RESULT.relative_to(ROOT)}")
+    print(f"\nwrote {result.relative_to(project_root())}")
     return 0
 
 

@@ -74,9 +74,14 @@ def describe(device: str | None = None, *, torch: bool = True, packages: Sequenc
         available = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         available = os.cpu_count()
-    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "cpus_available": available,
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average_at_start": os.getloadavg()[0]}
+    info = {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "cpus_available": available,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_at_start": os.getloadavg()[0],
+    }
     if os.environ.get("OMP_WAIT_POLICY"):
         info["omp_wait_policy"] = os.environ["OMP_WAIT_POLICY"]
     if torch:

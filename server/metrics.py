@@ -26,8 +26,18 @@ import numpy as np
 from .core.errors import InputError
 from .core.evaluator import Evaluator, Result, Structure
 
-__all__ = ["Labels", "labels", "Errors", "errors", "predict", "label_errors", "raw_vs_grid",
-           "Timing", "time_calls", "time_model"]
+__all__ = [
+    "Labels",
+    "labels",
+    "Errors",
+    "errors",
+    "predict",
+    "label_errors",
+    "raw_vs_grid",
+    "Timing",
+    "time_calls",
+    "time_model",
+]
 
 
 # -- labels ---------------------------------------------------------------------------------
@@ -128,7 +138,7 @@ class Errors:
     @property
     def energy_rmse_per_atom(self) -> float:
         """Root mean square of the energy difference per atom (offset included), eV/atom."""
-        return float(np.sqrt(np.mean(self.energy_per_atom ** 2)))
+        return float(np.sqrt(np.mean(self.energy_per_atom**2)))
 
     @property
     def energy_max_deviation_from_offset_per_atom(self) -> float:
@@ -144,7 +154,7 @@ class Errors:
     @property
     def energy_rms(self) -> float:
         """Root mean square total-energy difference per structure, eV."""
-        return float(np.sqrt((self.energy ** 2).mean()))
+        return float(np.sqrt((self.energy**2).mean()))
 
     @property
     def energy_mae_per_atom(self) -> float:
@@ -165,11 +175,11 @@ class Errors:
     @property
     def force_rmse(self) -> float:
         """Root mean square force-component difference, eV/Å."""
-        return float(np.sqrt((self.force_components ** 2).mean()))
+        return float(np.sqrt((self.force_components**2).mean()))
 
     def force_rmse_per_structure(self) -> np.ndarray:
         """[n_structures] force RMSE of each structure, eV/Å."""
-        return np.array([np.sqrt(np.mean(f ** 2)) for f in self.forces])
+        return np.array([np.sqrt(np.mean(f**2)) for f in self.forces])
 
     def per_element(self) -> dict:
         """Force MAE and RMSE by element.
@@ -190,7 +200,10 @@ class Errors:
         out = {}
         for z in sorted(set(numbers.tolist())):
             sel = df[numbers == z]
-            out[int(z)] = {"force_mae": float(np.abs(sel).mean()), "force_rmse": float(np.sqrt((sel ** 2).mean()))}
+            out[int(z)] = {
+                "force_mae": float(np.abs(sel).mean()),
+                "force_rmse": float(np.sqrt((sel**2).mean())),
+            }
         return out
 
 
@@ -219,8 +232,9 @@ def errors(predicted: Sequence, reference: Sequence, numbers: Optional[Sequence]
     return Errors(energy, n_atoms, forces, None if numbers is None else [np.asarray(z) for z in numbers])
 
 
-def predict(evaluator: Evaluator, structures: Sequence[Structure], averaging=None,
-            batch: Optional[int] = None) -> list[Result]:
+def predict(
+    evaluator: Evaluator, structures: Sequence[Structure], averaging=None, batch: Optional[int] = None
+) -> list[Result]:
     """Model results of ``structures``, ``batch`` structures per :meth:`Evaluator.compute` call.
 
     Parameters
@@ -243,7 +257,7 @@ def predict(evaluator: Evaluator, structures: Sequence[Structure], averaging=Non
     batch = batch or max(len(structures), 1)
     out: list = []
     for start in range(0, len(structures), batch):
-        out += evaluator.compute(structures[start:start + batch], averaging)
+        out += evaluator.compute(structures[start : start + batch], averaging)
     return out
 
 
@@ -354,9 +368,15 @@ class Timing:
         return statistics.median(self.neighbors_s) if self.neighbors_s else float("nan")
 
 
-def time_calls(call: Callable[[], object], repeats: int = 5, warmup: int = 1, *,
-               evaluator: Optional[Evaluator] = None, budget_s: Optional[float] = None,
-               max_repeats: int = 20) -> Timing:
+def time_calls(
+    call: Callable[[], object],
+    repeats: int = 5,
+    warmup: int = 1,
+    *,
+    evaluator: Optional[Evaluator] = None,
+    budget_s: Optional[float] = None,
+    max_repeats: int = 20,
+) -> Timing:
     """Times ``call()``: ``warmup`` untimed calls, then ``repeats`` timed ones.
 
     Parameters
@@ -399,8 +419,9 @@ def time_calls(call: Callable[[], object], repeats: int = 5, warmup: int = 1, *,
     return Timing(wall, cpu, warm, neighbors, os.getloadavg()[0])
 
 
-def time_model(evaluator: Evaluator, structure: Structure, averaging=None, repeats: int = 5,
-               warmup: int = 1, **kwargs) -> Timing:
+def time_model(
+    evaluator: Evaluator, structure: Structure, averaging=None, repeats: int = 5, warmup: int = 1, **kwargs
+) -> Timing:
     """Times one energy + forces call of ``evaluator`` on ``structure`` (neighbour list included).
 
     Parameters
@@ -418,5 +439,6 @@ def time_model(evaluator: Evaluator, structure: Structure, averaging=None, repea
     Timing
         Wall, CPU and neighbour-list times, s.
     """
-    return time_calls(lambda: evaluator.compute([structure], averaging), repeats, warmup,
-                      evaluator=evaluator, **kwargs)
+    return time_calls(
+        lambda: evaluator.compute([structure], averaging), repeats, warmup, evaluator=evaluator, **kwargs
+    )

@@ -13,8 +13,9 @@ import torch
 from server.structures import water_box
 from training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+from server.paths import project_root  # noqa: E402
+
+SHARED_DATA = project_root().parent / "shared" / "data"
 
 torch.set_num_threads(1)
 

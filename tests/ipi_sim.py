@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from server import processes
+from server.ipi import pes
 from server.structures import write_ipi_xyz
 
 FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
@@ -18,7 +19,7 @@ FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
   </ffsocket>
 """
 
-PES = Path(__file__).resolve().parents[1] / "server" / "ipi" / "pes.py"
+PES = Path(pes.__file__).resolve()
 DIRECT = """  <ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{pes}</pes_path>
     <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters><batch_size>{batch}</batch_size>
   </ffdirect>

@@ -6,8 +6,9 @@ import numpy as np
 
 import ipi_sim
 from server import processes
+from server.ipi import pes
 
-PES = Path(__file__).resolve().parents[1] / "server" / "ipi" / "pes.py"
+PES = Path(pes.__file__).resolve()
 
 
 def _xml(forcefield):

@@ -14,13 +14,13 @@ import pytest
 from analysis import cli
 from analysis.dipoles import (DEBYE_PER_EA, EPS0_E2_PER_EV_A, KB_EV, DielectricConstant,
                               DipoleAutocorrelation, DipoleOrientation, DipolePairCorrelation)
+from analysis.ipi_files import read_properties
 from analysis.molecules import find_water
 from analysis.msd import MSD, yeh_hummer
 from analysis.rdf import BlockRDF, water_rdfs
 from analysis.readers import build_universe, load_universe
 from analysis.reference import load_reference
-from analysis.symmetry import (HBAR_AMU_A2_PS, AngularMomentum, conserved_drift, delta_v_statistics,
-                               read_properties)
+from analysis.symmetry import HBAR_AMU_A2_PS, AngularMomentum, conserved_drift, delta_v_statistics
 from analysis.synthetic import (perpendicular, random_unit_vectors, rigid_water, water_names,
                                 water_trajectory, wrap, write_ipi)
 from test_analysis_readers import lammps_instance, write_lammps_dump

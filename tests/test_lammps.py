@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 from server import processes
+from server.paths import lammps_inputs_dir
 from server.lammps import runner as lammps_run
 from server.lammps.deck import DeckError, split_deck
 from server.lammps.mpi import find_mpiexec, leftover_shm_files, shm_files
 from server.lammps.mpi import mpi_env as bridge_env
 from server.lammps.runner import LammpsRun
 
-ROOT = Path(__file__).resolve().parents[1]
-DECKS = ROOT / "lammps_inputs"
+DECKS = lammps_inputs_dir()
 
 try:
     _spec = importlib.util.find_spec("lammps")

@@ -12,11 +12,12 @@ import ase.io
 import numpy as np
 import pytest
 
-from server.ipi.launcher import experiments, main as mlip_run
+from server.ipi.experiments import experiments
+from server.ipi.launcher import main as mlip_run
+from server.paths import experiments_dir
 from server.structures import water_box
 
 RUN = [sys.executable, "-m", "server.ipi.launcher"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _outputs_parse(folder):
@@ -45,7 +46,7 @@ def test_experiment_runs_and_outputs_parse(tmp_path, toy_model, experiment):
         args += ["--structure", str(tmp_path / "cell.extxyz")]
     assert mlip_run(args) == 0
     run = tmp_path / "run"
-    meta = json.loads((ROOT / "ipi_inputs" / experiment / "experiment.json").read_text())
+    meta = json.loads((experiments_dir() / experiment / "experiment.json").read_text())
     for name in meta["outputs"]:
         assert (run / name).exists(), name
     _outputs_parse(run)

@@ -55,7 +55,7 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
     """Each run's own first g_OO minimum can fall in a different shell when the minimum is shallow
     (the shipped model's runs gave 3.85, 4.32 and 4.23 Å, i.e. coordinations 7.3 vs 10.8): the
     comparison must read n_OO(r) of every run at the raw run's radius."""
-    from analysis.probe.cli import liquid_section
+    from analysis.probe.dynamics import liquid_section
     from analysis.probe.levels import LEVELS
 
     r = np.arange(0.05, 6.0, 0.1)  # bin centres, 0.1 Å bins: upper edges 0.1, 0.2, ...
@@ -79,15 +79,15 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
 
 
 def test_compare_uses_welch_t_with_few_blocks():
-    from analysis.probe.report import compare
+    from analysis.statistics import welch_compare
 
     # 4 blocks each: 3 + 3 → 6 degrees of freedom; t = 3/√2 = 2.12 passes |z| ≥ 2 but not t(6) = 2.447
-    c = compare(0.0, 1.0, 3.0, 1.0, n_blocks=4)
+    c = welch_compare(0.0, 1.0, 3.0, 1.0, n_blocks=4)
     assert c["t"] == pytest.approx(3 / np.sqrt(2)) and c["dof"] == pytest.approx(6.0)
     assert c["t_crit"] == pytest.approx(2.4469, abs=1e-4) and c["significant"] is False
-    assert compare(0.0, 1.0, 4.0, 1.0, n_blocks=4)["significant"] is True
+    assert welch_compare(0.0, 1.0, 4.0, 1.0, n_blocks=4)["significant"] is True
     # unequal errors: Welch–Satterthwaite, between 3 and 6
-    assert 3.0 < compare(0.0, 1.0, 4.0, 0.2, n_blocks=4)["dof"] < 3.5
+    assert 3.0 < welch_compare(0.0, 1.0, 4.0, 0.2, n_blocks=4)["dof"] < 3.5
     # an unknown error (NaN from a run too short to estimate it) gives no verdict
     for bad in (None, float("nan")):
-        assert compare(0.0, bad, 1.0, 1.0, n_blocks=4)["significant"] is None
+        assert welch_compare(0.0, bad, 1.0, 1.0, n_blocks=4)["significant"] is None

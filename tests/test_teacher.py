@@ -1,4 +1,4 @@
-"""The revPBE0-D3 Behler–Parrinello teacher (training/n2p2.py) against independent checks.
+"""The revPBE0-D3 Behler–Parrinello teacher (training/n2p2/) against independent checks.
 
 Needs the published network in ../shared/data (skipped with a reason when absent):
 symmetry functions against a brute-force numpy implementation, DFT accuracy on a few

@@ -24,6 +24,19 @@ import torch
 
 from server.core.neighbors import neighbor_list
 
+__all__ = [
+    "Frame",
+    "Graph",
+    "Batch",
+    "read_frames",
+    "build_graphs",
+    "composition_matrix",
+    "fit_baseline",
+    "random_rotations",
+    "collate",
+    "forces_from_edge_gradient",
+]
+
 
 @dataclass
 class Frame:
@@ -56,8 +69,9 @@ class Graph:
         return int(self.numbers.shape[0])
 
     def to(self, device) -> "Graph":
-        return Graph(*(t.to(device) for t in (self.numbers, self.edge_index, self.vectors,
-                                                 self.energy, self.forces)))
+        return Graph(
+            *(t.to(device) for t in (self.numbers, self.edge_index, self.vectors, self.energy, self.forces))
+        )
 
 
 @dataclass
@@ -90,8 +104,10 @@ def _labels(atoms, where: str):
         forces = calc.results["forces"]
     if energy is None or forces is None:
         missing = " and ".join(n for n, v in (("energy", energy), ("forces", forces)) if v is None)
-        raise ValueError(f"{where}: no {missing} label: extended XYZ needs energy=… in the comment "
-                         "line and a forces:R:3 column (eV, eV/Å)")
+        raise ValueError(
+            f"{where}: no {missing} label: extended XYZ needs energy=… in the comment "
+            "line and a forces:R:3 column (eV, eV/Å)"
+        )
     return float(energy), np.asarray(forces, dtype=np.float64).reshape(-1, 3)
 
 
@@ -105,8 +121,16 @@ def read_frames(path, index=":") -> List[Frame]:
     frames = []
     for n, atoms in enumerate(ase.io.read(str(path), index=index)):
         energy, forces = _labels(atoms, f"{path}, frame {n}")
-        frames.append(Frame(atoms.get_atomic_numbers().astype(np.int64), atoms.get_positions(),
-                            np.array(atoms.cell[:]), atoms.pbc.copy(), energy, forces))
+        frames.append(
+            Frame(
+                atoms.get_atomic_numbers().astype(np.int64),
+                atoms.get_positions(),
+                np.array(atoms.cell[:]),
+                atoms.pbc.copy(),
+                energy,
+                forces,
+            )
+        )
     if not frames:
         raise ValueError(f"dataset {str(path)!r} has no frames")
     return frames
@@ -117,9 +141,15 @@ def build_graphs(frames: Sequence[Frame], cutoff: float) -> List[Graph]:
     graphs = []
     for f in frames:
         edge_index, vectors = neighbor_list(f.positions, f.cell, f.pbc, cutoff)
-        graphs.append(Graph(torch.from_numpy(f.numbers), torch.from_numpy(edge_index),
-                            torch.from_numpy(vectors), torch.tensor(f.energy, dtype=torch.float64),
-                            torch.from_numpy(f.forces)))
+        graphs.append(
+            Graph(
+                torch.from_numpy(f.numbers),
+                torch.from_numpy(edge_index),
+                torch.from_numpy(vectors),
+                torch.tensor(f.energy, dtype=torch.float64),
+                torch.from_numpy(f.forces),
+            )
+        )
     return graphs
 
 
@@ -130,7 +160,9 @@ def composition_matrix(graphs: Sequence[Graph], species: Sequence[int]) -> np.nd
     for n, g in enumerate(graphs):
         for z, c in zip(*np.unique(g.numbers.cpu().numpy(), return_counts=True)):
             if int(z) not in index:
-                raise ValueError(f"frame {n} contains atomic number {int(z)}, not in the model's species {list(species)}")
+                raise ValueError(
+                    f"frame {n} contains atomic number {int(z)}, not in the model's species {list(species)}"
+                )
             out[n, index[int(z)]] = c
     return out
 
@@ -150,19 +182,32 @@ def random_rotations(n: int, generator: torch.Generator, inversion: bool = True)
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     q = q / q.norm(dim=1, keepdim=True)
     w, x, y, z = q.unbind(1)
-    rot = torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=1).view(n, 3, 3)
+    rot = torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        dim=1,
+    ).view(n, 3, 3)
     if inversion:
         flip = torch.rand(n, generator=generator, dtype=torch.float64) < 0.5
         rot = torch.where(flip[:, None, None], -rot, rot)
     return rot
 
 
-def collate(graphs: Sequence[Graph], rotations: Optional[torch.Tensor] = None,
-            dtype: torch.dtype = torch.float32, requires_grad: bool = True) -> Batch:
+def collate(
+    graphs: Sequence[Graph],
+    rotations: Optional[torch.Tensor] = None,
+    dtype: torch.dtype = torch.float32,
+    requires_grad: bool = True,
+) -> Batch:
     """Packs ``graphs`` (all on one device) into one :class:`Batch`.
 
     ``rotations`` [B, 3, 3] (float64, any device): structure b's edge vectors and force
@@ -183,8 +228,16 @@ def collate(graphs: Sequence[Graph], rotations: Optional[torch.Tensor] = None,
         forces = torch.einsum("iab,ib->ia", rotations[structure_index], forces)
     vectors = vectors.to(dtype).detach().requires_grad_(requires_grad)
     energies = torch.stack([g.energy for g in graphs])
-    return Batch(vectors, edge_index, torch.cat([g.numbers for g in graphs]), structure_index,
-                 len(graphs), energies, forces, n_atoms)
+    return Batch(
+        vectors,
+        edge_index,
+        torch.cat([g.numbers for g in graphs]),
+        structure_index,
+        len(graphs),
+        energies,
+        forces,
+        n_atoms,
+    )
 
 
 def forces_from_edge_gradient(grad: torch.Tensor, edge_index: torch.Tensor, n_atoms: int) -> torch.Tensor:

@@ -16,55 +16,88 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from server import machine, metrics
 from server.core.evaluator import Evaluator, Structure
+from server.paths import project_root
+
+__all__ = ["accuracy", "symmetry_breaking", "speed", "main", "DISTORTED_SOURCES"]
 
 
 def accuracy(ev: Evaluator, frames) -> dict:
-    de, df = [], []
-    for start in range(0, len(frames), 8):
-        chunk = frames[start:start + 8]
-        for a, r in zip(chunk, ev.compute([Structure.from_ase(a) for a in chunk])):
-            de.append((r.energy - a.get_potential_energy()) / len(a))
-            df.append((r.forces - a.get_forces()).ravel())
-    de, df = np.array(de), np.concatenate(df)
-    return {"frames": len(frames), "energy_offset_mev_per_atom": 1e3 * de.mean(),
-            "energy_spread_mev_per_atom": 1e3 * de.std(), "force_mae_ev_per_a": float(np.abs(df).mean()),
-            "force_rmse_ev_per_a": float(np.sqrt((df**2).mean()))}
+    """Errors of the model against labelled frames (8 frames per model call).
+
+    Parameters
+    ----------
+    ev : Evaluator
+    frames : list of ase.Atoms
+        With reference energy (eV) and forces (eV/Å).
+
+    Returns
+    -------
+    dict
+        ``frames``, ``energy_offset_mev_per_atom`` and ``energy_spread_mev_per_atom`` (mean and
+        standard deviation of (E_model − E_ref)/N, meV/atom), ``force_mae_ev_per_a`` and
+        ``force_rmse_ev_per_a`` (all components, eV/Å).
+    """
+    errs = metrics.label_errors(ev, frames, batch=8)
+    return {
+        "frames": len(frames),
+        "energy_offset_mev_per_atom": 1e3 * errs.energy_offset_per_atom,
+        "energy_spread_mev_per_atom": 1e3 * errs.energy_spread_per_atom,
+        "force_mae_ev_per_a": errs.force_mae,
+        "force_rmse_ev_per_a": errs.force_rmse,
+    }
 
 
 def symmetry_breaking(ev: Evaluator, frames, grid: str) -> dict:
-    de, df = [], []
-    for a in frames:
-        s = Structure.from_ase(a)
-        avg = ev.compute([s], grid)[0]
-        de.append(avg.extras["raw_energy"] - avg.energy)
-        raw = ev.compute([s])[0]
-        df.append((raw.forces - avg.forces).ravel())
-    de, df = np.array(de), np.concatenate(df)
-    return {"frames": len(frames), "grid": grid, "energy_mae_mev_per_frame": 1e3 * float(np.abs(de).mean()),
-            "energy_rms_mev_per_frame": 1e3 * float(np.sqrt((de**2).mean())),
-            "force_mae_mev_per_a": 1e3 * float(np.abs(df).mean())}
+    """The raw model against its ``grid`` average (:func:`server.metrics.raw_vs_grid`).
+
+    Parameters
+    ----------
+    ev : Evaluator
+    frames : list of ase.Atoms
+    grid : str
+        Averaging spec with the identity rotation, e.g. ``3i``.
+
+    Returns
+    -------
+    dict
+        ``energy_mae_mev_per_frame``, ``energy_rms_mev_per_frame`` (meV per structure) and
+        ``force_mae_mev_per_a`` (meV/Å), with ``frames`` and ``grid``.
+    """
+    errs = metrics.raw_vs_grid(ev, [Structure.from_ase(a) for a in frames], grid)
+    return {
+        "frames": len(frames),
+        "grid": grid,
+        "energy_mae_mev_per_frame": 1e3 * errs.energy_mae,
+        "energy_rms_mev_per_frame": 1e3 * errs.energy_rms,
+        "force_mae_mev_per_a": 1e3 * errs.force_mae,
+    }
 
 
 def speed(ev: Evaluator) -> dict:
+    """Median wall time of one energy + forces call on water boxes of 192 and 1536 atoms.
+
+    Parameters
+    ----------
+    ev : Evaluator
+
+    Returns
+    -------
+    dict
+        ``ms_192_atoms``, ``ms_1536_atoms``: ms per call (one warm-up, median of 5 or 3 calls).
+    """
     from server.structures import water_box
 
     out = {}
     for n in (64, 512):
         s = Structure.from_ase(water_box(n, seed=0))
-        ev.compute([s])
-        times = []
-        for _ in range(5 if n == 64 else 3):
-            t0 = time.perf_counter()
-            ev.compute([s])
-            times.append(time.perf_counter() - t0)
-        out[f"ms_{3 * n}_atoms"] = 1e3 * float(np.median(times))
+        timing = metrics.time_model(ev, s, repeats=5 if n == 64 else 3, warmup=1)
+        out[f"ms_{3 * n}_atoms"] = 1e3 * float(timing.median_s)
     return out
 
 
@@ -77,7 +110,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    root = Path(__file__).resolve().parents[1]
+    root = project_root()
     p.add_argument("--dft", default=str(root.parent / "shared" / "data" / "dft" / "water_revpbe0d3_190.xyz"))
     p.add_argument("--val", default=str(root / "training" / "data" / "val.extxyz"))
     p.add_argument("--symmetry-frames", type=int, default=20)
@@ -90,8 +123,9 @@ def main(argv=None) -> int:
     if Path(args.dft).is_file():
         dft = ase.io.read(args.dft, index=":")
         report["dft"] = accuracy(ev, dft)
-        report["symmetry_breaking"] = symmetry_breaking(Evaluator(args.model, dtype="float64"),
-                                                        dft[:args.symmetry_frames], args.grid)
+        report["symmetry_breaking"] = symmetry_breaking(
+            Evaluator(args.model, dtype="float64"), dft[: args.symmetry_frames], args.grid
+        )
     if Path(args.val).is_file():
         val = ase.io.read(args.val, index=":")
         report["teacher_val"] = accuracy(ev, val)
@@ -100,16 +134,19 @@ def main(argv=None) -> int:
         kinds = {"teacher_val_classical": [], "teacher_val_pimd": [], "teacher_val_distorted": []}
         for a in val:
             source = str(a.info.get("source", ""))
-            kind = ("pimd" if source.startswith("pimd") else
-                    "distorted" if source.startswith(DISTORTED_SOURCES) else "classical")
+            kind = (
+                "pimd"
+                if source.startswith("pimd")
+                else "distorted"
+                if source.startswith(DISTORTED_SOURCES)
+                else "classical"
+            )
             kinds[f"teacher_val_{kind}"].append(a)
         for name, subset in kinds.items():
             if subset and len(subset) < len(val):
                 report[name] = accuracy(ev, subset)
     report["speed_float32"] = speed(ev)
-    from bench.common import machine
-
-    report["machine"] = machine()
+    report["machine"] = machine.describe()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

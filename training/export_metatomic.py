@@ -5,15 +5,18 @@ The exported file runs wherever metatomic models run: i-PI's ``-m metatomic`` dr
 requests one full, strict neighbour list at the model's cutoff (Å), feeds its vectors and pairs
 to the contract's ``forward`` and returns the ``energy`` output (eV, one value per system).
 
-    python -m training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt [--dtype float32]
+    python -m training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt \\
+        [--dtype float32]
 
 Needs ``pip install -e .[metatomic]``.
 """
 
-
 import argparse
 import sys
+
 import torch
+
+__all__ = ["export_metatomic", "main"]
 
 
 def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-server contract model") -> str:
@@ -26,7 +29,9 @@ def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-serv
     """
     import metatomic.torch as mta
 
-    module = torch.jit.load(str(model), map_location="cpu") if not isinstance(model, torch.nn.Module) else model
+    module = (
+        torch.jit.load(str(model), map_location="cpu") if not isinstance(model, torch.nn.Module) else model
+    )
     module = module.to(dtype=getattr(torch, dtype)).eval()
     capabilities = mta.ModelCapabilities(
         outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
@@ -38,7 +43,9 @@ def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-serv
     )
     from training.metatomic_wrapper import ContractAsMetatomic
 
-    wrapped = mta.AtomisticModel(ContractAsMetatomic(module).eval(), mta.ModelMetadata(name=name), capabilities)
+    wrapped = mta.AtomisticModel(
+        ContractAsMetatomic(module).eval(), mta.ModelMetadata(name=name), capabilities
+    )
     wrapped.save(str(path))
     return str(path)
 
@@ -52,7 +59,10 @@ def main(argv=None) -> int:
     try:
         export_metatomic(args.model, args.output, args.dtype)
     except ImportError:
-        print("export_metatomic: error: metatomic-torch is not installed: pip install -e .[metatomic]", file=sys.stderr)
+        print(
+            "export_metatomic: error: metatomic-torch is not installed: pip install -e .[metatomic]",
+            file=sys.stderr,
+        )
         return 2
     print(f"export_metatomic: wrote {args.output}")
     return 0

@@ -67,14 +67,22 @@ def export(data: str, out: str, dtype: str = "float64") -> torch.jit.ScriptModul
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="mlip-teacher", description="Export an n2p2/RuNNer Behler-Parrinello potential "
+        prog="mlip-teacher",
+        description="Export an n2p2/RuNNer Behler-Parrinello potential "
         "(input.nn, scaling.data, weights.ZZZ.data; Bohr and Hartree) as a TorchScript model "
-        "(Å in, eV out).")
+        "(Å in, eV out).",
+    )
     parser.add_argument("--data", required=True, help="folder with input.nn, scaling.data, weights.ZZZ.data")
-    parser.add_argument("--out", required=True, help="output TorchScript file, e.g. models/local/bpnnp-revpbe0d3.pt")
-    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float64",
-                        help="dtype of the saved parameters (default float64; the model computes in the "
-                        "dtype of the edge vectors it is given)")
+    parser.add_argument(
+        "--out", required=True, help="output TorchScript file, e.g. models/local/bpnnp-revpbe0d3.pt"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(_DTYPES),
+        default="float64",
+        help="dtype of the saved parameters (default float64; the model computes in the "
+        "dtype of the edge vectors it is given)",
+    )
     args = parser.parse_args(argv)
     try:
         module = export(args.data, args.out, args.dtype)
@@ -82,8 +90,10 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     symbols = " ".join(chemical_symbols[z] for z in module.species)
-    print(f"wrote {args.out}: Behler-Parrinello potential, species {symbols}, "
-          f"cutoff {module.cutoff:.4f} Å, dtype {args.dtype}")
+    print(
+        f"wrote {args.out}: Behler-Parrinello potential, species {symbols}, "
+        f"cutoff {module.cutoff:.4f} Å, dtype {args.dtype}"
+    )
     return 0
 
 

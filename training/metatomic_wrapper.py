@@ -9,6 +9,8 @@ import metatomic.torch as mta
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 
+__all__ = ["ContractAsMetatomic"]
+
 
 class ContractAsMetatomic(torch.nn.Module):
     """``forward(systems, outputs, selected_atoms)`` around a contract model."""
@@ -21,8 +23,12 @@ class ContractAsMetatomic(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[mta.NeighborListOptions]:
         return [self.neighbors]
 
-    def forward(self, systems: List[mta.System], outputs: Dict[str, mta.ModelOutput],
-                selected_atoms: Optional[Labels] = None) -> Dict[str, TensorMap]:
+    def forward(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels] = None,
+    ) -> Dict[str, TensorMap]:
         if "energy" not in outputs:
             return {}
         if outputs["energy"].sample_kind != "system" or selected_atoms is not None:
@@ -42,14 +48,23 @@ class ContractAsMetatomic(torch.nn.Module):
             numbers.append(system.types.to(torch.int64))
             structure.append(torch.full((len(system),), k, dtype=torch.int64, device=system.device))
             offset += len(system)
-        energies = self.model(torch.cat(vectors), torch.stack([torch.cat(centres), torch.cat(neighbours)]),
-                              torch.cat(numbers), torch.cat(structure), len(systems))
+        energies = self.model(
+            torch.cat(vectors),
+            torch.stack([torch.cat(centres), torch.cat(neighbours)]),
+            torch.cat(numbers),
+            torch.cat(structure),
+            len(systems),
+        )
         device = energies.device
         empty: List[Labels] = []
         block = TensorBlock(
             values=energies.reshape(-1, 1),
-            samples=Labels("system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)),
+            samples=Labels(
+                "system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
+            ),
             components=empty,
             properties=Labels("energy", torch.zeros((1, 1), dtype=torch.int32, device=device)),
         )
-        return {"energy": TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])}
+        return {
+            "energy": TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
+        }

@@ -49,6 +49,19 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
+__all__ = [
+    "PET",
+    "build",
+    "count_parameters",
+    "to_torchscript",
+    "cutoff_function",
+    "reverse_edges",
+    "padded_layout",
+    "Attention",
+    "TransformerLayer",
+    "MessagePassingLayer",
+]
+
 
 def cutoff_function(r: torch.Tensor, cutoff: float, width: float) -> torch.Tensor:
     """Smooth switching f_c(r) ∈ [0, 1] (r, cutoff, width in Å); C¹ at ``cutoff``."""
@@ -159,8 +172,15 @@ class MessagePassingLayer(nn.Module):
 
     has_message: bool
 
-    def __init__(self, n_species: int, d_model: int, n_heads: int, d_ffn: int,
-                 n_transformer_layers: int, has_message: bool):
+    def __init__(
+        self,
+        n_species: int,
+        d_model: int,
+        n_heads: int,
+        d_ffn: int,
+        n_transformer_layers: int,
+        has_message: bool,
+    ):
         super().__init__()
         self.has_message = has_message
         # the first layer of the token MLP, split by input: Linear([g, e_j, e_i, m]) is a sum
@@ -179,21 +199,35 @@ class MessagePassingLayer(nn.Module):
             nn.init.zeros_(head[2].weight)
             nn.init.zeros_(head[2].bias)
 
-    def forward(self, geometry: torch.Tensor, kind: torch.Tensor, centres: torch.Tensor,
-                neighbours: torch.Tensor, message: torch.Tensor, fc: torch.Tensor,
-                pos: torch.Tensor, max_neighbours: int, weights: torch.Tensor,
-                padding: torch.Tensor, bond_norm: torch.Tensor):
+    def forward(
+        self,
+        geometry: torch.Tensor,
+        kind: torch.Tensor,
+        centres: torch.Tensor,
+        neighbours: torch.Tensor,
+        message: torch.Tensor,
+        fc: torch.Tensor,
+        pos: torch.Tensor,
+        max_neighbours: int,
+        weights: torch.Tensor,
+        padding: torch.Tensor,
+        bond_norm: torch.Tensor,
+    ):
         """Returns (input edge tokens [E, d], output edge tokens [E, d], atom energies [N])."""
         n_atoms = kind.shape[0]
-        h = self.geometry(geometry) + self.neighbour_embedding(kind[neighbours]) \
+        h = (
+            self.geometry(geometry)
+            + self.neighbour_embedding(kind[neighbours])
             + self.centre_embedding(kind[centres])
+        )
         if self.has_message:
             h = h + self.message_in(message)
         tokens = self.compress(h)  # [E, d]
         d = tokens.shape[1]
         padded = tokens.new_zeros((n_atoms * max_neighbours, d)).index_copy(0, pos, tokens)
-        x = torch.cat([self.central_embedding(kind).unsqueeze(1),
-                       padded.view(n_atoms, max_neighbours, d)], dim=1)
+        x = torch.cat(
+            [self.central_embedding(kind).unsqueeze(1), padded.view(n_atoms, max_neighbours, d)], dim=1
+        )
         for layer in self.transformer:
             x = layer(x, weights, padding)
         out_edges = x[:, 1:, :].reshape(n_atoms * max_neighbours, d).index_select(0, pos)
@@ -218,9 +252,18 @@ class PET(nn.Module):
     cutoff: float
     species: List[int]
 
-    def __init__(self, species: List[int] = [1, 8], cutoff: float = 4.0, cutoff_width: float = 0.3,
-                 d_model: int = 64, n_heads: int = 4, d_ffn: int = 128, n_layers: int = 2,
-                 n_transformer_layers: int = 1, length_scale: float = 0.5):
+    def __init__(
+        self,
+        species: List[int] = [1, 8],
+        cutoff: float = 4.0,
+        cutoff_width: float = 0.3,
+        d_model: int = 64,
+        n_heads: int = 4,
+        d_ffn: int = 128,
+        n_layers: int = 2,
+        n_transformer_layers: int = 1,
+        length_scale: float = 0.5,
+    ):
         super().__init__()
         if not 0 < cutoff_width <= cutoff:
             raise ValueError(f"cutoff_width={cutoff_width} must be in (0, cutoff={cutoff}]")
@@ -236,21 +279,30 @@ class PET(nn.Module):
         self.register_buffer("energy_scale", torch.ones(()))  # eV
         # 1 / (mean number of neighbours): keeps the sum of bond energies O(1) per atom
         self.register_buffer("bond_norm", torch.ones(()))
-        self.layers = nn.ModuleList([
-            MessagePassingLayer(len(self.species), d_model, n_heads, d_ffn, n_transformer_layers, n > 0)
-            for n in range(n_layers)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                MessagePassingLayer(len(self.species), d_model, n_heads, d_ffn, n_transformer_layers, n > 0)
+                for n in range(n_layers)
+            ]
+        )
 
-    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
         """Total energies [n_structures], eV (see the module docstring)."""
         atomic = self.atomic_energies(edge_vectors, edge_index, numbers, True)
         out = torch.zeros(n_structures, dtype=atomic.dtype, device=atomic.device)
         return out.index_add(0, structure_index, atomic)
 
     @torch.jit.export
-    def atomic_energies(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                        with_baseline: bool) -> torch.Tensor:
+    def atomic_energies(
+        self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor, with_baseline: bool
+    ) -> torch.Tensor:
         """Per-atom energies [N], eV; without the composition baseline if ``with_baseline``
         is False (training compares these with baseline-subtracted labels)."""
         n_atoms = numbers.shape[0]
@@ -269,14 +321,17 @@ class PET(nn.Module):
         if rev.shape[0] > 0:  # the contract's symmetric list; a broken one fails loudly
             mismatch = (edge_vectors.detach() + edge_vectors.detach()[rev]).abs().max()
             if not bool((centres[rev] == neighbours).all()) or bool(mismatch > 1e-4):
-                raise RuntimeError("PET needs a symmetric neighbour list: every edge i->j with "
-                                   "vector r must have one edge j->i with vector -r")
+                raise RuntimeError(
+                    "PET needs a symmetric neighbour list: every edge i->j with "
+                    "vector r must have one edge j->i with vector -r"
+                )
 
         energy = torch.zeros(n_atoms, dtype=edge_vectors.dtype, device=edge_vectors.device)
         message = torch.zeros(0, dtype=edge_vectors.dtype, device=edge_vectors.device)
         for layer in self.layers:
-            tokens, out_edges, e_layer = layer(geometry, kind, centres, neighbours, message, fc,
-                                               pos, m, weights, padding, self.bond_norm)
+            tokens, out_edges, e_layer = layer(
+                geometry, kind, centres, neighbours, message, fc, pos, m, weights, padding, self.bond_norm
+            )
             energy = energy + e_layer
             prev = message if layer.has_message else tokens
             message = 0.5 * (prev + out_edges.index_select(0, rev))
@@ -288,8 +343,17 @@ class PET(nn.Module):
 
 def build(config: Dict) -> PET:
     """A :class:`PET` from a dict of the constructor's keyword arguments (YAML ``model:``)."""
-    allowed = {"species", "cutoff", "cutoff_width", "d_model", "n_heads", "d_ffn", "n_layers",
-               "n_transformer_layers", "length_scale"}
+    allowed = {
+        "species",
+        "cutoff",
+        "cutoff_width",
+        "d_model",
+        "n_heads",
+        "d_ffn",
+        "n_layers",
+        "n_transformer_layers",
+        "length_scale",
+    }
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ValueError(f"unknown model option(s) {unknown}: allowed are {sorted(allowed)}")

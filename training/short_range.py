@@ -18,6 +18,8 @@ from typing import List
 
 import torch
 
+__all__ = ["ShortRangeWall", "add_wall", "main"]
+
 DEFAULT_R0 = {(8, 8): 2.0, (1, 1): 1.0, (1, 8): 0.7}  # Å
 
 

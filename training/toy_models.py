@@ -10,11 +10,12 @@ Both take ``forward(edge_vectors, edge_index, numbers, structure_index, n_struct
 (Å in, eV out) and carry ``cutoff`` (Å) and ``species``.
 """
 
-
 import math
 from typing import List
 
 import torch
+
+__all__ = ["LennardJones", "AnisotropicPairModel", "water_toy", "export"]
 
 
 def _species_lookup(species: List[int]) -> torch.Tensor:
@@ -39,8 +40,9 @@ class LennardJones(torch.nn.Module):
     cutoff: float
     species: List[int]
 
-    def __init__(self, epsilon: float = 0.0104, sigma: float = 3.4, cutoff: float = 8.5,
-                 species: List[int] = [18]):
+    def __init__(
+        self, epsilon: float = 0.0104, sigma: float = 3.4, cutoff: float = 8.5, species: List[int] = [18]
+    ):
         super().__init__()
         self.cutoff = float(cutoff)
         self.species = list(species)
@@ -48,8 +50,14 @@ class LennardJones(torch.nn.Module):
         self.sigma = float(sigma)
         self.shift = 4 * epsilon * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
 
-    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
         r2 = (edge_vectors**2).sum(dim=1)
         c6 = (self.sigma**2 / r2) ** 3
         pair = 4 * self.epsilon * (c6 * c6 - c6) - self.shift
@@ -69,9 +77,17 @@ class AnisotropicPairModel(torch.nn.Module):
     cutoff: float
     species: List[int]
 
-    def __init__(self, species: List[int] = [1, 8], cutoff: float = 4.0, anisotropy: float = 0.05,
-                 hidden: int = 16, seed: int = 0, well_depth: float = 0.1, r0: float = 1.5,
-                 width: float = 1.5):
+    def __init__(
+        self,
+        species: List[int] = [1, 8],
+        cutoff: float = 4.0,
+        anisotropy: float = 0.05,
+        hidden: int = 16,
+        seed: int = 0,
+        well_depth: float = 0.1,
+        r0: float = 1.5,
+        width: float = 1.5,
+    ):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.cutoff = float(cutoff)
@@ -96,8 +112,14 @@ class AnisotropicPairModel(torch.nn.Module):
             t[i, j] = v
             t[j, i] = v
 
-    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
         kind = self.lookup[numbers]
         ki, kj = kind[edge_index[0]], kind[edge_index[1]]
         d = torch.sqrt((edge_vectors**2).sum(dim=1))
@@ -108,7 +130,9 @@ class AnisotropicPairModel(torch.nn.Module):
         n = len(self.species)
         onehot_i = torch.nn.functional.one_hot(ki, n).to(edge_vectors.dtype)
         onehot_j = torch.nn.functional.one_hot(kj, n).to(edge_vectors.dtype)
-        features = torch.cat([edge_vectors / self.cutoff, (d / self.cutoff).unsqueeze(1), onehot_i, onehot_j], dim=1)
+        features = torch.cat(
+            [edge_vectors / self.cutoff, (d / self.cutoff).unsqueeze(1), onehot_i, onehot_j], dim=1
+        )
         aniso = self.anisotropy * self.mlp(features).squeeze(1)
         return _sum_per_structure(0.5 * (morse + aniso) * fc, edge_index, structure_index, n_structures)
 

@@ -51,7 +51,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -61,10 +60,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import (Graph, build_graphs, collate, fit_baseline, forces_from_edge_gradient,
-                   random_rotations, read_frames)
-from .pet import PET, build, count_parameters, to_torchscript
 from server.core.errors import ModelError
+
+from .checkpoints import (
+    StopRequest,
+    cpu_state,
+    export,
+    model_from_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .data import (
+    build_graphs,
+    collate,
+    fit_baseline,
+    forces_from_edge_gradient,
+    random_rotations,
+    read_frames,
+)
+from .pet import PET, build, count_parameters
+
+__all__ = [
+    "train",
+    "main",
+    "load_config",
+    "merge_config",
+    "prepare_data",
+    "predict",
+    "validate",
+    "paired_batch",
+    "symmetry_terms",
+    "symmetry_loss",
+    "loss_terms",
+    "save_checkpoint",
+    "model_from_checkpoint",
+    "export",
+    "WarmupSchedule",
+    "StopRequest",
+    "DEFAULTS",
+    "CHECKPOINT",
+    "EXPORT",
+]
 
 DEFAULTS = {
     "seed": 0,
@@ -74,8 +111,16 @@ DEFAULTS = {
     "matmul_precision": "highest",  # "high" allows TF32 on NVIDIA GPUs
     "data": {"train": None, "val": None, "val_fraction": 0.1, "rotate": True, "invert": True},
     "model": {},
-    "optim": {"lr": 1e-3, "weight_decay": 0.0, "schedule": "cosine", "warmup_steps": 100,
-              "min_lr_ratio": 0.01, "step_epochs": 100, "step_gamma": 0.5, "grad_clip": 10.0},
+    "optim": {
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "schedule": "cosine",
+        "warmup_steps": 100,
+        "min_lr_ratio": 0.01,
+        "step_epochs": 100,
+        "step_gamma": 0.5,
+        "grad_clip": 10.0,
+    },
     "loss": {"energy_weight": 0.01, "force_weight": 1.0, "symmetry_weight": 0.0},
     "batch_size": 8,
     "val_batch_size": 16,
@@ -121,8 +166,18 @@ class WarmupSchedule:
     ``total_steps``, or ×``step_gamma`` every ``step_epochs`` epochs, or constant.
     Sets the optimiser's learning rate directly; state = (step, total_steps)."""
 
-    def __init__(self, optimizer, kind: str, base_lr: float, warmup_steps: int, total_steps: int,
-                 steps_per_epoch: int, min_lr_ratio: float, step_epochs: int, step_gamma: float):
+    def __init__(
+        self,
+        optimizer,
+        kind: str,
+        base_lr: float,
+        warmup_steps: int,
+        total_steps: int,
+        steps_per_epoch: int,
+        min_lr_ratio: float,
+        step_epochs: int,
+        step_gamma: float,
+    ):
         if kind not in ("cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {kind!r}: use cosine, step or constant")
         self.optimizer, self.kind, self.base_lr = optimizer, kind, base_lr
@@ -138,7 +193,9 @@ class WarmupSchedule:
         if self.kind == "cosine":
             span = max(self.total_steps - self.warmup_steps, 1)
             x = min((step - self.warmup_steps) / span, 1.0)
-            return self.base_lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x)))
+            return self.base_lr * (
+                self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * x))
+            )
         if self.kind == "step":
             return self.base_lr * self.step_gamma ** (step // max(self.step_epochs * self.steps_per_epoch, 1))
         return self.base_lr
@@ -194,13 +251,20 @@ def prepare_data(config: dict, model: PET, device: torch.device):
     # guard against degenerate sets (one frame, zero forces)
     sigma_e = max(sigma_e, 1e-4)
     sigma_f = max(sigma_f, 1e-3)
-    stats = {"baseline": mu.tolist(), "sigma_e": sigma_e, "sigma_f": sigma_f, "mean_neighbours": mean_neighbours,
-             "n_train": len(train), "n_val": len(val)}
+    stats = {
+        "baseline": mu.tolist(),
+        "sigma_e": sigma_e,
+        "sigma_f": sigma_f,
+        "mean_neighbours": mean_neighbours,
+        "n_train": len(train),
+        "n_val": len(val),
+    }
     return [g.to(device) for g in train], [g.to(device) for g in val], stats
 
 
-def epoch_plan(n_train: int, batch_size: int, seed: int, epoch: int, rotate: bool, invert: bool,
-               pairs: bool = False):
+def epoch_plan(
+    n_train: int, batch_size: int, seed: int, epoch: int, rotate: bool, invert: bool, pairs: bool = False
+):
     """Frame order and rotations of one epoch: a function of (seed, epoch) only.
 
     With ``pairs`` the rotations are [n_train, 2, 3, 3]: a second, independent orientation
@@ -212,11 +276,12 @@ def epoch_plan(n_train: int, batch_size: int, seed: int, epoch: int, rotate: boo
     rotations = random_rotations(n_train, gen, inversion=invert) if rotate else None
     if rotations is None and invert:
         flip = torch.rand(n_train, generator=gen) < 0.5
-        rotations = torch.where(flip[:, None, None], -torch.eye(3, dtype=torch.float64),
-                                torch.eye(3, dtype=torch.float64))
+        rotations = torch.where(
+            flip[:, None, None], -torch.eye(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64)
+        )
     if pairs:
         rotations = torch.stack([rotations, random_rotations(n_train, gen, inversion=invert)], dim=1)
-    batches = [order[k:k + batch_size] for k in range(0, n_train, batch_size)]
+    batches = [order[k : k + batch_size] for k in range(0, n_train, batch_size)]
     return batches, rotations
 
 
@@ -235,8 +300,8 @@ def loss_terms(energies, forces, batch, stats, weights):
     dtype = energies.dtype
     e_err = (energies - batch.energies.to(dtype)) / batch.n_atoms.to(dtype)
     f_err = forces - batch.forces.to(dtype)
-    loss_e = (e_err ** 2).mean() / stats["sigma_e"] ** 2
-    loss_f = (f_err ** 2).mean() / stats["sigma_f"] ** 2
+    loss_e = (e_err**2).mean() / stats["sigma_e"] ** 2
+    loss_f = (f_err**2).mean() / stats["sigma_f"] ** 2
     return weights["energy_weight"] * loss_e + weights["force_weight"] * loss_f, e_err, f_err
 
 
@@ -259,8 +324,10 @@ def symmetry_terms(energies, forces, batch, rotations):
 
 def symmetry_loss(energies, forces, batch, rotations, stats, weights):
     e_diff, f_diff = symmetry_terms(energies, forces, batch, rotations)
-    return (weights["energy_weight"] * (e_diff ** 2).mean() / stats["sigma_e"] ** 2
-            + weights["force_weight"] * (f_diff ** 2).mean() / stats["sigma_f"] ** 2)
+    return (
+        weights["energy_weight"] * (e_diff**2).mean() / stats["sigma_e"] ** 2
+        + weights["force_weight"] * (f_diff**2).mean() / stats["sigma_f"] ** 2
+    )
 
 
 VALIDATION_SEED = 20240521  # fixed orientations for the validation symmetry metrics: comparable across epochs
@@ -278,116 +345,49 @@ def validate(model: PET, graphs, config, stats, dtype) -> dict:
     sums = torch.zeros(5, dtype=torch.float64, device=graphs[0].vectors.device)
     n_frames, n_comp = 0, 0
     for k in range(0, len(graphs), bs):
-        batch = collate(graphs[k:k + bs], None, dtype)
+        batch = collate(graphs[k : k + bs], None, dtype)
         energies, forces = predict(model, batch, create_graph=False)
         loss, e_err, f_err = loss_terms(energies.detach(), forces.detach(), batch, stats, config["loss"])
         e_err, f_err = e_err.double(), f_err.double()
-        sums += torch.stack([e_err.abs().sum(), (e_err * batch.n_atoms).abs().sum(),
-                             f_err.abs().sum(), (f_err ** 2).sum(), loss.double() * len(e_err)])
+        sums += torch.stack(
+            [
+                e_err.abs().sum(),
+                (e_err * batch.n_atoms).abs().sum(),
+                f_err.abs().sum(),
+                (f_err**2).sum(),
+                loss.double() * len(e_err),
+            ]
+        )
         n_frames += len(e_err)
         n_comp += f_err.numel()
     s = sums.tolist()
-    metrics = {"energy_mae_mev_per_atom": 1000 * s[0] / n_frames, "energy_mae_mev": 1000 * s[1] / n_frames,
-               "force_mae_mev_per_a": 1000 * s[2] / n_comp,
-               "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp), "loss": s[4] / n_frames}
+    metrics = {
+        "energy_mae_mev_per_atom": 1000 * s[0] / n_frames,
+        "energy_mae_mev": 1000 * s[1] / n_frames,
+        "force_mae_mev_per_a": 1000 * s[2] / n_comp,
+        "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp),
+        "loss": s[4] / n_frames,
+    }
     if float(config["loss"]["symmetry_weight"]) > 0:
         gen = torch.Generator().manual_seed(VALIDATION_SEED)
-        rotations = torch.stack([random_rotations(len(graphs), gen), random_rotations(len(graphs), gen)], dim=1)
+        rotations = torch.stack(
+            [random_rotations(len(graphs), gen), random_rotations(len(graphs), gen)], dim=1
+        )
         spread = torch.zeros(2, dtype=torch.float64, device=sums.device)
         n_comp = 0
         for k in range(0, len(graphs), bs):
-            batch, both = paired_batch(graphs[k:k + bs], rotations[k:k + bs], dtype)
+            batch, both = paired_batch(graphs[k : k + bs], rotations[k : k + bs], dtype)
             energies, forces = predict(model, batch, create_graph=False)
             e_diff, f_diff = symmetry_terms(energies.detach(), forces.detach(), batch, both)
-            e_diff, f_diff = e_diff.double() * batch.n_atoms[:len(e_diff)], f_diff.double()
+            e_diff, f_diff = e_diff.double() * batch.n_atoms[: len(e_diff)], f_diff.double()
             spread += torch.stack([e_diff.abs().sum(), f_diff.abs().sum()])
             n_comp += f_diff.numel()
-        metrics.update(rotation_energy_mad_mev=1000 * float(spread[0]) / n_frames,
-                       rotation_force_mad_mev_per_a=1000 * float(spread[1]) / n_comp)
+        metrics.update(
+            rotation_energy_mad_mev=1000 * float(spread[0]) / n_frames,
+            rotation_force_mad_mev_per_a=1000 * float(spread[1]) / n_comp,
+        )
     model.train()
     return metrics
-
-
-# -- checkpoints and export -----------------------------------------------------------
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _cpu_state(module) -> dict:
-    return {k: v.detach().to("cpu").clone() for k, v in module.state_dict().items()}
-
-
-def save_checkpoint(path: Path, state: dict):
-    """Atomic write (temporary file + rename): an interruption never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def model_from_checkpoint(checkpoint, which: str = "best_model") -> PET:
-    """The PET of a checkpoint (a path or a loaded dict), float32 on CPU; ``which`` is
-    ``best_model`` (lowest validation loss) or ``model`` (the latest weights)."""
-    if not isinstance(checkpoint, dict):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    model = build(checkpoint["model_config"])
-    state = checkpoint.get(which) or checkpoint["model"]
-    model.load_state_dict(state)
-    return model.float()
-
-
-def export(checkpoint, path) -> str:
-    """Exports the best model of ``checkpoint`` (path or dict) to a TorchScript file
-    ``path`` under the model contract (attributes ``cutoff``, ``species``) and checks
-    that the server loads it. Returns the path."""
-    from server.formats import load_model
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scripted = to_torchscript(model_from_checkpoint(checkpoint))
-    tmp = path.with_name(path.name + ".tmp")
-    torch.jit.save(scripted, str(tmp))
-    load_model(str(tmp))  # contract check (dry run) before the file appears under its name
-    os.replace(tmp, path)
-    return str(path)
-
-
-# -- signals ----------------------------------------------------------------------------
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop saves a checkpoint after the current batch.
-    A second signal interrupts at once."""
-
-    def __init__(self):
-        self.signum = 0
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        if self.signum:  # second signal: give up waiting for the batch
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handler)
-            except ValueError:  # not the main thread: no signal handling
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
 
 
 # -- training ---------------------------------------------------------------------------
@@ -414,8 +414,10 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}: start without --resume")
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if checkpoint["model_config"] != config["model"]:
-            raise ValueError(f"--resume: the model section of the config differs from the checkpoint's "
-                             f"({checkpoint['model_config']}): resume with the same model options")
+            raise ValueError(
+                f"--resume: the model section of the config differs from the checkpoint's "
+                f"({checkpoint['model_config']}): resume with the same model options"
+            )
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
@@ -429,8 +431,10 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
     if config["init_from"] and checkpoint is None:  # fine-tuning: weights from another run
         start = torch.load(config["init_from"], map_location="cpu", weights_only=False)
         if start["model_config"] != config["model"]:
-            raise ValueError(f"init_from: {config['init_from']} has model options {start['model_config']}: "
-                             "use the same model section")
+            raise ValueError(
+                f"init_from: {config['init_from']} has model options {start['model_config']}: "
+                "use the same model section"
+            )
         model.load_state_dict(start["best_model"])
         with torch.no_grad():  # the composition baseline follows this run's data; the output scale and
             # bond normalisation stay the checkpoint's, so the run starts from the same function
@@ -440,16 +444,25 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     opt_cfg = config["optim"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(opt_cfg["lr"]),
-                                  weight_decay=float(opt_cfg["weight_decay"]))
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(opt_cfg["lr"]), weight_decay=float(opt_cfg["weight_decay"])
+    )
     batch_size = int(config["batch_size"])
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     epochs = int(config["epochs"])
-    schedule = WarmupSchedule(optimizer, opt_cfg["schedule"], float(opt_cfg["lr"]), opt_cfg["warmup_steps"],
-                              epochs * steps_per_epoch, steps_per_epoch, opt_cfg["min_lr_ratio"],
-                              opt_cfg["step_epochs"], opt_cfg["step_gamma"])
+    schedule = WarmupSchedule(
+        optimizer,
+        opt_cfg["schedule"],
+        float(opt_cfg["lr"]),
+        opt_cfg["warmup_steps"],
+        epochs * steps_per_epoch,
+        steps_per_epoch,
+        opt_cfg["min_lr_ratio"],
+        opt_cfg["step_epochs"],
+        opt_cfg["step_gamma"],
+    )
     epoch, batch_start, best_val, elapsed, history = 0, 0, math.inf, 0.0, []
-    best_state = _cpu_state(model)
+    best_state = cpu_state(model)
     planned = False  # whether the schedule was fitted to the time budget
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -459,35 +472,62 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
         best_val, best_state = checkpoint["best_val"], checkpoint["best_model"]
         elapsed, history, planned = checkpoint["elapsed_s"], checkpoint["history"], checkpoint["planned"]
         stats = checkpoint["stats"]
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
         print(f"resuming from {ckpt_path}: epoch {epoch + 1}, batch {batch_start}", file=sys.stderr)
 
     def snapshot(batch_in_epoch: int) -> dict:
-        return {"config": config, "model_config": config["model"], "model": _cpu_state(model),
-                "best_model": best_state, "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                "best_val": best_val, "elapsed_s": elapsed, "history": history, "planned": planned,
-                "stats": stats, "rng": _rng_state(), "n_parameters": count_parameters(model)}
+        return {
+            "config": config,
+            "model_config": config["model"],
+            "model": cpu_state(model),
+            "best_model": best_state,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best_val": best_val,
+            "elapsed_s": elapsed,
+            "history": history,
+            "planned": planned,
+            "stats": stats,
+            "rng": rng_state(),
+            "n_parameters": count_parameters(model),
+        }
 
     budget = None if config["max_minutes"] is None else 60.0 * float(config["max_minutes"])
     weights = config["loss"]
     symmetry_weight = float(weights["symmetry_weight"])
     grad_clip = opt_cfg["grad_clip"]
-    print(f"PET: {count_parameters(model)} parameters, {stats['n_train']} train / {stats['n_val']} val "
-          f"frames, device {device}, {dtype}; sigma_E {1000 * stats['sigma_e']:.3g} meV/atom, "
-          f"sigma_F {stats['sigma_f']:.3g} eV/Å", file=sys.stderr)
+    print(
+        f"PET: {count_parameters(model)} parameters, {stats['n_train']} train / {stats['n_val']} val "
+        f"frames, device {device}, {dtype}; sigma_E {1000 * stats['sigma_e']:.3g} meV/atom, "
+        f"sigma_F {stats['sigma_f']:.3g} eV/Å",
+        file=sys.stderr,
+    )
     model.train()
     stopped_by = None
     with StopRequest() as stop:
         while epoch < epochs and stopped_by is None:
             t_epoch = time.perf_counter()
             t_last = t_epoch
-            batches, rotations = epoch_plan(len(train_set), batch_size, seed, epoch, config["data"]["rotate"],
-                                            config["data"]["invert"], pairs=symmetry_weight > 0)
+            batches, rotations = epoch_plan(
+                len(train_set),
+                batch_size,
+                seed,
+                epoch,
+                config["data"]["rotate"],
+                config["data"]["invert"],
+                pairs=symmetry_weight > 0,
+            )
             running = torch.zeros(2, dtype=torch.float64, device=device)
-            bar = tqdm(range(batch_start, len(batches)), desc=f"epoch {epoch + 1}/{epochs}",
-                       leave=False, dynamic_ncols=True, mininterval=1.0,
-                       disable=None)  # None: a bar on a terminal, none in log files
+            bar = tqdm(
+                range(batch_start, len(batches)),
+                desc=f"epoch {epoch + 1}/{epochs}",
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=1.0,
+                disable=None,
+            )  # None: a bar on a terminal, none in log files
             for b in bar:
                 idx = batches[b]
                 graphs = [train_set[k] for k in idx.tolist()]
@@ -498,16 +538,22 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
                 energies, forces = predict(model, batch, create_graph=True)
                 loss, _, _ = loss_terms(energies, forces, batch, stats, weights)
                 if symmetry_weight > 0:
-                    loss = loss + symmetry_weight * symmetry_loss(energies, forces, batch, both, stats, weights)
+                    loss = loss + symmetry_weight * symmetry_loss(
+                        energies, forces, batch, both, stats, weights
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
                 optimizer.step()
                 schedule.step()
-                running += torch.stack([loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)])
+                running += torch.stack(
+                    [loss.detach().double(), torch.ones((), dtype=torch.float64, device=device)]
+                )
                 if b % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}")
+                    bar.set_postfix(
+                        loss=f"{float(loss.detach()):.4g}", lr=f"{optimizer.param_groups[0]['lr']:.3g}"
+                    )
                 now = time.perf_counter()
                 elapsed += now - t_last
                 t_last = now
@@ -527,10 +573,15 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
             metrics = validate(model, val_set, config, stats, dtype)
             elapsed += time.perf_counter() - t_last
             r = running.tolist()
-            metrics.update(epoch=epoch + 1, train_loss=r[0] / max(r[1], 1), lr=optimizer.param_groups[0]["lr"],
-                           elapsed_s=elapsed, epoch_s=time.perf_counter() - t_epoch)
+            metrics.update(
+                epoch=epoch + 1,
+                train_loss=r[0] / max(r[1], 1),
+                lr=optimizer.param_groups[0]["lr"],
+                elapsed_s=elapsed,
+                epoch_s=time.perf_counter() - t_epoch,
+            )
             if metrics["loss"] < best_val:
-                best_val, best_state = metrics["loss"], _cpu_state(model)
+                best_val, best_state = metrics["loss"], cpu_state(model)
             history.append(metrics)
             epoch, batch_start = epoch + 1, 0
             if budget is not None and not planned:
@@ -541,11 +592,17 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
             save_checkpoint(ckpt_path, snapshot(0))
             with open(out_dir / "log.jsonl", "a") as fh:
                 fh.write(json.dumps(metrics) + "\n")
-            tqdm.write(f"epoch {epoch}: train loss {metrics['train_loss']:.4g}, val loss {metrics['loss']:.4g}, "
-                       f"E MAE {metrics['energy_mae_mev_per_atom']:.3g} meV/atom, F MAE "
-                       f"{metrics['force_mae_mev_per_a']:.4g} / RMSE {metrics['force_rmse_mev_per_a']:.4g} meV/Å"
-                       + (f", rotation spread F {metrics['rotation_force_mad_mev_per_a']:.3g} meV/Å"
-                          if "rotation_force_mad_mev_per_a" in metrics else ""), file=sys.stderr)
+            tqdm.write(
+                f"epoch {epoch}: train loss {metrics['train_loss']:.4g}, val loss {metrics['loss']:.4g}, "
+                f"E MAE {metrics['energy_mae_mev_per_atom']:.3g} meV/atom, F MAE "
+                f"{metrics['force_mae_mev_per_a']:.4g} / RMSE {metrics['force_rmse_mev_per_a']:.4g} meV/Å"
+                + (
+                    f", rotation spread F {metrics['rotation_force_mad_mev_per_a']:.3g} meV/Å"
+                    if "rotation_force_mad_mev_per_a" in metrics
+                    else ""
+                ),
+                file=sys.stderr,
+            )
             if budget is not None and elapsed + metrics["epoch_s"] > budget and stopped_by is None:
                 stopped_by = "time"
     if isinstance(stopped_by, int):
@@ -555,8 +612,14 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
     exported = export(ckpt_path, out_dir / EXPORT) if history else None
     if exported:
         print(f"best model (val loss {best_val:.4g}) exported to {exported}", file=sys.stderr)
-    return {"epochs": epoch, "best_val": best_val, "history": history, "checkpoint": str(ckpt_path),
-            "model": exported, "stopped_by": stopped_by}
+    return {
+        "epochs": epoch,
+        "best_val": best_val,
+        "history": history,
+        "checkpoint": str(ckpt_path),
+        "model": exported,
+        "stopped_by": stopped_by,
+    }
 
 
 def main(argv=None) -> int:
@@ -564,8 +627,12 @@ def main(argv=None) -> int:
     parser.add_argument("config", nargs="?", help="YAML training config")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
-    parser.add_argument("--export", nargs=2, metavar=("CHECKPOINT", "OUT"),
-                        help="export the best model of CHECKPOINT to the TorchScript file OUT and exit")
+    parser.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("CHECKPOINT", "OUT"),
+        help="export the best model of CHECKPOINT to the TorchScript file OUT and exit",
+    )
     args = parser.parse_args(argv)
     try:
         if args.export:

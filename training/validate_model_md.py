@@ -1,6 +1,7 @@
 """Stability and structure of an NVT run with the shipped model (issue acceptance for models/water-pet.pt).
 
-    mlip-run water-nvt --model models/water-pet.pt --structure ipi_inputs/structures/water-64-liquid-300K.extxyz \\
+    mlip-run water-nvt --model models/water-pet.pt \\
+        --structure ipi_inputs/structures/water-64-liquid-300K.extxyz \\
         --steps 20000 --timestep 0.5 --stride 20 --out runs/water-pet-nvt
     python -m training.validate_model_md --trajectory runs/water-pet-nvt/sim.pos_0.extxyz --frame-fs 10
 
@@ -23,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from server.paths import project_root
+
+__all__ = ["min_oo", "max_oh", "main", "BROKEN_OH"]
+
 BROKEN_OH = 1.3  # Å
 
 
@@ -67,9 +71,10 @@ def main(argv=None) -> int:
     p.add_argument("--trajectory", required=True)
     p.add_argument("--frame-fs", type=float, required=True, help="time between stored frames, fs")
     p.add_argument("--skip-ps", type=float, default=1.0, help="equilibration dropped before g(r), ps")
-    p.add_argument("--teacher-md", default=str(ROOT / "models" / "validation" / "teacher_md.json"))
-    p.add_argument("--reference-dir", default=str(ROOT.parent / "shared" / "data" / "reference" / "rdf"))
-    p.add_argument("--out", default=str(ROOT / "models"))
+    root = project_root()
+    p.add_argument("--teacher-md", default=str(root / "models" / "validation" / "teacher_md.json"))
+    p.add_argument("--reference-dir", default=str(root.parent / "shared" / "data" / "reference" / "rdf"))
+    p.add_argument("--out", default=str(root / "models"))
     args = p.parse_args(argv)
     import matplotlib
 
@@ -83,7 +88,10 @@ def main(argv=None) -> int:
     u = load_universe(args.trajectory, timestep_fs=args.frame_fs)
     names = [str(e) for e in u.atoms.elements[:6]]
     if names != ["O", "H", "H", "O", "H", "H"]:
-        print(f"error: atoms are not ordered O,H,H per molecule ({names}): reorder the structure", file=sys.stderr)
+        print(
+            f"error: atoms are not ordered O,H,H per molecule ({names}): reorder the structure",
+            file=sys.stderr,
+        )
         return 2
     worst, frame = max_oh(u)
     closest, closest_frame = min_oo(u)
@@ -101,26 +109,39 @@ def main(argv=None) -> int:
 
         ref = load_reference(str(ref_file))
     report = {
-        "trajectory": args.trajectory, "frames": len(u.trajectory),
+        "trajectory": args.trajectory,
+        "frames": len(u.trajectory),
         "simulated_ps": (len(u.trajectory) - 1) * args.frame_fs / 1000,
-        "max_intramolecular_OH_A": worst, "max_OH_frame": frame, "broken": bool(worst > BROKEN_OH),
-        "min_OO_A": closest, "min_OO_frame": closest_frame,
-        "g_OO_first_peak": {"model_r_A": rp, "model_g": gp, "teacher_r_A": teacher["ours_r_A"],
-                            "teacher_g": teacher["ours_g"], "published_nnp_g": teacher["ref_g"],
-                            "delta_g_vs_teacher": None if gp is None else gp - teacher["ours_g"]},
+        "max_intramolecular_OH_A": worst,
+        "max_OH_frame": frame,
+        "broken": bool(worst > BROKEN_OH),
+        "min_OO_A": closest,
+        "min_OO_frame": closest_frame,
+        "g_OO_first_peak": {
+            "model_r_A": rp,
+            "model_g": gp,
+            "teacher_r_A": teacher["ours_r_A"],
+            "teacher_g": teacher["ours_g"],
+            "published_nnp_g": teacher["ref_g"],
+            "delta_g_vs_teacher": None if gp is None else gp - teacher["ours_g"],
+        },
         "g_frames_used": len(u.trajectory) - start,
         # beyond the acceptance: depth of the first minimum (lowest g in 3.0–3.7 Å, vs the published
         # curve's), and the largest deviation from the published curve over 2–6 Å (the reference
         # potential's own run deviates by teacher_max_abs_delta_g_2_6A)
         "g_OO_min_3_to_3.7A": _lowest(r, g, 3.0, 3.7),
         "published_g_OO_min_3_to_3.7A": None if ref is None else _lowest(ref.r, ref.g, 3.0, 3.7),
-        "max_abs_delta_g_2_6A_vs_published": None if ref is None else float(
-            np.abs(g - np.interp(r, ref.r, ref.g))[(r >= 2.0) & (r <= 6.0)].max()),
+        "max_abs_delta_g_2_6A_vs_published": None
+        if ref is None
+        else float(np.abs(g - np.interp(r, ref.r, ref.g))[(r >= 2.0) & (r <= 6.0)].max()),
         "teacher_max_abs_delta_g_2_6A": teacher_md.get("max_abs_delta_g_2_6A"),
     }
     d = report["g_OO_first_peak"]["delta_g_vs_teacher"]
-    report["acceptance"] = {"not_broken": not report["broken"], "at_least_10_ps": report["simulated_ps"] >= 10.0 - 1e-9,
-                            "g_OO_peak_within_0.2": bool(d is not None and abs(d) <= 0.2)}
+    report["acceptance"] = {
+        "not_broken": not report["broken"],
+        "at_least_10_ps": report["simulated_ps"] >= 10.0 - 1e-9,
+        "g_OO_peak_within_0.2": bool(d is not None and abs(d) <= 0.2),
+    }
     out = Path(args.out) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 3.6))

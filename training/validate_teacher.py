@@ -34,8 +34,15 @@ from server import machine, metrics  # noqa: E402
 from server.core.errors import MLIPError  # noqa: E402
 from server.core.evaluator import Evaluator, Structure  # noqa: E402
 
-__all__ = ["evaluate_frames", "time_structure", "machine_info", "markdown", "main",
-           "ACCEPT_FORCE_RMSE", "ACCEPT_ENERGY_SPREAD"]
+__all__ = [
+    "evaluate_frames",
+    "time_structure",
+    "machine_info",
+    "markdown",
+    "main",
+    "ACCEPT_FORCE_RMSE",
+    "ACCEPT_ENERGY_SPREAD",
+]
 
 ACCEPT_FORCE_RMSE = 0.13  # eV/Å
 ACCEPT_ENERGY_SPREAD = 4.0  # meV/atom
@@ -51,7 +58,9 @@ def _read_frames(path: str, limit=None):
         frames = frames[:limit]
     for k, atoms in enumerate(frames):
         if atoms.calc is None or "forces" not in atoms.calc.results or "energy" not in atoms.calc.results:
-            raise MLIPError(f"{path}: frame {k} has no energy= or forces: expected extended XYZ with DFT labels")
+            raise MLIPError(
+                f"{path}: frame {k} has no energy= or forces: expected extended XYZ with DFT labels"
+            )
     return frames
 
 
@@ -80,7 +89,8 @@ def evaluate_frames(evaluator: Evaluator, frames) -> dict:
         "energy_offset_mev_per_atom": 1000.0 * errs.energy_offset_per_atom,
         "energy_spread_mev_per_atom": 1000.0 * errs.energy_spread_per_atom,
         "energy_rmse_mev_per_atom": 1000.0 * errs.energy_rmse_per_atom,
-        "energy_max_abs_deviation_from_offset_mev_per_atom": 1000.0 * errs.energy_max_deviation_from_offset_per_atom,
+        "energy_max_abs_deviation_from_offset_mev_per_atom": 1000.0
+        * errs.energy_max_deviation_from_offset_per_atom,
         "force_mae": errs.force_mae,
         "force_rmse": errs.force_rmse,
         "force_rmse_per_frame_max": float(frame_rmse.max()),
@@ -126,8 +136,11 @@ def machine_info(device: str) -> dict:
     """:func:`server.machine.describe` of ``device``, with the key names of the committed
     ``models/validation/teacher.json`` (``cpu_count``, ``torch_default_threads``) as well."""
     info = machine.describe(device)
-    info.update(cpu_count=info["cores"], torch_default_threads=info["torch_threads"],
-                omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""))
+    info.update(
+        cpu_count=info["cores"],
+        torch_default_threads=info["torch_threads"],
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", ""),
+    )
     return info
 
 
@@ -153,7 +166,8 @@ def markdown(report: dict) -> str:
         "",
         "| quantity | value | acceptance |",
         "|---|---|---|",
-        f"| energy error offset, mean of (E_pred − E_DFT)/N | {v['energy_offset_mev_per_atom']:.3f} meV/atom | — |",
+        "| energy error offset, mean of (E_pred − E_DFT)/N "
+        f"| {v['energy_offset_mev_per_atom']:.3f} meV/atom | — |",
         f"| energy error spread, std over frames | {v['energy_spread_mev_per_atom']:.3f} meV/atom "
         f"| ≤ {ACCEPT_ENERGY_SPREAD} |",
         f"| force MAE (all components) | {v['force_mae']:.4f} eV/Å | — |",
@@ -169,16 +183,21 @@ def markdown(report: dict) -> str:
         "",
         "## Timings (energy + forces, one structure per call, neighbour list included)",
         "",
-        "| atoms | torch threads | median | min | of which neighbour list (median) | process CPU time (median) |",
+        "| atoms | torch threads | median | min | of which neighbour list (median) "
+        "| process CPU time (median) |",
         "|---|---|---|---|---|---|",
     ]
     for entry in t.values():
-        lines.append(f"| {entry['n_atoms']} | {entry['threads']} | {entry['median_ms']:.1f} ms | {entry['min_ms']:.1f} ms "
-                     f"| {entry['neighbour_list_median_ms']:.1f} ms | {entry['process_cpu_median_ms']:.1f} ms |")
+        lines.append(
+            f"| {entry['n_atoms']} | {entry['threads']} | {entry['median_ms']:.1f} ms "
+            f"| {entry['min_ms']:.1f} ms "
+            f"| {entry['neighbour_list_median_ms']:.1f} ms | {entry['process_cpu_median_ms']:.1f} ms |"
+        )
     lines += [
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} logical CPUs, torch {m['torch']}, device {m['device']}"
-        + (f" ({m['gpu']})" if "gpu" in m else "") + ". 1-minute load average during the timings: "
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        + ". 1-minute load average during the timings: "
         + ", ".join(f"{e['load_average_1min']}" for e in t.values())
         + " (other processes share the CPUs; timings on a busy machine are upper bounds).",
         "",
@@ -187,21 +206,35 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Validate the exported teacher against DFT frames and time it.")
-    parser.add_argument("--model", required=True, help="TorchScript teacher, e.g. models/local/bpnnp-revpbe0d3.pt")
+    parser = argparse.ArgumentParser(
+        description="Validate the exported teacher against DFT frames and time it."
+    )
+    parser.add_argument(
+        "--model", required=True, help="TorchScript teacher, e.g. models/local/bpnnp-revpbe0d3.pt"
+    )
     parser.add_argument("--dft", required=True, help="extended XYZ with DFT energy= and forces (eV, eV/Å)")
     parser.add_argument("--out", required=True, help="folder for validation/teacher.json and VALIDATION.md")
-    parser.add_argument("--large", default=None,
-                        help="large structure to time (default: ../structures/water_512.xyz next to --dft)")
+    parser.add_argument(
+        "--large",
+        default=None,
+        help="large structure to time (default: ../structures/water_512.xyz next to --dft)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--frames", type=int, default=None, help="only the first N frames (quick check)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice, usually the number of cores)")
-    parser.add_argument("--jit-optimize", action="store_true",
-                        help="keep TorchScript's optimising (profiling) executor on; by default it is off, "
-                        "since it spends seconds on the first calls of each new input shape of this model "
-                        "and gains nothing on CPU")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice, usually the number of cores)",
+    )
+    parser.add_argument(
+        "--jit-optimize",
+        action="store_true",
+        help="keep TorchScript's optimising (profiling) executor on; by default it is off, "
+        "since it spends seconds on the first calls of each new input shape of this model "
+        "and gains nothing on CPU",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,8 +251,9 @@ def _run(args) -> int:
         validation = evaluate_frames(evaluator, frames)
         validation["wall_time_s"] = round(time.perf_counter() - t0, 1)
         structures = {"dft_frame_192": Structure.from_ase(frames[0])}
-        large = args.large or os.path.join(os.path.dirname(os.path.abspath(args.dft)), "..", "structures",
-                                           "water_512.xyz")
+        large = args.large or os.path.join(
+            os.path.dirname(os.path.abspath(args.dft)), "..", "structures", "water_512.xyz"
+        )
         if os.path.isfile(large):
             import ase.io
 
@@ -235,14 +269,19 @@ def _run(args) -> int:
                 small = len(structure.numbers) < 1000
                 timings[f"{name}_{threads}thread{'s' if threads > 1 else ''}"] = {
                     "threads": threads,
-                    **time_structure(evaluator, structure, repeats=7 if small else 3, warmup=2 if small else 1)}
+                    **time_structure(
+                        evaluator, structure, repeats=7 if small else 3, warmup=2 if small else 1
+                    ),
+                }
         torch.set_num_threads(default_threads)
     except MLIPError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    passed = (validation["force_rmse"] <= ACCEPT_FORCE_RMSE
-              and validation["energy_spread_mev_per_atom"] <= ACCEPT_ENERGY_SPREAD)
+    passed = (
+        validation["force_rmse"] <= ACCEPT_FORCE_RMSE
+        and validation["energy_spread_mev_per_atom"] <= ACCEPT_ENERGY_SPREAD
+    )
     report = {
         "model": args.model,
         "dft": args.dft,
@@ -250,8 +289,11 @@ def _run(args) -> int:
         "date": datetime.date.today().isoformat(),
         "units": {"energy": "meV/atom", "forces": "eV/Å", "time": "ms"},
         "validation": validation,
-        "acceptance": {"force_rmse_max": ACCEPT_FORCE_RMSE, "energy_spread_max": ACCEPT_ENERGY_SPREAD,
-                       "passed": passed},
+        "acceptance": {
+            "force_rmse_max": ACCEPT_FORCE_RMSE,
+            "energy_spread_max": ACCEPT_ENERGY_SPREAD,
+            "passed": passed,
+        },
         "timings": timings,
         "machine": machine_info(args.device),
         "torchscript_optimized_execution": bool(args.jit_optimize),
@@ -259,12 +301,17 @@ def _run(args) -> int:
     _write_atomic(os.path.join(args.out, "validation", "teacher.json"), json.dumps(report, indent=1) + "\n")
     _write_atomic(os.path.join(args.out, "VALIDATION.md"), markdown(report))
     v = validation
-    print(f"{v['n_frames']} frames: energy offset {v['energy_offset_mev_per_atom']:.3f} meV/atom, spread "
-          f"{v['energy_spread_mev_per_atom']:.3f} meV/atom; forces MAE {v['force_mae']:.4f} eV/Å, "
-          f"RMSE {v['force_rmse']:.4f} eV/Å -> {'passed' if passed else 'FAILED'}")
+    print(
+        f"{v['n_frames']} frames: energy offset {v['energy_offset_mev_per_atom']:.3f} meV/atom, spread "
+        f"{v['energy_spread_mev_per_atom']:.3f} meV/atom; forces MAE {v['force_mae']:.4f} eV/Å, "
+        f"RMSE {v['force_rmse']:.4f} eV/Å -> {'passed' if passed else 'FAILED'}"
+    )
     for name, entry in timings.items():
         print(f"timing {name}: {entry['median_ms']:.1f} ms median ({entry['n_atoms']} atoms)")
-    print(f"wrote {os.path.join(args.out, 'validation', 'teacher.json')} and {os.path.join(args.out, 'VALIDATION.md')}")
+    print(
+        f"wrote {os.path.join(args.out, 'validation', 'teacher.json')} "
+        f"and {os.path.join(args.out, 'VALIDATION.md')}"
+    )
     return 0 if passed else 1
 
 

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from server.paths import project_root
+
+__all__ = ["main"]
+
 INTER = {"OO": 2.0, "OH": 1.4, "HH": 1.8}  # Å: first intermolecular peak lies beyond
 
 
@@ -29,8 +32,9 @@ def main(argv=None) -> int:
     p.add_argument("--trajectory", required=True)
     p.add_argument("--frame-fs", type=float, required=True, help="time between stored frames, fs")
     p.add_argument("--skip-ps", type=float, default=1.0, help="equilibration dropped at the start, ps")
-    p.add_argument("--reference-dir", default=str(ROOT.parent / "shared" / "data" / "reference" / "rdf"))
-    p.add_argument("--out", default=str(ROOT / "models"))
+    root = project_root()
+    p.add_argument("--reference-dir", default=str(root.parent / "shared" / "data" / "reference" / "rdf"))
+    p.add_argument("--out", default=str(root / "models"))
     args = p.parse_args(argv)
     import matplotlib
 
@@ -49,8 +53,12 @@ def main(argv=None) -> int:
         print(f"error: only {n_used} frames after {args.skip_ps} ps: run longer", file=sys.stderr)
         return 2
     rdfs = water_rdfs(u, find_water(u), rmax=6.2, nbins=124, run_kw={"start": start})
-    report = {"trajectory": args.trajectory, "frames_used": n_used,
-              "simulated_ps_used": n_used * args.frame_fs / 1000, "partials": {}}
+    report = {
+        "trajectory": args.trajectory,
+        "frames_used": n_used,
+        "simulated_ps_used": n_used * args.frame_fs / 1000,
+        "partials": {},
+    }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (name, rdf) in zip(axes, rdfs.items()):
         r, g = rdf.results.bins, rdf.results.rdf
@@ -63,9 +71,14 @@ def main(argv=None) -> int:
         (rp, gp), _, _ = first_shell(r[lo], g[lo])
         (rp_ref, gp_ref), _, _ = first_shell(ref.r[lo_ref], ref.g[lo_ref])
         report["partials"][name] = {
-            "first_peak": {"ours_r_A": rp, "ours_g": gp, "ref_r_A": rp_ref, "ref_g": gp_ref,
-                           "delta_g": None if gp is None else gp - gp_ref,
-                           "delta_r_A": None if rp is None else rp - rp_ref},
+            "first_peak": {
+                "ours_r_A": rp,
+                "ours_g": gp,
+                "ref_r_A": rp_ref,
+                "ref_g": gp_ref,
+                "delta_g": None if gp is None else gp - gp_ref,
+                "delta_r_A": None if rp is None else rp - rp_ref,
+            },
             "max_abs_delta_g_2_6A": float(np.abs(g - g_ref)[window].max()),
         }
         ax.plot(ref.r, ref.g, "k-", lw=1.2, label="published NNP (classical)")
@@ -74,8 +87,9 @@ def main(argv=None) -> int:
         ax.set(xlim=(0, 6.2), xlabel="r (Å)", ylabel=f"g_{name}(r)")
     axes[0].legend(fontsize=8)
     oo = report["partials"]["OO"]["first_peak"]
-    report["acceptance_g_oo_peak"] = bool(oo["delta_g"] is not None and abs(oo["delta_g"]) <= 0.15
-                                          and abs(oo["delta_r_A"]) <= 0.03)
+    report["acceptance_g_oo_peak"] = bool(
+        oo["delta_g"] is not None and abs(oo["delta_g"]) <= 0.15 and abs(oo["delta_r_A"]) <= 0.03
+    )
     out = Path(args.out) / "validation"
     out.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = ["Level", "LEVELS"]
+
 
 @dataclass(frozen=True)
 class Level:
+    """What one ``--level`` computes: grids, test-set frames, MD lengths (0.5 fs steps), blocks."""
+
     name: str
     grids: tuple = ("none", "i", "2", "2i", "3", "3i")
     reference_grid: str = "4i"  # the "converged" average the grids are compared with

@@ -1,5 +1,6 @@
 """The probe report: markdown with tables, PNG plots and one verdict per section, every number
-taken from the probe's own results (``probe.json``)."""
+taken from the probe's own results (``probe.json``). The liquid comparisons come from
+:func:`analysis.statistics.welch_compare`."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from analysis import output
+from analysis.ipi_files import read_properties
+from analysis.output import read_table
 
-
-def read_table(path) -> dict:
-    """A table written by :func:`analysis.output.write_table`: column name → array."""
-    lines = Path(path).read_text().splitlines()
-    names = [l for l in lines if l.startswith("#")][-1][1:].split()
-    data = np.loadtxt(path, ndmin=2)
-    return {n: data[:, k] for k, n in enumerate(names)}
+__all__ = ["verdict_convergence", "verdict_cost", "verdict_molecule", "verdict_liquid", "verdict_ice",
+           "plot_convergence", "plot_molecule", "plot_liquid", "plot_ice", "write_markdown"]
 
 
 def _fmt(x, digits=3):
@@ -27,29 +25,6 @@ def _fmt(x, digits=3):
 
 def _pm(value, err, digits=3):
     return f"{_fmt(value, digits)} ± {_fmt(err, 2)}"
-
-
-def _known(x) -> bool:
-    return x is not None and math.isfinite(x)
-
-
-def compare(a, a_err, b, b_err, n_blocks: int) -> dict:
-    """Difference b − a of two block averages (``n_blocks`` blocks each) with its combined
-    standard error, Welch's t, its Welch–Satterthwaite degrees of freedom ``dof``, and
-    significance at 95 % two-sided (|t| ≥ the Student-t quantile for ``dof``: 2.45 for 6, not
-    the normal 1.96: with 4 blocks per run the errors themselves are uncertain).
-    A missing or non-finite value or error gives no verdict (``significant`` None)."""
-    from scipy.stats import t as student_t
-
-    if not (_known(a) and _known(b) and _known(a_err) and _known(b_err)):
-        return {"delta": b - a if _known(a) and _known(b) else None, "err": None, "t": None, "dof": None,
-                "t_crit": None, "significant": None}
-    delta, err = b - a, math.hypot(a_err, b_err)
-    nu = n_blocks - 1
-    dof = err ** 4 / (a_err ** 4 / nu + b_err ** 4 / nu) if err > 0 else float(nu)
-    t = delta / err if err > 0 else (math.inf if delta else 0.0)
-    t_crit = float(student_t.ppf(0.975, dof))
-    return {"delta": delta, "err": err, "t": t, "dof": dof, "t_crit": t_crit, "significant": bool(abs(t) >= t_crit)}
 
 
 # -------------------------------------------------------------------- verdicts
@@ -151,8 +126,8 @@ def plot_molecule(runs, path):
         am = read_table(Path(d["analysis"]) / "symmetry_angular_momentum.dat")
         L = np.sqrt(am["Lx_hbar"] ** 2 + am["Ly_hbar"] ** 2 + am["Lz_hbar"] ** 2)
         axes[0, 0].plot(am["t_ps"], L, lw=0.8, label=name)
-        props = np.loadtxt(Path(d["dir"]) / "sim.out", ndmin=2)
-        axes[0, 1].plot(props[:, 1], 1e3 * (props[:, 2] - props[0, 2]), lw=0.8, label=name)
+        props = read_properties(str(Path(d["dir"]) / "sim.out"))  # time ps, conserved eV
+        axes[0, 1].plot(props["time"], 1e3 * (props["conserved"] - props["conserved"][0]), lw=0.8, label=name)
     axes[0, 0].set_xlabel("t (ps)")
     axes[0, 0].set_ylabel("|L| (ħ)")
     axes[0, 1].set_xlabel("t (ps)")

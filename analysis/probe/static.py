@@ -5,80 +5,89 @@ Units: energies eV (tables in meV), forces eV/Å (tables in meV/Å), times s.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+from server import metrics
 from server.core.evaluator import Evaluator, Structure
 
 
 def convergence(ev: Evaluator, frames, grids, reference_grid: str) -> dict:
-    """Energy/force differences of each grid against ``reference_grid`` over ``frames``
-    (ASE Atoms), and errors against reference labels when the frames carry them.
+    """Differences of each averaging grid against ``reference_grid``, and errors against labels.
 
-    Returns per grid: ``energy_mae_meV`` (per structure), ``energy_mae_meV_per_atom``,
-    ``force_mae_meV_A``, ``force_rmse_meV_A`` (vs the reference grid), and, with labels,
-    ``label_force_rmse_meV_A``, ``label_energy_rmse_meV_per_atom`` (after removing the mean
-    energy offset per atom, so that a constant shift of the model does not count).
+    Parameters
+    ----------
+    ev : Evaluator
+    frames : list of ase.Atoms
+        The structures (Å); when every frame carries reference labels (energy eV, forces eV/Å),
+        the errors against them too (see :func:`server.metrics.labels`).
+    grids : list of str
+        Averaging specs to compare.
+    reference_grid : str
+        The spec taken as converged.
+
+    Returns
+    -------
+    dict
+        ``reference_grid``, ``n_frames``, ``n_atoms``, ``has_labels`` and, per grid under
+        ``grids``: ``energy_mae_meV`` (per structure), ``energy_mae_meV_per_atom``,
+        ``force_mae_meV_A``, ``force_rmse_meV_A`` (vs the reference grid), and, with labels,
+        ``label_force_rmse_meV_A``, ``label_energy_rmse_meV_per_atom`` (after removing the mean
+        energy offset per atom, so that a constant shift of the model does not count).
     """
     structures = [Structure.from_ase(a) for a in frames]
     ref = ev.compute(structures, reference_grid)
-    labels = all(_labels(a) is not None for a in frames)
+    refs = [metrics.labels(a) for a in frames]
+    labels = all(r is not None for r in refs)
     out = {"reference_grid": reference_grid, "n_frames": len(frames),
            "n_atoms": [len(a) for a in frames], "has_labels": labels, "grids": {}}
     for grid in grids:
         res = ev.compute(structures, grid)
-        de = np.array([r.energy - q.energy for r, q in zip(res, ref)])
-        n = np.array([len(a) for a in frames])
-        df = np.concatenate([(r.forces - q.forces).ravel() for r, q in zip(res, ref)])
-        row = {"energy_mae_meV": 1e3 * float(np.abs(de).mean()),
-               "energy_mae_meV_per_atom": 1e3 * float(np.abs(de / n).mean()),
-               "force_mae_meV_A": 1e3 * float(np.abs(df).mean()),
-               "force_rmse_meV_A": 1e3 * float(np.sqrt((df ** 2).mean()))}
+        diff = metrics.errors(res, ref)
+        row = {"energy_mae_meV": 1e3 * diff.energy_mae,
+               "energy_mae_meV_per_atom": 1e3 * diff.energy_mae_per_atom,
+               "force_mae_meV_A": 1e3 * diff.force_mae,
+               "force_rmse_meV_A": 1e3 * diff.force_rmse}
         if labels:
-            e_lab = np.array([_labels(a)[0] for a in frames])
-            f_lab = np.concatenate([_labels(a)[1].ravel() for a in frames])
-            f_mod = np.concatenate([r.forces.ravel() for r in res])
-            per_atom = np.array([r.energy for r in res]) / n - e_lab / n
-            row["label_force_rmse_meV_A"] = 1e3 * float(np.sqrt(((f_mod - f_lab) ** 2).mean()))
-            row["label_energy_rmse_meV_per_atom"] = 1e3 * float(np.std(per_atom))
+            errs = metrics.errors(res, refs)
+            row["label_force_rmse_meV_A"] = 1e3 * errs.force_rmse
+            row["label_energy_rmse_meV_per_atom"] = 1e3 * errs.energy_spread_per_atom
         out["grids"][grid] = row
     return out
 
 
-def _labels(atoms):
-    """(energy eV, forces eV/Å) stored in an extended-XYZ frame, or None."""
-    energy = atoms.info.get("energy")
-    forces = atoms.arrays.get("forces")
-    if energy is None and atoms.calc is not None:
-        try:
-            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-        except Exception:
-            return None
-    if energy is None or forces is None:
-        return None
-    return float(energy), np.asarray(forces, dtype=float)
-
-
 def timings(ev: Evaluator, atoms, grids, nmts_values=(5, 10, 20), repeats: int = 2) -> dict:
-    """Wall time of one evaluation per grid on ``atoms`` (best of ``repeats`` after a warm-up;
-    cheap grids are repeated until about a second is spent, at most 20 times, so that one slow
-    moment cannot set the raw time that every ratio divides by), and the model cost per inner MD
-    step of MTS with the averaged grid every n steps, relative to the raw model:
-    (t_raw + t_grid / n) / t_raw."""
-    s = [Structure.from_ase(atoms)]
+    """Cost of each averaging grid on ``atoms``, and of multiple time stepping with it.
+
+    Each grid's time is the best of at least ``repeats`` calls after a warm-up; cheap grids are
+    repeated until about a second is spent, at most 20 times, so that one slow moment cannot set
+    the raw time that every ratio divides by (:func:`server.metrics.time_model`).
+
+    Parameters
+    ----------
+    ev : Evaluator
+    atoms : ase.Atoms
+        The timing structure (Å).
+    grids : list of str
+        Averaging specs; ``none`` (the raw model) is the reference of the ratios.
+    nmts_values : sequence of int
+        Inner steps n per averaged evaluation of the MTS estimate.
+    repeats : int
+        Timed calls per grid, at least.
+
+    Returns
+    -------
+    dict
+        ``n_atoms``; ``seconds`` (grid → s per energy + forces call); ``relative_to_raw``
+        (grid → t_grid / t_raw); ``mts_cost_per_step`` (grid → n → (t_raw + t_grid / n) / t_raw,
+        the model cost per inner MD step relative to the raw model).
+    """
+    s = Structure.from_ase(atoms)
     out = {"n_atoms": len(atoms), "seconds": {}, "relative_to_raw": {}, "mts_cost_per_step": {}}
     for grid in grids:
-        t0 = time.perf_counter()
-        ev.compute(s, grid)  # warm-up
-        warm = time.perf_counter() - t0
-        best = np.inf
-        for _ in range(max(repeats, min(20, int(1.0 / max(warm, 1e-3))))):
-            t0 = time.perf_counter()
-            ev.compute(s, grid)
-            best = min(best, time.perf_counter() - t0)
-        out["seconds"][grid] = best
+        timing = metrics.time_model(ev, s, grid, repeats=repeats, warmup=1, budget_s=1.0, max_repeats=20)
+        out["seconds"][grid] = timing.min_s
     raw = out["seconds"].get("none")
     for grid, t in out["seconds"].items():
         out["relative_to_raw"][grid] = t / raw if raw else float("nan")

@@ -9,9 +9,25 @@
     model = torch.jit.script(N2P2Model(read_n2p2("../shared/data/bpnnp-revpbe0d3")))
 """
 
-from .format import (ACTIVATIONS, CUTOFF_TYPES, ElementNetwork, N2P2FormatError, N2P2Potential,
-                     SymmetryFunction, read_n2p2)
+from .format import (
+    ACTIVATIONS,
+    CUTOFF_TYPES,
+    ElementNetwork,
+    N2P2FormatError,
+    N2P2Potential,
+    SymmetryFunction,
+    read_n2p2,
+)
 from .model import N2P2Model, build_model
 
-__all__ = ["N2P2FormatError", "SymmetryFunction", "ElementNetwork", "N2P2Potential",
-           "read_n2p2", "N2P2Model", "build_model", "ACTIVATIONS", "CUTOFF_TYPES"]
+__all__ = [
+    "N2P2FormatError",
+    "SymmetryFunction",
+    "ElementNetwork",
+    "N2P2Potential",
+    "read_n2p2",
+    "N2P2Model",
+    "build_model",
+    "ACTIVATIONS",
+    "CUTOFF_TYPES",
+]

@@ -42,14 +42,30 @@ import numpy as np
 
 from server.core.errors import MLIPError
 
-__all__ = ["N2P2FormatError", "SymmetryFunction", "ElementNetwork", "N2P2Potential",
-           "read_n2p2", "ACTIVATIONS", "CUTOFF_TYPES"]
+__all__ = [
+    "N2P2FormatError",
+    "SymmetryFunction",
+    "ElementNetwork",
+    "N2P2Potential",
+    "read_n2p2",
+    "ACTIVATIONS",
+    "CUTOFF_TYPES",
+]
 
 #: n2p2 activation letters → integer codes used inside the TorchScript module.
 ACTIVATIONS = {"l": 0, "t": 1, "s": 2, "p": 3, "r": 4, "g": 5, "c": 6, "S": 7, "e": 8, "h": 9}
 #: n2p2 cutoff function types (CutoffFunction::CutoffType).
-CUTOFF_TYPES = {0: "hard", 1: "cos", 2: "tanhu", 3: "tanh", 4: "exp", 5: "poly1",
-                6: "poly2", 7: "poly3", 8: "poly4"}
+CUTOFF_TYPES = {
+    0: "hard",
+    1: "cos",
+    2: "tanhu",
+    3: "tanh",
+    4: "exp",
+    5: "poly1",
+    6: "poly2",
+    7: "poly3",
+    8: "poly4",
+}
 _SUPPORTED_SF = (2, 3)
 
 
@@ -80,8 +96,15 @@ class SymmetryFunction:
 
     def sort_key(self, index_of: Dict[int, int]):
         """n2p2's order within an element: type, rc, η, rs, ζ, λ, neighbour indices."""
-        return (self.kind, self.rc, self.eta, self.rs, self.zeta, self.lam,
-                tuple(index_of[z] for z in self.neighbours))
+        return (
+            self.kind,
+            self.rc,
+            self.eta,
+            self.rs,
+            self.zeta,
+            self.lam,
+            tuple(index_of[z] for z in self.neighbours),
+        )
 
 
 @dataclass
@@ -162,8 +185,10 @@ def _int(token: str, where: str, what: str) -> int:
 
 def _read_lines(path: str) -> List[str]:
     if not os.path.isfile(path):
-        raise N2P2FormatError(f"{path}: file not found: an n2p2 potential needs input.nn, "
-                              "scaling.data and weights.ZZZ.data in one directory")
+        raise N2P2FormatError(
+            f"{path}: file not found: an n2p2 potential needs input.nn, "
+            "scaling.data and weights.ZZZ.data in one directory"
+        )
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return fh.read().splitlines()
@@ -181,9 +206,9 @@ def _atomic_number(symbol: str, where: str) -> int:
 _REFUSED = {
     "normalize_nodes": "normalised neurons (normalize_nodes) are not implemented",
     "global_symfunction_short": "RuNNer shorthand symmetry-function keywords are not supported: "
-                                "list every function with symfunction_short",
+    "list every function with symfunction_short",
     "element_symfunction_short": "RuNNer shorthand symmetry-function keywords are not supported: "
-                                 "list every function with symfunction_short",
+    "list every function with symfunction_short",
     "element_activation_short": "per-element activations are not implemented",
     "element_hidden_layers_short": "per-element numbers of layers are not implemented",
 }
@@ -226,8 +251,10 @@ def _symmetry_function(values: List[str], where: str, elements: Dict[str, int]) 
     centre = element(values[0])
     kind = _int(values[1], where, "symmetry function type")
     if kind not in _SUPPORTED_SF:
-        raise N2P2FormatError(f"{where}: symmetry function type {kind} is not supported "
-                              f"(supported: {', '.join(map(str, _SUPPORTED_SF))})")
+        raise N2P2FormatError(
+            f"{where}: symmetry function type {kind} is not supported "
+            f"(supported: {', '.join(map(str, _SUPPORTED_SF))})"
+        )
     if kind == 2:  # ec 2 e1 eta rs rc
         if len(values) < 6:
             raise N2P2FormatError(f"{where}: type 2 needs '<ec> 2 <e1> <eta> <rs> <rc>'")
@@ -235,9 +262,12 @@ def _symmetry_function(values: List[str], where: str, elements: Dict[str, int]) 
         sf = SymmetryFunction(centre, 2, (element(values[2]),), eta, rs, rc, line=0)
     else:  # ec 3 e1 e2 eta lambda zeta rc [rs]
         if len(values) < 8:
-            raise N2P2FormatError(f"{where}: type 3 needs '<ec> 3 <e1> <e2> <eta> <lambda> <zeta> <rc> [<rs>]'")
-        eta, lam, zeta, rc = (_float(values[k], where, name)
-                              for k, name in ((4, "eta"), (5, "lambda"), (6, "zeta"), (7, "rc")))
+            raise N2P2FormatError(
+                f"{where}: type 3 needs '<ec> 3 <e1> <e2> <eta> <lambda> <zeta> <rc> [<rs>]'"
+            )
+        eta, lam, zeta, rc = (
+            _float(values[k], where, name) for k, name in ((4, "eta"), (5, "lambda"), (6, "zeta"), (7, "rc"))
+        )
         rs = 0.0
         if len(values) > 8:  # optional rs, only if it is a number (RuNNer comments may follow)
             try:
@@ -279,16 +309,21 @@ def _read_scaling(path: str, elements: List[ElementNetwork]) -> None:
             if k >= len(rows):
                 raise N2P2FormatError(
                     f"{path}:{len(lines)}: file ends after {k} rows; expected {expected} rows "
-                    f"({', '.join(f'{len(e.symfuncs)} for {e.symbol}' for e in elements)})")
+                    f"({', '.join(f'{len(e.symfuncs)} for {e.symbol}' for e in elements)})"
+                )
             tokens, n = rows[k]
             where = f"{path}:{n}"
             if len(tokens) not in (5, 6):
-                raise N2P2FormatError(f"{where}: expected 'element function min max mean [sigma]' "
-                                      f"(5 or 6 columns), found {len(tokens)}")
+                raise N2P2FormatError(
+                    f"{where}: expected 'element function min max mean [sigma]' "
+                    f"(5 or 6 columns), found {len(tokens)}"
+                )
             got = (_int(tokens[0], where, "element index"), _int(tokens[1], where, "function index"))
             if got != (ie, isf):
-                raise N2P2FormatError(f"{where}: expected element {ie} ({el.symbol}) function {isf}, "
-                                      f"found element {got[0]} function {got[1]}")
+                raise N2P2FormatError(
+                    f"{where}: expected element {ie} ({el.symbol}) function {isf}, "
+                    f"found element {got[0]} function {got[1]}"
+                )
             values = [_float(t, where, name) for t, name in zip(tokens[2:], ("min", "max", "mean", "sigma"))]
             if len(values) == 3:
                 has_sigma = False
@@ -313,25 +348,30 @@ def _read_weights(path: str, el: ElementNetwork, sizes: List[int], activations: 
         if not line or line.startswith("#"):
             continue
         if count == expected:
-            raise N2P2FormatError(f"{path}:{n}: more values than the {expected} of a "
-                                  f"{'-'.join(map(str, sizes))} network for {el.symbol}")
+            raise N2P2FormatError(
+                f"{path}:{n}: more values than the {expected} of a "
+                f"{'-'.join(map(str, sizes))} network for {el.symbol}"
+            )
         values[count] = _float(line.split()[0], f"{path}:{n}", "weight")
         count += 1
     if count < expected:
-        raise N2P2FormatError(f"{path}:{len(lines)}: file ends after {count} values; a "
-                              f"{'-'.join(map(str, sizes))} network for {el.symbol} needs {expected}")
+        raise N2P2FormatError(
+            f"{path}:{len(lines)}: file ends after {count} values; a "
+            f"{'-'.join(map(str, sizes))} network for {el.symbol} needs {expected}"
+        )
     k = 0
     for i in range(len(sizes) - 1):
         n_in, n_out = sizes[i], sizes[i + 1]
-        w = values[k:k + n_in * n_out].reshape(n_in, n_out)
+        w = values[k : k + n_in * n_out].reshape(n_in, n_out)
         k += n_in * n_out
-        b = values[k:k + n_out]
+        b = values[k : k + n_out]
         k += n_out
         el.layers.append((w.copy(), b.copy(), activations[i]))
 
 
-def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
-              energy_unit: float = ase.units.Hartree) -> N2P2Potential:
+def read_n2p2(
+    directory: str, length_unit: float = ase.units.Bohr, energy_unit: float = ase.units.Hartree
+) -> N2P2Potential:
     """Reads ``input.nn``, ``scaling.data`` and ``weights.ZZZ.data`` from ``directory``.
 
     Parameters
@@ -355,8 +395,10 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise N2P2FormatError(f"{directory}: not a directory: pass the folder holding input.nn, "
-                              "scaling.data and weights.ZZZ.data")
+        raise N2P2FormatError(
+            f"{directory}: not a directory: pass the folder holding input.nn, "
+            "scaling.data and weights.ZZZ.data"
+        )
     inp = os.path.join(directory, "input.nn")
     settings, symlines, element_nodes, atom_energy_lines = _parse_input(inp)
 
@@ -367,15 +409,18 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     if "number_of_elements" in settings:
         v, nn = settings["number_of_elements"]
         if not v or _int(v[0], f"{inp}:{nn}", "number_of_elements") != len(symbols):
-            raise N2P2FormatError(f"{inp}:{nn}: number_of_elements does not match the {len(symbols)} "
-                                  "symbols of 'elements'")
+            raise N2P2FormatError(
+                f"{inp}:{nn}: number_of_elements does not match the {len(symbols)} symbols of 'elements'"
+            )
     zs = sorted(symbols.values())
     index_of = {z: i for i, z in enumerate(zs)}
 
     if "nnp_type" in settings:
         v, nn = settings["nnp_type"]
         if v and v[0] != "1":
-            raise N2P2FormatError(f"{inp}:{nn}: nnp_type {v[0]} is not supported (only short-range NNPs, type 1)")
+            raise N2P2FormatError(
+                f"{inp}:{nn}: nnp_type {v[0]} is not supported (only short-range NNPs, type 1)"
+            )
     if "committee_mode" in settings:
         v, nn = settings["committee_mode"]
         if v and v[0].lower() != "disabled":
@@ -394,8 +439,17 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     scale = "scale_symmetry_functions" in settings
     center = "center_symmetry_functions" in settings
     sigma = "scale_symmetry_functions_sigma" in settings
-    scaling = ("scalecenter" if scale and center else "scale" if scale else "center" if center
-               else "scalesigma" if sigma else "none")
+    scaling = (
+        "scalecenter"
+        if scale and center
+        else "scale"
+        if scale
+        else "center"
+        if center
+        else "scalesigma"
+        if sigma
+        else "none"
+    )
     smin, smax = 0.0, 1.0
     for key in ("scale_min_short", "scale_max_short"):
         if key in settings:
@@ -407,8 +461,10 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     present = [k for k in norm_keys if k in settings]
     norm = {"mean_energy": 0.0, "conv_energy": 1.0, "conv_length": 1.0}
     if present and len(present) != 3:
-        raise N2P2FormatError(f"{inp}: use all or none of mean_energy, conv_energy, conv_length "
-                              f"(found only {', '.join(present)})")
+        raise N2P2FormatError(
+            f"{inp}: use all or none of mean_energy, conv_energy, conv_length "
+            f"(found only {', '.join(present)})"
+        )
     for k in present:
         v, nn = settings[k]
         norm[k] = _float(v[0] if v else "", f"{inp}:{nn}", k)
@@ -429,11 +485,15 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     nodes = [_int(t, f"{inp}:{nn}", "number of nodes") for t in v[:n_hidden]]
     v, nn = _setting(settings, "global_activation_short", inp)
     if len(v) < n_hidden + 1:
-        raise N2P2FormatError(f"{inp}:{nn}: global_activation_short needs {n_hidden + 1} letters, found {len(v)}")
-    acts = v[:n_hidden + 1]
+        raise N2P2FormatError(
+            f"{inp}:{nn}: global_activation_short needs {n_hidden + 1} letters, found {len(v)}"
+        )
+    acts = v[: n_hidden + 1]
     for a in acts:
         if a not in ACTIVATIONS:
-            raise N2P2FormatError(f"{inp}:{nn}: unknown activation {a!r} (n2p2 letters: {' '.join(ACTIVATIONS)})")
+            raise N2P2FormatError(
+                f"{inp}:{nn}: unknown activation {a!r} (n2p2 letters: {' '.join(ACTIVATIONS)})"
+            )
     per_element_nodes = {z: list(nodes) for z in zs}
     for v, nn in element_nodes:
         where = f"{inp}:{nn}"
@@ -468,14 +528,30 @@ def read_n2p2(directory: str, length_unit: float = ase.units.Bohr,
     for el in elements:
         if scaling in ("scale", "scalecenter") and np.any(el.g_max <= el.g_min):
             k = int(np.argmax(el.g_max <= el.g_min))
-            raise N2P2FormatError(f"{os.path.join(directory, 'scaling.data')}: {el.symbol} function {k + 1} "
-                                  "has max <= min: cannot scale")
+            raise N2P2FormatError(
+                f"{os.path.join(directory, 'scaling.data')}: {el.symbol} function {k + 1} "
+                "has max <= min: cannot scale"
+            )
         if scaling == "scalesigma" and (el.g_sigma is None or np.any(el.g_sigma <= 0)):
-            raise N2P2FormatError(f"{os.path.join(directory, 'scaling.data')}: scale_symmetry_functions_sigma "
-                                  f"needs a positive sigma column for {el.symbol}")
+            raise N2P2FormatError(
+                f"{os.path.join(directory, 'scaling.data')}: scale_symmetry_functions_sigma "
+                f"needs a positive sigma column for {el.symbol}"
+            )
         sizes = [len(el.symfuncs)] + per_element_nodes[el.z] + [1]
         _read_weights(os.path.join(directory, f"weights.{el.z:03d}.data"), el, sizes, acts)
 
-    return N2P2Potential(directory, elements, cutoff_type, cutoff_alpha, scaling, smin, smax,
-                         norm["mean_energy"], norm["conv_energy"], norm["conv_length"], atom_energy,
-                         float(length_unit), float(energy_unit))
+    return N2P2Potential(
+        directory,
+        elements,
+        cutoff_type,
+        cutoff_alpha,
+        scaling,
+        smin,
+        smax,
+        norm["mean_energy"],
+        norm["conv_energy"],
+        norm["conv_length"],
+        atom_energy,
+        float(length_unit),
+        float(energy_unit),
+    )

@@ -74,8 +74,8 @@ def _cutoff_function(d: torch.Tensor, rc: float, alpha: float, kind: int) -> tor
     if kind == 6:
         return ((15.0 - 6.0 * x) * x - 10.0) * x * x * x + 1.0
     if kind == 7:
-        return (x * (x * (20.0 * x - 70.0) + 84.0) - 35.0) * x ** 4 + 1.0
-    return (x * (x * ((315.0 - 70.0 * x) * x - 540.0) + 420.0) - 126.0) * x ** 5 + 1.0
+        return (x * (x * (20.0 * x - 70.0) + 84.0) - 35.0) * x**4 + 1.0
+    return (x * (x * ((315.0 - 70.0 * x) * x - 540.0) + 420.0) - 126.0) * x**5 + 1.0
 
 
 class _RadialGroup(torch.nn.Module):
@@ -87,18 +87,34 @@ class _RadialGroup(torch.nn.Module):
     alpha: float
     cutoff_type: int
 
-    def __init__(self, centre: int, neighbour: int, rc: float, alpha: float, cutoff_type: int,
-                 eta: List[float], rs: List[float]):
+    def __init__(
+        self,
+        centre: int,
+        neighbour: int,
+        rc: float,
+        alpha: float,
+        cutoff_type: int,
+        eta: List[float],
+        rs: List[float],
+    ):
         super().__init__()
         self.centre, self.neighbour = centre, neighbour
         self.rc, self.alpha, self.cutoff_type = rc, alpha, cutoff_type
         self.register_buffer("eta", torch.tensor(eta, dtype=torch.float64))
         self.register_buffer("rs", torch.tensor(rs, dtype=torch.float64))
 
-    def forward(self, d: torch.Tensor, d_plain: torch.Tensor, centre: torch.Tensor,
-                centre_elem: torch.Tensor, neighbour_elem: torch.Tensor, n_atoms: int) -> torch.Tensor:
-        sel = torch.nonzero((centre_elem == self.centre) & (neighbour_elem == self.neighbour)
-                            & (d_plain < self.rc)).view(-1)
+    def forward(
+        self,
+        d: torch.Tensor,
+        d_plain: torch.Tensor,
+        centre: torch.Tensor,
+        centre_elem: torch.Tensor,
+        neighbour_elem: torch.Tensor,
+        n_atoms: int,
+    ) -> torch.Tensor:
+        sel = torch.nonzero(
+            (centre_elem == self.centre) & (neighbour_elem == self.neighbour) & (d_plain < self.rc)
+        ).view(-1)
         dd = d.index_select(0, sel)
         fc = _cutoff_function(dd, self.rc, self.alpha, self.cutoff_type)
         eta, rs = self.eta.to(d.dtype), self.rs.to(d.dtype)
@@ -136,21 +152,24 @@ def _pairs_within(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, to
     position = torch.arange(m, device=centres.device)
     repeats = end - 1 - position
     offset = torch.cumsum(repeats, 0) - repeats  # first pair of each entry
-    q = (torch.arange(int(offset[-1] + repeats[-1]) if m > 0 else 0, device=centres.device)
-         - torch.repeat_interleave(offset - position - 1, repeats))
+    q = torch.arange(
+        int(offset[-1] + repeats[-1]) if m > 0 else 0, device=centres.device
+    ) - torch.repeat_interleave(offset - position - 1, repeats)
     return repeats, q
 
 
-def _pairs_across(centres_a: torch.Tensor, centres_b: torch.Tensor,
-                  n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
+def _pairs_across(
+    centres_a: torch.Tensor, centres_b: torch.Tensor, n_atoms: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pairs (p in a, q in b) with equal centre, as (repeats of p, q); ``centres_b`` sorted."""
     counts_b = torch.bincount(centres_b, minlength=n_atoms)
     start_b = torch.cumsum(counts_b, 0) - counts_b
     repeats = counts_b.index_select(0, centres_a)
     offset = torch.cumsum(repeats, 0) - repeats
     total = int(offset[-1] + repeats[-1]) if centres_a.shape[0] > 0 else 0
-    q = (torch.arange(total, device=centres_a.device)
-         - torch.repeat_interleave(offset - start_b.index_select(0, centres_a), repeats))
+    q = torch.arange(total, device=centres_a.device) - torch.repeat_interleave(
+        offset - start_b.index_select(0, centres_a), repeats
+    )
     return repeats, q
 
 
@@ -174,8 +193,18 @@ class _AngularGroup(torch.nn.Module):
     eta_of_column: List[int]
     zl_of_column: List[int]
 
-    def __init__(self, slot: int, class_rc: float, rc: float, rs: float, alpha: float,
-                 cutoff_type: int, eta: List[float], zeta: List[float], lam: List[float]):
+    def __init__(
+        self,
+        slot: int,
+        class_rc: float,
+        rc: float,
+        rs: float,
+        alpha: float,
+        cutoff_type: int,
+        eta: List[float],
+        zeta: List[float],
+        lam: List[float],
+    ):
         super().__init__()
         self.slot = slot
         self.rc, self.rs, self.alpha, self.cutoff_type = rc, rs, alpha, cutoff_type
@@ -188,24 +217,47 @@ class _AngularGroup(torch.nn.Module):
         self.eta_of_column = [etas.index(e) for e in eta]
         self.zl_of_column = [zls.index(p) for p in zip(zeta, lam)]
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, d: torch.Tensor,
-                t_j: torch.Tensor, t_k: torch.Tensor, t_centre: torch.Tensor, djk_plain: torch.Tensor,
-                d_plain: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        z: torch.Tensor,
+        d: torch.Tensor,
+        t_j: torch.Tensor,
+        t_k: torch.Tensor,
+        t_centre: torch.Tensor,
+        djk_plain: torch.Tensor,
+        d_plain: torch.Tensor,
+        n_atoms: int,
+    ) -> torch.Tensor:
         """``x, y, z, d``: components and length of the edge vectors [E] (file units)."""
         if self.needs_mask:
-            sel = torch.nonzero((djk_plain < self.rc) & (d_plain.index_select(0, t_j) < self.rc)
-                                & (d_plain.index_select(0, t_k) < self.rc)).view(-1)
-            t_j, t_k, t_centre = t_j.index_select(0, sel), t_k.index_select(0, sel), t_centre.index_select(0, sel)
+            sel = torch.nonzero(
+                (djk_plain < self.rc)
+                & (d_plain.index_select(0, t_j) < self.rc)
+                & (d_plain.index_select(0, t_k) < self.rc)
+            ).view(-1)
+            t_j, t_k, t_centre = (
+                t_j.index_select(0, sel),
+                t_k.index_select(0, sel),
+                t_centre.index_select(0, sel),
+            )
         fc_edge = _cutoff_function(d, self.rc, self.alpha, self.cutoff_type)  # valid for d < rc
         # 1-D gathers: their backward scatters into [E] buffers (cheap), unlike row selects
         dij, dik = d.index_select(0, t_j), d.index_select(0, t_k)
-        dot = (x.index_select(0, t_j) * x.index_select(0, t_k) + y.index_select(0, t_j) * y.index_select(0, t_k)
-               + z.index_select(0, t_j) * z.index_select(0, t_k))
+        dot = (
+            x.index_select(0, t_j) * x.index_select(0, t_k)
+            + y.index_select(0, t_j) * y.index_select(0, t_k)
+            + z.index_select(0, t_j) * z.index_select(0, t_k)
+        )
         d2 = dij * dij + dik * dik
         djk = torch.sqrt((d2 - 2.0 * dot).clamp(min=0.0))
         cos = dot / (dij * dik)
-        fc = (fc_edge.index_select(0, t_j) * fc_edge.index_select(0, t_k)
-              * _cutoff_function(djk, self.rc, self.alpha, self.cutoff_type))
+        fc = (
+            fc_edge.index_select(0, t_j)
+            * fc_edge.index_select(0, t_k)
+            * _cutoff_function(djk, self.rc, self.alpha, self.cutoff_type)
+        )
         if self.rs == 0.0:
             s = 2.0 * (d2 - dot)
         else:
@@ -228,7 +280,9 @@ class _AngularGroup(torch.nn.Module):
                 angular.append(torch.pow(base.clamp(min=0.0), zeta))
         columns: List[torch.Tensor] = []
         for e, k in zip(self.eta_of_column, self.zl_of_column):
-            out = torch.zeros(n_atoms, dtype=d.dtype, device=d.device).index_add(0, t_centre, radial[e] * angular[k])
+            out = torch.zeros(n_atoms, dtype=d.dtype, device=d.device).index_add(
+                0, t_centre, radial[e] * angular[k]
+            )
             norm = 2.0 ** (1.0 - self.zl_zeta[k])
             columns.append(out if norm == 1.0 else out * norm)
         return torch.stack(columns, dim=1)
@@ -255,8 +309,17 @@ class _ElementNet(torch.nn.Module):
     energy_scale: float
     energy_shift: float
 
-    def __init__(self, element: int, columns: List[int], shift: np.ndarray, scale: np.ndarray,
-                 smin: float, layers, energy_scale: float, energy_shift: float):
+    def __init__(
+        self,
+        element: int,
+        columns: List[int],
+        shift: np.ndarray,
+        scale: np.ndarray,
+        smin: float,
+        layers,
+        energy_scale: float,
+        energy_shift: float,
+    ):
         super().__init__()
         self.element = element
         self.energy_scale, self.energy_shift = energy_scale, energy_shift
@@ -344,8 +407,11 @@ class N2P2Model(torch.nn.Module):
         offset = 0
         radial_groups, angular_groups = [], []
         for (c, a, rc), sfs in radial.items():
-            radial_groups.append(_RadialGroup(c, a, rc, pot.cutoff_alpha, pot.cutoff_type,
-                                              [s.eta for s in sfs], [s.rs for s in sfs]))
+            radial_groups.append(
+                _RadialGroup(
+                    c, a, rc, pot.cutoff_alpha, pot.cutoff_type, [s.eta for s in sfs], [s.rs for s in sfs]
+                )
+            )
             for k, s in enumerate(sfs):
                 column[s] = offset + k
             offset += len(sfs)
@@ -366,9 +432,19 @@ class N2P2Model(torch.nn.Module):
         self.pair_rc = [pair_rc[key] for key in sorted(pair_rc)]
         for (pc, rc, rs), sfs in angular.items():
             slot = class_keys.index(pc)
-            angular_groups.append(_AngularGroup(slot, class_rc[pc], rc, rs, pot.cutoff_alpha, pot.cutoff_type,
-                                                [s.eta for s in sfs], [s.zeta for s in sfs],
-                                                [s.lam for s in sfs]))
+            angular_groups.append(
+                _AngularGroup(
+                    slot,
+                    class_rc[pc],
+                    rc,
+                    rs,
+                    pot.cutoff_alpha,
+                    pot.cutoff_type,
+                    [s.eta for s in sfs],
+                    [s.zeta for s in sfs],
+                    [s.lam for s in sfs],
+                )
+            )
             for k, s in enumerate(sfs):
                 column[s] = offset + k
             offset += len(sfs)
@@ -391,8 +467,11 @@ class N2P2Model(torch.nn.Module):
             smin = pot.smin if pot.scaling in ("scale", "scalecenter", "scalesigma") else 0.0
             e_scale = pot.energy_unit / pot.conv_energy
             e_shift = pot.energy_unit * (pot.mean_energy + pot.atom_energy.get(el.z, 0.0))
-            nets.append(_ElementNet(i, [column[s] for s in el.symfuncs], shift, scale, smin,
-                                    el.layers, e_scale, e_shift))
+            nets.append(
+                _ElementNet(
+                    i, [column[s] for s in el.symfuncs], shift, scale, smin, el.layers, e_scale, e_shift
+                )
+            )
         self.nets = torch.nn.ModuleList(nets)
         self.max_functions = max(len(el.symfuncs) for el in pot.elements)
 
@@ -410,12 +489,19 @@ class N2P2Model(torch.nn.Module):
             if unknown.numel() == 0:
                 return elem
             bad = int(numbers[unknown[0]])
-        raise RuntimeError("n2p2 model: atomic number " + str(bad) + " is not supported; species: "
-                           + str(self.species))
+        raise RuntimeError(
+            "n2p2 model: atomic number " + str(bad) + " is not supported; species: " + str(self.species)
+        )
 
-    def _triplets(self, centre: torch.Tensor, centre_elem: torch.Tensor, neighbour_elem: torch.Tensor,
-                  r_plain: torch.Tensor, d_plain: torch.Tensor,
-                  n_atoms: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _triplets(
+        self,
+        centre: torch.Tensor,
+        centre_elem: torch.Tensor,
+        neighbour_elem: torch.Tensor,
+        r_plain: torch.Tensor,
+        d_plain: torch.Tensor,
+        n_atoms: int,
+    ) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Triplets of every angular class (no grad): per class, edge ids j and k with a
         common centre (each unordered pair once), the centre, and |r_jk| (file units);
         only triplets with r_ij, r_ik, r_jk below the class cutoff. ``centre`` is sorted;
@@ -433,7 +519,9 @@ class N2P2Model(torch.nn.Module):
                 repeats, q = _pairs_within(centres_a, n_atoms)
             else:
                 edges_b = lists[self._pair_slot(c, b)]
-                edges_b = edges_b.index_select(0, torch.nonzero(d_plain.index_select(0, edges_b) < rc).view(-1))
+                edges_b = edges_b.index_select(
+                    0, torch.nonzero(d_plain.index_select(0, edges_b) < rc).view(-1)
+                )
                 repeats, q = _pairs_across(centres_a, centre.index_select(0, edges_b), n_atoms)
             # |r_jk|² for all candidate pairs: j side by sequential expansion, k side by gather
             ra, rb = r_plain.index_select(1, edges_a), r_plain.index_select(1, edges_b)  # [3, m]
@@ -452,8 +540,9 @@ class N2P2Model(torch.nn.Module):
                 return k
         return -1
 
-    def _descriptors(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor,
-                     elem: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    def _descriptors(
+        self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, elem: torch.Tensor, n_atoms: int
+    ) -> torch.Tensor:
         """Unscaled symmetry functions of all groups, [N, n_columns], file units."""
         with torch.no_grad():
             d_all = torch.linalg.vector_norm(edge_vectors, dim=1) * self.inv_length_unit
@@ -472,8 +561,9 @@ class N2P2Model(torch.nn.Module):
             blocks.append(rgroup(d, d_plain, centre, centre_elem, neighbour_elem, n_atoms))
         if len(self.angular) > 0:
             with torch.no_grad():
-                triplets = self._triplets(centre, centre_elem, neighbour_elem, r.detach().t().contiguous(),
-                                          d_plain, n_atoms)
+                triplets = self._triplets(
+                    centre, centre_elem, neighbour_elem, r.detach().t().contiguous(), d_plain, n_atoms
+                )
             x, y, z = r[:, 0].contiguous(), r[:, 1].contiguous(), r[:, 2].contiguous()
             for agroup in self.angular:
                 t_j, t_k, t_centre, t_djk = triplets[agroup.slot]
@@ -482,8 +572,9 @@ class N2P2Model(torch.nn.Module):
 
     # -- public ----------------------------------------------------------------
     @torch.jit.export
-    def symmetry_functions(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor,
-                           numbers: torch.Tensor) -> torch.Tensor:
+    def symmetry_functions(
+        self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor
+    ) -> torch.Tensor:
         """Unscaled symmetry functions [N, max_functions] (file units, e.g. Bohr-based),
         per atom in its element's network-input order, zero-padded."""
         elem = self._element_index(numbers)
@@ -496,8 +587,14 @@ class N2P2Model(torch.nn.Module):
             out[atoms, : raw.shape[1]] = raw
         return out
 
-    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
         """Total energies [n_structures] in eV; edge_vectors [E, 3] in Å."""
         elem = self._element_index(numbers)
         n_atoms = numbers.shape[0]
@@ -506,13 +603,15 @@ class N2P2Model(torch.nn.Module):
         for net in self.nets:
             atoms = torch.nonzero(elem == net.element).view(-1)
             if atoms.numel() > 0:
-                energies = energies.index_add(0, structure_index.index_select(0, atoms),
-                                              net(desc.index_select(0, atoms)))
+                energies = energies.index_add(
+                    0, structure_index.index_select(0, atoms), net(desc.index_select(0, atoms))
+                )
         return energies
 
 
-def build_model(directory: str, length_unit: float = ase.units.Bohr,
-                energy_unit: float = ase.units.Hartree) -> N2P2Model:
+def build_model(
+    directory: str, length_unit: float = ase.units.Bohr, energy_unit: float = ase.units.Hartree
+) -> N2P2Model:
     """``N2P2Model(read_n2p2(directory, ...))`` (float64, not yet scripted).
 
     Parameters

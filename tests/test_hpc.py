@@ -1,0 +1,144 @@
+"""hpc/ipi-cpu-server-gpu.slurm runs only project commands, and they work together.
+
+No SLURM here: the script runs under bash with stand-ins for ``srun`` (records its arguments,
+drops ``--het-group``, runs the rest) and ``scontrol`` (the i-PI host is 127.0.0.1), and a
+project whose ``.venv/bin/activate`` puts ``mlip-run`` of this Python first on PATH. Its two
+``mlip-run`` sides then run a short path-integral job with the toy model over an inet socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.ipi.launcher import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "hpc" / "ipi-cpu-server-gpu.slurm"
+
+
+def _free_port() -> int:
+    """A free TCP port in [20000, 40000), where the template puts its ports."""
+    for _ in range(200):
+        port = random.randrange(20000, 40000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in 20000-39999")
+
+
+def _stand_ins(tmp_path: Path, log: Path) -> Path:
+    """A fake project (activate script) and bin folder with srun, scontrol and mlip-run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        f"with open({str(log)!r}, 'a') as fh:\n"
+        "    fh.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "args = [a for a in sys.argv[1:] if not a.startswith('--het-group')]\n"
+        "os.execvp(args[0], args)\n"
+    )
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
+    (bin_dir / "mlip-run").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m server.ipi.launcher "$@"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    project = tmp_path / "project"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    return project
+
+
+def test_template_uses_only_project_commands():
+    """Every command the job runs on a node is mlip-run; no inline Python edits the rendered input."""
+    text = TEMPLATE.read_text()
+    assert "<<" not in text and "python" not in text.lower()
+    joined = text.replace("\\\n", " ")
+    sruns = [line.split() for line in joined.splitlines() if line.strip().startswith("srun")]
+    assert len(sruns) == 2
+    assert all(words[2] == "mlip-run" for words in sruns)
+
+
+def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
+    log = tmp_path / "srun.jsonl"
+    project = _stand_ins(tmp_path, log)
+    port = _free_port()
+    job = tmp_path / "job"
+    job.mkdir()
+    env = dict(
+        os.environ,
+        PROJECT=str(project),
+        MODEL=toy_model,
+        BEADS="2",
+        STEPS="4",
+        MOLECULES="8",
+        DEVICE="cpu",
+        SLURM_JOB_ID=str(port - 20000),
+        SLURM_JOB_NODELIST_HET_GROUP_0="cpu-node",
+        OMP_NUM_THREADS="1",
+    )
+    proc = subprocess.Popen(
+        ["bash", str(TEMPLATE)],
+        cwd=job,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    run = job / f"run-{port - 20000}"
+    logs = {p.name: p.read_text() for p in job.glob("*.log")} | {
+        p.name: p.read_text() for p in run.glob("*.log")
+    }
+    assert proc.returncode == 0, (out, logs)
+
+    # the two commands, as srun got them, parse as mlip-run command lines
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["--het-group=0", "--het-group=1"]
+    assert all(c[1] == "mlip-run" for c in calls)
+    ipi, server = (build_parser().parse_args(c[2:]) for c in calls)
+    assert (ipi.side, ipi.transport, ipi.host, ipi.port, ipi.out) == (
+        "ipi",
+        "inet",
+        "127.0.0.1",
+        port,
+        str(run),
+    )
+    assert (ipi.experiment, ipi.beads, ipi.steps, ipi.molecules) == ("water-pimd", 2, 4, 8)
+    assert (server.side, server.out, server.model, server.device, server.dtype) == (
+        "server",
+        str(run),
+        toy_model,
+        "cpu",
+        "float32",
+    )
+
+    # what they made: an inet input for i-PI, one connection per bead, a finished run
+    xml = (run / "input.xml").read_text()
+    assert "mode='inet'" in xml and f"<address>127.0.0.1</address><port>{port}</port>" in xml
+    spec = json.loads((run / "server.json").read_text())
+    assert spec["addresses"] == [f"inet:127.0.0.1:{port}=none"] * 2
+    assert "mlip-run: done" in logs[f"run-{port - 20000}.ipi-side.log"]
+    assert "mlip-run: done" in logs[f"run-{port - 20000}.server-side.log"]
+    rows = [
+        line
+        for line in (run / "sim.out").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rows and float(rows[0].split()[0]) == 0  # stride 10 of the experiment: step 0 of 4
