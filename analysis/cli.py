@@ -34,41 +34,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=COMMANDS, help="analysis to run ('all': every one that applies)")
     p.add_argument("traj", metavar="TRAJ", help="trajectory file (for 'symmetry' also an i-PI .out file)")
     g = p.add_argument_group("input")
-    g.add_argument("--format", help="ipi-xyz, extxyz (i-PI 'ase'), pdb, lammpsdump, or an MDAnalysis format "
-                   "(default: from the extension and the first comment line)")
-    g.add_argument("--box", nargs="+", type=float, metavar="L",
-                   help="periodic box a b c [alpha beta gamma] in Å and degrees (overrides the file's)")
-    g.add_argument("--types", nargs="+", metavar="EL", help="element of LAMMPS atom type 1, 2, ... (e.g. O H)")
+    g.add_argument(
+        "--format",
+        help="ipi-xyz, extxyz (i-PI 'ase'), pdb, lammpsdump, or an MDAnalysis format "
+        "(default: from the extension and the first comment line)",
+    )
+    g.add_argument(
+        "--box",
+        nargs="+",
+        type=float,
+        metavar="L",
+        help="periodic box a b c [alpha beta gamma] in Å and degrees (overrides the file's)",
+    )
+    g.add_argument(
+        "--types", nargs="+", metavar="EL", help="element of LAMMPS atom type 1, 2, ... (e.g. O H)"
+    )
     g.add_argument("--timestep", type=float, metavar="FS", help="time between stored frames, fs")
-    g.add_argument("--beads", metavar="centroid|K",
-                   help="i-PI path integrals: average all bead files prefix.pos_*.xyz (centroid) or read bead K")
+    g.add_argument(
+        "--beads",
+        metavar="centroid|K",
+        help="i-PI path integrals: average all bead files prefix.pos_*.xyz (centroid) or read bead K",
+    )
     g.add_argument("--start", type=int, help="first frame")
     g.add_argument("--stop", type=int, help="frame to stop before")
     g.add_argument("--step", type=int, help="analyse every STEP-th frame")
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="analysis-output", metavar="DIR", help="output folder (default %(default)s)")
+    o.add_argument(
+        "--out", default="analysis-output", metavar="DIR", help="output folder (default %(default)s)"
+    )
     o.add_argument("--blocks", type=int, default=5, help="blocks for error bars (default %(default)s)")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
-    o.add_argument("--workers", type=int, default=1,
-                   help="MDAnalysis multiprocessing workers (no progress bars when > 1)")
+    o.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="MDAnalysis multiprocessing workers (no progress bars when > 1)",
+    )
     a = p.add_argument_group("analysis settings")
-    a.add_argument("--reference", action="append", default=[], metavar="FILE[:bohr]",
-                   help="reference g(r) to overlay; .gdr files are read as Bohr; repeatable")
+    a.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="FILE[:bohr]",
+        help="reference g(r) to overlay; .gdr files are read as Bohr; repeatable",
+    )
     a.add_argument("--rmax", type=float, help="largest r for g(r), c_L, c_T in Å (default min(L/2, 8))")
     a.add_argument("--nbins", type=int, default=200, help="g(r) bins (default %(default)s)")
-    a.add_argument("--msd-group", choices=("O", "com"), default="O", help="oxygens or molecular centres of mass")
-    a.add_argument("--fit-window", nargs=2, type=float, metavar=("T0", "T1"),
-                   help="MSD fit window in ps (default 10-50%% of one block)")
-    a.add_argument("--viscosity", type=float, metavar="MPAS", help="shear viscosity (mPa s) for the Yeh-Hummer correction")
-    a.add_argument("--temperature", type=float, default=300.0, help="K, for Yeh-Hummer and dielectric constant")
-    a.add_argument("--charges", nargs="+", metavar="EL=Q",
-                   help="point charges in e for the dielectric constant, e.g. O=-0.8476 H=0.4238")
+    a.add_argument(
+        "--msd-group", choices=("O", "com"), default="O", help="oxygens or molecular centres of mass"
+    )
+    a.add_argument(
+        "--fit-window",
+        nargs=2,
+        type=float,
+        metavar=("T0", "T1"),
+        help="MSD fit window in ps (default 10-50%% of one block)",
+    )
+    a.add_argument(
+        "--viscosity",
+        type=float,
+        metavar="MPAS",
+        help="shear viscosity (mPa s) for the Yeh-Hummer correction",
+    )
+    a.add_argument(
+        "--temperature", type=float, default=300.0, help="K, for Yeh-Hummer and dielectric constant"
+    )
+    a.add_argument(
+        "--charges",
+        nargs="+",
+        metavar="EL=Q",
+        help="point charges in e for the dielectric constant, e.g. O=-0.8476 H=0.4238",
+    )
     s = p.add_argument_group("symmetry diagnostics")
-    s.add_argument("--properties", metavar="OUT", help="i-PI properties file (default: PREFIX.out next to TRAJ)")
+    s.add_argument(
+        "--properties", metavar="OUT", help="i-PI properties file (default: PREFIX.out next to TRAJ)"
+    )
     s.add_argument("--v-raw", metavar="COLUMN", help="raw potential column (default pot_component_raw(0))")
-    s.add_argument("--v-avg", metavar="COLUMN", help="averaged potential column (default pot_component_raw(1))")
-    s.add_argument("--velocities", "--momenta", dest="velocities", metavar="FILE",
-                   help="i-PI velocity or momentum trajectory (default: found next to TRAJ)")
+    s.add_argument(
+        "--v-avg", metavar="COLUMN", help="averaged potential column (default pot_component_raw(1))"
+    )
+    s.add_argument(
+        "--velocities",
+        "--momenta",
+        dest="velocities",
+        metavar="FILE",
+        help="i-PI velocity or momentum trajectory (default: found next to TRAJ)",
+    )
     s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
     s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
     return p
@@ -85,7 +136,9 @@ def _charges(items):
                 raise ValueError
             out[k.strip()] = float(v)
         except ValueError:
-            raise AnalysisInputError(f"bad --charges item {it!r}: write ELEMENT=CHARGE, e.g. O=-0.8476 H=0.4238") from None
+            raise AnalysisInputError(
+                f"bad --charges item {it!r}: write ELEMENT=CHARGE, e.g. O=-0.8476 H=0.4238"
+            ) from None
     return out
 
 
@@ -95,13 +148,28 @@ def _options(args, dt_ps):
     if args.blocks < 1:
         raise AnalysisInputError("--blocks must be at least 1")
     return Options(
-        out=args.out, n_blocks=args.blocks, dt_ps=dt_ps, start=args.start, stop=args.stop,
-        step=args.step, verbose=not args.quiet, workers=max(1, args.workers), rmax=args.rmax,
-        nbins=args.nbins, references=args.reference, msd_group=args.msd_group,
-        fit_window=tuple(args.fit_window) if args.fit_window else None, viscosity=args.viscosity,
-        temperature=args.temperature, charges=_charges(args.charges), properties=args.properties,
-        v_raw=args.v_raw, v_avg=args.v_avg, n_molecules=args.n_molecules,
-        velocities=args.velocities, forces=args.forces,
+        out=args.out,
+        n_blocks=args.blocks,
+        dt_ps=dt_ps,
+        start=args.start,
+        stop=args.stop,
+        step=args.step,
+        verbose=not args.quiet,
+        workers=max(1, args.workers),
+        rmax=args.rmax,
+        nbins=args.nbins,
+        references=args.reference,
+        msd_group=args.msd_group,
+        fit_window=tuple(args.fit_window) if args.fit_window else None,
+        viscosity=args.viscosity,
+        temperature=args.temperature,
+        charges=_charges(args.charges),
+        properties=args.properties,
+        v_raw=args.v_raw,
+        v_avg=args.v_avg,
+        n_molecules=args.n_molecules,
+        velocities=args.velocities,
+        forces=args.forces,
     )
 
 
@@ -122,7 +190,9 @@ def run(args) -> dict:
     from .readers import load_universe
 
     if args.box is not None and len(args.box) not in (3, 6):
-        raise AnalysisInputError(f"--box takes 3 or 6 numbers, got {len(args.box)}: give a b c [alpha beta gamma]")
+        raise AnalysisInputError(
+            f"--box takes 3 or 6 numbers, got {len(args.box)}: give a b c [alpha beta gamma]"
+        )
     if args.timestep is not None and args.timestep <= 0:
         raise AnalysisInputError("--timestep must be positive (fs between stored frames)")
     for ref in args.reference:
@@ -134,8 +204,16 @@ def run(args) -> dict:
         raise AnalysisInputError(f"no such file: {args.traj}: check the path")
 
     def load(path, velocities=None, forces=None):
-        return load_universe(path, fmt=args.format, box=args.box, types=args.types, beads=args.beads,
-                             timestep_fs=args.timestep, velocities=velocities, forces=forces)
+        return load_universe(
+            path,
+            fmt=args.format,
+            box=args.box,
+            types=args.types,
+            beads=args.beads,
+            timestep_fs=args.timestep,
+            velocities=velocities,
+            forces=forces,
+        )
 
     results = {}
     if args.command == "symmetry":
@@ -150,8 +228,15 @@ def run(args) -> dict:
     info = commands.input_info(u, args.traj, args.format, dt_ps, args.beads)
 
     if args.command == "all":
-        results.update(commands.every_analysis(
-            u, args.traj, opt, load, symmetry_inputs=bool(args.properties or args.velocities or args.forces)))
+        results.update(
+            commands.every_analysis(
+                u,
+                args.traj,
+                opt,
+                load,
+                symmetry_inputs=bool(args.properties or args.velocities or args.forces),
+            )
+        )
     else:
         fn = getattr(commands, args.command)
         results[args.command] = fn(u, opt)

@@ -27,8 +27,17 @@ from .ipi_files import find_ipi_outputs, ipi_prefix, read_properties, time_axis
 from .reference import load_reference
 from .statistics import DEFAULT_BLOCKS
 
-__all__ = ["Options", "rdf", "msd", "orientation", "dipole", "symmetry", "every_analysis", "input_info",
-           "TIMESTEP_FIX"]
+__all__ = [
+    "Options",
+    "rdf",
+    "msd",
+    "orientation",
+    "dipole",
+    "symmetry",
+    "every_analysis",
+    "input_info",
+    "TIMESTEP_FIX",
+]
 
 TIMESTEP_FIX = "pass --timestep FS (time between stored frames, fs)"
 
@@ -92,7 +101,9 @@ def _rmax(u, opt) -> float:
 
     half = default_rmax(u, cap=np.inf)
     if opt.rmax is not None and opt.rmax > half + 1e-6:
-        raise AnalysisInputError(f"--rmax {opt.rmax:g} Å exceeds half the box width ({half:.3f} Å): pass --rmax <= {half:.3f}")
+        raise AnalysisInputError(
+            f"--rmax {opt.rmax:g} Å exceeds half the box width ({half:.3f} Å): pass --rmax <= {half:.3f}"
+        )
     return opt.rmax or min(half, 8.0)
 
 
@@ -114,21 +125,30 @@ def rdf(u, opt: Options) -> dict:
     except AnalysisInputError:
         water = None
     if water is not None:
-        res = water_rdfs(u, water, rmax=rmax, nbins=opt.nbins, n_blocks=opt.n_blocks,
-                         run_kw=opt.run_kw())
+        res = water_rdfs(u, water, rmax=rmax, nbins=opt.nbins, n_blocks=opt.n_blocks, run_kw=opt.run_kw())
     else:
         els = sorted(set(u.atoms.elements))
         res = {}
         for i, a in enumerate(els):
             for b in els[i:]:
                 ga, gb = u.select_atoms(f"element {a}"), u.select_atoms(f"element {b}")
-                res[a + b] = BlockRDF(ga, gb, nbins=opt.nbins, range=(0.0, rmax),
-                                      exclusion_block=(1, 1) if a == b else None,
-                                      n_blocks=opt.n_blocks).run(**opt.run_kw_for(f"g(r) {a}-{b}"))
+                res[a + b] = BlockRDF(
+                    ga,
+                    gb,
+                    nbins=opt.nbins,
+                    range=(0.0, rmax),
+                    exclusion_block=(1, 1) if a == b else None,
+                    n_blocks=opt.n_blocks,
+                ).run(**opt.run_kw_for(f"g(r) {a}-{b}"))
     first = next(iter(res.values())).results
     cols = {"r_A": first.bins}
-    summary = {"rmax_A": rmax, "nbins": opt.nbins, "n_blocks": opt.n_blocks,
-               "intramolecular_excluded": water is not None, "pairs": {}}
+    summary = {
+        "rmax_A": rmax,
+        "nbins": opt.nbins,
+        "n_blocks": opt.n_blocks,
+        "intramolecular_excluded": water is not None,
+        "pairs": {},
+    }
     for name, a in res.items():
         r = a.results
         cols[f"g_{name}"] = r.rdf
@@ -136,16 +156,20 @@ def rdf(u, opt: Options) -> dict:
         cols[f"n_{name}"] = r.cn
         cols[f"n_{name}_err"] = r.cn_err
         summary["pairs"][name] = {
-            "first_peak_r_A": r.first_peak[0], "first_peak_g": r.first_peak[1],
+            "first_peak_r_A": r.first_peak[0],
+            "first_peak_g": r.first_peak[1],
             "first_min_r_A": r.first_min,
-            "coordination_first_shell": r.cn_shell, "coordination_first_shell_err": r.cn_shell_err,
+            "coordination_first_shell": r.cn_shell,
+            "coordination_first_shell_err": r.cn_shell_err,
         }
     summary.update(_frames_info(u, opt))
     summary["references"] = [{"file": x.label, "partial": x.partial} for x in refs]
 
     fig = plots.rdf_figure(res, refs, rmax)
-    header = (f"radial distribution functions; r in Å (bin centres), n = running coordination number; "
-              f"errors: block standard errors over {opt.n_blocks} blocks")
+    header = (
+        f"radial distribution functions; r in Å (bin centres), n = running coordination number; "
+        f"errors: block standard errors over {opt.n_blocks} blocks"
+    )
     output.write_table(opt.path("rdf.dat"), cols, header)
     output.save_figure(fig, opt.path("rdf.png"))
     output.update_summary(opt.out, "rdf", summary)
@@ -169,25 +193,47 @@ def msd(u, opt: Options) -> dict:
             water = find_water(u)
         except AnalysisInputError:
             water = None
-    m = MSD(u, water=water, group=opt.msd_group, dt_ps=opt.dt_ps, fit_window=opt.fit_window,
-            n_blocks=opt.n_blocks, viscosity=opt.viscosity, temperature=opt.temperature)
+    m = MSD(
+        u,
+        water=water,
+        group=opt.msd_group,
+        dt_ps=opt.dt_ps,
+        fit_window=opt.fit_window,
+        n_blocks=opt.n_blocks,
+        viscosity=opt.viscosity,
+        temperature=opt.temperature,
+    )
     m.run(**opt.run_kw_for(f"MSD ({opt.msd_group})"))
     r = m.results
     summary = {
-        "group": opt.msd_group, "D_A2_per_ps": r.D, "D_A2_per_ps_err": r.D_err,
-        "D_1e-5_cm2_per_s": r.D_1e5cm2s, "D_1e-5_cm2_per_s_err": r.D_1e5cm2s_err,
-        "fit_window_ps": list(r.fit_window), "D_blocks_A2_per_ps": r.D_blocks,
-        "n_blocks": opt.n_blocks, "drift_removed": True, "dt_ps": opt.dt_ps,
+        "group": opt.msd_group,
+        "D_A2_per_ps": r.D,
+        "D_A2_per_ps_err": r.D_err,
+        "D_1e-5_cm2_per_s": r.D_1e5cm2s,
+        "D_1e-5_cm2_per_s_err": r.D_1e5cm2s_err,
+        "fit_window_ps": list(r.fit_window),
+        "D_blocks_A2_per_ps": r.D_blocks,
+        "n_blocks": opt.n_blocks,
+        "drift_removed": True,
+        "dt_ps": opt.dt_ps,
     }
     if opt.viscosity:
-        summary.update({"viscosity_mPa_s": opt.viscosity, "temperature_K": opt.temperature,
-                        "yeh_hummer_correction_A2_per_ps": r.yh_correction,
-                        "D_yeh_hummer_A2_per_ps": r.D_yh,
-                        "D_yeh_hummer_1e-5_cm2_per_s": r.D_yh * 10.0})
+        summary.update(
+            {
+                "viscosity_mPa_s": opt.viscosity,
+                "temperature_K": opt.temperature,
+                "yeh_hummer_correction_A2_per_ps": r.yh_correction,
+                "D_yeh_hummer_A2_per_ps": r.D_yh,
+                "D_yeh_hummer_1e-5_cm2_per_s": r.D_yh * 10.0,
+            }
+        )
     summary.update(_frames_info(u, opt))
     fig = plots.msd_figure(r)
-    output.write_table(opt.path("msd.dat"), {"t_ps": r.time, "msd_A2": r.msd, "msd_A2_err": r.msd_err},
-                       f"mean-squared displacement of {opt.msd_group}, unwrapped, centre-of-mass drift removed")
+    output.write_table(
+        opt.path("msd.dat"),
+        {"t_ps": r.time, "msd_A2": r.msd, "msd_A2_err": r.msd_err},
+        f"mean-squared displacement of {opt.msd_group}, unwrapped, centre-of-mass drift removed",
+    )
     output.save_figure(fig, opt.path("msd.png"))
     output.update_summary(opt.out, "msd", summary)
     return summary
@@ -207,18 +253,31 @@ def orientation(u, opt: Options) -> dict:
     pc = 0.5 * (r.phi_edges[1:] + r.phi_edges[:-1])
     C, P = np.meshgrid(cc, pc, indexing="ij")
     summary = {
-        "n_cos": opt.n_cos, "n_phi": opt.n_phi, "n_molecules": water.n_molecules,
-        "P_max": float(r.P.max()), "P_min": float(r.P.min()),
+        "n_cos": opt.n_cos,
+        "n_phi": opt.n_phi,
+        "n_molecules": water.n_molecules,
+        "P_max": float(r.P.max()),
+        "P_min": float(r.P.min()),
         "free_energy_range_kT": float(np.nanmax(r.free_energy) - np.nanmin(r.free_energy)),
-        "mean_cos_theta": r.mean_cos, "mean_cos_theta_err": r.mean_cos_err,
-        "P_cos": r.P_cos, "P_cos_err": r.P_cos_err, "n_blocks": opt.n_blocks,
+        "mean_cos_theta": r.mean_cos,
+        "mean_cos_theta_err": r.mean_cos_err,
+        "P_cos": r.P_cos,
+        "P_cos_err": r.P_cos_err,
+        "n_blocks": opt.n_blocks,
     }
     summary.update(_frames_info(u, opt))
     fig = plots.orientation_figure(r, cc)
-    output.write_table(opt.path("orientation.dat"),
-                       {"cos_theta": C.ravel(), "phi_rad": P.ravel(), "P": r.P.ravel(),
-                        "P_err": r.P_err.ravel(), "minus_ln_P": r.free_energy.ravel()},
-                       "dipole orientation distribution at bin centres, normalised so isotropic = 1")
+    output.write_table(
+        opt.path("orientation.dat"),
+        {
+            "cos_theta": C.ravel(),
+            "phi_rad": P.ravel(),
+            "P": r.P.ravel(),
+            "P_err": r.P_err.ravel(),
+            "minus_ln_P": r.free_energy.ravel(),
+        },
+        "dipole orientation distribution at bin centres, normalised so isotropic = 1",
+    )
     output.save_figure(fig, opt.path("orientation.png"))
     output.update_summary(opt.out, "orientation", summary)
     return summary
@@ -243,33 +302,59 @@ def dipole(u, opt: Options) -> dict:
         ac = DipoleAutocorrelation(u, water, dt_ps=opt.dt_ps, n_blocks=opt.n_blocks)
         ac.run(**opt.run_kw_for("dipole autocorrelation"))
         a = ac.results
-        summary.update({"tau1_ps": a.tau1, "tau1_ps_err": a.tau1_err, "tau1_complete": a.tau1_complete,
-                        "tau2_ps": a.tau2, "tau2_ps_err": a.tau2_err, "tau2_complete": a.tau2_complete,
-                        "dt_ps": opt.dt_ps})
+        summary.update(
+            {
+                "tau1_ps": a.tau1,
+                "tau1_ps_err": a.tau1_err,
+                "tau1_complete": a.tau1_complete,
+                "tau2_ps": a.tau2,
+                "tau2_ps_err": a.tau2_err,
+                "tau2_complete": a.tau2_complete,
+                "dt_ps": opt.dt_ps,
+            }
+        )
     else:
         summary["autocorrelation"] = f"skipped: {TIMESTEP_FIX}"
     if opt.charges:
         de = DielectricConstant(u, water, opt.charges, temperature=opt.temperature, n_blocks=opt.n_blocks)
         de.run(**opt.run_kw_for("total dipole"))
         e = de.results
-        summary.update({"charges_e": opt.charges, "temperature_K": opt.temperature,
-                        "epsilon": e.epsilon, "epsilon_err": e.epsilon_err,
-                        "M2_fluctuation_e2A2": e.M2_fluct, "M2_fluctuation_err": e.M2_fluct_err,
-                        "mu_molecule_D": e.mu_molecule, "mu_molecule_D_err": e.mu_molecule_err})
+        summary.update(
+            {
+                "charges_e": opt.charges,
+                "temperature_K": opt.temperature,
+                "epsilon": e.epsilon,
+                "epsilon_err": e.epsilon_err,
+                "M2_fluctuation_e2A2": e.M2_fluct,
+                "M2_fluctuation_err": e.M2_fluct_err,
+                "mu_molecule_D": e.mu_molecule,
+                "mu_molecule_D_err": e.mu_molecule_err,
+            }
+        )
     else:
         summary["dielectric"] = "skipped: pass --charges, e.g. O=-0.8476 H=0.4238 (SPC/E)"
     summary.update(_frames_info(u, opt))
 
     fig = plots.dipole_figure(p, ac.results if ac else None)
-    output.write_table(opt.path("dipole_correlation.dat"),
-                       {"r_A": p.bins, "c_L": p.c_L, "c_L_err": p.c_L_err, "c_T": p.c_T,
-                        "c_T_err": p.c_T_err, "pairs": p.pairs},
-                       "longitudinal/transverse dipole correlations over O-O pairs at distance r (Å)")
+    output.write_table(
+        opt.path("dipole_correlation.dat"),
+        {
+            "r_A": p.bins,
+            "c_L": p.c_L,
+            "c_L_err": p.c_L_err,
+            "c_T": p.c_T,
+            "c_T_err": p.c_T_err,
+            "pairs": p.pairs,
+        },
+        "longitudinal/transverse dipole correlations over O-O pairs at distance r (Å)",
+    )
     if ac:
         a = ac.results
-        output.write_table(opt.path("dipole_acf.dat"),
-                           {"t_ps": a.time, "C1": a.C1, "C1_err": a.C1_err, "C2": a.C2, "C2_err": a.C2_err},
-                           "dipole autocorrelations C1 = <u(t).u(0)>, C2 = <P2(u(t).u(0))>")
+        output.write_table(
+            opt.path("dipole_acf.dat"),
+            {"t_ps": a.time, "C1": a.C1, "C1_err": a.C1_err, "C2": a.C2, "C2_err": a.C2_err},
+            "dipole autocorrelations C1 = <u(t).u(0)>, C2 = <P2(u(t).u(0))>",
+        )
     output.save_figure(fig, opt.path("dipole.png"))
     output.update_summary(opt.out, "dipole", summary)
     return summary
@@ -281,7 +366,9 @@ def _column(props, wanted, fallbacks):
         if name in props:
             return name
     if wanted:
-        raise AnalysisInputError(f"no column {wanted!r} in the properties file (has {', '.join(props)}): pick one of those")
+        raise AnalysisInputError(
+            f"no column {wanted!r} in the properties file (has {', '.join(props)}): pick one of those"
+        )
     return None
 
 
@@ -318,12 +405,15 @@ def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
     if pos and (vel or frc):
         u = load(pos, velocities=vel, forces=frc)
     elif pos:
-        notes.append("angular momentum/torque skipped: no velocity, momentum or force trajectory found "
-                     "(pass --velocities/--momenta/--forces)")
+        notes.append(
+            "angular momentum/torque skipped: no velocity, momentum or force trajectory found "
+            "(pass --velocities/--momenta/--forces)"
+        )
     if props_path is None and u is None:
         raise AnalysisInputError(
             f"nothing to analyse for symmetry next to {traj}: give the i-PI .out file (--properties) "
-            "or velocity/force trajectories (--velocities, --forces)")
+            "or velocity/force trajectories (--velocities, --forces)"
+        )
 
     fig_panels = []
     if props_path:
@@ -336,18 +426,26 @@ def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
             dv = delta_v_statistics(props[avg], props[raw], t, opt.n_blocks)
             summary["delta_v"] = {k: v for k, v in dv.items() if np.ndim(v) == 0}
             summary["delta_v"].update({"v_avg_column": avg, "v_raw_column": raw})
-            output.write_table(opt.path("symmetry_delta_v.dat"),
-                               {"t_ps": dv["time_ps"], "dV_meV": dv["series_meV"], "lag_ps": dv["lag_ps"],
-                                "acf": dv["acf"]},
-                               f"dV = {avg} - {raw} in meV; normalised autocorrelation of dV")
-            output.write_table(opt.path("symmetry_delta_v_spectrum.dat"),
-                               {"freq_THz": dv["freq_THz"], "freq_cm1": dv["freq_cm1"],
-                                "psd_meV2_per_THz": dv["psd_meV2_per_THz"]},
-                               "one-sided power spectral density of dV")
+            output.write_table(
+                opt.path("symmetry_delta_v.dat"),
+                {"t_ps": dv["time_ps"], "dV_meV": dv["series_meV"], "lag_ps": dv["lag_ps"], "acf": dv["acf"]},
+                f"dV = {avg} - {raw} in meV; normalised autocorrelation of dV",
+            )
+            output.write_table(
+                opt.path("symmetry_delta_v_spectrum.dat"),
+                {
+                    "freq_THz": dv["freq_THz"],
+                    "freq_cm1": dv["freq_cm1"],
+                    "psd_meV2_per_THz": dv["psd_meV2_per_THz"],
+                },
+                "one-sided power spectral density of dV",
+            )
             fig_panels.append(("dv", dv))
         else:
-            notes.append("ΔV skipped: no pot_component_raw(0)/(1) columns (pass --v-raw and --v-avg) "
-                         "or no time axis (--timestep)")
+            notes.append(
+                "ΔV skipped: no pot_component_raw(0)/(1) columns (pass --v-raw and --v-avg) "
+                "or no time axis (--timestep)"
+            )
         if "conserved" in props and t is not None:
             nmol = opt.n_molecules or _count_molecules(u if u is not None else universe, pos, load) or 1
             summary["conserved"] = conserved_drift(t, props["conserved"], nmol, opt.n_blocks)
@@ -358,16 +456,25 @@ def symmetry(traj: str, opt: Options, load, universe=None) -> dict:
         r = am.results
         summary["angular_momentum"] = dict(r.summary)
         summary["angular_momentum"]["trajectory"] = pos
-        output.write_table(opt.path("symmetry_angular_momentum.dat"),
-                           {"t_ps": r.time, "Lx_hbar": r.L_hbar[:, 0], "Ly_hbar": r.L_hbar[:, 1],
-                            "Lz_hbar": r.L_hbar[:, 2], "tau_x_eV": r.torque[:, 0], "tau_y_eV": r.torque[:, 1],
-                            "tau_z_eV": r.torque[:, 2]},
-                           "angular momentum about the centre of mass (ħ) and torque Σ(r - r_com) × F (eV)")
+        output.write_table(
+            opt.path("symmetry_angular_momentum.dat"),
+            {
+                "t_ps": r.time,
+                "Lx_hbar": r.L_hbar[:, 0],
+                "Ly_hbar": r.L_hbar[:, 1],
+                "Lz_hbar": r.L_hbar[:, 2],
+                "tau_x_eV": r.torque[:, 0],
+                "tau_y_eV": r.torque[:, 1],
+                "tau_z_eV": r.torque[:, 2],
+            },
+            "angular momentum about the centre of mass (ħ) and torque Σ(r - r_com) × F (eV)",
+        )
         fig_panels.append(("L", r))
     summary["notes"] = notes
     if not fig_panels:
-        raise AnalysisInputError(f"no symmetry diagnostic could be computed from {props_path or traj}: "
-                                 + "; ".join(notes))
+        raise AnalysisInputError(
+            f"no symmetry diagnostic could be computed from {props_path or traj}: " + "; ".join(notes)
+        )
     fig = plots.symmetry_figure(fig_panels)
     output.save_figure(fig, opt.path("symmetry.png"))
     output.update_summary(opt.out, "symmetry", summary)
@@ -435,7 +542,9 @@ def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = Fal
             done["symmetry"] = f"skipped: {exc}"
             print(f"note: symmetry {done['symmetry']}", file=sys.stderr)
     else:
-        done["symmetry"] = "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
+        done["symmetry"] = (
+            "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
+        )
     output.update_summary(opt.out, "all", done)
     return results
 
@@ -462,7 +571,13 @@ def input_info(u, traj: str, fmt: str | None, dt_ps: float | None, beads=None) -
         ``trajectory`` (absolute path), ``format``, ``n_atoms``, ``n_frames``,
         ``box_first_frame_A_deg`` (Å, degrees, or None), ``dt_ps``, ``beads``, ``elements``.
     """
-    return {"trajectory": os.path.abspath(traj), "format": fmt or "auto",
-            "n_atoms": int(u.atoms.n_atoms), "n_frames": len(u.trajectory),
-            "box_first_frame_A_deg": None if u.dimensions is None else [float(x) for x in u.dimensions],
-            "dt_ps": dt_ps, "beads": beads, "elements": sorted(set(map(str, u.atoms.elements)))}
+    return {
+        "trajectory": os.path.abspath(traj),
+        "format": fmt or "auto",
+        "n_atoms": int(u.atoms.n_atoms),
+        "n_frames": len(u.trajectory),
+        "box_first_frame_A_deg": None if u.dimensions is None else [float(x) for x in u.dimensions],
+        "dt_ps": dt_ps,
+        "beads": beads,
+        "elements": sorted(set(map(str, u.atoms.elements))),
+    }

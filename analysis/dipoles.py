@@ -92,7 +92,9 @@ class DipoleOrientation(_PerFrame):
         ic = np.clip(((u[:, 2] + 1.0) * 0.5 * self.n_cos).astype(int), 0, self.n_cos - 1)
         phi = np.arctan2(u[:, 1], u[:, 0])
         ip = np.clip(((phi + np.pi) / (2 * np.pi) * self.n_phi).astype(int), 0, self.n_phi - 1)
-        self.results.hist[self._frame_index] = np.bincount(ic * self.n_phi + ip, minlength=self.n_cos * self.n_phi)
+        self.results.hist[self._frame_index] = np.bincount(
+            ic * self.n_phi + ip, minlength=self.n_cos * self.n_phi
+        )
         self.results.uz[self._frame_index] = u[:, 2].mean()
 
     def _conclude(self):
@@ -130,13 +132,21 @@ class DipolePairCorrelation(_PerFrame):
 
     _per_frame = ("frame_sums",)
 
-    def __init__(self, universe, water, rmax=8.0, nbins=80, n_blocks=DEFAULT_BLOCKS,
-                 dense_max_pairs=4_000_000, **kwargs):
+    def __init__(
+        self,
+        universe,
+        water,
+        rmax=8.0,
+        nbins=80,
+        n_blocks=DEFAULT_BLOCKS,
+        dense_max_pairs=4_000_000,
+        **kwargs,
+    ):
         require_box(universe, "c_L(r), c_T(r)")
         super().__init__(universe.trajectory, **kwargs)
         self.water, self.rmax, self.nbins, self.n_blocks = water, float(rmax), int(nbins), n_blocks
         # all O-O distances at once (self_distance_array) for small systems, else a cell list
-        self.dense = water.n_molecules ** 2 <= dense_max_pairs
+        self.dense = water.n_molecules**2 <= dense_max_pairs
 
     def _prepare(self):
         self.results.frame_sums = np.zeros((self.n_frames, 3, self.nbins))
@@ -188,8 +198,9 @@ def _c1_c2(U: np.ndarray):
     """C1, C2 of unit vectors U (F, M, 3), averaged over molecules and time origins."""
     F, M, _ = U.shape
     c1 = tidynamics.acf(U.reshape(F, M * 3)) / M
-    prods = [U[:, :, k] * U[:, :, l] * (1.0 if k == l else np.sqrt(2.0))
-             for k in range(3) for l in range(k, 3)]
+    prods = [
+        U[:, :, k] * U[:, :, l] * (1.0 if k == l else np.sqrt(2.0)) for k in range(3) for l in range(k, 3)
+    ]
     c2 = 1.5 * tidynamics.acf(np.concatenate(prods, axis=1)) / M - 0.5
     return c1, c2
 
@@ -219,7 +230,9 @@ class DipoleAutocorrelation(_PerFrame):
         self.results.u = np.zeros((self.n_frames, self.water.n_molecules, 3), np.float32)
 
     def _single_frame(self):
-        self.results.u[self._frame_index] = dipole_directions(self._ts.positions, self.water, self._box(False))
+        self.results.u[self._frame_index] = dipole_directions(
+            self._ts.positions, self.water, self._box(False)
+        )
 
     def _conclude(self):
         r = self.results
@@ -269,10 +282,13 @@ class DielectricConstant(_PerFrame):
         try:
             qo, qh = float(charges["O"]), float(charges["H"])
         except KeyError as exc:
-            raise AnalysisInputError(f"no charge for element {exc.args[0]}: pass --charges O=-0.8476 H=0.4238") from None
+            raise AnalysisInputError(
+                f"no charge for element {exc.args[0]}: pass --charges O=-0.8476 H=0.4238"
+            ) from None
         if abs(qo + 2 * qh) > 1e-6:
             raise AnalysisInputError(
-                f"charges O={qo} H={qh} make each water carry {qo + 2 * qh:+g} e: give neutral molecules (q_O = -2 q_H)"
+                f"charges O={qo} H={qh} make each water carry {qo + 2 * qh:+g} e: give "
+                "neutral molecules (q_O = -2 q_H)"
             )
         self.water, self.qh, self.T, self.n_blocks = water, qh, float(temperature), n_blocks
 
@@ -290,7 +306,7 @@ class DielectricConstant(_PerFrame):
         self.results.volume[self._frame_index] = self._ts.volume
 
     def _eps(self, M, V):
-        fl = (M ** 2).sum(axis=1).mean() - (M.mean(axis=0) ** 2).sum()
+        fl = (M**2).sum(axis=1).mean() - (M.mean(axis=0) ** 2).sum()
         return fl, 1.0 + fl / (3.0 * EPS0_E2_PER_EV_A * V.mean() * KB_EV * self.T)
 
     def _conclude(self):

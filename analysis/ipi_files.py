@@ -101,7 +101,9 @@ def read_properties(path: str) -> PropertyTable:
         unit = nm["u2"] or nm["u1"] or ""
         name = f"{key}({args})" if args is not None else key
         if b > data.shape[1]:
-            raise AnalysisInputError(f"{path}: header names column {b} but lines have {data.shape[1]}: the file is truncated")
+            raise AnalysisInputError(
+                f"{path}: header names column {b} but lines have {data.shape[1]}: the file is truncated"
+            )
         vals = data[:, a - 1 : b] if b > a else data[:, a - 1].copy()
         dim = _dimension(key, unit)
         out.raw_units[name] = unit or "atomic_unit"
@@ -109,7 +111,9 @@ def read_properties(path: str) -> PropertyTable:
             try:
                 vals = vals * from_ipi(dim, unit or "atomic_unit")
             except AnalysisInputError:
-                raise AnalysisInputError(f"{path}: unknown unit {unit!r} for {name}: use an i-PI unit") from None
+                raise AnalysisInputError(
+                    f"{path}: unknown unit {unit!r} for {name}: use an i-PI unit"
+                ) from None
             out.units[name] = ANALYSIS_UNITS[dim]
         else:
             out.units[name] = unit or ("" if dim in ("number", "undefined") else "atomic_unit")
@@ -145,13 +149,22 @@ def time_axis(props: PropertyTable, dt_ps=None) -> np.ndarray:
         return props["step"] * float(dt_ps)
     if dt_ps:
         return np.arange(n) * float(dt_ps)
-    raise AnalysisInputError("the properties file has no time{picosecond} column: pass --timestep (fs between lines)")
+    raise AnalysisInputError(
+        "the properties file has no time{picosecond} column: pass --timestep (fs between lines)"
+    )
 
 
 # --------------------------------------------------------------------------- finding a run's files
-_KINDS = {"positions": "positions", "x_centroid": "positions", "velocities": "velocities",
-          "v_centroid": "velocities", "momenta": "momenta", "p_centroid": "momenta",
-          "forces": "forces", "f_centroid": "forces"}
+_KINDS = {
+    "positions": "positions",
+    "x_centroid": "positions",
+    "velocities": "velocities",
+    "v_centroid": "velocities",
+    "momenta": "momenta",
+    "p_centroid": "momenta",
+    "forces": "forces",
+    "f_centroid": "forces",
+}
 
 
 def ipi_prefix(path: str) -> str:
@@ -193,7 +206,11 @@ def find_ipi_outputs(prefix: str) -> dict:
     if os.path.isfile(prefix + ".out"):
         found["properties"] = prefix + ".out"
     for f in sorted(glob.glob(glob.escape(prefix) + ".*")):
-        if not f.endswith((".xyz", ".extxyz")) or re.search(r"_(\d+)\.\w+$", f) and not re.search(r"_0+\.\w+$", f):
+        if (
+            not f.endswith((".xyz", ".extxyz"))
+            or re.search(r"_(\d+)\.\w+$", f)
+            and not re.search(r"_0+\.\w+$", f)
+        ):
             continue
         try:
             with open(f) as fh:

@@ -103,9 +103,19 @@ class MSD(AnalysisBase):
     def get_supported_backends(cls):
         return ("serial", "multiprocessing", "dask")
 
-    def __init__(self, universe, water=None, group="O", dt_ps=None, fit_window=None,
-                 n_blocks=DEFAULT_BLOCKS, remove_drift=True, viscosity=None, temperature=300.0,
-                 **kwargs):
+    def __init__(
+        self,
+        universe,
+        water=None,
+        group="O",
+        dt_ps=None,
+        fit_window=None,
+        n_blocks=DEFAULT_BLOCKS,
+        remove_drift=True,
+        viscosity=None,
+        temperature=300.0,
+        **kwargs,
+    ):
         require_box(universe, "MSD unwrapping")
         super().__init__(universe.trajectory, **kwargs)
         self.u = universe
@@ -116,7 +126,9 @@ class MSD(AnalysisBase):
             if water is None:
                 sel = universe.select_atoms("element O")
                 if group == "com" or len(sel) == 0:
-                    raise AnalysisInputError("MSD of water needs O and H atoms: check element names (--types)")
+                    raise AnalysisInputError(
+                        "MSD of water needs O and H atoms: check element names (--types)"
+                    )
                 self._idx = sel.indices
             else:
                 self._idx = water.o
@@ -149,8 +161,9 @@ class MSD(AnalysisBase):
         self.results.boxes[self._frame_index] = box
 
     def _get_aggregator(self):
-        return ResultsGroup(lookup={"positions": ResultsGroup.ndarray_vstack,
-                                    "boxes": ResultsGroup.ndarray_vstack})
+        return ResultsGroup(
+            lookup={"positions": ResultsGroup.ndarray_vstack, "boxes": ResultsGroup.ndarray_vstack}
+        )
 
     def _frame_dt(self):
         if self.dt_ps is not None:
@@ -182,7 +195,8 @@ class MSD(AnalysisBase):
         lo, hi = self.fit_window
         if hi <= lo or hi > (F - 1) * dt + 1e-9:
             raise AnalysisInputError(
-                f"MSD fit window {lo:g}-{hi:g} ps does not fit the trajectory ({(F - 1) * dt:g} ps): pass a smaller --fit-window"
+                f"MSD fit window {lo:g}-{hi:g} ps does not fit the trajectory ({(F - 1) * dt:g} ps): "
+                "pass a smaller --fit-window"
             )
         slope, icpt = _fit(r.time, r.msd, (lo, hi))
         r.D = slope / 6.0

@@ -18,8 +18,16 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["write_table", "read_table", "save_figure", "jsonable", "update_summary", "new_figure", "band",
-           "SUMMARY"]
+__all__ = [
+    "write_table",
+    "read_table",
+    "save_figure",
+    "jsonable",
+    "update_summary",
+    "new_figure",
+    "band",
+    "SUMMARY",
+]
 
 SUMMARY = "summary.json"
 
@@ -111,8 +119,9 @@ def update_summary(out_dir: str, section: str, data: dict) -> str:
 
 
 def new_figure(nrows=1, ncols=1, size=(6.0, 4.0)):
-    fig, ax = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
-                           layout="constrained")
+    fig, ax = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, layout="constrained"
+    )
     return fig, ax
 
 

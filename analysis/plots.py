@@ -64,8 +64,13 @@ def msd_figure(r):
     output.band(ax, r.time, r.msd, r.msd_err, label="MSD")
     lo, hi = r.fit_window
     t = np.linspace(lo, hi, 50)
-    ax.plot(t, 6 * r.D * t + r.intercept, "k--", lw=1,
-            label=f"fit: D = {r.D_1e5cm2s:.3g} ± {r.D_1e5cm2s_err:.2g} ×1e-5 cm²/s")
+    ax.plot(
+        t,
+        6 * r.D * t + r.intercept,
+        "k--",
+        lw=1,
+        label=f"fit: D = {r.D_1e5cm2s:.3g} ± {r.D_1e5cm2s_err:.2g} ×1e-5 cm²/s",
+    )
     ax.set_xlabel("t (ps)")
     ax.set_ylabel("MSD (Å²)")
     ax.legend(fontsize=8)
@@ -122,8 +127,12 @@ def dipole_figure(p, a=None):
     ax.legend(fontsize=8)
     if a is not None:
         ax = axes[0, 1]
-        output.band(ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 {'=' if a.tau1_complete else '≥'} {a.tau1:.3g} ps")
-        output.band(ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 {'=' if a.tau2_complete else '≥'} {a.tau2:.3g} ps")
+        output.band(
+            ax, a.time, a.C1, a.C1_err, label=f"C1, τ1 {'=' if a.tau1_complete else '≥'} {a.tau1:.3g} ps"
+        )
+        output.band(
+            ax, a.time, a.C2, a.C2_err, label=f"C2, τ2 {'=' if a.tau2_complete else '≥'} {a.tau2:.3g} ps"
+        )
         ax.set_xlim(0, a.time[-1] / 2 if len(a.time) > 2 else 1)
         ax.set_xlabel("t (ps)")
         ax.set_ylabel("C_n(t)")

@@ -61,11 +61,21 @@ class BlockRDF(InterRDF):
 
     _analysis_algorithm_is_parallelizable = True
 
-    def __init__(self, g1, g2, nbins=200, range=(0.0, 8.0), exclusion_block=None,
-                 n_blocks=DEFAULT_BLOCKS, dense_max_pairs=4_000_000, **kwargs):
+    def __init__(
+        self,
+        g1,
+        g2,
+        nbins=200,
+        range=(0.0, 8.0),
+        exclusion_block=None,
+        n_blocks=DEFAULT_BLOCKS,
+        dense_max_pairs=4_000_000,
+        **kwargs,
+    ):
         require_box(g1.universe, "g(r)")
-        super().__init__(g1, g2, nbins=nbins, range=range, norm="rdf",
-                         exclusion_block=exclusion_block, **kwargs)
+        super().__init__(
+            g1, g2, nbins=nbins, range=range, norm="rdf", exclusion_block=exclusion_block, **kwargs
+        )
         self.n_blocks = n_blocks
         self.dense = len(g1) * len(g2) <= dense_max_pairs
         self._same = len(g1) == len(g2) and np.array_equal(g1.ix, g2.ix)
@@ -83,8 +93,11 @@ class BlockRDF(InterRDF):
         nA, nB = len(self.g1), len(self.g2)
         if self._same:
             i, j = np.triu_indices(nA, k=1)
-            keep_rule = None if self._exclusion_block is None else (
-                i // self._exclusion_block[0] == j // self._exclusion_block[1])
+            keep_rule = (
+                None
+                if self._exclusion_block is None
+                else (i // self._exclusion_block[0] == j // self._exclusion_block[1])
+            )
             return np.flatnonzero(keep_rule) if keep_rule is not None else np.empty(0, int)
         if self._exclusion_block is None:
             return np.empty(0, int)
@@ -126,8 +139,9 @@ class BlockRDF(InterRDF):
 
     def _get_aggregator(self):
         agg = super()._get_aggregator()
-        agg._lookup.update(frame_counts=ResultsGroup.ndarray_vstack,
-                           frame_volumes=ResultsGroup.ndarray_hstack)
+        agg._lookup.update(
+            frame_counts=ResultsGroup.ndarray_vstack, frame_volumes=ResultsGroup.ndarray_hstack
+        )
         return agg
 
     def _pairs_norm(self):
@@ -142,7 +156,7 @@ class BlockRDF(InterRDF):
         super()._conclude()
         r = self.results
         edges = r.edges
-        shell = 4.0 / 3.0 * np.pi * np.diff(edges ** 3)
+        shell = 4.0 / 3.0 * np.pi * np.diff(edges**3)
         N, nA = self._pairs_norm()
         g_b, cn_b = [], []
         for s in block_slices(self.n_frames, self.n_blocks):
@@ -203,6 +217,7 @@ def water_rdfs(universe, water, rmax=None, nbins=200, n_blocks=DEFAULT_BLOCKS, r
         kw = dict(run_kw or {})
         if "progressbar_kwargs" in kw:
             kw["progressbar_kwargs"] = {"desc": f"g(r) {name[0]}-{name[1]}"}
-        out[name] = BlockRDF(g1, g2, nbins=nbins, range=(0.0, rmax), exclusion_block=excl,
-                             n_blocks=n_blocks).run(**kw)
+        out[name] = BlockRDF(
+            g1, g2, nbins=nbins, range=(0.0, rmax), exclusion_block=excl, n_blocks=n_blocks
+        ).run(**kw)
     return out

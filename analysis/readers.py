@@ -159,7 +159,9 @@ def _xyz_blocks(path: str, lines: list):
     nf = len(lines) // block
     counts = lines[0::block]
     if any(c.split()[0] != lines[0].split()[0] for c in counts):
-        raise AnalysisInputError(f"{path}: the atom count changes between frames; only fixed-size trajectories are supported")
+        raise AnalysisInputError(
+            f"{path}: the atom count changes between frames; only fixed-size trajectories are supported"
+        )
     comments = lines[1::block]
     body = [ln for k in range(nf) for ln in lines[k * block + 2 : (k + 1) * block]]
     return n, nf, comments, body
@@ -172,7 +174,9 @@ def _columns(path, body, n, nf, cols):
     try:
         data = np.loadtxt(body, usecols=cols, dtype=np.float64, comments=None, ndmin=2)
     except (ValueError, IndexError) as exc:
-        raise AnalysisInputError(f"{path}: unreadable atom line ({str(exc).splitlines()[0]}): check the file is complete") from None
+        raise AnalysisInputError(
+            f"{path}: unreadable atom line ({str(exc).splitlines()[0]}): check the file is complete"
+        ) from None
     if data.shape[0] != n * nf:
         raise AnalysisInputError(f"{path}: atom lines have inconsistent columns: check the file is complete")
     return names, data.reshape(nf, n, len(cols))
@@ -224,7 +228,10 @@ def read_ipi_xyz(path: str) -> Frames:
                 v = [float(x) for x in m[0].group(1).split()[:6]]
                 dims[k] = [v[0] * cell_conv, v[1] * cell_conv, v[2] * cell_conv, v[3], v[4], v[5]]
             elif m[1] is not None or m[2] is not None:
-                h = np.array(m[1 if m[1] is not None else 2].group(1).split()[:9], float).reshape(3, 3) * cell_conv
+                h = (
+                    np.array(m[1 if m[1] is not None else 2].group(1).split()[:9], float).reshape(3, 3)
+                    * cell_conv
+                )
                 dims[k] = _abc_from_h(h)
                 if m[2] is not None and quantity == "positions":  # general orientation: rotate into a-along-x
                     from ipi.utils.mathtools import abc2h
@@ -232,7 +239,9 @@ def read_ipi_xyz(path: str) -> Frames:
                     hu = abc2h(*dims[k, :3], *np.radians(dims[k, 3:]))
                     data[k] = data[k] @ np.linalg.inv(h).T @ hu.T
             else:
-                raise AnalysisInputError(f"{path}: frame {k} has no CELL in its comment line: the file is corrupt")
+                raise AnalysisInputError(
+                    f"{path}: frame {k} has no CELL in its comment line: the file is corrupt"
+                )
         if not np.all(dims[:, :3] > 0):
             dims = None
     steps = _steps(comments)
@@ -276,7 +285,9 @@ def read_extxyz(path: str) -> Frames:
             pos_col = col
         col += int(cnt)
     if species_col is None or pos_col is None:
-        raise AnalysisInputError(f"{path}: Properties= lacks species or pos columns: write positions with ASE or i-PI 'ase' mode")
+        raise AnalysisInputError(
+            f"{path}: Properties= lacks species or pos columns: write positions with ASE or i-PI 'ase' mode"
+        )
     if species_col != 0:
         body = [" ".join([ln.split()[species_col]] + [ln]) for ln in body]
         pos_col += 1
@@ -326,8 +337,14 @@ def read_ipi_pdb(path: str) -> Frames:
     for ln in lines + ["END"]:
         rec = ln[:6].strip()
         if rec == "CRYST1":
-            box = [float(ln[6:15]), float(ln[15:24]), float(ln[24:33]),
-                   float(ln[33:40]), float(ln[40:47]), float(ln[47:54])]
+            box = [
+                float(ln[6:15]),
+                float(ln[15:24]),
+                float(ln[24:33]),
+                float(ln[33:40]),
+                float(ln[40:47]),
+                float(ln[47:54]),
+            ]
         elif rec in ("ATOM", "HETATM"):
             cur.append((float(ln[30:38]), float(ln[38:46]), float(ln[46:54])))
             el = ln[76:78].strip() if len(ln) >= 78 else ""
@@ -336,7 +353,10 @@ def read_ipi_pdb(path: str) -> Frames:
             if names is None:
                 names = cur_names
             elif len(cur) != len(names):
-                raise AnalysisInputError(f"{path}: the atom count changes between frames; only fixed-size trajectories are supported")
+                raise AnalysisInputError(
+                    f"{path}: the atom count changes between frames; only fixed-size "
+                    "trajectories are supported"
+                )
             frames.append(cur)
             boxes.append(box)
             cur, cur_names = [], []
@@ -371,7 +391,9 @@ def _centroid(frames: list) -> Frames:
     ref = frames[0]
     for f in frames[1:]:
         if f.positions.shape != ref.positions.shape:
-            raise AnalysisInputError("bead files differ in frames or atoms: give complete bead files of one run")
+            raise AnalysisInputError(
+                "bead files differ in frames or atoms: give complete bead files of one run"
+            )
     from MDAnalysis.lib.distances import minimize_vectors
 
     acc = np.zeros(ref.positions.shape, np.float64)
@@ -428,12 +450,15 @@ def parse_box(box) -> np.ndarray | None:
     if len(b) == 3:
         b += [90.0, 90.0, 90.0]
     if len(b) != 6 or min(b[:3]) <= 0 or not all(0 < x < 180 for x in b[3:]):
-        raise AnalysisInputError(f"bad --box {box}: give three positive lengths in Å, optionally three angles in degrees")
+        raise AnalysisInputError(
+            f"bad --box {box}: give three positive lengths in Å, optionally three angles in degrees"
+        )
     return np.array(b, np.float32)
 
 
-def build_universe(names, positions, dimensions=None, dt_ps=None, velocities=None, forces=None,
-                   elements=None, source=None):
+def build_universe(
+    names, positions, dimensions=None, dt_ps=None, velocities=None, forces=None, elements=None, source=None
+):
     """Universe on a MemoryReader: positions (n_frames, n_atoms, 3) Å, dimensions (6,) or
     (n_frames, 6) Å/degrees or None, dt_ps the time between frames in ps (None: unknown, 1 ps
     placeholder and ``u._mlip_time_known = False``)."""
@@ -460,8 +485,7 @@ def build_universe(names, positions, dimensions=None, dt_ps=None, velocities=Non
         dimensions = np.asarray(dimensions, np.float32)
         if dimensions.ndim == 1:
             dimensions = np.tile(dimensions, (positions.shape[0], 1))
-    u.load_new(positions, format=MemoryReader, dimensions=dimensions,
-               dt=dt_ps if dt_ps else 1.0, **kw)
+    u.load_new(positions, format=MemoryReader, dimensions=dimensions, dt=dt_ps if dt_ps else 1.0, **kw)
     u._mlip_time_known = bool(dt_ps)
     u._mlip_dt_ps = dt_ps
     u._mlip_source = source
@@ -485,9 +509,16 @@ def read_vectors(path: str, names=None, fmt: str | None = None) -> np.ndarray:
     return np.asarray(fr.positions, np.float64)
 
 
-def load_universe(path: str, fmt: str | None = None, box=None, types=None, beads=None,
-                  timestep_fs: float | None = None, velocities: str | None = None,
-                  forces: str | None = None):
+def load_universe(
+    path: str,
+    fmt: str | None = None,
+    box=None,
+    types=None,
+    beads=None,
+    timestep_fs: float | None = None,
+    velocities: str | None = None,
+    forces: str | None = None,
+):
     """Open any supported trajectory as a Universe with box and elements (see module doc).
 
     path: trajectory file; fmt: one of :data:`FORMATS` or an MDAnalysis format name (guessed
@@ -509,7 +540,10 @@ def load_universe(path: str, fmt: str | None = None, box=None, types=None, beads
             if beads != "centroid":
                 k = int(beads)
                 if k >= len(files) or k < 0:
-                    raise AnalysisInputError(f"bead {k} not found next to {path} ({len(files)} bead files): pick 0..{len(files) - 1}")
+                    raise AnalysisInputError(
+                        f"bead {k} not found next to {path} ({len(files)} bead files): "
+                        f"pick 0..{len(files) - 1}"
+                    )
                 files = [files[k]]
         frames = [read_frames(p, f) for p in files]
         fr = frames[0] if len(frames) == 1 else _centroid(frames)
@@ -523,20 +557,27 @@ def load_universe(path: str, fmt: str | None = None, box=None, types=None, beads
             frc = read_vectors(forces)
         for arr, what in ((vel, velocities), (frc, forces)):
             if arr is not None and arr.shape != fr.positions.shape:
-                raise AnalysisInputError(f"{what} has shape {arr.shape}, positions {fr.positions.shape}: give files of the same run and stride")
+                raise AnalysisInputError(
+                    f"{what} has shape {arr.shape}, positions {fr.positions.shape}: give "
+                    "files of the same run and stride"
+                )
         u = build_universe(fr.names, fr.positions, dims, dt_ps, vel, frc, source=path)
         u._mlip_steps = fr.steps
         return u
 
     if velocities or forces:
-        raise AnalysisInputError("--velocities/--forces are read only with i-PI xyz/extxyz/pdb positions: convert the trajectory")
+        raise AnalysisInputError(
+            "--velocities/--forces are read only with i-PI xyz/extxyz/pdb positions: convert the trajectory"
+        )
     return _mdanalysis_universe(path, f, user_box, types, dt_ps)
 
 
 def _type_element(t, types) -> str:
     k = int(t)
     if not 1 <= k <= len(types):
-        raise AnalysisInputError(f"atom type {k} has no element in --types {' '.join(types)}: give one element per type")
+        raise AnalysisInputError(
+            f"atom type {k} has no element in --types {' '.join(types)}: give one element per type"
+        )
     return element_of(types[k - 1])
 
 
@@ -551,7 +592,8 @@ def _mdanalysis_universe(path, f, user_box, types, dt_ps):
         except (ValueError, TypeError, KeyError, IndexError, OSError, NotImplementedError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise AnalysisInputError(
-                f"cannot read {path} ({msg}): pass --format, one of {', '.join(FORMATS)} or an MDAnalysis format"
+                f"cannot read {path} ({msg}): pass --format, one of {', '.join(FORMATS)} "
+                "or an MDAnalysis format"
             ) from None
     if types is not None:
         elements = [_type_element(t, types) for t in u.atoms.types]
@@ -561,7 +603,10 @@ def _mdanalysis_universe(path, f, user_box, types, dt_ps):
         elements = [element_of(x) for x in u.atoms.names]
     else:
         if all(str(t).isdigit() for t in u.atoms.types):
-            raise AnalysisInputError(f"{path} has numeric atom types only: pass --types with one element per type (e.g. --types O H)")
+            raise AnalysisInputError(
+                f"{path} has numeric atom types only: pass --types with one element "
+                "per type (e.g. --types O H)"
+            )
         elements = [element_of(x) for x in u.atoms.types]
     if hasattr(u.atoms, "elements"):
         u.atoms.elements = elements

@@ -20,8 +20,14 @@ from .units import ANGSTROM_PER_BOHR
 
 __all__ = ["Reference", "load_reference", "parse_spec"]
 
-_UNITS = {"bohr": ANGSTROM_PER_BOHR, "au": ANGSTROM_PER_BOHR, "atomic_unit": ANGSTROM_PER_BOHR,
-          "angstrom": 1.0, "a": 1.0, "ang": 1.0}
+_UNITS = {
+    "bohr": ANGSTROM_PER_BOHR,
+    "au": ANGSTROM_PER_BOHR,
+    "atomic_unit": ANGSTROM_PER_BOHR,
+    "angstrom": 1.0,
+    "a": 1.0,
+    "ang": 1.0,
+}
 
 
 @dataclass

@@ -16,8 +16,15 @@ import warnings
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLOCKS", "block_slices", "mean_sem", "series_mean_sem", "normalised_acf",
-           "integrated_time", "welch_compare"]
+__all__ = [
+    "DEFAULT_BLOCKS",
+    "block_slices",
+    "mean_sem",
+    "series_mean_sem",
+    "normalised_acf",
+    "integrated_time",
+    "welch_compare",
+]
 
 DEFAULT_BLOCKS = 5
 
@@ -164,12 +171,24 @@ def welch_compare(a, a_err, b, b_err, n_blocks: int) -> dict:
     from scipy.stats import t as student_t
 
     if not (_known(a) and _known(b) and _known(a_err) and _known(b_err)):
-        return {"delta": b - a if _known(a) and _known(b) else None, "err": None, "t": None, "dof": None,
-                "t_crit": None, "significant": None}
+        return {
+            "delta": b - a if _known(a) and _known(b) else None,
+            "err": None,
+            "t": None,
+            "dof": None,
+            "t_crit": None,
+            "significant": None,
+        }
     delta, err = b - a, math.hypot(a_err, b_err)
     nu = n_blocks - 1
-    dof = err ** 4 / (a_err ** 4 / nu + b_err ** 4 / nu) if err > 0 else float(nu)
+    dof = err**4 / (a_err**4 / nu + b_err**4 / nu) if err > 0 else float(nu)
     t = delta / err if err > 0 else (math.inf if delta else 0.0)
     t_crit = float(student_t.ppf(0.975, dof))
-    return {"delta": delta, "err": err, "t": t, "dof": dof, "t_crit": t_crit,
-            "significant": bool(abs(t) >= t_crit)}
+    return {
+        "delta": delta,
+        "err": err,
+        "t": t,
+        "dof": dof,
+        "t_crit": t_crit,
+        "significant": bool(abs(t) >= t_crit),
+    }

@@ -53,15 +53,23 @@ def delta_v_statistics(v_avg, v_raw, time_ps, n_blocks=DEFAULT_BLOCKS) -> dict:
     freq = np.fft.rfftfreq(len(x), d=dt)  # THz
     return {
         "n": len(dv),
-        "mean_meV": mean, "mean_meV_err": mean_err,
-        "std_meV": dv.std(), "std_meV_err": mean_sem(std_b)[1],
-        "rms_meV": float(np.sqrt((dv ** 2).mean())), "rms_meV_err": mean_sem(rms_b)[1],
-        "mae_meV": float(np.abs(dv).mean()), "mae_meV_err": mean_sem(mae_b)[1],
+        "mean_meV": mean,
+        "mean_meV_err": mean_err,
+        "std_meV": dv.std(),
+        "std_meV_err": mean_sem(std_b)[1],
+        "rms_meV": float(np.sqrt((dv**2).mean())),
+        "rms_meV_err": mean_sem(rms_b)[1],
+        "mae_meV": float(np.abs(dv).mean()),
+        "mae_meV_err": mean_sem(mae_b)[1],
         "tau_int_ps": integrated_time(lag, acf),
-        "lag_ps": lag, "acf": acf,
-        "freq_THz": freq, "freq_cm1": freq * CM1_PER_THZ, "psd_meV2_per_THz": spec,
+        "lag_ps": lag,
+        "acf": acf,
+        "freq_THz": freq,
+        "freq_cm1": freq * CM1_PER_THZ,
+        "psd_meV2_per_THz": spec,
         "peak_freq_THz": float(freq[1:][np.argmax(spec[1:])]) if len(freq) > 1 else float("nan"),
-        "series_meV": dv, "time_ps": t,
+        "series_meV": dv,
+        "time_ps": t,
     }
 
 
@@ -73,10 +81,12 @@ def conserved_drift(time_ps, conserved_eV, n_molecules=1, n_blocks=DEFAULT_BLOCK
         raise AnalysisInputError("the conserved-energy drift needs at least 3 lines: run longer")
     slope = np.polyfit(t, e, 1)[0]
     blocks = [np.polyfit(t[s], e[s], 1)[0] for s in block_slices(len(t), n_blocks) if s.stop - s.start >= 3]
-    return {"drift_meV_per_ps_per_molecule": float(slope),
-            "drift_err": mean_sem(blocks)[1] if len(blocks) > 1 else float("nan"),
-            "n_molecules": int(n_molecules),
-            "fluctuation_meV_per_molecule": float(np.std(e - np.polyval(np.polyfit(t, e, 1), t)))}
+    return {
+        "drift_meV_per_ps_per_molecule": float(slope),
+        "drift_err": mean_sem(blocks)[1] if len(blocks) > 1 else float("nan"),
+        "n_molecules": int(n_molecules),
+        "fluctuation_meV_per_molecule": float(np.std(e - np.polyval(np.polyfit(t, e, 1), t))),
+    }
 
 
 class AngularMomentum(AnalysisBase):
@@ -103,7 +113,10 @@ class AngularMomentum(AnalysisBase):
         ts = universe.trajectory.ts
         self.has_v, self.has_f = ts.has_velocities, ts.has_forces
         if not (self.has_v or self.has_f):
-            raise AnalysisInputError("angular momentum/torque need velocities or forces: pass --velocities/--momenta and --forces files")
+            raise AnalysisInputError(
+                "angular momentum/torque need velocities or forces: pass "
+                "--velocities/--momenta and --forces files"
+            )
         self.m = universe.atoms.masses.astype(float)
         self.dt_ps, self.n_blocks = dt_ps, n_blocks
 
@@ -146,10 +159,10 @@ class AngularMomentum(AnalysisBase):
         if self.has_v:
             n = np.linalg.norm(r.L_hbar, axis=1)
             out["L_norm_mean_hbar"], out["L_norm_mean_hbar_err"] = series_mean_sem(n, self.n_blocks)
-            out["L_drift_hbar_per_ps"] = (np.polyfit(r.time, r.L_hbar, 1)[0] if F > 2 else np.full(3, np.nan))
+            out["L_drift_hbar_per_ps"] = np.polyfit(r.time, r.L_hbar, 1)[0] if F > 2 else np.full(3, np.nan)
         if self.has_f:
             tn = np.linalg.norm(r.torque, axis=1)
             out["torque_norm_mean_eV"], out["torque_norm_mean_eV_err"] = series_mean_sem(tn, self.n_blocks)
-            out["torque_rms_eV"] = float(np.sqrt((tn ** 2).mean()))
+            out["torque_rms_eV"] = float(np.sqrt((tn**2).mean()))
             out["net_force_rms_eV_per_A"] = float(np.sqrt((np.linalg.norm(r.net_force, axis=1) ** 2).mean()))
         r.summary = out

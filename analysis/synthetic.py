@@ -13,8 +13,17 @@ import numpy as np
 
 from .units import ATOMIC_PER_ANALYSIS
 
-__all__ = ["BOND_A", "ANGLE_DEG", "random_unit_vectors", "perpendicular", "rigid_water", "water_names",
-           "water_trajectory", "wrap", "write_ipi"]
+__all__ = [
+    "BOND_A",
+    "ANGLE_DEG",
+    "random_unit_vectors",
+    "perpendicular",
+    "rigid_water",
+    "water_names",
+    "water_trajectory",
+    "wrap",
+    "write_ipi",
+]
 
 BOND_A = 0.9572
 ANGLE_DEG = 104.52
@@ -46,8 +55,7 @@ def water_names(n_molecules: int) -> list:
     return ["O", "H", "H"] * n_molecules
 
 
-def water_trajectory(n_molecules=64, box_length=12.4, n_frames=100, dt_ps=0.01, D=0.23,
-                     rot_step=0.1, seed=0):
+def water_trajectory(n_molecules=64, box_length=12.4, n_frames=100, dt_ps=0.01, D=0.23, rot_step=0.1, seed=0):
     """Rigid molecules whose centres (O) random-walk with diffusion coefficient ``D`` (Å²/ps)
     and whose orientations random-walk by ``rot_step`` rad per frame; they start on randomly
     chosen sites of a jittered cubic grid, so no two molecules overlap in the first frame.
@@ -88,8 +96,20 @@ def _cell_h_internal(dims):
     return abc2h(a, b, c, np.radians(al), np.radians(be), np.radians(ga)) * ATOMIC_PER_ANALYSIS["length"]
 
 
-def write_ipi(path, names, frames, dimensions, mode="xyz", units="automatic", cell_units="automatic",
-              key="positions", dimension="length", to_internal=None, steps=None, bead=0):
+def write_ipi(
+    path,
+    names,
+    frames,
+    dimensions,
+    mode="xyz",
+    units="automatic",
+    cell_units="automatic",
+    key="positions",
+    dimension="length",
+    to_internal=None,
+    steps=None,
+    bead=0,
+):
     """Write ``frames`` with i-PI's ``print_file``, as i-PI writes a trajectory.
 
     Parameters
@@ -134,5 +154,14 @@ def write_ipi(path, names, frames, dimensions, mode="xyz", units="automatic", ce
             atoms.q[:] = (x * to_internal).ravel()
             cell.h = _cell_h_internal(dims[k])
             step = steps[k] if steps is not None else k
-            print_file(mode, atoms, cell, fh, title="Step:  %10d  Bead:   %5d " % (step, bead),
-                       key=key, dimension=dimension, units=units, cell_units=cell_units)
+            print_file(
+                mode,
+                atoms,
+                cell,
+                fh,
+                title="Step:  %10d  Bead:   %5d " % (step, bead),
+                key=key,
+                dimension=dimension,
+                units=units,
+                cell_units=cell_units,
+            )

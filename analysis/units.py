@@ -28,8 +28,14 @@ from server.protocol import ATOMIC_UNITS
 
 from .errors import AnalysisInputError
 
-__all__ = ["ATOMIC_PER_ANALYSIS", "ANALYSIS_UNITS", "ANGSTROM_PER_BOHR", "from_ipi", "to_atomic",
-           "atomic_to_analysis"]
+__all__ = [
+    "ATOMIC_PER_ANALYSIS",
+    "ANALYSIS_UNITS",
+    "ANGSTROM_PER_BOHR",
+    "from_ipi",
+    "to_atomic",
+    "atomic_to_analysis",
+]
 
 PS_PER_FS = 1e-3
 
@@ -42,8 +48,13 @@ ATOMIC_PER_ANALYSIS = {
 }
 """Atomic units per analysis unit: multiply an analysis value to get i-PI's atomic units."""
 
-ANALYSIS_UNITS = {"length": "angstrom", "energy": "electronvolt", "force": "ev/ang", "time": "picosecond",
-                  "temperature": "kelvin"}
+ANALYSIS_UNITS = {
+    "length": "angstrom",
+    "energy": "electronvolt",
+    "force": "ev/ang",
+    "time": "picosecond",
+    "temperature": "kelvin",
+}
 """The analysis unit of each dimension as i-PI names it (velocities, Å/ps, have no i-PI name)."""
 
 ANGSTROM_PER_BOHR = 1.0 / ATOMIC_UNITS["length"]

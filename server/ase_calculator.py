@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -33,14 +32,20 @@ class MLIPCalculator(Calculator):
 
     def __init__(self, model, average="none", device="cpu", dtype="float64", **kwargs):
         super().__init__(**kwargs)
-        self.evaluator = model if isinstance(model, Evaluator) else Evaluator(model, device=device, dtype=dtype)
+        self.evaluator = (
+            model if isinstance(model, Evaluator) else Evaluator(model, device=device, dtype=dtype)
+        )
         self.averaging = Averaging(average) if isinstance(average, str) else average
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         super().calculate(atoms, properties or ["energy"], system_changes)
         result = self.evaluator.compute([Structure.from_ase(self.atoms)], self.averaging)[0]
-        self.results = {"energy": result.energy, "free_energy": result.energy, "forces": result.forces,
-                        "extras": result.extras}
+        self.results = {
+            "energy": result.energy,
+            "free_energy": result.energy,
+            "forces": result.forces,
+            "extras": result.extras,
+        }
         if self.atoms.pbc.all():
             self.results["stress"] = full_3x3_to_voigt_6_stress(-result.virial / self.atoms.get_volume())
         elif "stress" in (properties or []):

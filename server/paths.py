@@ -17,8 +17,14 @@ from pathlib import Path
 
 from .core.errors import InputError
 
-__all__ = ["project_root", "shipped_model", "experiments_dir", "shipped_liquid", "lammps_inputs_dir",
-           "runs_dir"]
+__all__ = [
+    "project_root",
+    "shipped_model",
+    "experiments_dir",
+    "shipped_liquid",
+    "lammps_inputs_dir",
+    "runs_dir",
+]
 
 ROOT_VARIABLE = "MLIP_PROJECT_ROOT"
 
@@ -37,8 +43,10 @@ def project_root() -> Path:
     for root in candidates:
         if (root / "ipi_inputs").is_dir():
             return root
-    raise InputError(f"cannot find the project's shipped files (ipi_inputs/, models/): set {ROOT_VARIABLE} "
-                     "to a checkout of the project, or install it with pip install -e .")
+    raise InputError(
+        f"cannot find the project's shipped files (ipi_inputs/, models/): set {ROOT_VARIABLE} "
+        "to a checkout of the project, or install it with pip install -e ."
+    )
 
 
 def shipped_model() -> Path:

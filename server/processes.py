@@ -20,8 +20,18 @@ from pathlib import Path
 from .core.errors import ProtocolError
 from .protocol import UNIX_PREFIX
 
-__all__ = ["unique_name", "unix_socket_path", "tie_to_parent", "start", "executable", "start_ipi",
-           "start_server", "wait_for_socket", "wait", "stop"]
+__all__ = [
+    "unique_name",
+    "unix_socket_path",
+    "tie_to_parent",
+    "start",
+    "executable",
+    "start_ipi",
+    "start_server",
+    "wait_for_socket",
+    "wait",
+    "stop",
+]
 
 BIN = Path(sys.executable).parent
 
@@ -51,8 +61,15 @@ def start(cmd, cwd=None, log=None, env=None) -> subprocess.Popen:
     process's life (:func:`tie_to_parent`)."""
     out = open(log, "w") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True, preexec_fn=tie_to_parent)
+        return subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=tie_to_parent,
+        )
     finally:
         if log:
             out.close()

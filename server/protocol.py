@@ -35,9 +35,21 @@ from ipi.utils.units import unit_to_internal
 
 from .core.errors import InputError, MLIPError, ProtocolError
 
-__all__ = ["Address", "Wire", "HostConnection", "HEADERS", "ATOMIC_UNITS", "BOHR_PER_ANGSTROM",
-           "HARTREE_PER_EV", "UNIX_PREFIX", "cell_to_rows", "encode_result", "read_init", "read_posdata",
-           "send_forceready"]
+__all__ = [
+    "Address",
+    "Wire",
+    "HostConnection",
+    "HEADERS",
+    "ATOMIC_UNITS",
+    "BOHR_PER_ANGSTROM",
+    "HARTREE_PER_EV",
+    "UNIX_PREFIX",
+    "cell_to_rows",
+    "encode_result",
+    "read_init",
+    "read_posdata",
+    "send_forceready",
+]
 
 HDRLEN = 12
 UNIX_PREFIX = "/tmp/ipi_"
@@ -65,8 +77,10 @@ def header(name: str) -> bytes:
     return name.upper().ljust(HDRLEN).encode()
 
 
-HEADERS = {h: header(h) for h in (
-    "STATUS", "NEEDINIT", "READY", "HAVEDATA", "INIT", "POSDATA", "GETFORCE", "FORCEREADY", "EXIT")}
+HEADERS = {
+    h: header(h)
+    for h in ("STATUS", "NEEDINIT", "READY", "HAVEDATA", "INIT", "POSDATA", "GETFORCE", "FORCEREADY", "EXIT")
+}
 _KNOWN = {v: k for k, v in HEADERS.items()}
 
 
@@ -100,9 +114,13 @@ class Address:
             if sep2 and host and port.isdigit() and 0 < int(port) < 65536:
                 return cls("inet", host, int(port), spec)
         if allow_spec:
-            raise InputError(f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT, optionally =SPEC")
-        raise InputError(f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT (the address "
-                         "mlip-server is given)")
+            raise InputError(
+                f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT, optionally =SPEC"
+            )
+        raise InputError(
+            f"cannot parse address {text!r}: use unix:NAME or inet:HOST:PORT (the address "
+            "mlip-server is given)"
+        )
 
     def __str__(self):
         where = self.target if self.kind == "unix" else f"{self.target}:{self.port}"
@@ -133,14 +151,18 @@ class Address:
         """A listening socket; a unix socket file that already exists is refused, not replaced."""
         if self.kind == "unix":
             if os.path.exists(self.target):
-                raise InputError(f"socket file {self.target} already exists (another run, or a stale file of a "
-                                 "crashed one): pick another address or remove the file")
+                raise InputError(
+                    f"socket file {self.target} already exists (another run, or a stale file of a "
+                    "crashed one): pick another address or remove the file"
+                )
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(self.target)
             except OSError as err:
                 sock.close()
-                raise InputError(f"cannot create socket {self.target} ({err.strerror}): pick another address") from None
+                raise InputError(
+                    f"cannot create socket {self.target} ({err.strerror}): pick another address"
+                ) from None
         else:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -178,7 +200,9 @@ class Wire:
                     "the peer hung or the stream is corrupt"
                 ) from None
             except OSError as err:
-                raise ProtocolError(f"{self.peer}: connection lost while reading {what} ({err.strerror})") from None
+                raise ProtocolError(
+                    f"{self.peer}: connection lost while reading {what} ({err.strerror})"
+                ) from None
             if n == 0:
                 raise ProtocolError(f"{self.peer}: peer closed the connection in the middle of {what}")
             got += n
@@ -258,7 +282,9 @@ def parse_init(text: str) -> int:
 def read_natoms(wire: Wire) -> int:
     natoms = wire.read_int("POSDATA")
     if natoms <= 0 or natoms > MAX_ATOMS:
-        raise ProtocolError(f"{wire.peer}: absurd atom count {natoms} in POSDATA (must be 1..{MAX_ATOMS}): corrupt stream")
+        raise ProtocolError(
+            f"{wire.peer}: absurd atom count {natoms} in POSDATA (must be 1..{MAX_ATOMS}): corrupt stream"
+        )
     return natoms
 
 
@@ -338,8 +364,9 @@ class HostConnection:
         try:
             conn, _ = self.listener.accept()
         except socket.timeout:
-            raise ProtocolError(f"no force server connected to {self.address} within {connect_timeout:g} s: "
-                                f"start {hint}") from None
+            raise ProtocolError(
+                f"no force server connected to {self.address} within {connect_timeout:g} s: start {hint}"
+            ) from None
         if self.address.kind == "inet":
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.wire = Wire(conn, f"force server at {self.address}", self.timeout)
@@ -355,10 +382,14 @@ class HostConnection:
     def _expect(self, name: str, what: str) -> None:
         got = self.wire.read_header()
         if got is None:
-            raise ProtocolError(f"the force server closed the connection during {what} (it stopped or crashed: "
-                                "see its output)")
+            raise ProtocolError(
+                f"the force server closed the connection during {what} (it stopped or crashed: "
+                "see its output)"
+            )
         if got != name:
-            raise ProtocolError(f"the force server answered {got} instead of {name} during {what}: is it mlip-server?")
+            raise ProtocolError(
+                f"the force server answered {got} instead of {name} during {what}: is it mlip-server?"
+            )
 
     def compute(self, h: np.ndarray, positions: np.ndarray):
         """Energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV) and the extras dict (the
@@ -370,8 +401,14 @@ class HostConnection:
         n = len(positions)
         hb = np.ascontiguousarray(h, dtype=np.float64) * BOHR_PER_ANGSTROM
         ih = np.linalg.inv(hb) if abs(np.linalg.det(hb)) > 0 else np.zeros((3, 3))
-        self.wire.send(HEADERS["POSDATA"], hb, ih, np.int32(n),
-                       np.ascontiguousarray(positions, dtype=np.float64) * BOHR_PER_ANGSTROM, HEADERS["STATUS"])
+        self.wire.send(
+            HEADERS["POSDATA"],
+            hb,
+            ih,
+            np.int32(n),
+            np.ascontiguousarray(positions, dtype=np.float64) * BOHR_PER_ANGSTROM,
+            HEADERS["STATUS"],
+        )
         t1 = time.perf_counter()
         self._expect("HAVEDATA", "a force evaluation")
         t2 = time.perf_counter()
@@ -393,12 +430,18 @@ class HostConnection:
                 extras = json.loads(raw.decode("utf-8", "replace"))
             except ValueError:
                 extras = {}
-        result = (energy / HARTREE_PER_EV, forces * (BOHR_PER_ANGSTROM / HARTREE_PER_EV), virial / HARTREE_PER_EV,
-                  extras if isinstance(extras, dict) else {})
+        result = (
+            energy / HARTREE_PER_EV,
+            forces * (BOHR_PER_ANGSTROM / HARTREE_PER_EV),
+            virial / HARTREE_PER_EV,
+            extras if isinstance(extras, dict) else {},
+        )
         t3 = time.perf_counter()
         if not (math.isfinite(result[0]) and np.isfinite(result[1]).all()):
-            raise ProtocolError("the force server returned a non-finite energy or force: the model failed on this "
-                                "configuration (see the server's output)")
+            raise ProtocolError(
+                "the force server returned a non-finite energy or force: the model failed on this "
+                "configuration (see the server's output)"
+            )
         self.seconds_waiting += t2 - t1
         self.seconds_transfer += (t1 - t0) + (t3 - t2)
         return result

@@ -18,8 +18,14 @@ from ase import Atoms
 
 from .core.errors import InputError
 
-__all__ = ["water_molecule", "water_box", "write_ipi_xyz", "write_water_data", "read_numbers",
-           "LAMMPS_SPECORDER"]
+__all__ = [
+    "water_molecule",
+    "water_box",
+    "write_ipi_xyz",
+    "write_water_data",
+    "read_numbers",
+    "LAMMPS_SPECORDER",
+]
 
 OH_BOND = 0.9572  # Å, TIP3P/experimental gas-phase geometry
 HOH_ANGLE = 104.52  # degrees
@@ -30,8 +36,13 @@ AVOGADRO = 6.02214076e23
 def water_molecule(center=(0.0, 0.0, 0.0), rotation=None) -> Atoms:
     """One H2O molecule (Å), optionally rotated by a 3×3 matrix, centred on its O."""
     half = np.radians(HOH_ANGLE) / 2
-    local = np.array([[0, 0, 0], [OH_BOND * np.sin(half), 0, OH_BOND * np.cos(half)],
-                      [-OH_BOND * np.sin(half), 0, OH_BOND * np.cos(half)]])
+    local = np.array(
+        [
+            [0, 0, 0],
+            [OH_BOND * np.sin(half), 0, OH_BOND * np.cos(half)],
+            [-OH_BOND * np.sin(half), 0, OH_BOND * np.cos(half)],
+        ]
+    )
     if rotation is not None:
         local = local @ np.asarray(rotation).T
     return Atoms("OH2", positions=local + np.asarray(center))
@@ -71,7 +82,9 @@ def water_box(n_molecules: int, density: float = 0.997, seed: int = 0, min_dista
             if d[0][atoms.numbers == 8].min() >= min_distance and d.min() >= 1.5:
                 break
         else:
-            raise ValueError(f"could not place {n_molecules} molecules at density {density} g/cm³ without overlaps")
+            raise ValueError(
+                f"could not place {n_molecules} molecules at density {density} g/cm³ without overlaps"
+            )
         atoms += mol
     atoms.wrap()
     return atoms
@@ -89,10 +102,15 @@ def write_ipi_xyz(atoms, path) -> None:
     """
     a, b, c = atoms.cell.lengths()
     al, be, ga = atoms.cell.angles()
-    lines = [str(len(atoms)),
-             f"# CELL(abcABC): {a:.10f} {b:.10f} {c:.10f} {al:.10f} {be:.10f} {ga:.10f} "
-             "positions{angstrom} cell{angstrom}"]
-    lines += [f"{s} {x:.12f} {y:.12f} {z:.12f}" for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)]
+    lines = [
+        str(len(atoms)),
+        f"# CELL(abcABC): {a:.10f} {b:.10f} {c:.10f} {al:.10f} {be:.10f} {ga:.10f} "
+        "positions{angstrom} cell{angstrom}",
+    ]
+    lines += [
+        f"{s} {x:.12f} {y:.12f} {z:.12f}"
+        for s, (x, y, z) in zip(atoms.get_chemical_symbols(), atoms.positions)
+    ]
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -134,7 +152,9 @@ def write_water_data(molecules: int, out, seed: int = 0, density: float = 0.997,
     atoms = water_box(molecules, density=density, seed=seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    ase.io.write(tmp, atoms, format="lammps-data", atom_style="atomic", specorder=LAMMPS_SPECORDER, masses=True)
+    ase.io.write(
+        tmp, atoms, format="lammps-data", atom_style="atomic", specorder=LAMMPS_SPECORDER, masses=True
+    )
     lines = tmp.read_text().splitlines(keepends=True)
     lines[0] = f"{stamp}: type 1 = O, type 2 = H (mlip-lammps -e O H)\n"
     tmp.write_text("".join(lines))
@@ -157,8 +177,10 @@ def read_numbers(path: str) -> np.ndarray:
     try:
         atoms = ase.io.read(path, index=0)
     except Exception as err:
-        raise InputError(f"cannot read structure file {path!r} with ASE ({str(err)[:100]}): "
-                         "use xyz/extxyz/pdb or another ASE format") from None
+        raise InputError(
+            f"cannot read structure file {path!r} with ASE ({str(err)[:100]}): "
+            "use xyz/extxyz/pdb or another ASE format"
+        ) from None
     return atoms.get_atomic_numbers()
 
 
@@ -166,8 +188,10 @@ def main(argv=None) -> int:
     """``python -m server.structures``: writes a water box as a LAMMPS data file."""
     from .paths import lammps_inputs_dir
 
-    p = argparse.ArgumentParser(prog="python -m server.structures",
-                                description="Writes a water box as a LAMMPS data file (types 1 = O, 2 = H).")
+    p = argparse.ArgumentParser(
+        prog="python -m server.structures",
+        description="Writes a water box as a LAMMPS data file (types 1 = O, 2 = H).",
+    )
     p.add_argument("--molecules", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--density", type=float, default=0.997, help="g/cm³")

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from server.paths import project_root  # noqa: E402
 from server.structures import water_box
 from training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
-
-from server.paths import project_root  # noqa: E402
 
 SHARED_DATA = project_root().parent / "shared" / "data"
 

@@ -21,7 +21,8 @@ FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
 
 PES = Path(pes.__file__).resolve()
 DIRECT = """  <ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{pes}</pes_path>
-    <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters><batch_size>{batch}</batch_size>
+    <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters>
+    <batch_size>{batch}</batch_size>
   </ffdirect>
 """
 
@@ -30,7 +31,8 @@ EXTRAS = """    <trajectory filename='extras' stride='1' extra_type='{extra}'> e
 
 INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>
   <output prefix='sim'>
-    <properties stride='1' filename='out'> [step, conserved, temperature{{kelvin}}, potential{{electronvolt}}] </properties>
+    <properties stride='1' filename='out'> [step, conserved, temperature{{kelvin}},
+      potential{{electronvolt}}] </properties>
     <trajectory filename='pos' stride='1' format='ase'> positions </trajectory>
 {extras}  </output>
   <total_steps>{steps}</total_steps>
@@ -62,7 +64,8 @@ FFROTATIONS = """<simulation verbosity='low' floatformat='%25.16e'>
       <velocities mode='thermal' units='kelvin'>300</velocities></initialize>
     <forces><force forcefield='ipi-avg' weight='1'/><force forcefield='ours' weight='0'/></forces>
     <ensemble><temperature units='kelvin'>300</temperature></ensemble>
-    <motion mode='dynamics'><dynamics mode='nve'><timestep units='femtosecond'>0.5</timestep></dynamics></motion>
+    <motion mode='dynamics'><dynamics mode='nve'>
+      <timestep units='femtosecond'>0.5</timestep></dynamics></motion>
   </system>
 </simulation>"""
 """NVE driven by i-PI's own <ffrotations> (legendre 2 + inversion = our ``2i``) around the socket
@@ -73,8 +76,22 @@ FFROTATIONS = """<simulation verbosity='low' floatformat='%25.16e'>
 write_init = write_ipi_xyz
 
 
-def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1, batch=1,
-        server_args=(), endpoints=None, extra=None, timeout=240, ffdirect=False):
+def run(
+    workdir,
+    atoms,
+    model,
+    *,
+    steps=20,
+    nbeads=1,
+    mode="unix",
+    connections=1,
+    batch=1,
+    server_args=(),
+    endpoints=None,
+    extra=None,
+    timeout=240,
+    ffdirect=False,
+):
     """Runs i-PI + one mlip-server; returns the parsed outputs.
 
     ``endpoints``: list of (forcefield name, address suffix for the server, weight) for
@@ -88,8 +105,13 @@ def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1
     ffs, forces, addresses, sockets = "", "", [], []
     for k, (name, suffix, weight) in enumerate(endpoints):
         if ffdirect:
-            ffs += DIRECT.format(name=name, pes=PES, model=Path(model).resolve(), average=suffix.lstrip("=") or "none",
-                                 batch=batch)
+            ffs += DIRECT.format(
+                name=name,
+                pes=PES,
+                model=Path(model).resolve(),
+                average=suffix.lstrip("=") or "none",
+                batch=batch,
+            )
             forces += f"<force forcefield='{name}' weight='{weight}'/>"
             continue
         if mode == "unix":
@@ -107,9 +129,15 @@ def run(workdir, atoms, model, *, steps=20, nbeads=1, mode="unix", connections=1
     motion = "nvt"
     if nbeads > 1:
         thermostat = "<thermostat mode='pile_l'><tau units='femtosecond'>100</tau></thermostat>"
-    xml = INPUT.format(steps=steps, nbeads=nbeads, forcefields=ffs, forces=forces, mode=motion,
-                       thermostat=thermostat,
-                       extras=EXTRAS.format(extra=extra) if extra else "")
+    xml = INPUT.format(
+        steps=steps,
+        nbeads=nbeads,
+        forcefields=ffs,
+        forces=forces,
+        mode=motion,
+        thermostat=thermostat,
+        extras=EXTRAS.format(extra=extra) if extra else "",
+    )
     (workdir / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", workdir)
     server = None
@@ -145,5 +173,5 @@ class Outputs:
         """Position frames of one bead as ASE Atoms (Å, with the cell)."""
         import ase.io
 
-        (path,) = sorted(self.workdir.glob("sim.pos_*.extxyz"))[bead:bead + 1]
+        (path,) = sorted(self.workdir.glob("sim.pos_*.extxyz"))[bead : bead + 1]
         return ase.io.read(path, index=":")

@@ -10,10 +10,18 @@ import os
 
 import numpy as np
 import pytest
+from test_analysis_readers import lammps_instance, write_lammps_dump
 
 from analysis import cli
-from analysis.dipoles import (DEBYE_PER_EA, EPS0_E2_PER_EV_A, KB_EV, DielectricConstant,
-                              DipoleAutocorrelation, DipoleOrientation, DipolePairCorrelation)
+from analysis.dipoles import (
+    DEBYE_PER_EA,
+    EPS0_E2_PER_EV_A,
+    KB_EV,
+    DielectricConstant,
+    DipoleAutocorrelation,
+    DipoleOrientation,
+    DipolePairCorrelation,
+)
 from analysis.ipi_files import read_properties
 from analysis.molecules import find_water
 from analysis.msd import MSD, yeh_hummer
@@ -21,9 +29,15 @@ from analysis.rdf import BlockRDF, water_rdfs
 from analysis.readers import build_universe, load_universe
 from analysis.reference import load_reference
 from analysis.symmetry import HBAR_AMU_A2_PS, AngularMomentum, conserved_drift, delta_v_statistics
-from analysis.synthetic import (perpendicular, random_unit_vectors, rigid_water, water_names,
-                                water_trajectory, wrap, write_ipi)
-from test_analysis_readers import lammps_instance, write_lammps_dump
+from analysis.synthetic import (
+    perpendicular,
+    random_unit_vectors,
+    rigid_water,
+    water_names,
+    water_trajectory,
+    wrap,
+    write_ipi,
+)
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 
@@ -67,8 +81,9 @@ def test_simple_cubic_first_shell_has_six_neighbours():
 def water_traj():
     """32 rigid waters random-walking in a 10 Å box, 40 frames 10 fs apart (wrapped, rounded
     to 4 decimals so that every format stores exactly the same numbers)."""
-    names, x, dims = water_trajectory(n_molecules=32, box_length=10.0, n_frames=40, dt_ps=0.01, D=0.5,
-                                      rot_step=0.2, seed=3)
+    names, x, dims = water_trajectory(
+        n_molecules=32, box_length=10.0, n_frames=40, dt_ps=0.01, D=0.5, rot_step=0.2, seed=3
+    )
     return names, np.round(wrap(x, dims), 4), dims
 
 
@@ -108,9 +123,13 @@ def test_dense_and_cell_list_pair_search_agree(water_traj):
     names, x, dims = water_traj
     u = build_universe(names, x[:6], dims)
     w = find_water(u)
-    for g1, g2, excl in ((w.oxygens, w.oxygens, (1, 1)), (w.oxygens, w.hydrogens, (1, 2)),
-                         (w.hydrogens, w.hydrogens, (2, 2)), (w.hydrogens, w.hydrogens, None),
-                         (w.oxygens, w.hydrogens, None)):
+    for g1, g2, excl in (
+        (w.oxygens, w.oxygens, (1, 1)),
+        (w.oxygens, w.hydrogens, (1, 2)),
+        (w.hydrogens, w.hydrogens, (2, 2)),
+        (w.hydrogens, w.hydrogens, None),
+        (w.oxygens, w.hydrogens, None),
+    ):
         dense = BlockRDF(g1, g2, nbins=40, range=(0.0, 4.9), exclusion_block=excl).run()
         cells = BlockRDF(g1, g2, nbins=40, range=(0.0, 4.9), exclusion_block=excl, dense_max_pairs=0).run()
         assert dense.dense and not cells.dense
@@ -176,8 +195,10 @@ def test_reference_gdr_is_read_in_bohr(tmp_path):
 def test_random_walk_diffusion_recovered():
     D, dt, L, n, F = 0.4, 0.005, 9.0, 400, 300
     rng = np.random.default_rng(7)
-    x = np.cumsum(np.concatenate([rng.uniform(0, L, (1, n, 3)),
-                                  rng.normal(0, np.sqrt(2 * D * dt), (F - 1, n, 3))]), axis=0)
+    x = np.cumsum(
+        np.concatenate([rng.uniform(0, L, (1, n, 3)), rng.normal(0, np.sqrt(2 * D * dt), (F - 1, n, 3))]),
+        axis=0,
+    )
     crossed = np.any(np.floor(x / L) != np.floor(x[0] / L), axis=(0, 2))
     assert crossed.mean() > 0.3  # many walkers leave the box, so the wrapped data needs unwrapping
     u = build_universe(["O"] * n, np.mod(x, L), cubic(L), dt_ps=dt)
@@ -214,8 +235,12 @@ def _water_universe(o, u_dir, L, dt_ps=0.01, seed=0):
 def test_molecules_by_nearest_oxygen_when_not_ordered(water_traj):
     names, x, dims = water_traj
     rng = np.random.default_rng(1)
-    perm = np.concatenate([rng.permutation(np.arange(0, len(names), 3)),
-                           rng.permutation(np.flatnonzero(np.arange(len(names)) % 3))])
+    perm = np.concatenate(
+        [
+            rng.permutation(np.arange(0, len(names), 3)),
+            rng.permutation(np.flatnonzero(np.arange(len(names)) % 3)),
+        ]
+    )
     u_ord = build_universe(names, x[:3], dims)
     u_mix = build_universe([names[k] for k in perm], x[:3, perm], dims)
     w = find_water(u_mix)
@@ -301,8 +326,11 @@ def test_rotating_molecules_c1_is_cos_omega_t():
     slow = 0.5
     u_dir = np.cos(slow * t[:, None, None]) * u0 + np.sin(slow * t[:, None, None]) * np.cross(axis, u0)
     x = rigid_water(o, u_dir, np.broadcast_to(axis, (F, M, 3)))
-    c = DipoleAutocorrelation(build_universe(water_names(M), np.mod(x, L), cubic(L), dt_ps=dt), w,
-                              dt_ps=dt).run().results
+    c = (
+        DipoleAutocorrelation(build_universe(water_names(M), np.mod(x, L), cubic(L), dt_ps=dt), w, dt_ps=dt)
+        .run()
+        .results
+    )
     assert not c.tau1_complete and np.isnan(c.tau1_err)
     assert c.tau1 == pytest.approx(np.sin(slow * t[-1]) / slow, rel=1e-3)  # ∫_0^T cos: the whole run
 
@@ -348,11 +376,17 @@ def test_delta_v_and_drift_from_ipi_out(tmp_path):
 
     ha = unit_to_internal("energy", "electronvolt", 1.0)  # potential column in Hartree (no unit)
     p = tmp_path / "sim.out"
-    write_ipi_out(p, [("step", np.arange(n)), ("time{picosecond}", t),
-                      ("conserved{electronvolt}", -470.0 + slope * t + 1e-4 * rng.normal(size=n)),
-                      ("potential", v_raw * ha),
-                      ("pot_component_raw(0){electronvolt}", v_raw),
-                      ("pot_component_raw(1){electronvolt}", v_raw + dv)])
+    write_ipi_out(
+        p,
+        [
+            ("step", np.arange(n)),
+            ("time{picosecond}", t),
+            ("conserved{electronvolt}", -470.0 + slope * t + 1e-4 * rng.normal(size=n)),
+            ("potential", v_raw * ha),
+            ("pot_component_raw(0){electronvolt}", v_raw),
+            ("pot_component_raw(1){electronvolt}", v_raw + dv),
+        ],
+    )
     props = read_properties(str(p))
     np.testing.assert_allclose(props["potential"], v_raw, rtol=1e-8)
     assert props.units["potential"] == "electronvolt"
@@ -405,15 +439,35 @@ def test_torque_and_angular_momentum_of_rigid_rotation(tmp_path):
     v_au = unit_to_internal("length", "angstrom", 1.0) / unit_to_internal("time", "picosecond", 1.0)
     f_au = unit_to_internal("force", "ev/ang", 1.0)
     write_ipi(tmp_path / "gas.pos_0.xyz", names, xs, box)
-    write_ipi(tmp_path / "gas.vel_0.xyz", names, vs, box, key="velocities", dimension="velocity", to_internal=v_au)
-    write_ipi(tmp_path / "gas.for_0.xyz", names, np.array(f_central), box, key="forces", dimension="force",
-              to_internal=f_au)
-    write_ipi(tmp_path / "couple.for_0.xyz", names, np.array(f_couple), box, key="forces", dimension="force",
-              to_internal=f_au)
+    write_ipi(
+        tmp_path / "gas.vel_0.xyz", names, vs, box, key="velocities", dimension="velocity", to_internal=v_au
+    )
+    write_ipi(
+        tmp_path / "gas.for_0.xyz",
+        names,
+        np.array(f_central),
+        box,
+        key="forces",
+        dimension="force",
+        to_internal=f_au,
+    )
+    write_ipi(
+        tmp_path / "couple.for_0.xyz",
+        names,
+        np.array(f_couple),
+        box,
+        key="forces",
+        dimension="force",
+        to_internal=f_au,
+    )
 
-    u = load_universe(str(tmp_path / "gas.pos_0.xyz"), velocities=str(tmp_path / "gas.vel_0.xyz"),
-                      forces=str(tmp_path / "gas.for_0.xyz"))
+    u = load_universe(
+        str(tmp_path / "gas.pos_0.xyz"),
+        velocities=str(tmp_path / "gas.vel_0.xyz"),
+        forces=str(tmp_path / "gas.for_0.xyz"),
+    )
     r = AngularMomentum(u, dt_ps=dt).run().results
+
     def inertia(x):
         return sum(mi * (np.dot(d, d) * np.eye(3) - np.outer(d, d)) for mi, d in zip(m, x - com))
 
@@ -429,11 +483,17 @@ def test_torque_and_angular_momentum_of_rigid_rotation(tmp_path):
     assert np.abs(tau_exact).max() > 0.1
     # the CLI finds gas.vel_0.xyz / gas.for_0.xyz next to the positions by their header
     out = tmp_path / "out"
-    assert cli.main(["symmetry", str(tmp_path / "gas.pos_0.xyz"), "--out", str(out), "--quiet",
-                     "--timestep", "0.5"]) == 0
+    assert (
+        cli.main(
+            ["symmetry", str(tmp_path / "gas.pos_0.xyz"), "--out", str(out), "--quiet", "--timestep", "0.5"]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())["symmetry"]["angular_momentum"]
     assert s["torque_norm_mean_eV"] < 1e-4
-    assert s["L_norm_mean_hbar"] == pytest.approx(np.linalg.norm(L_exact, axis=1).mean() / HBAR_AMU_A2_PS, rel=1e-3)
+    assert s["L_norm_mean_hbar"] == pytest.approx(
+        np.linalg.norm(L_exact, axis=1).mean() / HBAR_AMU_A2_PS, rel=1e-3
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -443,26 +503,63 @@ def test_cli_all_end_to_end(tmp_path, water_traj):
     write_ipi(traj, names, x, dims)
     n = len(x)
     t = np.arange(n) * 0.01
-    write_ipi_out(tmp_path / "sim.out", [("time{picosecond}", t), ("conserved{electronvolt}", 1e-3 * t),
-                                         ("pot_component_raw(0){electronvolt}", np.zeros(n)),
-                                         ("pot_component_raw(1){electronvolt}", 1e-3 * np.cos(t))])
+    write_ipi_out(
+        tmp_path / "sim.out",
+        [
+            ("time{picosecond}", t),
+            ("conserved{electronvolt}", 1e-3 * t),
+            ("pot_component_raw(0){electronvolt}", np.zeros(n)),
+            ("pot_component_raw(1){electronvolt}", 1e-3 * np.cos(t)),
+        ],
+    )
     ref = tmp_path / "ref_goo.gdr"
     ref.write_text("".join(f"{r:.4f} 1.0\n" for r in np.linspace(0.1, 9, 50)))
     out = tmp_path / "out"
-    rc = cli.main(["all", str(traj), "--out", str(out), "--timestep", "10", "--quiet", "--reference",
-                   str(ref), "--charges", "O=-0.8476", "H=0.4238", "--viscosity", "0.85", "--rmax", "4.9"])
+    rc = cli.main(
+        [
+            "all",
+            str(traj),
+            "--out",
+            str(out),
+            "--timestep",
+            "10",
+            "--quiet",
+            "--reference",
+            str(ref),
+            "--charges",
+            "O=-0.8476",
+            "H=0.4238",
+            "--viscosity",
+            "0.85",
+            "--rmax",
+            "4.9",
+        ]
+    )
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     for section in ("rdf", "msd", "orientation", "dipole", "symmetry", "input", "all"):
         assert section in summary
     assert all(v == "done" for v in summary["all"].values()), summary["all"]
-    for f in ("rdf.dat", "rdf.png", "msd.dat", "msd.png", "orientation.dat", "orientation.png",
-              "dipole_correlation.dat", "dipole_acf.dat", "dipole.png", "symmetry.png", "symmetry_delta_v.dat"):
+    for f in (
+        "rdf.dat",
+        "rdf.png",
+        "msd.dat",
+        "msd.png",
+        "orientation.dat",
+        "orientation.png",
+        "dipole_correlation.dat",
+        "dipole_acf.dat",
+        "dipole.png",
+        "symmetry.png",
+        "symmetry_delta_v.dat",
+    ):
         assert (out / f).stat().st_size > 0, f
     tab = np.loadtxt(out / "rdf.dat")
     assert tab.shape[1] == 1 + 3 * 4  # r, then g, g_err, n, n_err per pair
     assert summary["msd"]["D_A2_per_ps"] > 0 and summary["msd"]["D_A2_per_ps_err"] > 0
-    assert summary["symmetry"]["delta_v"]["mean_meV"] == pytest.approx(1000 * 1e-3 * np.cos(t).mean(), rel=1e-3)
+    assert summary["symmetry"]["delta_v"]["mean_meV"] == pytest.approx(
+        1000 * 1e-3 * np.cos(t).mean(), rel=1e-3
+    )
     cons = summary["symmetry"]["conserved"]  # 1 meV/ps for the 32 molecules of the trajectory
     assert cons["n_molecules"] == 32
     assert cons["drift_meV_per_ps_per_molecule"] == pytest.approx(1.0 / 32, rel=1e-4)

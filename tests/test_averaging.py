@@ -3,16 +3,18 @@
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
+from test_evaluator import finite_difference_forces, strain_derivative_virial
 
 from server.core.averaging import Averaging
 from server.core.errors import InputError
 from server.core.evaluator import Evaluator, Structure
-from test_evaluator import finite_difference_forces, strain_derivative_virial
 from server.structures import water_box, water_molecule
 
 
 def _cluster():
-    atoms = water_molecule() + water_molecule((2.8, 0.2, 0.3), Rotation.from_euler("xyz", [0.3, 1.0, 2.0]).as_matrix())
+    atoms = water_molecule() + water_molecule(
+        (2.8, 0.2, 0.3), Rotation.from_euler("xyz", [0.3, 1.0, 2.0]).as_matrix()
+    )
     atoms += water_molecule((0.5, 2.7, -0.4), Rotation.from_euler("xyz", [1.3, -0.4, 0.5]).as_matrix())
     return Structure(atoms.positions, atoms.numbers)
 
@@ -128,22 +130,28 @@ def test_agrees_with_ipi_ffrotations(tmp_path, strongly_anisotropic_model):
     """i-PI's engine-side <ffrotations> (legendre 2 + inversion) around our raw endpoint
     equals our 2i endpoint, step by step, on the same trajectory."""
     import ipi_sim
+
     from server import processes
 
     atoms = water_box(8, seed=6)
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
     xml = ipi_sim.FFROTATIONS.format(
-        raw=raw, ours=avg, steps=10,
-        trajectories="    <trajectory filename='f0' stride='5' format='xyz'> forces_component_raw(0) </trajectory>\n"
-                     "    <trajectory filename='f1' stride='5' format='xyz'> forces_component_raw(1) </trajectory>\n")
+        raw=raw,
+        ours=avg,
+        steps=10,
+        trajectories="    <trajectory filename='f0' stride='5' format='xyz'> "
+        "forces_component_raw(0) </trajectory>\n"
+        "    <trajectory filename='f1' stride='5' format='xyz'> forces_component_raw(1) </trajectory>\n",
+    )
     (tmp_path / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", tmp_path)
     server = None
     try:
         processes.wait_for_socket(raw, ipi)
-        server = processes.start_server(strongly_anisotropic_model, "init.xyz",
-                                        [f"unix:{raw}", f"unix:{avg}=2i"], tmp_path)
+        server = processes.start_server(
+            strongly_anisotropic_model, "init.xyz", [f"unix:{raw}", f"unix:{avg}=2i"], tmp_path
+        )
         assert processes.wait([ipi, server], 240) == [0, 0], (tmp_path / "server.log").read_text()[-2000:]
     finally:
         processes.stop([ipi, server], [raw, avg])

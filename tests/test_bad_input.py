@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from server import processes
-from server.ipi.serve import main as server_main
 from server.core.errors import InputError, ModelError
 from server.core.evaluator import Evaluator, Structure
+from server.ipi.serve import main as server_main
 from server.protocol import HEADERS
 
 SERVER = [sys.executable, "-m", "server.ipi.serve"]
@@ -32,8 +32,19 @@ class FakeIPI:
         structure = tmp_path / "init.xyz"
         atoms.write(structure)
         self.proc = subprocess.Popen(
-            SERVER + ["--model", model, "--structure", str(structure), "--address", f"unix:{self.name}",
-                      *server_args], stderr=subprocess.PIPE, text=True)
+            SERVER
+            + [
+                "--model",
+                model,
+                "--structure",
+                str(structure),
+                "--address",
+                f"unix:{self.name}",
+                *server_args,
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.conn, _ = self.listener.accept()
 
     def handshake(self):
@@ -45,8 +56,13 @@ class FakeIPI:
 
     def posdata(self, positions_bohr, h=np.eye(3) * 20.0, natoms=None):
         natoms = len(positions_bohr) if natoms is None else natoms
-        return (HEADERS["POSDATA"] + h.T.tobytes() + np.linalg.inv(h).T.tobytes() +
-                np.int32(natoms).tobytes() + np.ascontiguousarray(positions_bohr, dtype=np.float64).tobytes())
+        return (
+            HEADERS["POSDATA"]
+            + h.T.tobytes()
+            + np.linalg.inv(h).T.tobytes()
+            + np.int32(natoms).tobytes()
+            + np.ascontiguousarray(positions_bohr, dtype=np.float64).tobytes()
+        )
 
     def finish(self, timeout=30):
         try:
@@ -153,8 +169,18 @@ def test_exit_is_clean(tmp_path, toy_model, molecule):
 def test_no_ipi_times_out(tmp_path, toy_model, molecule, capsys):
     molecule.write(tmp_path / "m.xyz")
     t0 = time.monotonic()
-    code = server_main(["--model", toy_model, "--structure", str(tmp_path / "m.xyz"), "--address",
-                        f"unix:{processes.unique_name('mlip-test')}", "--connect-timeout", "0.5"])
+    code = server_main(
+        [
+            "--model",
+            toy_model,
+            "--structure",
+            str(tmp_path / "m.xyz"),
+            "--address",
+            f"unix:{processes.unique_name('mlip-test')}",
+            "--connect-timeout",
+            "0.5",
+        ]
+    )
     assert code == 1 and time.monotonic() - t0 < 5
     assert "no i-PI server listening" in capsys.readouterr().err
 
@@ -163,8 +189,19 @@ def _run_cli(tmp_path, capsys, model, *extra, molecule=None):
     from server.structures import water_molecule
 
     (molecule or water_molecule()).write(tmp_path / "m.xyz")
-    code = server_main(["--model", str(model), "--structure", str(tmp_path / "m.xyz"), "--address",
-                        "unix:never-used", "--connect-timeout", "0.1", *extra])
+    code = server_main(
+        [
+            "--model",
+            str(model),
+            "--structure",
+            str(tmp_path / "m.xyz"),
+            "--address",
+            "unix:never-used",
+            "--connect-timeout",
+            "0.1",
+            *extra,
+        ]
+    )
     return code, _error_line(capsys.readouterr().err)
 
 
@@ -195,19 +232,28 @@ class _WrongShape(torch.nn.Module):
         super().__init__()
         self.cutoff, self.species, self.nan = 3.0, [1, 8], nan
 
-    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
         e = (edge_vectors**2).sum()
         if self.nan:
             return e.repeat(n_structures) * float("nan")
         return e
 
 
-@pytest.mark.parametrize("module, message", [
-    (_NoCutoff(), "no attribute 'cutoff'"),
-    (_WrongShape(), "must return energies of shape [n_structures]"),
-    (_WrongShape(nan=True), "non-finite energies"),
-])
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        (_NoCutoff(), "no attribute 'cutoff'"),
+        (_WrongShape(), "must return energies of shape [n_structures]"),
+        (_WrongShape(nan=True), "non-finite energies"),
+    ],
+)
 def test_contract_violations(tmp_path, capsys, module, message):
     path = tmp_path / "bad.pt"
     torch.jit.save(torch.jit.script(module), str(path))
@@ -238,7 +284,9 @@ def test_wrong_signature(tmp_path):
 def test_unknown_element(tmp_path, capsys, toy_model):
     from ase import Atoms
 
-    code, line = _run_cli(tmp_path, capsys, toy_model, molecule=Atoms("OHAu", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0]]))
+    code, line = _run_cli(
+        tmp_path, capsys, toy_model, molecule=Atoms("OHAu", positions=[[0, 0, 0], [1, 0, 0], [0, 2, 0]])
+    )
     assert code == 2 and "[79]" in line
     with pytest.raises(InputError, match=r"79 \(Au\) is not supported"):
         Evaluator(toy_model).compute([Structure(np.eye(3) * 2, [8, 1, 79])])
@@ -258,8 +306,14 @@ def test_model_returning_nan_forces_is_reported(tmp_path):
             super().__init__()
             self.cutoff, self.species = 3.0, [1]
 
-        def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor,
-                    structure_index: torch.Tensor, n_structures: int) -> torch.Tensor:
+        def forward(
+            self,
+            edge_vectors: torch.Tensor,
+            edge_index: torch.Tensor,
+            numbers: torch.Tensor,
+            structure_index: torch.Tensor,
+            n_structures: int,
+        ) -> torch.Tensor:
             d = (edge_vectors**2).sum(1)
             e = torch.zeros(n_structures, dtype=edge_vectors.dtype)
             return e.index_add(0, structure_index[edge_index[0]], torch.log(d - 1.0))

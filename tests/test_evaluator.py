@@ -19,8 +19,10 @@ def finite_difference_forces(ev, s: Structure, h=1e-5):
             p, m = s.positions.copy(), s.positions.copy()
             p[i, a] += h
             m[i, a] -= h
-            f[i, a] = -(_energy(ev, p, s.numbers, s.cell, s.pbc.all()) -
-                        _energy(ev, m, s.numbers, s.cell, s.pbc.all())) / (2 * h)
+            f[i, a] = -(
+                _energy(ev, p, s.numbers, s.cell, s.pbc.all())
+                - _energy(ev, m, s.numbers, s.cell, s.pbc.all())
+            ) / (2 * h)
     return f
 
 

@@ -1,9 +1,9 @@
 """Real i-PI over real sockets: NVT (unix and inet), PIMD batched three ways, ffdirect."""
 
+import ipi_sim
 import numpy as np
 import pytest
 
-import ipi_sim
 from server.core.evaluator import Evaluator, Structure
 
 
@@ -43,7 +43,15 @@ def test_more_connections_than_ipi_backlog(tmp_path, toy_model, water8):
     """8 connections: i-PI accepts and hand-shakes clients one at a time with a small listen
     backlog; the server must answer the first hand-shakes while it connects the others."""
     # a generous batch wait: on a loaded machine the 8 beads may not arrive within the default 5 ms
-    run = ipi_sim.run(tmp_path, water8, toy_model, steps=5, nbeads=8, connections=8, timeout=120,
-                      server_args=["--batch-wait", "0.5"])
+    run = ipi_sim.run(
+        tmp_path,
+        water8,
+        toy_model,
+        steps=5,
+        nbeads=8,
+        connections=8,
+        timeout=120,
+        server_args=["--batch-wait", "0.5"],
+    )
     assert run.codes == [0, 0], run.server_log[-2000:] + run.ipi_log[-2000:]
     assert "batch sizes (structures per model call × calls): 8×6" in run.server_log

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 from server import processes
-from server.paths import lammps_inputs_dir
 from server.lammps import runner as lammps_run
 from server.lammps.deck import DeckError, split_deck
 from server.lammps.mpi import find_mpiexec, leftover_shm_files, shm_files
 from server.lammps.mpi import mpi_env as bridge_env
 from server.lammps.runner import LammpsRun
+from server.paths import lammps_inputs_dir
 
 DECKS = lammps_inputs_dir()
 
@@ -37,7 +37,9 @@ try:
 except ValueError:
     _spec = None
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-pytestmark = pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]")
+pytestmark = pytest.mark.skipif(
+    _spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"
+)
 needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed: pip install -e .[lammps]")
 SERVER_ARGS = ["--threads", "1"]
 
@@ -123,7 +125,9 @@ def argon(triclinic: bool = False):
 def write_data(atoms, path: Path, specorder) -> Path:
     import ase.io
 
-    ase.io.write(path, atoms, format="lammps-data", atom_style="atomic", specorder=list(specorder), masses=True)
+    ase.io.write(
+        path, atoms, format="lammps-data", atom_style="atomic", specorder=list(specorder), masses=True
+    )
     return path
 
 
@@ -136,9 +140,17 @@ def _free_port() -> int:
 
 
 def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, **kwargs):
-    result = lammps_run.run(deck, model, elements, np=np_, workdir=workdir, echo=False,
-                            server_args=SERVER_ARGS + list(kwargs.pop("server_args", [])), timeout=timeout,
-                            **kwargs)
+    result = lammps_run.run(
+        deck,
+        model,
+        elements,
+        np=np_,
+        workdir=workdir,
+        echo=False,
+        server_args=SERVER_ARGS + list(kwargs.pop("server_args", [])),
+        timeout=timeout,
+        **kwargs,
+    )
     return result
 
 
@@ -159,28 +171,35 @@ def no_leftovers():
 
 # --------------------------------------------------------------------------- deck parsing
 def test_split_deck_finds_the_fix_line():
-    parts = split_deck("units metal\nread_data x\nfix   ext all external pf/callback 1 1  # the model\nrun 10\n")
+    parts = split_deck(
+        "units metal\nread_data x\nfix   ext all external pf/callback 1 1  # the model\nrun 10\n"
+    )
     assert (parts.fix_id, parts.line) == ("ext", 3)
     assert parts.head.endswith("# the model\n") and parts.tail == "run 10\n"
     cont = split_deck("read_data x\nfix ext all external &\n  pf/callback 1 1\nrun 5\n")
     assert cont.tail == "run 5\n" and cont.line == 2
 
 
-@pytest.mark.parametrize("text, message", [
-    ("units metal\nrun 10\n", "no top-level"),
-    ("# fix e all external pf/callback 1 1\n", "no top-level"),
-    ("fix e mobile external pf/callback 1 1\n", "group 'mobile'"),
-    ("fix e all external pf/callback 10 1\n", "pf/callback 1 1"),
-    ("fix a all external pf/callback 1 1\nfix b all external pf/callback 1 1\n", "exactly one"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("units metal\nrun 10\n", "no top-level"),
+        ("# fix e all external pf/callback 1 1\n", "no top-level"),
+        ("fix e mobile external pf/callback 1 1\n", "group 'mobile'"),
+        ("fix e all external pf/callback 10 1\n", "pf/callback 1 1"),
+        ("fix a all external pf/callback 1 1\nfix b all external pf/callback 1 1\n", "exactly one"),
+    ],
+)
 def test_split_deck_refuses(text, message):
     with pytest.raises(DeckError, match=message):
         split_deck(text)
 
 
 # --------------------------------------------------------------------------- physics: LJ vs native
-@pytest.mark.parametrize("np_, triclinic", [
-    (1, False), pytest.param(2, False, marks=needs_mpi4py), pytest.param(2, True, marks=needs_mpi4py)])
+@pytest.mark.parametrize(
+    "np_, triclinic",
+    [(1, False), pytest.param(2, False, marks=needs_mpi4py), pytest.param(2, True, marks=needs_mpi4py)],
+)
 def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
     """NVE in the cubic box; in the triclinic box NPT with a fully flexible cell, which only
     matches if all six virial components and the cell sent every step are right."""
@@ -194,7 +213,9 @@ def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
     # the serial run goes over TCP (inet), the MPI runs over unix sockets
     address = f"inet:127.0.0.1:{_free_port()}" if np_ == 1 else None
     result = bridge_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_=np_, address=address)
-    assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
+    assert result.code == 0, (
+        result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
+    )
     ref, got = thermo(native / "log.lammps"), thermo(bridged / "log.lammps")
     assert len(ref["Step"]) == len(got["Step"]) == 11
     if triclinic:
@@ -221,9 +242,14 @@ def test_water_nve_conserves_energy_and_matches_the_evaluator(tmp_path, toy_mode
     """The shipped NVE deck, 0.25 fs × 200 steps on 384 atoms (the 1536-atom box takes ~0.1 s
     per force call on this 2-core machine: too slow for the test suite), with the server
     averaging the non-invariant toy model over identity + inversion ('i')."""
-    result = bridge_run(tmp_path, DECKS / "in.water-nve", toy_model, ["O", "H"], server_args=["--average", "i"],
-                        variables=[("data", water_data), ("dt", 0.25), ("steps", 200), ("thermo", 10),
-                                   ("dump", 200)])
+    result = bridge_run(
+        tmp_path,
+        DECKS / "in.water-nve",
+        toy_model,
+        ["O", "H"],
+        server_args=["--average", "i"],
+        variables=[("data", water_data), ("dt", 0.25), ("steps", 200), ("thermo", 10), ("dump", 200)],
+    )
     assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:]
     t = thermo(tmp_path / "log.lammps")
     assert t["Step"][-1] == 200
@@ -284,8 +310,11 @@ def test_server_killed_mid_run_halts_lammps(tmp_path, lj_model, np_):
     try:
         job.start()
         relay = job._relays["lammps.out"]
-        _wait_for(lambda: sum(l.split()[:1] == ["5"] for l in relay.lines) > 0 or job.bridge.poll() is not None,
-                  60, "5 MD steps")
+        _wait_for(
+            lambda: sum(l.split()[:1] == ["5"] for l in relay.lines) > 0 or job.bridge.poll() is not None,
+            60,
+            "5 MD steps",
+        )
         assert job.bridge.poll() is None, relay.text
         os.killpg(job.server.pid, signal.SIGKILL)
         t0 = time.monotonic()
@@ -295,14 +324,19 @@ def test_server_killed_mid_run_halts_lammps(tmp_path, lj_model, np_):
     assert time.monotonic() - t0 < 30
     assert result.server_code == -signal.SIGKILL and result.bridge_code == 1
     line = lammps_run.error_line(result.bridge_output)
-    assert "force server" in line and "died or hung" in line and "LAMMPS halted" in line, result.bridge_output[-2000:]
+    assert "force server" in line and "died or hung" in line and "LAMMPS halted" in line, (
+        result.bridge_output[-2000:]
+    )
     assert "killed by signal 9" in result.message
 
 
-@pytest.mark.parametrize("elements, edit, message", [
-    (["O"], None, "LAMMPS atom type 2 has no element"),
-    (["O", "H"], ("units           metal", "units           real"), "use 'units metal'"),
-])
+@pytest.mark.parametrize(
+    "elements, edit, message",
+    [
+        (["O"], None, "LAMMPS atom type 2 has no element"),
+        (["O", "H"], ("units           metal", "units           real"), "use 'units metal'"),
+    ],
+)
 def test_bad_mapping_is_refused_before_the_run(tmp_path, toy_model, water_data, elements, edit, message):
     deck = DECKS / "in.water-nve"
     if edit:
@@ -318,7 +352,9 @@ def test_bad_mapping_is_refused_before_the_run(tmp_path, toy_model, water_data, 
 
 def test_model_without_an_element_stops_the_waiting_bridge(tmp_path, lj_model, water_data):
     t0 = time.monotonic()
-    result = bridge_run(tmp_path, DECKS / "in.water-nve", lj_model, ["O", "H"], variables=[("data", water_data)])
+    result = bridge_run(
+        tmp_path, DECKS / "in.water-nve", lj_model, ["O", "H"], variables=[("data", water_data)]
+    )
     assert time.monotonic() - t0 < 40  # not the bridge's 120 s connect time-out
     assert result.code == 2 and result.server_code == 2
     assert "does not support" in result.message and "[1, 8]" in result.message
@@ -327,8 +363,22 @@ def test_model_without_an_element_stops_the_waiting_bridge(tmp_path, lj_model, w
 
 def test_no_server_connecting_is_a_one_line_error(tmp_path, water_data):
     name = processes.unique_name("lammps")
-    cmd = [sys.executable, "-m", "server.lammps.bridge", str(DECKS / "in.water-nve"), "--address", f"unix:{name}",
-           "-e", "O", "H", "--var", "data", str(water_data), "--connect-timeout", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.lammps.bridge",
+        str(DECKS / "in.water-nve"),
+        "--address",
+        f"unix:{name}",
+        "-e",
+        "O",
+        "H",
+        "--var",
+        "data",
+        str(water_data),
+        "--connect-timeout",
+        "1",
+    ]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=tmp_path, env=bridge_env(), capture_output=True, text=True, timeout=60)
     assert time.monotonic() - t0 < 30
@@ -344,9 +394,23 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
     import signal
 
     deck = _lj_deck(tmp_path, "", steps=100000)
-    cmd = [sys.executable, "-m", "server.lammps.runner", str(deck), "--model", lj_model, "-e", "Ar", "--workdir",
-           str(tmp_path / "run"), "--threads", "1"]
-    launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.lammps.runner",
+        str(deck),
+        "--model",
+        lj_model,
+        "-e",
+        "Ar",
+        "--workdir",
+        str(tmp_path / "run"),
+        "--threads",
+        "1",
+    ]
+    launcher = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = []
     try:
         for line in launcher.stdout:

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -30,17 +29,50 @@ def _outputs_parse(folder):
 
 
 def test_all_experiments_are_covered():
-    assert set(experiments()) == {"water-nvt", "water-nvt-mts", "water-pimd", "water-pimd-rpc-mts",
-                                  "molecule-nve", "water-npt", "ice-geop", "replay"}
+    assert set(experiments()) == {
+        "water-nvt",
+        "water-nvt-mts",
+        "water-pimd",
+        "water-pimd-rpc-mts",
+        "molecule-nve",
+        "water-npt",
+        "ice-geop",
+        "replay",
+    }
 
 
-@pytest.mark.parametrize("experiment", ["water-nvt", "water-nvt-mts", "water-pimd", "water-pimd-rpc-mts",
-                                        "molecule-nve", "water-npt", "ice-geop"])
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        "water-nvt",
+        "water-nvt-mts",
+        "water-pimd",
+        "water-pimd-rpc-mts",
+        "molecule-nve",
+        "water-npt",
+        "ice-geop",
+    ],
+)
 def test_experiment_runs_and_outputs_parse(tmp_path, toy_model, experiment):
     import json
 
-    args = [experiment, "--model", toy_model, "--steps", "4", "--molecules", "8", "--beads", "4",
-            "--stride", "1", "--out", str(tmp_path / "run"), "--progress", "0"]
+    args = [
+        experiment,
+        "--model",
+        toy_model,
+        "--steps",
+        "4",
+        "--molecules",
+        "8",
+        "--beads",
+        "4",
+        "--stride",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--progress",
+        "0",
+    ]
     if experiment == "ice-geop":
         water_box(8, seed=4).write(tmp_path / "cell.extxyz")
         args += ["--structure", str(tmp_path / "cell.extxyz")]
@@ -64,9 +96,26 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
         a = water_box(8, seed=10 + k)
         frames.append(a)
     ase.io.write(tmp_path / "traj.extxyz", frames)
-    assert mlip_run(["replay", "--model", toy_model, "--trajectory", str(tmp_path / "traj.extxyz"),
-                     "--specs", "none,i", "--dtype", "float64", "--out", str(tmp_path / "run"),
-                     "--progress", "0"]) == 0
+    assert (
+        mlip_run(
+            [
+                "replay",
+                "--model",
+                toy_model,
+                "--trajectory",
+                str(tmp_path / "traj.extxyz"),
+                "--specs",
+                "none,i",
+                "--dtype",
+                "float64",
+                "--out",
+                str(tmp_path / "run"),
+                "--progress",
+                "0",
+            ]
+        )
+        == 0
+    )
     data = np.loadtxt(tmp_path / "run" / "sim.out")
     from server.core.evaluator import Evaluator, Structure
 
@@ -79,19 +128,72 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
 
 def test_restart_continues_the_run(tmp_path, toy_model):
     first, second = tmp_path / "a", tmp_path / "b"
-    assert mlip_run(["water-nvt", "--model", toy_model, "--steps", "10", "--molecules", "8", "--stride", "5",
-                     "--set", "checkpoint=5", "--out", str(first), "--progress", "0"]) == 0
-    assert mlip_run(["water-nvt", "--model", toy_model, "--restart", str(first), "--steps", "20",
-                     "--out", str(second), "--progress", "0"]) == 0
+    assert (
+        mlip_run(
+            [
+                "water-nvt",
+                "--model",
+                toy_model,
+                "--steps",
+                "10",
+                "--molecules",
+                "8",
+                "--stride",
+                "5",
+                "--set",
+                "checkpoint=5",
+                "--out",
+                str(first),
+                "--progress",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert (
+        mlip_run(
+            [
+                "water-nvt",
+                "--model",
+                toy_model,
+                "--restart",
+                str(first),
+                "--steps",
+                "20",
+                "--out",
+                str(second),
+                "--progress",
+                "0",
+            ]
+        )
+        == 0
+    )
     steps = np.loadtxt(second / "sim.out")[:, 0]
     assert steps[0] > 10 - 1e-9 and steps[-1] == 20
 
 
 def _long_run(run, toy_model, stderr):
     """A launcher in the middle of a long water-nvt run; returns it and its children's pids."""
-    proc = subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "100000", "--molecules", "8",
-                                   "--stride", "1", "--out", str(run), "--progress", "0"],
-                            stderr=stderr, text=True)
+    proc = subprocess.Popen(
+        RUN
+        + [
+            "water-nvt",
+            "--model",
+            toy_model,
+            "--steps",
+            "100000",
+            "--molecules",
+            "8",
+            "--stride",
+            "1",
+            "--out",
+            str(run),
+            "--progress",
+            "0",
+        ],
+        stderr=stderr,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not ((run / "sim.out").exists() and len((run / "sim.out").read_text().splitlines()) > 12):
         assert time.monotonic() < deadline and proc.poll() is None
@@ -122,8 +224,11 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     deadline = time.monotonic() + 60
     alive = children
     while alive and time.monotonic() < deadline:
-        alive = [pid for pid in children if os.path.exists(f"/proc/{pid}")
-                 and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        alive = [
+            pid
+            for pid in children
+            if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+        ]
         time.sleep(0.2)
     assert not alive, f"processes {alive} outlived their SIGKILLed launcher"
     deadline = time.monotonic() + 10
@@ -133,9 +238,27 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
 
 
 def test_two_launches_at_once_do_not_interfere(tmp_path, toy_model):
-    procs = [subprocess.Popen(RUN + ["water-nvt", "--model", toy_model, "--steps", "20", "--molecules", "8",
-                                     "--seed", str(seed), "--progress", "0", "--out", str(tmp_path / f"run{seed}")])
-             for seed in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            RUN
+            + [
+                "water-nvt",
+                "--model",
+                toy_model,
+                "--steps",
+                "20",
+                "--molecules",
+                "8",
+                "--seed",
+                str(seed),
+                "--progress",
+                "0",
+                "--out",
+                str(tmp_path / f"run{seed}"),
+            ]
+        )
+        for seed in (1, 2)
+    ]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     a, b = (np.loadtxt(tmp_path / f"run{s}" / "sim.out") for s in (1, 2))
     assert a.shape == b.shape and not np.allclose(a[:, 5], b[:, 5])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.make_data import perturbed
 from server.structures import water_box
+from training.make_data import perturbed
 
 
 def _oo(atoms):
@@ -37,7 +37,9 @@ def test_compression_without_noise_moves_molecules_rigidly(liquid):
         ratio = a.get_volume() / original.get_volume()
         assert 1 / 1.3 - 1e-9 <= ratio <= 1.0
         for h in (1, 2):
-            assert np.allclose(a.positions[o + h] - a.positions[o], original.positions[o + h] - original.positions[o])
+            assert np.allclose(
+                a.positions[o + h] - a.positions[o], original.positions[o + h] - original.positions[o]
+            )
         scale = ratio ** (1 / 3)
         assert np.allclose(_oo(a)[np.isfinite(_oo(a))], scale * _oo(original)[np.isfinite(_oo(original))])
         assert "forces" not in a.arrays and not a.info

@@ -7,19 +7,20 @@ from typing import Dict, List, Optional
 import numpy as np
 import pytest
 
-mta = pytest.importorskip("metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]")
-
-import torch  # noqa: E402
-from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
-
-from ipi.utils.units import unit_to_internal  # noqa: E402
+mta = pytest.importorskip(
+    "metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]"
+)
 
 import ipi_sim  # noqa: E402
+import torch  # noqa: E402
+from ipi.utils.units import unit_to_internal  # noqa: E402
+from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
+
 from server import processes  # noqa: E402
 from server.core.evaluator import Evaluator, Structure  # noqa: E402
 from server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
-from training.export_metatomic import export_metatomic  # noqa: E402
 from server.structures import water_box  # noqa: E402
+from training.export_metatomic import export_metatomic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,12 @@ class HalfListPair(torch.nn.Module):
     def requested_neighbor_lists(self) -> List[mta.NeighborListOptions]:
         return [self.half, self.full]
 
-    def forward(self, systems: List[mta.System], outputs: Dict[str, mta.ModelOutput],
-                selected_atoms: Optional[Labels] = None) -> Dict[str, TensorMap]:
+    def forward(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels] = None,
+    ) -> Dict[str, TensorMap]:
         energies: List[torch.Tensor] = []
         for system in systems:
             v = system.get_neighbor_list(self.half).values.reshape(-1, 3)
@@ -52,16 +57,25 @@ class HalfListPair(torch.nn.Module):
             energies.append(e.reshape(1))
         values = torch.cat(energies).reshape(-1, 1)
         empty: List[Labels] = []
-        block = TensorBlock(values, Labels("system", torch.arange(len(systems), dtype=torch.int32).reshape(-1, 1)),
-                            empty, Labels("energy", torch.zeros((1, 1), dtype=torch.int32)))
+        block = TensorBlock(
+            values,
+            Labels("system", torch.arange(len(systems), dtype=torch.int32).reshape(-1, 1)),
+            empty,
+            Labels("energy", torch.zeros((1, 1), dtype=torch.int32)),
+        )
         return {"energy": TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32)), [block])}
 
 
 @pytest.fixture(scope="module")
 def half_list_model(models_dir):
     capabilities = mta.ModelCapabilities(
-        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")}, atomic_types=[1, 8],
-        interaction_range=3.5, length_unit="angstrom", supported_devices=["cpu"], dtype="float64")
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
+        atomic_types=[1, 8],
+        interaction_range=3.5,
+        length_unit="angstrom",
+        supported_devices=["cpu"],
+        dtype="float64",
+    )
     model = mta.AtomisticModel(HalfListPair().eval(), mta.ModelMetadata(name="half-list pair"), capabilities)
     path = models_dir / "half-list-metatomic.pt"
     model.save(str(path))
@@ -140,8 +154,20 @@ XML = """<simulation verbosity='low' floatformat='%25.16e'>
 
 def _ipi_metatomic_driver(address, model, workdir):
     """i-PI's own ``i-pi-py_driver -m metatomic`` client on unix socket ``address``."""
-    return processes.start([processes.executable("i-pi-py_driver"), "-m", "metatomic", "-u", "-a", address,
-                            "-o", f"template=init.xyz,model={model}"], cwd=workdir, log=workdir / "driver.log")
+    return processes.start(
+        [
+            processes.executable("i-pi-py_driver"),
+            "-m",
+            "metatomic",
+            "-u",
+            "-a",
+            address,
+            "-o",
+            f"template=init.xyz,model={model}",
+        ],
+        cwd=workdir,
+        log=workdir / "driver.log",
+    )
 
 
 def _read_binary_frames(path):
@@ -158,7 +184,7 @@ def _read_binary_frames(path):
         frames.append(np.frombuffer(data, np.float64, 3 * natoms, at).reshape(natoms, 3))
         at += 24 * natoms
         at += 8 + 4 * int(np.frombuffer(data, np.int64, 1, at)[0])
-        while at + 4 <= len(data) and 32 <= data[at] < 127 and data[at + 1:at + 4] == b"\0\0\0":
+        while at + 4 <= len(data) and 32 <= data[at] < 127 and data[at + 1 : at + 4] == b"\0\0\0":
             at += 4
     return frames
 
@@ -171,10 +197,15 @@ def test_server_equals_ipi_metatomic_driver(tmp_path, metatomic_model, beads):
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     ours, theirs = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
     energies = ", ".join(f"pot_component_raw(index={k};bead={b})" for b in range(beads) for k in (0, 1))
-    trajectories = "".join(f"    <trajectory filename='f{k}_{b}' stride='1' format='bin' bead='{b}'> "
-                           f"forces_component_raw({k}) </trajectory>\n" for b in range(beads) for k in (0, 1))
-    (tmp_path / "input.xml").write_text(XML.format(ours=ours, theirs=theirs, beads=beads, energies=energies,
-                                                   trajectories=trajectories))
+    trajectories = "".join(
+        f"    <trajectory filename='f{k}_{b}' stride='1' format='bin' bead='{b}'> "
+        f"forces_component_raw({k}) </trajectory>\n"
+        for b in range(beads)
+        for k in (0, 1)
+    )
+    (tmp_path / "input.xml").write_text(
+        XML.format(ours=ours, theirs=theirs, beads=beads, energies=energies, trajectories=trajectories)
+    )
     ipi = processes.start_ipi("input.xml", tmp_path)
     driver = server = None
     try:
@@ -193,8 +224,11 @@ def test_server_equals_ipi_metatomic_driver(tmp_path, metatomic_model, beads):
     # i-PI's driver converts forces with i-PI's 8-digit 'ev/ang' constant (0.019446904); we use
     # energy/length (0.0194469061 Ha/Bohr per eV/Å), so that forces are the exact gradient of the
     # energy in i-PI's units. Undo that 1e-7 relative difference, then demand 1e-10.
-    ratio = (unit_to_internal("energy", "electronvolt", 1.0) / unit_to_internal("length", "angstrom", 1.0)
-             / unit_to_internal("force", "ev/ang", 1.0))
+    ratio = (
+        unit_to_internal("energy", "electronvolt", 1.0)
+        / unit_to_internal("length", "angstrom", 1.0)
+        / unit_to_internal("force", "ev/ang", 1.0)
+    )
     assert abs(ratio - 1) > 1e-8
     for b in range(beads):
         f_ours = np.array(_read_binary_frames(tmp_path / f"sim.f0_{b}.bin"))
@@ -236,10 +270,25 @@ def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
 
     from ase import Atoms
 
-    Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[10, 10, 10], pbc=True).write(tmp_path / "nacl.xyz")
-    out = subprocess.run([sys.executable, "-m", "server.ipi.serve", "--model", metatomic_model, "--structure",
-                          str(tmp_path / "nacl.xyz"), "--address", "unix:never-used"],
-                         capture_output=True, text=True, timeout=120)
+    Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]], cell=[10, 10, 10], pbc=True).write(
+        tmp_path / "nacl.xyz"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.ipi.serve",
+            "--model",
+            metatomic_model,
+            "--structure",
+            str(tmp_path / "nacl.xyz"),
+            "--address",
+            "unix:never-used",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and "atomic numbers [11, 17]" in lines[0], out.stderr

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from server.core.evaluator import Evaluator, Structure
+from server.structures import water_box, water_molecule
 from training import data as data_mod
 from training import train as train_mod
 from training.pet import PET, reverse_edges, to_torchscript
-from server.structures import water_box, water_molecule
 from training.toy_models import AnisotropicPairModel
 from training.toy_models import export as export_toy
 
@@ -97,8 +97,9 @@ def _brute_force_reverse(edge_index, vectors):
     rev = np.full(edge_index.shape[1], -1)
     for e in range(edge_index.shape[1]):
         i, j = edge_index[:, e]
-        match = np.nonzero((edge_index[0] == j) & (edge_index[1] == i)
-                           & (np.abs(vectors + vectors[e]).max(axis=1) < 1e-9))[0]
+        match = np.nonzero(
+            (edge_index[0] == j) & (edge_index[1] == i) & (np.abs(vectors + vectors[e]).max(axis=1) < 1e-9)
+        )[0]
         assert len(match) == 1, f"edge {e} has {len(match)} reverse edges"
         rev[e] = match[0]
     return rev
@@ -195,7 +196,10 @@ def test_collate_rotates_vectors_and_forces_alike(tmp_path):
     frames = _labelled_frames(tmp_path, 2)
     graphs = data_mod.build_graphs(data_mod.read_frames(frames), 3.5)
     rot = data_mod.random_rotations(2, torch.Generator().manual_seed(1))
-    plain, turned = data_mod.collate(graphs, None, torch.float64), data_mod.collate(graphs, rot, torch.float64)
+    plain, turned = (
+        data_mod.collate(graphs, None, torch.float64),
+        data_mod.collate(graphs, rot, torch.float64),
+    )
     n0, e0 = graphs[0].n_atoms, graphs[0].edge_index.shape[1]
     assert torch.equal(plain.edge_index[:, e0:].min(dim=1).values >= n0, torch.tensor([True, True]))
     for b, (atoms, edges) in enumerate([(slice(0, n0), slice(0, e0)), (slice(n0, None), slice(e0, None))]):
@@ -304,7 +308,7 @@ class _InvariantPairEnergy(torch.nn.Module):
     """E = Σ_edges exp(−|r|²): rotation-invariant, so its forces rotate with the structure."""
 
     def atomic_energies(self, vectors, edge_index, numbers, unused: bool):
-        per_edge = torch.exp(-(vectors ** 2).sum(dim=1))
+        per_edge = torch.exp(-(vectors**2).sum(dim=1))
         return torch.zeros(numbers.shape[0], dtype=vectors.dtype).index_add(0, edge_index[0], per_edge)
 
 
@@ -336,8 +340,13 @@ def test_symmetry_weight_shrinks_the_rotation_spread(tmp_path):
     smaller spread on the validation frames than plain rotation augmentation."""
     spreads = {}
     for weight in (0.0, 1000.0):
-        config = _tiny_config(tmp_path, f"w{weight}", epochs=20, data={"rotate": True, "invert": True},
-                              loss={"symmetry_weight": weight})
+        config = _tiny_config(
+            tmp_path,
+            f"w{weight}",
+            epochs=20,
+            data={"rotate": True, "invert": True},
+            loss={"symmetry_weight": weight},
+        )
         train_mod.train(config)
         probe = copy.deepcopy(config)
         probe["loss"]["symmetry_weight"] = 1.0  # validation reports the spread when the weight is > 0
@@ -375,8 +384,8 @@ def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
     import torch
 
     from server.core.evaluator import Evaluator, Structure
-    from training.short_range import add_wall
     from server.structures import water_box
+    from training.short_range import add_wall
 
     walled = add_wall(toy_model, tmp_path / "walled.pt", k=50.0)
     plain, wall = Evaluator(toy_model), Evaluator(walled)
@@ -385,6 +394,6 @@ def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
     assert b.energy == a.energy and np.array_equal(b.forces, a.forces)
     pair = Structure(np.array([[0.0, 0, 0], [1.5, 0, 0]]), np.array([8, 8]))
     a, b = plain.compute([pair])[0], wall.compute([pair])[0]
-    assert b.energy - a.energy == pytest.approx(50.0 * 0.5 ** 3, rel=1e-12)
-    assert (b.forces - a.forces)[1, 0] == pytest.approx(3 * 50.0 * 0.5 ** 2, rel=1e-10)  # pushes apart
+    assert b.energy - a.energy == pytest.approx(50.0 * 0.5**3, rel=1e-12)
+    assert (b.forces - a.forces)[1, 0] == pytest.approx(3 * 50.0 * 0.5**2, rel=1e-10)  # pushes apart
     assert torch.jit.load(walled).cutoff == torch.jit.load(toy_model).cutoff

@@ -15,9 +15,24 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(600)
 def test_tiny_probe_report(tmp_path, strongly_anisotropic_model):
     report = tmp_path / "probe-toy.md"
-    out = subprocess.run([sys.executable, "-m", "analysis.probe.cli", strongly_anisotropic_model, "--level", "tiny",
-                          "--report", str(report), "--work", str(tmp_path / "work")],
-                         capture_output=True, text=True, timeout=580, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "analysis.probe.cli",
+            strongly_anisotropic_model,
+            "--level",
+            "tiny",
+            "--report",
+            str(report),
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     text = report.read_text()
     for heading in ("## 1. Error convergence", "## 2. Cost", "## 3. Gas-phase molecule", "## 4. Bulk liquid"):
@@ -66,8 +81,18 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
         n = slope * r  # running coordination n(r) at the upper edges, distinct per run
         table = np.column_stack([r, np.ones_like(r), 0.1 * np.ones_like(r), n, 0.01 * n])
         np.savetxt(d / "rdf.dat", table, header="r_A g_OO g_OO_err n_OO n_OO_err")
-        summary = {"rdf": {"pairs": {"OO": {"first_peak_r_A": 2.85, "first_peak_g": 2.5, "first_min_r_A": own_min,
-                                            "coordination_first_shell": slope * own_min}}}}
+        summary = {
+            "rdf": {
+                "pairs": {
+                    "OO": {
+                        "first_peak_r_A": 2.85,
+                        "first_peak_g": 2.5,
+                        "first_min_r_A": own_min,
+                        "coordination_first_shell": slope * own_min,
+                    }
+                }
+            }
+        }
         runs[name] = {"summary": summary, "analysis": str(d), "wall_s": 1.0}
     liq = liquid_section(runs, LEVELS["tiny"])
     assert liq["first_shell_r_A"] == 3.5

@@ -20,8 +20,8 @@ from ase import Atoms
 
 from server.core.evaluator import Evaluator, Structure
 from server.core.neighbors import neighbor_list
-from training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
 from server.structures import water_molecule
+from training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NETWORK = DATA / "bpnnp-revpbe0d3"
@@ -83,8 +83,12 @@ def _images(positions, cell, pbc, rc):
         volume = abs(np.linalg.det(cell))
         heights = [volume / np.linalg.norm(np.cross(cell[(k + 1) % 3], cell[(k + 2) % 3])) for k in range(3)]
         n = [int(math.ceil(rc / h)) if p else 0 for h, p in zip(heights, pbc)]
-        shifts = [np.array([a, b, c]) @ cell for a in range(-n[0], n[0] + 1)
-                  for b in range(-n[1], n[1] + 1) for c in range(-n[2], n[2] + 1)]
+        shifts = [
+            np.array([a, b, c]) @ cell
+            for a in range(-n[0], n[0] + 1)
+            for b in range(-n[1], n[1] + 1)
+            for c in range(-n[2], n[2] + 1)
+        ]
     out = []
     for i in range(len(positions)):
         for j in range(len(positions)):
@@ -131,16 +135,30 @@ def brute_force_symmetry_functions(atoms: Atoms, potential) -> np.ndarray:
                 dij, dik = d[a], d[b]
                 djk = np.linalg.norm(R[b] - R[a], axis=1)
                 cos = np.einsum("ij,ij->i", R[a], R[b]) / (dij * dik)
-                term = (2.0 ** (1 - sf.zeta) * np.clip(1 + sf.lam * cos, 0, None) ** sf.zeta
-                        * np.exp(-sf.eta * ((dij - sf.rs) ** 2 + (dik - sf.rs) ** 2 + (djk - sf.rs) ** 2))
-                        * fc(dij, sf.rc) * fc(dik, sf.rc) * fc(djk, sf.rc))
+                term = (
+                    2.0 ** (1 - sf.zeta)
+                    * np.clip(1 + sf.lam * cos, 0, None) ** sf.zeta
+                    * np.exp(-sf.eta * ((dij - sf.rs) ** 2 + (dik - sf.rs) ** 2 + (djk - sf.rs) ** 2))
+                    * fc(dij, sf.rc)
+                    * fc(dik, sf.rc)
+                    * fc(djk, sf.rc)
+                )
                 G[i, n] = term.sum()
     return G, edges
 
 
 def _water_dimer() -> Atoms:
-    return Atoms("OH2OH2", positions=[[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0],
-                                      [2.9, 0.1, 0.2], [3.3, 0.9, -0.2], [3.3, -0.7, 0.3]])
+    return Atoms(
+        "OH2OH2",
+        positions=[
+            [0.0, 0.0, 0.0],
+            [0.96, 0.0, 0.0],
+            [-0.24, 0.93, 0.0],
+            [2.9, 0.1, 0.2],
+            [3.3, 0.9, -0.2],
+            [3.3, -0.7, 0.3],
+        ],
+    )
 
 
 def _small_triclinic() -> Atoms:
@@ -172,8 +190,9 @@ def test_network_input_order_matches_scaling_statistics(scripted, potential):
     [min, max] and near its mean: checks n2p2's sort order independently of the energies."""
     atoms = ase.io.read(DFT, index=0)
     edge_index, vectors = neighbor_list(atoms.positions, np.array(atoms.cell[:]), atoms.pbc, scripted.cutoff)
-    G = scripted.symmetry_functions(torch.tensor(vectors), torch.tensor(edge_index),
-                                    torch.tensor(atoms.numbers)).numpy()
+    G = scripted.symmetry_functions(
+        torch.tensor(vectors), torch.tensor(edge_index), torch.tensor(atoms.numbers)
+    ).numpy()
     for el in potential.elements:
         g = G[atoms.numbers == el.z][:, : len(el.symfuncs)]
         width = el.g_max - el.g_min
@@ -207,7 +226,11 @@ def test_forces_match_finite_differences(evaluator, water8):
             for sign in (1, -1):
                 pos = water8.positions.copy()
                 pos[i, a] += sign * h
-                energies.append(evaluator.compute([Structure(pos, water8.numbers, structure.cell, structure.pbc)])[0].energy)
+                energies.append(
+                    evaluator.compute([Structure(pos, water8.numbers, structure.cell, structure.pbc)])[
+                        0
+                    ].energy
+                )
             fd[i, a] = -(energies[0] - energies[1]) / (2 * h)
     assert np.abs(forces).max() > 0.1
     assert np.abs(fd - forces).max() <= 1e-6 * np.abs(forces).max()
@@ -223,7 +246,11 @@ def test_rotation_invariance(evaluator, scripted, water8):
     np.testing.assert_allclose(b.forces, a.forces @ R.T, rtol=0, atol=1e-10)
     # same graph, rotated edge vectors: identical up to rounding
     edge_index, vectors = neighbor_list(water8.positions, structure.cell, structure.pbc, scripted.cutoff)
-    ei, numbers, si = torch.tensor(edge_index), torch.tensor(water8.numbers), torch.zeros(len(water8), dtype=torch.int64)
+    ei, numbers, si = (
+        torch.tensor(edge_index),
+        torch.tensor(water8.numbers),
+        torch.zeros(len(water8), dtype=torch.int64),
+    )
     e0 = scripted(torch.tensor(vectors), ei, numbers, si, 1)
     e1 = scripted(torch.tensor(vectors @ R.T), ei, numbers, si, 1)
     assert abs(float(e0 - e1)) <= 1e-12 * abs(float(e0))
@@ -323,7 +350,11 @@ def test_missing_file_and_unsupported_function_type(tmp_path):
     with pytest.raises(N2P2FormatError, match=r"weights\.001\.data: file not found"):
         read_n2p2(net)
     net = _copy_network(tmp_path / "b")
-    text = (net / "input.nn").read_text().replace("symfunction_short H 2 H 0.001", "symfunction_short H 9 H 0.001", 1)
+    text = (
+        (net / "input.nn")
+        .read_text()
+        .replace("symfunction_short H 2 H 0.001", "symfunction_short H 9 H 0.001", 1)
+    )
     (net / "input.nn").write_text(text)
     with pytest.raises(N2P2FormatError, match=r"input\.nn:\d+: symmetry function type 9 is not supported"):
         read_n2p2(net)
@@ -351,8 +382,13 @@ def test_torchscript_round_trip(tmp_path, eager, scripted, water8):
     loaded = torch.jit.load(str(path))
     assert loaded.species == [1, 8] and abs(loaded.cutoff - 12.0 * ase.units.Bohr) < 1e-12
     edge_index, vectors = neighbor_list(water8.positions, np.array(water8.cell[:]), water8.pbc, loaded.cutoff)
-    args = (torch.tensor(vectors), torch.tensor(edge_index), torch.tensor(water8.numbers),
-            torch.zeros(len(water8), dtype=torch.int64), 1)
+    args = (
+        torch.tensor(vectors),
+        torch.tensor(edge_index),
+        torch.tensor(water8.numbers),
+        torch.zeros(len(water8), dtype=torch.int64),
+        1,
+    )
     e_loaded, e_scripted, e_eager = loaded(*args), scripted(*args), eager(*args)
     assert torch.equal(e_loaded, e_scripted)
     assert abs(float(e_eager - e_scripted)) <= 1e-12 * abs(float(e_eager))
@@ -371,28 +407,64 @@ def _synthetic_network(folder: Path, rng) -> SimpleNamespace:
     sfs = []
     for c in "HCO":
         for e in "HCO":
-            sfs.append(SimpleNamespace(centre=c, kind=2, nb=(e,), eta=float(rng.uniform(0.01, 0.5)),
-                                       rs=float(rng.uniform(0.0, 3.0)), rc=10.0, zeta=0.0, lam=0.0))
+            sfs.append(
+                SimpleNamespace(
+                    centre=c,
+                    kind=2,
+                    nb=(e,),
+                    eta=float(rng.uniform(0.01, 0.5)),
+                    rs=float(rng.uniform(0.0, 3.0)),
+                    rc=10.0,
+                    zeta=0.0,
+                    lam=0.0,
+                )
+            )
         sfs.append(SimpleNamespace(centre=c, kind=2, nb=("O",), eta=0.05, rs=0.0, rc=8.0, zeta=0.0, lam=0.0))
         for pair in (("O", "H"), ("C", "C"), ("H", "H"), ("C", "O")):
             for lam, zeta in ((1.0, 2.5), (-1.0, 1.0)):
-                sfs.append(SimpleNamespace(centre=c, kind=3, nb=pair, eta=float(rng.uniform(0.005, 0.05)),
-                                           rs=0.0, rc=10.0, zeta=zeta, lam=lam))
-        sfs.append(SimpleNamespace(centre=c, kind=3, nb=("O", "H"), eta=0.02, rs=0.5, rc=8.0, zeta=2.0, lam=1.0))
-    lines = ["number_of_elements 3", "elements O H C   # not in atomic-number order",
-             "cutoff_type 1 0.2", "scale_symmetry_functions", "scale_min_short -1.0",
-             "scale_max_short 1.0", "global_hidden_layers_short 2", "global_nodes_short 6 5",
-             "global_activation_short s p l", "element_nodes_short C 2 3",
-             "mean_energy -0.5", "conv_energy 2.0", "conv_length 1.0",
-             "atom_energy H -0.45", "atom_energy O -74.9", "atom_energy C -37.8",
-             "use_short_forces   # a training keyword, ignored"]
+                sfs.append(
+                    SimpleNamespace(
+                        centre=c,
+                        kind=3,
+                        nb=pair,
+                        eta=float(rng.uniform(0.005, 0.05)),
+                        rs=0.0,
+                        rc=10.0,
+                        zeta=zeta,
+                        lam=lam,
+                    )
+                )
+        sfs.append(
+            SimpleNamespace(centre=c, kind=3, nb=("O", "H"), eta=0.02, rs=0.5, rc=8.0, zeta=2.0, lam=1.0)
+        )
+    lines = [
+        "number_of_elements 3",
+        "elements O H C   # not in atomic-number order",
+        "cutoff_type 1 0.2",
+        "scale_symmetry_functions",
+        "scale_min_short -1.0",
+        "scale_max_short 1.0",
+        "global_hidden_layers_short 2",
+        "global_nodes_short 6 5",
+        "global_activation_short s p l",
+        "element_nodes_short C 2 3",
+        "mean_energy -0.5",
+        "conv_energy 2.0",
+        "conv_length 1.0",
+        "atom_energy H -0.45",
+        "atom_energy O -74.9",
+        "atom_energy C -37.8",
+        "use_short_forces   # a training keyword, ignored",
+    ]
     for n in rng.permutation(len(sfs)):  # file order is not the network's input order
         f = sfs[n]
         if f.kind == 2:
             lines.append(f"symfunction_short {f.centre} 2 {f.nb[0]} {f.eta!r} {f.rs!r} {f.rc!r}")
         else:
-            lines.append(f"symfunction_short {f.centre} 3 {f.nb[0]} {f.nb[1]} {f.eta!r} {f.lam!r} {f.zeta!r} "
-                         f"{f.rc!r} {f.rs!r} ! comment")
+            lines.append(
+                f"symfunction_short {f.centre} 3 {f.nb[0]} {f.nb[1]} {f.eta!r} {f.lam!r} {f.zeta!r} "
+                f"{f.rc!r} {f.rs!r} ! comment"
+            )
     (folder / "input.nn").write_text("\n".join(lines) + "\n")
 
     def order(f):  # n2p2: type, rc, eta, rs, zeta, lambda, neighbour atomic numbers (sorted)
@@ -409,15 +481,36 @@ def _synthetic_network(folder: Path, rng) -> SimpleNamespace:
         sizes = [len(mine), 6, 3 if c == "C" else 5, 1]
         layers = [(rng.normal(size=(a, b)) * 0.7, rng.normal(size=b) * 0.3) for a, b in zip(sizes, sizes[1:])]
         values = np.concatenate([np.concatenate([w.ravel(), b]) for w, b in layers])
-        text = [f"{float(v)!r}  a  {n} 0 0 0 0" for n, v in enumerate(values)] if c == "H" else [repr(float(v)) for v in values]
+        text = (
+            [f"{float(v)!r}  a  {n} 0 0 0 0" for n, v in enumerate(values)]
+            if c == "H"
+            else [repr(float(v)) for v in values]
+        )
         (folder / f"weights.{_Z[c]:03d}.data").write_text("# weights\n" + "\n".join(text) + "\n")
-        symfuncs = [SimpleNamespace(kind=f.kind, neighbours=tuple(sorted(_Z[e] for e in f.nb)), eta=f.eta,
-                                    rs=f.rs, rc=f.rc, zeta=f.zeta, lam=f.lam) for f in mine]
+        symfuncs = [
+            SimpleNamespace(
+                kind=f.kind,
+                neighbours=tuple(sorted(_Z[e] for e in f.nb)),
+                eta=f.eta,
+                rs=f.rs,
+                rc=f.rc,
+                zeta=f.zeta,
+                lam=f.lam,
+            )
+            for f in mine
+        ]
         elements.append(SimpleNamespace(z=_Z[c], symfuncs=symfuncs, g_min=g_min, g_max=g_max, layers=layers))
     scaling.append("   -1.0   1.0")
     (folder / "scaling.data").write_text("\n".join(scaling) + "\n")
-    return SimpleNamespace(elements=elements, cutoff_type=1, cutoff_alpha=0.2, cutoff=10.0,
-                           atom_energy={1: -0.45, 8: -74.9, 6: -37.8}, mean_energy=-0.5, conv_energy=2.0)
+    return SimpleNamespace(
+        elements=elements,
+        cutoff_type=1,
+        cutoff_alpha=0.2,
+        cutoff=10.0,
+        atom_energy={1: -0.45, 8: -74.9, 6: -37.8},
+        mean_energy=-0.5,
+        conv_energy=2.0,
+    )
 
 
 def _reference_energy(atoms: Atoms, spec) -> float:
@@ -460,6 +553,10 @@ def test_synthetic_network_matches_independent_reference(tmp_path):
             for sign in (1, -1):
                 pos = atoms.positions.copy()
                 pos[2, a] += sign * h
-                e.append(evaluator.compute([Structure(pos, atoms.numbers, structure.cell, structure.pbc)])[0].energy)
+                e.append(
+                    evaluator.compute([Structure(pos, atoms.numbers, structure.cell, structure.pbc)])[
+                        0
+                    ].energy
+                )
             fd[a] = -(e[0] - e[1]) / (2 * h)
         np.testing.assert_allclose(result.forces[2], fd, rtol=0, atol=1e-6 * max(1.0, np.abs(fd).max()))

@@ -21,8 +21,11 @@ def two_frames():
     frame1 = frame0.copy()
     frame1[1] = [2.4, 1, 1]  # O–H 1.4 Å
     frame1[3:] += [9.0 - 5, 1 - 5, 1 - 5]  # second O at (9, 1, 1): 2.0 Å from the first through x = 10
-    u.load_new(np.stack([frame0, frame1]).astype(np.float32), format=MemoryReader,
-               dimensions=[10, 10, 10, 90, 90, 90])
+    u.load_new(
+        np.stack([frame0, frame1]).astype(np.float32),
+        format=MemoryReader,
+        dimensions=[10, 10, 10, 90, 90, 90],
+    )
     return u
 
 

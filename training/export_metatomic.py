@@ -1,4 +1,4 @@
-"""Export a contract model (DESIGN.md §3) as a metatomic ``AtomisticModel``.
+"""Export a contract model (ARCHITECTURE.md, "the model contract") as a metatomic ``AtomisticModel``.
 
 The exported file runs wherever metatomic models run: i-PI's ``-m metatomic`` driver, ASE's
 ``MetatomicCalculator``, LAMMPS ``pair_style metatomic``, and ``mlip-server`` itself. The wrapper
@@ -22,10 +22,14 @@ __all__ = ["export_metatomic", "main"]
 def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-server contract model") -> str:
     """Wraps ``model`` (a contract TorchScript file or module) and saves it as a metatomic model.
 
-    Args:
-        model: path to a contract model or a ScriptModule.
-        path: output file.
-        dtype: ``float32`` or ``float64``, the dtype the metatomic model declares and runs in.
+    Parameters
+    ----------
+    model
+        path to a contract model or a ScriptModule.
+    path
+        output file.
+    dtype
+        ``float32`` or ``float64``, the dtype the metatomic model declares and runs in.
     """
     import metatomic.torch as mta
 

@@ -35,7 +35,7 @@ derivative vanish at r_c, so energies and forces are continuous when atoms cross
 Implementation notes:
 
 * The reverse edge of every edge is found inside ``forward`` (see
-  :func:`reverse_edges`); the server's list is symmetric (DESIGN.md §3).
+  :func:`reverse_edges`); the server's list is symmetric (ARCHITECTURE.md, "the model contract").
 * Neighbour tokens live in a padded [N_atoms, 1 + max_neighbours, d] layout built by
   sorting edges by centre atom; padding slots get attention weight 0.
 * Attention is written out (softmax of QKᵀ with masking), not
@@ -240,13 +240,20 @@ class MessagePassingLayer(nn.Module):
 class PET(nn.Module):
     """PET-like model; ``forward`` follows the project's model contract.
 
-    Args:
-        species: atomic numbers the model supports.
-        cutoff: cutoff radius r_c, Å.
-        cutoff_width: width w of the cosine switching region, Å.
-        d_model: token size; n_heads: attention heads; d_ffn: feed-forward size.
-        n_layers: message-passing layers; n_transformer_layers: transformer layers in each.
-        length_scale: Å, the edge vector and its length are divided by it on input.
+    Parameters
+    ----------
+    species
+        atomic numbers the model supports.
+    cutoff
+        cutoff radius r_c, Å.
+    cutoff_width
+        width w of the cosine switching region, Å.
+    d_model
+        token size; n_heads: attention heads; d_ffn: feed-forward size.
+    n_layers
+        message-passing layers; n_transformer_layers: transformer layers in each.
+    length_scale
+        Å, the edge vector and its length are divided by it on input.
     """
 
     cutoff: float

@@ -28,11 +28,17 @@ def build_parser():
     p.add_argument("--level", default="quick", choices=sorted(LEVELS))
     p.add_argument("--report", help="markdown report to write (default docs/probe-<model name>.md)")
     p.add_argument("--work", help="folder for the MD runs (default runs/<report name>-<date>)")
-    p.add_argument("--dataset", help="extended XYZ test set for section 1 (e.g. ../shared/data/dft/"
-                   "water_revpbe0d3_190.xyz); with energy/forces labels, errors against them are reported")
-    p.add_argument("--ice-dir", default=None,
-                   help="folder with ice_ih_disordered_*.xyz cells (default ../shared/data/structures/ice "
-                   "next to the project; section 5 is skipped without them)")
+    p.add_argument(
+        "--dataset",
+        help="extended XYZ test set for section 1 (e.g. ../shared/data/dft/"
+        "water_revpbe0d3_190.xyz); with energy/forces labels, errors against them are reported",
+    )
+    p.add_argument(
+        "--ice-dir",
+        default=None,
+        help="folder with ice_ih_disordered_*.xyz cells (default ../shared/data/structures/ice "
+        "next to the project; section 5 is skipped without them)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (single points and MD servers)")
     return p
@@ -42,14 +48,23 @@ def main(argv=None) -> int:
     """Entry point of ``mlip-probe``; returns the exit status (1 on failure, 2 on a missing model)."""
     args = build_parser().parse_args(argv)
     if not Path(args.model).is_file():
-        print(f"mlip-probe: error: model {args.model} not found: pass a TorchScript model file",
-              file=sys.stderr)
+        print(
+            f"mlip-probe: error: model {args.model} not found: pass a TorchScript model file", file=sys.stderr
+        )
         return 2
     from .pipeline import probe
 
     try:
-        probe(args.model, level=args.level, report_path=args.report, work=args.work, dataset=args.dataset,
-              ice_dir=args.ice_dir, threads=args.threads, device=args.device)
+        probe(
+            args.model,
+            level=args.level,
+            report_path=args.report,
+            work=args.work,
+            dataset=args.dataset,
+            ice_dir=args.ice_dir,
+            threads=args.threads,
+            device=args.device,
+        )
     except MLIPError as err:
         print(f"mlip-probe: error: {err}", file=sys.stderr)
         return 1

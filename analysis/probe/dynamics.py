@@ -16,8 +16,19 @@ from server.core.errors import MLIPError
 from server.ipi.launcher import run_many
 from server.paths import shipped_liquid
 
-__all__ = ["RunFailed", "INNER_FS", "SHELL_FALLBACK_A", "OBSERVABLES", "run_all", "molecule_jobs",
-           "liquid_jobs", "analyse", "n_frames", "molecule_summary", "liquid_section"]
+__all__ = [
+    "RunFailed",
+    "INNER_FS",
+    "SHELL_FALLBACK_A",
+    "OBSERVABLES",
+    "run_all",
+    "molecule_jobs",
+    "liquid_jobs",
+    "analyse",
+    "n_frames",
+    "molecule_summary",
+    "liquid_section",
+]
 
 INNER_FS = 0.5  # inner time step of every run, fs
 CHARGES = {"O": -0.8476, "H": 0.4238}  # SPC/E point charges (e) for the dielectric constant
@@ -82,8 +93,15 @@ def molecule_jobs(model, level, device="cpu") -> dict:
     dict
         Jobs for :func:`run_all`: ``molecule-raw``, ``molecule-2i``.
     """
-    opts = {"experiment": "molecule-nve", "model": str(model), "steps": level.molecule_steps,
-            "stride": level.molecule_stride, "timestep": INNER_FS, "device": device, "threads": 1}
+    opts = {
+        "experiment": "molecule-nve",
+        "model": str(model),
+        "steps": level.molecule_steps,
+        "stride": level.molecule_stride,
+        "timestep": INNER_FS,
+        "device": device,
+        "threads": 1,
+    }
     return {"molecule-raw": {**opts, "average": "none"}, "molecule-2i": {**opts, "average": "2i"}}
 
 
@@ -114,19 +132,34 @@ def liquid_jobs(model, level, device="cpu") -> dict:
     start.update(model=str(model), device=device)
     stride = max(1, round(level.liquid_stride_fs / INNER_FS))
     outer_fs = INNER_FS * level.liquid_nmts
-    single = {**start, "experiment": "water-nvt", "steps": level.liquid_inner_steps, "timestep": INNER_FS,
-              "stride": stride, "threads": 1}
-    mts = {**start, "experiment": "water-nvt-mts", "steps": level.liquid_inner_steps // level.liquid_nmts,
-           "timestep": outer_fs, "nmts": level.liquid_nmts,
-           "stride": max(1, round(level.liquid_stride_fs / outer_fs)), "average": level.liquid_average,
-           "threads": 2}
-    return {"liquid-raw": {**single, "average": "none"},
-            "liquid-random": {**single, "average": "random", "seed": 7},
-            f"liquid-mts-{level.liquid_average}": mts}
+    single = {
+        **start,
+        "experiment": "water-nvt",
+        "steps": level.liquid_inner_steps,
+        "timestep": INNER_FS,
+        "stride": stride,
+        "threads": 1,
+    }
+    mts = {
+        **start,
+        "experiment": "water-nvt-mts",
+        "steps": level.liquid_inner_steps // level.liquid_nmts,
+        "timestep": outer_fs,
+        "nmts": level.liquid_nmts,
+        "stride": max(1, round(level.liquid_stride_fs / outer_fs)),
+        "average": level.liquid_average,
+        "threads": 2,
+    }
+    return {
+        "liquid-raw": {**single, "average": "none"},
+        "liquid-random": {**single, "average": "random", "seed": 7},
+        f"liquid-mts-{level.liquid_average}": mts,
+    }
 
 
-def analyse(run_dir, out, dt_fs: float, n_blocks: int, command: str = "all",
-            start: int | None = None) -> dict:
+def analyse(
+    run_dir, out, dt_fs: float, n_blocks: int, command: str = "all", start: int | None = None
+) -> dict:
     """What ``mlip-analyse COMMAND run_dir/sim.pos_0.extxyz`` computes, by direct calls.
 
     Parameters
@@ -157,8 +190,14 @@ def analyse(run_dir, out, dt_fs: float, n_blocks: int, command: str = "all",
     def load(path, velocities=None, forces=None):
         return load_universe(path, timestep_fs=dt_fs, velocities=velocities, forces=forces)
 
-    opt = commands.Options(out=str(out), n_blocks=n_blocks, dt_ps=dt_fs / 1000.0, start=start or None,
-                           verbose=False, charges=dict(CHARGES) if command == "all" else None)
+    opt = commands.Options(
+        out=str(out),
+        n_blocks=n_blocks,
+        dt_ps=dt_fs / 1000.0,
+        start=start or None,
+        verbose=False,
+        charges=dict(CHARGES) if command == "all" else None,
+    )
     if command == "symmetry":
         commands.symmetry(traj, opt, load)
     elif command == "all":
@@ -196,10 +235,14 @@ def molecule_summary(s) -> dict:
     """
     am = s["symmetry"]["angular_momentum"]
     cons = s["symmetry"]["conserved"]
-    return {"torque_rms_eV": am["torque_rms_eV"], "L_norm_mean_hbar": am["L_norm_mean_hbar"],
-            "L_norm_mean_hbar_err": am["L_norm_mean_hbar_err"],
-            "L_drift_norm_hbar_per_ps": float(np.linalg.norm(am["L_drift_hbar_per_ps"])),
-            "drift_meV_per_ps": cons["drift_meV_per_ps_per_molecule"], "drift_err": cons["drift_err"]}
+    return {
+        "torque_rms_eV": am["torque_rms_eV"],
+        "L_norm_mean_hbar": am["L_norm_mean_hbar"],
+        "L_norm_mean_hbar_err": am["L_norm_mean_hbar_err"],
+        "L_drift_norm_hbar_per_ps": float(np.linalg.norm(am["L_drift_hbar_per_ps"])),
+        "drift_meV_per_ps": cons["drift_meV_per_ps_per_molecule"],
+        "drift_err": cons["drift_err"],
+    }
 
 
 def _peak_with_error(analysis_dir, summary):
@@ -226,10 +269,16 @@ OBSERVABLES = [  # label, function(summary, analysis dir, first-shell radius Å)
     # every run is integrated to the same radius (the raw run's first minimum): each run's own
     # minimum can land in a different shell when the first minimum is shallow
     ("O coordination, first shell", lambda s, d, shell: _coordination_within(d, shell)),
-    ("⟨cos θ⟩ dipole vs z", lambda s, d, shell: (s["orientation"]["mean_cos_theta"],
-                                                s["orientation"]["mean_cos_theta_err"])),
-    ("D (1e-5 cm²/s)", lambda s, d, shell: (s["msd"]["D_1e-5_cm2_per_s"], s["msd"]["D_1e-5_cm2_per_s_err"])
-     if "msd" in s else (None, None)),
+    (
+        "⟨cos θ⟩ dipole vs z",
+        lambda s, d, shell: (s["orientation"]["mean_cos_theta"], s["orientation"]["mean_cos_theta_err"]),
+    ),
+    (
+        "D (1e-5 cm²/s)",
+        lambda s, d, shell: (
+            (s["msd"]["D_1e-5_cm2_per_s"], s["msd"]["D_1e-5_cm2_per_s_err"]) if "msd" in s else (None, None)
+        ),
+    ),
     ("τ1 dipole (ps)", lambda s, d, shell: (s["dipole"].get("tau1_ps"), s["dipole"].get("tau1_ps_err"))),
     ("τ2 dipole (ps)", lambda s, d, shell: (s["dipole"].get("tau2_ps"), s["dipole"].get("tau2_ps_err"))),
 ]
@@ -265,11 +314,22 @@ def liquid_section(runs, level) -> dict:
                 v, e = None, None
             values.append((v, e))
         raw = values[0]
-        vs = {names[k]: welch_compare(raw[0], raw[1], v[0], v[1], level.n_blocks)
-              for k, v in enumerate(values) if k > 0}
+        vs = {
+            names[k]: welch_compare(raw[0], raw[1], v[0], v[1], level.n_blocks)
+            for k, v in enumerate(values)
+            if k > 0
+        }
         comparisons.append({"label": label, "values": values, "vs_raw": vs})
-    return {"runs": names, "comparisons": comparisons, "n_molecules": level.liquid_molecules,
-            "length_ps": level.liquid_inner_steps * INNER_FS / 1000, "stride_fs": level.liquid_stride_fs,
-            "n_blocks": level.n_blocks, "nmts": level.liquid_nmts, "average": level.liquid_average,
-            "skip_fraction": 0.1, "first_shell_r_A": shell,
-            "wall_ms_per_step": {n: 1e3 * runs[n]["wall_s"] / level.liquid_inner_steps for n in names}}
+    return {
+        "runs": names,
+        "comparisons": comparisons,
+        "n_molecules": level.liquid_molecules,
+        "length_ps": level.liquid_inner_steps * INNER_FS / 1000,
+        "stride_fs": level.liquid_stride_fs,
+        "n_blocks": level.n_blocks,
+        "nmts": level.liquid_nmts,
+        "average": level.liquid_average,
+        "skip_fraction": 0.1,
+        "first_shell_r_A": shell,
+        "wall_ms_per_step": {n: 1e3 * runs[n]["wall_s"] / level.liquid_inner_steps for n in names},
+    }

@@ -1,7 +1,8 @@
 """How much each ``--level`` computes. Times are for the shipped 98k-parameter PET on 2 CPU cores.
 
 ``quick`` (≈ 13 min on 2 cores for the shipped model): every section, statistics only indicative.
-``full`` (a GPU node, an estimated 2–3 h on one H100; days on 2 CPU cores): statistics for publication-quality comparisons.
+``full`` (a GPU node, an estimated 2–3 h on one H100; days on 2 CPU cores): statistics for
+publication-quality comparisons.
 ``tiny`` (seconds, for tests with toy models): every section, minimal lengths.
 """
 
@@ -34,12 +35,33 @@ class Level:
 
 
 LEVELS = {
-    "tiny": Level("tiny", grids=("none", "i", "2", "2i"), reference_grid="3i", n_dataset_frames=2,
-                  molecule_steps=200, molecule_stride=5, liquid_molecules=16,
-                  liquid_inner_steps=200, liquid_nmts=5, liquid_stride_fs=5.0, ice_max_atoms=300,
-                  n_blocks=2, timing_repeats=1),
+    "tiny": Level(
+        "tiny",
+        grids=("none", "i", "2", "2i"),
+        reference_grid="3i",
+        n_dataset_frames=2,
+        molecule_steps=200,
+        molecule_stride=5,
+        liquid_molecules=16,
+        liquid_inner_steps=200,
+        liquid_nmts=5,
+        liquid_stride_fs=5.0,
+        ice_max_atoms=300,
+        n_blocks=2,
+        timing_repeats=1,
+    ),
     "quick": Level("quick"),
-    "full": Level("full", reference_grid="5i", n_dataset_frames=190,
-                  molecule_steps=40000, molecule_stride=20, liquid_molecules=128, liquid_inner_steps=200000,
-                  liquid_stride_fs=10.0, ice_max_atoms=10**9, n_blocks=10, timing_repeats=5),
+    "full": Level(
+        "full",
+        reference_grid="5i",
+        n_dataset_frames=190,
+        molecule_steps=40000,
+        molecule_stride=20,
+        liquid_molecules=128,
+        liquid_inner_steps=200000,
+        liquid_stride_fs=10.0,
+        ice_max_atoms=10**9,
+        n_blocks=10,
+        timing_repeats=5,
+    ),
 }

@@ -11,8 +11,6 @@ then the analyses of the runs, the verdicts and the report (:mod:`.report`).
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,15 +18,21 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
-from server.machine import describe
 from server.core.errors import MLIPError
+from server.machine import describe
 from server.paths import project_root, runs_dir, shipped_liquid
 
 from . import dynamics, report, static
 from .levels import LEVELS
 
-__all__ = ["probe", "default_dataset", "load_dataset", "machine", "shared_data", "default_report",
-           "output_jsonable"]
+__all__ = [
+    "probe",
+    "default_dataset",
+    "load_dataset",
+    "shared_data",
+    "default_report",
+    "output_jsonable",
+]
 
 
 def shared_data() -> Path:
@@ -105,8 +109,17 @@ def _single_points(model, device, frames, description, level, ice_dir) -> dict:
     return out
 
 
-def probe(model, *, level: str = "quick", report_path=None, work=None, dataset=None, ice_dir=None,
-          threads: int = 2, device: str = "cpu") -> dict:
+def probe(
+    model,
+    *,
+    level: str = "quick",
+    report_path=None,
+    work=None,
+    dataset=None,
+    ice_dir=None,
+    threads: int = 2,
+    device: str = "cpu",
+) -> dict:
     """Runs the whole probe of ``model`` and writes its report.
 
     Parameters
@@ -181,8 +194,9 @@ def probe(model, *, level: str = "quick", report_path=None, work=None, dataset=N
     for name, key in (("molecule-raw", "raw"), ("molecule-2i", "2i")):
         d = runs[name]
         d["analysis"] = str(work / name / "analysis")
-        s = dynamics.analyse(d["dir"], d["analysis"], lvl.molecule_stride * dynamics.INNER_FS, lvl.n_blocks,
-                             command="symmetry")
+        s = dynamics.analyse(
+            d["dir"], d["analysis"], lvl.molecule_stride * dynamics.INNER_FS, lvl.n_blocks, command="symmetry"
+        )
         mol[key] = dynamics.molecule_summary(s)
     mol["length_ps"] = lvl.molecule_steps * dynamics.INNER_FS / 1000
     results["molecule"] = mol
@@ -191,18 +205,22 @@ def probe(model, *, level: str = "quick", report_path=None, work=None, dataset=N
         d = runs[name]
         d["analysis"] = str(work / name / "analysis")
         start = int(0.1 * dynamics.n_frames(d["dir"]))
-        d["summary"] = dynamics.analyse(d["dir"], d["analysis"], lvl.liquid_stride_fs, lvl.n_blocks,
-                                        start=start)
+        d["summary"] = dynamics.analyse(
+            d["dir"], d["analysis"], lvl.liquid_stride_fs, lvl.n_blocks, start=start
+        )
         liquid_runs[name.replace("liquid-", "")] = d
     results["liquid"] = dynamics.liquid_section(liquid_runs, lvl)
 
-    results["verdicts"] = {"convergence": report.verdict_convergence(results["convergence"]),
-                           "cost": report.verdict_cost(results["cost"]),
-                           "molecule": report.verdict_molecule(results["molecule"]),
-                           "liquid": report.verdict_liquid(results["liquid"])}
+    results["verdicts"] = {
+        "convergence": report.verdict_convergence(results["convergence"]),
+        "cost": report.verdict_cost(results["cost"]),
+        "molecule": report.verdict_molecule(results["molecule"]),
+        "liquid": report.verdict_liquid(results["liquid"]),
+    }
     report.plot_convergence(results["convergence"], figures / "convergence.png")
-    report.plot_molecule({k: runs[n] for k, n in (("raw", "molecule-raw"), ("2i", "molecule-2i"))},
-                         figures / "molecule.png")
+    report.plot_molecule(
+        {k: runs[n] for k, n in (("raw", "molecule-raw"), ("2i", "molecule-2i"))}, figures / "molecule.png"
+    )
     report.plot_liquid(liquid_runs, figures / "liquid.png")
     if "ice" in results:
         results["verdicts"]["ice"] = report.verdict_ice(results["ice"])

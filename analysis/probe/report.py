@@ -13,8 +13,18 @@ from analysis import output
 from analysis.ipi_files import read_properties
 from analysis.output import read_table
 
-__all__ = ["verdict_convergence", "verdict_cost", "verdict_molecule", "verdict_liquid", "verdict_ice",
-           "plot_convergence", "plot_molecule", "plot_liquid", "plot_ice", "write_markdown"]
+__all__ = [
+    "verdict_convergence",
+    "verdict_cost",
+    "verdict_molecule",
+    "verdict_liquid",
+    "verdict_ice",
+    "plot_convergence",
+    "plot_molecule",
+    "plot_liquid",
+    "plot_ice",
+    "write_markdown",
+]
 
 
 def _fmt(x, digits=3):
@@ -32,39 +42,54 @@ def verdict_convergence(conv) -> str:
     g = conv["grids"]
     raw = g["none"]["force_mae_meV_A"]
     best = min((k for k in g if k != "none"), key=lambda k: g[k]["force_mae_meV_A"], default=None)
-    text = (f"The raw model's forces differ from the `{conv['reference_grid']}` average by {_fmt(raw)} meV/Å "
-            f"(MAE) and its energies by {_fmt(g['none']['energy_mae_meV_per_atom'])} meV/atom.")
+    text = (
+        f"The raw model's forces differ from the `{conv['reference_grid']}` average by {_fmt(raw)} meV/Å "
+        f"(MAE) and its energies by {_fmt(g['none']['energy_mae_meV_per_atom'])} meV/atom."
+    )
     if best:
-        text += (f" The closest grid, `{best}`, is within {_fmt(g[best]['force_mae_meV_A'])} meV/Å "
-                 f"({_fmt(raw / max(g[best]['force_mae_meV_A'], 1e-30))}× smaller).")
+        text += (
+            f" The closest grid, `{best}`, is within {_fmt(g[best]['force_mae_meV_A'])} meV/Å "
+            f"({_fmt(raw / max(g[best]['force_mae_meV_A'], 1e-30))}× smaller)."
+        )
     if conv["has_labels"]:
         err = g["none"]["label_force_rmse_meV_A"]
         ratio = g["none"]["force_rmse_meV_A"] / err
-        text += (f" Against the reference labels the raw model's force RMSE is {_fmt(err)} meV/Å: "
-                 f"the symmetry breaking is {_fmt(100 * ratio, 2)} % of the model error"
-                 + (", i.e. negligible." if ratio < 0.1 else ", i.e. not negligible."))
+        text += (
+            f" Against the reference labels the raw model's force RMSE is {_fmt(err)} meV/Å: "
+            f"the symmetry breaking is {_fmt(100 * ratio, 2)} % of the model error"
+            + (", i.e. negligible." if ratio < 0.1 else ", i.e. not negligible.")
+        )
     return text
 
 
 def verdict_cost(cost) -> str:
     rel = cost["relative_to_raw"]
     parts = [f"`{k}` {_fmt(v)}×" for k, v in rel.items() if k != "none"]
-    text = f"Cost per evaluation relative to the raw model ({cost['n_atoms']} atoms): " + ", ".join(parts) + "."
+    text = (
+        f"Cost per evaluation relative to the raw model ({cost['n_atoms']} atoms): " + ", ".join(parts) + "."
+    )
     for grid, per_n in cost["mts_cost_per_step"].items():
         if grid == "2i":
-            text += (" With MTS the `2i` correction every 10 inner steps costs "
-                     f"{_fmt(per_n['10'])}× a raw step in model time (every 20: {_fmt(per_n['20'])}×).")
+            text += (
+                " With MTS the `2i` correction every 10 inner steps costs "
+                f"{_fmt(per_n['10'])}× a raw step in model time (every 20: {_fmt(per_n['20'])}×)."
+            )
     return text
 
 
 def verdict_molecule(mol) -> str:
     raw, avg = mol["raw"], mol["2i"]
-    text = (f"Spurious torque on the gas-phase molecule: raw {_fmt(raw['torque_rms_eV'] * 1e3)} meV, "
-            f"`2i` {_fmt(avg['torque_rms_eV'] * 1e3)} meV (RMS over the run). ")
-    text += (f"Angular-momentum drift (norm of dL/dt): raw {_fmt(raw['L_drift_norm_hbar_per_ps'])} ħ/ps, "
-             f"`2i` {_fmt(avg['L_drift_norm_hbar_per_ps'])} ħ/ps; energy drift raw "
-             f"{_pm(raw['drift_meV_per_ps'], raw['drift_err'])} vs `2i` {_pm(avg['drift_meV_per_ps'], avg['drift_err'])}"
-             " meV/ps. ")
+    text = (
+        f"Spurious torque on the gas-phase molecule: raw {_fmt(raw['torque_rms_eV'] * 1e3)} meV, "
+        f"`2i` {_fmt(avg['torque_rms_eV'] * 1e3)} meV (RMS over the run). "
+    )
+    text += (
+        f"Angular-momentum drift (norm of dL/dt): raw {_fmt(raw['L_drift_norm_hbar_per_ps'])} ħ/ps, "
+        f"`2i` {_fmt(avg['L_drift_norm_hbar_per_ps'])} ħ/ps; energy drift raw "
+        f"{_pm(raw['drift_meV_per_ps'], raw['drift_err'])} vs `2i` "
+        f"{_pm(avg['drift_meV_per_ps'], avg['drift_err'])}"
+        " meV/ps. "
+    )
     if avg["torque_rms_eV"] < 0.1 * raw["torque_rms_eV"]:
         text += "Averaging removes the torque (>10× smaller); what remains is the grid's residual error."
     else:
@@ -77,31 +102,45 @@ def verdict_liquid(liq) -> str:
     for obs in liq["comparisons"]:
         for other, c in obs["vs_raw"].items():
             if c["err"] is None:
-                why = ("C(t) does not decay to zero within a block" if obs["label"].startswith("τ")
-                       else "missing in a run's analysis")
+                why = (
+                    "C(t) does not decay to zero within a block"
+                    if obs["label"].startswith("τ")
+                    else "missing in a run's analysis"
+                )
                 lines.append(f"{obs['label']}: not compared: no block error at this length ({why})")
                 break
             state = "significant" if c["significant"] else "below statistical error"
-            lines.append(f"{obs['label']}: {other} − raw = {_pm(c['delta'], c['err'])} ({state}, "
-                         f"t = {_fmt(c['t'], 2)}, {_fmt(c['dof'], 2)} dof)")
+            lines.append(
+                f"{obs['label']}: {other} − raw = {_pm(c['delta'], c['err'])} ({state}, "
+                f"t = {_fmt(c['t'], 2)}, {_fmt(c['dof'], 2)} dof)"
+            )
     n_sig = sum(1 for o in liq["comparisons"] for c in o["vs_raw"].values() if c.get("significant"))
-    n_cmp = sum(1 for o in liq["comparisons"] for c in o["vs_raw"].values() if c.get("significant") is not None)
-    head = (f"{liq['length_ps']:.3g} ps per run ({liq['n_molecules']} molecules): "
-            + ("no observable differs from the raw model at 95 % confidence (Welch's t) — the symmetry "
-               "breaking is below statistical error at this length." if n_sig == 0 else
-               f"{n_sig} of {n_cmp} differences are significant at 95 % (Welch's t on {liq['n_blocks']} blocks "
-               f"per run; expect about {0.05 * n_cmp:.1g} by chance)."))
+    n_cmp = sum(
+        1 for o in liq["comparisons"] for c in o["vs_raw"].values() if c.get("significant") is not None
+    )
+    head = f"{liq['length_ps']:.3g} ps per run ({liq['n_molecules']} molecules): " + (
+        "no observable differs from the raw model at 95 % confidence (Welch's t) — the symmetry "
+        "breaking is below statistical error at this length."
+        if n_sig == 0
+        else f"{n_sig} of {n_cmp} differences are significant at 95 % (Welch's t on {liq['n_blocks']} blocks "
+        f"per run; expect about {0.05 * n_cmp:.1g} by chance)."
+    )
     return head + "\n\n" + "\n".join(f"- {l}" for l in lines)
 
 
 def verdict_ice(ice) -> str:
     if "rel_delta_max_meV" not in ice:
         return "Not enough ice cells were evaluated with both the raw and the averaged model."
-    text = (f"Over {ice['n_compared']} cells the relative energies spread by {_fmt(ice['rel_spread_meV'])} "
-            f"meV/molecule (std); averaging (`{ice['grid']}`) changes them by at most "
-            f"{_fmt(ice['rel_delta_max_meV'])} meV/molecule (RMS {_fmt(ice['rel_delta_rms_meV'])}). ")
-    text += ("The energy ordering of the cells changes." if ice["ordering_changed"]
-             else "The energy ordering of the cells is unchanged.")
+    text = (
+        f"Over {ice['n_compared']} cells the relative energies spread by {_fmt(ice['rel_spread_meV'])} "
+        f"meV/molecule (std); averaging (`{ice['grid']}`) changes them by at most "
+        f"{_fmt(ice['rel_delta_max_meV'])} meV/molecule (RMS {_fmt(ice['rel_delta_rms_meV'])}). "
+    )
+    text += (
+        "The energy ordering of the cells changes."
+        if ice["ordering_changed"]
+        else "The energy ordering of the cells is unchanged."
+    )
     return text
 
 
@@ -110,8 +149,10 @@ def plot_convergence(conv, path):
     fig, axes = output.new_figure(1, 2, size=(4.4, 3.4))
     grids = list(conv["grids"])
     x = np.arange(len(grids))
-    for ax, key, label in ((axes[0, 0], "energy_mae_meV_per_atom", "energy MAE (meV/atom)"),
-                           (axes[0, 1], "force_mae_meV_A", "force MAE (meV/Å)")):
+    for ax, key, label in (
+        (axes[0, 0], "energy_mae_meV_per_atom", "energy MAE (meV/atom)"),
+        (axes[0, 1], "force_mae_meV_A", "force MAE (meV/Å)"),
+    ):
         y = [max(conv["grids"][g][key], 1e-12) for g in grids]
         ax.semilogy(x, y, "o-")
         ax.set_xticks(x, grids)
@@ -138,11 +179,13 @@ def plot_molecule(runs, path):
 
 def plot_liquid(runs, path):
     fig, axes = output.new_figure(2, 3, size=(4.2, 3.2))
-    panels = [("rdf.dat", "r_A", "g_OO", "r (Å)", "g_OO(r)"),
-              ("dipole_correlation.dat", "r_A", "c_L", "r_OO (Å)", "c_L(r)"),
-              ("dipole_correlation.dat", "r_A", "c_T", "r_OO (Å)", "c_T(r)"),
-              ("msd.dat", "t_ps", "msd_A2", "t (ps)", "MSD O (Å²)"),
-              ("dipole_acf.dat", "t_ps", "C1", "t (ps)", "C1(t)")]
+    panels = [
+        ("rdf.dat", "r_A", "g_OO", "r (Å)", "g_OO(r)"),
+        ("dipole_correlation.dat", "r_A", "c_L", "r_OO (Å)", "c_L(r)"),
+        ("dipole_correlation.dat", "r_A", "c_T", "r_OO (Å)", "c_T(r)"),
+        ("msd.dat", "t_ps", "msd_A2", "t (ps)", "MSD O (Å²)"),
+        ("dipole_acf.dat", "t_ps", "C1", "t (ps)", "C1(t)"),
+    ]
     for ax, (table, xk, yk, xl, yl) in zip(axes.ravel(), panels):
         for name, d in runs.items():
             f = Path(d["analysis"]) / table
@@ -184,65 +227,120 @@ def plot_ice(ice, path):
 def write_markdown(results, path: Path, figures: Path):
     rel = lambda name: f"{figures.name}/{name}"  # noqa: E731
     r = results
-    md = [f"# Symmetry probe: `{r['model']}`", "",
-          f"`mlip-probe --level {r['level']}` on {r['machine']['cpu']} ({r['machine']['cores']} cores, "
-          f"torch {r['machine']['torch']}), {r['machine']['date']}; total {r['wall_s'] / 60:.1f} min. "
-          "Every number below was measured by this run; the raw data are in "
-          f"`{figures.name}/probe.json`.", ""]
+    md = [
+        f"# Symmetry probe: `{r['model']}`",
+        "",
+        f"`mlip-probe --level {r['level']}` on {r['machine']['cpu']} ({r['machine']['cores']} cores, "
+        f"torch {r['machine']['torch']}), {r['machine']['date']}; total {r['wall_s'] / 60:.1f} min. "
+        "Every number below was measured by this run; the raw data are in "
+        f"`{figures.name}/probe.json`.",
+        "",
+    ]
     conv = r["convergence"]
-    md += ["## 1. Error convergence of rotational averaging", "",
-           f"Test set: {conv['description']} ({conv['n_frames']} structures, {sum(conv['n_atoms'])} atoms). "
-           f"Differences against the `{conv['reference_grid']}` average (float64).", "",
-           "| grid | energy MAE (meV/structure) | energy MAE (meV/atom) | force MAE (meV/Å) | force RMSE (meV/Å) |"
-           + (" force RMSE vs labels (meV/Å) | energy RMSE vs labels (meV/atom) |" if conv["has_labels"] else ""),
-           "|---|---|---|---|---|" + ("---|---|" if conv["has_labels"] else "")]
+    md += [
+        "## 1. Error convergence of rotational averaging",
+        "",
+        f"Test set: {conv['description']} ({conv['n_frames']} structures, {sum(conv['n_atoms'])} atoms). "
+        f"Differences against the `{conv['reference_grid']}` average (float64).",
+        "",
+        "| grid | energy MAE (meV/structure) | energy MAE (meV/atom) | force "
+        "MAE (meV/Å) | force RMSE (meV/Å) |"
+        + (
+            " force RMSE vs labels (meV/Å) | energy RMSE vs labels (meV/atom) |" if conv["has_labels"] else ""
+        ),
+        "|---|---|---|---|---|" + ("---|---|" if conv["has_labels"] else ""),
+    ]
     for g, row in conv["grids"].items():
-        line = (f"| `{g}` | {_fmt(row['energy_mae_meV'])} | {_fmt(row['energy_mae_meV_per_atom'])} | "
-                f"{_fmt(row['force_mae_meV_A'])} | {_fmt(row['force_rmse_meV_A'])} |")
+        line = (
+            f"| `{g}` | {_fmt(row['energy_mae_meV'])} | {_fmt(row['energy_mae_meV_per_atom'])} | "
+            f"{_fmt(row['force_mae_meV_A'])} | {_fmt(row['force_rmse_meV_A'])} |"
+        )
         if conv["has_labels"]:
-            line += f" {_fmt(row['label_force_rmse_meV_A'])} | {_fmt(row['label_energy_rmse_meV_per_atom'])} |"
+            line += (
+                f" {_fmt(row['label_force_rmse_meV_A'])} | {_fmt(row['label_energy_rmse_meV_per_atom'])} |"
+            )
         md.append(line)
-    md += ["", f"![convergence]({rel('convergence.png')})", "", f"**Verdict.** {r['verdicts']['convergence']}", ""]
+    md += [
+        "",
+        f"![convergence]({rel('convergence.png')})",
+        "",
+        f"**Verdict.** {r['verdicts']['convergence']}",
+        "",
+    ]
     cost = r["cost"]
-    md += ["## 2. Cost", "", f"One evaluation of the {cost['n_atoms']}-atom liquid frame, float32, "
-           f"{cost['threads']} threads, best of {cost['repeats']} or more (cheap grids: about 1 s of repeats):", "",
-           "| grid | seconds | × raw | MTS cost per inner step, n = 5 / 10 / 20 |", "|---|---|---|---|"]
+    md += [
+        "## 2. Cost",
+        "",
+        f"One evaluation of the {cost['n_atoms']}-atom liquid frame, float32, "
+        f"{cost['threads']} threads, best of {cost['repeats']} or more (cheap grids: about 1 s of repeats):",
+        "",
+        "| grid | seconds | × raw | MTS cost per inner step, n = 5 / 10 / 20 |",
+        "|---|---|---|---|",
+    ]
     for g, t in cost["seconds"].items():
         m = cost["mts_cost_per_step"].get(g)
         mts = " / ".join(_fmt(m[k]) for k in ("5", "10", "20")) if m else "—"
         md.append(f"| `{g}` | {_fmt(t)} | {_fmt(cost['relative_to_raw'][g])} | {mts} |")
     liq = r["liquid"]
-    md += ["", "Measured in the liquid runs below (wall time per 0.5 fs inner step, i-PI included; the three "
-           "runs shared the machine): " + ", ".join(f"{k} {_fmt(v)} ms" for k, v in liq["wall_ms_per_step"].items())
-           + ".", "", f"**Verdict.** {r['verdicts']['cost']}", ""]
+    md += [
+        "",
+        "Measured in the liquid runs below (wall time per 0.5 fs inner step, i-PI included; the three "
+        "runs shared the machine): "
+        + ", ".join(f"{k} {_fmt(v)} ms" for k, v in liq["wall_ms_per_step"].items())
+        + ".",
+        "",
+        f"**Verdict.** {r['verdicts']['cost']}",
+        "",
+    ]
     mol = r["molecule"]
-    md += ["## 3. Gas-phase molecule, NVE", "",
-           f"{mol['length_ps']:.3g} ps of 0.5 fs steps from the same start, raw and `2i`.", "",
-           "| run | torque RMS (meV) | norm of dL/dt (ħ/ps) | mean norm of L (ħ) | energy drift (meV/ps) |", "|---|---|---|---|---|"]
+    md += [
+        "## 3. Gas-phase molecule, NVE",
+        "",
+        f"{mol['length_ps']:.3g} ps of 0.5 fs steps from the same start, raw and `2i`.",
+        "",
+        "| run | torque RMS (meV) | norm of dL/dt (ħ/ps) | mean norm of L (ħ) | energy drift (meV/ps) |",
+        "|---|---|---|---|---|",
+    ]
     for name in ("raw", "2i"):
         m = mol[name]
-        md.append(f"| {name} | {_fmt(m['torque_rms_eV'] * 1e3)} | {_fmt(m['L_drift_norm_hbar_per_ps'])} | "
-                  f"{_pm(m['L_norm_mean_hbar'], m['L_norm_mean_hbar_err'])} | {_pm(m['drift_meV_per_ps'], m['drift_err'])} |")
+        md.append(
+            f"| {name} | {_fmt(m['torque_rms_eV'] * 1e3)} | {_fmt(m['L_drift_norm_hbar_per_ps'])} | "
+            f"{_pm(m['L_norm_mean_hbar'], m['L_norm_mean_hbar_err'])} | "
+            f"{_pm(m['drift_meV_per_ps'], m['drift_err'])} |"
+        )
     md += ["", f"![molecule]({rel('molecule.png')})", "", f"**Verdict.** {r['verdicts']['molecule']}", ""]
-    md += ["## 4. Bulk liquid, NVT 300 K", "",
-           f"{liq['n_molecules']} molecules, {liq['length_ps']:.3g} ps per run (first {liq['skip_fraction']:.0%} "
-           f"dropped), frames every {liq['stride_fs']:g} fs; error bars: block standard errors over "
-           f"{liq['n_blocks']} blocks. Runs: raw model; MTS with `{liq['average']}` as the slow force every "
-           f"{liq['nmts']} steps; a fresh random rotation per call. Coordination numbers of every run are "
-           f"counted within the raw run's first g_OO minimum, {liq.get('first_shell_r_A', float('nan')):.3g} Å.", "",
-           "| observable | " + " | ".join(liq["runs"]) + " |", "|---|" + "---|" * len(liq["runs"])]
+    md += [
+        "## 4. Bulk liquid, NVT 300 K",
+        "",
+        f"{liq['n_molecules']} molecules, {liq['length_ps']:.3g} ps per run "
+        f"(first {liq['skip_fraction']:.0%} "
+        f"dropped), frames every {liq['stride_fs']:g} fs; error bars: block standard errors over "
+        f"{liq['n_blocks']} blocks. Runs: raw model; MTS with `{liq['average']}` as the slow force every "
+        f"{liq['nmts']} steps; a fresh random rotation per call. Coordination numbers of every run are "
+        f"counted within the raw run's first g_OO minimum, {liq.get('first_shell_r_A', float('nan')):.3g} Å.",
+        "",
+        "| observable | " + " | ".join(liq["runs"]) + " |",
+        "|---|" + "---|" * len(liq["runs"]),
+    ]
     for obs in liq["comparisons"]:
         md.append(f"| {obs['label']} | " + " | ".join(_pm(v, e) for v, e in obs["values"]) + " |")
     md += ["", f"![liquid]({rel('liquid.png')})", "", f"**Verdict.** {r['verdicts']['liquid']}", ""]
     ice = r.get("ice")
     md += ["## 5. Ice: proton-disordered cells", ""]
     if ice:
-        md += [f"Single points on the given cells; relative energies with respect to the mean over the cells "
-               f"evaluated both ways (cells up to {ice['max_atoms']} atoms averaged).", "",
-               "| cell | atoms | raw (eV/H₂O) | rel. raw (meV) | rel. avg (meV) | Δ (meV) |", "|---|---|---|---|---|---|"]
+        md += [
+            f"Single points on the given cells; relative energies with respect to the mean over the cells "
+            f"evaluated both ways (cells up to {ice['max_atoms']} atoms averaged).",
+            "",
+            "| cell | atoms | raw (eV/H₂O) | rel. raw (meV) | rel. avg (meV) | Δ (meV) |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in ice["cells"]:
-            md.append(f"| {c['file']} | {c['n_atoms']} | {c['raw_eV_per_molecule']:.5f} | {_fmt(c.get('rel_raw_meV'))} | "
-                      f"{_fmt(c.get('rel_avg_meV'))} | {_fmt(c.get('rel_delta_meV'))} |")
+            md.append(
+                f"| {c['file']} | {c['n_atoms']} | {c['raw_eV_per_molecule']:.5f} | "
+                f"{_fmt(c.get('rel_raw_meV'))} | "
+                f"{_fmt(c.get('rel_avg_meV'))} | {_fmt(c.get('rel_delta_meV'))} |"
+            )
         md += ["", f"![ice]({rel('ice.png')})", "", f"**Verdict.** {r['verdicts']['ice']}", ""]
     else:
         md += ["Skipped: no ice cells given (`--ice-dir`).", ""]

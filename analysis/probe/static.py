@@ -40,15 +40,22 @@ def convergence(ev: Evaluator, frames, grids, reference_grid: str) -> dict:
     ref = ev.compute(structures, reference_grid)
     refs = [metrics.labels(a) for a in frames]
     labels = all(r is not None for r in refs)
-    out = {"reference_grid": reference_grid, "n_frames": len(frames),
-           "n_atoms": [len(a) for a in frames], "has_labels": labels, "grids": {}}
+    out = {
+        "reference_grid": reference_grid,
+        "n_frames": len(frames),
+        "n_atoms": [len(a) for a in frames],
+        "has_labels": labels,
+        "grids": {},
+    }
     for grid in grids:
         res = ev.compute(structures, grid)
         diff = metrics.errors(res, ref)
-        row = {"energy_mae_meV": 1e3 * diff.energy_mae,
-               "energy_mae_meV_per_atom": 1e3 * diff.energy_mae_per_atom,
-               "force_mae_meV_A": 1e3 * diff.force_mae,
-               "force_rmse_meV_A": 1e3 * diff.force_rmse}
+        row = {
+            "energy_mae_meV": 1e3 * diff.energy_mae,
+            "energy_mae_meV_per_atom": 1e3 * diff.energy_mae_per_atom,
+            "force_mae_meV_A": 1e3 * diff.force_mae,
+            "force_rmse_meV_A": 1e3 * diff.force_rmse,
+        }
         if labels:
             errs = metrics.errors(res, refs)
             row["label_force_rmse_meV_A"] = 1e3 * errs.force_rmse
@@ -109,8 +116,14 @@ def ice(ev: Evaluator, files, grid: str, max_atoms: int) -> dict:
         s = Structure.from_ase(atoms)
         raw = ev.compute([s])[0].energy / n_mol
         avg = ev.compute([s], grid)[0].energy / n_mol if len(atoms) <= max_atoms else None
-        cells.append({"file": Path(f).name, "n_atoms": len(atoms), "raw_eV_per_molecule": raw,
-                      "avg_eV_per_molecule": avg})
+        cells.append(
+            {
+                "file": Path(f).name,
+                "n_atoms": len(atoms),
+                "raw_eV_per_molecule": raw,
+                "avg_eV_per_molecule": avg,
+            }
+        )
     both = [c for c in cells if c["avg_eV_per_molecule"] is not None]
     out = {"grid": grid, "max_atoms": max_atoms, "cells": cells}
     if len(both) >= 2:
@@ -119,9 +132,13 @@ def ice(ev: Evaluator, files, grid: str, max_atoms: int) -> dict:
         rel_raw, rel_avg = 1e3 * (raw - raw.mean()), 1e3 * (avg - avg.mean())
         for c, a, b in zip(both, rel_raw, rel_avg):
             c["rel_raw_meV"], c["rel_avg_meV"], c["rel_delta_meV"] = float(a), float(b), float(b - a)
-        out.update({"n_compared": len(both),
-                    "rel_spread_meV": float(np.std(rel_avg)),
-                    "rel_delta_max_meV": float(np.abs(rel_avg - rel_raw).max()),
-                    "rel_delta_rms_meV": float(np.sqrt(((rel_avg - rel_raw) ** 2).mean())),
-                    "ordering_changed": bool((np.argsort(rel_raw) != np.argsort(rel_avg)).any())})
+        out.update(
+            {
+                "n_compared": len(both),
+                "rel_spread_meV": float(np.std(rel_avg)),
+                "rel_delta_max_meV": float(np.abs(rel_avg - rel_raw).max()),
+                "rel_delta_rms_meV": float(np.sqrt(((rel_avg - rel_raw) ** 2).mean())),
+                "ordering_changed": bool((np.argsort(rel_raw) != np.argsort(rel_avg)).any()),
+            }
+        )
     return out

@@ -58,8 +58,14 @@ class Evaluator:
         Atoms closer than this (Å) are refused as overlapping.
     """
 
-    def __init__(self, model, device="cpu", dtype="float64", max_batch_edges: Optional[int] = None,
-                 min_distance: float = 0.1):
+    def __init__(
+        self,
+        model,
+        device="cpu",
+        dtype="float64",
+        max_batch_edges: Optional[int] = None,
+        min_distance: float = 0.1,
+    ):
         self.model = load_model(model, device, dtype)
         self.device, self.dtype = self.model.device, self.model.dtype
         if max_batch_edges is None:
@@ -94,15 +100,15 @@ class Evaluator:
         if not isinstance(averaging, (list, tuple)):
             averaging = [averaging] * len(structures)
         converted = {}  # one Averaging per distinct spec string (random ones keep their stream)
-        averaging = [a if isinstance(a, Averaging) else converted.setdefault(a, Averaging(a or "none"))
-                     for a in averaging]
+        averaging = [
+            a if isinstance(a, Averaging) else converted.setdefault(a, Averaging(a or "none"))
+            for a in averaging
+        ]
         graphs = [self._graph(s, n) for n, s in enumerate(structures)]
         t1 = time.perf_counter()
         rotations = [a.rotations() for a in averaging]
         per_copy = self._evaluate_copies(graphs, rotations)
-        results = [
-            _combine(copies, rot, a.is_raw) for copies, rot, a in zip(per_copy, rotations, averaging)
-        ]
+        results = [_combine(copies, rot, a.is_raw) for copies, rot, a in zip(per_copy, rotations, averaging)]
         t2 = time.perf_counter()
         self.timings["neighbors"] += t1 - t0
         self.timings["total"] += t2 - t0
@@ -110,7 +116,9 @@ class Evaluator:
 
     # -- validation and graphs ------------------------------------------------------
     def _graph(self, s: Structure, n: int) -> Graph:
-        return build_graph(s, f"structure {n}", self._species, self.cutoff, self.min_distance, self.model.path)
+        return build_graph(
+            s, f"structure {n}", self._species, self.cutoff, self.min_distance, self.model.path
+        )
 
     # -- batched evaluation -------------------------------------------------------
     def _evaluate_copies(self, graphs, rotations):
@@ -141,8 +149,10 @@ class Evaluator:
 
     def _require_finite(self, energies, forces):
         if not np.isfinite(energies).all() or not np.isfinite(forces).all():
-            raise ModelError(f"model {self.model.path} returned non-finite energy or forces: "
-                             "the structure is probably far outside its training data")
+            raise ModelError(
+                f"model {self.model.path} returned non-finite energy or forces: "
+                "the structure is probably far outside its training data"
+            )
 
 
 def _combine(copies, rot, raw_only: bool) -> Result:

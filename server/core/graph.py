@@ -53,7 +53,9 @@ class Structure:
     @classmethod
     def from_ase(cls, atoms) -> "Structure":
         """The structure of an ``ase.Atoms``."""
-        return cls(atoms.get_positions(), atoms.get_atomic_numbers(), np.array(atoms.cell[:]), atoms.pbc.copy())
+        return cls(
+            atoms.get_positions(), atoms.get_atomic_numbers(), np.array(atoms.cell[:]), atoms.pbc.copy()
+        )
 
 
 @dataclass
@@ -101,8 +103,9 @@ class Graph:
     pbc: np.ndarray
 
 
-def build_graph(s: Structure, where: str, species: set, cutoff: float, min_distance: float,
-                model_name: str) -> Graph:
+def build_graph(
+    s: Structure, where: str, species: set, cutoff: float, min_distance: float, model_name: str
+) -> Graph:
     """Checks ``s`` and builds its full neighbour list at ``cutoff`` (Å).
 
     Parameters

@@ -118,9 +118,9 @@ class ContractModel(ModelAdapter):
         results, atom0, edge0 = [], 0, 0
         for b, (g, rot) in enumerate(copies):
             n, e = len(g.numbers), len(g.vectors)
-            g_e = grad[edge0:edge0 + e] @ rot  # back to the original frame: R^T g
+            g_e = grad[edge0 : edge0 + e] @ rot  # back to the original frame: R^T g
             virial = -g_e.T @ g.vectors
-            results.append((float(energies[b]), forces[atom0:atom0 + n] @ rot, virial))
+            results.append((float(energies[b]), forces[atom0 : atom0 + n] @ rot, virial))
             atom0, edge0 = atom0 + n, edge0 + e
         return results
 
@@ -145,7 +145,8 @@ def _dry_run(module, path, cutoff, species, device, dtype):
     if not isinstance(energies, torch.Tensor) or tuple(energies.shape) != (2,):
         shape = tuple(energies.shape) if isinstance(energies, torch.Tensor) else type(energies).__name__
         raise ModelError(
-            f"model {path!r} returned {shape} for 2 structures: forward must return energies of shape [n_structures]"
+            f"model {path!r} returned {shape} for 2 structures: forward must return "
+            "energies of shape [n_structures]"
         )
     if not torch.isfinite(energies).all():
         raise ModelError(f"model {path!r} returned non-finite energies in a dry run: check its weights")

@@ -49,7 +49,9 @@ def _import():
         import metatensor.torch as mts
         import metatomic.torch as mta
     except ImportError:
-        raise ModelError(f"this is a metatomic model but metatomic-torch is not installed: {INSTALL_HINT}") from None
+        raise ModelError(
+            f"this is a metatomic model but metatomic-torch is not installed: {INSTALL_HINT}"
+        ) from None
     return mta, mts
 
 
@@ -88,15 +90,21 @@ class MetatomicModel(ModelAdapter):
         try:
             module = mta.load_atomistic_model(path)
         except Exception as err:
-            raise ModelError(f"{path!r}: metatomic could not load it ({first_line(err)[:160]}): "
-                             "check that it was exported with a compatible metatomic-torch") from None
+            raise ModelError(
+                f"{path!r}: metatomic could not load it ({first_line(err)[:160]}): "
+                "check that it was exported with a compatible metatomic-torch"
+            ) from None
         capabilities = module.capabilities()
         if "energy" not in capabilities.outputs:
-            raise ModelError(f"{path!r}: this metatomic model has no 'energy' output "
-                             f"(outputs: {', '.join(capabilities.outputs.keys())}): it cannot give forces")
+            raise ModelError(
+                f"{path!r}: this metatomic model has no 'energy' output "
+                f"(outputs: {', '.join(capabilities.outputs.keys())}): it cannot give forces"
+            )
         if device.type not in capabilities.supported_devices:
-            raise ModelError(f"{path!r}: the metatomic model supports devices "
-                             f"{list(capabilities.supported_devices)}, not {device.type}: change --device")
+            raise ModelError(
+                f"{path!r}: the metatomic model supports devices "
+                f"{list(capabilities.supported_devices)}, not {device.type}: change --device"
+            )
         self.dtype = getattr(torch, capabilities.dtype)
         self.module = module.to(device=device)
         self.device = device
@@ -104,8 +112,10 @@ class MetatomicModel(ModelAdapter):
         self.requests = list(module.requested_neighbor_lists())
         self.cutoff = max([float(r.cutoff) for r in self.requests] or [float(capabilities.interaction_range)])
         if not self.cutoff > 0 or not np.isfinite(self.cutoff):
-            raise ModelError(f"{path!r}: the metatomic model requests no finite neighbour-list cutoff "
-                             f"({self.cutoff}): long-range-only models are not supported")
+            raise ModelError(
+                f"{path!r}: the metatomic model requests no finite neighbour-list cutoff "
+                f"({self.cutoff}): long-range-only models are not supported"
+            )
         self.options = mta.ModelEvaluationOptions(
             length_unit="angstrom", outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")}
         )
@@ -124,7 +134,9 @@ class MetatomicModel(ModelAdapter):
             cell = torch.tensor((g.cell * g.pbc[:, None]) @ rot.T, dtype=dt, device=dev)
             positions, cell = leaf @ strain, cell @ strain
             system = self._mta.System(
-                torch.tensor(g.numbers, dtype=torch.int32, device=dev), positions, cell,
+                torch.tensor(g.numbers, dtype=torch.int32, device=dev),
+                positions,
+                cell,
                 torch.tensor(g.pbc, dtype=torch.bool, device=dev),
             )
             for request in self.requests:

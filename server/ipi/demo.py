@@ -52,11 +52,25 @@ def main(argv=None) -> int:
         if out.exists():
             shutil.rmtree(out)
         model = args.model or str(shipped_model())
-        print(f"demo: {args.molecules} water molecules, MTS 10 × 0.5 fs inside 5 fs, {args.steps} outer steps, "
-              f"model {model}")
-        result = run_experiment(EXPERIMENT, model=model, molecules=args.molecules, steps=args.steps,
-                                average="2i", dtype="float64", timestep=5.0, nmts=10, stride=2, seed=2024,
-                                template={"checkpoint": 20}, out=str(out), progress=0)
+        print(
+            f"demo: {args.molecules} water molecules, MTS 10 × 0.5 fs inside 5 fs, {args.steps} outer steps, "
+            f"model {model}"
+        )
+        result = run_experiment(
+            EXPERIMENT,
+            model=model,
+            molecules=args.molecules,
+            steps=args.steps,
+            average="2i",
+            dtype="float64",
+            timestep=5.0,
+            nmts=10,
+            stride=2,
+            seed=2024,
+            template={"checkpoint": 20},
+            out=str(out),
+            progress=0,
+        )
     except MLIPError as err:
         print(f"demo: error: {err}", file=sys.stderr)
         return 2
@@ -66,8 +80,10 @@ def main(argv=None) -> int:
     summary = summarise(out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
-    print(f"demo: outputs in {out}: sim.out (properties), sim.pos_0.extxyz (trajectory), "
-          "sim.diag (averaged − raw energy per step, eV), server.log (batch sizes, diagnostics)")
+    print(
+        f"demo: outputs in {out}: sim.out (properties), sim.pos_0.extxyz (trajectory), "
+        "sim.diag (averaged − raw energy per step, eV), server.log (batch sizes, diagnostics)"
+    )
     return 0
 
 

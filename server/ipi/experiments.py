@@ -120,8 +120,9 @@ def _starting_structure(meta, options: RunOptions, out: Path) -> str:
         if not atoms.cell.any():
             raise InputError(f"{options.structure} has no cell: give a periodic structure (or --molecules)")
     elif kind == "water_box":
-        atoms = water_box(options.molecules or meta["structure"]["molecules"], density=options.density,
-                          seed=options.seed)
+        atoms = water_box(
+            options.molecules or meta["structure"]["molecules"], density=options.density, seed=options.seed
+        )
     elif kind == "molecule":
         atoms = water_molecule(center=(50.0, 50.0, 50.0))
         atoms.cell, atoms.pbc = [100.0, 100.0, 100.0], True
@@ -142,7 +143,9 @@ def _replay_files(options: RunOptions, out: Path) -> str:
         raise InputError("replay needs --trajectory FILE (any ASE-readable trajectory with the cell)")
     frames = ase.io.read(options.trajectory, index=":")
     if not frames[0].cell.any():
-        raise InputError(f"{options.trajectory} carries no cell: replay needs a format with the cell (extxyz, ...)")
+        raise InputError(
+            f"{options.trajectory} carries no cell: replay needs a format with the cell (extxyz, ...)"
+        )
     for a in frames:
         a.info.clear()
     ase.io.write(out / "trajectory.extxyz", frames, format="extxyz")
@@ -156,7 +159,9 @@ def _endpoints(meta, values, options: RunOptions) -> dict:
     if meta["endpoints"] == "specs":  # replay: one endpoint per averaging level
         specs = (options.specs or values["specs"]).split(",")
         return {f"ff{k}": spec.strip() for k, spec in enumerate(specs)}
-    endpoints = {e: (options.average if spec == "$average" else spec) for e, spec in meta["endpoints"].items()}
+    endpoints = {
+        e: (options.average if spec == "$average" else spec) for e, spec in meta["endpoints"].items()
+    }
     if options.average != "none" and "avg" in endpoints:
         endpoints["avg"] = options.average
     return endpoints
@@ -200,16 +205,23 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
         values[f"forcefield_{e}"] = forcefield(e, f"{run_id}-{e}", options, (options.port or 0) + k)
     if meta["endpoints"] == "specs":
         values["forcefields"] = "\n".join(f"  {values[f'forcefield_{e}']}" for e in endpoints)
-        values["forces"] = "\n".join(f"      <force forcefield='{e}' weight='{1 if k == 0 else 0}'/>"
-                                     for k, e in enumerate(endpoints))
-        values["pot_columns"] = ", ".join(f"pot_component_raw({k}){{electronvolt}}" for k in range(len(endpoints)))
+        values["forces"] = "\n".join(
+            f"      <force forcefield='{e}' weight='{1 if k == 0 else 0}'/>" for k, e in enumerate(endpoints)
+        )
+        values["pot_columns"] = ", ".join(
+            f"pot_component_raw({k}){{electronvolt}}" for k in range(len(endpoints))
+        )
         template = string.Template(template).safe_substitute(values)
     try:
         xml = string.Template(template).substitute(values)
     except KeyError as err:
-        raise InputError(f"experiment {name}: template needs a value for {err}: pass --set {err.args[0]}=VALUE") from None
+        raise InputError(
+            f"experiment {name}: template needs a value for {err}: pass --set {err.args[0]}=VALUE"
+        ) from None
     addresses, sockets = _connections(meta, xml, endpoints, run_id, options)
-    return Rendered(xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file)
+    return Rendered(
+        xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
+    )
 
 
 def _render_restart(meta, options: RunOptions, out: Path, run_id: str) -> Rendered:
@@ -219,14 +231,21 @@ def _render_restart(meta, options: RunOptions, out: Path, run_id: str) -> Render
     text = (old / "RESTART").read_text()
     endpoints = json.loads((old / "endpoints.json").read_text())
     for e in endpoints:
-        text = re.sub(r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>.*?<address>)\s*[^<]*(</address>)" % re.escape(e),
-                      r"\g<1>%s-%s\g<2>" % (run_id, e), text, flags=re.S)
+        text = re.sub(
+            r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>.*?<address>)\s*[^<]*(</address>)" % re.escape(e),
+            r"\g<1>%s-%s\g<2>" % (run_id, e),
+            text,
+            flags=re.S,
+        )
     if options.steps is not None:  # extend (or shorten) the run: total steps counted from the start
-        text = re.sub(r"<total_steps>\s*\d+\s*</total_steps>", f"<total_steps>{options.steps}</total_steps>", text)
+        text = re.sub(
+            r"<total_steps>\s*\d+\s*</total_steps>", f"<total_steps>{options.steps}</total_steps>", text
+        )
     for f in ("init.xyz", "init.extxyz", "trajectory.extxyz"):
         if (old / f).exists():
             shutil.copy(old / f, out / f)
     element_file = "init.xyz" if (out / "init.xyz").exists() else "init.extxyz"
     addresses, sockets = _connections(meta, text, endpoints, run_id, options)
-    return Rendered(text, "RESTART.in", endpoints, addresses, sockets, list(meta.get("server_args", [])),
-                    element_file)
+    return Rendered(
+        text, "RESTART.in", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
+    )

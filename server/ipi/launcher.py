@@ -77,7 +77,9 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
     known = {f.name for f in fields(RunOptions)}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise InputError(f"run_experiment: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})")
+        raise InputError(
+            f"run_experiment: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})"
+        )
     opts = RunOptions(**options)
     meta = load_experiment(name)[0]  # refuses an unknown experiment before any output
     out = log or sys.stdout
@@ -97,11 +99,18 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
     (folder / rendered.xml_name).write_text(rendered.xml)
     (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
     server_args = rendered.server_args + ["--device", opts.device, "--dtype", opts.dtype]
-    (folder / SERVER_FILE).write_text(json.dumps({"addresses": rendered.addresses, "server_args": server_args,
-                                                  "structure": rendered.element_file}))
-    print(f"mlip-run: {name} in {folder}\n  endpoints: " +
-          ", ".join(f"{e} ({spec})" for e, spec in rendered.endpoints.items()) +
-          f"; {len(rendered.addresses)} connection(s)", file=out, flush=True)
+    (folder / SERVER_FILE).write_text(
+        json.dumps(
+            {"addresses": rendered.addresses, "server_args": server_args, "structure": rendered.element_file}
+        )
+    )
+    print(
+        f"mlip-run: {name} in {folder}\n  endpoints: "
+        + ", ".join(f"{e} ({spec})" for e, spec in rendered.endpoints.items())
+        + f"; {len(rendered.addresses)} connection(s)",
+        file=out,
+        flush=True,
+    )
     env = _env(opts)
     ipi = server = None
     try:
@@ -110,8 +119,14 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
             for s in rendered.sockets:
                 processes.wait_for_socket(s, ipi, timeout=120)
             if opts.side == "both":
-                server = processes.start_server(model.resolve(), rendered.element_file, rendered.addresses, folder,
-                                                extra=server_args, env=env)
+                server = processes.start_server(
+                    model.resolve(),
+                    rendered.element_file,
+                    rendered.addresses,
+                    folder,
+                    extra=server_args,
+                    env=env,
+                )
             codes = _follow([ipi] + ([server] if server else []), folder, opts.progress, out, stop)
     except KeyboardInterrupt:
         print("mlip-run: interrupted: stopping i-PI and the server", file=out, flush=True)
@@ -130,7 +145,9 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
     deadline = time.monotonic() + 600
     while not spec_file.exists():
         if time.monotonic() > deadline:
-            raise InputError(f"no {spec_file} after 600 s: start the ipi side first (--side ipi --out {folder})")
+            raise InputError(
+                f"no {spec_file} after 600 s: start the ipi side first (--side ipi --out {folder})"
+            )
         time.sleep(0.5)
     spec = json.loads(spec_file.read_text())
     model = Path(opts.model or shipped_model())
@@ -143,8 +160,14 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
     server = None
     try:
         with _interrupts():
-            server = processes.start_server(model.resolve(), spec["structure"], spec["addresses"], folder,
-                                            extra=server_args + ["--connect-timeout", "600"], env=_env(opts))
+            server = processes.start_server(
+                model.resolve(),
+                spec["structure"],
+                spec["addresses"],
+                folder,
+                extra=server_args + ["--connect-timeout", "600"],
+                env=_env(opts),
+            )
             codes = _follow([server], folder, opts.progress, out, stop)
     except KeyboardInterrupt:
         print("mlip-run: interrupted: stopping the server", file=out, flush=True)
@@ -167,10 +190,13 @@ class _interrupts:
     def __enter__(self):
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
+
             def on_signal(signum, frame):
                 raise KeyboardInterrupt
 
-            self.previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+            self.previous = {
+                s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+            }
         return self
 
     def __exit__(self, *exc):
@@ -219,7 +245,11 @@ def _follow(procs, folder: Path, every: float, out, stop) -> list[int] | None:
             last = time.monotonic()
             props = folder / "sim.out"
             if props.exists():
-                lines = [line for line in props.read_text().splitlines() if line.strip() and not line.startswith("#")]
+                lines = [
+                    line
+                    for line in props.read_text().splitlines()
+                    if line.strip() and not line.startswith("#")
+                ]
                 if lines:
                     print(f"  step {int(float(lines[-1].split()[0]))}", file=out, flush=True)
         time.sleep(0.2)
@@ -276,8 +306,11 @@ def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="mlip-run", description=__doc__.split("\n\n")[0],
-                                epilog="experiments: " + ", ".join(experiments()))
+    p = argparse.ArgumentParser(
+        prog="mlip-run",
+        description=__doc__.split("\n\n")[0],
+        epilog="experiments: " + ", ".join(experiments()),
+    )
     p.add_argument("experiment", help="folder name in ipi_inputs/")
     p.add_argument("--model", help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument("--structure", help="starting structure (ASE-readable, with a cell)")
@@ -301,12 +334,20 @@ def build_parser():
     p.add_argument("--restart", metavar="RUN_DIR", help="continue a previous run from its RESTART file")
     p.add_argument("--out", help="run folder (default runs/EXPERIMENT-DATE-ID)")
     p.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (0: quiet)")
-    p.add_argument("--transport", default="unix", choices=["unix", "inet"],
-                   help="sockets between i-PI and the server (inet: --host, --port, one port per endpoint)")
+    p.add_argument(
+        "--transport",
+        default="unix",
+        choices=["unix", "inet"],
+        help="sockets between i-PI and the server (inet: --host, --port, one port per endpoint)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="inet: the host i-PI listens on")
     p.add_argument("--port", type=int, default=None, help="inet: the first port")
-    p.add_argument("--side", default="both", choices=["both", "ipi", "server"],
-                   help="start both, only i-PI, or only the server (for the run folder --out of an ipi side)")
+    p.add_argument(
+        "--side",
+        default="both",
+        choices=["both", "ipi", "server"],
+        help="start both, only i-PI, or only the server (for the run folder --out of an ipi side)",
+    )
     return p
 
 

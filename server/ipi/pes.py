@@ -39,8 +39,17 @@ def _bool(value) -> bool:
 class MLIPDriver(Dummy_driver):
     """i-PI PES: positions (Bohr) and cell (columns, Bohr) in; Hartree units out."""
 
-    def __init__(self, model, structure, average="none", device="cpu", dtype="float64",
-                 nonperiodic=False, *args, **kwargs):
+    def __init__(
+        self,
+        model,
+        structure,
+        average="none",
+        device="cpu",
+        dtype="float64",
+        nonperiodic=False,
+        *args,
+        **kwargs,
+    ):
         self.evaluator = Evaluator(model, device=device, dtype=dtype)
         self.numbers = read_numbers(structure)
         self.averaging = Averaging(average)
@@ -56,11 +65,18 @@ class MLIPDriver(Dummy_driver):
     def compute(self, cell, pos):
         batched = isinstance(cell, list)
         cells, positions = (cell, pos) if batched else ([cell], [pos])
-        results = self.evaluator.compute([self._structure(c, p) for c, p in zip(cells, positions)],
-                                         self.averaging)
+        results = self.evaluator.compute(
+            [self._structure(c, p) for c, p in zip(cells, positions)], self.averaging
+        )
         out = []
         for r, p in zip(results, positions):
             energy, forces, virial = encode_result(r.energy, r.forces, r.virial)
-            out.append((float(energy), forces.reshape(np.shape(p)), virial.reshape(3, 3),
-                        json.dumps(r.extras) if r.extras else ""))
+            out.append(
+                (
+                    float(energy),
+                    forces.reshape(np.shape(p)),
+                    virial.reshape(3, 3),
+                    json.dumps(r.extras) if r.extras else "",
+                )
+            )
         return out if batched else out[0]

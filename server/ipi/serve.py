@@ -25,30 +25,57 @@ log = logging.getLogger("mlip-server")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlip-server", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mlip-server",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="TorchScript model file (the model contract)")
-    p.add_argument("--structure", required=True,
-                   help="structure file readable by ASE (e.g. i-PI's init.xyz): gives the elements, in "
-                        "i-PI's atom order (the i-PI protocol carries positions only)")
-    p.add_argument("--address", action="append", required=True, metavar="ADDR[=SPEC]",
-                   help="unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT; repeat for several "
-                        "connections; '=SPEC' sets this endpoint's averaging (e.g. unix:slow=2i)")
+    p.add_argument(
+        "--structure",
+        required=True,
+        help="structure file readable by ASE (e.g. i-PI's init.xyz): gives the elements, in "
+        "i-PI's atom order (the i-PI protocol carries positions only)",
+    )
+    p.add_argument(
+        "--address",
+        action="append",
+        required=True,
+        metavar="ADDR[=SPEC]",
+        help="unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT; repeat for several "
+        "connections; '=SPEC' sets this endpoint's averaging (e.g. unix:slow=2i)",
+    )
     p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--max-batch-edges", type=int, default=None,
-                   help="edges per model call, rotated copies included (default: 50000 on CPU, "
-                        "2000000 on a GPU)")
-    p.add_argument("--connect-timeout", type=float, default=60.0,
-                   help="seconds to wait for the i-PI socket to appear")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="seconds a message may stall mid-transfer before the peer is declared dead")
-    p.add_argument("--idle-timeout", type=float, default=0.0,
-                   help="seconds without any message before giving up (0: no limit)")
-    p.add_argument("--batch-wait", type=float, default=0.005,
-                   help="seconds to wait for the other connections of an address before evaluating")
+    p.add_argument(
+        "--max-batch-edges",
+        type=int,
+        default=None,
+        help="edges per model call, rotated copies included (default: 50000 on CPU, 2000000 on a GPU)",
+    )
+    p.add_argument(
+        "--connect-timeout", type=float, default=60.0, help="seconds to wait for the i-PI socket to appear"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds a message may stall mid-transfer before the peer is declared dead",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="seconds without any message before giving up (0: no limit)",
+    )
+    p.add_argument(
+        "--batch-wait",
+        type=float,
+        default=0.005,
+        help="seconds to wait for the other connections of an address before evaluating",
+    )
     p.add_argument("--nonperiodic", action="store_true", help="ignore the cell (gas-phase runs)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=100, help="log statistics every N evaluations")
@@ -58,8 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s mlip-server: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s mlip-server: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
     from ..core.evaluator import Evaluator
     from ..protocol import Address
     from .socket_server import ForceServer
@@ -73,21 +104,40 @@ def main(argv=None) -> int:
         for spec in {a.spec or args.average for a in addresses}:
             Averaging(spec)  # refuse unknown specs before connecting
         numbers = read_numbers(args.structure)
-        evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype,
-                              max_batch_edges=args.max_batch_edges)
-        log.info("%s %s: cutoff %.3g Å, species %s, %s on %s", evaluator.model.label, args.model, evaluator.cutoff,
-                 evaluator.model.species, str(evaluator.dtype).replace("torch.", ""), args.device)
+        evaluator = Evaluator(
+            args.model, device=args.device, dtype=args.dtype, max_batch_edges=args.max_batch_edges
+        )
+        log.info(
+            "%s %s: cutoff %.3g Å, species %s, %s on %s",
+            evaluator.model.label,
+            args.model,
+            evaluator.cutoff,
+            evaluator.model.species,
+            str(evaluator.dtype).replace("torch.", ""),
+            args.device,
+        )
         unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
-            raise InputError(f"{args.structure} contains atomic numbers {unknown} that model {args.model} "
-                             f"does not support (species {evaluator.model.species})")
+            raise InputError(
+                f"{args.structure} contains atomic numbers {unknown} that model {args.model} "
+                f"does not support (species {evaluator.model.species})"
+            )
     except MLIPError as err:
         print(f"mlip-server: error: {err}", file=sys.stderr)
         return 2
-    server = ForceServer(evaluator, addresses, numbers, average=args.average, seed=args.seed,
-                         connect_timeout=args.connect_timeout, timeout=args.timeout,
-                         idle_timeout=args.idle_timeout, batch_wait=args.batch_wait,
-                         log_every=args.log_every, nonperiodic=args.nonperiodic)
+    server = ForceServer(
+        evaluator,
+        addresses,
+        numbers,
+        average=args.average,
+        seed=args.seed,
+        connect_timeout=args.connect_timeout,
+        timeout=args.timeout,
+        idle_timeout=args.idle_timeout,
+        batch_wait=args.batch_wait,
+        log_every=args.log_every,
+        nonperiodic=args.nonperiodic,
+    )
     try:
         server.serve()
     except MLIPError as err:

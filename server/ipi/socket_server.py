@@ -24,8 +24,16 @@ import numpy as np
 from ..core.averaging import Averaging
 from ..core.errors import ProtocolError
 from ..core.evaluator import Evaluator, Structure
-from ..protocol import (BOHR_PER_ANGSTROM, HEADERS, Address, Wire, cell_to_rows, read_init, read_posdata,
-                        send_forceready)
+from ..protocol import (
+    BOHR_PER_ANGSTROM,
+    HEADERS,
+    Address,
+    Wire,
+    cell_to_rows,
+    read_init,
+    read_posdata,
+    send_forceready,
+)
 
 __all__ = ["ForceServer", "Connection"]
 
@@ -35,8 +43,14 @@ log = logging.getLogger("mlip-server")
 class Connection:
     """One socket to i-PI and its protocol state."""
 
-    def __init__(self, address: Address, averaging: Averaging, sock: socket.socket, timeout: float,
-                 nonperiodic: bool = False):
+    def __init__(
+        self,
+        address: Address,
+        averaging: Averaging,
+        sock: socket.socket,
+        timeout: float,
+        nonperiodic: bool = False,
+    ):
         self.address, self.averaging = address, averaging
         self.wire = Wire(sock, str(address), timeout)
         self.nonperiodic = nonperiodic
@@ -66,10 +80,13 @@ class Connection:
         name = self.wire.read_header()
         if name is None:
             raise ProtocolError(
-                f"{self.address}: i-PI closed the connection without EXIT (it stopped or crashed: see its output)"
+                f"{self.address}: i-PI closed the connection without EXIT (it "
+                "stopped or crashed: see its output)"
             )
         if name == "STATUS":
-            state = "NEEDINIT" if not self.initialized else ("HAVEDATA" if self.results is not None else "READY")
+            state = (
+                "NEEDINIT" if not self.initialized else ("HAVEDATA" if self.results is not None else "READY")
+            )
             self.wire.send(HEADERS[state])
         elif name == "INIT":
             text, self.batch_size = read_init(self.wire)
@@ -140,9 +157,20 @@ class ForceServer:
         Ignore the cell (gas-phase runs).
     """
 
-    def __init__(self, evaluator: Evaluator, addresses, numbers, average="none", seed=12345,
-                 connect_timeout=60.0, timeout=60.0, idle_timeout=0.0, batch_wait=0.005,
-                 log_every=100, nonperiodic=False):
+    def __init__(
+        self,
+        evaluator: Evaluator,
+        addresses,
+        numbers,
+        average="none",
+        seed=12345,
+        connect_timeout=60.0,
+        timeout=60.0,
+        idle_timeout=0.0,
+        batch_wait=0.005,
+        log_every=100,
+        nonperiodic=False,
+    ):
         self.evaluator = evaluator
         self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
         self.numbers = np.asarray(numbers, dtype=np.int64)
@@ -167,7 +195,8 @@ class ForceServer:
                 if time.monotonic() > self._connect_deadline:
                     raise ProtocolError(
                         f"no i-PI server listening at {address} after {self.connect_timeout:g} s: start i-PI "
-                        "(or the LAMMPS bridge) with the same address, or raise --connect-timeout")
+                        "(or the LAMMPS bridge) with the same address, or raise --connect-timeout"
+                    )
                 return
             self._unconnected.pop(0)
             spec = address.spec or self.average
@@ -176,7 +205,9 @@ class ForceServer:
             conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic)
             conn.numbers = self.numbers
             self.connections.append(conn)
-            log.info("connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations)
+            log.info(
+                "connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations
+            )
 
     def serve(self) -> None:
         """Runs until every connection has received EXIT. Raises MLIPError on failure."""
@@ -211,8 +242,12 @@ class ForceServer:
             now = time.monotonic()
             if readable:
                 last_activity = now
-            elif gather_deadline is None and self.idle_timeout > 0 and now - last_activity > self.idle_timeout:
-                raise ProtocolError(f"no message from i-PI for {self.idle_timeout:g} s (--idle-timeout): giving up")
+            elif (
+                gather_deadline is None and self.idle_timeout > 0 and now - last_activity > self.idle_timeout
+            ):
+                raise ProtocolError(
+                    f"no message from i-PI for {self.idle_timeout:g} s (--idle-timeout): giving up"
+                )
             pending = [c for c in self.connections if c.pending is not None]
             if not pending:
                 continue
@@ -235,7 +270,7 @@ class ForceServer:
         results = self.evaluator.compute(structures, averagings)
         start = 0
         for conn in pending:
-            conn.results = results[start:start + len(conn.pending)]
+            conn.results = results[start : start + len(conn.pending)]
             start += len(conn.pending)
             conn.pending = None
         self.batch_sizes[len(structures)] += 1
@@ -245,12 +280,23 @@ class ForceServer:
             for conn in pending:
                 if conn.results and conn.results[0].extras:
                     x = conn.results[0].extras
-                    log.info("%s: %s", conn.address, ", ".join(
-                        f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in x.items()))
+                    log.info(
+                        "%s: %s",
+                        conn.address,
+                        ", ".join(
+                            f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}" for k, v in x.items()
+                        ),
+                    )
 
     def log_summary(self):
         sizes = ", ".join(f"{k}×{v}" for k, v in sorted(self.batch_sizes.items()))
         t = self.evaluator.timings
-        log.info("evaluations %d; batch sizes (structures per model call × calls): %s; time in model %.3f s, "
-                 "neighbour lists %.3f s, server busy %.3f s", self.n_evaluations, sizes or "none", t["model"],
-                 t["neighbors"], self.busy_seconds)
+        log.info(
+            "evaluations %d; batch sizes (structures per model call × calls): %s; time in model %.3f s, "
+            "neighbour lists %.3f s, server busy %.3f s",
+            self.n_evaluations,
+            sizes or "none",
+            t["model"],
+            t["neighbors"],
+            self.busy_seconds,
+        )

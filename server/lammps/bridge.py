@@ -33,11 +33,8 @@ they do not spin a CPU core that the force server could use.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
-import signal
 import sys
 import tempfile
 import time
@@ -49,10 +46,16 @@ import numpy as np
 from ..core.errors import InputError, MLIPError, ProtocolError
 from ..protocol import Address, HostConnection
 from .deck import DeckError, DeckParts, check_elements, lammps_message, split_deck
-from .mpi import (Interrupts, SerialComm, gather_rows, get_comm, mpi4py_module, preload_mpi, scatter_rows,
-                  wait_quietly)
+from .mpi import (
+    Interrupts,
+    SerialComm,
+    gather_rows,
+    mpi4py_module,
+    scatter_rows,
+    wait_quietly,
+)
 
-__all__ = ["Bridge", "BridgeConfig", "main", "build_parser", "DIAGNOSTICS"]
+__all__ = ["Bridge", "BridgeConfig", "DIAGNOSTICS", "PROG"]
 
 PROG = "mlip-lammps"
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
@@ -76,7 +79,9 @@ class Timings:
     first: dict | None = None  # the totals after the first call (LAMMPS's set-up), to exclude it
 
     def as_dict(self):
-        values = {k: getattr(self, k) for k in ("calls", "callback", "gather", "server", "transfer", "scatter")}
+        values = {
+            k: getattr(self, k) for k in ("calls", "callback", "gather", "server", "transfer", "scatter")
+        }
         return dict(values, first=self.first)
 
     def count(self) -> None:
@@ -139,7 +144,9 @@ class Bridge:
             try:
                 text = Path(self.cfg.deck).read_text()
             except OSError as err:
-                error = f"cannot read deck {self.cfg.deck!r} ({err.strerror}): pass the path of a LAMMPS input"
+                error = (
+                    f"cannot read deck {self.cfg.deck!r} ({err.strerror}): pass the path of a LAMMPS input"
+                )
         if self.size > 1:
             text, error = self.comm.bcast((text, error), root=0)
         if error:
@@ -157,8 +164,10 @@ class Bridge:
         kwargs = {} if self.size == 1 and isinstance(self.comm, SerialComm) else {"comm": self.comm}
         self.lmp = lammps(cmdargs=args, **kwargs)
         if self.lmp.extract_setting("world_size") != self.size:
-            raise InputError("LAMMPS runs on several MPI ranks but mpi4py is missing: pip install mpi4py "
-                             "(or pip install -e .[lammps])")
+            raise InputError(
+                "LAMMPS runs on several MPI ranks but mpi4py is missing: pip install mpi4py "
+                "(or pip install -e .[lammps])"
+            )
         self.lmp.set_show_error(0)  # the bridge prints one line per error itself
 
     def check_system(self) -> dict:
@@ -166,19 +175,25 @@ class Bridge:
         lmp, fix = self.lmp, self.parts.fix_id
         units = lmp.extract_global("units")
         if units != "metal":
-            raise DeckError(f"the deck uses 'units {units}': the bridge exchanges eV and Å, use 'units metal'")
+            raise DeckError(
+                f"the deck uses 'units {units}': the bridge exchanges eV and Å, use 'units metal'"
+            )
         self.natoms = int(lmp.get_natoms())
         if self.natoms == 0:
-            raise DeckError(f"no atoms exist when fix {fix} is defined (deck line {self.parts.line}): "
-                            "create them (read_data) before the fix external line")
+            raise DeckError(
+                f"no atoms exist when fix {fix} is defined (deck line {self.parts.line}): "
+                "create them (read_data) before the fix external line"
+            )
         ntypes = int(lmp.extract_global("ntypes"))
         elements = list(self.cfg.elements)
         for warning in check_elements(elements, ntypes, lmp.numpy.extract_atom("mass")):
             self.say(f"warning: {warning}")
         periodic = lmp.extract_box()[5]
         if 0 < sum(periodic) < 3:
-            raise DeckError(f"the box is periodic along {sum(periodic)} of 3 directions: the i-PI protocol carries "
-                            "a full cell or none; use 'boundary p p p' (or 'f f f' for a cluster)")
+            raise DeckError(
+                f"the box is periodic along {sum(periodic)} of 3 directions: the i-PI protocol carries "
+                "a full cell or none; use 'boundary p p p' (or 'f f f' for a cluster)"
+            )
         self.periodic = bool(sum(periodic))
         return {t: sym for t, sym in enumerate(elements, 1)}
 
@@ -213,15 +228,21 @@ class Bridge:
         """Row of each atom (by tag) in the server's order; checks that no atom appeared or vanished."""
         tags = tags.astype(np.int64)
         if len(tags) != self.natoms:
-            raise InputError(f"LAMMPS now has {len(tags)} atoms but the force server was given {self.natoms}: "
-                             "atoms were lost, created or deleted after the fix external line")
+            raise InputError(
+                f"LAMMPS now has {len(tags)} atoms but the force server was given {self.natoms}: "
+                "atoms were lost, created or deleted after the fix external line"
+            )
         if tags.min() < 0 or tags.max() >= len(self.row_of_tag):
-            raise InputError("an atom tag appeared that was not in the starting structure: do not create atoms "
-                             "after the fix external line")
+            raise InputError(
+                "an atom tag appeared that was not in the starting structure: do not create atoms "
+                "after the fix external line"
+            )
         rows = self.row_of_tag[tags]
         if (rows < 0).any():
-            raise InputError("an atom tag appeared that was not in the starting structure: do not create atoms "
-                             "after the fix external line")
+            raise InputError(
+                "an atom tag appeared that was not in the starting structure: do not create atoms "
+                "after the fix external line"
+            )
         return rows
 
     def write_structure(self, types: dict) -> None:
@@ -240,7 +261,9 @@ class Bridge:
         order = np.argsort(everything[:, 0], kind="stable")
         tags = everything[order, 0].astype(np.int64)
         if len(np.unique(tags)) != len(tags) or tags.min() < 1:
-            raise DeckError("atom tags are not unique positive integers: use 'atom_modify id yes' (the default)")
+            raise DeckError(
+                "atom tags are not unique positive integers: use 'atom_modify id yes' (the default)"
+            )
         self.row_of_tag = np.full(int(tags.max()) + 1, -1, dtype=np.int64)
         self.row_of_tag[tags] = np.arange(len(tags))
         symbols = [types[int(t)] for t in everything[order, 4]]
@@ -260,7 +283,9 @@ class Bridge:
         except BaseException as err:  # noqa: BLE001 - anything here must stop the run, not vanish
             f[:] = 0.0
             if self.failure is None:
-                self.failure = f"internal error in the force callback at step {step}: {type(err).__name__}: {err}"
+                self.failure = (
+                    f"internal error in the force callback at step {step}: {type(err).__name__}: {err}"
+                )
             self.lmp.set_internal_variable(HALT, 1)
 
     def _forces(self, step, nlocal, tag, x, f):
@@ -289,18 +314,25 @@ class Bridge:
                 forces = forces_all[rows]
                 w = 0.5 * (virial + virial.T)  # LAMMPS keeps the symmetric part
                 header[:8] = (OK, energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2])
-                diagnostics = dict(raw_energy=energy, delta_energy=0.0, energy_spread=0.0, force_spread_rms=0.0)
+                diagnostics = dict(
+                    raw_energy=energy, delta_energy=0.0, energy_spread=0.0, force_spread_rms=0.0
+                )
                 diagnostics.update({k: float(v) for k, v in extras.items() if k in diagnostics})
                 header[8:] = [diagnostics[k] for k in DIAGNOSTICS]
             except ProtocolError as err:
                 header[0] = FAILED
-                self.failure = f"step {step}: {err}: the force server died or hung (see its output); LAMMPS halted"
+                self.failure = (
+                    f"step {step}: {err}: the force server died or hung (see its output); LAMMPS halted"
+                )
             except MLIPError as err:
                 header[0], self.failure = FAILED, f"step {step}: {err}"
             except KeyboardInterrupt:
                 header[0], self.failure = INTERRUPTED, "interrupted"
             except Exception as err:  # noqa: BLE001
-                header[0], self.failure = FAILED, f"internal error in the force callback: {type(err).__name__}: {err}"
+                header[0], self.failure = (
+                    FAILED,
+                    f"internal error in the force callback: {type(err).__name__}: {err}",
+                )
         if self.size > 1:
             wait_quietly(self.comm.Ibcast(header, root=0))
         self.status = float(header[0])
@@ -346,8 +378,11 @@ class Bridge:
                 self.client.listen()
                 hint = f"mlip-server --model MODEL.pt --structure {cfg.structure} --address {cfg.address}"
                 mapping = ", ".join(f"{t}→{s}" for t, s in types.items())
-                self.say(f"{self.natoms} atoms (types {mapping}) on {self.size} MPI rank(s); wrote {cfg.structure}; "
-                         f"listening on {cfg.address}; start the force server with:\n    {hint}")
+                self.say(
+                    f"{self.natoms} atoms (types {mapping}) on {self.size} MPI "
+                    f"rank(s); wrote {cfg.structure}; "
+                    f"listening on {cfg.address}; start the force server with:\n    {hint}"
+                )
                 with self.interrupts.raising():
                     self.client.accept(cfg.connect_timeout, hint)
                 self.say("force server connected")
@@ -400,9 +435,12 @@ class Bridge:
         t = self.timings
         if t.calls:
             other = t.callback - t.server
-            self.say(f"{t.calls} force calls: {t.callback:.2f} s in the callback, of which {t.server:.2f} s waiting "
-                     f"for the server and {other:.3f} s bridge overhead (gather {t.gather:.3f}, sockets "
-                     f"{t.transfer:.3f}, scatter {t.scatter:.3f})")
+            self.say(
+                f"{t.calls} force calls: {t.callback:.2f} s in the callback, of "
+                f"which {t.server:.2f} s waiting "
+                f"for the server and {other:.3f} s bridge overhead (gather {t.gather:.3f}, sockets "
+                f"{t.transfer:.3f}, scatter {t.scatter:.3f})"
+            )
         if self.cfg.timings:
             data = dict(t.as_dict(), natoms=self.natoms, ranks=self.size)
             Path(self.cfg.timings).write_text(json.dumps(data, indent=2))
@@ -419,7 +457,8 @@ class Bridge:
         if self.lmp is not None:
             try:
                 if isinstance(self.comm, SerialComm):
-                    self.lmp.finalize()  # LAMMPS initialised MPI itself: finalise it, or MPICH leaves /dev/shm files
+                    # LAMMPS initialised MPI itself: finalise it, or MPICH leaves /dev/shm files
+                    self.lmp.finalize()
                 else:
                     self.lmp.close()  # mpi4py finalises MPI at exit
             except Exception:  # noqa: BLE001 - closing after an error is best effort
@@ -427,61 +466,7 @@ class Bridge:
             self.lmp = None
 
 
-# --------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run it under 'mpiexec -n K' for K MPI ranks (needs mpi4py).")
-    p.add_argument("deck", help="LAMMPS input with one top-level 'fix ID all external pf/callback 1 1' line")
-    p.add_argument("--address", required=True,
-                   help="where to listen for mlip-server: unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT")
-    p.add_argument("-e", "--elements", nargs="+", required=True, metavar="SYMBOL",
-                   help="element of LAMMPS atom types 1, 2, ... (e.g. -e O H)")
-    p.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="LAMMPS variable (as lmp -var NAME VALUE); repeat for several")
-    p.add_argument("--write-structure", default="lammps-init.xyz", metavar="PATH",
-                   help="starting structure (extxyz, atom-tag order) to give mlip-server as --structure")
-    p.add_argument("--log", default="log.lammps", help="LAMMPS log file ('none' for no log)")
-    p.add_argument("--screen", default=None, help="LAMMPS screen output: a file, or 'none' (default: stdout)")
-    p.add_argument("--connect-timeout", type=float, default=120.0,
-                   help="seconds to wait for mlip-server to connect")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for any answer of the server (one force evaluation included) before "
-                        "declaring it hung")
-    p.add_argument("--timings", default=None, metavar="JSON", help="write rank 0's callback timings here")
-    return p
+if __name__ == "__main__":  # python -m server.lammps.bridge = mlip-lammps
+    from .cli import bridge_main
 
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    preload_mpi()
-    try:
-        address = Address.parse(args.address, allow_spec=False)
-    except MLIPError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    comm = get_comm()
-    interrupts = Interrupts()
-    if comm.rank == 0:  # rank 0 turns Ctrl-C / SIGTERM into a clean stop of every rank
-        interrupts.install()
-    else:  # only rank 0 decides to stop; the others follow through the MPI protocol
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    config = BridgeConfig(deck=args.deck, address=address, elements=args.elements, variables=args.var,
-                          structure=args.write_structure, log=args.log, screen=args.screen,
-                          connect_timeout=args.connect_timeout, timeout=args.timeout, timings=args.timings)
-    bridge = Bridge(config, comm, interrupts)
-    escaped = False
-    try:
-        code = bridge.run()
-    except KeyboardInterrupt:  # outside the places that stop every rank together
-        bridge.say("interrupted")
-        code, escaped = EXIT_INTERRUPTED, True
-    finally:
-        bridge.close()
-    if escaped and comm.size > 1:
-        comm.Abort(code)  # the other ranks may be inside a LAMMPS collective
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(bridge_main())

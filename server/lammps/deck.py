@@ -77,18 +77,25 @@ def split_deck(text: str, name: str = "deck") -> DeckParts:
     if not found:
         raise DeckError(
             f"{name} has no top-level 'fix ID all external pf/callback 1 1' line: add one after the "
-            "system is built (after read_data/replicate) and before the first run")
+            "system is built (after read_data/replicate) and before the first run"
+        )
     if len(found) > 1:
-        raise DeckError(f"{name} has {len(found)} 'fix ... external pf/callback' lines (lines "
-                        f"{', '.join(str(f[0]) for f in found)}): the bridge drives exactly one")
+        raise DeckError(
+            f"{name} has {len(found)} 'fix ... external pf/callback' lines (lines "
+            f"{', '.join(str(f[0]) for f in found)}): the bridge drives exactly one"
+        )
     first, last, m = found[0]
     fix_id, group, ncall, napply = m.groups()
     if group != "all":
-        raise DeckError(f"{name}:{first}: fix {fix_id} acts on group {group!r}: the model's energy belongs "
-                        "to all atoms, use 'fix ID all external pf/callback 1 1'")
+        raise DeckError(
+            f"{name}:{first}: fix {fix_id} acts on group {group!r}: the model's energy belongs "
+            "to all atoms, use 'fix ID all external pf/callback 1 1'"
+        )
     if (ncall, napply) != ("1", "1"):
-        raise DeckError(f"{name}:{first}: fix {fix_id} has 'pf/callback {ncall} {napply}': use 'pf/callback 1 1' "
-                        "(forces every step; multiple time stepping belongs in i-PI)")
+        raise DeckError(
+            f"{name}:{first}: fix {fix_id} has 'pf/callback {ncall} {napply}': use 'pf/callback 1 1' "
+            "(forces every step; multiple time stepping belongs in i-PI)"
+        )
     return DeckParts("".join(lines[:last]), "".join(lines[last:]), fix_id, group, ncall, napply, first)
 
 
@@ -131,16 +138,22 @@ def check_elements(elements: list, ntypes: int, masses) -> list[str]:
         raise InputError(f"-e lists {bad[0]!r}, which is not an element symbol: use e.g. -e O H")
     if len(elements) < ntypes:
         missing = ", ".join(str(t) for t in range(len(elements) + 1, ntypes + 1))
-        raise InputError(f"LAMMPS atom type {missing} has no element: the deck defines {ntypes} atom types, "
-                         f"pass one element per type with -e (now -e {' '.join(elements)})")
+        raise InputError(
+            f"LAMMPS atom type {missing} has no element: the deck defines {ntypes} atom types, "
+            f"pass one element per type with -e (now -e {' '.join(elements)})"
+        )
     if len(elements) > ntypes:
-        raise InputError(f"-e lists {len(elements)} elements but the deck defines {ntypes} atom types: "
-                         "pass exactly one element per type, in type order")
+        raise InputError(
+            f"-e lists {len(elements)} elements but the deck defines {ntypes} atom types: "
+            "pass exactly one element per type, in type order"
+        )
     warnings = []
     if masses is not None:
         for t, sym in enumerate(elements, 1):
             m, ref = float(masses[t]), atomic_masses[atomic_numbers[sym]]
             if m > 0 and not 0.6 < m / ref < 1.7:
-                warnings.append(f"atom type {t} has mass {m:g} but -e maps it to {sym} ({ref:.3f}): check the "
-                                "order of -e (fine for isotopes)")
+                warnings.append(
+                    f"atom type {t} has mass {m:g} but -e maps it to {sym} ({ref:.3f}): check the "
+                    "order of -e (fine for isotopes)"
+                )
     return warnings

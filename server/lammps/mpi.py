@@ -16,8 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["gather_rows", "scatter_rows", "preload_mpi", "SerialComm", "Interrupts", "get_comm", "wait_quietly", "find_mpiexec", "mpi_env",
-           "shm_files", "leftover_shm_files", "remove_leftover_shm"]
+__all__ = [
+    "gather_rows",
+    "scatter_rows",
+    "preload_mpi",
+    "SerialComm",
+    "Interrupts",
+    "get_comm",
+    "wait_quietly",
+    "find_mpiexec",
+    "mpi_env",
+    "shm_files",
+    "leftover_shm_files",
+    "remove_leftover_shm",
+]
 
 SHM_GLOB = "/dev/shm/mpich_shm_*"
 
@@ -95,8 +107,6 @@ def wait_quietly(request) -> None:
     while not request.Test():
         time.sleep(delay)
         delay = min(2 * delay, 1e-3)
-
-
 
 
 def gather_rows(comm, mpi, tag, x, extra=None):

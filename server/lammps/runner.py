@@ -26,9 +26,7 @@ Exit status: 0 when both sides finished cleanly, otherwise the failing side's st
 
 from __future__ import annotations
 
-import argparse
 import collections
-import signal
 import subprocess
 import sys
 import threading
@@ -37,11 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
-from ..paths import lammps_inputs_dir, shipped_model
-from ..structures import write_water_data
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
-__all__ = ["LammpsRun", "RunResult", "run", "main", "build_parser", "error_line"]
+__all__ = ["LammpsRun", "RunResult", "run", "error_line", "PROG"]
 
 PROG = "mlip-lammps-run"
 
@@ -125,8 +121,22 @@ class LammpsRun:
         seconds a side may take to exit by itself after the other one ended.
     """
 
-    def __init__(self, deck, model, elements, *, np=1, variables=(), workdir=".", address=None,
-                 server_args=(), bridge_args=(), echo=True, grace=15.0, mpiexec=None):
+    def __init__(
+        self,
+        deck,
+        model,
+        elements,
+        *,
+        np=1,
+        variables=(),
+        workdir=".",
+        address=None,
+        server_args=(),
+        bridge_args=(),
+        echo=True,
+        grace=15.0,
+        mpiexec=None,
+    ):
         self.deck, self.model = Path(deck).resolve(), str(Path(model).resolve())
         self.elements, self.np = list(elements), int(np)
         self.variables = [(str(k), str(v)) for k, v in variables]
@@ -145,8 +155,18 @@ class LammpsRun:
 
     # -- commands -------------------------------------------------------------------------
     def bridge_command(self) -> list:
-        cmd = [sys.executable, "-m", "server.lammps.bridge", str(self.deck), "--address", self.address,
-               "-e", *self.elements, "--write-structure", str(self.structure)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.lammps.bridge",
+            str(self.deck),
+            "--address",
+            self.address,
+            "-e",
+            *self.elements,
+            "--write-structure",
+            str(self.structure),
+        ]
         for name, value in self.variables:
             cmd += ["--var", name, value]
         cmd += self.bridge_args
@@ -155,13 +175,29 @@ class LammpsRun:
         return cmd
 
     def server_command(self) -> list:
-        return [Path(sys.executable).parent / "mlip-server", "--model", self.model, "--structure",
-                str(self.structure), "--address", self.address] + self.server_args
+        return [
+            Path(sys.executable).parent / "mlip-server",
+            "--model",
+            self.model,
+            "--structure",
+            str(self.structure),
+            "--address",
+            self.address,
+        ] + self.server_args
 
     def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
-        proc = subprocess.Popen([str(c) for c in cmd], cwd=self.workdir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=env,
-                                start_new_session=True, preexec_fn=processes.tie_to_parent, bufsize=1)
+        proc = subprocess.Popen(
+            [str(c) for c in cmd],
+            cwd=self.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            start_new_session=True,
+            preexec_fn=processes.tie_to_parent,
+            bufsize=1,
+        )
         self._relays[log_name] = _Relay(proc, self.workdir / log_name, self.echo)
         return proc
 
@@ -185,8 +221,11 @@ class LammpsRun:
         first, message = None, ""
         try:
             while True:
-                ended = [(n, p) for n, p in (("LAMMPS", self.bridge), ("mlip-server", self.server))
-                         if p is not None and p.poll() is not None]
+                ended = [
+                    (n, p)
+                    for n, p in (("LAMMPS", self.bridge), ("mlip-server", self.server))
+                    if p is not None and p.poll() is not None
+                ]
                 if first is None and ended:
                     first = ended[0][0]
                 if len(ended) == (2 if self.server else 1):
@@ -204,8 +243,9 @@ class LammpsRun:
                             raise subprocess.TimeoutExpired(other.args, 0)
                         other.wait(timeout=grace)
                     except subprocess.TimeoutExpired:
-                        message = (f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped "
-                                   + (f"{grace:g} s after {name} ended" if grace > 0 else f"when {name} failed"))
+                        message = f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped " + (
+                            f"{grace:g} s after {name} ended" if grace > 0 else f"when {name} failed"
+                        )
                         processes.stop([other])
                     continue
                 if deadline is not None and time.monotonic() > deadline:
@@ -246,7 +286,11 @@ class LammpsRun:
             if rc not in (0, None):
                 code = rc if rc > 0 else 1
                 how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-                cause = f"{name}: {error_line(out)}" if error_line(out) else f"{name} {how}: see {self.workdir / log}"
+                cause = (
+                    f"{name}: {error_line(out)}"
+                    if error_line(out)
+                    else f"{name} {how}: see {self.workdir / log}"
+                )
                 message = f"{cause}; {message}" if message else cause
                 break
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
@@ -264,77 +308,7 @@ def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:
         raise
 
 
-# --------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("deck", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
-    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
-    p.add_argument("-e", "--elements", nargs="+", default=["O", "H"], metavar="SYMBOL",
-                   help="element of LAMMPS atom types 1, 2, ... (default: O H)")
-    p.add_argument("--np", type=int, default=1, help="MPI ranks for LAMMPS (mpiexec -n NP)")
-    p.add_argument("--var", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                   help="LAMMPS variable; repeat for several")
-    p.add_argument("--molecules", type=int, default=512,
-                   help="water box built into lammps_inputs/water-N.data when the deck uses ${data} and no "
-                        "--var data is given")
-    p.add_argument("--workdir", default="runs/lammps", help="where LAMMPS and the server run and write")
-    p.add_argument("--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)")
-    p.add_argument("--device", default="cpu", help="server device: cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
-    p.add_argument("--average", default="none", help="server rotational averaging spec (e.g. 2i)")
-    p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
-    p.add_argument("--server-arg", action="append", default=[], metavar="ARG",
-                   help="extra mlip-server argument (repeat; e.g. --server-arg=--max-batch-edges=500000)")
-    p.add_argument("--bridge-arg", action="append", default=[], metavar="ARG",
-                   help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--timeout=1200)")
-    p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
-    p.add_argument("--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)")
-    return p
+if __name__ == "__main__":  # python -m server.lammps.runner = mlip-lammps-run
+    from .cli import run_main
 
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    # a kill cleans up like Ctrl-C; SIGINT is set too because a parent shell may have
-    # started us with it ignored (background jobs), and then Ctrl-C would do nothing
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.default_int_handler)
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    deck = Path(args.deck)
-    if not deck.is_file():
-        print(f"{PROG}: error: deck {args.deck!r} not found: pass a LAMMPS input such as lammps_inputs/in.water-nvt",
-              file=sys.stderr)
-        return 2
-    variables = list(args.var)
-    if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
-        data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
-        print(f"{PROG}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
-        variables.append(("data", str(data)))
-    model = args.model or str(shipped_model())
-    if not Path(model).is_file():
-        print(f"{PROG}: error: model file {model!r} not found: pass --model PATH to a TorchScript file",
-              file=sys.stderr)
-        return 2
-    server_args = ["--device", args.device, "--dtype", args.dtype, "--average", args.average]
-    if args.threads:
-        server_args += ["--threads", str(args.threads)]
-    try:
-        result = run(deck, model, args.elements, np=args.np, variables=variables, workdir=workdir,
-                     address=args.address, server_args=server_args + args.server_arg,
-                     bridge_args=args.bridge_arg, echo=not args.quiet, timeout=args.timeout)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted: stopped LAMMPS and mlip-server", file=sys.stderr)
-        return 130
-    except FileNotFoundError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    if result.code:
-        print(f"{PROG}: error: {result.message} (outputs in {result.workdir})", file=sys.stderr)
-    else:
-        print(f"{PROG}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
-    return result.code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main())

@@ -1,0 +1,235 @@
+"""The LAMMPS side's two commands: ``mlip-lammps`` (the bridge, :mod:`server.lammps.bridge`) and
+``mlip-lammps-run`` (bridge + server started in order, :mod:`server.lammps.runner`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from ..core.errors import MLIPError
+from ..paths import lammps_inputs_dir, shipped_model
+from ..protocol import Address
+from ..structures import write_water_data
+from . import bridge, runner
+from .bridge import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Bridge, BridgeConfig
+from .mpi import Interrupts, get_comm, preload_mpi
+
+__all__ = ["bridge_main", "build_bridge_parser", "run_main", "build_run_parser"]
+
+BRIDGE = bridge.PROG
+RUN = runner.PROG
+
+
+# --------------------------------------------------------------------------- command line
+def build_bridge_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=BRIDGE,
+        description=bridge.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run it under 'mpiexec -n K' for K MPI ranks (needs mpi4py).",
+    )
+    p.add_argument("deck", help="LAMMPS input with one top-level 'fix ID all external pf/callback 1 1' line")
+    p.add_argument(
+        "--address",
+        required=True,
+        help="where to listen for mlip-server: unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT",
+    )
+    p.add_argument(
+        "-e",
+        "--elements",
+        nargs="+",
+        required=True,
+        metavar="SYMBOL",
+        help="element of LAMMPS atom types 1, 2, ... (e.g. -e O H)",
+    )
+    p.add_argument(
+        "--var",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="LAMMPS variable (as lmp -var NAME VALUE); repeat for several",
+    )
+    p.add_argument(
+        "--write-structure",
+        default="lammps-init.xyz",
+        metavar="PATH",
+        help="starting structure (extxyz, atom-tag order) to give mlip-server as --structure",
+    )
+    p.add_argument("--log", default="log.lammps", help="LAMMPS log file ('none' for no log)")
+    p.add_argument("--screen", default=None, help="LAMMPS screen output: a file, or 'none' (default: stdout)")
+    p.add_argument(
+        "--connect-timeout", type=float, default=120.0, help="seconds to wait for mlip-server to connect"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for any answer of the server (one force evaluation included) before "
+        "declaring it hung",
+    )
+    p.add_argument("--timings", default=None, metavar="JSON", help="write rank 0's callback timings here")
+    return p
+
+
+def bridge_main(argv=None) -> int:
+    args = build_bridge_parser().parse_args(argv)
+    preload_mpi()
+    try:
+        address = Address.parse(args.address, allow_spec=False)
+    except MLIPError as err:
+        print(f"{BRIDGE}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    comm = get_comm()
+    interrupts = Interrupts()
+    if comm.rank == 0:  # rank 0 turns Ctrl-C / SIGTERM into a clean stop of every rank
+        interrupts.install()
+    else:  # only rank 0 decides to stop; the others follow through the MPI protocol
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    config = BridgeConfig(
+        deck=args.deck,
+        address=address,
+        elements=args.elements,
+        variables=args.var,
+        structure=args.write_structure,
+        log=args.log,
+        screen=args.screen,
+        connect_timeout=args.connect_timeout,
+        timeout=args.timeout,
+        timings=args.timings,
+    )
+    bridge = Bridge(config, comm, interrupts)
+    escaped = False
+    try:
+        code = bridge.run()
+    except KeyboardInterrupt:  # outside the places that stop every rank together
+        bridge.say("interrupted")
+        code, escaped = EXIT_INTERRUPTED, True
+    finally:
+        bridge.close()
+    if escaped and comm.size > 1:
+        comm.Abort(code)  # the other ranks may be inside a LAMMPS collective
+    return code
+
+
+# --------------------------------------------------------------------------- command line
+def build_run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=RUN,
+        description=runner.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("deck", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
+    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "-e",
+        "--elements",
+        nargs="+",
+        default=["O", "H"],
+        metavar="SYMBOL",
+        help="element of LAMMPS atom types 1, 2, ... (default: O H)",
+    )
+    p.add_argument("--np", type=int, default=1, help="MPI ranks for LAMMPS (mpiexec -n NP)")
+    p.add_argument(
+        "--var",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="LAMMPS variable; repeat for several",
+    )
+    p.add_argument(
+        "--molecules",
+        type=int,
+        default=512,
+        help="water box built into lammps_inputs/water-N.data when the deck uses ${data} and no "
+        "--var data is given",
+    )
+    p.add_argument("--workdir", default="runs/lammps", help="where LAMMPS and the server run and write")
+    p.add_argument(
+        "--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)"
+    )
+    p.add_argument("--device", default="cpu", help="server device: cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument("--average", default="none", help="server rotational averaging spec (e.g. 2i)")
+    p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra mlip-server argument (repeat; e.g. --server-arg=--max-batch-edges=500000)",
+    )
+    p.add_argument(
+        "--bridge-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--timeout=1200)",
+    )
+    p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
+    p.add_argument(
+        "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
+    )
+    return p
+
+
+def run_main(argv=None) -> int:
+    args = build_run_parser().parse_args(argv)
+    # a kill cleans up like Ctrl-C; SIGINT is set too because a parent shell may have
+    # started us with it ignored (background jobs), and then Ctrl-C would do nothing
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    deck = Path(args.deck)
+    if not deck.is_file():
+        print(
+            f"{RUN}: error: deck {args.deck!r} not found: pass a LAMMPS input "
+            "such as lammps_inputs/in.water-nvt",
+            file=sys.stderr,
+        )
+        return 2
+    variables = list(args.var)
+    if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
+        data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
+        print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
+        variables.append(("data", str(data)))
+    model = args.model or str(shipped_model())
+    if not Path(model).is_file():
+        print(
+            f"{RUN}: error: model file {model!r} not found: pass --model PATH to a TorchScript file",
+            file=sys.stderr,
+        )
+        return 2
+    server_args = ["--device", args.device, "--dtype", args.dtype, "--average", args.average]
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
+    try:
+        result = runner.run(
+            deck,
+            model,
+            args.elements,
+            np=args.np,
+            variables=variables,
+            workdir=workdir,
+            address=args.address,
+            server_args=server_args + args.server_arg,
+            bridge_args=args.bridge_arg,
+            echo=not args.quiet,
+            timeout=args.timeout,
+        )
+    except KeyboardInterrupt:
+        print(f"{RUN}: interrupted: stopped LAMMPS and mlip-server", file=sys.stderr)
+        return 130
+    except FileNotFoundError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return 2
+    if result.code:
+        print(f"{RUN}: error: {result.message} (outputs in {result.workdir})", file=sys.stderr)
+    else:
+        print(f"{RUN}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
+    return result.code
