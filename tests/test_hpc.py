@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from server.ipi.launcher import build_parser
+from server.paths import project_root
 
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = ROOT / "hpc" / "ipi-cpu-server-gpu.slurm"
+TEMPLATE = project_root() / "hpc" / "ipi-cpu-server-gpu.slurm"
 
 
 def _free_port() -> int:
@@ -109,7 +109,8 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
     assert proc.returncode == 0, (out, logs)
 
     # the two commands, as srun got them, parse as mlip-run command lines
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    # (the group-0 line runs in the background: the two may reach srun in either order)
+    calls = sorted(json.loads(line) for line in log.read_text().splitlines())
     assert [c[0] for c in calls] == ["--het-group=0", "--het-group=1"]
     assert all(c[1] == "mlip-run" for c in calls)
     ipi, server = (build_parser().parse_args(c[2:]) for c in calls)
