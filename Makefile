@@ -8,7 +8,7 @@ export LD_LIBRARY_PATH := $(CURDIR)/$(VENV)/lib:$(LD_LIBRARY_PATH)
 MODEL ?= models/water-pet.pt
 ADDRESS ?= unix:mlip
 DEVICE ?= cpu
-DTYPE ?= float64
+DTYPE ?=
 
 SHARED ?= ../shared/data
 TRAJ ?=
@@ -45,7 +45,7 @@ demo: install
 
 STRUCTURE ?= init.xyz
 serve: install
-	$(VENV)/bin/mlip-server --model $(MODEL) --structure $(STRUCTURE) --address $(ADDRESS) --device $(DEVICE) --dtype $(DTYPE)
+	$(VENV)/bin/mlip-server --model $(MODEL) --structure $(STRUCTURE) --address $(ADDRESS) --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE))
 
 teacher: install
 	$(PY) -m training.export_teacher --data $(SHARED)/bpnnp-revpbe0d3 --out models/local/bpnnp-revpbe0d3.pt
@@ -90,9 +90,9 @@ replay: install
 NP ?= 2
 LAMMPS_ARGS ?=
 lammps: install
-	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --workdir runs/lammps $(LAMMPS_ARGS)
 lammps-large: install
-	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) --dtype $(DTYPE) --workdir runs/lammps-large $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --workdir runs/lammps-large $(LAMMPS_ARGS)
 bench-lammps: install
 	$(PY) bench/lammps_scaling.py $(if $(wildcard $(MODEL)),--model $(MODEL))
 

@@ -30,7 +30,7 @@ class MLIPCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model, average="none", device="cpu", dtype="float64", **kwargs):
+    def __init__(self, model, average="none", device="cpu", dtype=None, **kwargs):
         super().__init__(**kwargs)
         self.evaluator = (
             model if isinstance(model, Evaluator) else Evaluator(model, device=device, dtype=dtype)

@@ -126,3 +126,56 @@ def test_ase_calculator_matches_evaluator(toy_model, water32_triclinic):
     assert np.abs(atoms.get_forces() - res.forces).max() < 1e-14
     sym = 0.5 * (res.virial + res.virial.T)
     assert np.abs(atoms.get_stress(voigt=False) + sym / atoms.get_volume()).max() < 1e-14
+
+
+def test_the_default_precision_is_the_models_own(models_dir, toy_model, water8):
+    """A model exported in float32 runs in float32 unless float64 is asked for; the toy models
+    (exported in float64) run in float64; a model without floating parameters (LJ) in float64."""
+    import torch
+
+    from training.toy_models import LennardJones, water_toy
+
+    path = models_dir / "water-toy-float32.pt"
+    torch.jit.save(torch.jit.script(water_toy(anisotropy=0.02).float()), str(path))
+    ev32, ev64 = Evaluator(str(path)), Evaluator(str(path), dtype="float64")
+    assert ev32.dtype == torch.float32 and not ev32.model.requested_dtype
+    assert ev64.dtype == torch.float64 and ev64.model.requested_dtype
+    assert Evaluator(toy_model).dtype == torch.float64
+    assert Evaluator(torch.jit.script(LennardJones())).dtype == torch.float64
+    s = Structure.from_ase(water8)
+    e32, e64 = ev32.compute([s])[0].energy, ev64.compute([s])[0].energy
+    assert e32 != e64 and abs(e32 - e64) < 1e-4 * abs(e64)  # the same model, two precisions
+
+
+def test_server_logs_the_precision_it_chose(models_dir, water8, tmp_path):
+    """mlip-server says which precision it runs in and why (a missing socket ends it quickly)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from server.structures import write_ipi_xyz
+    from training.toy_models import water_toy
+
+    path = models_dir / "water-toy-float32-log.pt"
+    torch.jit.save(torch.jit.script(water_toy(anisotropy=0.02).float()), str(path))
+    write_ipi_xyz(water8, tmp_path / "init.xyz")
+    for extra, expected in (
+        ([], "float32 (the model's own precision)"),
+        (["--dtype", "float64"], "float64 (requested)"),
+    ):
+        cmd = [
+            sys.executable,
+            "-m",
+            "server.ipi.serve",
+            "--model",
+            str(path),
+            "--structure",
+            "init.xyz",
+            "--address",
+            "unix:/nonexistent/sock",
+            "--connect-timeout",
+            "0.2",
+        ] + extra
+        out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and expected in out.stderr, out.stderr

@@ -148,6 +148,7 @@ def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:
 
 
 def export(model: torch.nn.Module, path) -> str:
-    """Scripts and saves ``model``; returns the path."""
-    torch.jit.save(torch.jit.script(model), str(path))
+    """Scripts and saves ``model`` in float64 (the precision servers then run it in by default);
+    returns the path."""
+    torch.jit.save(torch.jit.script(model.double()), str(path))
     return str(path)

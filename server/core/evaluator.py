@@ -49,8 +49,9 @@ class Evaluator:
         A model file, a scripted contract module, or a loaded model.
     device : str
         ``cpu``, ``cuda`` or ``cuda:N``.
-    dtype : str
-        ``float32`` or ``float64`` (model and edge vectors; results are float64).
+    dtype : str, optional
+        ``float32`` or ``float64`` (model and edge vectors; results are float64); None: the
+        model's own precision (see :func:`server.formats.load_model`).
     max_batch_edges : int, optional
         Edges per model call (rotated copies count); None: the device's default in
         :data:`DEFAULT_MAX_BATCH_EDGES`.
@@ -62,7 +63,7 @@ class Evaluator:
         self,
         model,
         device="cpu",
-        dtype="float64",
+        dtype=None,
         max_batch_edges: Optional[int] = None,
         min_distance: float = 0.1,
     ):

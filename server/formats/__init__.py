@@ -34,7 +34,7 @@ def formats() -> dict[str, type[ModelAdapter]]:
     return dict(sorted(found.items(), key=lambda item: -item[1].priority))
 
 
-def load_model(model, device="cpu", dtype="float64") -> ModelAdapter:
+def load_model(model, device="cpu", dtype=None) -> ModelAdapter:
     """Loads a model file of any registered format (or wraps a scripted contract module).
 
     Parameters
@@ -43,9 +43,10 @@ def load_model(model, device="cpu", dtype="float64") -> ModelAdapter:
         A model file, an in-memory contract module, or an already loaded model.
     device : str
         ``cpu``, ``cuda``, ``cuda:N``.
-    dtype : str
-        ``float32`` or ``float64``: contract models are cast to it; metatomic models run in
-        the dtype they declare.
+    dtype : str, optional
+        ``float32`` or ``float64``: contract models are cast to it; None (the default): the
+        precision the model was exported in (contract: its parameters' dtype, float64 for a
+        model without floating parameters; metatomic: the dtype it declares, always).
 
     Raises
     ------

@@ -23,9 +23,9 @@ __all__ = ["ModelAdapter", "parse_dtype", "parse_device"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def parse_dtype(dtype) -> torch.dtype:
-    """``"float32"``/``"float64"`` (or a torch dtype) → torch dtype."""
-    if isinstance(dtype, torch.dtype):
+def parse_dtype(dtype) -> torch.dtype | None:
+    """``"float32"``/``"float64"`` (or a torch dtype) → torch dtype; None stays None (the model's own)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}: use one of {', '.join(_DTYPES)}")
@@ -67,6 +67,8 @@ class ModelAdapter:
         Where it runs.
     dtype : torch.dtype
         The precision it runs in.
+    requested_dtype : bool
+        Whether that precision was asked for (False: the model's own, the default).
     """
 
     label: ClassVar[str] = "model"
@@ -79,6 +81,7 @@ class ModelAdapter:
     species: list
     device: torch.device
     dtype: torch.dtype
+    requested_dtype: bool = False
 
     @classmethod
     def recognizes(cls, path: str) -> bool:
@@ -86,8 +89,9 @@ class ModelAdapter:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> "ModelAdapter":
-        """Loads and checks the file; raises :class:`ModelError` with the fix."""
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype | None) -> "ModelAdapter":
+        """Loads and checks the file; raises :class:`ModelError` with the fix. ``dtype`` None:
+        the model's own precision."""
         raise NotImplementedError
 
     def evaluate(self, copies) -> list[tuple[float, np.ndarray, np.ndarray]]:

@@ -19,7 +19,7 @@ import torch
 from ..core.errors import ModelError
 from .base import ModelAdapter, first_line
 
-__all__ = ["ContractModel"]
+__all__ = ["ContractModel", "exported_dtype"]
 
 __FORMAT_NAME__ = "contract"
 __FORMAT_CLASS__ = "ContractModel"
@@ -81,10 +81,14 @@ class ContractModel(ModelAdapter):
         species = [int(z) for z in module.species]
         if not cutoff > 0 or not species:
             raise ModelError(f"model {path!r} has cutoff={cutoff} and species={species}: both must be set")
+        requested = dtype is not None
+        dtype = dtype if requested else exported_dtype(module)
         module = module.to(device=device, dtype=dtype)
         module.eval()
         _dry_run(module, path, cutoff, species, device, dtype)
-        return cls(module, path, cutoff, species, device, dtype)
+        model = cls(module, path, cutoff, species, device, dtype)
+        model.requested_dtype = requested
+        return model
 
     def evaluate(self, copies):
         dev, dt = self.device, self.dtype
@@ -123,6 +127,14 @@ class ContractModel(ModelAdapter):
             results.append((float(energies[b]), forces[atom0 : atom0 + n] @ rot, virial))
             atom0, edge0 = atom0 + n, edge0 + e
         return results
+
+
+def exported_dtype(module) -> torch.dtype:
+    """The floating dtype of the module's parameters and buffers (float64 when it has none)."""
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float64
 
 
 def _dry_run(module, path, cutoff, species, device, dtype):

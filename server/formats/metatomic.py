@@ -19,6 +19,7 @@ How it maps onto the Evaluator (the ``ModelAdapter`` interface, ARCHITECTURE.md)
 
 from __future__ import annotations
 
+import logging
 import zipfile
 
 import numpy as np
@@ -81,7 +82,15 @@ class MetatomicModel(ModelAdapter):
 
     @classmethod
     def load(cls, path, device, dtype) -> "MetatomicModel":
-        return cls(path, device)  # runs in its declared dtype
+        model = cls(path, device)  # runs in its declared dtype, whatever was asked
+        if dtype is not None and dtype != model.dtype:
+            logging.getLogger("mlip-server").warning(
+                "%s: the metatomic model declares %s and runs in it, not in the requested %s",
+                path,
+                str(model.dtype)[6:],
+                str(dtype)[6:],
+            )
+        return model
 
     def __init__(self, path: str, device: torch.device):
         mta, mts = _import()

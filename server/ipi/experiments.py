@@ -50,7 +50,8 @@ class RunOptions:
     specs: str | None = None
     seed: int = 12345
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str | None = None
+    """Server precision; None: the model's own."""
     template: dict = field(default_factory=dict)
     """Any other template value (``--set NAME=VALUE``)."""
     restart: str | None = None

@@ -98,7 +98,9 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
     rendered = render(name, opts, folder, run_id)
     (folder / rendered.xml_name).write_text(rendered.xml)
     (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
-    server_args = rendered.server_args + ["--device", opts.device, "--dtype", opts.dtype]
+    server_args = (
+        rendered.server_args + ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
+    )
     (folder / SERVER_FILE).write_text(
         json.dumps(
             {"addresses": rendered.addresses, "server_args": server_args, "structure": rendered.element_file}
@@ -153,10 +155,14 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
     model = Path(opts.model or shipped_model())
     if not model.is_file():
         raise InputError(f"model {model} not found: pass --model PATH (a TorchScript model file)")
-    server_args = [a for a in spec["server_args"]]
-    for flag, value in (("--device", opts.device), ("--dtype", opts.dtype)):
-        i = server_args.index(flag)
-        server_args[i + 1] = value
+    # this side's own --device and --dtype replace the ipi side's
+    server_args, given = [], iter(spec["server_args"])
+    for arg in given:
+        if arg in ("--device", "--dtype"):
+            next(given, None)
+        else:
+            server_args.append(arg)
+    server_args += ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
     server = None
     try:
         with _interrupts():
@@ -328,7 +334,12 @@ def build_parser():
     p.add_argument("--specs", help="replay: comma-separated averaging specs")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float64"],
+        help="server precision (default: the model's own)",
+    )
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads of i-PI and the server")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other template value")
     p.add_argument("--restart", metavar="RUN_DIR", help="continue a previous run from its RESTART file")

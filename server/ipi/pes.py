@@ -6,7 +6,7 @@ project must be installed, e.g. ``pip install -e .``)::
     <ffdirect name='mlip'>
       <pes>custom</pes>
       <pes_path>/path/to/project/server/ipi/pes.py</pes_path>
-      <parameters>{model: model.pt, structure: init.xyz, average: none, dtype: float64}</parameters>
+      <parameters>{model: model.pt, structure: init.xyz, average: none, dtype: float32}</parameters>
     </ffdirect>
 
     i-pi-py_driver -m custom -P server/ipi/pes.py -u -a NAME -o model=model.pt,structure=init.xyz
@@ -45,7 +45,7 @@ class MLIPDriver(Dummy_driver):
         structure,
         average="none",
         device="cpu",
-        dtype="float64",
+        dtype=None,
         nonperiodic=False,
         *args,
         **kwargs,

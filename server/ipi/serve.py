@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float64"],
+        help="precision of the model and the edge vectors (default: the precision the model was exported in)",
+    )
     p.add_argument(
         "--max-batch-edges",
         type=int,
@@ -108,12 +113,13 @@ def main(argv=None) -> int:
             args.model, device=args.device, dtype=args.dtype, max_batch_edges=args.max_batch_edges
         )
         log.info(
-            "%s %s: cutoff %.3g Å, species %s, %s on %s",
+            "%s %s: cutoff %.3g Å, species %s, %s (%s) on %s",
             evaluator.model.label,
             args.model,
             evaluator.cutoff,
             evaluator.model.species,
             str(evaluator.dtype).replace("torch.", ""),
+            "requested" if evaluator.model.requested_dtype else "the model's own precision",
             args.device,
         )
         unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))

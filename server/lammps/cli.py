@@ -153,7 +153,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)"
     )
     p.add_argument("--device", default="cpu", help="server device: cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default="float64", choices=["float32", "float64"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float64"],
+        help="server precision (default: the model's own)",
+    )
     p.add_argument("--average", default="none", help="server rotational averaging spec (e.g. 2i)")
     p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
     p.add_argument(
@@ -205,7 +210,9 @@ def run_main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    server_args = ["--device", args.device, "--dtype", args.dtype, "--average", args.average]
+    server_args = ["--device", args.device, "--average", args.average]
+    if args.dtype:
+        server_args += ["--dtype", args.dtype]
     if args.threads:
         server_args += ["--threads", str(args.threads)]
     try:
