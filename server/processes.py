@@ -8,6 +8,7 @@ kills what was started and removes the socket files that i-PI leaves behind.
 from __future__ import annotations
 
 import ctypes
+import glob
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ __all__ = [
     "executable",
     "start_ipi",
     "start_server",
+    "remove_ipi_shm",
     "wait_for_socket",
     "wait",
     "stop",
@@ -92,6 +94,19 @@ def start_server(model, structure, addresses, cwd, log="server.log", extra=(), e
     for a in addresses:
         cmd += ["--address", a]
     return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log, env=env)
+
+
+def remove_ipi_shm(pid: int) -> list:
+    """Removes the shared-memory segments (``mode='shm'``) of the i-PI process ``pid`` that it left
+    behind (it removes them itself when it ends normally, not when it is killed)."""
+    removed = []
+    for path in glob.glob(f"/dev/shm/ipi_shm_{int(pid)}_*"):
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def wait_for_socket(name: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:

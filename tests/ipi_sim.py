@@ -114,10 +114,10 @@ def run(
             )
             forces += f"<force forcefield='{name}' weight='{weight}'/>"
             continue
-        if mode == "unix":
+        if mode in ("unix", "shm"):
             address, port = f"{base}-{k}", ""
             sockets.append(address)
-            server_address = f"unix:{address}"
+            server_address = f"{mode}:{address}"
         else:
             address, port_n = "127.0.0.1", _free_port()
             port = f"<port>{port_n}</port>"
@@ -144,12 +144,13 @@ def run(
     try:
         if ffdirect:
             return Outputs(workdir, processes.wait([ipi], timeout) + [0], nbeads)
-        if mode == "unix":
+        if mode in ("unix", "shm"):
             processes.wait_for_socket(sockets[0], ipi)
         server = processes.start_server(model, "init.xyz", addresses, workdir, extra=list(server_args))
         codes = processes.wait([ipi, server], timeout)
     finally:
         processes.stop([ipi, server], sockets)
+        processes.remove_ipi_shm(ipi.pid)
     return Outputs(workdir, codes, nbeads)
 
 

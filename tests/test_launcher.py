@@ -270,3 +270,36 @@ def socket_names(xml_path):
     import re
 
     return re.findall(r"<address>([^<]+)</address>", xml_path.read_text())
+
+
+def test_shm_transport_through_the_launcher(tmp_path, toy_model):
+    """mlip-run --transport shm: i-PI's mode='shm' forcefield and a shm: server address; the same
+    energies as the unix route."""
+    runs = {}
+    for transport in ("unix", "shm"):
+        out = tmp_path / transport
+        assert (
+            mlip_run(
+                [
+                    "water-nvt",
+                    "--model",
+                    toy_model,
+                    "--steps",
+                    "4",
+                    "--molecules",
+                    "8",
+                    "--stride",
+                    "1",
+                    "--transport",
+                    transport,
+                    "--out",
+                    str(out),
+                    "--progress",
+                    "0",
+                ]
+            )
+            == 0
+        )
+        runs[transport] = np.loadtxt(out / "sim.out")
+    assert "mode='shm'" in (tmp_path / "shm" / "input.xml").read_text()
+    assert np.abs(runs["shm"] - runs["unix"]).max() <= 1e-9 * np.abs(runs["unix"]).max()

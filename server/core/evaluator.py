@@ -15,8 +15,21 @@ Rotational averaging evaluates copies of the graph with rotated edge vectors R_k
 in the same batch; E_avg = Σ_k w_k E(R_k ·). The per-copy gradient, rotated back,
 gives each copy's forces and virial, and their weighted sum is exactly the gradient of
 E_avg. Copies of all structures are packed into model calls of at most
-``max_batch_edges`` edges (default :data:`DEFAULT_MAX_BATCH_EDGES` for the device); each model
-format (:mod:`server.formats`) evaluates one such chunk.
+``max_batch_edges`` edges; each model format (:mod:`server.formats`) evaluates one such chunk.
+
+Chunk size ("auto", the default). Whether batching pays depends on the model and the device: a
+small molecule costs one call's overhead whether it is evaluated once or 36 times, while on a
+2-core CPU a 192-atom PET call is memory-bound and 10 copies in one call are slower than 10
+calls. So, unless ``max_batch_edges`` is given, the Evaluator measures: the first time a
+structure of a given size (its edge count rounded up to a power of 2, the *bucket*) has to be
+evaluated as more than one copy, it times :meth:`ModelAdapter.evaluate` on k = 1, 2, 4, 8, ...
+identity copies of that graph (after one warm-up; best of :data:`CALIBRATION_REPEATS` per k)
+while k × edges stays within the memory budget (:data:`DEFAULT_MAX_BATCH_EDGES`) and k does
+not exceed the copies the request needs (that number itself is the last k tried), stops once
+the time per copy is more than :data:`CALIBRATION_TOLERANCE` worse than the best so far, and
+keeps the best k as the bucket's chunk of (k + ½) × edges. The choice is cached per bucket in
+:attr:`Evaluator.calibrations` (a later request needing more copies than were tried extends the
+measurement); it changes only which copies share a model call, never what is computed.
 """
 
 from __future__ import annotations
@@ -34,10 +47,18 @@ from .graph import Graph, Result, Structure, build_graph
 __all__ = ["Evaluator", "Structure", "Result", "DEFAULT_MAX_BATCH_EDGES"]
 
 DEFAULT_MAX_BATCH_EDGES = {"cpu": 50_000, "cuda": 2_000_000}
-"""Edges per model call by device type. On CPU, batching beyond ~10 copies of a 192-atom water
-frame only adds memory traffic (measured for the shipped PET on 2 cores, 192 atoms: ``2i`` in
-float32 2.7 s per call at 50k edges vs 6.6 s at 200k or 2M; ``4i`` in float64 115 s vs 222 s);
-a GPU needs large calls to be busy."""
+"""Memory budget by device type: the most edges (rotated copies and structures together) the
+automatic chunk size may put in one model call. The chunk actually used is measured per model and
+structure size (module docstring) and is often much smaller on CPU (the shipped PET on 2 cores,
+192 atoms, ``2i`` in float32: 2.42 s at 50k edges per call, 1.56 s at 10k, 1.56 s for a serial
+loop of 36 calls); a GPU needs large calls to be busy."""
+
+CALIBRATION_REPEATS = 2
+"""Timed calls per copy count k in a calibration; the fastest counts (noise on a loaded machine
+only ever adds time)."""
+
+CALIBRATION_TOLERANCE = 0.10
+"""A calibration stops at the first k whose time per copy exceeds the best so far by this fraction."""
 
 
 class Evaluator:
@@ -53,10 +74,30 @@ class Evaluator:
         ``float32`` or ``float64`` (model and edge vectors; results are float64); None: the
         model's own precision (see :func:`server.formats.load_model`).
     max_batch_edges : int, optional
-        Edges per model call (rotated copies count); None: the device's default in
-        :data:`DEFAULT_MAX_BATCH_EDGES`.
+        Edges per model call (rotated copies count), fixed: no measurement. None ("auto"): chosen
+        per structure size by timing the model (module docstring), within ``memory_budget_edges``.
     min_distance : float
         Atoms closer than this (Å) are refused as overlapping.
+    memory_budget_edges : int, optional
+        The most edges the automatic choice may put in one model call; None: the device's entry
+        of :data:`DEFAULT_MAX_BATCH_EDGES`. Ignored when ``max_batch_edges`` is given.
+
+    Attributes
+    ----------
+    max_batch_edges : int or None
+        The fixed chunk (edges per model call), None when chosen automatically.
+    memory_budget_edges : int
+        The upper bound of the automatic choice, edges per model call.
+    calibrations : dict
+        Per bucket (edges per copy rounded up to a power of 2) the automatic choice:
+        ``edges`` and ``atoms`` of the graph it was measured on, ``seconds_per_copy`` {k: s}
+        (best of :data:`CALIBRATION_REPEATS`), ``copies_per_call`` (the best k),
+        ``budget_edges`` (the chunk used: (k + ½) × edges, within the memory budget),
+        ``stopped`` (why it stopped: ``"slower"``, ``"memory budget"`` or ``"copies needed"``),
+        ``cost_s`` (wall time the measurement took, s).
+    timings : dict
+        Accumulated wall times, s: ``neighbors`` (graphs), ``model`` (model calls),
+        ``calibration`` (the measurements above) and ``total`` (everything in :meth:`compute`).
     """
 
     def __init__(
@@ -66,20 +107,43 @@ class Evaluator:
         dtype=None,
         max_batch_edges: Optional[int] = None,
         min_distance: float = 0.1,
+        memory_budget_edges: Optional[int] = None,
     ):
         self.model = load_model(model, device, dtype)
         self.device, self.dtype = self.model.device, self.model.dtype
-        if max_batch_edges is None:
-            max_batch_edges = DEFAULT_MAX_BATCH_EDGES.get(self.device.type, DEFAULT_MAX_BATCH_EDGES["cpu"])
-        self.max_batch_edges = int(max_batch_edges)
+        self.max_batch_edges = None if max_batch_edges is None else int(max_batch_edges)
+        if memory_budget_edges is None:
+            memory_budget_edges = DEFAULT_MAX_BATCH_EDGES.get(
+                self.device.type, DEFAULT_MAX_BATCH_EDGES["cpu"]
+            )
+        self.memory_budget_edges = int(memory_budget_edges)
         self.min_distance = float(min_distance)
         self._species = set(self.model.species)
-        self.timings = {"neighbors": 0.0, "model": 0.0, "total": 0.0}
+        self.calibrations: dict[int, dict] = {}
+        self.timings = {"neighbors": 0.0, "model": 0.0, "calibration": 0.0, "total": 0.0}
 
     @property
     def cutoff(self) -> float:
         """The model's neighbour-list cutoff, Å."""
         return self.model.cutoff
+
+    def batching_summary(self) -> str:
+        """One line for logs: the fixed chunk, or each measured choice and what it cost."""
+        if self.max_batch_edges is not None:
+            return f"{self.max_batch_edges} edges per model call (fixed)"
+        if not self.calibrations:
+            return (
+                f"measured per structure size within {self.memory_budget_edges} edges (nothing measured yet)"
+            )
+        parts = []
+        for bucket, c in sorted(self.calibrations.items()):
+            tried = ", ".join(f"{k}: {1e3 * t:.3g}" for k, t in sorted(c["seconds_per_copy"].items()))
+            parts.append(
+                f"{c['atoms']} atoms/{c['edges']} edges: {c['copies_per_call']} copies per call "
+                f"({c['budget_edges']} edges; ms per copy {tried or '-'}; stopped: {c['stopped']}; "
+                f"{c['cost_s']:.2f} s)"
+            )
+        return f"measured within {self.memory_budget_edges} edges: " + "; ".join(parts)
 
     def compute(self, structures, averaging=None) -> list[Result]:
         """Energies, forces and virials of ``structures``.
@@ -127,17 +191,84 @@ class Evaluator:
         (energy, forces [N,3], virial [3,3]) in the original frame."""
         items = [(s, k) for s, rot in enumerate(rotations) for k in range(len(rot.weights))]
         out = [[None] * len(rot.weights) for rot in rotations]
-        chunk, edges = [], 0
+        budgets = self._budgets(graphs, rotations)
+        chunk, edges, limit = [], 0, 0
         for item in items:
-            n_edges = max(len(graphs[item[0]].vectors), 1)
-            if chunk and edges + n_edges > self.max_batch_edges:
+            n_edges = _n_edges(graphs[item[0]])
+            # a chunk of mixed structures keeps the smallest of their budgets
+            new_limit = min(limit, budgets[item[0]]) if chunk else budgets[item[0]]
+            if chunk and edges + n_edges > new_limit:
                 self._run_chunk(chunk, graphs, rotations, out)
-                chunk, edges = [], 0
+                chunk, edges, new_limit = [], 0, budgets[item[0]]
             chunk.append(item)
-            edges += n_edges
+            edges, limit = edges + n_edges, new_limit
         if chunk:
             self._run_chunk(chunk, graphs, rotations, out)
         return out
+
+    # -- the chunk size -------------------------------------------------------------
+    def _budgets(self, graphs, rotations) -> list[int]:
+        """Edges per model call for chunks holding copies of each structure."""
+        if self.max_batch_edges is not None:
+            return [self.max_batch_edges] * len(graphs)
+        buckets = [_bucket(_n_edges(g)) for g in graphs]
+        needed: dict[int, int] = {}
+        for b, rot in zip(buckets, rotations):
+            needed[b] = needed.get(b, 0) + len(rot.weights)
+        budgets = []
+        for g, b in zip(graphs, buckets):
+            c = self.calibrations.get(b)
+            if needed[b] > 1 and (
+                c is None
+                or (c["stopped"] == "copies needed" and needed[b] > max(c["seconds_per_copy"], default=1))
+            ):
+                c = self._calibrate(g, b, needed[b])
+            # one copy of this size (nothing to batch) and nothing measured: only memory bounds it
+            budgets.append(self.memory_budget_edges if c is None else c["budget_edges"])
+        return budgets
+
+    def _calibrate(self, g: Graph, bucket: int, needed: int) -> dict:
+        """Times the model on k identity copies of ``g`` (k = 1, 2, 4, ..., then ``needed``) and
+        stores the best k for ``bucket`` in :attr:`calibrations` (extending an earlier one)."""
+        t_start = time.perf_counter()
+        n_edges = _n_edges(g)
+        k_memory = max(1, self.memory_budget_edges // n_edges)
+        k_max = min(needed, k_memory)
+        previous = self.calibrations.get(bucket)
+        per_copy = dict(previous["seconds_per_copy"]) if previous else {}
+        ks = sorted({1 << j for j in range(k_max.bit_length()) if 1 << j < k_max} | {k_max})
+        stopped = "memory budget" if k_max == k_memory else "copies needed"
+        if k_max > 1:
+            eye = np.eye(3)
+            if not per_copy:
+                self.model.evaluate([(g, eye)])  # warm-up: first-call costs are not the model's
+            for k in ks:
+                if k in per_copy:
+                    continue
+                best_time = np.inf
+                for _ in range(CALIBRATION_REPEATS):
+                    t0 = time.perf_counter()
+                    self.model.evaluate([(g, eye)] * k)
+                    best_time = min(best_time, time.perf_counter() - t0)
+                per_copy[k] = best_time / k
+                if per_copy[k] > (1 + CALIBRATION_TOLERANCE) * min(per_copy.values()):
+                    stopped = "slower"
+                    break
+        best_k = min(per_copy, key=per_copy.get) if per_copy else 1
+        budget = self.memory_budget_edges if k_memory == 1 else int((best_k + 0.5) * n_edges)
+        cost = time.perf_counter() - t_start + (previous["cost_s"] if previous else 0.0)
+        entry = {
+            "edges": len(g.vectors),
+            "atoms": len(g.numbers),
+            "seconds_per_copy": per_copy,
+            "copies_per_call": best_k,
+            "budget_edges": min(budget, self.memory_budget_edges),
+            "stopped": stopped,
+            "cost_s": cost,
+        }
+        self.calibrations[bucket] = entry
+        self.timings["calibration"] += time.perf_counter() - t_start
+        return entry
 
     def _run_chunk(self, chunk, graphs, rotations, out):
         copies = [(graphs[s], rotations[s].matrices[k]) for s, k in chunk]
@@ -154,6 +285,16 @@ class Evaluator:
                 f"model {self.model.path} returned non-finite energy or forces: "
                 "the structure is probably far outside its training data"
             )
+
+
+def _n_edges(g: Graph) -> int:
+    """Edges a copy of ``g`` counts for in a chunk (at least 1: atoms cost something too)."""
+    return max(len(g.vectors), 1)
+
+
+def _bucket(n_edges: int) -> int:
+    """The size class a calibration is cached for: ``n_edges`` rounded up to a power of 2."""
+    return 1 << max(n_edges - 1, 0).bit_length()
 
 
 def _combine(copies, rot, raw_only: bool) -> Result:

@@ -22,6 +22,8 @@ from ..structures import water_box, water_molecule, write_ipi_xyz
 
 __all__ = ["RunOptions", "Rendered", "experiments", "load_experiment", "render", "forcefield"]
 
+TRANSPORTS = ("unix", "shm", "inet")
+"""i-PI ``<ffsocket>`` modes: unix sockets, unix sockets with the arrays in shared memory, TCP."""
 TEMPLATE_KEYS = ("steps", "temperature", "timestep", "beads", "nmts", "pressure", "stride", "seed")
 """Run options that are also template values of ``input.xml``."""
 
@@ -61,7 +63,9 @@ class RunOptions:
     threads: int | None = None
     """OpenMP threads of i-PI and the server (None: inherited)."""
     transport: str = "unix"
-    """``unix`` (one socket file per endpoint) or ``inet`` (``host``, ``port``, ``port``+1, ...)."""
+    """``unix`` (one socket file per endpoint), ``shm`` (the same sockets, positions and forces in
+    i-PI's shared memory: i-PI and the server on one machine) or ``inet`` (``host``, ``port``,
+    ``port``+1, ...)."""
     host: str = "127.0.0.1"
     port: int | None = None
     side: str = "both"
@@ -100,12 +104,13 @@ def load_experiment(name: str) -> tuple[dict, str]:
 
 
 def forcefield(name: str, address: str, options: RunOptions, port: int | None) -> str:
-    """The ``<ffsocket>`` element of endpoint ``name`` (unix socket ``address``, or inet)."""
+    """The ``<ffsocket>`` element of endpoint ``name``: unix socket ``address`` (also for shm,
+    whose messages travel on it), or inet ``options.host``:``port``."""
     if options.transport == "inet":
         where = f"<address>{options.host}</address><port>{port}</port>"
-        mode = "inet"
     else:
-        where, mode = f"<address>{address}</address>", "unix"
+        where = f"<address>{address}</address>"
+    mode = options.transport
     return f"<ffsocket name='{name}' mode='{mode}' pbc='false'>{where}<latency>1e-4</latency></ffsocket>"
 
 
@@ -179,7 +184,7 @@ def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptio
         if options.transport == "inet":
             addresses += [f"inet:{options.host}:{options.port + k}={spec}"] * n
         else:
-            addresses += [f"unix:{run_id}-{e}={spec}"] * n
+            addresses += [f"{options.transport}:{run_id}-{e}={spec}"] * n
             sockets.append(f"{run_id}-{e}")
     return addresses, sockets
 
@@ -187,8 +192,8 @@ def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptio
 def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
     """Writes the starting structure into ``out`` and renders ``input.xml`` (or, with
     ``options.restart``, the previous run's RESTART with fresh socket names); writes no XML."""
-    if options.transport not in ("unix", "inet"):
-        raise InputError(f"unknown transport {options.transport!r}: use unix or inet")
+    if options.transport not in TRANSPORTS:
+        raise InputError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
     if options.transport == "inet" and not options.port:
         raise InputError("the inet transport needs --port (the first of one port per endpoint)")
     meta, template = load_experiment(name)

@@ -135,6 +135,8 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
         processes.stop([ipi, server], rendered.sockets)
+        if ipi is not None:
+            processes.remove_ipi_shm(ipi.pid)
     return _verdict(codes, folder, meta, out, time.monotonic() - t0)
 
 
@@ -348,8 +350,9 @@ def build_parser():
     p.add_argument(
         "--transport",
         default="unix",
-        choices=["unix", "inet"],
-        help="sockets between i-PI and the server (inet: --host, --port, one port per endpoint)",
+        choices=["unix", "shm", "inet"],
+        help="sockets between i-PI and the server: unix; shm (unix, arrays in shared memory); "
+        "inet (--host, --port, one port per endpoint)",
     )
     p.add_argument("--host", default="127.0.0.1", help="inet: the host i-PI listens on")
     p.add_argument("--port", type=int, default=None, help="inet: the first port")

@@ -4,9 +4,12 @@ Example::
 
     mlip-server --model models/water-pet.pt --structure init.xyz --address unix:water
     mlip-server --model m.pt --structure init.xyz --address unix:raw --address unix:avg=2i
+    mlip-server --model m.pt --structure init.xyz --address shm:water      # i-PI mode='shm'
+    mlip-server --model m.pt --structure init.xyz --address unix:ase --on-close exit   # ASE host
 
-Exit status: 0 after i-PI's EXIT on every connection; 1 when the run cannot go on
-(peer died, malformed message, bad structure); 2 for bad arguments or a bad model.
+Exit status: 0 after i-PI's EXIT on every connection (or, with ``--on-close exit``, after a host
+closed its socket cleanly between messages); 1 when the run cannot go on (peer died, malformed
+message, bad structure); 2 for bad arguments or a bad model.
 """
 
 from __future__ import annotations
@@ -82,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the other connections of an address before evaluating",
     )
     p.add_argument("--nonperiodic", action="store_true", help="ignore the cell (gas-phase runs)")
+    p.add_argument(
+        "--on-close",
+        default="error",
+        choices=["error", "exit"],
+        help="a peer closing its socket without EXIT: an error (i-PI crashed; the default) or, after a "
+        "completed exchange, the end of that connection (ASE's SocketIOCalculator ends this way)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=100, help="log statistics every N evaluations")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
@@ -143,6 +153,7 @@ def main(argv=None) -> int:
         batch_wait=args.batch_wait,
         log_every=args.log_every,
         nonperiodic=args.nonperiodic,
+        on_close=args.on_close,
     )
     try:
         server.serve()

@@ -32,7 +32,9 @@ from ..protocol import (
     cell_to_rows,
     read_init,
     read_posdata,
+    read_posdata_shm,
     send_forceready,
+    send_forceready_shm,
 )
 
 __all__ = ["ForceServer", "Connection"]
@@ -50,6 +52,7 @@ class Connection:
         sock: socket.socket,
         timeout: float,
         nonperiodic: bool = False,
+        on_close: str = "error",
     ):
         self.address, self.averaging = address, averaging
         self.wire = Wire(sock, str(address), timeout)
@@ -61,6 +64,9 @@ class Connection:
         self.results = None
         self.exited = False
         self.numbers: np.ndarray | None = None
+        self.segments = None  # i-PI's shared memory (shm addresses), attached at the first POSDATA
+        self.on_close = on_close
+        self.exchanges = 0  # completed POSDATA → FORCEREADY exchanges
 
     def fileno(self):
         return self.wire.sock.fileno()
@@ -70,6 +76,9 @@ class Connection:
         return not self.exited and self.pending is None and self.results is None
 
     def close(self):
+        if self.segments is not None:
+            self.segments.close()
+            self.segments = None
         try:
             self.wire.sock.close()
         except OSError:
@@ -78,6 +87,16 @@ class Connection:
     def handle_message(self) -> None:
         """Reads and answers one message (may set ``pending``)."""
         name = self.wire.read_header()
+        if name is None and self.on_close == "exit" and self.exchanges > 0 and self.pending is None:
+            # a host such as ASE's SocketIOCalculator ends by closing the socket between messages
+            log.info(
+                "%s: the peer closed the connection after %d exchanges (--on-close exit)",
+                self.address,
+                self.exchanges,
+            )
+            self.exited = True
+            self.close()
+            return
         if name is None:
             raise ProtocolError(
                 f"{self.address}: i-PI closed the connection without EXIT (it "
@@ -106,7 +125,10 @@ class Connection:
     def _read_positions(self):
         if self.results is not None:
             raise ProtocolError(f"{self.address}: POSDATA before the previous forces were collected")
-        cells, positions = read_posdata(self.wire, self.batch_size)
+        if self.address.kind == "shm":
+            cells, positions, self.segments = read_posdata_shm(self.wire, self.batch_size, self.segments)
+        else:
+            cells, positions = read_posdata(self.wire, self.batch_size)
         natoms = positions.shape[1]
         if self.numbers is None or len(self.numbers) != natoms:
             raise ProtocolError(
@@ -124,8 +146,12 @@ class Connection:
     def _send_forces(self):
         if self.results is None:
             raise ProtocolError(f"{self.address}: GETFORCE before POSDATA: protocol out of order")
-        send_forceready(self.wire, self.results, self.natoms, batched=self.batch_size > 1)
+        if self.segments is not None:
+            send_forceready_shm(self.wire, self.results, self.segments)
+        else:
+            send_forceready(self.wire, self.results, self.natoms, batched=self.batch_size > 1)
         self.results = None
+        self.exchanges += 1
 
 
 class ForceServer:
@@ -155,6 +181,10 @@ class ForceServer:
         Log batch statistics and diagnostics every this many evaluations.
     nonperiodic : bool
         Ignore the cell (gas-phase runs).
+    on_close : str
+        What a peer that closes its socket without EXIT means: ``error`` (i-PI crashed: the
+        server fails) or ``exit`` (after a completed exchange and between messages, the way
+        ASE's ``SocketIOCalculator`` ends: that connection is done, like EXIT).
     """
 
     def __init__(
@@ -170,6 +200,7 @@ class ForceServer:
         batch_wait=0.005,
         log_every=100,
         nonperiodic=False,
+        on_close="error",
     ):
         self.evaluator = evaluator
         self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
@@ -177,6 +208,9 @@ class ForceServer:
         self.average, self.seed = average, seed
         self.connect_timeout, self.timeout, self.idle_timeout = connect_timeout, timeout, idle_timeout
         self.batch_wait, self.log_every, self.nonperiodic = batch_wait, log_every, nonperiodic
+        if on_close not in ("error", "exit"):
+            raise ValueError(f"on_close must be 'error' or 'exit', not {on_close!r}")
+        self.on_close = on_close
         self.connections: list[Connection] = []
         self.batch_sizes: Counter = Counter()
         self.n_evaluations = 0
@@ -202,7 +236,7 @@ class ForceServer:
             spec = address.spec or self.average
             # one Averaging per endpoint: random rotations are drawn per endpoint
             averaging = self._specs.setdefault(f"{address}={spec}", Averaging(spec, seed=self.seed + n))
-            conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic)
+            conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic, self.on_close)
             conn.numbers = self.numbers
             self.connections.append(conn)
             log.info(

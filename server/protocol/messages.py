@@ -1,0 +1,390 @@
+"""The i-PI wire format, both sides: message names, framing, payload layouts, units.
+
+One module holds the wire format, like ASE's ``IPIProtocol``: the *driver* side (``mlip-server``,
+which connects and computes forces) and the *host* side (:class:`HostConnection`, which listens
+and asks for forces: the LAMMPS bridge; i-PI is the other host).
+
+Wire format (all little-endian native, as i-PI writes with numpy):
+
+* headers are 12 ASCII bytes, space padded: STATUS, NEEDINIT, READY, HAVEDATA, INIT,
+  POSDATA, GETFORCE, FORCEREADY, EXIT;
+* INIT: int32 replica index, int32 length, that many bytes (``batch_size:N`` inside
+  announces batched messages);
+* POSDATA: 9 float64 cell matrix h (lattice vectors as **columns**, C order), 9 float64
+  its inverse, int32 natoms, 3·natoms float64 positions (Bohr);
+  batched: int32 natoms, N × (h, h⁻¹), N × 3·natoms positions, then GETFORCE;
+* FORCEREADY: float64 energy (Hartree), int32 natoms, 3·natoms forces (Hartree/Bohr),
+  9 virial (Hartree), int32 length + JSON extras; batched: N energies, int32 natoms,
+  N × forces, N × virials, N × (int32 length + extras).
+
+i-PI's ``mode='shm'`` (address ``shm:NAME``) keeps the unix socket for the messages but moves
+the arrays into shared-memory segments that i-PI creates and owns, one per kind (``pos``
+[N, 3·natoms], ``h``, ``ih`` [N, 3, 3], ``pot`` [N], ``force`` [N, 3·natoms], ``vir`` [N, 3, 3],
+float64, N = batch size): POSDATA is int32 natoms, plus on the first exchange 6 × (int32 length +
+segment name); FORCEREADY carries only the extras, N × (int32 length + JSON), after the driver
+wrote pot, force and vir into the segments (:class:`SharedSegments`).
+
+Units are converted with ``ipi.utils.units`` so that they match i-PI's own constants
+(:data:`ATOMIC_UNITS` is the one table the project uses).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from multiprocessing import resource_tracker, shared_memory
+
+import numpy as np
+from ipi.utils.units import unit_to_internal
+
+from ..core.errors import ProtocolError
+
+__all__ = [
+    "HEADERS",
+    "ATOMIC_UNITS",
+    "BOHR_PER_ANGSTROM",
+    "HARTREE_PER_EV",
+    "UNIX_PREFIX",
+    "Wire",
+    "SharedSegments",
+    "cell_to_rows",
+    "encode_result",
+    "encode_extras",
+    "parse_init",
+    "read_init",
+    "read_posdata",
+    "read_posdata_shm",
+    "send_forceready",
+    "send_forceready_shm",
+    "send_init",
+    "send_posdata",
+    "read_forceready",
+]
+
+HDRLEN = 12
+UNIX_PREFIX = "/tmp/ipi_"
+"""i-PI's unix sockets are files ``/tmp/ipi_NAME``."""
+MAX_ATOMS = 10**8
+MAX_INIT_BYTES = 1 << 20
+MAX_EXTRAS_BYTES = 1 << 24
+
+BOHR_PER_ANGSTROM = unit_to_internal("length", "angstrom", 1.0)
+HARTREE_PER_EV = unit_to_internal("energy", "electronvolt", 1.0)
+ATOMIC_UNITS = {
+    "length": BOHR_PER_ANGSTROM,  # Bohr per Å
+    "energy": HARTREE_PER_EV,  # Hartree per eV
+    # forces are energy/length, converted with the two factors above rather than i-PI's own
+    # 'force' unit table: its 'ev/ang' entry is rounded differently, and a force that is not
+    # exactly the derivative of the energy in the same units breaks energy conservation checks
+    "force": HARTREE_PER_EV / BOHR_PER_ANGSTROM,  # (Hartree/Bohr) per (eV/Å)
+    "time": unit_to_internal("time", "femtosecond", 1.0),  # atomic time units per fs
+}
+"""Atomic units per project unit (Å, eV, eV/Å, fs): multiply to go onto i-PI's wire or files."""
+
+
+def header(name: str) -> bytes:
+    """The 12-byte header of message ``name``."""
+    return name.upper().ljust(HDRLEN).encode()
+
+
+HEADERS = {
+    h: header(h)
+    for h in ("STATUS", "NEEDINIT", "READY", "HAVEDATA", "INIT", "POSDATA", "GETFORCE", "FORCEREADY", "EXIT")
+}
+_KNOWN = {v: k for k, v in HEADERS.items()}
+
+
+# --------------------------------------------------------------------------- framing
+class Wire:
+    """Blocking reads and writes of whole protocol items on one connected socket.
+
+    ``timeout`` (s) bounds every read once a message has started: a peer that stops
+    mid-message is reported, never waited on forever.
+    """
+
+    def __init__(self, sock: socket.socket, peer: str, timeout: float = 60.0):
+        self.sock, self.peer, self.timeout = sock, peer, timeout
+
+    def read_exact(self, nbytes: int, what: str) -> bytes:
+        buf = bytearray(nbytes)
+        view = memoryview(buf)
+        got = 0
+        self.sock.settimeout(self.timeout)
+        while got < nbytes:
+            try:
+                n = self.sock.recv_into(view[got:], nbytes - got)
+            except socket.timeout:
+                raise ProtocolError(
+                    f"{self.peer}: no data for {self.timeout:g} s in the middle of {what}: "
+                    "the peer hung or the stream is corrupt"
+                ) from None
+            except OSError as err:
+                raise ProtocolError(
+                    f"{self.peer}: connection lost while reading {what} ({err.strerror})"
+                ) from None
+            if n == 0:
+                raise ProtocolError(f"{self.peer}: peer closed the connection in the middle of {what}")
+            got += n
+        return bytes(buf)
+
+    def read_header(self) -> str | None:
+        """Next header name, or None if the peer closed the connection cleanly before it."""
+        self.sock.settimeout(self.timeout)
+        try:
+            first = self.sock.recv(HDRLEN)
+        except socket.timeout:
+            raise ProtocolError(f"{self.peer}: no message for {self.timeout:g} s") from None
+        except OSError as err:
+            raise ProtocolError(f"{self.peer}: connection lost ({err.strerror})") from None
+        if not first:
+            return None
+        raw = first if len(first) == HDRLEN else first + self.read_exact(HDRLEN - len(first), "a header")
+        if raw not in _KNOWN:
+            raise ProtocolError(
+                f"{self.peer}: malformed header {raw!r}: the peer does not speak the i-PI protocol "
+                "(is the address an i-PI socket?)"
+            )
+        return _KNOWN[raw]
+
+    def read_array(self, dtype, count: int, what: str) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        return np.frombuffer(self.read_exact(dtype.itemsize * count, what), dtype=dtype, count=count)
+
+    def read_int(self, what: str) -> int:
+        return int(self.read_array(np.int32, 1, what)[0])
+
+    def send(self, *parts) -> None:
+        payload = b"".join(p if isinstance(p, bytes) else np.ascontiguousarray(p).tobytes() for p in parts)
+        self.sock.settimeout(self.timeout)
+        try:
+            self.sock.sendall(payload)
+        except (OSError, socket.timeout) as err:
+            raise ProtocolError(f"{self.peer}: cannot send to peer ({err}): it has probably exited") from None
+
+
+# --------------------------------------------------------------------------- units
+def cell_to_rows(h_bohr: np.ndarray) -> np.ndarray:
+    """i-PI cell h (columns = lattice vectors, Bohr) → ASE-style rows in Å."""
+    return np.asarray(h_bohr, dtype=np.float64).reshape(3, 3).T / BOHR_PER_ANGSTROM
+
+
+def encode_result(energy_ev: float, forces_ev_a: np.ndarray, virial_ev: np.ndarray):
+    """Energy (Hartree), forces (Hartree/Bohr, flat) and virial (Hartree, 9) for the wire."""
+    return (
+        np.float64(energy_ev * HARTREE_PER_EV),
+        np.ascontiguousarray(forces_ev_a, dtype=np.float64).reshape(-1) * ATOMIC_UNITS["force"],
+        np.ascontiguousarray(virial_ev, dtype=np.float64).reshape(9) * HARTREE_PER_EV,
+    )
+
+
+def encode_extras(extras: dict) -> bytes:
+    """The extras JSON string (empty when there are none)."""
+    return json.dumps(extras).encode() if extras else b""
+
+
+def parse_init(text: str) -> int:
+    """The batch size announced in an INIT string (``..., batch_size:N``), default 1."""
+    for token in text.split(","):
+        key, sep, value = token.partition(":")
+        if sep and key.strip() == "batch_size":
+            try:
+                size = int(value.strip())
+            except ValueError:
+                raise ProtocolError(f"INIT string has a malformed batch_size {value!r}") from None
+            if size < 1 or size > 100000:
+                raise ProtocolError(f"INIT string has an absurd batch_size {size}")
+            return size
+    return 1
+
+
+# --------------------------------------------------------------------------- driver side
+def read_natoms(wire: Wire) -> int:
+    natoms = wire.read_int("POSDATA")
+    if natoms <= 0 or natoms > MAX_ATOMS:
+        raise ProtocolError(
+            f"{wire.peer}: absurd atom count {natoms} in POSDATA (must be 1..{MAX_ATOMS}): corrupt stream"
+        )
+    return natoms
+
+
+def read_init(wire: Wire) -> tuple[str, int]:
+    """The body of an INIT message (its header already read): (INIT string, batch size)."""
+    wire.read_int("INIT")  # replica index: the server is stateless
+    length = wire.read_int("INIT")
+    if length < 0 or length > MAX_INIT_BYTES:
+        raise ProtocolError(f"{wire.peer}: absurd INIT string length {length}: corrupt stream")
+    text = wire.read_exact(length, "INIT").decode("utf-8", "replace")
+    return text, parse_init(text)
+
+
+def read_posdata(wire: Wire, batch_size: int) -> tuple[list, np.ndarray]:
+    """The body of a POSDATA message: (cells h in Bohr, one per structure; positions [B, N, 3] Bohr)."""
+    if batch_size == 1:
+        h = wire.read_array(np.float64, 9, "POSDATA")
+        wire.read_array(np.float64, 9, "POSDATA")  # inverse cell: not needed
+        natoms = read_natoms(wire)
+        return [h], wire.read_array(np.float64, 3 * natoms, "POSDATA").reshape(1, natoms, 3)
+    natoms = read_natoms(wire)
+    blocks = wire.read_array(np.float64, 18 * batch_size, "POSDATA").reshape(-1, 18)
+    positions = wire.read_array(np.float64, 3 * natoms * batch_size, "POSDATA")
+    return [b[:9] for b in blocks], positions.reshape(batch_size, natoms, 3)
+
+
+class SharedSegments:
+    """The driver's view of i-PI's shared-memory segments (``mode='shm'``), attached by name.
+
+    The segments belong to i-PI, which creates and removes them: the driver only maps them
+    (and unmaps them in :meth:`close`), so no exit path of ours can leave one behind or remove
+    one that i-PI still uses.
+    """
+
+    KINDS = ("pos", "h", "ih", "pot", "force", "vir")
+
+    def __init__(self, names: list, natoms: int, batch_size: int, peer: str):
+        self._handles, self.views = [], {}
+        n = batch_size
+        shapes = {
+            "pos": (n, 3 * natoms),
+            "h": (n, 3, 3),
+            "ih": (n, 3, 3),
+            "pot": (n,),
+            "force": (n, 3 * natoms),
+            "vir": (n, 3, 3),
+        }
+        try:
+            for kind, name in zip(self.KINDS, names):
+                handle = _attach(name)
+                self._handles.append(handle)
+                need = int(np.prod(shapes[kind])) * 8
+                if handle.size < need:
+                    raise ProtocolError(
+                        f"{peer}: shared-memory segment {name} has {handle.size} bytes, "
+                        f"{need} needed for {natoms} atoms × {n}: corrupt stream"
+                    )
+                self.views[kind] = np.ndarray(shapes[kind], dtype=np.float64, buffer=handle.buf)
+        except FileNotFoundError as err:
+            self.close()
+            raise ProtocolError(
+                f"{peer}: i-PI's shared-memory segment is missing ({err}): is the server on "
+                "the same machine as i-PI? (shm needs that: use unix or inet)"
+            ) from None
+        except ProtocolError:
+            self.close()
+            raise
+        self.natoms, self.batch_size = natoms, batch_size
+
+    def close(self) -> None:
+        """Unmaps the segments (i-PI removes them)."""
+        self.views.clear()
+        for handle in self._handles:
+            try:
+                handle.close()
+            except (BufferError, OSError):
+                pass
+        self._handles.clear()
+
+
+def _attach(name: str) -> shared_memory.SharedMemory:
+    """Maps an existing segment without letting Python's resource tracker remove it at exit
+    (before Python 3.13 attaching registers the segment as if we had created it)."""
+    try:
+        return shared_memory.SharedMemory(name=name, track=False)
+    except TypeError:  # Python < 3.13
+        handle = shared_memory.SharedMemory(name=name)
+        resource_tracker.unregister(handle._name, "shared_memory")
+        return handle
+
+
+def read_posdata_shm(wire: Wire, batch_size: int, segments):
+    """The body of a ``mode='shm'`` POSDATA: (cells h in Bohr, positions [B, N, 3] Bohr, segments).
+
+    ``segments``: the :class:`SharedSegments` attached at the first exchange (None before it:
+    the segment names follow the atom count then).
+    """
+    natoms = read_natoms(wire)
+    if segments is None:
+        names = []
+        for _ in SharedSegments.KINDS:
+            length = wire.read_int("POSDATA")
+            if length <= 0 or length > 255:
+                raise ProtocolError(f"{wire.peer}: absurd shared-memory name length {length}: corrupt stream")
+            names.append(wire.read_exact(length, "POSDATA").decode("utf-8", "replace"))
+        segments = SharedSegments(names, natoms, batch_size, wire.peer)
+    elif natoms != segments.natoms:
+        raise ProtocolError(
+            f"{wire.peer}: the atom count changed from {segments.natoms} to {natoms}: "
+            "i-PI's shared-memory segments are sized once"
+        )
+    views = segments.views
+    cells = [views["h"][i].reshape(9).copy() for i in range(batch_size)]
+    return cells, views["pos"].reshape(batch_size, natoms, 3).copy(), segments
+
+
+def send_forceready_shm(wire: Wire, results, segments) -> None:
+    """Writes energies, forces and virials into the segments, then FORCEREADY with the extras."""
+    views = segments.views
+    parts = [HEADERS["FORCEREADY"]]
+    for i, r in enumerate(results):
+        energy, forces, virial = encode_result(r.energy, r.forces, r.virial)
+        views["pot"][i], views["force"][i], views["vir"][i] = energy, forces, virial.reshape(3, 3)
+        extras = encode_extras(r.extras)
+        parts += [np.int32(len(extras)), extras]
+    wire.send(*parts)
+
+
+def send_forceready(wire: Wire, results, natoms: int, batched: bool) -> None:
+    """FORCEREADY for ``results`` (objects with ``energy`` eV, ``forces`` eV/Å, ``virial`` eV, ``extras``)."""
+    encoded = [encode_result(r.energy, r.forces, r.virial) for r in results]
+    extras = [encode_extras(r.extras) for r in results]
+    n = np.int32(natoms)
+    if not batched:
+        (e, f, v), x = encoded[0], extras[0]
+        wire.send(HEADERS["FORCEREADY"], e, n, f, v, np.int32(len(x)), x)
+        return
+    parts = [HEADERS["FORCEREADY"], np.array([e for e, _, _ in encoded]), n]
+    parts += [f for _, f, _ in encoded] + [v for _, _, v in encoded]
+    for x in extras:
+        parts += [np.int32(len(x)), x]
+    wire.send(*parts)
+
+
+def send_init(wire: Wire, text: bytes, replica: int = 0) -> None:
+    """INIT with replica index ``replica`` and the INIT string ``text``."""
+    wire.send(HEADERS["INIT"], np.int32(replica), np.int32(len(text)), text)
+
+
+# --------------------------------------------------------------------------- host side
+def send_posdata(wire: Wire, h: np.ndarray, positions: np.ndarray) -> None:
+    """POSDATA for one structure (positions [N, 3] Å, cell h Å with lattice vectors as columns,
+    zeros for none), followed by STATUS."""
+    hb = np.ascontiguousarray(h, dtype=np.float64) * BOHR_PER_ANGSTROM
+    ih = np.linalg.inv(hb) if abs(np.linalg.det(hb)) > 0 else np.zeros((3, 3))
+    positions = np.ascontiguousarray(positions, dtype=np.float64) * BOHR_PER_ANGSTROM
+    wire.send(HEADERS["POSDATA"], hb, ih, np.int32(len(positions)), positions, HEADERS["STATUS"])
+
+
+def read_forceready(wire: Wire, n: int):
+    """The body of a FORCEREADY for one structure of ``n`` atoms (its header already read):
+    energy (eV), forces [n, 3] (eV/Å), virial [3, 3] (eV), extras dict."""
+    energy = float(wire.read_array(np.float64, 1, "FORCEREADY")[0])
+    natoms = wire.read_int("FORCEREADY")
+    if natoms != n:
+        raise ProtocolError(f"the force server returned {natoms} forces for {n} atoms: corrupt stream")
+    forces = wire.read_array(np.float64, 3 * n, "FORCEREADY").reshape(n, 3)
+    virial = wire.read_array(np.float64, 9, "FORCEREADY").reshape(3, 3)
+    nextra = wire.read_int("FORCEREADY")
+    if nextra < 0 or nextra > MAX_EXTRAS_BYTES:
+        raise ProtocolError(f"absurd extras length {nextra} from the force server: corrupt stream")
+    extras = {}
+    if nextra:
+        raw = wire.read_exact(nextra, "FORCEREADY")
+        try:
+            extras = json.loads(raw.decode("utf-8", "replace"))
+        except ValueError:
+            extras = {}
+    return (
+        energy / HARTREE_PER_EV,
+        forces * (BOHR_PER_ANGSTROM / HARTREE_PER_EV),
+        virial / HARTREE_PER_EV,
+        extras if isinstance(extras, dict) else {},
+    )
