@@ -7,13 +7,23 @@ machine description is :func:`server.machine.describe`, timing is :mod:`server.m
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from server import metrics
 from server.machine import describe as machine
 from server.paths import project_root, shipped_model
 
-__all__ = ["machine", "default_model", "results_dir", "write", "timeit"]
+__all__ = ["machine", "default_model", "results_dir", "result_name", "write", "timeit"]
+
+TAG_VARIABLE = "MLIP_BENCH_TAG"
+"""Set (e.g. to ``gpu`` by ``bench/gpu.sh``) to write ``NAME-TAG`` results beside the CPU ones."""
+
+
+def result_name(name: str) -> str:
+    """``name``, or ``name-TAG`` when :data:`TAG_VARIABLE` is set."""
+    tag = os.environ.get(TAG_VARIABLE, "").strip()
+    return f"{name}-{tag}" if tag else name
 
 
 def default_model() -> tuple[str, str]:
@@ -46,6 +56,7 @@ def write(name: str, data: dict, markdown: str) -> None:
     """
     results = results_dir()
     results.mkdir(parents=True, exist_ok=True)
+    name = result_name(name)
     (results / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (results / f"{name}.md").write_text(markdown.strip() + "\n")
     sections = [p.read_text() for p in sorted(results.glob("*.md"))]

@@ -32,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import result_name
 from server.lammps import runner
 from server.machine import describe as machine
 from server.paths import lammps_inputs_dir, project_root, shipped_model
@@ -77,7 +78,7 @@ def parse(workdir: Path, timings: Path) -> dict:
     }
 
 
-def run_one(model: str, replicas: int, np_: int, steps: int, threads: int) -> dict:
+def run_one(model: str, replicas: int, np_: int, steps: int, threads: int, device: str = "cpu") -> dict:
     data = write_water_data(512, lammps_inputs_dir() / "water-512.data")
     with tempfile.TemporaryDirectory(prefix="lammps-scaling-") as tmp:
         workdir = Path(tmp)
@@ -91,7 +92,7 @@ def run_one(model: str, replicas: int, np_: int, steps: int, threads: int) -> di
             ("thermo", steps),
             ("dump", 10 * steps),
         ]
-        server_args = ["--threads", str(threads)] if threads else []
+        server_args = (["--threads", str(threads)] if threads else []) + ["--device", device]
         t0 = time.perf_counter()
         result = runner.run(
             lammps_inputs_dir() / "in.water-large",
@@ -141,6 +142,7 @@ def main(argv=None) -> int:
         help="r: the 512-molecule box replicated r×r×r (1: 1,536 atoms, 2: 12,288, 4: 98,304)",
     )
     p.add_argument("--np", type=int, nargs="+", default=[1, 2], help="MPI ranks at the largest size")
+    p.add_argument("--device", default="cpu", help="server device (cpu, cuda)")
     p.add_argument(
         "--steps", type=int, default=None, help="MD steps per size (default 50/10/4 for r = 1/2/4)"
     )
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
         print(
             f"lammps_scaling: {512 * 3 * replicas**3:,} atoms on {np_} rank(s), {steps} steps ...", flush=True
         )
-        rows.append(run_one(str(model), replicas, np_, steps, args.threads))
+        rows.append(run_one(str(model), replicas, np_, steps, args.threads, args.device))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     info["load_average_at_end"] = os.getloadavg()[0]
     data = {
@@ -172,7 +174,7 @@ def main(argv=None) -> int:
         "machine": info,
         "runs": rows,
     }
-    result = project_root() / "bench" / "results" / "lammps_scaling.json"
+    result = project_root() / "bench" / "results" / f"{result_name('lammps_scaling')}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\n## LAMMPS through the socket bridge ({model_name}, {info['cpu']}, {info['cores']} cores)\n")

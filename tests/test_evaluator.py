@@ -179,3 +179,97 @@ def test_server_logs_the_precision_it_chose(models_dir, water8, tmp_path):
         ] + extra
         out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 1 and expected in out.stderr, out.stderr
+
+
+# -- the automatic chunk size (max_batch_edges=None) -----------------------------------
+
+
+def _count_model_calls(ev):
+    """Wraps ``ev.model.evaluate``; returns the list it appends (copies, edges) of every call to."""
+    calls, evaluate = [], ev.model.evaluate
+
+    def counted(copies):
+        calls.append((len(copies), sum(len(g.vectors) for g, _ in copies)))
+        return evaluate(copies)
+
+    ev.model.evaluate = counted
+    return calls
+
+
+def _beads(atoms, n, seed=0):
+    """``n`` rattled copies of ``atoms`` as Structures (path-integral beads)."""
+    rng = np.random.default_rng(seed)
+    s = Structure.from_ase(atoms)
+    return [
+        Structure(s.positions + 0.02 * rng.standard_normal(s.positions.shape), s.numbers, s.cell, s.pbc)
+        for _ in range(n)
+    ]
+
+
+def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, water8, water32_triclinic):
+    structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
+    budget = 3 * 1856 + 100  # three copies of the larger structure, ~14 of the smaller
+    ev = Evaluator(strongly_anisotropic_model, memory_budget_edges=budget)
+    assert ev.max_batch_edges is None and ev.memory_budget_edges == budget
+    calls = _count_model_calls(ev)
+    ev.compute(structures, "2i")
+    assert calls and max(edges for _, edges in calls) <= budget  # calibration calls included
+    assert len(ev.calibrations) == 2
+    for c in ev.calibrations.values():
+        assert list(c["copies_per_call"]) == [37] and c["copies_per_call"][37] >= 1
+        assert max(c["seconds_per_copy"]) * c["edges"] <= budget and c["cost_s"] > 0
+    assert ev.timings["calibration"] > 0
+    assert "copies per call" in ev.batching_summary()
+
+
+def test_explicit_max_batch_edges_disables_calibration(strongly_anisotropic_model, water8):
+    ev = Evaluator(strongly_anisotropic_model, max_batch_edges=1000)
+    calls = _count_model_calls(ev)
+    ev.compute([Structure.from_ase(water8)], "2i")
+    assert ev.calibrations == {} and ev.timings["calibration"] == 0.0
+    assert [n for n, _ in calls] == [2] * 18 + [1]  # 37 copies of 382 edges, 2 per 1000 edges
+    assert ev.batching_summary() == "1000 edges per model call (fixed)"
+
+
+def test_auto_and_explicit_chunks_give_the_same_results(strongly_anisotropic_model, water8):
+    structures = _beads(water8, 2, seed=1) + [Structure.from_ase(water8)]
+    auto = Evaluator(strongly_anisotropic_model, dtype="float64")
+    reference = {
+        n: Evaluator(strongly_anisotropic_model, dtype="float64", max_batch_edges=n).compute(structures, "2i")
+        for n in (1, 10**9)  # one copy per call; everything in one call
+    }
+    for results in (auto.compute(structures, "2i"), auto.compute(structures, "2i"), reference[10**9]):
+        for a, b in zip(results, reference[1]):
+            assert abs(a.energy - b.energy) < 1e-10 * max(1.0, abs(b.energy))
+            assert np.abs(a.forces - b.forces).max() < 1e-10
+            assert np.abs(a.virial - b.virial).max() < 1e-10
+            assert a.extras == pytest.approx(b.extras, rel=1e-8, abs=1e-10)
+    assert auto.calibrations  # the auto evaluator did measure
+
+
+def test_calibration_is_cached_per_structure_size(strongly_anisotropic_model, water8):
+    ev = Evaluator(strongly_anisotropic_model)
+    s = Structure.from_ase(water8)
+    ev.compute([s])  # one copy: nothing to batch, nothing measured
+    assert ev.calibrations == {}
+    ev.compute(_beads(water8, 1, seed=3) + [s])  # two beads of one size: k = 1, 2
+    (entry,) = ev.calibrations.values()
+    assert sorted(entry["seconds_per_copy"]) in ([1], [1, 2])
+    ev.compute([s], "2i")  # 37 copies needed: the measurement goes on from where it stopped
+    (entry,) = ev.calibrations.values()
+    if entry["seconds_per_copy"].keys() != {1}:  # (stopped at k = 2 if that was slower)
+        assert max(entry["seconds_per_copy"]) > 2
+    cost, spent = entry["cost_s"], ev.timings["calibration"]
+    calls = _count_model_calls(ev)
+    ev.compute([s], "2i")
+    k = entry["copies_per_call"][37]
+    n_edges = len(ev._graph(s, 0).vectors)
+    per_call = min(37, int((k + max(0.5, 0.1 * k)) * n_edges) // n_edges)
+    assert [n for n, _ in calls] == [per_call] * (37 // per_call) + ([37 % per_call] if 37 % per_call else [])
+    ev.compute(_beads(water8, 1, seed=4), "2i")  # another frame of the same size
+    (same,) = ev.calibrations.values()
+    assert same is entry and entry["cost_s"] == cost and ev.timings["calibration"] == spent
+    ev.compute(_beads(water8, 4, seed=5), "2i")  # 148 copies: measured further unless it had stopped
+    assert entry["stopped"] != "copies needed" and (entry["cost_s"] > cost) == (
+        max(entry["seconds_per_copy"]) > 37
+    )

@@ -272,11 +272,11 @@ def socket_names(xml_path):
     return re.findall(r"<address>([^<]+)</address>", xml_path.read_text())
 
 
-def test_shm_transport_through_the_launcher(tmp_path, toy_model):
-    """mlip-run --transport shm: i-PI's mode='shm' forcefield and a shm: server address; the same
-    energies as the unix route."""
+def test_shm_and_ffdirect_transports_through_the_launcher(tmp_path, toy_model):
+    """mlip-run --transport shm (i-PI's mode='shm', a shm: server address) and --transport ffdirect
+    (the model inside i-PI, no server): the same energies as the unix route."""
     runs = {}
-    for transport in ("unix", "shm"):
+    for transport in ("unix", "shm", "ffdirect"):
         out = tmp_path / transport
         assert (
             mlip_run(
@@ -302,4 +302,7 @@ def test_shm_transport_through_the_launcher(tmp_path, toy_model):
         )
         runs[transport] = np.loadtxt(out / "sim.out")
     assert "mode='shm'" in (tmp_path / "shm" / "input.xml").read_text()
-    assert np.abs(runs["shm"] - runs["unix"]).max() <= 1e-9 * np.abs(runs["unix"]).max()
+    assert "<ffdirect" in (tmp_path / "ffdirect" / "input.xml").read_text()
+    assert not (tmp_path / "ffdirect" / "server.log").exists()
+    for transport in ("shm", "ffdirect"):
+        assert np.abs(runs[transport] - runs["unix"]).max() <= 1e-9 * np.abs(runs["unix"]).max()

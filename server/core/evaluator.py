@@ -22,14 +22,17 @@ small molecule costs one call's overhead whether it is evaluated once or 36 time
 2-core CPU a 192-atom PET call is memory-bound and 10 copies in one call are slower than 10
 calls. So, unless ``max_batch_edges`` is given, the Evaluator measures: the first time a
 structure of a given size (its edge count rounded up to a power of 2, the *bucket*) has to be
-evaluated as more than one copy, it times :meth:`ModelAdapter.evaluate` on k = 1, 2, 4, 8, ...
-identity copies of that graph (after one warm-up; best of :data:`CALIBRATION_REPEATS` per k)
-while k × edges stays within the memory budget (:data:`DEFAULT_MAX_BATCH_EDGES`) and k does
-not exceed the copies the request needs (that number itself is the last k tried), stops once
-the time per copy is more than :data:`CALIBRATION_TOLERANCE` worse than the best so far, and
-keeps the best k as the bucket's chunk of (k + ½) × edges. The choice is cached per bucket in
+evaluated as more than one copy (rotations × structures of that bucket in one request), it
+times :meth:`ModelAdapter.evaluate` on k = 1, 2, 4, 8, ... identity copies of that graph (after
+one warm-up; best of :data:`CALIBRATION_REPEATS` per k) while k × edges stays within the memory
+budget (:data:`DEFAULT_MAX_BATCH_EDGES`) and k does not exceed the copies needed (that number
+itself is the last k tried), and stops once the time per copy is more than
+:data:`CALIBRATION_TOLERANCE` worse than the best so far. The times are cached per bucket in
 :attr:`Evaluator.calibrations` (a later request needing more copies than were tried extends the
-measurement); it changes only which copies share a model call, never what is computed.
+measurement, nothing else measures again). Each request then uses the measured k that makes
+its n copies fastest, ceil(n / k) calls of k, as chunks of (k + max(½, 0.1 k)) × edges (room
+for frames of the bucket with a few more edges). The choice changes only which copies share a
+model call, never what is computed.
 """
 
 from __future__ import annotations
@@ -91,9 +94,9 @@ class Evaluator:
     calibrations : dict
         Per bucket (edges per copy rounded up to a power of 2) the automatic choice:
         ``edges`` and ``atoms`` of the graph it was measured on, ``seconds_per_copy`` {k: s}
-        (best of :data:`CALIBRATION_REPEATS`), ``copies_per_call`` (the best k),
-        ``budget_edges`` (the chunk used: (k + ½) × edges, within the memory budget),
-        ``stopped`` (why it stopped: ``"slower"``, ``"memory budget"`` or ``"copies needed"``),
+        (wall time per copy of a k-copy call, best of :data:`CALIBRATION_REPEATS`),
+        ``copies_per_call`` {copies needed: k chosen} (the requests so far), ``stopped`` (why the
+        measurement stopped: ``"slower"``, ``"memory budget"`` or ``"copies needed"``) and
         ``cost_s`` (wall time the measurement took, s).
     timings : dict
         Accumulated wall times, s: ``neighbors`` (graphs), ``model`` (model calls),
@@ -136,12 +139,12 @@ class Evaluator:
                 f"measured per structure size within {self.memory_budget_edges} edges (nothing measured yet)"
             )
         parts = []
-        for bucket, c in sorted(self.calibrations.items()):
+        for _, c in sorted(self.calibrations.items()):
             tried = ", ".join(f"{k}: {1e3 * t:.3g}" for k, t in sorted(c["seconds_per_copy"].items()))
+            chosen = ", ".join(f"{k} for {n}" for n, k in sorted(c["copies_per_call"].items()))
             parts.append(
-                f"{c['atoms']} atoms/{c['edges']} edges: {c['copies_per_call']} copies per call "
-                f"({c['budget_edges']} edges; ms per copy {tried or '-'}; stopped: {c['stopped']}; "
-                f"{c['cost_s']:.2f} s)"
+                f"{c['atoms']} atoms/{c['edges']} edges: copies per call {chosen or '-'} "
+                f"(ms per copy {tried or '-'}; stopped: {c['stopped']}; took {c['cost_s']:.2f} s)"
             )
         return f"measured within {self.memory_budget_edges} edges: " + "; ".join(parts)
 
@@ -223,26 +226,42 @@ class Evaluator:
                 or (c["stopped"] == "copies needed" and needed[b] > max(c["seconds_per_copy"], default=1))
             ):
                 c = self._calibrate(g, b, needed[b])
-            # one copy of this size (nothing to batch) and nothing measured: only memory bounds it
-            budgets.append(self.memory_budget_edges if c is None else c["budget_edges"])
+            if c is None or not c["seconds_per_copy"]:
+                # one copy of this size (nothing to batch), or one copy fills the memory budget
+                budgets.append(self.memory_budget_edges)
+                continue
+            k = _copies_per_call(c["seconds_per_copy"], needed[b])
+            c["copies_per_call"][needed[b]] = k
+            # room for frames of this size with a few more edges than this one (still k copies)
+            budget = int((k + max(0.5, CALIBRATION_TOLERANCE * k)) * _n_edges(g))
+            budgets.append(min(budget, self.memory_budget_edges))
         return budgets
 
     def _calibrate(self, g: Graph, bucket: int, needed: int) -> dict:
         """Times the model on k identity copies of ``g`` (k = 1, 2, 4, ..., then ``needed``) and
-        stores the best k for ``bucket`` in :attr:`calibrations` (extending an earlier one)."""
+        stores the times per copy for ``bucket`` in :attr:`calibrations` (extending an earlier
+        measurement that stopped at the copies needed then)."""
         t_start = time.perf_counter()
-        n_edges = _n_edges(g)
-        k_memory = max(1, self.memory_budget_edges // n_edges)
+        k_memory = max(1, self.memory_budget_edges // _n_edges(g))
         k_max = min(needed, k_memory)
-        previous = self.calibrations.get(bucket)
-        per_copy = dict(previous["seconds_per_copy"]) if previous else {}
-        ks = sorted({1 << j for j in range(k_max.bit_length()) if 1 << j < k_max} | {k_max})
-        stopped = "memory budget" if k_max == k_memory else "copies needed"
+        entry = self.calibrations.get(bucket)
+        if entry is None:
+            entry = {
+                "edges": len(g.vectors),
+                "atoms": len(g.numbers),
+                "seconds_per_copy": {},
+                "copies_per_call": {},
+                "stopped": "",
+                "cost_s": 0.0,
+            }
+            self.calibrations[bucket] = entry
+        per_copy = entry["seconds_per_copy"]
+        entry["stopped"] = "memory budget" if k_max == k_memory else "copies needed"
         if k_max > 1:
             eye = np.eye(3)
             if not per_copy:
                 self.model.evaluate([(g, eye)])  # warm-up: first-call costs are not the model's
-            for k in ks:
+            for k in sorted({1 << j for j in range(k_max.bit_length()) if 1 << j < k_max} | {k_max}):
                 if k in per_copy:
                     continue
                 best_time = np.inf
@@ -252,22 +271,11 @@ class Evaluator:
                     best_time = min(best_time, time.perf_counter() - t0)
                 per_copy[k] = best_time / k
                 if per_copy[k] > (1 + CALIBRATION_TOLERANCE) * min(per_copy.values()):
-                    stopped = "slower"
+                    entry["stopped"] = "slower"
                     break
-        best_k = min(per_copy, key=per_copy.get) if per_copy else 1
-        budget = self.memory_budget_edges if k_memory == 1 else int((best_k + 0.5) * n_edges)
-        cost = time.perf_counter() - t_start + (previous["cost_s"] if previous else 0.0)
-        entry = {
-            "edges": len(g.vectors),
-            "atoms": len(g.numbers),
-            "seconds_per_copy": per_copy,
-            "copies_per_call": best_k,
-            "budget_edges": min(budget, self.memory_budget_edges),
-            "stopped": stopped,
-            "cost_s": cost,
-        }
-        self.calibrations[bucket] = entry
-        self.timings["calibration"] += time.perf_counter() - t_start
+        spent = time.perf_counter() - t_start
+        entry["cost_s"] += spent
+        self.timings["calibration"] += spent
         return entry
 
     def _run_chunk(self, chunk, graphs, rotations, out):
@@ -290,6 +298,14 @@ class Evaluator:
 def _n_edges(g: Graph) -> int:
     """Edges a copy of ``g`` counts for in a chunk (at least 1: atoms cost something too)."""
     return max(len(g.vectors), 1)
+
+
+def _copies_per_call(seconds_per_copy: dict, needed: int) -> int:
+    """The measured copy count k that evaluates ``needed`` copies fastest, estimating the request
+    as ceil(needed / k) calls of k copies (a partial last call counted in full: on a GPU it
+    costs about as much)."""
+    tried = [k for k in seconds_per_copy if k <= needed] or [min(seconds_per_copy)]
+    return min(tried, key=lambda k: (-(-needed // k) * k * seconds_per_copy[k], k))
 
 
 def _bucket(n_edges: int) -> int:

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import InputError
-from ..paths import experiments_dir
+from ..paths import experiments_dir, shipped_model
 from ..structures import water_box, water_molecule, write_ipi_xyz
 
 __all__ = ["RunOptions", "Rendered", "experiments", "load_experiment", "render", "forcefield"]
 
-TRANSPORTS = ("unix", "shm", "inet")
-"""i-PI ``<ffsocket>`` modes: unix sockets, unix sockets with the arrays in shared memory, TCP."""
+TRANSPORTS = ("unix", "shm", "inet", "ffdirect")
+"""Between i-PI and the model: ``<ffsocket>`` modes (unix sockets, unix sockets with the arrays in
+shared memory, TCP) and ``<ffdirect>`` (the model inside i-PI's process)."""
 TEMPLATE_KEYS = ("steps", "temperature", "timestep", "beads", "nmts", "pressure", "stride", "seed")
 """Run options that are also template values of ``input.xml``."""
 
@@ -64,8 +65,10 @@ class RunOptions:
     """OpenMP threads of i-PI and the server (None: inherited)."""
     transport: str = "unix"
     """``unix`` (one socket file per endpoint), ``shm`` (the same sockets, positions and forces in
-    i-PI's shared memory: i-PI and the server on one machine) or ``inet`` (``host``, ``port``,
-    ``port``+1, ...)."""
+    i-PI's shared memory: i-PI and the server on one machine), ``inet`` (``host``, ``port``,
+    ``port``+1, ...) or ``ffdirect`` (the model inside i-PI: no server, no sockets)."""
+    latency: float = 1e-4
+    """i-PI's ``<latency>`` of socket forcefields, s: how long its polling loop sleeps."""
     host: str = "127.0.0.1"
     port: int | None = None
     side: str = "both"
@@ -103,15 +106,45 @@ def load_experiment(name: str) -> tuple[dict, str]:
     return json.loads((folder / "experiment.json").read_text()), (folder / "input.xml").read_text()
 
 
-def forcefield(name: str, address: str, options: RunOptions, port: int | None) -> str:
-    """The ``<ffsocket>`` element of endpoint ``name``: unix socket ``address`` (also for shm,
-    whose messages travel on it), or inet ``options.host``:``port``."""
+def forcefield(
+    name: str,
+    address: str,
+    options: RunOptions,
+    port: int | None,
+    spec: str = "none",
+    element_file: str = "init.xyz",
+    server_args=(),
+) -> str:
+    """The forcefield element of endpoint ``name`` with averaging ``spec``.
+
+    ``<ffsocket>`` on the unix socket ``address`` (also for shm, whose messages travel on it) or
+    on inet ``options.host``:``port``; with ``options.transport == "ffdirect"`` an ``<ffdirect>``
+    that evaluates the model inside i-PI (:mod:`server.ipi.pes`), no server process.
+    """
+    if options.transport == "ffdirect":
+        from . import pes
+
+        model = Path(options.model or shipped_model()).resolve()
+        params = [
+            f"model: {model}",
+            f"structure: {element_file}",
+            f"average: {spec}",
+            f"device: {options.device}",
+        ]
+        params += [f"dtype: {options.dtype}"] if options.dtype else []
+        params += ["nonperiodic: true"] if "--nonperiodic" in server_args else []
+        return (
+            f"<ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{Path(pes.__file__).resolve()}"
+            f"</pes_path><parameters>{{{', '.join(params)}}}</parameters></ffdirect>"
+        )
     if options.transport == "inet":
         where = f"<address>{options.host}</address><port>{port}</port>"
     else:
         where = f"<address>{address}</address>"
-    mode = options.transport
-    return f"<ffsocket name='{name}' mode='{mode}' pbc='false'>{where}<latency>1e-4</latency></ffsocket>"
+    return (
+        f"<ffsocket name='{name}' mode='{options.transport}' pbc='false'>{where}"
+        f"<latency>{options.latency:g}</latency></ffsocket>"
+    )
 
 
 def _starting_structure(meta, options: RunOptions, out: Path) -> str:
@@ -208,7 +241,15 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
     values.update({k: str(v) for k, v in options.template.items()})
     endpoints = _endpoints(meta, values, options)
     for k, e in enumerate(endpoints):
-        values[f"forcefield_{e}"] = forcefield(e, f"{run_id}-{e}", options, (options.port or 0) + k)
+        values[f"forcefield_{e}"] = forcefield(
+            e,
+            f"{run_id}-{e}",
+            options,
+            (options.port or 0) + k,
+            endpoints[e],
+            element_file,
+            meta.get("server_args", []),
+        )
     if meta["endpoints"] == "specs":
         values["forcefields"] = "\n".join(f"  {values[f'forcefield_{e}']}" for e in endpoints)
         values["forces"] = "\n".join(
@@ -225,6 +266,8 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
             f"experiment {name}: template needs a value for {err}: pass --set {err.args[0]}=VALUE"
         ) from None
     addresses, sockets = _connections(meta, xml, endpoints, run_id, options)
+    if options.transport == "ffdirect":
+        addresses, sockets = [], []
     return Rendered(
         xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
     )

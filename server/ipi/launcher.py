@@ -88,6 +88,10 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
         return _serve_only(name, opts, out, stop, t0)
     if opts.side not in ("both", "ipi"):
         raise InputError(f"unknown side {opts.side!r}: use both, ipi or server")
+    if opts.transport == "ffdirect" and opts.side != "both":
+        raise InputError(
+            "--transport ffdirect runs the model inside i-PI: there is no server side to split off"
+        )
     run_id = processes.unique_name("mlip")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(opts.out or runs_dir() / f"{name}-{stamp}-{run_id.rsplit('-', 1)[-1]}")
@@ -120,7 +124,7 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
             ipi = processes.start_ipi(rendered.xml_name, folder, env=env)
             for s in rendered.sockets:
                 processes.wait_for_socket(s, ipi, timeout=120)
-            if opts.side == "both":
+            if opts.side == "both" and rendered.addresses:
                 server = processes.start_server(
                     model.resolve(),
                     rendered.element_file,
@@ -350,11 +354,12 @@ def build_parser():
     p.add_argument(
         "--transport",
         default="unix",
-        choices=["unix", "shm", "inet"],
+        choices=["unix", "shm", "inet", "ffdirect"],
         help="sockets between i-PI and the server: unix; shm (unix, arrays in shared memory); "
-        "inet (--host, --port, one port per endpoint)",
+        "inet (--host, --port, one port per endpoint); ffdirect (the model inside i-PI, no server)",
     )
     p.add_argument("--host", default="127.0.0.1", help="inet: the host i-PI listens on")
+    p.add_argument("--latency", type=float, default=1e-4, help="i-PI's socket polling interval, s")
     p.add_argument("--port", type=int, default=None, help="inet: the first port")
     p.add_argument(
         "--side",
