@@ -53,8 +53,9 @@ DEFAULT_MAX_BATCH_EDGES = {"cpu": 50_000, "cuda": 2_000_000}
 """Memory budget by device type: the most edges (rotated copies and structures together) the
 automatic chunk size may put in one model call. The chunk actually used is measured per model and
 structure size (module docstring) and is often much smaller on CPU (the shipped PET on 2 cores,
-192 atoms, ``2i`` in float32: 2.42 s at 50k edges per call, 1.56 s at 10k, 1.56 s for a serial
-loop of 36 calls); a GPU needs large calls to be busy."""
+192 atoms, ``2i`` in float32, once measured at 2.42 s with 50k edges per call, 1.56 s with 10k and
+1.56 s for a serial loop of 36 calls; ``bench/results/averaging.md`` has the latest side by side);
+a GPU needs large calls to be busy."""
 
 CALIBRATION_REPEATS = 2
 """Timed calls per copy count k in a calibration; the fastest counts (noise on a loaded machine
@@ -95,9 +96,9 @@ class Evaluator:
         Per bucket (edges per copy rounded up to a power of 2) the automatic choice:
         ``edges`` and ``atoms`` of the graph it was measured on, ``seconds_per_copy`` {k: s}
         (wall time per copy of a k-copy call, best of :data:`CALIBRATION_REPEATS`),
-        ``copies_per_call`` {copies needed: k chosen} (the requests so far), ``stopped`` (why the
-        measurement stopped: ``"slower"``, ``"memory budget"`` or ``"copies needed"``) and
-        ``cost_s`` (wall time the measurement took, s).
+        ``copies_per_call`` {copies needed: k chosen} (the requests of more than one copy so far),
+        ``stopped`` (why the measurement stopped: ``"slower"``, ``"memory budget"`` or
+        ``"copies needed"``) and ``cost_s`` (wall time the measurement took, s).
     timings : dict
         Accumulated wall times, s: ``neighbors`` (graphs), ``model`` (model calls),
         ``calibration`` (the measurements above) and ``total`` (everything in :meth:`compute`).
@@ -231,7 +232,8 @@ class Evaluator:
                 budgets.append(self.memory_budget_edges)
                 continue
             k = _copies_per_call(c["seconds_per_copy"], needed[b])
-            c["copies_per_call"][needed[b]] = k
+            if needed[b] > 1:
+                c["copies_per_call"][needed[b]] = k
             # room for frames of this size with a few more edges than this one (still k copies)
             budget = int((k + max(0.5, CALIBRATION_TOLERANCE * k)) * _n_edges(g))
             budgets.append(min(budget, self.memory_budget_edges))

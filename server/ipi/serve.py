@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-edges",
         type=int,
         default=None,
-        help="edges per model call, rotated copies included (default: 50000 on CPU, 2000000 on a GPU)",
+        help="edges per model call, rotated copies included, fixed (default: measured per model and "
+        "structure size at the first request, within 50000 on CPU / 2000000 on a GPU)",
     )
     p.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to wait for the i-PI socket to appear"

@@ -334,3 +334,4 @@ class ForceServer:
             t["neighbors"],
             self.busy_seconds,
         )
+        log.info("model-call chunks: %s", self.evaluator.batching_summary())
