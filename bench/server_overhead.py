@@ -12,11 +12,14 @@ conversion, transfer).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from bench.common import default_model, machine, write
 from server.ipi.launcher import run_experiment
@@ -68,50 +71,72 @@ def _free_port() -> int:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=[60, 20],
+        metavar=("N192", "N1536"),
+        help="steps of the long run at 192 and at 1536 atoms (the short run has a quarter)",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the median is reported")
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads of i-PI and the server")
     p.add_argument("--device", default="cpu", help="server device (cpu, cuda)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     model, label = (args.model, args.model) if args.model else default_model()
-    data = {"machine": machine(), "model": label, "steps": args.steps, "threads": args.threads, "sizes": {}}
+    data = {
+        "machine": machine(),
+        "model": label,
+        "steps": args.steps,
+        "repeat": args.repeat,
+        "threads": args.threads,
+        "sizes": {},
+    }
     rows, lat_rows = [], []
-    for n_mol in (64, 512):
+    for n_mol, steps in zip((64, 512), args.steps):
         atoms = water_box(n_mol, seed=0)
         structure = work / f"water-{n_mol}.extxyz"
         atoms.write(structure)
-        size = {}
-        for transport in TRANSPORTS:
-            extra = {"port": _free_port()} if transport == "inet" else {}
-            t, folder = per_step(
-                work / f"{transport}{n_mol}",
-                structure,
-                model,
-                args.steps,
-                transport=transport,
-                threads=args.threads,
-                device=args.device,
-                **extra,
+        configs = {t: {"transport": t} for t in TRANSPORTS}
+        if n_mol == 64:  # i-PI's polling interval, on the unix route (1e-4 s is the shipped default)
+            configs.update(
+                {f"unix_latency_{lat:g}": {"transport": "unix", "latency": lat} for lat in LATENCIES[1:]}
             )
-            size[f"{transport}_s_per_step"] = t
-            if transport == "unix":
-                size.update(busy_shares((folder / "server.log").read_text()))
-        for transport in TRANSPORTS[1:]:
-            size[f"{transport}_over_ffdirect"] = size[f"{transport}_s_per_step"] / size["ffdirect_s_per_step"]
-        if n_mol == 64:
-            for latency in LATENCIES:
-                t, _ = per_step(
-                    work / f"lat{latency:g}",
+        samples = {name: [] for name in configs}
+        for rep in range(args.repeat):
+            names = list(configs)
+            names = names[rep % len(names) :] + names[: rep % len(names)]  # rotate the order
+            for name in names:
+                cfg = dict(configs[name])
+                if cfg["transport"] == "inet":
+                    cfg["port"] = _free_port()
+                t, folder = per_step(
+                    work / f"{name}-{n_mol}-{rep}",
                     structure,
                     model,
-                    args.steps,
-                    transport="unix",
-                    latency=latency,
+                    steps,
                     threads=args.threads,
                     device=args.device,
+                    **cfg,
                 )
-                size[f"unix_latency_{latency:g}_s_per_step"] = t
-                lat_rows.append(f"| {latency:g} | {1e3 * t:.1f} | {t / size['ffdirect_s_per_step']:.2f} |")
+                samples[name].append(t)
+                if name == "unix" and rep == 0:
+                    busy = busy_shares((folder / "server.log").read_text())
+                shutil.rmtree(work / f"{name}-{n_mol}-{rep}", ignore_errors=True)
+        size = {f"{name}_s_per_step": float(np.median(v)) for name, v in samples.items()}
+        size["samples_s_per_step"] = samples
+        size.update(busy)
+        for name in samples:
+            if name != "ffdirect":
+                size[f"{name}_over_ffdirect"] = size[f"{name}_s_per_step"] / size["ffdirect_s_per_step"]
+        if n_mol == 64:
+            for lat in LATENCIES:
+                key = "unix" if lat == LATENCIES[0] else f"unix_latency_{lat:g}"
+                lat_rows.append(
+                    f"| {lat:g} | {1e3 * size[f'{key}_s_per_step']:.1f} | "
+                    f"{size[f'{key}_over_ffdirect']:.2f} |"
+                )
         data["sizes"][len(atoms)] = size
         rows.append(
             f"| {len(atoms)} | {1e3 * size['ffdirect_s_per_step']:.1f} | "
@@ -121,13 +146,16 @@ def main(argv=None):
             )
             + f" | {100 * size['outside_model_share']:.1f}% |"
         )
+    data["machine"]["load_average_at_end"] = os.getloadavg()[0]
     m = data["machine"]
     md = f"""## Transport overhead (`bench/server_overhead.py`)
 Machine: {m["cpu"]}, {m["cores"]} cores, server on {args.device}, torch {m["torch"]} \
 ({m["torch_threads"]} threads), {m["date"]}, load average {m["load_average_at_start"]:.2f} at the start.
 Model: {label} in its own precision. i-PI NVT (`water-nvt`), wall time per step from a \
-{args.steps}-step minus a {max(args.steps // 4, 2)}-step run, all transports in one run; in brackets \
-the ratio to `<ffdirect>`.
+long minus a short run ({args.steps[0]}/{args.steps[0] // 4} steps at 192 atoms, \
+{args.steps[1]}/{args.steps[1] // 4} at 1536), \
+median of {args.repeat} interleaved repeats (samples in the JSON), all transports in one run; in brackets \
+the ratio to `<ffdirect>`; load average {data["machine"]["load_average_at_end"]:.2f} at the end.
 
 | atoms | ffdirect (ms/step) | unix | shm | inet | server time outside the model (unix) |
 |---|---|---|---|---|---|
