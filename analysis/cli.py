@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=1,
-        help="MDAnalysis multiprocessing workers (no progress bars when > 1)",
+        help="MDAnalysis multiprocessing workers for the analyses where they pay (g(r), c_L/c_T; no "
+        "progress bars when > 1)",
     )
     a = p.add_argument_group("analysis settings")
     a.add_argument(
