@@ -273,3 +273,42 @@ def test_calibration_is_cached_per_structure_size(strongly_anisotropic_model, wa
     assert entry["stopped"] != "copies needed" and (entry["cost_s"] > cost) == (
         max(entry["seconds_per_copy"]) > 37
     )
+
+
+def test_interaction_range_and_the_atomic_sum_check(models_dir, toy_model):
+    """Contract models expose interaction_range (declared, or the cutoff for a model that does not
+    declare it) and whether their energy is a sum of per-atom terms (checked at load): true for the
+    pair toy models and PET, false for a model whose energy is not additive over atoms; a range
+    below the cutoff is refused."""
+    from typing import List
+
+    import torch
+
+    from server.core.errors import ModelError
+    from training.pet import PET
+
+    pair = Evaluator(toy_model).model
+    assert not pair.declared_range and pair.interaction_range == pair.cutoff and pair.sums_atomic_energies
+    pet = Evaluator(torch.jit.script(PET(cutoff=3.0, d_model=16, n_heads=2, d_ffn=16, n_layers=2))).model
+    assert pet.declared_range and pet.interaction_range == 6.0 and pet.sums_atomic_energies
+
+    class Squared(torch.nn.Module):
+        cutoff: float
+        species: List[int]
+        interaction_range: float
+
+        def __init__(self, interaction_range: float):
+            super().__init__()
+            self.cutoff, self.species, self.interaction_range = 3.0, [1, 8], interaction_range
+
+        def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
+            e = (edge_vectors**2).sum(dim=1)
+            per_structure = torch.zeros(n_structures, dtype=e.dtype).index_add(
+                0, structure_index[edge_index[0]], e
+            )
+            return per_structure**2  # not a sum over atoms
+
+    squared = Evaluator(torch.jit.script(Squared(3.0)).double()).model
+    assert squared.declared_range and not squared.sums_atomic_energies
+    with pytest.raises(ModelError, match="interaction_range=1.0 Å below its cutoff"):
+        Evaluator(torch.jit.script(Squared(1.0)).double())

@@ -258,6 +258,7 @@ class PET(nn.Module):
 
     cutoff: float
     species: List[int]
+    interaction_range: float
 
     def __init__(
         self,
@@ -275,6 +276,7 @@ class PET(nn.Module):
         if not 0 < cutoff_width <= cutoff:
             raise ValueError(f"cutoff_width={cutoff_width} must be in (0, cutoff={cutoff}]")
         self.cutoff = float(cutoff)
+        self.interaction_range = float(cutoff) * n_layers  # messages travel one cutoff per layer
         self.cutoff_width = float(cutoff_width)
         self.species = [int(z) for z in species]
         self.length_scale = float(length_scale)

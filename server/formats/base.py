@@ -69,6 +69,15 @@ class ModelAdapter:
         The precision it runs in.
     requested_dtype : bool
         Whether that precision was asked for (False: the model's own, the default).
+    interaction_range : float
+        How far an atom's energy can feel another atom, Å: the cutoff for a strictly local
+        model, cutoff × message-passing layers otherwise (what a domain-decomposed run needs as
+        its ghost shell).
+    declared_range : bool
+        Whether the model declared ``interaction_range`` (False: assumed local, = ``cutoff``).
+    sums_atomic_energies : bool
+        Whether its energy is a sum of per-atom terms assigned through ``structure_index``
+        (checked at load time), so that the energy of a subset of atoms can be asked for.
     """
 
     label: ClassVar[str] = "model"
@@ -82,6 +91,9 @@ class ModelAdapter:
     device: torch.device
     dtype: torch.dtype
     requested_dtype: bool = False
+    interaction_range: float = 0.0
+    declared_range: bool = False
+    sums_atomic_energies: bool = False
 
     @classmethod
     def recognizes(cls, path: str) -> bool:

@@ -88,6 +88,14 @@ class ContractModel(ModelAdapter):
         _dry_run(module, path, cutoff, species, device, dtype)
         model = cls(module, path, cutoff, species, device, dtype)
         model.requested_dtype = requested
+        model.declared_range = hasattr(module, "interaction_range")
+        model.interaction_range = float(module.interaction_range) if model.declared_range else cutoff
+        if not model.interaction_range >= cutoff:
+            raise ModelError(
+                f"model {path!r} declares interaction_range={model.interaction_range} Å below its "
+                f"cutoff {cutoff} Å: it must be at least the cutoff (cutoff × layers for message passing)"
+            )
+        model.sums_atomic_energies = _sums_atomic_energies(module, cutoff, species, device, dtype)
         return model
 
     def evaluate(self, copies):
@@ -135,6 +143,30 @@ def exported_dtype(module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float64
+
+
+def _sums_atomic_energies(module, cutoff, species, device, dtype) -> bool:
+    """Whether the energy of a 3-atom chain equals the sum of its atoms' energies when each atom
+    is put in a structure of its own (same edges): true for every model whose energy is a sum of
+    per-atom terms assigned through ``structure_index`` of each atom (the owned-atoms energy of
+    domain decomposition relies on it)."""
+    d = 0.4 * cutoff
+    x = torch.tensor([[0.0, 0, 0], [d, 0.1 * d, 0], [2 * d, 0, 0.1 * d]], dtype=dtype, device=device)
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+    edge_index = torch.tensor(pairs, dtype=torch.int64, device=device).T.contiguous()
+    vectors = x[edge_index[1]] - x[edge_index[0]]
+    numbers = torch.tensor([species[k % len(species)] for k in range(3)], dtype=torch.int64, device=device)
+    try:
+        with torch.no_grad():
+            together = module(
+                vectors, edge_index, numbers, torch.zeros(3, dtype=torch.int64, device=device), 1
+            )
+            apart = module(vectors, edge_index, numbers, torch.arange(3, device=device), 3)
+    except Exception:  # noqa: BLE001 - a model that cannot do it simply does not qualify
+        return False
+    total, parts = float(together.sum()), float(apart.sum())
+    tolerance = (1e-5 if dtype == torch.float32 else 1e-10) * max(1.0, abs(total))
+    return bool(apart.shape == (3,) and abs(total - parts) <= tolerance)
 
 
 def _dry_run(module, path, cutoff, species, device, dtype):

@@ -120,6 +120,9 @@ class MetatomicModel(ModelAdapter):
         self.species = [int(z) for z in capabilities.atomic_types]
         self.requests = list(module.requested_neighbor_lists())
         self.cutoff = max([float(r.cutoff) for r in self.requests] or [float(capabilities.interaction_range)])
+        # metatomic declares the range itself and selects atoms' energies with selected_atoms
+        self.interaction_range = max(float(capabilities.interaction_range), self.cutoff)
+        self.declared_range, self.sums_atomic_energies = True, True
         if not self.cutoff > 0 or not np.isfinite(self.cutoff):
             raise ModelError(
                 f"{path!r}: the metatomic model requests no finite neighbour-list cutoff "

@@ -133,6 +133,13 @@ def main(argv=None) -> int:
             "requested" if evaluator.model.requested_dtype else "the model's own precision",
             args.device,
         )
+        m = evaluator.model
+        log.info(
+            "interaction range %.3g Å (%s); energy %s a sum of atomic terms",
+            m.interaction_range,
+            "declared" if m.declared_range else "not declared: assumed local",
+            "is" if m.sums_atomic_energies else "is NOT",
+        )
         unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(

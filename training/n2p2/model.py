@@ -363,6 +363,7 @@ class N2P2Model(torch.nn.Module):
 
     cutoff: float
     species: List[int]
+    interaction_range: float
     n_elements: int
     inv_length_unit: float
     cutoff_file: float
@@ -386,6 +387,7 @@ class N2P2Model(torch.nn.Module):
         self.inv_length_unit = 1.0 / pot.length_unit
         self.cutoff_file = float(pot.cutoff)
         self.cutoff = float(pot.cutoff * pot.length_unit)
+        self.interaction_range = self.cutoff  # strictly local: atomic energies of the neighbourhood
         lookup = torch.full((max(zs) + 1,), -1, dtype=torch.int64)
         for i, z in enumerate(zs):
             lookup[z] = i
