@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, write
+from server import processes
 from server.ipi.launcher import run_experiment
 from server.structures import water_box
 
@@ -58,14 +59,6 @@ def busy_shares(log: str) -> dict:
     m = re.findall(r"time in model ([\d.]+) s, neighbour lists ([\d.]+) s, server busy ([\d.]+) s", log)[-1]
     model, nl, busy = map(float, m)
     return {"model_s": model, "neighbors_s": nl, "busy_s": busy, "outside_model_share": (busy - model) / busy}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv=None):
@@ -110,7 +103,7 @@ def main(argv=None):
             for name in names:
                 cfg = dict(configs[name])
                 if cfg["transport"] == "inet":
-                    cfg["port"] = _free_port()
+                    cfg["port"] = processes.free_port()
                 t, folder = per_step(
                     work / f"{name}-{n_mol}-{rep}",
                     structure,

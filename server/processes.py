@@ -23,6 +23,7 @@ from .protocol import UNIX_PREFIX
 
 __all__ = [
     "unique_name",
+    "free_port",
     "unix_socket_path",
     "tie_to_parent",
     "start",
@@ -41,6 +42,15 @@ BIN = Path(sys.executable).parent
 def unique_name(prefix: str = "mlip") -> str:
     """A socket name no concurrent run uses: ``prefix-PID-RANDOM``."""
     return f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on now, for an inet run: the inet twin of :func:`unique_name`."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def unix_socket_path(name: str) -> str:

@@ -119,7 +119,7 @@ def run(
             sockets.append(address)
             server_address = f"{mode}:{address}"
         else:
-            address, port_n = "127.0.0.1", _free_port()
+            address, port_n = "127.0.0.1", processes.free_port()
             port = f"<port>{port_n}</port>"
             server_address = f"inet:127.0.0.1:{port_n}"
         ffs += FORCEFIELD.format(name=name, mode=mode, address=address, port=port, batch=batch)
@@ -152,14 +152,6 @@ def run(
         processes.stop([ipi, server], sockets)
         processes.remove_ipi_shm(ipi.pid)
     return Outputs(workdir, codes, nbeads)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Outputs:

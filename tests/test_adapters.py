@@ -82,8 +82,6 @@ def test_ase_socketio_host_drives_the_server(tmp_path, toy_model, water8, transp
     forces and stress equal the in-process calculator's (ASE's own Hartree and Bohr constants: 1e-7
     relative); ASE closes its socket without EXIT, which ends the server with status 0 and an info
     line under --on-close exit, and stays an error without it."""
-    import socket as pysocket
-
     from ase.calculators.socketio import SocketIOCalculator
 
     from server.ase_calculator import MLIPCalculator
@@ -99,9 +97,7 @@ def test_ase_socketio_host_drives_the_server(tmp_path, toy_model, water8, transp
             name = processes.unique_name("mlip-test")
             host_kwargs, address = {"unixsocket": name}, f"unix:{name}"
         else:
-            with pysocket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = processes.free_port()
             host_kwargs, address = {"port": port}, f"inet:127.0.0.1:{port}"
         cmd = [
             sys.executable,

@@ -131,14 +131,6 @@ def write_data(atoms, path: Path, specorder) -> Path:
     return path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, **kwargs):
     result = lammps_run.run(
         deck,
@@ -211,7 +203,7 @@ def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
         (folder / "in.lj").write_text(deck)
     run_native(native, native / "in.lj", np_)
     # the serial run goes over TCP (inet), the MPI runs over unix sockets
-    address = f"inet:127.0.0.1:{_free_port()}" if np_ == 1 else None
+    address = f"inet:127.0.0.1:{processes.free_port()}" if np_ == 1 else None
     result = bridge_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_=np_, address=address)
     assert result.code == 0, (
         result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]

@@ -141,7 +141,8 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
         processes.stop([ipi, server], rendered.sockets)
         if ipi is not None:
             processes.remove_ipi_shm(ipi.pid)
-    return _verdict(codes, folder, meta, out, time.monotonic() - t0)
+    names = ["i-PI"] + (["server"] if server is not None else [])
+    return _verdict(codes, names, folder, meta, out, time.monotonic() - t0)
 
 
 def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
@@ -186,7 +187,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
         processes.stop([server])
-    return _verdict(codes, folder, load_experiment(name)[0], out, time.monotonic() - t0)
+    return _verdict(codes, ["server"], folder, load_experiment(name)[0], out, time.monotonic() - t0)
 
 
 def _env(opts: RunOptions) -> dict | None:
@@ -217,11 +218,11 @@ class _interrupts:
         return False
 
 
-def _verdict(codes, folder: Path, meta: dict, out, wall: float) -> RunResult:
+def _verdict(codes, names: list, folder: Path, meta: dict, out, wall: float) -> RunResult:
+    """The RunResult of exit ``codes`` of the processes ``names`` (None: stopped)."""
     if codes is None:
         return RunResult(130, folder, "stopped", wall)
     if any(c != 0 for c in codes):
-        names = ["i-PI", "server"] if len(codes) == 2 else ["process"]
         what = ", ".join(f"{n} exit {c}" for n, c in zip(names, codes))
         message = f"failed ({what}): see {folder}/ipi.log and {folder}/server.log"
         print(f"mlip-run: {message}", file=out, flush=True)

@@ -87,7 +87,7 @@ class Connection:
     def handle_message(self) -> None:
         """Reads and answers one message (may set ``pending``)."""
         name = self.wire.read_header()
-        if name is None and self.on_close == "exit" and self.exchanges > 0 and self.pending is None:
+        if name is None and self.on_close == "exit" and self.exchanges > 0 and self.idle:
             # a host such as ASE's SocketIOCalculator ends by closing the socket between messages
             log.info(
                 "%s: the peer closed the connection after %d exchanges (--on-close exit)",
