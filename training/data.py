@@ -11,6 +11,12 @@
   :func:`random_rotations` draws uniform proper rotations, each inverted with
   probability ½ (the augmentation of the paper: the model is not invariant, so it
   learns approximate invariance from rotated inputs).
+
+Optional labels: per-atom energies (eV) in an ``atoms.arrays["teacher_atomic_energy"]`` column (written by
+:mod:`training.atomic_energies` for a teacher whose energy is a sum of atomic terms) travel with
+each frame to the batch (``Batch.atomic_energies``, ``None`` unless every frame of the batch has
+them); ``atoms.info["source"]`` (the run a frame comes from, ``make_data``'s names) becomes
+``Frame.source`` / ``Graph.source``, used for per-set loss weights.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from server.core.neighbors import neighbor_list
 
 __all__ = [
+    "ATOMIC_ENERGY_KEY",
     "Frame",
     "Graph",
     "Batch",
@@ -48,6 +55,12 @@ class Frame:
     pbc: np.ndarray
     energy: float
     forces: np.ndarray
+    source: str = ""
+    atomic_energies: Optional[np.ndarray] = None
+
+
+ATOMIC_ENERGY_KEY = "teacher_atomic_energy"
+"""Extended-XYZ per-atom column of teacher atomic energies (eV)."""
 
 
 @dataclass
@@ -63,6 +76,9 @@ class Graph:
     vectors: torch.Tensor
     energy: torch.Tensor
     forces: torch.Tensor
+    source: str = ""
+    atomic_energies: Optional[torch.Tensor] = None
+    weight: float = 1.0
 
     @property
     def n_atoms(self) -> int:
@@ -70,7 +86,10 @@ class Graph:
 
     def to(self, device) -> "Graph":
         return Graph(
-            *(t.to(device) for t in (self.numbers, self.edge_index, self.vectors, self.energy, self.forces))
+            *(t.to(device) for t in (self.numbers, self.edge_index, self.vectors, self.energy, self.forces)),
+            self.source,
+            None if self.atomic_energies is None else self.atomic_energies.to(device),
+            self.weight,
         )
 
 
@@ -92,6 +111,8 @@ class Batch:
     energies: torch.Tensor
     forces: torch.Tensor
     n_atoms: torch.Tensor
+    atomic_energies: Optional[torch.Tensor] = None
+    weights: Optional[torch.Tensor] = None
 
 
 def _labels(atoms, where: str):
@@ -121,6 +142,7 @@ def read_frames(path, index=":") -> List[Frame]:
     frames = []
     for n, atoms in enumerate(ase.io.read(str(path), index=index)):
         energy, forces = _labels(atoms, f"{path}, frame {n}")
+        atomic = atoms.arrays.get(ATOMIC_ENERGY_KEY)
         frames.append(
             Frame(
                 atoms.get_atomic_numbers().astype(np.int64),
@@ -129,6 +151,8 @@ def read_frames(path, index=":") -> List[Frame]:
                 atoms.pbc.copy(),
                 energy,
                 forces,
+                str(atoms.info.get("source", "")),
+                None if atomic is None else np.asarray(atomic, dtype=np.float64).reshape(-1),
             )
         )
     if not frames:
@@ -148,6 +172,8 @@ def build_graphs(frames: Sequence[Frame], cutoff: float) -> List[Graph]:
                 torch.from_numpy(vectors),
                 torch.tensor(f.energy, dtype=torch.float64),
                 torch.from_numpy(f.forces),
+                f.source,
+                None if f.atomic_energies is None else torch.from_numpy(f.atomic_energies),
             )
         )
     return graphs
@@ -228,6 +254,12 @@ def collate(
         forces = torch.einsum("iab,ib->ia", rotations[structure_index], forces)
     vectors = vectors.to(dtype).detach().requires_grad_(requires_grad)
     energies = torch.stack([g.energy for g in graphs])
+    atomic = None
+    if all(g.atomic_energies is not None for g in graphs):
+        atomic = torch.cat([g.atomic_energies for g in graphs])
+    weights = None
+    if any(g.weight != 1.0 for g in graphs):
+        weights = torch.tensor([float(g.weight) for g in graphs], dtype=torch.float64, device=device)
     return Batch(
         vectors,
         edge_index,
@@ -237,6 +269,8 @@ def collate(
         energies,
         forces,
         n_atoms,
+        atomic,
+        weights,
     )
 
 

@@ -9,17 +9,29 @@ The YAML config (see ``training/configs/water-pet.yaml``; every key has a defaul
 :data:`DEFAULTS`)::
 
     seed, output_dir, device, dtype (float32|float64), matmul_precision
-    data:  train, val (paths) or val_fraction; rotate, invert (augmentation)
+    data:  train, val (paths) or val_fraction; rotate, invert (augmentation);
+           sources (list of source-name prefixes to keep, null: all), max_frames (a seeded random
+           subset of the training frames, null: all), source_weights ({prefix: weight}, per-frame
+           loss weights by ``atoms.info["source"]``, first matching prefix, default 1)
     model: keyword arguments of :class:`training.pet.PET`
     optim: lr, weight_decay, schedule (cosine|step|constant), warmup_steps,
            min_lr_ratio, step_epochs, step_gamma, grad_clip
-    loss:  energy_weight, force_weight, symmetry_weight
+    loss:  energy_weight, force_weight, symmetry_weight, atomic_energy_weight
     batch_size, val_batch_size, epochs, max_minutes
     init_from: a checkpoint whose best weights start this run (fine-tuning; fresh optimiser)
 
 Loss per batch (as the paper): w_E · MSE(E/N_atoms) / σ_E² + w_F · MSE(F) / σ_F², with
 σ_E the standard deviation of the per-atom energy (after the composition baseline) and
-σ_F the RMS force component of the training set.
+σ_F the RMS force component of the training set. With ``data.source_weights`` each frame's squared
+errors are multiplied by its weight (all weights 1: the plain loss).
+
+With ``loss.atomic_energy_weight`` w_A > 0 (default 0: off) the loss gains
+w_A · MSE(ε_i − ε_i^T) / σ_A²: the model's per-atom energies against the teacher's
+(``teacher_atomic_energy`` column, :mod:`training.atomic_energies`; every training and validation
+frame needs it), both without the composition baseline, which is then the per-species mean of the
+teacher's atomic energies (instead of the least-squares fit of totals; the same totals for a fixed
+stoichiometry); σ_A is the standard deviation of the baseline-subtracted teacher atomic energies.
+N labels per frame for one extra sum, no second derivative; validation adds their MAE (meV/atom).
 
 With ``loss.symmetry_weight`` w_S > 0 every structure of a batch is seen twice, under two independent
 random rotations R₁, R₂ (both copies enter the loss above), and the loss gains
@@ -90,6 +102,8 @@ __all__ = [
     "predict",
     "validate",
     "paired_batch",
+    "source_weight",
+    "atomic_baseline",
     "symmetry_terms",
     "symmetry_loss",
     "loss_terms",
@@ -109,7 +123,16 @@ DEFAULTS = {
     "device": "cpu",
     "dtype": "float32",
     "matmul_precision": "highest",  # "high" allows TF32 on NVIDIA GPUs
-    "data": {"train": None, "val": None, "val_fraction": 0.1, "rotate": True, "invert": True},
+    "data": {
+        "train": None,
+        "val": None,
+        "val_fraction": 0.1,
+        "rotate": True,
+        "invert": True,
+        "sources": None,
+        "max_frames": None,
+        "source_weights": {},
+    },
     "model": {},
     "optim": {
         "lr": 1e-3,
@@ -121,7 +144,7 @@ DEFAULTS = {
         "step_gamma": 0.5,
         "grad_clip": 10.0,
     },
-    "loss": {"energy_weight": 0.01, "force_weight": 1.0, "symmetry_weight": 0.0},
+    "loss": {"energy_weight": 0.01, "force_weight": 1.0, "symmetry_weight": 0.0, "atomic_energy_weight": 0.0},
     "batch_size": 8,
     "val_batch_size": 16,
     "epochs": 100,
@@ -236,13 +259,38 @@ def prepare_data(config: dict, model: PET, device: torch.device):
             raise ValueError(f"val_fraction {data['val_fraction']} leaves no training frames")
         val_frames = [train_frames[k] for k in order[:n_val]]
         train_frames = [train_frames[k] for k in order[n_val:]]
+    if data["sources"]:
+        prefixes = tuple(str(p) for p in data["sources"])
+        train_frames = [f for f in train_frames if f.source.startswith(prefixes)]
+        val_frames = [f for f in val_frames if f.source.startswith(prefixes)]
+        if not train_frames or not val_frames:
+            raise ValueError(f"data.sources {list(prefixes)} leaves no training or no validation frames")
+    if data["max_frames"] and int(data["max_frames"]) < len(train_frames):
+        keep = np.random.default_rng(config["seed"] + 1).permutation(len(train_frames))[
+            : int(data["max_frames"])
+        ]
+        train_frames = [train_frames[k] for k in sorted(keep)]
     train = build_graphs(train_frames, model.cutoff)
     val = build_graphs(val_frames, model.cutoff)
-    mu = fit_baseline(train, model.species)
+    for g in train + val:
+        g.weight = source_weight(g.source, data["source_weights"])
+    atomic = float(config["loss"]["atomic_energy_weight"]) > 0
     lookup = {z: k for k, z in enumerate(model.species)}
+    if atomic:
+        missing = sum(g.atomic_energies is None for g in train + val)
+        if missing:
+            raise ValueError(
+                f"loss.atomic_energy_weight > 0 but {missing} frames have no teacher_atomic_energy column: "
+                "add it with python -m training.atomic_energies FILES"
+            )
+        mu = atomic_baseline(train, model.species)
+    else:
+        mu = fit_baseline(train, model.species)
     for g in train + val:
         kinds = torch.tensor([lookup[int(z)] for z in g.numbers.tolist()])
         g.energy = g.energy - torch.from_numpy(mu)[kinds].sum()
+        if atomic:
+            g.atomic_energies = g.atomic_energies - torch.from_numpy(mu)[kinds]
     n_edges = sum(g.edge_index.shape[1] for g in train)
     mean_neighbours = max(n_edges / sum(g.n_atoms for g in train), 1.0)
     per_atom = np.array([float(g.energy) / g.n_atoms for g in train])
@@ -251,7 +299,9 @@ def prepare_data(config: dict, model: PET, device: torch.device):
     # guard against degenerate sets (one frame, zero forces)
     sigma_e = max(sigma_e, 1e-4)
     sigma_f = max(sigma_f, 1e-3)
+    sigma_a = float(torch.cat([g.atomic_energies for g in train]).std()) if atomic else 0.0
     stats = {
+        "sigma_a": max(sigma_a, 1e-4) if atomic else 0.0,
         "baseline": mu.tolist(),
         "sigma_e": sigma_e,
         "sigma_f": sigma_f,
@@ -260,6 +310,25 @@ def prepare_data(config: dict, model: PET, device: torch.device):
         "n_val": len(val),
     }
     return [g.to(device) for g in train], [g.to(device) for g in val], stats
+
+
+def source_weight(source: str, weights: dict) -> float:
+    """Loss weight of a frame from run ``source``: the first prefix of ``weights`` it starts with, else 1."""
+    for prefix, weight in (weights or {}).items():
+        if source.startswith(str(prefix)):
+            return float(weight)
+    return 1.0
+
+
+def atomic_baseline(graphs, species) -> np.ndarray:
+    """Per-species mean of the teacher's atomic energies (eV) over ``graphs``."""
+    numbers = torch.cat([g.numbers for g in graphs])
+    energies = torch.cat([g.atomic_energies for g in graphs])
+    mu = np.zeros(len(species))
+    for k, z in enumerate(species):
+        mask = numbers == int(z)
+        mu[k] = float(energies[mask].mean()) if bool(mask.any()) else 0.0
+    return mu
 
 
 def epoch_plan(
@@ -286,23 +355,44 @@ def epoch_plan(
 
 
 # -- model evaluation -------------------------------------------------------------------
-def predict(model: PET, batch, create_graph: bool):
-    """Energies [B] (eV, without the composition baseline) and forces [N, 3] (eV/Å)."""
+def predict(model: PET, batch, create_graph: bool, return_atomic: bool = False):
+    """Energies [B] (eV, without the composition baseline) and forces [N, 3] (eV/Å); with
+    ``return_atomic`` also the atomic energies [N] (eV, without the baseline)."""
     atomic = model.atomic_energies(batch.edge_vectors, batch.edge_index, batch.numbers, False)
     energies = torch.zeros(batch.n_structures, dtype=atomic.dtype, device=atomic.device)
     energies = energies.index_add(0, batch.structure_index, atomic)
     (grad,) = torch.autograd.grad(energies.sum(), batch.edge_vectors, create_graph=create_graph)
     forces = forces_from_edge_gradient(grad, batch.edge_index, batch.numbers.shape[0])
+    if return_atomic:
+        return energies, forces, atomic
     return energies, forces
 
 
-def loss_terms(energies, forces, batch, stats, weights):
+def loss_terms(energies, forces, batch, stats, weights, atomic=None):
+    """(loss, per-atom energy errors [B] eV/atom, force errors [N, 3] eV/Å); the loss of the module
+    docstring, with per-frame weights ``batch.weights`` if set and the atomic-energy term if
+    ``atomic`` (the model's atomic energies [N]) is given and ``weights["atomic_energy_weight"]`` > 0."""
     dtype = energies.dtype
     e_err = (energies - batch.energies.to(dtype)) / batch.n_atoms.to(dtype)
     f_err = forces - batch.forces.to(dtype)
-    loss_e = (e_err**2).mean() / stats["sigma_e"] ** 2
-    loss_f = (f_err**2).mean() / stats["sigma_f"] ** 2
-    return weights["energy_weight"] * loss_e + weights["force_weight"] * loss_f, e_err, f_err
+    w_frame = None if batch.weights is None else batch.weights.to(dtype)
+    w_atom = None if w_frame is None else w_frame[batch.structure_index]
+    if w_frame is None:
+        loss_e = (e_err**2).mean() / stats["sigma_e"] ** 2
+        loss_f = (f_err**2).mean() / stats["sigma_f"] ** 2
+    else:
+        loss_e = (w_frame * e_err**2).mean() / stats["sigma_e"] ** 2
+        loss_f = (w_atom[:, None] * f_err**2).mean() / stats["sigma_f"] ** 2
+    loss = weights["energy_weight"] * loss_e + weights["force_weight"] * loss_f
+    w_a = float(weights.get("atomic_energy_weight", 0.0))
+    if w_a > 0 and atomic is not None:
+        if batch.atomic_energies is None:
+            raise ValueError("loss.atomic_energy_weight > 0 needs teacher atomic energies for every frame")
+        a_err = (atomic - batch.atomic_energies.to(dtype)) ** 2
+        if w_atom is not None:
+            a_err = w_atom * a_err
+        loss = loss + w_a * a_err.mean() / stats["sigma_a"] ** 2
+    return loss, e_err, f_err
 
 
 def paired_batch(graphs, rotations, dtype):
@@ -343,11 +433,19 @@ def validate(model: PET, graphs, config, stats, dtype) -> dict:
     model.eval()
     bs = int(config["val_batch_size"])
     sums = torch.zeros(5, dtype=torch.float64, device=graphs[0].vectors.device)
+    atomic_on = float(config["loss"].get("atomic_energy_weight", 0.0)) > 0
+    atomic_sum, n_atoms_total = 0.0, 0
     n_frames, n_comp = 0, 0
     for k in range(0, len(graphs), bs):
         batch = collate(graphs[k : k + bs], None, dtype)
-        energies, forces = predict(model, batch, create_graph=False)
-        loss, e_err, f_err = loss_terms(energies.detach(), forces.detach(), batch, stats, config["loss"])
+        energies, forces, atomic = predict(model, batch, create_graph=False, return_atomic=True)
+        atomic = atomic.detach()
+        loss, e_err, f_err = loss_terms(
+            energies.detach(), forces.detach(), batch, stats, config["loss"], atomic if atomic_on else None
+        )
+        if atomic_on:
+            atomic_sum += float((atomic.double() - batch.atomic_energies.double()).abs().sum())
+            n_atoms_total += int(atomic.shape[0])
         e_err, f_err = e_err.double(), f_err.double()
         sums += torch.stack(
             [
@@ -368,6 +466,8 @@ def validate(model: PET, graphs, config, stats, dtype) -> dict:
         "force_rmse_mev_per_a": 1000 * math.sqrt(s[3] / n_comp),
         "loss": s[4] / n_frames,
     }
+    if atomic_on:
+        metrics["atomic_energy_mae_mev"] = 1000 * atomic_sum / max(n_atoms_total, 1)
     if float(config["loss"]["symmetry_weight"]) > 0:
         gen = torch.Generator().manual_seed(VALIDATION_SEED)
         rotations = torch.stack(
@@ -535,8 +635,8 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
                     batch, both = paired_batch(graphs, rotations[idx], dtype)
                 else:
                     batch = collate(graphs, None if rotations is None else rotations[idx], dtype)
-                energies, forces = predict(model, batch, create_graph=True)
-                loss, _, _ = loss_terms(energies, forces, batch, stats, weights)
+                energies, forces, atomic = predict(model, batch, create_graph=True, return_atomic=True)
+                loss, _, _ = loss_terms(energies, forces, batch, stats, weights, atomic)
                 if symmetry_weight > 0:
                     loss = loss + symmetry_weight * symmetry_loss(
                         energies, forces, batch, both, stats, weights
