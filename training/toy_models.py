@@ -6,7 +6,11 @@
   of the raw edge vector: deliberately *not* rotation-invariant (strength set by
   ``anisotropy``), smooth at the cutoff. A toy, not a water model.
 
-Both take ``forward(edge_vectors, edge_index, numbers, structure_index, n_structures)``
+* :class:`TwoHopDensity` — a two-layer "message-passing" toy: atom i's energy depends on its
+  neighbours' densities, so on atoms up to 2 × cutoff away; declares (or, for testing the
+  bridge's range check, hides) ``interaction_range``.
+
+All take ``forward(edge_vectors, edge_index, numbers, structure_index, n_structures)``
 (Å in, eV out) and carry ``cutoff`` (Å) and ``species``.
 """
 
@@ -15,7 +19,7 @@ from typing import List
 
 import torch
 
-__all__ = ["LennardJones", "AnisotropicPairModel", "water_toy", "export"]
+__all__ = ["LennardJones", "AnisotropicPairModel", "TwoHopDensity", "water_toy", "export"]
 
 
 def _species_lookup(species: List[int]) -> torch.Tensor:
@@ -135,6 +139,50 @@ class AnisotropicPairModel(torch.nn.Module):
         )
         aniso = self.anisotropy * self.mlp(features).squeeze(1)
         return _sum_per_structure(0.5 * (morse + aniso) * fc, edge_index, structure_index, n_structures)
+
+
+class TwoHopDensity(torch.nn.Module):
+    """E = Σ_i [a_Z ρ̃_i + b ρ̃_i²] with ρ_i = Σ_j c(r_ij) w_Zj and ρ̃_i = Σ_j c(r_ij) ρ_j, where
+    c(r) = (1 − (r/rc)²)² for r < rc: a two-hop (two message-passing layers) energy whose range is
+    2 × cutoff; each atom's term goes to its own ``structure_index``.
+
+    Args: cutoff (Å), species, declare_range (set ``interaction_range = 2 × cutoff``; False
+    leaves the attribute out, as an exporter that forgot it would).
+    """
+
+    cutoff: float
+    species: List[int]
+
+    def __init__(self, cutoff: float = 3.0, species: List[int] = [1, 8], declare_range: bool = True):
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.species = list(species)
+        if declare_range:
+            self.interaction_range = 2.0 * float(cutoff)
+        n = len(species)
+        self.register_buffer("lookup", _species_lookup(self.species))
+        self.register_buffer("weight", torch.linspace(0.6, 1.4, n, dtype=torch.float64))
+        self.register_buffer("linear", torch.linspace(-0.05, -0.02, n, dtype=torch.float64))
+        self.quadratic = 0.004
+
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        kind = self.lookup[numbers]
+        r2 = (edge_vectors**2).sum(dim=1)
+        c = torch.clamp(1.0 - r2 / self.cutoff**2, min=0.0) ** 2
+        i, j = edge_index[0], edge_index[1]
+        zeros = torch.zeros(numbers.shape[0], dtype=edge_vectors.dtype, device=edge_vectors.device)
+        rho = zeros.index_add(0, i, c * self.weight[kind[j]])
+        second = zeros.index_add(0, i, c * rho[j])
+        atom = self.linear[kind] * second + self.quadratic * second**2
+        out = torch.zeros(n_structures, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        return out.index_add(0, structure_index, atom)
 
 
 def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:

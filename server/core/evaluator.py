@@ -49,13 +49,15 @@ from .graph import Graph, Result, Structure, build_graph
 
 __all__ = ["Evaluator", "Structure", "Result", "DEFAULT_MAX_BATCH_EDGES"]
 
-DEFAULT_MAX_BATCH_EDGES = {"cpu": 50_000, "cuda": 2_000_000}
+DEFAULT_MAX_BATCH_EDGES = {"cpu": 20_000, "cuda": 2_000_000}
 """Memory budget by device type: the most edges (rotated copies and structures together) the
 automatic chunk size may put in one model call. The chunk actually used is measured per model and
 structure size (module docstring) and is often much smaller on CPU (the shipped PET on 2 cores,
 192 atoms, ``2i`` in float32, once measured at 2.42 s with 50k edges per call, 1.56 s with 10k and
 1.56 s for a serial loop of 36 calls; ``bench/results/averaging.md`` has the latest side by side);
-a GPU needs large calls to be busy."""
+a GPU needs large calls to be busy. The CPU budget was 50k edges until a LAMMPS rank's
+~1000-atom cluster (21k edges) spent 55 s calibrating two copies on a loaded machine: with 20k,
+a structure of more than 10k edges is never batched on CPU, where batching it has not paid."""
 
 CALIBRATION_REPEATS = 2
 """Timed calls per copy count k in a calibration; the fastest counts (noise on a loaded machine
@@ -174,6 +176,12 @@ class Evaluator:
             for a in averaging
         ]
         graphs = [self._graph(s, n) for n, s in enumerate(structures)]
+        if not self.model.sums_atomic_energies and any(g.groups is not None for g in graphs):
+            raise ModelError(
+                f"model {self.model.path}: the energy of a subset of atoms (domain decomposition, "
+                "per-atom energies) was asked for, but its energy is not a sum of atomic terms over "
+                "structure_index (checked at load time): use --decomposition gather"
+            )
         t1 = time.perf_counter()
         rotations = [a.rotations() for a in averaging]
         per_copy = self._evaluate_copies(graphs, rotations)
@@ -285,9 +293,9 @@ class Evaluator:
         t0 = time.perf_counter()
         results = self.model.evaluate(copies)
         self.timings["model"] += time.perf_counter() - t0
-        for (s, k), (energy, forces, virial) in zip(chunk, results):
-            self._require_finite(energy, forces)
-            out[s][k] = (energy, forces, virial)
+        for (s, k), result in zip(chunk, results):
+            self._require_finite(result.energy, result.forces)
+            out[s][k] = result
 
     def _require_finite(self, energies, forces):
         if not np.isfinite(energies).all() or not np.isfinite(forces).all():
@@ -316,14 +324,17 @@ def _bucket(n_edges: int) -> int:
 
 
 def _combine(copies, rot, raw_only: bool) -> Result:
-    """Weighted average over copies plus the symmetry-breaking diagnostics."""
+    """Weighted average over copies (:class:`CopyResult`) plus the symmetry-breaking diagnostics."""
     w = rot.weights
-    energies = np.array([c[0] for c in copies])
-    forces = np.stack([c[1] for c in copies])
-    virials = np.stack([c[2] for c in copies])
+    energies = np.array([c.energy for c in copies])
+    forces = np.stack([c.forces for c in copies])
+    virials = np.stack([c.virial for c in copies])
     energy = float(w @ energies)
     f_avg = np.einsum("k,kia->ia", w, forces)
     result = Result(energy, f_avg, np.einsum("k,kab->ab", w, virials))
+    if copies[0].atom_energies is not None:
+        result.atom_energies = np.einsum("k,ki->i", w, np.stack([c.atom_energies for c in copies]))
+        result.atom_virials = np.einsum("k,kiab->iab", w, np.stack([c.atom_virials for c in copies]))
     if raw_only:
         return result
     extras = {"n_rotations": int((w > 0).sum())}

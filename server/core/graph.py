@@ -8,13 +8,14 @@ its full vesin neighbour list; a :class:`Result` is what comes back. Units: Å, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
 
 import numpy as np
 
 from .errors import InputError
 from .neighbors import neighbor_pairs
 
-__all__ = ["Structure", "Result", "Graph", "build_graph"]
+__all__ = ["Structure", "Result", "Graph", "CopyResult", "build_graph"]
 
 try:  # element symbols for error messages
     from ase.data import chemical_symbols
@@ -43,12 +44,21 @@ class Structure:
         [3, 3] lattice vectors as rows, Å (zeros for a non-periodic structure).
     pbc : numpy.ndarray
         [3] periodicity along each lattice vector.
+    owned : int, optional
+        Only the energy terms of the first ``owned`` atoms count (a LAMMPS rank's owned atoms,
+        followed by its ghost atoms): the energy, the forces on *all* atoms (ghosts included,
+        to be returned to their owners) and the virial are those of the owned atoms' energy.
+        None: every atom counts. Needs a model whose energy is a sum of atomic terms.
+    per_atom : bool
+        Also return the energy of each counted atom and the per-atom virial of every atom.
     """
 
     positions: np.ndarray
     numbers: np.ndarray
     cell: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
     pbc: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=bool))
+    owned: Optional[int] = None
+    per_atom: bool = False
 
     @classmethod
     def from_ase(cls, atoms) -> "Structure":
@@ -67,12 +77,30 @@ class Result:
     ``energy_spread`` (eV, weighted std over the grid), ``force_spread_rms``
     (eV/Å, RMS over atoms and components of the weighted std over the grid),
     ``raw_force_delta_rms`` (eV/Å, RMS of averaged − raw forces), ``n_rotations``.
+
+    With :attr:`Structure.per_atom`: ``atom_energies`` [n counted] (eV), the energy term of each
+    counted atom (they sum to ``energy``), and ``atom_virials`` [N, 3, 3] (eV),
+    W_i = −½ Σ over the edges e touching i of g_e ⊗ r_e (they sum to ``virial``).
     """
 
     energy: float
     forces: np.ndarray
     virial: np.ndarray
     extras: dict = field(default_factory=dict)
+    atom_energies: Optional[np.ndarray] = None
+    atom_virials: Optional[np.ndarray] = None
+
+
+class CopyResult(NamedTuple):
+    """What a model format returns for one copy (graph + rotation), in the original frame:
+    energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV) and, for graphs with
+    ``per_atom``, the counted atoms' energies [G] (eV) and per-atom virials [N,3,3] (eV)."""
+
+    energy: float
+    forces: np.ndarray
+    virial: np.ndarray
+    atom_energies: Optional[np.ndarray] = None
+    atom_virials: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -91,6 +119,12 @@ class Graph:
         [E] squared edge lengths, Å².
     shifts : numpy.ndarray
         int64 [E, 3] integer cell shifts S.
+    groups : numpy.ndarray or None
+        int64 [N]: the energy term each atom's energy is counted in (0..G−1), −1 for atoms whose
+        own energy term does not count (ghost atoms); None: every atom counts, in one term.
+        :attr:`Structure.owned` gives group 0 to the owned atoms, ``per_atom`` one group each.
+    per_atom : bool
+        Per-atom energies and virials wanted (:attr:`Structure.per_atom`).
     """
 
     numbers: np.ndarray
@@ -101,6 +135,25 @@ class Graph:
     positions: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
+    groups: Optional[np.ndarray] = None
+    per_atom: bool = False
+
+    @property
+    def n_groups(self) -> int:
+        """The number of counted energy terms (1 without groups)."""
+        if self.groups is None:
+            return 1
+        return int(self.groups.max()) + 1 if len(self.groups) and self.groups.max() >= 0 else 0
+
+
+def atom_groups(n_atoms: int, owned: Optional[int], per_atom: bool) -> Optional[np.ndarray]:
+    """:attr:`Graph.groups` for a structure of ``n_atoms`` whose first ``owned`` count."""
+    if owned is None and not per_atom:
+        return None
+    n = n_atoms if owned is None else owned
+    groups = np.full(n_atoms, -1, dtype=np.int64)
+    groups[:n] = np.arange(n) if per_atom else 0
+    return groups
 
 
 def build_graph(
@@ -134,6 +187,8 @@ def build_graph(
     pbc = np.broadcast_to(np.asarray(s.pbc, dtype=bool), (3,))
     if len(numbers) != len(positions):
         raise InputError(f"{where}: {len(positions)} positions but {len(numbers)} atomic numbers")
+    if s.owned is not None and not 0 <= s.owned <= len(numbers):
+        raise InputError(f"{where}: {s.owned} owned atoms of {len(numbers)}: must be 0..{len(numbers)}")
     if not np.isfinite(positions).all():
         bad = int(np.argwhere(~np.isfinite(positions))[0, 0])
         raise InputError(f"{where}: position of atom {bad} is NaN or infinite: the dynamics blew up upstream")
@@ -158,4 +213,5 @@ def build_graph(
                 f"{where}: atoms {i} and {j} overlap (distance {np.sqrt(d2[k]):.3g} Å < "
                 f"{min_distance} Å): check the input geometry and its units"
             )
-    return Graph(numbers, edge_index, vectors, d2, shifts, positions, cell, pbc.copy())
+    groups = atom_groups(len(numbers), s.owned, s.per_atom)
+    return Graph(numbers, edge_index, vectors, d2, shifts, positions, cell, pbc.copy(), groups, s.per_atom)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ModelError
+from ..core.graph import CopyResult
 from .base import ModelAdapter, first_line
 
 __all__ = ["MetatomicModel", "is_metatomic_file"]
@@ -139,6 +140,11 @@ class MetatomicModel(ModelAdapter):
         """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies`` (see
         :meth:`ModelAdapter.evaluate`), from one call of the model on one ``System`` per copy."""
         dev, dt = self.device, self.dtype
+        if any(g.groups is not None for g, _ in copies):
+            raise ModelError(
+                f"{self.path}: energies of a subset of atoms (LAMMPS domain decomposition, per-atom "
+                "energies) are not supported for metatomic models yet: use --decomposition gather"
+            )
         systems, leaves, strains = [], [], []
         for g, rot in copies:
             leaf = torch.tensor(g.positions @ rot.T, dtype=dt, device=dev, requires_grad=True)
@@ -166,7 +172,7 @@ class MetatomicModel(ModelAdapter):
             virial = -g_eps.T if g_eps is not None else torch.zeros((3, 3), dtype=dt, device=dev)
             forces = forces.detach().to("cpu", torch.float64).numpy()
             virial = virial.detach().to("cpu", torch.float64).numpy()
-            results.append((float(energies[k].detach()), forces @ rot, rot.T @ virial @ rot))
+            results.append(CopyResult(float(energies[k].detach()), forces @ rot, rot.T @ virial @ rot))
         return results
 
     def _neighbors(self, g, positions, cell, request):

@@ -6,6 +6,10 @@ Example::
     mlip-server --model m.pt --structure init.xyz --address unix:raw --address unix:avg=2i
     mlip-server --model m.pt --structure init.xyz --address shm:water      # i-PI mode='shm'
     mlip-server --model m.pt --structure init.xyz --address unix:ase --on-close exit   # ASE host
+    mlip-server --model m.pt --address unix:run-0 --address unix:run-1  # LAMMPS domain ranks
+
+``--structure`` may be left out only for the LAMMPS bridge's domain-decomposed ranks
+(``mlip-lammps --decomposition domain``), whose messages carry the atomic numbers.
 
 Exit status: 0 after i-PI's EXIT on every connection (or, with ``--on-close exit``, after a host
 closed its socket cleanly between messages); 1 when the run cannot go on (peer died, malformed
@@ -36,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="TorchScript model file (the model contract)")
     p.add_argument(
         "--structure",
-        required=True,
+        default=None,
         help="structure file readable by ASE (e.g. i-PI's init.xyz): gives the elements, in "
-        "i-PI's atom order (the i-PI protocol carries positions only)",
+        "i-PI's atom order (the i-PI protocol carries positions only); not needed for the LAMMPS "
+        "bridge's domain-decomposed ranks",
     )
     p.add_argument(
         "--address",
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="edges per model call, rotated copies included, fixed (default: measured per model and "
-        "structure size at the first request, within 50000 on CPU / 2000000 on a GPU)",
+        "structure size at the first request, within 20000 on CPU / 2000000 on a GPU)",
     )
     p.add_argument(
         "--connect-timeout", type=float, default=60.0, help="seconds to wait for the i-PI socket to appear"
@@ -119,7 +124,7 @@ def main(argv=None) -> int:
         addresses = [Address.parse(a) for a in args.address]
         for spec in {a.spec or args.average for a in addresses}:
             Averaging(spec)  # refuse unknown specs before connecting
-        numbers = read_numbers(args.structure)
+        numbers = None if args.structure is None else read_numbers(args.structure)
         evaluator = Evaluator(
             args.model, device=args.device, dtype=args.dtype, max_batch_edges=args.max_batch_edges
         )
@@ -140,7 +145,7 @@ def main(argv=None) -> int:
             "declared" if m.declared_range else "not declared: assumed local",
             "is" if m.sums_atomic_energies else "is NOT",
         )
-        unknown = sorted(set(numbers.tolist()) - set(evaluator.model.species))
+        unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(
                 f"{args.structure} contains atomic numbers {unknown} that model {args.model} "

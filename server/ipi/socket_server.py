@@ -8,7 +8,9 @@ multiple-time-stepping setup), sharing one model in memory.
 Batching: structures that are pending at the same moment on different connections are
 evaluated in one :meth:`Evaluator.compute` call. When one connection of an address has
 sent positions, the server waits at most ``batch_wait`` seconds for the other idle
-connections *of the same address* (e.g. the other beads), then evaluates.
+connections *of the same address* (e.g. the other beads), then evaluates. Connections of the
+LAMMPS bridge's domain extension (one per MPI rank, :mod:`server.protocol.messages`) form one
+group: the ranks served by one server are one batch.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ from ..protocol import (
     Address,
     Wire,
     cell_to_rows,
+    parse_domain,
+    read_domaindata,
     read_init,
     read_posdata,
     read_posdata_shm,
+    send_domainforce,
     send_forceready,
     send_forceready_shm,
+    send_model_info,
 )
 
 __all__ = ["ForceServer", "Connection"]
@@ -43,7 +49,7 @@ log = logging.getLogger("mlip-server")
 
 
 class Connection:
-    """One socket to i-PI and its protocol state."""
+    """One socket to i-PI (or to one rank of the LAMMPS bridge) and its protocol state."""
 
     def __init__(
         self,
@@ -67,6 +73,14 @@ class Connection:
         self.segments = None  # i-PI's shared memory (shm addresses), attached at the first POSDATA
         self.on_close = on_close
         self.exchanges = 0  # completed POSDATA → FORCEREADY exchanges
+        self.domain = False  # the host announced the domain extension in its INIT string
+        self.domain_request: tuple | None = None  # (natoms, owned, per_atom) of a pending DOMAINDATA
+        self.model_info: dict = {}  # what GETMODEL answers
+
+    @property
+    def group(self) -> str:
+        """Connections of one group are batched together: the address, or all domain ranks."""
+        return "domain" if self.domain else str(self.address)
 
     def fileno(self):
         return self.wire.sock.fileno()
@@ -109,10 +123,20 @@ class Connection:
             self.wire.send(HEADERS[state])
         elif name == "INIT":
             text, self.batch_size = read_init(self.wire)
+            self.domain = parse_domain(text)
             self.initialized = True
             log.info("%s: INIT %r (batch_size %d)", self.address, text, self.batch_size)
         elif name == "POSDATA":
             self._read_positions()
+        elif name in ("GETMODEL", "DOMAINDATA") and not self.domain:
+            raise ProtocolError(
+                f"{self.address}: {name} without the domain extension announced in INIT: the host "
+                "is not the LAMMPS bridge, or the stream is corrupt"
+            )
+        elif name == "GETMODEL":
+            send_model_info(self.wire, self.model_info)
+        elif name == "DOMAINDATA":
+            self._read_cluster()
         elif name == "GETFORCE":
             self._send_forces()
         elif name == "EXIT":
@@ -130,13 +154,25 @@ class Connection:
         else:
             cells, positions = read_posdata(self.wire, self.batch_size)
         natoms = positions.shape[1]
-        if self.numbers is None or len(self.numbers) != natoms:
+        if self.numbers is None:
+            raise ProtocolError(
+                f"{self.address}: positions without atomic numbers (i-PI protocol): start "
+                "mlip-server with --structure (only the LAMMPS bridge's domain connections carry them)"
+            )
+        if len(self.numbers) != natoms:
             raise ProtocolError(
                 f"{self.address}: i-PI sent {natoms} atoms but the server was given "
                 f"{0 if self.numbers is None else len(self.numbers)} elements: pass the matching --structure"
             )
         self.natoms = natoms
         self.pending = [self._structure(h, p) for h, p in zip(cells, positions)]
+
+    def _read_cluster(self):
+        if self.results is not None:
+            raise ProtocolError(f"{self.address}: DOMAINDATA before the previous forces were collected")
+        numbers, positions, owned, per_atom = read_domaindata(self.wire)
+        self.domain_request = (len(numbers), owned, per_atom)
+        self.pending = [Structure(positions, numbers, owned=owned, per_atom=per_atom)]
 
     def _structure(self, h, positions_bohr) -> Structure:
         cell = cell_to_rows(h)
@@ -146,7 +182,10 @@ class Connection:
     def _send_forces(self):
         if self.results is None:
             raise ProtocolError(f"{self.address}: GETFORCE before POSDATA: protocol out of order")
-        if self.segments is not None:
+        if self.domain_request is not None:
+            send_domainforce(self.wire, self.results[0], *self.domain_request)
+            self.domain_request = None
+        elif self.segments is not None:
             send_forceready_shm(self.wire, self.results, self.segments)
         else:
             send_forceready(self.wire, self.results, self.natoms, batched=self.batch_size > 1)
@@ -163,8 +202,9 @@ class ForceServer:
         The model evaluator.
     addresses : list of Address or str
         Where i-PI (or the LAMMPS bridge) listens, each optionally with ``=SPEC``.
-    numbers : array of int
-        Atomic numbers of the atoms, in i-PI's order (the protocol carries positions only).
+    numbers : array of int or None
+        Atomic numbers of the atoms, in i-PI's order (the protocol carries positions only); None
+        when only the LAMMPS bridge's domain connections are served (they carry them).
     average : str
         Default averaging spec for addresses without ``=SPEC``.
     seed : int
@@ -204,7 +244,7 @@ class ForceServer:
     ):
         self.evaluator = evaluator
         self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
-        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.numbers = None if numbers is None else np.asarray(numbers, dtype=np.int64)
         self.average, self.seed = average, seed
         self.connect_timeout, self.timeout, self.idle_timeout = connect_timeout, timeout, idle_timeout
         self.batch_wait, self.log_every, self.nonperiodic = batch_wait, log_every, nonperiodic
@@ -238,10 +278,25 @@ class ForceServer:
             averaging = self._specs.setdefault(f"{address}={spec}", Averaging(spec, seed=self.seed + n))
             conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic, self.on_close)
             conn.numbers = self.numbers
+            conn.model_info = self.model_info()
             self.connections.append(conn)
             log.info(
                 "connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations
             )
+
+    def model_info(self) -> dict:
+        """The model's attributes, as GETMODEL answers them (domain extension)."""
+        m = self.evaluator.model
+        return {
+            "path": m.path,
+            "cutoff": m.cutoff,
+            "interaction_range": m.interaction_range,
+            "declared_range": m.declared_range,
+            "species": list(m.species),
+            "dtype": str(m.dtype).removeprefix("torch."),
+            "sums_atomic_energies": m.sums_atomic_energies,
+            "device": str(m.device),
+        }
 
     def serve(self) -> None:
         """Runs until every connection has received EXIT. Raises MLIPError on failure."""
@@ -287,8 +342,8 @@ class ForceServer:
                 continue
             if gather_deadline is None:
                 gather_deadline = now + self.batch_wait
-            groups = {c.address for c in pending}
-            waiting = [c for c in self.connections if c.idle and c.address in groups]
+            groups = {c.group for c in pending}
+            waiting = [c for c in self.connections if c.idle and c.group in groups]
             if waiting and now < gather_deadline:
                 continue
             t0 = time.perf_counter()

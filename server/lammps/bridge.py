@@ -33,6 +33,7 @@ they do not spin a CPU core that the force server could use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,7 +46,16 @@ import numpy as np
 
 from ..core.errors import InputError, MLIPError, ProtocolError
 from ..protocol import Address, HostConnection
-from .deck import DeckError, DeckParts, check_elements, lammps_message, split_deck
+from .deck import (
+    DeckError,
+    DeckParts,
+    check_elements,
+    comm_cutoffs,
+    lammps_message,
+    neighbor_skin,
+    split_deck,
+)
+from .domain import FAILED, INTERRUPTED, OK, DomainForces
 from .mpi import (
     Interrupts,
     SerialComm,
@@ -59,7 +69,7 @@ __all__ = ["Bridge", "BridgeConfig", "DIAGNOSTICS", "PROG"]
 
 PROG = "mlip-lammps"
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
-OK, FAILED, INTERRUPTED = 0.0, 1.0, 2.0
+DECOMPOSITIONS = ("gather", "domain")
 # the fix's global vector f_ID[1..4]: the server's diagnostics of a rotationally averaged model
 DIAGNOSTICS = ("raw_energy", "delta_energy", "energy_spread", "force_spread_rms")
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
@@ -102,6 +112,9 @@ class BridgeConfig:
     connect_timeout: float = 120.0
     timeout: float = 600.0
     timings: str | None = None
+    decomposition: str = "gather"  # or "domain": every rank its own connection and subdomain
+    per_atom: bool = False  # domain: per-atom energies and virials for compute pe/atom, stress/atom
+    range_check: bool = True  # domain: check the model's interaction range on the first call
 
 
 class Bridge:
@@ -121,6 +134,8 @@ class Bridge:
         self.natoms = 0
         self.tail_path: str | None = None
         self._mpi = None if isinstance(comm, SerialComm) else mpi4py_module()
+        self.domain: DomainForces | None = None  # the decomposed force call (domain mode)
+        self.comm_cutoff = 0.0
         self._header = np.zeros(8 + len(DIAGNOSTICS))  # status, energy, virial xx yy zz xy xz yz, diagnostics
 
     # -- messages (rank 0) ----------------------------------------------------------
@@ -136,6 +151,18 @@ class Bridge:
         buf = np.array([status])
         wait_quietly(self.comm.Ibcast(buf, root=0))
         return float(buf[0]), self.comm.bcast(message if self.rank == 0 else None, root=0)
+
+    def agree_all(self, status: float, message: str | None) -> tuple[float, str | None]:
+        """The worst status of all ranks and the first failing rank's message, on every rank."""
+        if self.size == 1:
+            return status, message
+        buf = np.array([status])
+        worst = np.empty(1)
+        wait_quietly(self.comm.Iallreduce(buf, worst, op=self._mpi.MAX))
+        if worst[0] == OK:
+            return OK, None
+        messages = self.comm.allgather(message)
+        return float(worst[0]), next((m for m in messages if m), None)
 
     # -- set-up -------------------------------------------------------------------------
     def read_deck(self) -> DeckParts:
@@ -215,6 +242,76 @@ class Bridge:
         lx, ly, lz = (h - l for h, l in zip(hi, lo))
         return np.array([[lx, xy, xz], [0.0, ly, yz], [0.0, 0.0, lz]])
 
+    # -- domain decomposition: one connection per rank -------------------------------------
+    def connect_ranks(self, types: dict) -> dict:
+        """Every rank listens on its own address, waits for its server and asks for the model's
+        attributes; returns them (raises with the fix on this rank's problem)."""
+        cfg = self.cfg
+        address = cfg.address.for_rank(self.rank)
+        self.client = HostConnection(address, cfg.timeout, init=b"lammps", domain=True)
+        self.client.listen()
+        addresses = " ".join(f"--address {cfg.address.for_rank(r)}" for r in range(self.size))
+        hint = f"mlip-server --model MODEL.pt {addresses} (or several servers sharing the ranks)"
+        if self.rank == 0:
+            self.say(
+                f"{self.natoms} atoms on {self.size} MPI rank(s), domain decomposition; listening on "
+                f"{cfg.address.for_rank(0)}{' ...' if self.size > 1 else ''}; start the force server(s):"
+                f"\n    {hint}"
+            )
+        with self.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
+            self.client.accept(cfg.connect_timeout, hint)
+        info = self.client.model_info()
+        from ase.data import atomic_numbers
+
+        missing = [s for s in types.values() if atomic_numbers[s] not in info.get("species", [])]
+        if missing:
+            raise InputError(
+                f"model {info.get('path')} has no element {missing[0]} (species {info.get('species')}): "
+                "fix -e or use a model for these elements"
+            )
+        if not info.get("sums_atomic_energies"):
+            raise InputError(
+                f"model {info.get('path')}: its energy is not a sum of atomic terms over structure_index, "
+                "so a rank's share cannot be asked for: use --decomposition gather"
+            )
+        return info
+
+    def setup_domain(self, types: dict, info: dict) -> None:
+        """Ghost shell (comm_modify cutoff = range + skin) and the decomposed force call."""
+        ranges = self.comm.allgather(float(info["interaction_range"])) if self.size > 1 else [0]
+        if self.size > 1 and max(ranges) != min(ranges):
+            raise InputError(
+                f"the force servers report different interaction ranges {sorted(set(ranges))} Å: "
+                "give every server the same model"
+            )
+        text = self.parts.head + self.parts.tail
+        skin = neighbor_skin(text)
+        self.comm_cutoff = float(info["interaction_range"]) + skin
+        head_lines = self.parts.head.count("\n")
+        for line, value in comm_cutoffs(self.parts.tail):
+            if not value >= self.comm_cutoff:
+                raise DeckError(
+                    f"deck line {head_lines + line}: comm_modify cutoff {value:g} is below the model's "
+                    f"interaction range + skin ({self.comm_cutoff:g} Å), which the bridge sets: remove it"
+                )
+        given = [v for _, v in comm_cutoffs(self.parts.head)]
+        cutoff = max(given + [self.comm_cutoff])
+        self.lmp.command(f"comm_modify cutoff {cutoff!r}")
+        numbers = np.zeros(max(types) + 1, dtype=np.int64)
+        from ase.data import atomic_numbers
+
+        for t, sym in types.items():
+            numbers[t] = atomic_numbers[sym]
+        self.domain = DomainForces(
+            self, self.client, info, numbers, per_atom=self.cfg.per_atom, range_check=self.cfg.range_check
+        )
+        if self.rank == 0:
+            self.say(
+                f"force server connected on every rank: interaction range {info['interaction_range']:g} Å "
+                f"({'declared' if info.get('declared_range') else 'not declared: assumed local'}), "
+                f"ghost shell (comm_modify cutoff) {cutoff:g} Å, skin {skin:g} Å"
+            )
+
     # -- gather / scatter ---------------------------------------------------------------
     def gather(self, tag, x, extra=None):
         """(tags, x[, extra]) of all ranks on rank 0, concatenated in rank order; counts."""
@@ -279,13 +376,28 @@ class Bridge:
     def _callback(self, caller, step, nlocal, tag, x, f):
         """Called by fix external on every rank; must never raise (ctypes would swallow it)."""
         try:
-            self._forces(step, nlocal, tag, x, f)
+            if self.domain is not None:
+                self._domain_forces(step, nlocal, f)
+            else:
+                self._forces(step, nlocal, tag, x, f)
         except BaseException as err:  # noqa: BLE001 - anything here must stop the run, not vanish
             f[:] = 0.0
             if self.failure is None:
                 self.failure = (
                     f"internal error in the force callback at step {step}: {type(err).__name__}: {err}"
                 )
+            self.lmp.set_internal_variable(HALT, 1)
+
+    def _domain_forces(self, step, nlocal, f):
+        if self.status != OK:
+            f[:] = 0.0
+            return
+        status, message = self.domain.forces(step, nlocal, f)
+        if status != OK:
+            self.status = status
+            if self.rank == 0:
+                self.failure = message or "a rank failed (see its output)"
+            f[:] = 0.0
             self.lmp.set_internal_variable(HALT, 1)
 
     def _forces(self, step, nlocal, tag, x, f):
@@ -371,9 +483,12 @@ class Bridge:
             return self._lammps_failed(err, EXIT_BAD_INPUT)
         # 2. structure file, socket, wait for the server (rank 0; the others wait for its verdict)
         status, message = OK, None
+        info = None
         try:
             self.write_structure(types)
-            if self.rank == 0:
+            if cfg.decomposition == "domain":
+                info = self.connect_ranks(types)
+            elif self.rank == 0:
                 self.client = HostConnection(cfg.address, cfg.timeout, init=b"lammps")
                 self.client.listen()
                 hint = f"mlip-server --model MODEL.pt --structure {cfg.structure} --address {cfg.address}"
@@ -386,6 +501,7 @@ class Bridge:
                 with self.interrupts.raising():
                     self.client.accept(cfg.connect_timeout, hint)
                 self.say("force server connected")
+            if self.rank == 0:
                 fd, self.tail_path = tempfile.mkstemp(prefix="mlip-lammps-", suffix=".in")
                 with os.fdopen(fd, "w") as out:
                     out.write(self.parts.tail)
@@ -395,7 +511,16 @@ class Bridge:
             status, message = INTERRUPTED, "interrupted"
         except Exception as err:  # noqa: BLE001 - e.g. an OSError writing the structure
             status, message = FAILED, f"{type(err).__name__}: {err}"
-        status, message = self.agree(status, message)
+        if cfg.decomposition == "domain":
+            status, message = self.agree_all(status, message)
+            if status == OK:
+                try:
+                    self.setup_domain(types, info)
+                except MLIPError as err:
+                    status, message = FAILED, str(err)
+                status, message = self.agree_all(status, message)
+        else:
+            status, message = self.agree(status, message)
         if status == INTERRUPTED:
             self.say("interrupted")
             return EXIT_INTERRUPTED
@@ -415,9 +540,9 @@ class Bridge:
                     self.say(f"error: {self.failure}")
                 return EXIT_RUN_FAILED
             return self._lammps_failed(err, EXIT_RUN_FAILED)
-        if self.rank == 0:
+        if self.client is not None:
             self.client.exit()
-            self.report()
+        self.report()
         return 0
 
     def _lammps_failed(self, err, code) -> int:
@@ -432,6 +557,12 @@ class Bridge:
         return code
 
     def report(self) -> None:
+        """Rank 0 prints the time spent; with ``timings`` every rank's numbers go to that JSON."""
+        if self.domain is not None:
+            self._report_domain()
+            return
+        if self.rank != 0:
+            return
         t = self.timings
         if t.calls:
             other = t.callback - t.server
@@ -442,7 +573,34 @@ class Bridge:
                 f"{t.transfer:.3f}, scatter {t.scatter:.3f})"
             )
         if self.cfg.timings:
-            data = dict(t.as_dict(), natoms=self.natoms, ranks=self.size)
+            data = dict(t.as_dict(), decomposition="gather", natoms=self.natoms, ranks=self.size)
+            Path(self.cfg.timings).write_text(json.dumps(data, indent=2))
+
+    def _report_domain(self) -> None:
+        mine = dict(self.domain.timings.as_dict(), rank=self.rank, ghost_rebuilds=self.domain.ghosts.rebuilds)
+        ranks = self.comm.gather(mine, root=0) if self.size > 1 else [mine]
+        if self.rank != 0:
+            return
+        calls = max(r["calls"] for r in ranks)
+        if calls:
+            evaluated = sum(r["evaluated_sum"] for r in ranks) / max(sum(r["owned_sum"] for r in ranks), 1)
+            slowest = max(ranks, key=lambda r: r["callback_s"])
+            self.say(
+                f"{calls} force calls on {self.size} rank(s): evaluated/owned atoms {evaluated:.3f}; "
+                f"slowest rank {slowest['rank']}: {slowest['callback_s']:.2f} s in the callback, of which "
+                f"{slowest['server_s']:.2f} s waiting for its server, {slowest['check_s']:.2f} s range "
+                f"check and {slowest['bridge_s']:.3f} s bridge overhead"
+            )
+        if self.cfg.timings:
+            data = {
+                "decomposition": "domain",
+                "natoms": self.natoms,
+                "ranks": self.size,
+                "interaction_range": self.domain.range,
+                "comm_cutoff": self.comm_cutoff,
+                "per_atom": self.cfg.per_atom,
+                "per_rank": ranks,
+            }
             Path(self.cfg.timings).write_text(json.dumps(data, indent=2))
 
     def close(self) -> None:

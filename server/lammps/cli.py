@@ -71,7 +71,26 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         help="seconds to wait for any answer of the server (one force evaluation included) before "
         "declaring it hung",
     )
-    p.add_argument("--timings", default=None, metavar="JSON", help="write rank 0's callback timings here")
+    p.add_argument(
+        "--timings", default=None, metavar="JSON", help="write the force calls' timings (every rank) here"
+    )
+    p.add_argument(
+        "--decomposition",
+        choices=bridge.DECOMPOSITIONS,
+        default="gather",
+        help="gather: all atoms to rank 0, one connection (the i-PI protocol); domain: every rank "
+        "sends its subdomain + ghost shell on its own connection (ADDRESS-RANK, or PORT+RANK)",
+    )
+    p.add_argument(
+        "--per-atom",
+        action="store_true",
+        help="domain: also pass per-atom energies and virials (compute pe/atom, stress/atom; cost extra)",
+    )
+    p.add_argument(
+        "--no-range-check",
+        action="store_true",
+        help="domain: skip the first call's check of the model's interaction range (a 2x shell on one rank)",
+    )
     return p
 
 
@@ -100,7 +119,13 @@ def bridge_main(argv=None) -> int:
         connect_timeout=args.connect_timeout,
         timeout=args.timeout,
         timings=args.timings,
+        decomposition=args.decomposition,
+        per_atom=args.per_atom,
+        range_check=not args.no_range_check,
     )
+    if args.decomposition == "domain" and address.kind not in ("unix", "inet"):
+        print(f"{BRIDGE}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
+        return EXIT_BAD_INPUT
     bridge = Bridge(config, comm, interrupts)
     escaped = False
     try:
@@ -133,6 +158,28 @@ def build_run_parser() -> argparse.ArgumentParser:
         help="element of LAMMPS atom types 1, 2, ... (default: O H)",
     )
     p.add_argument("--np", type=int, default=1, help="MPI ranks for LAMMPS (mpiexec -n NP)")
+    p.add_argument(
+        "--decomposition",
+        choices=bridge.DECOMPOSITIONS,
+        default=None,
+        help="domain (default for --np > 1): every rank evaluates its subdomain + ghost shell on "
+        "its own connection; gather (default for one rank): all atoms through rank 0",
+    )
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="domain: force servers sharing the ranks (rank r on server r mod S; e.g. one per GPU "
+        "with --device cuda:N assigned in turn when --device is cuda)",
+    )
+    p.add_argument(
+        "--per-atom",
+        action="store_true",
+        help="domain: per-atom energies and virials for compute pe/atom and stress/atom (cost extra)",
+    )
+    p.add_argument(
+        "--no-range-check", action="store_true", help="domain: skip the first call's interaction-range check"
+    )
     p.add_argument(
         "--var",
         nargs=2,
@@ -210,7 +257,28 @@ def run_main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    server_args = ["--device", args.device, "--average", args.average]
+    decomposition = args.decomposition or ("domain" if args.np > 1 else "gather")
+    if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
+        print(
+            f"{RUN}: error: --servers {args.servers}: several servers need --decomposition domain",
+            file=sys.stderr,
+        )
+        return 2
+    if args.servers > max(args.np, 1):
+        print(
+            f"{RUN}: error: --servers {args.servers} exceeds --np {args.np}: at most one server per rank",
+            file=sys.stderr,
+        )
+        return 2
+    if decomposition == "domain" and args.address and args.address.startswith("shm:"):
+        print(f"{RUN}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
+        return 2
+    bridge_args = ["--decomposition", decomposition, "--timings", str(workdir.resolve() / "bridge.json")]
+    if args.per_atom:
+        bridge_args.append("--per-atom")
+    if args.no_range_check:
+        bridge_args.append("--no-range-check")
+    server_args = ["--average", args.average]
     if args.dtype:
         server_args += ["--dtype", args.dtype]
     if args.threads:
@@ -225,7 +293,10 @@ def run_main(argv=None) -> int:
             workdir=workdir,
             address=args.address,
             server_args=server_args + args.server_arg,
-            bridge_args=args.bridge_arg,
+            bridge_args=bridge_args + args.bridge_arg,
+            decomposition=decomposition,
+            servers=args.servers,
+            device=args.device,
             echo=not args.quiet,
             timeout=args.timeout,
         )

@@ -23,7 +23,19 @@ from dataclasses import dataclass
 
 from ..core.errors import InputError
 
-__all__ = ["DeckError", "DeckParts", "split_deck", "lammps_message", "check_elements", "FIX_LINE"]
+__all__ = [
+    "DeckError",
+    "DeckParts",
+    "split_deck",
+    "lammps_message",
+    "check_elements",
+    "neighbor_skin",
+    "comm_cutoffs",
+    "FIX_LINE",
+]
+
+DEFAULT_SKIN = 2.0
+"""LAMMPS's neighbour skin in ``units metal`` when the deck has no ``neighbor`` command, Å."""
 
 FIX_LINE = re.compile(r"^\s*fix\s+(\S+)\s+(\S+)\s+external\s+pf/callback\s+(\S+)\s+(\S+)\s*$")
 
@@ -97,6 +109,42 @@ def split_deck(text: str, name: str = "deck") -> DeckParts:
             "(forces every step; multiple time stepping belongs in i-PI)"
         )
     return DeckParts("".join(lines[:last]), "".join(lines[last:]), fix_id, group, ncall, napply, first)
+
+
+def _commands(text: str, name: str):
+    """(line number, words) of the top-level commands ``name`` in ``text``."""
+    for first, _, logical in _logical_lines(text):
+        words = logical.split("#", 1)[0].split()
+        if words[:1] == [name]:
+            yield first, words
+
+
+def neighbor_skin(text: str) -> float:
+    """The skin of the deck's last ``neighbor SKIN STYLE`` command, Å (LAMMPS's metal default
+    without one); a skin given through a variable cannot be read and is refused."""
+    skin = DEFAULT_SKIN
+    for first, words in _commands(text, "neighbor"):
+        try:
+            skin = float(words[1])
+        except (IndexError, ValueError):
+            raise DeckError(
+                f"line {first}: cannot read the neighbour skin from {' '.join(words)!r}: give it as a "
+                "number (the domain decomposition sizes the ghost shell with it)"
+            ) from None
+    return skin
+
+
+def comm_cutoffs(text: str) -> list[tuple[int, float]]:
+    """(line, value) of every ``comm_modify ... cutoff VALUE`` in the deck (Å)."""
+    found = []
+    for first, words in _commands(text, "comm_modify"):
+        for k, word in enumerate(words[:-1]):
+            if word == "cutoff":
+                try:
+                    found.append((first, float(words[k + 1])))
+                except ValueError:
+                    found.append((first, float("nan")))
+    return found
 
 
 def lammps_message(err: BaseException) -> str:

@@ -9,7 +9,12 @@ listens; the launcher waits for that structure file, then starts ``mlip-server``
 connects (retrying until the socket exists). Output of both is streamed to the terminal
 and kept in ``WORKDIR/lammps.out`` and ``WORKDIR/server.log``.
 
-If a side fails, the other is stopped: a server that exits before connecting (bad model,
+With ``--decomposition domain`` (the default for ``--np`` > 1) every rank listens on its own
+address and ``--servers S`` servers share the ranks (rank r on server r mod S); their outputs
+are ``WORKDIR/server.log``, ``server-1.log``, ...; the bridge writes ``WORKDIR/bridge.json``
+(per rank: owned and ghost atoms, seconds in the callback, waiting for the server, bridge).
+
+If a side fails, the others are stopped: a server that exits before connecting (bad model,
 element the model lacks) stops the waiting bridge at once; a server that dies mid-run is
 detected by the bridge, which halts LAMMPS; a LAMMPS error closes the socket and the
 server exits. On exit or Ctrl-C everything started is killed, the socket file is removed,
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
+from ..protocol import Address
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
 __all__ = ["LammpsRun", "RunResult", "run", "error_line", "PROG"]
@@ -95,7 +101,7 @@ class RunResult:
 
 # --------------------------------------------------------------------------- the run
 class LammpsRun:
-    """One bridge (LAMMPS, optionally under mpiexec) and one mlip-server, started in order.
+    """One bridge (LAMMPS, optionally under mpiexec) and its force server(s), started in order.
 
     Parameters
     ----------
@@ -112,13 +118,20 @@ class LammpsRun:
     workdir
         where LAMMPS and the server run and write (created).
     address
-        ``unix:NAME`` / ``inet:HOST:PORT``; default a unique unix socket.
+        ``unix:NAME`` / ``inet:HOST:PORT``; default a unique unix socket. With the domain
+        decomposition rank r listens on ``unix:NAME-r`` / port ``PORT + r``.
     server_args / bridge_args
-        extra command-line arguments for each side.
+        extra command-line arguments for each side (``--device`` is added per server).
     echo
-        stream both outputs to stdout.
+        stream all outputs to stdout.
     grace
         seconds a side may take to exit by itself after the other one ended.
+    decomposition
+        ``gather`` (one connection, rank 0) or ``domain`` (one connection per rank).
+    servers
+        force servers (domain only): rank r is served by server r mod ``servers``.
+    device
+        the servers' device; ``cuda`` with several servers gives server s ``cuda:s`` (one per GPU).
     """
 
     def __init__(
@@ -136,6 +149,9 @@ class LammpsRun:
         echo=True,
         grace=15.0,
         mpiexec=None,
+        decomposition="gather",
+        servers=1,
+        device="cpu",
     ):
         self.deck, self.model = Path(deck).resolve(), str(Path(model).resolve())
         self.elements, self.np = list(elements), int(np)
@@ -143,15 +159,33 @@ class LammpsRun:
         self.workdir = Path(workdir).resolve()
         self.name = processes.unique_name("lammps")
         self.address = address or f"unix:{self.name}"
-        self.socket = self.address[5:] if self.address.startswith("unix:") else None
+        self.decomposition, self.n_servers, self.device = decomposition, int(servers), device
         self.server_args, self.bridge_args = list(server_args), list(bridge_args)
+        if self.decomposition == "domain" and "--decomposition" not in self.bridge_args:
+            self.bridge_args = ["--decomposition", "domain"] + self.bridge_args
         self.echo, self.grace = echo, grace
         self.mpiexec = mpiexec
         self.structure = self.workdir / "lammps-init.xyz"
         self.bridge: subprocess.Popen | None = None
-        self.server: subprocess.Popen | None = None
+        self.servers: list[subprocess.Popen] = []
         self._relays: dict = {}
         self._shm_before: set = set()
+
+    @property
+    def server(self) -> subprocess.Popen | None:
+        """The first force server (the only one of a gather run)."""
+        return self.servers[0] if self.servers else None
+
+    def rank_addresses(self) -> list[str]:
+        """The address each rank listens on (one entry for the gather route)."""
+        if self.decomposition != "domain":
+            return [self.address]
+        base = Address.parse(self.address, allow_spec=False)
+        return [str(base.for_rank(r)) for r in range(self.np)]
+
+    def sockets(self) -> list[str]:
+        """Socket files the run's listeners create (removed at the end)."""
+        return [a[5:] for a in self.rank_addresses() if a.startswith("unix:")]
 
     # -- commands -------------------------------------------------------------------------
     def bridge_command(self) -> list:
@@ -174,16 +208,24 @@ class LammpsRun:
             cmd = [self.mpiexec or find_mpiexec(), "-n", str(self.np)] + cmd
         return cmd
 
-    def server_command(self) -> list:
-        return [
-            Path(sys.executable).parent / "mlip-server",
-            "--model",
-            self.model,
-            "--structure",
-            str(self.structure),
-            "--address",
-            self.address,
-        ] + self.server_args
+    def server_commands(self) -> list[list]:
+        """One ``mlip-server`` command per server: the ranks it serves and its device."""
+        exe = Path(sys.executable).parent / "mlip-server"
+        if self.decomposition != "domain":
+            return [
+                [exe, "--model", self.model, "--structure", str(self.structure), "--address", self.address]
+                + ["--device", self.device]
+                + self.server_args
+            ]
+        addresses = self.rank_addresses()
+        commands = []
+        for k in range(self.n_servers):
+            device = f"cuda:{k}" if self.device == "cuda" and self.n_servers > 1 else self.device
+            cmd = [exe, "--model", self.model, "--device", device]
+            for a in addresses[k :: self.n_servers]:
+                cmd += ["--address", a]
+            commands.append(cmd + self.server_args)
+        return commands
 
     def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -201,9 +243,12 @@ class LammpsRun:
         self._relays[log_name] = _Relay(proc, self.workdir / log_name, self.echo)
         return proc
 
+    def _server_log(self, k: int) -> str:
+        return "server.log" if k == 0 else f"server-{k}.log"
+
     # -- life cycle -------------------------------------------------------------------------
     def start(self, timeout: float | None = None) -> None:
-        """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server."""
+        """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server(s)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._shm_before = shm_files()
@@ -213,44 +258,50 @@ class LammpsRun:
             if self.bridge.poll() is not None or (deadline is not None and time.monotonic() > deadline):
                 return  # failed (or too slow) before listening: wait() reports it
             time.sleep(0.02)
-        self.server = self._spawn(self.server_command(), "server.log")
+        for k, cmd in enumerate(self.server_commands()):
+            self.servers.append(self._spawn(cmd, self._server_log(k)))
+
+    def _named(self):
+        names = (
+            ["mlip-server"]
+            if len(self.servers) == 1
+            else [f"mlip-server {k}" for k in range(len(self.servers))]
+        )
+        return [("LAMMPS", self.bridge)] + list(zip(names, self.servers))
 
     def wait(self, timeout: float | None = None) -> RunResult:
-        """Waits for both sides; stops the other when one ends first; always cleans up."""
+        """Waits for every side; stops the others when one ends first; always cleans up."""
         deadline = None if timeout is None else time.monotonic() + timeout
         first, message = None, ""
         try:
             while True:
-                ended = [
-                    (n, p)
-                    for n, p in (("LAMMPS", self.bridge), ("mlip-server", self.server))
-                    if p is not None and p.poll() is not None
-                ]
+                named = [(n, p) for n, p in self._named() if p is not None]
+                ended = [(n, p) for n, p in named if p.poll() is not None]
                 if first is None and ended:
                     first = ended[0][0]
-                if len(ended) == (2 if self.server else 1):
+                if len(ended) == len(named):
                     break
                 if ended:
-                    # one side ended: the other should notice (EXIT, closed socket) and follow.
+                    # one side ended: the others should notice (EXIT, closed socket) and follow.
                     # A server that failed before connecting leaves the bridge waiting: stop it soon.
                     name, proc = ended[0]
-                    other = self.server if proc is self.bridge else self.bridge
                     grace = self.grace
-                    if proc is self.server and proc.returncode != 0 and not self.connected():
+                    if proc is not self.bridge and proc.returncode != 0 and not self.connected():
                         grace = 0.0  # the bridge would wait for its connect time-out in vain
-                    try:
-                        if grace <= 0:
-                            raise subprocess.TimeoutExpired(other.args, 0)
-                        other.wait(timeout=grace)
-                    except subprocess.TimeoutExpired:
-                        message = f"{'LAMMPS' if other is self.bridge else 'mlip-server'} was stopped " + (
+                    others = [(n, p) for n, p in named if p.poll() is None]
+                    end = time.monotonic() + grace
+                    while grace > 0 and time.monotonic() < end and any(p.poll() is None for _, p in others):
+                        time.sleep(0.05)
+                    late = [n for n, p in others if p.poll() is None]
+                    if late:
+                        message = f"{', '.join(late)} stopped " + (
                             f"{grace:g} s after {name} ended" if grace > 0 else f"when {name} failed"
                         )
-                        processes.stop([other])
+                        processes.stop([p for _, p in others])
                     continue
                 if deadline is not None and time.monotonic() > deadline:
                     message = f"the run took longer than {timeout:g} s: stopped it"
-                    processes.stop([self.bridge, self.server])
+                    processes.stop([self.bridge] + self.servers)
                     first = first or "timeout"
                     break
                 time.sleep(0.05)
@@ -264,24 +315,28 @@ class LammpsRun:
         return relay is not None and relay.connected
 
     def stop(self) -> list:
-        """Kills whatever still runs, removes the socket file and leftover MPICH shm files."""
-        processes.stop([self.bridge, self.server], [self.socket] if self.socket else [])
+        """Kills whatever still runs, removes the socket files and leftover MPICH shm files."""
+        processes.stop([self.bridge] + self.servers, self.sockets())
         for relay in self._relays.values():
             relay.join()
         return remove_leftover_shm(self._shm_before)
 
     def _result(self, first, message: str, removed: list) -> RunResult:
         b = self.bridge.returncode if self.bridge else None
-        s = self.server.returncode if self.server else None
+        codes = [p.returncode for p in self.servers]
+        s = next((c for c in codes if c != 0), codes[0]) if codes else None
         bout = self._relays["lammps.out"].text if "lammps.out" in self._relays else ""
-        sout = self._relays["server.log"].text if "server.log" in self._relays else ""
-        code = 0
-        if b == 0 and s == 0 and first != "timeout":
+        souts = [self._relays[self._server_log(k)].text for k in range(len(self.servers))]
+        sout = "".join(souts)
+        if b == 0 and codes and all(c == 0 for c in codes) and first != "timeout":
             return RunResult(0, b, s, bout, sout, message, self.workdir, removed)
-        # the side that failed first is the cause; the other one only followed
-        sides = [("mlip-lammps", b, bout, "lammps.out"), ("mlip-server", s, sout, "server.log")]
-        if first == "mlip-server" or b == 0:
-            sides.reverse()
+        # the side that failed first is the cause; the others only followed
+        sides = [("mlip-lammps", b, bout, "lammps.out")] + [
+            ("mlip-server", c, out, self._server_log(k)) for k, (c, out) in enumerate(zip(codes, souts))
+        ]
+        if (first or "").startswith("mlip-server") or b == 0:
+            sides = sides[1:] + sides[:1]
+        code = 0
         for name, rc, out, log in sides:
             if rc not in (0, None):
                 code = rc if rc > 0 else 1

@@ -50,6 +50,15 @@ class Address:
             "mlip-server is given)"
         )
 
+    def for_rank(self, rank: int) -> "Address":
+        """The address of MPI rank ``rank`` of a domain-decomposed LAMMPS run: ``unix:NAME-RANK``
+        or port ``PORT + RANK``."""
+        if self.kind == "unix":
+            return Address("unix", f"{self.target}-{rank}", 0, self.spec)
+        if self.kind == "inet":
+            return Address("inet", self.target, self.port + rank, self.spec)
+        raise InputError(f"address {self} cannot be split per rank: use unix:NAME or inet:HOST:PORT")
+
     def __str__(self):
         where = self.target if self.kind in ("unix", "shm") else f"{self.target}:{self.port}"
         return f"{self.kind}:{where}"

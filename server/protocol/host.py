@@ -11,7 +11,17 @@ import numpy as np
 
 from ..core.errors import MLIPError, ProtocolError
 from .address import Address
-from .messages import HEADERS, Wire, read_forceready, send_init, send_posdata
+from .messages import (
+    DOMAIN_INIT,
+    HEADERS,
+    Wire,
+    read_domainforce,
+    read_forceready,
+    read_model_info,
+    send_domaindata,
+    send_init,
+    send_posdata,
+)
 
 __all__ = ["HostConnection"]
 
@@ -35,8 +45,10 @@ class HostConnection:
         Time sending positions, receiving the forces payload and converting units, s.
     """
 
-    def __init__(self, address: Address, timeout: float, init: bytes = b"host"):
-        self.address, self.timeout, self.init = address, timeout, init
+    def __init__(self, address: Address, timeout: float, init: bytes = b"host", domain: bool = False):
+        self.address, self.timeout = address, timeout
+        self.domain = domain
+        self.init = init + f",{DOMAIN_INIT}".encode() if domain else init
         self.listener: socket.socket | None = None
         self.wire: Wire | None = None
         self.seconds_waiting = self.seconds_transfer = 0.0
@@ -85,23 +97,59 @@ class HostConnection:
 
         ``h``: cell matrix in Å with the lattice vectors as columns (zeros: no cell).
         """
+        result = self._exchange(
+            lambda: send_posdata(self.wire, h, positions),
+            "FORCEREADY",
+            lambda: read_forceready(self.wire, len(positions)),
+        )
+        self._require_finite(result[0], result[1])
+        return result
+
+    def model_info(self) -> dict:
+        """The server's model attributes (domain extension: GETMODEL → MODELINFO)."""
+        self._require_domain()
+        self.wire.send(HEADERS["GETMODEL"])
+        self._expect("MODELINFO", "the model query")
+        return read_model_info(self.wire)
+
+    def compute_domain(self, numbers, positions, owned: int, per_atom: bool = False):
+        """One rank's cluster (domain extension): energy of the first ``owned`` atoms (eV), forces
+        on all atoms [N,3] (eV/Å), virial [3,3] (eV), atomic energies [owned] and per-atom
+        virials [N,3,3] (eV; None without ``per_atom``) and extras. Positions in Å, no cell."""
+        self._require_domain()
+        result = self._exchange(
+            lambda: send_domaindata(self.wire, numbers, positions, owned, per_atom),
+            "DOMAINFORCE",
+            lambda: read_domainforce(self.wire, len(positions), owned, per_atom),
+        )
+        self._require_finite(result[0], result[1])
+        return result
+
+    def _exchange(self, send, answer: str, read):
         t0 = time.perf_counter()
-        send_posdata(self.wire, h, positions)
+        send()
         t1 = time.perf_counter()
         self._expect("HAVEDATA", "a force evaluation")
         t2 = time.perf_counter()
         self.wire.send(HEADERS["GETFORCE"])
-        self._expect("FORCEREADY", "a force evaluation")
-        result = read_forceready(self.wire, len(positions))
+        self._expect(answer, "a force evaluation")
+        result = read()
         t3 = time.perf_counter()
-        if not (math.isfinite(result[0]) and np.isfinite(result[1]).all()):
+        self.seconds_waiting += t2 - t1
+        self.seconds_transfer += (t1 - t0) + (t3 - t2)
+        return result
+
+    @staticmethod
+    def _require_finite(energy, forces) -> None:
+        if not (math.isfinite(energy) and np.isfinite(forces).all()):
             raise ProtocolError(
                 "the force server returned a non-finite energy or force: the model failed on this "
                 "configuration (see the server's output)"
             )
-        self.seconds_waiting += t2 - t1
-        self.seconds_transfer += (t1 - t0) + (t3 - t2)
-        return result
+
+    def _require_domain(self) -> None:
+        if not self.domain:
+            raise ProtocolError("the domain extension was not announced on this connection (domain=True)")
 
     def exit(self) -> None:
         """Sends EXIT (best effort: the driver may already be gone)."""

@@ -24,6 +24,23 @@ float64, N = batch size): POSDATA is int32 natoms, plus on the first exchange 6 
 segment name); FORCEREADY carries only the extras, N × (int32 length + JSON), after the driver
 wrote pot, force and vir into the segments (:class:`SharedSegments`).
 
+**Domain extension** (only between the LAMMPS bridge and ``mlip-server``; i-PI never sees it). A
+host whose INIT string contains ``mlip-domain:1`` may send, besides the messages above:
+
+* GETMODEL → the driver answers MODELINFO: int32 length + JSON (``cutoff``,
+  ``interaction_range`` Å, ``declared_range``, ``species``, ``dtype``, ``sums_atomic_energies``,
+  ``path``);
+* DOMAINDATA: int32 natoms, int32 owned, int32 flags (bit 0: per-atom energies and virials),
+  natoms int32 atomic numbers, 3·natoms float64 positions (**Å**): one non-periodic cluster
+  whose first ``owned`` atoms' energy terms count; the atom count may change every message.
+  Then STATUS → HAVEDATA, GETFORCE → DOMAINFORCE: float64 energy (**eV**), int32 natoms,
+  3·natoms float64 forces (eV/Å, ghosts included), 9 float64 virial (eV); with flag bit 0 also
+  ``owned`` float64 atomic energies (eV) and 9·natoms float64 per-atom virials (eV); then
+  int32 length + JSON extras.
+
+The extension uses the project's units (Å, eV) rather than atomic units: no conversion, so
+the decomposed route is exact to the last bit of the model's own arithmetic.
+
 Units are converted with ``ipi.utils.units`` so that they match i-PI's own constants
 (:data:`ATOMIC_UNITS` is the one table the project uses).
 """
@@ -59,6 +76,15 @@ __all__ = [
     "send_init",
     "send_posdata",
     "read_forceready",
+    "DOMAIN_INIT",
+    "PER_ATOM",
+    "parse_domain",
+    "send_model_info",
+    "read_model_info",
+    "send_domaindata",
+    "read_domaindata",
+    "send_domainforce",
+    "read_domainforce",
 ]
 
 HDRLEN = 12
@@ -90,7 +116,12 @@ def header(name: str) -> bytes:
 HEADERS = {
     h: header(h)
     for h in ("STATUS", "NEEDINIT", "READY", "HAVEDATA", "INIT", "POSDATA", "GETFORCE", "FORCEREADY", "EXIT")
+    + ("GETMODEL", "MODELINFO", "DOMAINDATA", "DOMAINFORCE")  # the domain extension
 }
+DOMAIN_INIT = "mlip-domain:1"
+"""The INIT-string token by which a host announces the domain extension."""
+PER_ATOM = 1
+"""DOMAINDATA flag bit: per-atom energies and virials wanted."""
 _KNOWN = {v: k for k, v in HEADERS.items()}
 
 
@@ -388,3 +419,96 @@ def read_forceready(wire: Wire, n: int):
         virial / HARTREE_PER_EV,
         extras if isinstance(extras, dict) else {},
     )
+
+
+# --------------------------------------------------------------------------- domain extension
+def parse_domain(text: str) -> bool:
+    """Whether an INIT string announces the domain extension (:data:`DOMAIN_INIT`)."""
+    return any(token.strip() == DOMAIN_INIT for token in text.split(","))
+
+
+def _send_json(wire: Wire, header_name: str, payload: dict) -> None:
+    raw = json.dumps(payload).encode()
+    wire.send(HEADERS[header_name], np.int32(len(raw)), raw)
+
+
+def _read_json(wire: Wire, what: str) -> dict:
+    length = wire.read_int(what)
+    if length < 0 or length > MAX_EXTRAS_BYTES:
+        raise ProtocolError(f"{wire.peer}: absurd {what} length {length}: corrupt stream")
+    raw = wire.read_exact(length, what) if length else b""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw.decode("utf-8", "replace"))
+    except ValueError:
+        raise ProtocolError(f"{wire.peer}: {what} is not valid JSON: corrupt stream") from None
+    return value if isinstance(value, dict) else {}
+
+
+def send_model_info(wire: Wire, info: dict) -> None:
+    """Driver: MODELINFO with the model's attributes (answer to GETMODEL)."""
+    _send_json(wire, "MODELINFO", info)
+
+
+def read_model_info(wire: Wire) -> dict:
+    """Host: the body of MODELINFO (its header already read)."""
+    return _read_json(wire, "MODELINFO")
+
+
+def send_domaindata(wire: Wire, numbers, positions, owned: int, per_atom: bool) -> None:
+    """Host: DOMAINDATA (positions [N,3] Å, atomic numbers [N], the first ``owned`` count), then STATUS."""
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    numbers = np.ascontiguousarray(numbers, dtype=np.int32)
+    n = np.int32(len(positions))
+    flags = np.int32(PER_ATOM if per_atom else 0)
+    wire.send(HEADERS["DOMAINDATA"], n, np.int32(owned), flags, numbers, positions, HEADERS["STATUS"])
+
+
+def read_domaindata(wire: Wire):
+    """Driver: the body of DOMAINDATA: (numbers [N] int64, positions [N,3] Å, owned, per_atom)."""
+    natoms = wire.read_int("DOMAINDATA")
+    if natoms < 0 or natoms > MAX_ATOMS:
+        raise ProtocolError(f"{wire.peer}: absurd atom count {natoms} in DOMAINDATA: corrupt stream")
+    owned = wire.read_int("DOMAINDATA")
+    if owned < 0 or owned > natoms:
+        raise ProtocolError(f"{wire.peer}: {owned} owned atoms of {natoms} in DOMAINDATA: corrupt stream")
+    flags = wire.read_int("DOMAINDATA")
+    numbers = wire.read_array(np.int32, natoms, "DOMAINDATA").astype(np.int64)
+    positions = wire.read_array(np.float64, 3 * natoms, "DOMAINDATA").reshape(natoms, 3)
+    return numbers, positions, owned, bool(flags & PER_ATOM)
+
+
+def send_domainforce(wire: Wire, result, natoms: int, owned: int, per_atom: bool) -> None:
+    """Driver: DOMAINFORCE for ``result`` (a :class:`server.core.graph.Result`, eV, eV/Å)."""
+    parts = [
+        HEADERS["DOMAINFORCE"],
+        np.float64(result.energy),
+        np.int32(natoms),
+        np.ascontiguousarray(result.forces, dtype=np.float64),
+        np.ascontiguousarray(result.virial, dtype=np.float64),
+    ]
+    if per_atom:
+        parts += [
+            np.ascontiguousarray(result.atom_energies, dtype=np.float64).reshape(owned),
+            np.ascontiguousarray(result.atom_virials, dtype=np.float64).reshape(natoms, 9),
+        ]
+    extras = encode_extras(result.extras)
+    wire.send(*parts, np.int32(len(extras)), extras)
+
+
+def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool):
+    """Host: the body of DOMAINFORCE: energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV),
+    atomic energies [owned] and per-atom virials [N,3,3] (None without ``per_atom``), extras."""
+    energy = float(wire.read_array(np.float64, 1, "DOMAINFORCE")[0])
+    n = wire.read_int("DOMAINFORCE")
+    if n != natoms:
+        raise ProtocolError(f"the force server returned {n} forces for {natoms} atoms: corrupt stream")
+    forces = wire.read_array(np.float64, 3 * natoms, "DOMAINFORCE").reshape(natoms, 3)
+    virial = wire.read_array(np.float64, 9, "DOMAINFORCE").reshape(3, 3)
+    atom_energies = atom_virials = None
+    if per_atom:
+        atom_energies = wire.read_array(np.float64, owned, "DOMAINFORCE")
+        atom_virials = wire.read_array(np.float64, 9 * natoms, "DOMAINFORCE").reshape(natoms, 3, 3)
+    extras = _read_json(wire, "DOMAINFORCE extras")
+    return energy, forces, virial, atom_energies, atom_virials, extras
