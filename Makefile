@@ -57,9 +57,12 @@ validate-teacher: teacher
 MINUTES ?= 45
 training-data: teacher
 	$(PY) -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
+# v2 candidate (issue 18): starts, or resumes where it stopped, TRAIN_DIR; the best model goes to
+# TRAIN_DIR/model.pt, never over models/water-pet.pt (ship by hand: python -m training.train --export CKPT OUT)
+TRAIN_CONFIG ?= training/configs/water-pet-v2-cpu.yaml
+TRAIN_DIR ?= models/checkpoints/water-pet-v2
 train: install
-	$(PY) -m training.train training/configs/water-pet-gpu-phase3.yaml --resume --device $(DEVICE)
-	$(PY) -m training.train --export models/checkpoints/water-pet-phase3/checkpoint.pt models/water-pet.pt
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m training.train $(TRAIN_CONFIG) $$(test -f $(TRAIN_DIR)/checkpoint.pt && echo --resume) --device $(DEVICE)
 
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
 LEVEL ?= quick
