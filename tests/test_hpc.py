@@ -143,3 +143,50 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
         if line.strip() and not line.startswith("#")
     ]
     assert rows and float(rows[0].split()[0]) == 0  # stride 10 of the experiment: step 0 of 4
+
+
+LAMMPS_TEMPLATE = project_root() / "hpc" / "lammps-domain.slurm"
+
+
+def test_lammps_template_runs_only_project_commands_that_fit_together(tmp_path):
+    """Renders hpc/lammps-domain.slurm with a recording srun (no SLURM): both commands parse as
+    the project's command lines, and node 1's servers serve exactly node 1's ranks."""
+    from server.lammps.cli import build_bridge_parser, build_run_parser
+    from server.lammps.runner import domain_server_commands, node_addresses
+
+    log = tmp_path / "srun.jsonl"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    (bin_dir / "srun").chmod(0o755)
+    project = tmp_path / "project"
+    (project / ".venv" / "bin").mkdir(parents=True)
+    (project / ".venv" / "bin" / "activate").write_text(f'export PATH="{bin_dir}:$PATH"\n')
+    env = dict(os.environ, PROJECT=str(project), SLURM_JOB_ID="77", NODES="2", RANKS="4", SERVERS="2")
+    done = subprocess.run(
+        ["bash", str(LAMMPS_TEMPLATE)], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    servers = next(c for c in calls if "mlip-lammps-run" in c)
+    bridge = next(c for c in calls if "mlip-lammps" in c)
+    s = build_run_parser().parse_args(servers[servers.index("mlip-lammps-run") + 1 :])
+    b = build_bridge_parser().parse_args(bridge[bridge.index("mlip-lammps") + 1 :])
+    assert (s.side, s.address, s.ranks_per_node, s.servers, s.device) == (
+        "servers",
+        "unix:mlip-77",
+        4,
+        2,
+        "cuda",
+    )
+    assert (b.decomposition, b.address, b.elements) == ("domain", "unix:mlip-77", ["O", "H"])
+    assert "--ntasks=8" in bridge and "--ntasks-per-node=4" in bridge
+    node1 = node_addresses(s.address, s.ranks_per_node, 1)
+    assert node1 == [f"unix:/tmp/ipi_mlip-77-{r}" for r in (4, 5, 6, 7)]
+    commands = [[str(w) for w in c] for c in domain_server_commands("m.pt", node1, 2, "cuda")]
+    assert [c[c.index("--device") + 1] for c in commands] == ["cuda:0", "cuda:1"]
+    served = [[c[k + 1] for k, w in enumerate(c) if w == "--address"] for c in commands]
+    assert served == [node1[0::2], node1[1::2]]

@@ -86,7 +86,9 @@ def domain_run(workdir, deck, model, elements, np_, **kwargs):
 
 
 def _ok(result):
-    assert result.code == 0, result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
+    assert result.code == 0, (
+        result.message + "\n" + result.bridge_output[-3000:] + result.server_output[-2000:]
+    )
 
 
 # --------------------------------------------------------------------------- LJ vs native
@@ -234,7 +236,9 @@ def test_a_rank_server_killed_mid_run_halts_everything(tmp_path, lj_model):
         job.start()
         relay = job._relays["lammps.out"]
         _wait_for(
-            lambda: sum(line.split()[:1] == ["3"] for line in relay.lines) > 0 or job.bridge.poll() is not None,
+            lambda: (
+                sum(line.split()[:1] == ["3"] for line in relay.lines) > 0 or job.bridge.poll() is not None
+            ),
             60,
             "3 MD steps",
         )

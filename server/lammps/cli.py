@@ -147,8 +147,24 @@ def build_run_parser() -> argparse.ArgumentParser:
         description=runner.__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("deck", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
+    p.add_argument("deck", nargs="?", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
     p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "--side",
+        choices=["both", "servers"],
+        default="both",
+        help="both: LAMMPS and its servers here; servers: only this node's force servers of a "
+        "multi-node job (LAMMPS runs as 'srun mlip-lammps --decomposition domain'; see hpc/)",
+    )
+    p.add_argument(
+        "--ranks-per-node", type=int, default=None, help="--side servers: LAMMPS ranks on each node"
+    )
+    p.add_argument(
+        "--node",
+        type=int,
+        default=None,
+        help="--side servers: this node's index in the job (default: $SLURM_NODEID)",
+    )
     p.add_argument(
         "-e",
         "--elements",
@@ -235,6 +251,11 @@ def run_main(argv=None) -> int:
     # started us with it ignored (background jobs), and then Ctrl-C would do nothing
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.default_int_handler)
+    if args.side == "servers":
+        return _serve_node(args)
+    if not args.deck:
+        print(f"{RUN}: error: give the LAMMPS deck (e.g. lammps_inputs/in.water-nvt)", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     deck = Path(args.deck)
@@ -273,16 +294,12 @@ def run_main(argv=None) -> int:
     if decomposition == "domain" and args.address and args.address.startswith("shm:"):
         print(f"{RUN}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
         return 2
-    bridge_args = ["--decomposition", decomposition, "--timings", str(workdir.resolve() / "bridge.json")]
+    bridge_args = ["--decomposition", decomposition]
     if args.per_atom:
         bridge_args.append("--per-atom")
     if args.no_range_check:
         bridge_args.append("--no-range-check")
-    server_args = ["--average", args.average]
-    if args.dtype:
-        server_args += ["--dtype", args.dtype]
-    if args.threads:
-        server_args += ["--threads", str(args.threads)]
+    server_args = _server_args(args)
     try:
         result = runner.run(
             deck,
@@ -292,7 +309,7 @@ def run_main(argv=None) -> int:
             variables=variables,
             workdir=workdir,
             address=args.address,
-            server_args=server_args + args.server_arg,
+            server_args=server_args,
             bridge_args=bridge_args + args.bridge_arg,
             decomposition=decomposition,
             servers=args.servers,
@@ -311,3 +328,39 @@ def run_main(argv=None) -> int:
     else:
         print(f"{RUN}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
     return result.code
+
+
+def _server_args(args) -> list:
+    server_args = ["--average", args.average]
+    if args.dtype:
+        server_args += ["--dtype", args.dtype]
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
+    return server_args + args.server_arg
+
+
+def _serve_node(args) -> int:
+    """``--side servers``: this node's servers of a multi-node domain-decomposed job."""
+    import os
+
+    node = args.node if args.node is not None else int(os.environ.get("SLURM_NODEID", "-1"))
+    if not args.address or not args.ranks_per_node or node < 0:
+        print(
+            f"{RUN}: error: --side servers needs --address (the bridge's), --ranks-per-node and --node "
+            "(or $SLURM_NODEID)",
+            file=sys.stderr,
+        )
+        return 2
+    model = args.model or str(shipped_model())
+    if not Path(model).is_file():
+        print(f"{RUN}: error: model file {model!r} not found: pass --model PATH", file=sys.stderr)
+        return 2
+    try:
+        return runner.serve_node(
+            model, args.address, args.ranks_per_node, node, args.servers, args.device, _server_args(args)
+        )
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -43,7 +43,16 @@ from .. import processes
 from ..protocol import Address
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
-__all__ = ["LammpsRun", "RunResult", "run", "error_line", "PROG"]
+__all__ = [
+    "LammpsRun",
+    "RunResult",
+    "run",
+    "error_line",
+    "domain_server_commands",
+    "node_addresses",
+    "serve_node",
+    "PROG",
+]
 
 PROG = "mlip-lammps-run"
 
@@ -163,6 +172,8 @@ class LammpsRun:
         self.server_args, self.bridge_args = list(server_args), list(bridge_args)
         if self.decomposition == "domain" and "--decomposition" not in self.bridge_args:
             self.bridge_args = ["--decomposition", "domain"] + self.bridge_args
+        if not any(a.startswith("--timings") for a in self.bridge_args):
+            self.bridge_args += ["--timings", str(self.workdir / "bridge.json")]
         self.echo, self.grace = echo, grace
         self.mpiexec = mpiexec
         self.structure = self.workdir / "lammps-init.xyz"
@@ -210,22 +221,16 @@ class LammpsRun:
 
     def server_commands(self) -> list[list]:
         """One ``mlip-server`` command per server: the ranks it serves and its device."""
-        exe = Path(sys.executable).parent / "mlip-server"
         if self.decomposition != "domain":
+            exe = Path(sys.executable).parent / "mlip-server"
             return [
                 [exe, "--model", self.model, "--structure", str(self.structure), "--address", self.address]
                 + ["--device", self.device]
                 + self.server_args
             ]
-        addresses = self.rank_addresses()
-        commands = []
-        for k in range(self.n_servers):
-            device = f"cuda:{k}" if self.device == "cuda" and self.n_servers > 1 else self.device
-            cmd = [exe, "--model", self.model, "--device", device]
-            for a in addresses[k :: self.n_servers]:
-                cmd += ["--address", a]
-            commands.append(cmd + self.server_args)
-        return commands
+        return domain_server_commands(
+            self.model, self.rank_addresses(), self.n_servers, self.device, self.server_args
+        )
 
     def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
         proc = subprocess.Popen(
@@ -349,6 +354,51 @@ class LammpsRun:
                 message = f"{cause}; {message}" if message else cause
                 break
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
+
+
+def domain_server_commands(model, addresses, n_servers, device, extra=()) -> list[list]:
+    """``mlip-server`` commands sharing the ranks listening on ``addresses``: server k serves
+    addresses k, k + n, k + 2n, ...; with ``device`` ``cuda`` and several servers, server k runs
+    on ``cuda:k`` (one per GPU)."""
+    exe = Path(sys.executable).parent / "mlip-server"
+    commands = []
+    for k in range(n_servers):
+        dev = f"cuda:{k}" if device == "cuda" and n_servers > 1 else device
+        cmd = [exe, "--model", str(model), "--device", dev]
+        for a in addresses[k::n_servers]:
+            cmd += ["--address", a]
+        commands.append(cmd + list(extra))
+    return commands
+
+
+def node_addresses(address: str, ranks_per_node: int, node: int) -> list[str]:
+    """Addresses of the ranks on node ``node`` of a SLURM job with block distribution (ranks
+    node·K … node·K + K − 1), each listening on ``ADDRESS-RANK`` / port ``PORT + RANK``."""
+    base = Address.parse(address, allow_spec=False)
+    first = node * ranks_per_node
+    return [str(base.for_rank(r)) for r in range(first, first + ranks_per_node)]
+
+
+def serve_node(model, address, ranks_per_node, node, n_servers, device, extra=(), echo=True) -> int:
+    """Runs the force servers of one node (SLURM ``--side servers``) until they end; if one fails
+    the others are stopped. Returns the worst exit status."""
+    commands = domain_server_commands(
+        model, node_addresses(address, ranks_per_node, node), n_servers, device, extra
+    )
+    procs = [
+        subprocess.Popen([str(c) for c in cmd], start_new_session=True, preexec_fn=processes.tie_to_parent)
+        for cmd in commands
+    ]
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                processes.stop(procs)
+                break
+            time.sleep(0.1)
+    finally:
+        processes.stop(procs)
+    codes = [p.returncode for p in procs]
+    return next((c if c > 0 else 1 for c in codes if c != 0), 0)
 
 
 def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:

@@ -1,0 +1,228 @@
+"""LAMMPS domain decomposition vs the gather route, side by side in one run (water, PET).
+
+    python -m bench.lammps_domain                          # all sections
+    python -m bench.lammps_domain --sections shells weak   # a subset
+
+Sections (each writes its rows into ``bench/results/lammps_domain.json``):
+
+* ``shells`` — the model cost of the two ghost-shell schemes for one 12,288-atom subdomain
+  (the 512-molecule box replicated 2×2×2 and cut into a cube of owned atoms): (b) owned atoms +
+  ghosts within R, the energy of the owned terms (what the bridge ships) vs (a) owned + ghosts
+  within 2R, the energy of every term (forces of the owned atoms exact without returning ghost
+  forces). Both are one Evaluator call on the same server (float32, 1 thread); (a) would need a
+  second gradient for the virial, not timed here (its time is a lower bound).
+* ``weak`` — weak scaling at fixed atoms per rank (12,288 and, with ``--large``, 49,152): 1 rank
+  + 1 one-thread server vs 2 ranks + 2 one-thread servers, cells shaped so that every rank owns
+  the same box. Efficiency = step time (1 rank) / step time (2 ranks).
+* ``routes`` — 12,288 (and with ``--large`` 98,304) atoms: gather on 1 rank vs domain on 2 ranks
+  with one server vs domain on 2 ranks with two servers.
+
+Every domain run reports evaluated/owned atoms (``bridge.json``) next to the cost model
+(:func:`cost_model`): a box a×b×c of owned atoms plus the atoms within R of it,
+V = abc + 2R(ab + bc + ca) + πR²(a + b + c) + 4πR³/3, over abc. Steps exclude the set-up force
+call; the range check is switched off (``--no-range-check``; its cost is one thicker
+evaluation on one rank at the first step, reported by the test suite's runs in bridge.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import result_name
+from server.lammps import runner
+from server.machine import describe as machine
+from server.paths import lammps_inputs_dir, project_root, shipped_model
+from server.structures import write_water_data
+
+BOX = 24.8  # Å, edge of the 512-molecule box (1 g/cm³)
+
+
+def cost_model(a: float, b: float, c: float, r: float) -> float:
+    """Evaluated / owned atoms for an a×b×c box of owned atoms and a shell of range r (Å)."""
+    v = a * b * c + 2 * r * (a * b + b * c + c * a) + math.pi * r * r * (a + b + c) + 4 * math.pi * r**3 / 3
+    return v / (a * b * c)
+
+
+# --------------------------------------------------------------------------- shells
+def shells(model: str, range_: float) -> list[dict]:
+    """One subdomain, schemes (a) and (b): atoms evaluated and seconds per evaluation."""
+    import torch
+
+    from server.core.evaluator import Evaluator, Structure
+    from server.lammps.ghosts import near_owned
+    from server.structures import water_box
+
+    torch.set_num_threads(1)
+    big = water_box(512, seed=1).repeat((4, 4, 4))  # 99 Å: owned cube of 2×2×2 boxes in its middle
+    x = big.get_positions()
+    lo, hi = np.full(3, BOX), np.full(3, 3 * BOX)
+    owned = np.all((x >= lo) & (x < hi), axis=1)
+    ev = Evaluator(model, dtype="float32")
+    rows = []
+    for scheme, depth, counted in (
+        ("b: shell R, owned terms", range_, True),
+        ("a: shell 2R, all terms", 2 * range_, False),
+    ):
+        ghosts = ~owned & near_owned(x[owned], x, depth)
+        positions = np.concatenate([x[owned], x[ghosts]])
+        numbers = np.concatenate([big.numbers[owned], big.numbers[ghosts]])
+        s = Structure(positions, numbers, owned=int(owned.sum()) if counted else None)
+        ev.compute([s])  # warm-up
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            ev.compute([s])
+            times.append(time.perf_counter() - t0)
+        rows.append(
+            {
+                "scheme": scheme,
+                "owned": int(owned.sum()),
+                "evaluated": len(positions),
+                "evaluated_per_owned": len(positions) / owned.sum(),
+                "cost_model": cost_model(2 * BOX, 2 * BOX, 2 * BOX, depth),
+                "seconds": min(times),
+            }
+        )
+        print(f"lammps_domain shells: {rows[-1]}", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- LAMMPS runs
+def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> dict:
+    data = write_water_data(512, lammps_inputs_dir() / "water-512.data")
+    with tempfile.TemporaryDirectory(prefix="lammps-domain-") as tmp:
+        workdir = Path(tmp)
+        nx, ny, nz = replicas
+        variables = [("data", data), ("nx", nx), ("ny", ny), ("nz", nz), ("steps", steps)]
+        variables += [("thermo", steps), ("dump", 100 * steps)]
+        bridge_args = ["--no-range-check"] if decomposition == "domain" else []
+        t0 = time.perf_counter()
+        result = runner.run(
+            lammps_inputs_dir() / "in.water-large",
+            model,
+            ["O", "H"],
+            np=np_,
+            variables=variables,
+            workdir=workdir,
+            echo=False,
+            server_args=["--threads", str(threads)],
+            bridge_args=bridge_args,
+            decomposition=decomposition,
+            servers=servers,
+            timeout=3600,
+        )
+        wall = time.perf_counter() - t0
+        if result.code:
+            raise SystemExit(f"lammps_domain: error: {result.message}")
+        log = (workdir / "log.lammps").read_text()
+        m = re.search(r"Loop time of ([\d.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log)
+        loop, steps_done, natoms = float(m.group(1)), int(m.group(3)), int(m.group(4))
+        report = json.loads((workdir / "bridge.json").read_text())
+    row = {
+        "atoms": natoms,
+        "ranks": np_,
+        "servers": servers,
+        "decomposition": decomposition,
+        "steps": steps_done,
+        "step_s": loop / steps_done,
+        "wall_s": wall,
+    }
+    if decomposition == "domain":
+        ranks = report["per_rank"]
+        calls = [r["calls"] - r["first"]["calls"] for r in ranks]
+        per = lambda key: max((r[key] - r["first"][key]) / c for r, c in zip(ranks, calls))  # noqa: E731
+        evaluated = sum(r["evaluated_sum"] - r["first"]["evaluated_sum"] for r in ranks)
+        owned = sum(r["owned_sum"] - r["first"]["owned_sum"] for r in ranks)
+        sub = np.array([nx, ny, nz], dtype=float) * BOX
+        sub[int(np.argmax(sub))] /= np_  # LAMMPS splits the longest edge first
+        row.update(
+            evaluated_per_owned=evaluated / owned,
+            cost_model=cost_model(*sub, report["interaction_range"]),
+            per_rank=[{k: r[k] for k in ("rank", "owned", "ghost", "ghost_lammps")} for r in ranks],
+            server_s=per("server_s"),
+            bridge_s=per("bridge_s"),
+            bridge_share=per("bridge_s") / (loop / steps_done),
+        )
+    else:
+        t = report
+        calls = t["calls"] - t["first"]["calls"]
+        row["server_s"] = (t["server"] - t["first"]["server"]) / calls
+        bridge = sum(t[k] - t["first"][k] for k in ("gather", "transfer", "scatter")) / calls
+        row.update(bridge_s=bridge, bridge_share=bridge / (loop / steps_done))
+    print(f"lammps_domain: {row}", flush=True)
+    return row
+
+
+def table(rows) -> str:
+    lines = [
+        "| atoms | route | ranks × servers | s/step | evaluated/owned (model) | bridge share |",
+        "|---:|---|---|---:|---|---:|",
+    ]
+    for r in rows:
+        ratio = (
+            f"{r['evaluated_per_owned']:.3f} ({r['cost_model']:.3f})" if "evaluated_per_owned" in r else "1"
+        )
+        lines.append(
+            f"| {r['atoms']:,} | {r['decomposition']} | {r['ranks']} × {r['servers']} | {r['step_s']:.3g} | "
+            f"{ratio} | {r['bridge_share']:.2%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument("--sections", nargs="+", default=["shells", "weak", "routes"])
+    p.add_argument("--large", action="store_true", help="also 49,152 atoms per rank / 98,304 atoms")
+    p.add_argument("--steps", type=int, default=3, help="MD steps per run (after the set-up call)")
+    args = p.parse_args(argv)
+    model = args.model or str(shipped_model())
+    info = machine()
+    out = {"benchmark": "lammps_domain", "model": args.model or "models/water-pet.pt", "machine": info}
+    path = project_root() / "bench" / "results" / f"{result_name('lammps_domain')}.json"
+    if path.exists():
+        out.update(
+            {k: v for k, v in json.loads(path.read_text()).items() if k in ("shells", "weak", "routes")}
+        )
+    if "shells" in args.sections:
+        out["shells"] = shells(model, 8.0)
+    if "weak" in args.sections:
+        sizes = [((2, 2, 2), (4, 2, 2))] + ([((4, 4, 2), (4, 4, 4))] if args.large else [])
+        weak = []
+        for one, two in sizes:
+            a = lammps(model, one, 1, "domain", 1, args.steps)
+            b = lammps(model, two, 2, "domain", 2, args.steps)
+            weak.append(
+                {"atoms_per_rank": a["atoms"], "one": a, "two": b, "efficiency": a["step_s"] / b["step_s"]}
+            )
+        out["weak"] = weak
+    if "routes" in args.sections:
+        sizes = [(2, 2, 2)] + ([(4, 4, 4)] if args.large else [])
+        routes = []
+        for rep in sizes:
+            routes.append(lammps(model, rep, 1, "gather", 1, args.steps))
+            routes.append(lammps(model, rep, 2, "domain", 1, args.steps))
+            routes.append(lammps(model, rep, 2, "domain", 2, args.steps))
+        out["routes"] = routes
+    info["load_average_at_end"] = os.getloadavg()[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for w in out.get("weak", []):
+        print(f"weak scaling at {w['atoms_per_rank']:,} atoms per rank: efficiency {w['efficiency']:.2f}")
+    print(table([w[k] for w in out.get("weak", []) for k in ("one", "two")] + out.get("routes", [])))
+    print(f"\nwrote {path.relative_to(project_root())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
