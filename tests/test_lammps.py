@@ -131,6 +131,18 @@ def write_data(atoms, path: Path, specorder) -> Path:
     return path
 
 
+def lj_decks(tmp_path: Path, triclinic: bool, bridged_name: str = "bridge") -> tuple[Path, Path]:
+    """Folders with the same argon deck (``in.lj``), native ``lj/cut`` and through the bridge:
+    NVE in the cubic box, flexible NPT in the triclinic one."""
+    data = write_data(argon(triclinic), tmp_path / "argon.data", ["Ar"])
+    native, bridged = tmp_path / "native", tmp_path / bridged_name
+    for folder, forces in ((native, NATIVE), (bridged, BRIDGE)):
+        folder.mkdir()
+        deck = LJ_COMMON.format(data=data, forces=forces, ensemble=NPT_TRI if triclinic else NVE)
+        (folder / "in.lj").write_text(deck)
+    return native, bridged
+
+
 def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, **kwargs):
     result = lammps_run.run(
         deck,
@@ -195,12 +207,7 @@ def test_split_deck_refuses(text, message):
 def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
     """NVE in the cubic box; in the triclinic box NPT with a fully flexible cell, which only
     matches if all six virial components and the cell sent every step are right."""
-    data = write_data(argon(triclinic), tmp_path / "argon.data", ["Ar"])
-    native, bridged = tmp_path / "native", tmp_path / "bridge"
-    for folder, forces in ((native, NATIVE), (bridged, BRIDGE)):
-        folder.mkdir()
-        deck = LJ_COMMON.format(data=data, forces=forces, ensemble=NPT_TRI if triclinic else NVE)
-        (folder / "in.lj").write_text(deck)
+    native, bridged = lj_decks(tmp_path, triclinic)
     run_native(native, native / "in.lj", np_)
     # the serial run goes over TCP (inet), the MPI runs over unix sockets
     address = f"inet:127.0.0.1:{processes.free_port()}" if np_ == 1 else None

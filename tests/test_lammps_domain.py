@@ -27,14 +27,13 @@ from test_lammps import (
     BRIDGE,
     HAVE_MPI4PY,
     LJ_COMMON,
-    NATIVE,
-    NPT_TRI,
     NVE,
     SERVER_ARGS,
     _spec,
     _wait_for,
     argon,
     bridge_run,
+    lj_decks,
     no_leftovers,  # noqa: F401 - the autouse fixture applies here too
     read_dump,
     run_native,
@@ -94,12 +93,7 @@ def _ok(result):
 # --------------------------------------------------------------------------- LJ vs native
 @pytest.mark.parametrize("np_, triclinic", [(1, False), (2, True), (3, False), (3, True)])
 def test_lj_decomposed_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
-    data = write_data(argon(triclinic), tmp_path / "argon.data", ["Ar"])
-    native, bridged = tmp_path / "native", tmp_path / "domain"
-    for folder, forces in ((native, NATIVE), (bridged, BRIDGE)):
-        folder.mkdir()
-        deck = LJ_COMMON.format(data=data, forces=forces, ensemble=NPT_TRI if triclinic else NVE)
-        (folder / "in.lj").write_text(deck)
+    native, bridged = lj_decks(tmp_path, triclinic, "domain")
     run_native(native, native / "in.lj", np_)
     servers = 2 if np_ == 3 else 1  # three ranks shared by two servers
     result = domain_run(bridged, bridged / "in.lj", lj_model, ["Ar"], np_, servers=servers)

@@ -162,7 +162,7 @@ class Connection:
         if len(self.numbers) != natoms:
             raise ProtocolError(
                 f"{self.address}: i-PI sent {natoms} atoms but the server was given "
-                f"{0 if self.numbers is None else len(self.numbers)} elements: pass the matching --structure"
+                f"{len(self.numbers)} elements: pass the matching --structure"
             )
         self.natoms = natoms
         self.pending = [self._structure(h, p) for h, p in zip(cells, positions)]
@@ -278,7 +278,7 @@ class ForceServer:
             averaging = self._specs.setdefault(f"{address}={spec}", Averaging(spec, seed=self.seed + n))
             conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic, self.on_close)
             conn.numbers = self.numbers
-            conn.model_info = self.model_info()
+            conn.model_info = self._model_info
             self.connections.append(conn)
             log.info(
                 "connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations
@@ -301,6 +301,7 @@ class ForceServer:
     def serve(self) -> None:
         """Runs until every connection has received EXIT. Raises MLIPError on failure."""
         self._unconnected = list(enumerate(self.addresses))
+        self._model_info = self.model_info()
         self._specs = {}
         self._connect_deadline = time.monotonic() + self.connect_timeout
         try:

@@ -144,14 +144,6 @@ class Bridge:
             print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
     # -- agreement between ranks ------------------------------------------------------
-    def agree(self, status: float, message: str | None = None) -> tuple[float, str | None]:
-        """Rank 0's (status, message) on every rank; other ranks wait without spinning."""
-        if self.size == 1:
-            return status, message
-        buf = np.array([status])
-        wait_quietly(self.comm.Ibcast(buf, root=0))
-        return float(buf[0]), self.comm.bcast(message if self.rank == 0 else None, root=0)
-
     def agree_all(self, status: float, message: str | None) -> tuple[float, str | None]:
         """The worst status of all ranks and the first failing rank's message, on every rank."""
         if self.size == 1:
@@ -261,9 +253,8 @@ class Bridge:
         with self.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
             self.client.accept(cfg.connect_timeout, hint)
         info = self.client.model_info()
-        from ase.data import atomic_numbers
-
-        missing = [s for s in types.values() if atomic_numbers[s] not in info.get("species", [])]
+        numbers = _numbers_of_types(types)
+        missing = [types[t] for t in types if numbers[t] not in info.get("species", [])]
         if missing:
             raise InputError(
                 f"model {info.get('path')} has no element {missing[0]} (species {info.get('species')}): "
@@ -278,8 +269,8 @@ class Bridge:
 
     def setup_domain(self, types: dict, info: dict) -> None:
         """Ghost shell (comm_modify cutoff = range + skin) and the decomposed force call."""
-        ranges = self.comm.allgather(float(info["interaction_range"])) if self.size > 1 else [0]
-        if self.size > 1 and max(ranges) != min(ranges):
+        ranges = self.comm.allgather(float(info["interaction_range"])) if self.size > 1 else []
+        if len(set(ranges)) > 1:
             raise InputError(
                 f"the force servers report different interaction ranges {sorted(set(ranges))} Å: "
                 "give every server the same model"
@@ -297,13 +288,13 @@ class Bridge:
         given = [v for _, v in comm_cutoffs(self.parts.head)]
         cutoff = max(given + [self.comm_cutoff])
         self.lmp.command(f"comm_modify cutoff {cutoff!r}")
-        numbers = np.zeros(max(types) + 1, dtype=np.int64)
-        from ase.data import atomic_numbers
-
-        for t, sym in types.items():
-            numbers[t] = atomic_numbers[sym]
         self.domain = DomainForces(
-            self, self.client, info, numbers, per_atom=self.cfg.per_atom, range_check=self.cfg.range_check
+            self,
+            self.client,
+            info,
+            _numbers_of_types(types),
+            per_atom=self.cfg.per_atom,
+            range_check=self.cfg.range_check,
         )
         if self.rank == 0:
             self.say(
@@ -511,16 +502,13 @@ class Bridge:
             status, message = INTERRUPTED, "interrupted"
         except Exception as err:  # noqa: BLE001 - e.g. an OSError writing the structure
             status, message = FAILED, f"{type(err).__name__}: {err}"
-        if cfg.decomposition == "domain":
+        status, message = self.agree_all(status, message)
+        if status == OK and cfg.decomposition == "domain":
+            try:
+                self.setup_domain(types, info)
+            except MLIPError as err:
+                status, message = FAILED, str(err)
             status, message = self.agree_all(status, message)
-            if status == OK:
-                try:
-                    self.setup_domain(types, info)
-                except MLIPError as err:
-                    status, message = FAILED, str(err)
-                status, message = self.agree_all(status, message)
-        else:
-            status, message = self.agree(status, message)
         if status == INTERRUPTED:
             self.say("interrupted")
             return EXIT_INTERRUPTED
@@ -622,6 +610,16 @@ class Bridge:
             except Exception:  # noqa: BLE001 - closing after an error is best effort
                 pass
             self.lmp = None
+
+
+def _numbers_of_types(types: dict) -> np.ndarray:
+    """Atomic number of each LAMMPS atom type (index = type; ``types`` maps type → symbol)."""
+    from ase.data import atomic_numbers
+
+    numbers = np.zeros(max(types) + 1, dtype=np.int64)
+    for t, sym in types.items():
+        numbers[t] = atomic_numbers[sym]
+    return numbers
 
 
 if __name__ == "__main__":  # python -m server.lammps.bridge = mlip-lammps

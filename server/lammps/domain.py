@@ -160,13 +160,12 @@ class DomainForces:
             message = f"step {step}, rank {self.rank}: internal error: {type(err).__name__}: {err}"
         self.checked = True
         self.ghosts.add(ghost_rows, owned_rows)  # collective
-        w = 0.5 * (virial + virial.T)
         local = np.array(
             [
                 float(status == FAILED),
                 float(status == INTERRUPTED),
                 energy,
-                *_six(w.reshape(1, 9))[0],
+                *_six(virial.reshape(1, 9))[0],  # symmetric part, LAMMPS's order
                 float(extras.get("raw_energy", energy)),
                 float(extras.get("delta_energy", 0.0)),
             ]
