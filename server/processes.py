@@ -99,8 +99,10 @@ def start_ipi(xml, cwd, log="ipi.log", env=None) -> subprocess.Popen:
 
 
 def start_server(model, structure, addresses, cwd, log="server.log", extra=(), env=None) -> subprocess.Popen:
-    """``mlip-server`` for ``model`` on ``addresses``, elements from ``structure``, output in ``cwd/log``."""
-    cmd = [sys.executable, "-m", "server.ipi.serve", "--model", model, "--structure", structure]
+    """``mlip-server`` for ``model`` (a list: ``--committee``) on ``addresses``, elements from
+    ``structure``, output in ``cwd/log``."""
+    which = ["--committee", *map(str, model)] if isinstance(model, (list, tuple)) else ["--model", model]
+    cmd = [sys.executable, "-m", "server.ipi.serve", *which, "--structure", structure]
     for a in addresses:
         cmd += ["--address", a]
     return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log, env=env)

@@ -44,8 +44,9 @@ import numpy as np
 
 from ..formats import load_model
 from .averaging import Averaging
+from .committee import committee_statistics, load_committee
 from .errors import ModelError
-from .graph import Graph, Result, Structure, build_graph
+from .graph import CommitteeResult, Graph, Result, Structure, build_graph
 
 __all__ = ["Evaluator", "Structure", "Result", "DEFAULT_MAX_BATCH_EDGES"]
 
@@ -72,8 +73,10 @@ class Evaluator:
 
     Parameters
     ----------
-    model : str, torch.jit.ScriptModule or ModelAdapter
-        A model file, a scripted contract module, or a loaded model.
+    model : str, torch.jit.ScriptModule, ModelAdapter, or a list of them
+        A model file, a scripted contract module, or a loaded model; a list (two or more) is a
+        committee (:mod:`server.core.committee`): one neighbour list, every member evaluated,
+        the mean served (or the first member, ``committee_serve="first"``).
     device : str
         ``cpu``, ``cuda`` or ``cuda:N``.
     dtype : str, optional
@@ -87,6 +90,8 @@ class Evaluator:
     memory_budget_edges : int, optional
         The most edges the automatic choice may put in one model call; None: the device's entry
         of :data:`DEFAULT_MAX_BATCH_EDGES`. Ignored when ``max_batch_edges`` is given.
+    committee_serve : str
+        For a committee: ``"mean"`` (default) or ``"first"``.
 
     Attributes
     ----------
@@ -114,8 +119,12 @@ class Evaluator:
         max_batch_edges: Optional[int] = None,
         min_distance: float = 0.1,
         memory_budget_edges: Optional[int] = None,
+        committee_serve: str = "mean",
     ):
-        self.model = load_model(model, device, dtype)
+        if isinstance(model, (list, tuple)):
+            self.model = load_committee(model, device, dtype, serve=committee_serve)
+        else:
+            self.model = load_model(model, device, dtype)
         self.device, self.dtype = self.model.device, self.model.dtype
         self.max_batch_edges = None if max_batch_edges is None else int(max_batch_edges)
         if memory_budget_edges is None:
@@ -335,6 +344,14 @@ def _combine(copies, rot, raw_only: bool) -> Result:
     if copies[0].atom_energies is not None:
         result.atom_energies = np.einsum("k,ki->i", w, np.stack([c.atom_energies for c in copies]))
         result.atom_virials = np.einsum("k,kiab->iab", w, np.stack([c.atom_virials for c in copies]))
+    if copies[0].members is not None:
+        members = [[c.members[m] for c in copies] for m in range(len(copies[0].members))]
+        result.committee = CommitteeResult(
+            np.array([w @ np.array([c.energy for c in mc]) for mc in members]),
+            np.stack([np.einsum("k,kia->ia", w, np.stack([c.forces for c in mc])) for mc in members]),
+            np.stack([np.einsum("k,kab->ab", w, np.stack([c.virial for c in mc])) for mc in members]),
+        )
+        result.extras.update(committee_statistics(result.committee))
     if raw_only:
         return result
     extras = {"n_rotations": int((w > 0).sum())}
@@ -345,5 +362,5 @@ def _combine(copies, rot, raw_only: bool) -> Result:
     extras["energy_spread"] = float(np.sqrt(max(w @ (energies - energy) ** 2, 0.0)))
     f_var = np.einsum("k,kia->ia", w, (forces - f_avg) ** 2)
     extras["force_spread_rms"] = float(np.sqrt(f_var.mean())) if f_var.size else 0.0
-    result.extras = extras
+    result.extras.update(extras)
     return result

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import InputError
 from .neighbors import neighbor_pairs
 
-__all__ = ["Structure", "Result", "Graph", "CopyResult", "build_graph"]
+__all__ = ["Structure", "Result", "Graph", "CopyResult", "CommitteeResult", "build_graph"]
 
 try:  # element symbols for error messages
     from ase.data import chemical_symbols
@@ -81,6 +81,10 @@ class Result:
     With :attr:`Structure.per_atom`: ``atom_energies`` [n counted] (eV), the energy term of each
     counted atom (they sum to ``energy``), and ``atom_virials`` [N, 3, 3] (eV),
     W_i = −½ Σ over the edges e touching i of g_e ⊗ r_e (they sum to ``virial``).
+
+    From a committee (:mod:`server.core.committee`): ``committee`` holds every member's result
+    and ``extras`` its statistics ``committee_energy_std`` (eV) and ``committee_force_std_max``
+    (eV/Å).
     """
 
     energy: float
@@ -89,18 +93,46 @@ class Result:
     extras: dict = field(default_factory=dict)
     atom_energies: Optional[np.ndarray] = None
     atom_virials: Optional[np.ndarray] = None
+    committee: Optional["CommitteeResult"] = None
+
+
+@dataclass
+class CommitteeResult:
+    """Every member's result for one structure (after rotational averaging, if any).
+
+    Attributes
+    ----------
+    energies : numpy.ndarray
+        [M] member energies, eV.
+    forces : numpy.ndarray
+        [M, N, 3] member forces, eV/Å.
+    virials : numpy.ndarray
+        [M, 3, 3] member virials, eV.
+    """
+
+    energies: np.ndarray
+    forces: np.ndarray
+    virials: np.ndarray
+
+    def force_std(self) -> np.ndarray:
+        """[N] per-atom spread σ_i = sqrt(Σ_m |F_i^m − F̄_i|² / (M − 1)), eV/Å."""
+        dev = self.forces - self.forces.mean(axis=0)
+        return np.sqrt(np.einsum("mia,mia->i", dev, dev) / (len(self.energies) - 1))
 
 
 class CopyResult(NamedTuple):
     """What a model format returns for one copy (graph + rotation), in the original frame:
     energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV) and, for graphs with
-    ``per_atom``, the counted atoms' energies [G] (eV) and per-atom virials [N,3,3] (eV)."""
+    ``per_atom``, the counted atoms' energies [G] (eV) and per-atom virials [N,3,3] (eV); from
+    a committee, ``members``: each member's own CopyResult (the fields above are then the served
+    mean or first member)."""
 
     energy: float
     forces: np.ndarray
     virial: np.ndarray
     atom_energies: Optional[np.ndarray] = None
     atom_virials: Optional[np.ndarray] = None
+    members: Optional[list] = None
 
 
 @dataclass

@@ -12,18 +12,22 @@ project must be installed, e.g. ``pip install -e .``)::
     i-pi-py_driver -m custom -P server/ipi/pes.py -u -a NAME -o model=model.pt,structure=init.xyz
 
 Parameters: ``model`` (path), ``structure`` (file giving the elements in i-PI's
-order), ``average`` (spec), ``device``, ``dtype``, ``nonperiodic`` (bool).
-Batched calls (lists of cells and positions) are evaluated as one batch.
+order), ``average`` (spec), ``device``, ``dtype``, ``nonperiodic`` (bool); instead of ``model``,
+``committee`` (two or more paths separated by ``;`` or spaces: a committee, its members'
+results in the extras as :func:`server.protocol.ipi_extras` sends them) with ``committee_serve``
+(``mean`` or ``first``). Batched calls (lists of cells and positions) are evaluated as one batch.
 """
 
 import json
+import re
 
 import numpy as np
 from ipi.pes.dummy import Dummy_driver
 
 from server.core.averaging import Averaging
+from server.core.errors import InputError
 from server.core.evaluator import Evaluator, Structure
-from server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result
+from server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result, ipi_extras
 from server.structures import read_numbers
 
 __all__ = ["MLIPDriver"]
@@ -41,16 +45,24 @@ class MLIPDriver(Dummy_driver):
 
     def __init__(
         self,
-        model,
-        structure,
+        model=None,
+        structure=None,
         average="none",
         device="cpu",
         dtype=None,
         nonperiodic=False,
+        committee=None,
+        committee_serve="mean",
         *args,
         **kwargs,
     ):
-        self.evaluator = Evaluator(model, device=device, dtype=dtype)
+        if (model is None) == (committee is None):
+            raise InputError("give the PES either model=PATH or committee='A.pt;B.pt[;...]'")
+        if structure is None:
+            raise InputError("the PES needs structure=FILE (the elements, in i-PI's atom order)")
+        if committee is not None:
+            model = [p for p in re.split(r"[;\s]+", str(committee)) if p]
+        self.evaluator = Evaluator(model, device=device, dtype=dtype, committee_serve=committee_serve)
         self.numbers = read_numbers(structure)
         self.averaging = Averaging(average)
         self.nonperiodic = _bool(nonperiodic)
@@ -76,7 +88,7 @@ class MLIPDriver(Dummy_driver):
                     float(energy),
                     forces.reshape(np.shape(p)),
                     virial.reshape(3, 3),
-                    json.dumps(r.extras) if r.extras else "",
+                    json.dumps(ipi_extras(r)) if r.extras else "",
                 )
             )
         return out if batched else out[0]

@@ -7,6 +7,8 @@ Example::
     mlip-server --model m.pt --structure init.xyz --address shm:water      # i-PI mode='shm'
     mlip-server --model m.pt --structure init.xyz --address unix:ase --on-close exit   # ASE host
     mlip-server --model m.pt --address unix:run-0 --address unix:run-1  # LAMMPS domain ranks
+    mlip-server --committee a.pt b.pt c.pt --structure init.xyz --address unix:water \
+                --uncertainty-threshold 0.5 --save-uncertain uncertain/        # a committee
 
 ``--structure`` may be left out only for the LAMMPS bridge's domain-decomposed ranks
 (``mlip-lammps --decomposition domain``), whose messages carry the atomic numbers.
@@ -25,6 +27,7 @@ import sys
 from ..core.averaging import VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
 from ..structures import read_numbers
+from ..uncertainty import UncertaintyLog
 
 __all__ = ["main", "build_parser"]
 
@@ -37,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="TorchScript model file (the model contract)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="TorchScript model file (the model contract, or metatomic)")
+    which.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        help="two or more model files (same species; cutoffs may differ) evaluated together: "
+        "the mean is served, the spread reported (extras committee_*; i-PI's <ffcommittee "
+        "parse_json='true'> reads them)",
+    )
     p.add_argument(
         "--structure",
         default=None,
@@ -90,6 +102,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.005,
         help="seconds to wait for the other connections of an address before evaluating",
     )
+    c = p.add_argument_group("committee")
+    c.add_argument(
+        "--committee-serve",
+        default="mean",
+        choices=["mean", "first"],
+        help="serve the committee mean (default) or the first member (a baseline)",
+    )
+    c.add_argument(
+        "--committee-extras",
+        default="all",
+        choices=["all", "stats"],
+        help="send i-PI every member's energy/forces/virial (all: what <ffcommittee> needs) or only "
+        "committee_energy_std and committee_force_std_max (stats)",
+    )
+    c.add_argument(
+        "--uncertainty-threshold",
+        type=float,
+        default=None,
+        metavar="F",
+        help="log every structure whose largest per-atom committee force spread exceeds F (eV/Å)",
+    )
+    c.add_argument(
+        "--save-uncertain",
+        metavar="DIR",
+        default=None,
+        help="with --uncertainty-threshold: append those structures to DIR/uncertain.extxyz",
+    )
     p.add_argument("--nonperiodic", action="store_true", help="ignore the cell (gas-phase runs)")
     p.add_argument(
         "--on-close",
@@ -125,13 +164,37 @@ def main(argv=None) -> int:
         for spec in {a.spec or args.average for a in addresses}:
             Averaging(spec)  # refuse unknown specs before connecting
         numbers = None if args.structure is None else read_numbers(args.structure)
-        evaluator = Evaluator(
-            args.model, device=args.device, dtype=args.dtype, max_batch_edges=args.max_batch_edges
+        if args.committee is not None and len(args.committee) < 2:
+            raise InputError("--committee needs at least two model files (use --model for one)")
+        if args.committee is None and (
+            args.uncertainty_threshold is not None or args.committee_serve != "mean"
+        ):
+            raise InputError("--uncertainty-threshold and --committee-serve need --committee A.pt B.pt [...]")
+        if args.save_uncertain is not None and args.uncertainty_threshold is None:
+            raise InputError("--save-uncertain needs --uncertainty-threshold F (eV/Å)")
+        uncertainty = (
+            None
+            if args.uncertainty_threshold is None
+            else UncertaintyLog(args.uncertainty_threshold, args.save_uncertain)
         )
+        evaluator = Evaluator(
+            args.model or args.committee,
+            device=args.device,
+            dtype=args.dtype,
+            max_batch_edges=args.max_batch_edges,
+            committee_serve=args.committee_serve,
+        )
+        if args.committee is not None:
+            log.info(
+                "committee of %d (serving the %s): %s",
+                len(evaluator.model),
+                "mean" if args.committee_serve == "mean" else "first member",
+                evaluator.model.describe(),
+            )
         log.info(
             "%s %s: cutoff %.3g Å, species %s, %s (%s) on %s",
             evaluator.model.label,
-            args.model,
+            evaluator.model.path,
             evaluator.cutoff,
             evaluator.model.species,
             str(evaluator.dtype).replace("torch.", ""),
@@ -148,7 +211,7 @@ def main(argv=None) -> int:
         unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(
-                f"{args.structure} contains atomic numbers {unknown} that model {args.model} "
+                f"{args.structure} contains atomic numbers {unknown} that model {evaluator.model.path} "
                 f"does not support (species {evaluator.model.species})"
             )
     except MLIPError as err:
@@ -167,6 +230,8 @@ def main(argv=None) -> int:
         log_every=args.log_every,
         nonperiodic=args.nonperiodic,
         on_close=args.on_close,
+        committee_arrays=args.committee_extras == "all",
+        uncertainty=uncertainty,
     )
     try:
         server.serve()
@@ -176,6 +241,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mlip-server: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if uncertainty is not None:
+            log.info("%s", uncertainty.summary())
     return 0
 
 

@@ -74,8 +74,9 @@ class Connection:
         self.on_close = on_close
         self.exchanges = 0  # completed POSDATA → FORCEREADY exchanges
         self.domain = False  # the host announced the domain extension in its INIT string
-        self.domain_request: tuple | None = None  # (natoms, owned, per_atom) of a pending DOMAINDATA
+        self.domain_request: tuple | None = None  # (natoms, owned, per_atom, members) of a DOMAINDATA
         self.model_info: dict = {}  # what GETMODEL answers
+        self.committee_arrays = True  # send i-PI the committee members' arrays (ipi_extras)
 
     @property
     def group(self) -> str:
@@ -170,8 +171,8 @@ class Connection:
     def _read_cluster(self):
         if self.results is not None:
             raise ProtocolError(f"{self.address}: DOMAINDATA before the previous forces were collected")
-        numbers, positions, owned, per_atom = read_domaindata(self.wire)
-        self.domain_request = (len(numbers), owned, per_atom)
+        numbers, positions, owned, per_atom, members = read_domaindata(self.wire)
+        self.domain_request = (len(numbers), owned, per_atom, members)
         self.pending = [Structure(positions, numbers, owned=owned, per_atom=per_atom)]
 
     def _structure(self, h, positions_bohr) -> Structure:
@@ -186,9 +187,9 @@ class Connection:
             send_domainforce(self.wire, self.results[0], *self.domain_request)
             self.domain_request = None
         elif self.segments is not None:
-            send_forceready_shm(self.wire, self.results, self.segments)
+            send_forceready_shm(self.wire, self.results, self.segments, self.committee_arrays)
         else:
-            send_forceready(self.wire, self.results, self.natoms, batched=self.batch_size > 1)
+            send_forceready(self.wire, self.results, self.natoms, self.batch_size > 1, self.committee_arrays)
         self.results = None
         self.exchanges += 1
 
@@ -225,6 +226,11 @@ class ForceServer:
         What a peer that closes its socket without EXIT means: ``error`` (i-PI crashed: the
         server fails) or ``exit`` (after a completed exchange and between messages, the way
         ASE's ``SocketIOCalculator`` ends: that connection is done, like EXIT).
+    committee_arrays : bool
+        For a committee, send i-PI every member's energy, forces and virial in the extras
+        (what ``<ffcommittee parse_json='true'>`` reads); False: the statistics only.
+    uncertainty : UncertaintyLog, optional
+        Logs (and saves) the structures whose committee force spread exceeds its threshold.
     """
 
     def __init__(
@@ -241,8 +247,11 @@ class ForceServer:
         log_every=100,
         nonperiodic=False,
         on_close="error",
+        committee_arrays=True,
+        uncertainty=None,
     ):
         self.evaluator = evaluator
+        self.committee_arrays, self.uncertainty = committee_arrays, uncertainty
         self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
         self.numbers = None if numbers is None else np.asarray(numbers, dtype=np.int64)
         self.average, self.seed = average, seed
@@ -279,6 +288,7 @@ class ForceServer:
             conn = Connection(address, averaging, sock, self.timeout, self.nonperiodic, self.on_close)
             conn.numbers = self.numbers
             conn.model_info = self._model_info
+            conn.committee_arrays = self.committee_arrays
             self.connections.append(conn)
             log.info(
                 "connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations
@@ -296,6 +306,7 @@ class ForceServer:
             "dtype": str(m.dtype).removeprefix("torch."),
             "sums_atomic_energies": m.sums_atomic_energies,
             "device": str(m.device),
+            "committee_size": len(getattr(m, "members", ())),
         }
 
     def serve(self) -> None:
@@ -361,6 +372,12 @@ class ForceServer:
         start = 0
         for conn in pending:
             conn.results = results[start : start + len(conn.pending)]
+            if self.uncertainty is not None and not conn.domain:
+                for k, (s, r) in enumerate(zip(conn.pending, conn.results)):
+                    where = f"{conn.address}, evaluation {conn.exchanges + 1}" + (
+                        f", structure {k}" if len(conn.pending) > 1 else ""
+                    )
+                    self.uncertainty.check(s, r, where)
             start += len(conn.pending)
             conn.pending = None
         self.batch_sizes[len(structures)] += 1

@@ -21,7 +21,11 @@ The fix's global vector carries the server's diagnostics of a rotationally avera
 (``mlip-server --average 2i``), for ``thermo_style custom ... f_ID[1] f_ID[2]``:
 ``f_ID[1]`` the raw (un-rotated) model energy, ``f_ID[2]`` averaged − raw energy,
 ``f_ID[3]`` the energy spread over the rotation grid (all eV), ``f_ID[4]`` the RMS force
-spread (eV/Å). Without averaging they are the energy and zeros.
+spread (eV/Å). Without averaging they are the energy and zeros. A committee server
+(``mlip-server --committee``) adds ``f_ID[5]``, the committee energy spread (eV), and
+``f_ID[6]``, the largest per-atom committee force spread (eV/Å), both of the whole cell in
+either decomposition (zeros for a single model). In the domain decomposition ``f_ID[3]`` and
+``f_ID[4]`` are the largest rank's rotational spreads.
 
 Exit status: 0 after a complete deck; 1 when the run failed (server died or stalled,
 LAMMPS error during the run); 2 for bad arguments, a bad deck or no server connecting;
@@ -70,8 +74,16 @@ __all__ = ["Bridge", "BridgeConfig", "DIAGNOSTICS", "PROG"]
 PROG = "mlip-lammps"
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
 DECOMPOSITIONS = ("gather", "domain")
-# the fix's global vector f_ID[1..4]: the server's diagnostics of a rotationally averaged model
-DIAGNOSTICS = ("raw_energy", "delta_energy", "energy_spread", "force_spread_rms")
+# the fix's global vector f_ID[1..6]: the server's diagnostics of a rotationally averaged model
+# and of a committee
+DIAGNOSTICS = (
+    "raw_energy",
+    "delta_energy",
+    "energy_spread",
+    "force_spread_rms",
+    "committee_energy_std",
+    "committee_force_std_max",
+)
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
@@ -417,9 +429,8 @@ class Bridge:
                 forces = forces_all[rows]
                 w = 0.5 * (virial + virial.T)  # LAMMPS keeps the symmetric part
                 header[:8] = (OK, energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2])
-                diagnostics = dict(
-                    raw_energy=energy, delta_energy=0.0, energy_spread=0.0, force_spread_rms=0.0
-                )
+                diagnostics = dict.fromkeys(DIAGNOSTICS, 0.0)
+                diagnostics["raw_energy"] = energy
                 diagnostics.update({k: float(v) for k, v in extras.items() if k in diagnostics})
                 header[8:] = [diagnostics[k] for k in DIAGNOSTICS]
             except ProtocolError as err:

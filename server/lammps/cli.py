@@ -150,6 +150,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument("deck", nargs="?", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
     p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        default=None,
+        help="instead of --model: a committee of two or more models (mlip-server --committee); "
+        "its spreads are f_mlip[5] (energy, eV) and f_mlip[6] (largest per-atom force, eV/Å)",
+    )
+    p.add_argument(
         "--side",
         choices=["both", "servers"],
         default="both",
@@ -271,12 +279,8 @@ def run_main(argv=None) -> int:
         data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
         print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
         variables.append(("data", str(data)))
-    model = args.model or str(shipped_model())
-    if not Path(model).is_file():
-        print(
-            f"{RUN}: error: model file {model!r} not found: pass --model PATH to a TorchScript file",
-            file=sys.stderr,
-        )
+    model = _model(args)
+    if model is None:
         return 2
     decomposition = args.decomposition or ("domain" if args.np > 1 else "gather")
     if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
@@ -330,6 +334,25 @@ def run_main(argv=None) -> int:
     return result.code
 
 
+def _model(args):
+    """The model path, or the committee's paths; None (after one error line) when a file is missing."""
+    if args.committee is not None and args.model is not None:
+        print(f"{RUN}: error: give --model or --committee, not both", file=sys.stderr)
+        return None
+    if args.committee is not None and len(args.committee) < 2:
+        print(f"{RUN}: error: --committee needs at least two model files", file=sys.stderr)
+        return None
+    models = args.committee or [args.model or str(shipped_model())]
+    for m in models:
+        if not Path(m).is_file():
+            print(
+                f"{RUN}: error: model file {m!r} not found: pass --model PATH to a TorchScript file",
+                file=sys.stderr,
+            )
+            return None
+    return models if args.committee else models[0]
+
+
 def _server_args(args) -> list:
     server_args = ["--average", args.average]
     if args.dtype:
@@ -351,9 +374,8 @@ def _serve_node(args) -> int:
             file=sys.stderr,
         )
         return 2
-    model = args.model or str(shipped_model())
-    if not Path(model).is_file():
-        print(f"{RUN}: error: model file {model!r} not found: pass --model PATH", file=sys.stderr)
+    model = _model(args)
+    if model is None:
         return 2
     try:
         return runner.serve_node(

@@ -97,6 +97,7 @@ class DomainForces:
         self.comm, self.mpi = bridge.comm, bridge._mpi
         self.rank, self.size = self.comm.rank, self.comm.size
         self.range = float(info["interaction_range"])
+        self.n_members = int(info.get("committee_size", 0))  # a committee's spreads need every member
         self.numbers_of_type = np.asarray(numbers_of_type, dtype=np.int64)
         self.per_atom, self.range_check = per_atom, range_check
         self.ghosts = GhostReturn(self.comm, self.mpi)
@@ -121,8 +122,12 @@ class DomainForces:
         self.ghosts.update(tags[:nlocal], tags[nlocal:])  # collective at re-neighbouring
         thick = None if self.checked else self._thick_cluster(nlocal, x, tags, numbers)  # collective
         energy, virial = 0.0, np.zeros((3, 3))
-        ghost_rows = np.zeros((nghost, 9 if self.per_atom else 3))
+        # columns: forces, [per-atom virial (6)], [each committee member's forces (3 M)]
+        base = 9 if self.per_atom else 3
+        m = self.n_members
+        ghost_rows = np.zeros((nghost, base + 3 * m))
         owned_rows = np.zeros((nlocal, ghost_rows.shape[1]))
+        member_energies = np.zeros(m)
         atom_energies = np.zeros(nlocal)
         extras = {}
         try:
@@ -142,8 +147,13 @@ class DomainForces:
                 if self.per_atom:
                     atom_energies[:] = e_atom
                     w = w_atom.reshape(-1, 9)
-                    owned_rows[:, 3:] = _six(w[:nlocal])
-                    ghost_rows[near, 3:] = _six(w[nlocal:])
+                    owned_rows[:, 3:9] = _six(w[:nlocal])
+                    ghost_rows[near, 3:9] = _six(w[nlocal:])
+                if m:
+                    member_energies[:] = extras["committee_energies"]
+                    rows = extras["committee_forces"].transpose(1, 0, 2).reshape(len(cluster), 3 * m)
+                    owned_rows[:, base:] = rows[:nlocal]
+                    ghost_rows[near, base:] = rows[nlocal:]
                 if thick is not None:
                     t_check = time.perf_counter()
                     self._check_range(thick, forces[:nlocal])
@@ -168,10 +178,16 @@ class DomainForces:
                 *_six(virial.reshape(1, 9))[0],  # symmetric part, LAMMPS's order
                 float(extras.get("raw_energy", energy)),
                 float(extras.get("delta_energy", 0.0)),
+                *member_energies,
             ]
         )
+        member_std = 0.0
+        if m and nlocal:
+            member_forces = owned_rows[:, base:].reshape(nlocal, m, 3)
+            dev = member_forces - member_forces.mean(axis=1, keepdims=True)
+            member_std = float(np.sqrt(np.einsum("ima,ima->i", dev, dev) / (m - 1)).max())
         spreads = np.array(
-            [float(extras.get("energy_spread", 0.0)), float(extras.get("force_spread_rms", 0.0))]
+            [float(extras.get("energy_spread", 0.0)), float(extras.get("force_spread_rms", 0.0)), member_std]
         )
         total, largest = self._reduce(local, spreads)  # collective
         if total[0] or total[1]:
@@ -186,8 +202,9 @@ class DomainForces:
         lmp.fix_external_set_virial_global(fix, [float(v) for v in total[3:9]])
         if self.per_atom and nlocal:
             lmp.numpy.fix_external_set_energy_peratom(fix, atom_energies)
-            lmp.numpy.fix_external_set_virial_peratom(fix, np.ascontiguousarray(owned_rows[:, 3:]))
-        diagnostics = (total[9], total[10], largest[0], largest[1])
+            lmp.numpy.fix_external_set_virial_peratom(fix, np.ascontiguousarray(owned_rows[:, 3:9]))
+        energy_std = float(np.std(total[11:], ddof=1)) if m else 0.0
+        diagnostics = (total[9], total[10], largest[0], largest[1], energy_std, largest[2])
         for i, value in enumerate(diagnostics, 1):
             lmp.fix_external_set_vector(fix, i, float(value))
         tm.callback += time.perf_counter() - t0
@@ -200,7 +217,9 @@ class DomainForces:
         """The server's answer for one cluster; its time counts as the server's (``timed``)."""
         waited, moved = self.client.seconds_waiting, self.client.seconds_transfer
         with self.bridge.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
-            result = self.client.compute_domain(numbers, positions, owned, self.per_atom)
+            result = self.client.compute_domain(
+                numbers, positions, owned, self.per_atom, members=self.n_members > 0
+            )
         if timed:
             self.timings.server += self.client.seconds_waiting - waited
             self.timings.transfer += self.client.seconds_transfer - moved

@@ -162,7 +162,7 @@ class LammpsRun:
         servers=1,
         device="cpu",
     ):
-        self.deck, self.model = Path(deck).resolve(), str(Path(model).resolve())
+        self.deck, self.model = Path(deck).resolve(), resolved_model(model)
         self.elements, self.np = list(elements), int(np)
         self.variables = [(str(k), str(v)) for k, v in variables]
         self.workdir = Path(workdir).resolve()
@@ -224,7 +224,7 @@ class LammpsRun:
         if self.decomposition != "domain":
             exe = Path(sys.executable).parent / "mlip-server"
             return [
-                [exe, "--model", self.model, "--structure", str(self.structure), "--address", self.address]
+                [exe, *model_args(self.model), "--structure", str(self.structure), "--address", self.address]
                 + ["--device", self.device]
                 + self.server_args
             ]
@@ -356,6 +356,20 @@ class LammpsRun:
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
 
 
+def resolved_model(model):
+    """A model path (or a committee's list of paths) made absolute."""
+    if isinstance(model, (list, tuple)):
+        return [str(Path(m).resolve()) for m in model]
+    return str(Path(model).resolve())
+
+
+def model_args(model) -> list:
+    """``mlip-server`` arguments for a model path, or for a list of paths (a committee)."""
+    if isinstance(model, (list, tuple)):
+        return ["--committee", *map(str, model)]
+    return ["--model", str(model)]
+
+
 def domain_server_commands(model, addresses, n_servers, device, extra=()) -> list[list]:
     """``mlip-server`` commands sharing the ranks listening on ``addresses``: server k serves
     addresses k, k + n, k + 2n, ...; with ``device`` ``cuda`` and several servers, server k runs
@@ -364,7 +378,7 @@ def domain_server_commands(model, addresses, n_servers, device, extra=()) -> lis
     commands = []
     for k in range(n_servers):
         dev = f"cuda:{k}" if device == "cuda" and n_servers > 1 else device
-        cmd = [exe, "--model", str(model), "--device", dev]
+        cmd = [exe, *model_args(model), "--device", dev]
         for a in addresses[k::n_servers]:
             cmd += ["--address", a]
         commands.append(cmd + list(extra))

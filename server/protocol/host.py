@@ -112,15 +112,16 @@ class HostConnection:
         self._expect("MODELINFO", "the model query")
         return read_model_info(self.wire)
 
-    def compute_domain(self, numbers, positions, owned: int, per_atom: bool = False):
+    def compute_domain(self, numbers, positions, owned: int, per_atom: bool = False, members: bool = False):
         """One rank's cluster (domain extension): energy of the first ``owned`` atoms (eV), forces
         on all atoms [N,3] (eV/Å), virial [3,3] (eV), atomic energies [owned] and per-atom
-        virials [N,3,3] (eV; None without ``per_atom``) and extras. Positions in Å, no cell."""
+        virials [N,3,3] (eV; None without ``per_atom``) and extras (with ``members``, a
+        committee's ``committee_energies`` and ``committee_forces``). Positions in Å, no cell."""
         self._require_domain()
         result = self._exchange(
-            lambda: send_domaindata(self.wire, numbers, positions, owned, per_atom),
+            lambda: send_domaindata(self.wire, numbers, positions, owned, per_atom, members),
             "DOMAINFORCE",
-            lambda: read_domainforce(self.wire, len(positions), owned, per_atom),
+            lambda: read_domainforce(self.wire, len(positions), owned, per_atom, members),
         )
         self._require_finite(result[0], result[1])
         return result

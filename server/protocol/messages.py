@@ -30,13 +30,15 @@ host whose INIT string contains ``mlip-domain:1`` may send, besides the messages
 * GETMODEL → the driver answers MODELINFO: int32 length + JSON (``cutoff``,
   ``interaction_range`` Å, ``declared_range``, ``species``, ``dtype``, ``sums_atomic_energies``,
   ``path``);
-* DOMAINDATA: int32 natoms, int32 owned, int32 flags (bit 0: per-atom energies and virials),
+* DOMAINDATA: int32 natoms, int32 owned, int32 flags (bit 0: per-atom energies and virials,
+  bit 1: committee members),
   natoms int32 atomic numbers, 3·natoms float64 positions (**Å**): one non-periodic cluster
   whose first ``owned`` atoms' energy terms count; the atom count may change every message.
   Then STATUS → HAVEDATA, GETFORCE → DOMAINFORCE: float64 energy (**eV**), int32 natoms,
   3·natoms float64 forces (eV/Å, ghosts included), 9 float64 virial (eV); with flag bit 0 also
-  ``owned`` float64 atomic energies (eV) and 9·natoms float64 per-atom virials (eV); then
-  int32 length + JSON extras.
+  ``owned`` float64 atomic energies (eV) and 9·natoms float64 per-atom virials (eV); with bit 1
+  int32 M, M float64 member energies (eV), M·3·natoms float64 member forces (eV/Å) (M = 0 for a
+  single model); then int32 length + JSON extras.
 
 The extension uses the project's units (Å, eV) rather than atomic units: no conversion, so
 the decomposed route is exact to the last bit of the model's own arithmetic.
@@ -67,6 +69,7 @@ __all__ = [
     "cell_to_rows",
     "encode_result",
     "encode_extras",
+    "ipi_extras",
     "parse_init",
     "read_init",
     "read_posdata",
@@ -78,6 +81,7 @@ __all__ = [
     "read_forceready",
     "DOMAIN_INIT",
     "PER_ATOM",
+    "MEMBERS",
     "parse_domain",
     "send_model_info",
     "read_model_info",
@@ -122,6 +126,8 @@ DOMAIN_INIT = "mlip-domain:1"
 """The INIT-string token by which a host announces the domain extension."""
 PER_ATOM = 1
 """DOMAINDATA flag bit: per-atom energies and virials wanted."""
+MEMBERS = 2
+"""DOMAINDATA flag bit: every committee member's energy and forces wanted (for the spreads)."""
 _KNOWN = {v: k for k, v in HEADERS.items()}
 
 
@@ -211,6 +217,27 @@ def encode_result(energy_ev: float, forces_ev_a: np.ndarray, virial_ev: np.ndarr
 def encode_extras(extras: dict) -> bytes:
     """The extras JSON string (empty when there are none)."""
     return json.dumps(extras).encode() if extras else b""
+
+
+def ipi_extras(result, committee_arrays: bool = True) -> dict:
+    """The extras i-PI is sent for ``result`` (a :class:`server.core.graph.Result`).
+
+    Its ``extras`` (eV, eV/Å: the project's own diagnostics) and, for a committee, what i-PI's
+    ``<ffcommittee parse_json='true'>`` reads, in i-PI's atomic units: ``committee_pot`` [M]
+    (Hartree), ``committee_force`` [M, 3N] (Hartree/Bohr) and ``committee_virial`` [M, 9]
+    (Hartree), plus ``committee_force_std`` [N] (eV/Å, the per-atom spread). Without
+    ``committee_arrays`` only the scalar statistics travel (they cost 3N·M numbers a step)."""
+    c = getattr(result, "committee", None)
+    if c is None:
+        return result.extras
+    out = dict(result.extras)
+    if committee_arrays:
+        encoded = [encode_result(e, f, v) for e, f, v in zip(c.energies, c.forces, c.virials)]
+        out["committee_pot"] = [float(e) for e, _, _ in encoded]
+        out["committee_force"] = [f.tolist() for _, f, _ in encoded]
+        out["committee_virial"] = [v.tolist() for _, _, v in encoded]
+        out["committee_force_std"] = c.force_std().tolist()
+    return out
 
 
 def parse_init(text: str) -> int:
@@ -351,22 +378,24 @@ def read_posdata_shm(wire: Wire, batch_size: int, segments):
     return cells, views["pos"].reshape(batch_size, natoms, 3).copy(), segments
 
 
-def send_forceready_shm(wire: Wire, results, segments) -> None:
-    """Writes energies, forces and virials into the segments, then FORCEREADY with the extras."""
+def send_forceready_shm(wire: Wire, results, segments, committee_arrays: bool = True) -> None:
+    """Writes energies, forces and virials into the segments, then FORCEREADY with the extras
+    (:func:`ipi_extras`)."""
     views = segments.views
     parts = [HEADERS["FORCEREADY"]]
     for i, r in enumerate(results):
         energy, forces, virial = encode_result(r.energy, r.forces, r.virial)
         views["pot"][i], views["force"][i], views["vir"][i] = energy, forces, virial.reshape(3, 3)
-        extras = encode_extras(r.extras)
+        extras = encode_extras(ipi_extras(r, committee_arrays))
         parts += [np.int32(len(extras)), extras]
     wire.send(*parts)
 
 
-def send_forceready(wire: Wire, results, natoms: int, batched: bool) -> None:
-    """FORCEREADY for ``results`` (objects with ``energy`` eV, ``forces`` eV/Å, ``virial`` eV, ``extras``)."""
+def send_forceready(wire: Wire, results, natoms: int, batched: bool, committee_arrays: bool = True) -> None:
+    """FORCEREADY for ``results`` (objects with ``energy`` eV, ``forces`` eV/Å, ``virial`` eV,
+    ``extras``; the extras sent are :func:`ipi_extras`)."""
     encoded = [encode_result(r.energy, r.forces, r.virial) for r in results]
-    extras = [encode_extras(r.extras) for r in results]
+    extras = [encode_extras(ipi_extras(r, committee_arrays)) for r in results]
     n = np.int32(natoms)
     if not batched:
         (e, f, v), x = encoded[0], extras[0]
@@ -456,17 +485,20 @@ def read_model_info(wire: Wire) -> dict:
     return _read_json(wire, "MODELINFO")
 
 
-def send_domaindata(wire: Wire, numbers, positions, owned: int, per_atom: bool) -> None:
+def send_domaindata(
+    wire: Wire, numbers, positions, owned: int, per_atom: bool, members: bool = False
+) -> None:
     """Host: DOMAINDATA (positions [N,3] Å, atomic numbers [N], the first ``owned`` count), then STATUS."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     numbers = np.ascontiguousarray(numbers, dtype=np.int32)
     n = np.int32(len(positions))
-    flags = np.int32(PER_ATOM if per_atom else 0)
+    flags = np.int32((PER_ATOM if per_atom else 0) | (MEMBERS if members else 0))
     wire.send(HEADERS["DOMAINDATA"], n, np.int32(owned), flags, numbers, positions, HEADERS["STATUS"])
 
 
 def read_domaindata(wire: Wire):
-    """Driver: the body of DOMAINDATA: (numbers [N] int64, positions [N,3] Å, owned, per_atom)."""
+    """Driver: the body of DOMAINDATA: (numbers [N] int64, positions [N,3] Å, owned, per_atom,
+    members)."""
     natoms = wire.read_int("DOMAINDATA")
     if natoms < 0 or natoms > MAX_ATOMS:
         raise ProtocolError(f"{wire.peer}: absurd atom count {natoms} in DOMAINDATA: corrupt stream")
@@ -476,11 +508,14 @@ def read_domaindata(wire: Wire):
     flags = wire.read_int("DOMAINDATA")
     numbers = wire.read_array(np.int32, natoms, "DOMAINDATA").astype(np.int64)
     positions = wire.read_array(np.float64, 3 * natoms, "DOMAINDATA").reshape(natoms, 3)
-    return numbers, positions, owned, bool(flags & PER_ATOM)
+    return numbers, positions, owned, bool(flags & PER_ATOM), bool(flags & MEMBERS)
 
 
-def send_domainforce(wire: Wire, result, natoms: int, owned: int, per_atom: bool) -> None:
-    """Driver: DOMAINFORCE for ``result`` (a :class:`server.core.graph.Result`, eV, eV/Å)."""
+def send_domainforce(
+    wire: Wire, result, natoms: int, owned: int, per_atom: bool, members: bool = False
+) -> None:
+    """Driver: DOMAINFORCE for ``result`` (a :class:`server.core.graph.Result`, eV, eV/Å); with
+    ``members``, int32 M and the M member energies and forces of a committee (M = 0 otherwise)."""
     parts = [
         HEADERS["DOMAINFORCE"],
         np.float64(result.energy),
@@ -493,13 +528,25 @@ def send_domainforce(wire: Wire, result, natoms: int, owned: int, per_atom: bool
             np.ascontiguousarray(result.atom_energies, dtype=np.float64).reshape(owned),
             np.ascontiguousarray(result.atom_virials, dtype=np.float64).reshape(natoms, 9),
         ]
+    if members:
+        c = result.committee
+        if c is None:
+            parts.append(np.int32(0))
+        else:
+            parts += [
+                np.int32(len(c.energies)),
+                np.ascontiguousarray(c.energies, dtype=np.float64),
+                np.ascontiguousarray(c.forces, dtype=np.float64),
+            ]
     extras = encode_extras(result.extras)
     wire.send(*parts, np.int32(len(extras)), extras)
 
 
-def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool):
+def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool, members: bool = False):
     """Host: the body of DOMAINFORCE: energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV),
-    atomic energies [owned] and per-atom virials [N,3,3] (None without ``per_atom``), extras."""
+    atomic energies [owned] and per-atom virials [N,3,3] (None without ``per_atom``), extras;
+    with ``members`` the extras also hold ``committee_energies`` [M] (eV) and
+    ``committee_forces`` [M,N,3] (eV/Å) of a committee (absent for a single model)."""
     energy = float(wire.read_array(np.float64, 1, "DOMAINFORCE")[0])
     n = wire.read_int("DOMAINFORCE")
     if n != natoms:
@@ -510,5 +557,16 @@ def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool):
     if per_atom:
         atom_energies = wire.read_array(np.float64, owned, "DOMAINFORCE")
         atom_virials = wire.read_array(np.float64, 9 * natoms, "DOMAINFORCE").reshape(natoms, 3, 3)
+    member_data = {}
+    if members:
+        m = wire.read_int("DOMAINFORCE")
+        if m < 0 or m > 1000:
+            raise ProtocolError(f"absurd committee size {m} from the force server: corrupt stream")
+        if m:
+            member_data["committee_energies"] = wire.read_array(np.float64, m, "DOMAINFORCE")
+            member_data["committee_forces"] = wire.read_array(
+                np.float64, 3 * m * natoms, "DOMAINFORCE"
+            ).reshape(m, natoms, 3)
     extras = _read_json(wire, "DOMAINFORCE extras")
+    extras.update(member_data)
     return energy, forces, virial, atom_energies, atom_virials, extras
