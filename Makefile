@@ -65,9 +65,11 @@ train: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m training.train $(TRAIN_CONFIG) $$(test -f $(TRAIN_DIR)/checkpoint.pt && echo --resume) --device $(DEVICE)
 
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
+# [COMMITTEE="a.pt b.pt ..."]: adds the section "symmetry breaking vs model uncertainty"
 LEVEL ?= quick
+COMMITTEE ?=
 probe: install
-	$(VENV)/bin/mlip-probe $(MODEL) --level $(LEVEL) $(ARGS)
+	$(VENV)/bin/mlip-probe $(MODEL) --level $(LEVEL) $(if $(strip $(COMMITTEE)),--committee $(COMMITTEE)) $(ARGS)
 
 analyse: install
 	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)

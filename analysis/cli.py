@@ -2,9 +2,11 @@
 
 Usage::
 
-    mlip-analyse rdf|msd|dipole|orientation|symmetry|all TRAJ [--format FMT] [--out DIR]
+    mlip-analyse rdf|msd|dipole|orientation|symmetry|uncertainty|all TRAJ [--format FMT] [--out DIR]
                  [--box a b c [alpha beta gamma]] [--reference FILE[:bohr]] [--types O H]
                  [--timestep FS] [more options: mlip-analyse -h]
+    mlip-analyse uncertainty sim.pos_0.extxyz [--committee-forces sim.unc_0]
+                 [--committee-energy sim.uncE_0] [--rotational sim.spread_0] [--worst K]
 
 Each analysis writes a plain-text table (``*.dat``), a PNG plot and its section of
 ``DIR/summary.json`` (values with block-averaged standard errors). Bad input gives one line
@@ -22,17 +24,22 @@ from .errors import AnalysisInputError
 
 __all__ = ["main", "run", "build_parser", "COMMANDS"]
 
-COMMANDS = ("rdf", "msd", "dipole", "orientation", "symmetry", "all")
+COMMANDS = ("rdf", "msd", "dipole", "orientation", "symmetry", "uncertainty", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlip-analyse",
-        description="RDFs, diffusion, dipole/orientation statistics and symmetry diagnostics of "
-        "water trajectories (MDAnalysis). Units: Å, fs, ps, K.",
+        description="RDFs, diffusion, dipole/orientation statistics, symmetry diagnostics and committee "
+        "uncertainty of water trajectories (MDAnalysis). Units: Å, fs, ps, K, eV.",
     )
     p.add_argument("command", choices=COMMANDS, help="analysis to run ('all': every one that applies)")
-    p.add_argument("traj", metavar="TRAJ", help="trajectory file (for 'symmetry' also an i-PI .out file)")
+    p.add_argument(
+        "traj",
+        metavar="TRAJ",
+        help="trajectory file (for 'symmetry' also an i-PI .out file, for 'uncertainty' also the "
+        "committee_force_std extras file)",
+    )
     g = p.add_argument_group("input")
     g.add_argument(
         "--format",
@@ -123,7 +130,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
     s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
+    c = p.add_argument_group(
+        "committee uncertainty (i-PI extras files of mlip-server --committee; default: found next to "
+        "TRAJ by its prefix, bead 0 or --beads K)"
+    )
+    c.add_argument(
+        "--committee-forces",
+        metavar="FILE",
+        help="extras file of committee_force_std (per-atom spread, eV/Å), e.g. sim.unc_0",
+    )
+    c.add_argument(
+        "--committee-energy", metavar="FILE", help="extras file of committee_energy_std (eV), e.g. sim.uncE_0"
+    )
+    c.add_argument(
+        "--rotational",
+        metavar="FILE",
+        help="extras file of force_spread_rms (eV/Å; served with averaging, e.g. unix:NAME=2i): the "
+        "rotational spread compared with the committee's",
+    )
+    c.add_argument(
+        "--worst",
+        type=int,
+        default=3,
+        metavar="K",
+        help="frames with the largest max_i sigma_i tabulated per atom (default %(default)s)",
+    )
     return p
+
+
+def _bead(beads):
+    """--beads as the bead whose extras files are read: None for the centroid."""
+    if beads is None:
+        return 0
+    if beads == "centroid":
+        return None
+    try:
+        return int(beads)
+    except ValueError:
+        raise AnalysisInputError(f"bad --beads {beads!r}: give centroid or a bead index K") from None
 
 
 def _charges(items):
@@ -171,6 +215,11 @@ def _options(args, dt_ps):
         n_molecules=args.n_molecules,
         velocities=args.velocities,
         forces=args.forces,
+        committee_forces=args.committee_forces,
+        committee_energy=args.committee_energy,
+        rotational=args.rotational,
+        n_worst=args.worst,
+        bead=_bead(args.beads),
     )
 
 
@@ -220,6 +269,11 @@ def run(args) -> dict:
     if args.command == "symmetry":
         opt = _options(args, args.timestep / 1000.0 if args.timestep else None)
         results["symmetry"] = commands.symmetry(args.traj, opt, load)
+        _report(opt.out, results)
+        return results
+    if args.command == "uncertainty":
+        opt = _options(args, args.timestep / 1000.0 if args.timestep else None)
+        results["uncertainty"] = commands.uncertainty(args.traj, opt, load)
         _report(opt.out, results)
         return results
 

@@ -34,6 +34,7 @@ __all__ = [
     "orientation",
     "dipole",
     "symmetry",
+    "uncertainty",
     "every_analysis",
     "input_info",
     "TIMESTEP_FIX",
@@ -75,6 +76,11 @@ class Options:
     n_phi: int = 36
     velocities: str | None = None  # i-PI velocity or momentum trajectory (symmetry)
     forces: str | None = None  # i-PI force trajectory (symmetry)
+    committee_forces: str | None = None  # i-PI extras file of committee_force_std (uncertainty)
+    committee_energy: str | None = None  # i-PI extras file of committee_energy_std (uncertainty)
+    rotational: str | None = None  # i-PI extras file of force_spread_rms (uncertainty)
+    n_worst: int = 3  # frames with the largest committee spread tabulated per atom (uncertainty)
+    bead: int | None = 0  # bead of the extras files found next to TRAJ; None: centroid (uncertainty)
 
     def run_kw(self, parallel: bool = True):
         """Keywords of ``AnalysisBase.run``; ``parallel=False`` for the analyses whose per-frame
@@ -492,12 +498,295 @@ def _time_axis_or_none(props, opt):
         return None
 
 
+# --------------------------------------------------------------------------- uncertainty
+COMMITTEE_FORCES_FIX = (
+    "pass --committee-forces FILE (i-PI <trajectory filename='unc' extra_type='committee_force_std'> "
+    "extras </trajectory> of a run served by mlip-server --committee)"
+)
+
+
+def _uncertainty_inputs(traj: str, opt: Options) -> dict:
+    """The files of ``mlip-analyse uncertainty``: named by the options, else found next to TRAJ
+    (TRAJ may itself be the positions or the committee_force_std extras file)."""
+    from .uncertainty import extras_names, find_extras
+
+    for option, path in (
+        ("--committee-forces", opt.committee_forces),
+        ("--committee-energy", opt.committee_energy),
+        ("--rotational", opt.rotational),
+    ):
+        if path and not os.path.isfile(path):
+            raise AnalysisInputError(f"no such file: {path}: check {option}")
+    prefix = ipi_prefix(traj)
+    found = find_extras(prefix, opt.bead)
+    own = extras_names(traj)
+    traj_extras = bool(own)
+    forces = opt.committee_forces or (traj if "committee_force_std" in own else None)
+    forces = forces or found.get("committee_force_std")
+    if forces is None:
+        raise AnalysisInputError(
+            f"no committee_force_std extras file found next to {traj} ({prefix}.*_{opt.bead}): "
+            + COMMITTEE_FORCES_FIX
+        )
+    own_forces = extras_names(forces)
+    energy = opt.committee_energy or (forces if "committee_energy_std" in own_forces else None)
+    rotational = opt.rotational or (forces if "force_spread_rms" in own_forces else None)
+    positions = None if traj_extras else traj
+    if positions is None and opt.bead == 0:
+        positions = find_ipi_outputs(prefix).get("positions")
+    if positions is None:  # i-PI's default name, also when the comment lines do not say positions{...}
+        names = [f"{prefix}.pos_{opt.bead}.{ext}" for ext in ("extxyz", "xyz", "pdb")]
+        positions = next((p for p in names if os.path.isfile(p)), None)
+    return {
+        "forces": forces,
+        "energy": energy or found.get("committee_energy_std"),
+        "rotational": rotational or found.get("force_spread_rms"),
+        "positions": positions,
+    }
+
+
+def uncertainty(traj: str, opt: Options, load) -> dict:
+    """Committee uncertainty along a run: max_i σ_i and mean σ per frame, the histogram of σ_i,
+    the per-atom σ_i of the ``opt.n_worst`` frames with the largest max_i σ_i (with element and
+    position when the positions are known), σ_E, and the ratio rotational spread / committee
+    spread (:mod:`analysis.uncertainty`; forces eV/Å, energies eV, positions Å).
+
+    ``traj`` is the run's position trajectory or its ``committee_force_std`` extras file; the
+    other files come from ``opt.committee_forces``, ``opt.committee_energy``, ``opt.rotational``
+    or are found next to it by prefix (bead ``opt.bead``). ``load(path)`` opens positions."""
+    from ase.data import atomic_numbers
+
+    from .uncertainty import extras_column, read_extras, uncertainty_statistics, verdict
+
+    if opt.bead is None:
+        raise AnalysisInputError(
+            "the committee spread is per bead, not of the centroid: pass --beads K (a bead index)"
+        )
+    if opt.n_worst < 0:
+        raise AnalysisInputError("--worst must be 0 or more (frames tabulated per atom)")
+    files = _uncertainty_inputs(traj, opt)
+    fx = read_extras(files["forces"], "the committee_force_std extras file (--committee-forces)")
+    sigma = extras_column(fx, "committee_force_std", "--committee-forces")
+    series = {}
+    for key, name, option in (
+        ("energy", "committee_energy_std", "--committee-energy"),
+        ("rotational", "force_spread_rms", "--rotational"),
+    ):
+        if files[key] is None:
+            continue
+        ex = fx if files[key] == files["forces"] else read_extras(files[key], f"the {name} file ({option})")
+        if ex.n_frames != fx.n_frames or not np.array_equal(ex.steps, fx.steps):
+            raise AnalysisInputError(
+                f"{files[key]} has {ex.n_frames} frames (steps {ex.steps[0]}..{ex.steps[-1]}), "
+                f"{files['forces']} {fx.n_frames} (steps {fx.steps[0]}..{fx.steps[-1]}): "
+                "give extras files of the same run and stride"
+            )
+        series[key] = extras_column(ex, name, option)
+        if key == "rotational" and "energy_spread" in ex.names:
+            series["rotational_energy"] = extras_column(ex, "energy_spread", option)
+
+    elements = positions = None
+    if files["positions"]:
+        u = load(files["positions"])
+        if u.atoms.n_atoms != sigma.shape[1]:
+            raise AnalysisInputError(
+                f"{files['positions']} has {u.atoms.n_atoms} atoms, {files['forces']} "
+                f"{sigma.shape[1]} per-atom values: give the positions of the same run"
+            )
+        if len(u.trajectory) != fx.n_frames:
+            raise AnalysisInputError(
+                f"{files['positions']} has {len(u.trajectory)} frames, {files['forces']} {fx.n_frames}: "
+                "write positions and extras with the same stride (or pass --committee-forces of this run)"
+            )
+        steps = getattr(u, "_mlip_steps", None)
+        if steps is not None and len(steps) == fx.n_frames and not np.array_equal(steps, fx.steps):
+            raise AnalysisInputError(
+                f"the steps of {files['positions']} ({steps[0]}..{steps[-1]}) are not those of "
+                f"{files['forces']} ({fx.steps[0]}..{fx.steps[-1]}): give files of the same run"
+            )
+        elements = [str(e) for e in u.atoms.elements]
+        positions = u
+
+    frames = np.arange(fx.n_frames)[slice(opt.start, opt.stop, opt.step)]
+    if len(frames) == 0:
+        raise AnalysisInputError(f"--start/--stop/--step select no frame of {fx.n_frames}: widen the range")
+    st = uncertainty_statistics(
+        sigma[frames],
+        energy_std=series["energy"][frames] if "energy" in series else None,
+        rotational=series["rotational"][frames] if "rotational" in series else None,
+        rotational_energy=series["rotational_energy"][frames] if "rotational_energy" in series else None,
+        elements=elements,
+        n_blocks=opt.n_blocks,
+        n_worst=opt.n_worst,
+    )
+    steps = fx.steps[frames]
+    t = frames * opt.dt_ps if opt.dt_ps else None
+
+    cols = {"frame": frames, "step": steps}
+    if t is not None:
+        cols["t_ps"] = t
+    cols.update(
+        {
+            "sigma_max_eV_A": st["sigma_max"],
+            "sigma_mean_eV_A": st["sigma_mean"],
+            "sigma_rms_eV_A": st["sigma_rms"],
+            "worst_atom": st["worst_atom"],
+        }
+    )
+    header = (
+        "committee force spread per frame: sigma_i = sqrt(sum_m |F_i^m - mean F_i|^2 / (M-1)) in eV/Å; "
+        "sigma_max = max_i sigma_i, sigma_mean = mean_i sigma_i, sigma_rms = sqrt(mean_i sigma_i^2); "
+        "worst_atom = index (0-based) of the largest sigma_i"
+    )
+    if "energy" in st:
+        cols["energy_std_eV"] = st["energy_std"]
+        header += "\nenergy_std_eV: committee energy spread sigma_E (eV, ddof = 1)"
+    if "ratio" in st:
+        cols["rotational_force_spread_eV_A"] = st["rotational"]
+        cols["committee_force_rms_eV_A"] = st["committee_force_rms"]
+        cols["ratio"] = st["ratio"]
+        header += (
+            "\nrotational_force_spread_eV_A: force_spread_rms (RMS over atoms and components of the std "
+            "over the rotation grid, eV/Å); committee_force_rms_eV_A = sqrt(sum_i sigma_i^2 / (3N)) "
+            "(the same per-component normalisation); ratio = rotational / committee"
+        )
+        if "energy_ratio" in st:
+            cols["rotational_energy_spread_eV"] = st["rotational_energy"]
+            cols["energy_ratio"] = st["energy_ratio"]
+            header += "\nrotational_energy_spread_eV: energy_spread (eV); energy_ratio = it / sigma_E"
+
+    edges = st["hist_edges"]
+    hist = {
+        "sigma_lo_eV_A": edges[:-1],
+        "sigma_hi_eV_A": edges[1:],
+        "count": st["hist_counts"],
+        "density_per_eV_A": st["hist_density"],
+    }
+    for el, c in st["hist_by_element"].items():
+        hist[f"count_{el}"] = c
+
+    worst_rows = {k: [] for k in ("rank", "frame", "step", "atom")}
+    if positions is not None:
+        worst_rows.update({"Z": [], "x_A": [], "y_A": [], "z_A": []})
+    worst_rows["sigma_eV_A"] = []
+    worst_summary, worst_plot = [], []
+    n = sigma.shape[1]
+    for rank, w in enumerate(st["worst"], start=1):
+        f = int(frames[w["frame"]])
+        s_f = sigma[f]
+        worst_rows["rank"] += [rank] * n
+        worst_rows["frame"] += [f] * n
+        worst_rows["step"] += [int(fx.steps[f])] * n
+        worst_rows["atom"] += list(range(n))
+        worst_rows["sigma_eV_A"] += list(s_f)
+        entry = {
+            "rank": rank,
+            "frame": f,
+            "step": int(fx.steps[f]),
+            "sigma_max_eV_A": w["sigma_max"],
+            "sigma_mean_eV_A": float(s_f.mean()),
+        }
+        top = np.argsort(-s_f, kind="stable")[:5]
+        if positions is not None:
+            x = np.asarray(positions.trajectory[f].positions, dtype=float)
+            worst_rows["Z"] += [atomic_numbers.get(e, 0) for e in elements]
+            for k, c in enumerate(("x_A", "y_A", "z_A")):
+                worst_rows[c] += list(x[:, k])
+            entry["top_atoms"] = [
+                {
+                    "atom": int(i),
+                    "element": elements[i],
+                    "position_A": np.round(x[i], 6).tolist(),
+                    "sigma_eV_A": float(s_f[i]),
+                }
+                for i in top
+            ]
+        else:
+            entry["top_atoms"] = [{"atom": int(i), "sigma_eV_A": float(s_f[i])} for i in top]
+        worst_summary.append(entry)
+        worst_plot.append((f, int(fx.steps[f]), s_f))
+
+    summary = {
+        "force_std_file": os.path.abspath(files["forces"]),
+        "energy_std_file": os.path.abspath(files["energy"]) if files["energy"] else None,
+        "rotational_file": os.path.abspath(files["rotational"]) if files["rotational"] else None,
+        "positions_file": os.path.abspath(files["positions"]) if files["positions"] else None,
+        "units": {"force": "eV/Å", "energy": "eV", "position": "Å"},
+        "n_frames": st["n_frames"],
+        "n_frames_in_file": fx.n_frames,
+        "n_atoms": st["n_atoms"],
+        "n_blocks": opt.n_blocks,
+        "sigma_max_mean_eV_A": st["sigma_max_mean"],
+        "sigma_max_mean_eV_A_err": st["sigma_max_mean_err"],
+        "sigma_mean_mean_eV_A": st["sigma_mean_mean"],
+        "sigma_mean_mean_eV_A_err": st["sigma_mean_mean_err"],
+        "sigma_max_overall_eV_A": st["sigma_max_overall"],
+        "sigma_max_overall_frame": int(frames[st["sigma_max_overall_frame"]]),
+        "sigma_rms_overall_eV_A": st["sigma_rms_overall"],
+        "sigma_percentiles_eV_A": st["percentiles"],
+        "by_element_eV_A": st["by_element"],
+        "histogram": {"bins": len(edges) - 1, "range_eV_A": [float(edges[0]), float(edges[-1])]},
+        "worst_frames": worst_summary,
+    }
+    if "energy" in st:
+        e = st["energy"]
+        summary["energy_std"] = {
+            "mean_eV": e["mean"],
+            "mean_eV_err": e["mean_err"],
+            "max_eV": e["max"],
+            "mean_eV_per_atom": e["mean_per_atom"],
+        }
+    if "rotational_summary" in st:
+        rs = st["rotational_summary"]
+        rot = {
+            "rotational_force_spread_mean_eV_A": rs["rotational_mean"],
+            "rotational_force_spread_mean_eV_A_err": rs["rotational_mean_err"],
+            "committee_force_rms_mean_eV_A": rs["committee_mean"],
+            "committee_force_rms_mean_eV_A_err": rs["committee_mean_err"],
+            "ratio_mean": rs["ratio_mean"],
+            "ratio_mean_err": rs["ratio_mean_err"],
+            "ratio_max": rs["ratio_max"],
+            "ratio_of_rms": rs["ratio_of_rms"],
+            "definition": "ratio = force_spread_rms / sqrt(sum_i sigma_i^2 / (3N)) per frame",
+            "verdict": verdict(rs["ratio_mean"]),
+        }
+        if "energy_ratio_mean" in rs:
+            rot["energy_ratio_mean"] = rs["energy_ratio_mean"]
+            rot["energy_ratio_mean_err"] = rs["energy_ratio_mean_err"]
+        summary["rotational_vs_committee"] = rot
+    else:
+        summary["rotational_vs_committee"] = (
+            "skipped: no force_spread_rms extras file (serve with averaging, e.g. address unix:NAME=2i, "
+            "write extra_type='force_spread_rms' and pass --rotational FILE)"
+        )
+
+    fig = plots.uncertainty_figure(st, t if t is not None else steps, t is not None, worst_plot, elements)
+    output.write_table(opt.path("uncertainty.dat"), cols, header)
+    output.write_table(
+        opt.path("uncertainty_histogram.dat"),
+        hist,
+        "histogram of the per-atom committee force spread sigma_i (eV/Å) over all atoms and frames; "
+        "density normalised to integrate to 1 (per eV/Å); count_EL: atoms of element EL",
+    )
+    output.write_table(
+        opt.path("uncertainty_worst.dat"),
+        worst_rows,
+        f"per-atom committee force spread sigma_i (eV/Å) of the {len(worst_summary)} frames with the "
+        "largest max_i sigma_i (rank 1 = largest); frame = 0-based index in the extras file"
+        + ("; Z = atomic number; x, y, z = position (Å)" if positions is not None else ""),
+    )
+    output.save_figure(fig, opt.path("uncertainty.png"))
+    output.update_summary(opt.out, "uncertainty", summary)
+    return summary
+
+
 # --------------------------------------------------------------------------- all
 def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = False) -> dict:
     """``mlip-analyse all``: every analysis that applies, into one output folder.
 
-    Runs :func:`rdf`, :func:`msd`, :func:`orientation`, :func:`dipole` and, when an i-PI
-    properties file lies next to ``traj`` (or ``symmetry_inputs``), :func:`symmetry`; an
+    Runs :func:`rdf`, :func:`msd`, :func:`orientation`, :func:`dipole`, when an i-PI
+    properties file lies next to ``traj`` (or ``symmetry_inputs``) :func:`symmetry`, and when a
+    ``committee_force_std`` extras file does (or ``opt.committee_forces``) :func:`uncertainty`; an
     analysis that cannot run on this input (no time step, no water, ...) is skipped with a note
     on stderr. Writes the ``all`` section of ``summary.json`` (analysis -> ``done`` or why it
     was skipped).
@@ -549,6 +838,15 @@ def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = Fal
         done["symmetry"] = (
             "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
         )
+    from .uncertainty import find_extras
+
+    if opt.committee_forces or "committee_force_std" in find_extras(ipi_prefix(traj), opt.bead or 0):
+        try:
+            results["uncertainty"] = uncertainty(traj, opt, load)
+            done["uncertainty"] = "done"
+        except AnalysisInputError as exc:
+            done["uncertainty"] = f"skipped: {exc}"
+            print(f"note: uncertainty {done['uncertainty']}", file=sys.stderr)
     output.update_summary(opt.out, "all", done)
     return results
 

@@ -2,7 +2,7 @@
 
 Each function takes the results of an analysis (the ``results`` of its MDAnalysis class, as
 :mod:`analysis.commands` runs it) and returns the figure; the command saves it after its tables.
-Units on the axes: Å, ps, meV, ħ, k_B T.
+Units on the axes: Å, ps, meV, eV/Å, ħ, k_B T.
 """
 
 from __future__ import annotations
@@ -11,7 +11,18 @@ import numpy as np
 
 from . import output
 
-__all__ = ["rdf_figure", "msd_figure", "orientation_figure", "dipole_figure", "symmetry_figure"]
+__all__ = [
+    "rdf_figure",
+    "msd_figure",
+    "orientation_figure",
+    "dipole_figure",
+    "symmetry_figure",
+    "uncertainty_figure",
+    "ELEMENT_COLOURS",
+]
+
+ELEMENT_COLOURS = {"H": "0.55", "O": "C3", "C": "k", "N": "C0", "S": "C8", "Na": "C4", "Cl": "C2"}
+"""Colours of the elements in per-atom plots (others take the colour cycle)."""
 
 
 def rdf_figure(analyses: dict, references: list, rmax: float):
@@ -177,4 +188,96 @@ def symmetry_figure(panels: list):
             ax.set_xlabel("t (ps)")
             ax.set_ylabel("|L| (ħ)")
             ax2.set_ylabel("|τ| (meV)")
+    return fig
+
+
+def _element_colour(el, k):
+    return ELEMENT_COLOURS.get(el, f"C{(k + 4) % 10}")
+
+
+def uncertainty_figure(st: dict, x, x_is_time: bool, worst: list, elements=None):
+    """Committee uncertainty along a run (:func:`analysis.uncertainty.uncertainty_statistics`).
+
+    Panels: max_i σ_i and mean_i σ_i per frame (eV/Å; σ_E in eV on a second axis when given);
+    the histogram of σ_i over all atoms and frames (stacked by element when known); σ_i per atom
+    of the worst frames, coloured by element; with a rotational spread, the rotational and the
+    committee force spread per frame (both RMS per Cartesian component, eV/Å) and their ratio.
+
+    Parameters
+    ----------
+    st : dict
+        The statistics.
+    x : ndarray
+        Time (ps) or step of each frame.
+    x_is_time : bool
+        Whether ``x`` is time.
+    worst : list of (int, int, ndarray)
+        (frame, step, σ_i [N] in eV/Å) of the frames to show per atom.
+    elements : sequence of str, optional
+        Element of each atom.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    rot = "ratio" in st
+    fig, axes = output.new_figure(1, 4 if rot else 3, size=(4.6, 3.6))
+    xl = "t (ps)" if x_is_time else "step"
+    ax = axes[0, 0]
+    ax.plot(x, st["sigma_max"], lw=0.9, label="max_i σ_i")
+    ax.plot(x, st["sigma_mean"], lw=0.9, label="mean_i σ_i")
+    ax.set_xlabel(xl)
+    ax.set_ylabel("committee force spread (eV/Å)")
+    if "energy_std" in st:
+        ax2 = ax.twinx()
+        ax2.plot(x, st["energy_std"], "C2", lw=0.8, label="σ_E")
+        ax2.set_ylabel("σ_E (eV)", color="C2")
+    ax.legend(fontsize=7)
+
+    ax = axes[0, 1]
+    edges = st["hist_edges"]
+    centres, width = 0.5 * (edges[1:] + edges[:-1]), np.diff(edges)
+    if st["hist_by_element"]:
+        bottom = np.zeros(len(centres))
+        for k, (el, c) in enumerate(st["hist_by_element"].items()):
+            ax.bar(centres, c, width=width, bottom=bottom, color=_element_colour(el, k), label=el)
+            bottom += c
+        ax.legend(fontsize=7)
+    else:
+        ax.bar(centres, st["hist_counts"], width=width)
+    ax.set_xlabel("σ_i (eV/Å)")
+    ax.set_ylabel("atoms × frames")
+
+    ax = axes[0, 2]
+    markers = "os^vD<>"
+    seen = set()
+    for j, (frame, step, s) in enumerate(worst):
+        idx = np.arange(len(s))
+        if elements is None:
+            ax.plot(idx, s, markers[j % len(markers)], ms=3, label=f"frame {frame} (step {step})")
+            continue
+        el = np.asarray(elements)
+        for k, e in enumerate(sorted(set(el))):
+            sel = el == e
+            lab = e if e not in seen else None
+            seen.add(e)
+            ax.plot(idx[sel], s[sel], markers[j % len(markers)], ms=3, color=_element_colour(e, k), label=lab)
+        ax.plot([], [], markers[j % len(markers)], color="0.3", ms=3, label=f"frame {frame} (step {step})")
+    ax.set_xlabel("atom index")
+    ax.set_ylabel("σ_i (eV/Å)")
+    ax.set_title("worst frames", fontsize=8)
+    if worst:
+        ax.legend(fontsize=6)
+
+    if rot:
+        ax = axes[0, 3]
+        ax.plot(x, st["rotational"], lw=0.9, label="rotational spread")
+        ax.plot(x, st["committee_force_rms"], lw=0.9, label="committee spread")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("force spread, RMS per component (eV/Å)")
+        ax.set_yscale("log")
+        ax2 = ax.twinx()
+        ax2.plot(x, st["ratio"], "k--", lw=0.8)
+        ax2.set_ylabel("ratio rotational / committee (dashed)")
+        ax.legend(fontsize=7)
     return fig

@@ -12,8 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def second_anisotropic_model(models_dir) -> str:
+    """Same family as ``strongly_anisotropic_model``, other weights: a two-member committee."""
+    from training.toy_models import AnisotropicPairModel, export
+
+    model = AnisotropicPairModel(species=[1, 8], cutoff=3.5, anisotropy=0.5, hidden=24, seed=4)
+    return export(model, models_dir / "aniso-seed4.pt")
+
+
 @pytest.mark.timeout(600)
-def test_tiny_probe_report(tmp_path, strongly_anisotropic_model):
+def test_tiny_probe_report(tmp_path, strongly_anisotropic_model, second_anisotropic_model):
     report = tmp_path / "probe-toy.md"
     out = subprocess.run(
         [
@@ -27,6 +36,9 @@ def test_tiny_probe_report(tmp_path, strongly_anisotropic_model):
             str(report),
             "--work",
             str(tmp_path / "work"),
+            "--committee",
+            strongly_anisotropic_model,
+            second_anisotropic_model,
         ],
         capture_output=True,
         text=True,
@@ -64,6 +76,45 @@ def test_tiny_probe_report(tmp_path, strongly_anisotropic_model):
     # 5. ice, when the cells are available
     if (ROOT.parent / "shared" / "data" / "structures" / "ice").is_dir():
         assert r["ice"]["n_compared"] >= 2 and "## 5. Ice" in text
+    # 6. symmetry breaking vs committee spread (numbers checked in the test below)
+    com = r["committee"]
+    assert "## 6. Symmetry breaking vs model uncertainty" in text and (figures / "committee.png").is_file()
+    assert com["n_members"] == 2 and len(com["frames"]) == r["convergence"]["n_frames"]
+    assert com["all"]["rotational_rms_eV_A"] > 0 and com["all"]["committee_rms_eV_A"] > 0
+
+
+def test_committee_section_equals_separately_evaluated_members(
+    strongly_anisotropic_model, second_anisotropic_model, water8
+):
+    """Section 6's numbers from separate evaluators and numpy: the rotational spread of the probed
+    model over the grid, σ_i of the two grid-averaged members (M = 2: σ_i = |F_i^a − F_i^b| / √2),
+    and the ratio of their RMS per component."""
+    from analysis.probe.static import committee_vs_rotation
+    from server.core.evaluator import Evaluator
+    from server.core.graph import Structure
+
+    frames = [water8, water8[:3]]  # the liquid box and one gas-phase molecule
+    members = [strongly_anisotropic_model, second_anisotropic_model]
+    kw = dict(device="cpu", dtype="float64")
+    com = committee_vs_rotation(
+        Evaluator(strongly_anisotropic_model, **kw), Evaluator(members, **kw), frames, "2i"
+    )
+    rot_sq = com_sq = 0.0
+    for atoms, row in zip(frames, com["frames"]):
+        s = Structure.from_ase(atoms)
+        rot = Evaluator(strongly_anisotropic_model, **kw).compute([s], "2i")[0].extras["force_spread_rms"]
+        fa, fb = (Evaluator(m, **kw).compute([s], "2i")[0].forces for m in members)
+        sigma = np.linalg.norm(np.asarray(fa) - np.asarray(fb), axis=1) / np.sqrt(2)
+        n3 = 3 * len(atoms)
+        expect = np.sqrt((sigma**2).sum() / n3)
+        assert row["rotational_rms_eV_A"] == pytest.approx(float(rot), rel=1e-10)
+        assert row["committee_rms_eV_A"] == pytest.approx(expect, rel=1e-10)
+        assert row["committee_max_eV_A"] == pytest.approx(sigma.max(), rel=1e-10)
+        assert row["ratio"] == pytest.approx(float(rot) / expect, rel=1e-10)
+        rot_sq, com_sq = rot_sq + n3 * float(rot) ** 2, com_sq + n3 * expect**2
+    assert com["all"]["ratio"] == pytest.approx(np.sqrt(rot_sq / com_sq), rel=1e-10)
+    # the anisotropic toy breaks symmetry strongly: its rotational spread is not negligible
+    assert com["all"]["rotational_rms_eV_A"] > 1e-3
 
 
 def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path):

@@ -2,6 +2,7 @@
 
     mlip-probe models/water-pet.pt --level quick --report docs/probe-water-pet.md
     make probe MODEL=models/water-pet.pt LEVEL=quick
+    make probe MODEL=models/water-pet.pt COMMITTEE="models/committee/phase3.pt models/committee/phase4.pt"
 
 Writes REPORT (markdown), a folder next to it with the PNGs and ``probe.json``, and keeps the
 MD runs in ``--work`` (default ``runs/<report name>-<date>``). Order: timings on the idle machine,
@@ -39,6 +40,13 @@ def build_parser():
         help="folder with ice_ih_disordered_*.xyz cells (default ../shared/data/structures/ice "
         "next to the project; section 5 is skipped without them)",
     )
+    p.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        help="two or more models of the same elements: adds section 6, the probed model's rotational "
+        "spread against the committee's spread (symmetry breaking vs model uncertainty)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (single points and MD servers)")
     return p
@@ -47,10 +55,12 @@ def build_parser():
 def main(argv=None) -> int:
     """Entry point of ``mlip-probe``; returns the exit status (1 on failure, 2 on a missing model)."""
     args = build_parser().parse_args(argv)
-    if not Path(args.model).is_file():
-        print(
-            f"mlip-probe: error: model {args.model} not found: pass a TorchScript model file", file=sys.stderr
-        )
+    for m in [args.model, *(args.committee or [])]:
+        if not Path(m).is_file():
+            print(f"mlip-probe: error: model {m} not found: pass a TorchScript model file", file=sys.stderr)
+            return 2
+    if args.committee is not None and len(args.committee) < 2:
+        print("mlip-probe: error: --committee needs two or more models", file=sys.stderr)
         return 2
     from .pipeline import probe
 
@@ -64,6 +74,7 @@ def main(argv=None) -> int:
             ice_dir=args.ice_dir,
             threads=args.threads,
             device=args.device,
+            committee=args.committee,
         )
     except MLIPError as err:
         print(f"mlip-probe: error: {err}", file=sys.stderr)

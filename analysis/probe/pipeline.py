@@ -1,11 +1,13 @@
 """The probe's pipeline: every section measured, in order, then the report.
 
 Order: timings on the idle machine (section 2); then the MD runs (sections 3 and 4,
-:mod:`.dynamics`) while the single-point sections (1 and 5, :mod:`.static`) run next to them;
-then the analyses of the runs, the verdicts and the report (:mod:`.report`).
+:mod:`.dynamics`) while the single-point sections (1, 5 and, with a committee, 6,
+:mod:`.static`) run next to them; then the analyses of the runs, the verdicts and the report
+(:mod:`.report`).
 
     from analysis.probe.pipeline import probe
     probe("models/water-pet.pt", level="quick", report="docs/probe-water-pet.md")
+    probe("models/water-pet.pt", committee=["a.pt", "b.pt"])  # + section 6
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def load_dataset(path, n_frames: int):
     return frames, f"{Path(path).name}, {len(frames)} frames evenly spaced"
 
 
-def _single_points(model, device, frames, description, level, ice_dir) -> dict:
-    """Sections 1 and 5 in float64 on one torch thread (they run next to the MD)."""
+def _single_points(model, device, frames, description, level, ice_dir, committee=None) -> dict:
+    """Sections 1, 5 and (with ``committee``, an Evaluator of the committee) 6 in float64 on one
+    torch thread (they run next to the MD)."""
     import torch
 
     from server.core.evaluator import Evaluator
@@ -106,6 +109,10 @@ def _single_points(model, device, frames, description, level, ice_dir) -> dict:
     if ice_cells:
         print("probe: ice cells", flush=True)
         out["ice"] = static.ice(ev64, ice_cells, level.ice_grid, level.ice_max_atoms)
+    if committee is not None:
+        print("probe: symmetry breaking vs committee uncertainty", flush=True)
+        out["committee"] = static.committee_vs_rotation(ev64, committee, frames, level.liquid_average)
+        out["committee"]["description"] = description
     return out
 
 
@@ -119,6 +126,7 @@ def probe(
     ice_dir=None,
     threads: int = 2,
     device: str = "cpu",
+    committee=None,
 ) -> dict:
     """Runs the whole probe of ``model`` and writes its report.
 
@@ -142,6 +150,10 @@ def probe(
         Torch threads for the timings.
     device : str
         ``cpu``, ``cuda`` or ``cuda:N``, for the single points and the MD servers.
+    committee : list of str or Path, optional
+        Two or more models (``--committee``): section 6 compares the probed model's rotational
+        force spread with the committee's force spread on the section-1 frames
+        (:func:`analysis.probe.static.committee_vs_rotation`). Without it the report is as before.
 
     Returns
     -------
@@ -151,7 +163,8 @@ def probe(
     Raises
     ------
     MLIPError
-        A non-empty work folder, a missing dataset, or a failed MD run
+        A non-empty work folder, a missing dataset, a committee that cannot be loaded (missing
+        file, fewer than two members, different elements), or a failed MD run
         (:class:`analysis.probe.dynamics.RunFailed`).
     """
     import torch
@@ -160,6 +173,10 @@ def probe(
 
     lvl = LEVELS[level]
     t_start = time.monotonic()
+    # the committee is loaded (and checked) before anything runs
+    committee_ev = (
+        Evaluator([str(m) for m in committee], device=device, dtype="float64") if committee else None
+    )
     report_path = Path(report_path or default_report(model))
     figures = report_path.with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
@@ -185,9 +202,11 @@ def probe(
     resolved = Path(model).resolve()
     jobs = {**dynamics.molecule_jobs(resolved, lvl, device), **dynamics.liquid_jobs(resolved, lvl, device)}
     with ThreadPoolExecutor(max_workers=1) as pool:
-        single = pool.submit(_single_points, model, device, frames, description, lvl, ice_dir)
+        single = pool.submit(_single_points, model, device, frames, description, lvl, ice_dir, committee_ev)
         runs = dynamics.run_all(jobs, work)  # re-raises a failed run
         results.update(single.result())
+    if committee:
+        results["committee"]["members"] = [str(m) for m in committee]
 
     print("probe: analysing the runs", flush=True)
     mol = {}
@@ -226,6 +245,9 @@ def probe(
         results["verdicts"]["ice"] = report.verdict_ice(results["ice"])
         if "rel_delta_max_meV" in results["ice"]:
             report.plot_ice(results["ice"], figures / "ice.png")
+    if "committee" in results:
+        results["verdicts"]["committee"] = report.verdict_committee(results["committee"])
+        report.plot_committee(results["committee"], figures / "committee.png")
     results["wall_s"] = time.monotonic() - t_start
     (figures / "probe.json").write_text(json.dumps(output_jsonable(results), indent=1))
     report.write_markdown(results, report_path, figures)

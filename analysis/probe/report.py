@@ -19,10 +19,12 @@ __all__ = [
     "verdict_molecule",
     "verdict_liquid",
     "verdict_ice",
+    "verdict_committee",
     "plot_convergence",
     "plot_molecule",
     "plot_liquid",
     "plot_ice",
+    "plot_committee",
     "write_markdown",
 ]
 
@@ -144,6 +146,24 @@ def verdict_ice(ice) -> str:
     return text
 
 
+def verdict_committee(com) -> str:
+    """Section 6: the rotational spread of the probed model against the committee's spread."""
+    from analysis.uncertainty import verdict
+
+    a = com["all"]
+    ratios = [f["ratio"] for f in com["frames"] if math.isfinite(f["ratio"])]
+    text = (
+        f"Over {len(com['frames'])} structures ({a['n_atoms']} atoms) the probed model's rotational force "
+        f"spread over `{com['grid']}` is {_fmt(a['rotational_rms_eV_A'] * 1e3)} meV/Å (RMS per component), "
+        f"the committee's spread of {com['n_members']} members {_fmt(a['committee_rms_eV_A'] * 1e3)} meV/Å: "
+        f"ratio {_fmt(a['ratio'])}"
+    )
+    if ratios:
+        text += f" (per structure {_fmt(min(ratios))} to {_fmt(max(ratios))})"
+    text += f", so {verdict(a['ratio'])}."
+    return text
+
+
 # -------------------------------------------------------------------- plots
 def plot_convergence(conv, path):
     fig, axes = output.new_figure(1, 2, size=(4.4, 3.4))
@@ -220,6 +240,24 @@ def plot_ice(ice, path):
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel("relative energy, raw (meV/H₂O)")
     ax.set_ylabel(f"relative energy, {ice['grid']} (meV/H₂O)")
+    output.save_figure(fig, path)
+
+
+def plot_committee(com, path):
+    """Rotational spread against committee spread per structure (eV/Å → meV/Å, log-log)."""
+    fig, axes = output.new_figure(1, 1, size=(4.4, 3.6))
+    ax = axes[0, 0]
+    x = np.array([f["committee_rms_eV_A"] for f in com["frames"]]) * 1e3
+    y = np.array([f["rotational_rms_eV_A"] for f in com["frames"]]) * 1e3
+    ax.loglog(x, y, "o")
+    pos = np.concatenate([x[x > 0], y[y > 0]])
+    if pos.size:
+        lo, hi = pos.min() / 2, pos.max() * 2
+        for k, style in ((1.0, "k--"), (0.1, "k:")):
+            ax.plot([lo, hi], [k * lo, k * hi], style, lw=0.8, label=f"ratio {k:g}")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("committee force spread (meV/Å)")
+    ax.set_ylabel(f"rotational force spread, {com['grid']} (meV/Å)")
     output.save_figure(fig, path)
 
 
@@ -344,4 +382,38 @@ def write_markdown(results, path: Path, figures: Path):
         md += ["", f"![ice]({rel('ice.png')})", "", f"**Verdict.** {r['verdicts']['ice']}", ""]
     else:
         md += ["Skipped: no ice cells given (`--ice-dir`).", ""]
+    com = r.get("committee")
+    if com:
+        md += [
+            "## 6. Symmetry breaking vs model uncertainty",
+            "",
+            f"The section-1 structures evaluated by the probed model over `{com['grid']}` (its rotational "
+            f"force spread, `force_spread_rms`) and by a committee of {com['n_members']} members "
+            f"({', '.join(f'`{Path(m).name}`' for m in com.get('members', []))}), each averaged over the "
+            "same grid, whose spread σ_i = sqrt(Σ_m |F_i^m − F̄_i|² / (M − 1)) measures the model's own "
+            "uncertainty. Both spreads are RMS per Cartesian component (meV/Å).",
+            "",
+            "| structure | rotational | committee | ratio | committee max_i σ_i | committee σ_E (meV) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for f in com["frames"]:
+            md.append(
+                f"| {f['name']} | {_fmt(f['rotational_rms_eV_A'] * 1e3)} | "
+                f"{_fmt(f['committee_rms_eV_A'] * 1e3)} | "
+                f"{_fmt(f['ratio'])} | {_fmt(f['committee_max_eV_A'] * 1e3)} | "
+                f"{_fmt(f['committee_energy_std_eV'] * 1e3)} |"
+            )
+        a = com["all"]
+        md += [
+            f"| all | {_fmt(a['rotational_rms_eV_A'] * 1e3)} | {_fmt(a['committee_rms_eV_A'] * 1e3)} | "
+            f"{_fmt(a['ratio'])} | {_fmt(a['committee_max_eV_A'] * 1e3)} | — |",
+            "",
+            f"The committee mean's own rotational spread over `{com['grid']}`: "
+            f"{_fmt(a['committee_rotational_rms_eV_A'] * 1e3)} meV/Å.",
+            "",
+            f"![committee]({rel('committee.png')})",
+            "",
+            f"**Verdict.** {r['verdicts']['committee']}",
+            "",
+        ]
     path.write_text("\n".join(md) + "\n")
