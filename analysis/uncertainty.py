@@ -283,6 +283,17 @@ def _safe_ratio(a, b):
     return out
 
 
+def _per_frame(values, what: str, n_frames: int) -> np.ndarray:
+    """``values`` as one float per frame, or a one-line error naming the mismatch."""
+    v = np.asarray(values, dtype=float)
+    if v.shape != (n_frames,):
+        raise AnalysisInputError(
+            f"{what} has {v.size} frames, committee_force_std {n_frames}: "
+            "give files of the same run and stride"
+        )
+    return v
+
+
 def uncertainty_statistics(
     force_std,
     energy_std=None,
@@ -388,12 +399,7 @@ def uncertainty_statistics(
     ]
 
     if energy_std is not None:
-        e = np.asarray(energy_std, dtype=float)
-        if e.shape != (nf,):
-            raise AnalysisInputError(
-                f"committee_energy_std has {e.size} frames, committee_force_std {nf}: give files of the "
-                "same run and stride"
-            )
+        e = _per_frame(energy_std, "committee_energy_std", nf)
         m, err = series_mean_sem(e, n_blocks)
         out["energy_std"] = e
         out["energy"] = {
@@ -403,12 +409,7 @@ def uncertainty_statistics(
             "mean_per_atom": float(m) / n,
         }
     if rotational is not None:
-        r = np.asarray(rotational, dtype=float)
-        if r.shape != (nf,):
-            raise AnalysisInputError(
-                f"the rotational spread has {r.size} frames, committee_force_std {nf}: give files of the "
-                "same run and stride"
-            )
+        r = _per_frame(rotational, "the rotational spread", nf)
         ratio = _safe_ratio(r, out["committee_force_rms"])
         out["rotational"], out["ratio"] = r, ratio
         rs = {}

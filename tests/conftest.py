@@ -37,6 +37,18 @@ def strongly_anisotropic_model(models_dir) -> str:
 
 
 @pytest.fixture(scope="session")
+def water_pair(models_dir):
+    """A two-member committee of water toys that differ in their non-invariant term and cutoff
+    (4 Å and 3.2 Å)."""
+    a = export(water_toy(anisotropy=0.02, seed=0), models_dir / "committee-water-a.pt")
+    m = AnisotropicPairModel(species=[1, 8], cutoff=3.2, anisotropy=0.05, seed=7)
+    m.set_pair(1, 8, depth=4.2, r0=0.96, width=2.3)
+    m.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
+    m.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
+    return a, export(m, models_dir / "committee-water-b.pt")
+
+
+@pytest.fixture(scope="session")
 def lj_model(models_dir) -> str:
     return export(LennardJones(epsilon=0.0104, sigma=3.4, cutoff=8.5, species=[18]), models_dir / "lj.pt")
 

@@ -19,7 +19,6 @@ from analysis.statistics import block_slices
 from analysis.uncertainty import extras_column, find_extras, read_extras
 from server.core.evaluator import Evaluator, Structure
 from server.structures import water_box
-from training.toy_models import AnisotropicPairModel, export, water_toy
 
 
 def write_extras(path, name, frames, per_line=None, bead_header=False, first_step=0):
@@ -203,17 +202,6 @@ def test_synthetic_statistics_are_exact(synthetic_run):
     assert s2["positions_file"].endswith("sim.pos_0.extxyz") and s2["n_frames"] == 3
     assert [x["frame"] for x in s2["worst_frames"]] == [3]
     assert s2["rotational_vs_committee"]["ratio_mean"] == pytest.approx(ratio[2:].mean(), rel=1e-12)
-
-
-@pytest.fixture(scope="module")
-def water_pair(models_dir):
-    """The two water toys of tests/test_committee.py (cutoffs 4 Å and 3.2 Å)."""
-    a = export(water_toy(anisotropy=0.02, seed=0), models_dir / "unc-water-a.pt")
-    m = AnisotropicPairModel(species=[1, 8], cutoff=3.2, anisotropy=0.05, seed=7)
-    m.set_pair(1, 8, depth=4.2, r0=0.96, width=2.3)
-    m.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
-    m.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
-    return a, export(m, models_dir / "unc-water-b.pt")
 
 
 RUN_EXTRAS = "".join(

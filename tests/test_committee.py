@@ -17,7 +17,7 @@ from server.core.errors import ModelError
 from server.core.evaluator import Evaluator, Structure
 from server.protocol import BOHR_PER_ANGSTROM, HARTREE_PER_EV, ipi_extras
 from server.structures import water_box
-from training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
+from training.toy_models import LennardJones, export, water_toy
 
 EV_PER_HARTREE = 1.0 / HARTREE_PER_EV  # i-PI's own constants
 
@@ -27,18 +27,6 @@ def lj_pair(models_dir):
     """Two LJ models whose energies differ by a factor of 2 (ε and 2ε): E_B = 2 E_A, F_B = 2 F_A."""
     a = export(LennardJones(epsilon=0.0104, sigma=3.4, cutoff=8.5, species=[18]), models_dir / "lj-a.pt")
     b = export(LennardJones(epsilon=0.0208, sigma=3.4, cutoff=8.5, species=[18]), models_dir / "lj-b.pt")
-    return a, b
-
-
-@pytest.fixture(scope="module")
-def water_pair(models_dir):
-    """Two water toys that differ in their non-invariant term and cutoff (4 Å and 3.2 Å)."""
-    a = export(water_toy(anisotropy=0.02, seed=0), models_dir / "water-a.pt")
-    m = AnisotropicPairModel(species=[1, 8], cutoff=3.2, anisotropy=0.05, seed=7)
-    m.set_pair(1, 8, depth=4.2, r0=0.96, width=2.3)
-    m.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
-    m.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
-    b = export(m, models_dir / "water-b.pt")
     return a, b
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_committee import water_pair  # noqa: F401 - fixture
 from test_lammps import HAVE_MPI4PY, _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
 from test_lammps_domain import _compare, _ok, _water_deck, domain_run, water64  # noqa: F401
 
