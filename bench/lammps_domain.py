@@ -16,6 +16,10 @@ Sections (each writes its rows into ``bench/results/lammps_domain.json``):
   the same box. Efficiency = step time (1 rank) / step time (2 ranks).
 * ``routes`` — 12,288 (and with ``--large`` 98,304) atoms: gather on 1 rank vs domain on 2 ranks
   with one server vs domain on 2 ranks with two servers.
+* ``cap`` — the memory cap lifted: 98,304 atoms (the 512-molecule box 4×4×4), which no single
+  model call on this machine can hold (gather: one call on every atom), as 8 ranks of 12,288 owned
+  atoms on one server with 2 threads (its calls one after the other, so memory is one rank's
+  cluster). Reports the machine's peak memory use during the run.
 
 Every domain run reports evaluated/owned atoms (``bridge.json``) next to the cost model
 (:func:`cost_model`): a box a×b×c of owned atoms plus the atoms within R of it,
@@ -33,6 +37,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -109,9 +114,41 @@ def shells(model: str, range_: float) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- LAMMPS runs
+def _mem_available_gb() -> float:
+    """MemAvailable of /proc/meminfo, GB (1e9 bytes)."""
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return float("nan")
+
+
+class PeakMemory:
+    """Samples the machine's available memory every ``interval`` s while active: ``peak_gb`` is
+    the largest drop below the value at the start (GB), i.e. what the run used at its peak."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval, self.peak_gb = interval, 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._start = _mem_available_gb()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.interval):
+            self.peak_gb = max(self.peak_gb, self._start - _mem_available_gb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> dict:
     data = write_water_data(512, lammps_inputs_dir() / "water-512.data")
-    with tempfile.TemporaryDirectory(prefix="lammps-domain-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lammps-domain-") as tmp, PeakMemory() as memory:
         workdir = Path(tmp)
         nx, ny, nz = replicas
         variables = [("data", data), ("nx", nx), ("ny", ny), ("nz", nz), ("steps", steps)]
@@ -147,6 +184,8 @@ def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> di
         "steps": steps_done,
         "step_s": loop / steps_done,
         "wall_s": wall,
+        "threads": threads,
+        "peak_memory_gb": memory.peak_gb,
     }
     if decomposition == "domain":
         ranks = report["per_rank"]
@@ -196,18 +235,29 @@ def table(rows) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
-    p.add_argument("--sections", nargs="+", default=["shells", "weak", "routes"])
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["shells", "weak", "routes"],
+        help="shells weak routes cap (cap: long, not default)",
+    )
     p.add_argument("--large", action="store_true", help="also 49,152 atoms per rank / 98,304 atoms")
     p.add_argument("--steps", type=int, default=3, help="MD steps per run (after the set-up call)")
     args = p.parse_args(argv)
     model = args.model or str(shipped_model())
     info = machine()
     out = {"benchmark": "lammps_domain", "model": args.model or "models/water-pet.pt", "machine": info}
+    sections = ("shells", "weak", "routes", "cap")
     path = project_root() / "bench" / "results" / f"{result_name('lammps_domain')}.json"
-    if path.exists():
-        out.update(
-            {k: v for k, v in json.loads(path.read_text()).items() if k in ("shells", "weak", "routes")}
-        )
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    out.update({k: v for k, v in earlier.items() if k in sections or k == "machine_by_section"})
+    # sections kept from an earlier run keep the machine (date, load) they were measured on
+    by_section = out.setdefault("machine_by_section", {})
+    for sec in sections:
+        if sec in args.sections:
+            by_section[sec] = info
+        elif sec in out and sec not in by_section and "machine" in earlier:
+            by_section[sec] = earlier["machine"]
     if "shells" in args.sections:
         out["shells"] = shells(model, 8.0)
     if "weak" in args.sections:
@@ -228,12 +278,20 @@ def main(argv=None) -> int:
             routes.append(lammps(model, rep, 2, "domain", 1, args.steps))
             routes.append(lammps(model, rep, 2, "domain", 2, args.steps))
         out["routes"] = routes
+    if "cap" in args.sections:
+        out["cap"] = [lammps(model, (4, 4, 4), 8, "domain", 1, args.steps, threads=2)]
     info["load_average_at_end"] = os.getloadavg()[0]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     for w in out.get("weak", []):
         print(f"weak scaling at {w['atoms_per_rank']:,} atoms per rank: efficiency {w['efficiency']:.2f}")
-    print(table([w[k] for w in out.get("weak", []) for k in ("one", "two")] + out.get("routes", [])))
+    print(
+        table(
+            [w[k] for w in out.get("weak", []) for k in ("one", "two")]
+            + out.get("routes", [])
+            + out.get("cap", [])
+        )
+    )
     print(f"\nwrote {path.relative_to(project_root())}")
     return 0
 
