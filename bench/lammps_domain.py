@@ -193,8 +193,8 @@ def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> di
         per = lambda key: max((r[key] - r["first"][key]) / c for r, c in zip(ranks, calls))  # noqa: E731
         evaluated = sum(r["evaluated_sum"] - r["first"]["evaluated_sum"] for r in ranks)
         owned = sum(r["owned_sum"] - r["first"]["owned_sum"] for r in ranks)
-        sub = np.array([nx, ny, nz], dtype=float) * BOX
-        sub[int(np.argmax(sub))] /= np_  # LAMMPS splits the longest edge first
+        grid = re.search(r"(\d+) by (\d+) by (\d+) MPI processor grid", log)
+        sub = np.array([nx, ny, nz], dtype=float) * BOX / np.array([int(g) for g in grid.groups()])
         row.update(
             evaluated_per_owned=evaluated / owned,
             cost_model=cost_model(*sub, report["interaction_range"]),
