@@ -21,6 +21,7 @@ import sys
 import warnings
 
 from .errors import AnalysisInputError
+from .uncertainty import DEFAULT_WORST
 
 __all__ = ["main", "run", "build_parser", "COMMANDS"]
 
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--worst",
         type=int,
-        default=3,
+        default=DEFAULT_WORST,
         metavar="K",
         help="frames with the largest max_i sigma_i tabulated per atom (default %(default)s)",
     )

@@ -26,6 +26,15 @@ from .errors import AnalysisInputError, require_box
 from .ipi_files import find_ipi_outputs, ipi_prefix, read_properties, time_axis
 from .reference import load_reference
 from .statistics import DEFAULT_BLOCKS
+from .uncertainty import (
+    DEFAULT_WORST,
+    extras_column,
+    extras_names,
+    find_extras,
+    read_extras,
+    uncertainty_statistics,
+    verdict,
+)
 
 __all__ = [
     "Options",
@@ -79,7 +88,7 @@ class Options:
     committee_forces: str | None = None  # i-PI extras file of committee_force_std (uncertainty)
     committee_energy: str | None = None  # i-PI extras file of committee_energy_std (uncertainty)
     rotational: str | None = None  # i-PI extras file of force_spread_rms (uncertainty)
-    n_worst: int = 3  # frames with the largest committee spread tabulated per atom (uncertainty)
+    n_worst: int = DEFAULT_WORST  # frames with the largest committee spread tabulated per atom
     bead: int | None = 0  # bead of the extras files found next to TRAJ; None: centroid (uncertainty)
 
     def run_kw(self, parallel: bool = True):
@@ -508,8 +517,6 @@ COMMITTEE_FORCES_FIX = (
 def _uncertainty_inputs(traj: str, opt: Options) -> dict:
     """The files of ``mlip-analyse uncertainty``: named by the options, else found next to TRAJ
     (TRAJ may itself be the positions or the committee_force_std extras file)."""
-    from .uncertainty import extras_names, find_extras
-
     for option, path in (
         ("--committee-forces", opt.committee_forces),
         ("--committee-energy", opt.committee_energy),
@@ -545,6 +552,56 @@ def _uncertainty_inputs(traj: str, opt: Options) -> dict:
     }
 
 
+def _worst_frames(worst, frames, steps, sigma, positions, elements):
+    """The frames of ``worst`` (:func:`analysis.uncertainty.uncertainty_statistics`, indices into
+    ``frames``) per atom: the table rows (rank, frame, step, atom, with positions Z and x, y, z in Å,
+    σ_i in eV/Å), their summary entries (the five atoms of largest σ_i) and (frame, step, σ_i) for
+    the plot. ``sigma`` [frames in file, N]; ``positions`` the Universe or None."""
+    from ase.data import atomic_numbers
+
+    rows = {k: [] for k in ("rank", "frame", "step", "atom")}
+    if positions is not None:
+        rows.update({"Z": [], "x_A": [], "y_A": [], "z_A": []})
+    rows["sigma_eV_A"] = []
+    summary, plot = [], []
+    n = sigma.shape[1]
+    for rank, w in enumerate(worst, start=1):
+        f = int(frames[w["frame"]])
+        step, s_f = int(steps[f]), sigma[f]
+        rows["rank"] += [rank] * n
+        rows["frame"] += [f] * n
+        rows["step"] += [step] * n
+        rows["atom"] += list(range(n))
+        rows["sigma_eV_A"] += list(s_f)
+        entry = {
+            "rank": rank,
+            "frame": f,
+            "step": step,
+            "sigma_max_eV_A": w["sigma_max"],
+            "sigma_mean_eV_A": float(s_f.mean()),
+        }
+        top = np.argsort(-s_f, kind="stable")[:5]
+        if positions is not None:
+            x = np.asarray(positions.trajectory[f].positions, dtype=float)
+            rows["Z"] += [atomic_numbers.get(e, 0) for e in elements]
+            for k, c in enumerate(("x_A", "y_A", "z_A")):
+                rows[c] += list(x[:, k])
+            entry["top_atoms"] = [
+                {
+                    "atom": int(i),
+                    "element": elements[i],
+                    "position_A": np.round(x[i], 6).tolist(),
+                    "sigma_eV_A": float(s_f[i]),
+                }
+                for i in top
+            ]
+        else:
+            entry["top_atoms"] = [{"atom": int(i), "sigma_eV_A": float(s_f[i])} for i in top]
+        summary.append(entry)
+        plot.append((f, step, s_f))
+    return rows, summary, plot
+
+
 def uncertainty(traj: str, opt: Options, load) -> dict:
     """Committee uncertainty along a run: max_i σ_i and mean σ per frame, the histogram of σ_i,
     the per-atom σ_i of the ``opt.n_worst`` frames with the largest max_i σ_i (with element and
@@ -554,9 +611,6 @@ def uncertainty(traj: str, opt: Options, load) -> dict:
     ``traj`` is the run's position trajectory or its ``committee_force_std`` extras file; the
     other files come from ``opt.committee_forces``, ``opt.committee_energy``, ``opt.rotational``
     or are found next to it by prefix (bead ``opt.bead``). ``load(path)`` opens positions."""
-    from ase.data import atomic_numbers
-
-    from .uncertainty import extras_column, read_extras, uncertainty_statistics, verdict
 
     if opt.bead is None:
         raise AnalysisInputError(
@@ -665,46 +719,9 @@ def uncertainty(traj: str, opt: Options, load) -> dict:
     for el, c in st["hist_by_element"].items():
         hist[f"count_{el}"] = c
 
-    worst_rows = {k: [] for k in ("rank", "frame", "step", "atom")}
-    if positions is not None:
-        worst_rows.update({"Z": [], "x_A": [], "y_A": [], "z_A": []})
-    worst_rows["sigma_eV_A"] = []
-    worst_summary, worst_plot = [], []
-    n = sigma.shape[1]
-    for rank, w in enumerate(st["worst"], start=1):
-        f = int(frames[w["frame"]])
-        s_f = sigma[f]
-        worst_rows["rank"] += [rank] * n
-        worst_rows["frame"] += [f] * n
-        worst_rows["step"] += [int(fx.steps[f])] * n
-        worst_rows["atom"] += list(range(n))
-        worst_rows["sigma_eV_A"] += list(s_f)
-        entry = {
-            "rank": rank,
-            "frame": f,
-            "step": int(fx.steps[f]),
-            "sigma_max_eV_A": w["sigma_max"],
-            "sigma_mean_eV_A": float(s_f.mean()),
-        }
-        top = np.argsort(-s_f, kind="stable")[:5]
-        if positions is not None:
-            x = np.asarray(positions.trajectory[f].positions, dtype=float)
-            worst_rows["Z"] += [atomic_numbers.get(e, 0) for e in elements]
-            for k, c in enumerate(("x_A", "y_A", "z_A")):
-                worst_rows[c] += list(x[:, k])
-            entry["top_atoms"] = [
-                {
-                    "atom": int(i),
-                    "element": elements[i],
-                    "position_A": np.round(x[i], 6).tolist(),
-                    "sigma_eV_A": float(s_f[i]),
-                }
-                for i in top
-            ]
-        else:
-            entry["top_atoms"] = [{"atom": int(i), "sigma_eV_A": float(s_f[i])} for i in top]
-        worst_summary.append(entry)
-        worst_plot.append((f, int(fx.steps[f]), s_f))
+    worst_rows, worst_summary, worst_plot = _worst_frames(
+        st["worst"], frames, fx.steps, sigma, positions, elements
+    )
 
     summary = {
         "force_std_file": os.path.abspath(files["forces"]),
@@ -838,8 +855,6 @@ def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = Fal
         done["symmetry"] = (
             "skipped: no i-PI properties (.out) file next to the trajectory (pass --properties)"
         )
-    from .uncertainty import find_extras
-
     if opt.committee_forces or "committee_force_std" in find_extras(ipi_prefix(traj), opt.bead or 0):
         try:
             results["uncertainty"] = uncertainty(traj, opt, load)
