@@ -237,7 +237,10 @@ def run(args) -> dict:
     dict
         Analysis name -> the summary it wrote.
     """
-    from . import commands, output
+    from . import output
+    from .commands import UNIVERSE_COMMANDS, every_analysis, input_info
+    from .commands.symmetry import symmetry
+    from .commands.uncertainty import uncertainty
     from .readers import load_universe
 
     if args.box is not None and len(args.box) not in (3, 6):
@@ -269,23 +272,23 @@ def run(args) -> dict:
     results = {}
     if args.command == "symmetry":
         opt = _options(args, args.timestep / 1000.0 if args.timestep else None)
-        results["symmetry"] = commands.symmetry(args.traj, opt, load)
+        results["symmetry"] = symmetry(args.traj, opt, load)
         _report(opt.out, results)
         return results
     if args.command == "uncertainty":
         opt = _options(args, args.timestep / 1000.0 if args.timestep else None)
-        results["uncertainty"] = commands.uncertainty(args.traj, opt, load)
+        results["uncertainty"] = uncertainty(args.traj, opt, load)
         _report(opt.out, results)
         return results
 
     u = load(args.traj)
     dt_ps = args.timestep / 1000.0 if args.timestep else getattr(u, "_mlip_dt_ps", None)
     opt = _options(args, dt_ps)
-    info = commands.input_info(u, args.traj, args.format, dt_ps, args.beads)
+    info = input_info(u, args.traj, args.format, dt_ps, args.beads)
 
     if args.command == "all":
         results.update(
-            commands.every_analysis(
+            every_analysis(
                 u,
                 args.traj,
                 opt,
@@ -294,8 +297,7 @@ def run(args) -> dict:
             )
         )
     else:
-        fn = getattr(commands, args.command)
-        results[args.command] = fn(u, opt)
+        results[args.command] = UNIVERSE_COMMANDS[args.command](u, opt)
     output.update_summary(opt.out, "input", info)
     _report(opt.out, results)
     return results

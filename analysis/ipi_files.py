@@ -1,18 +1,15 @@
-"""i-PI run outputs besides the trajectories (which :mod:`analysis.readers` reads): the
-properties (``.out``) file, and finding the files a run wrote next to one of them.
+"""The i-PI properties (``.out``) file of a run (:mod:`analysis.run_folder` finds it,
+:mod:`analysis.readers` reads the trajectories).
 
 * :func:`read_properties` -- an i-PI ``.out`` property file: columns from the
   ``# column N --> name{unit}`` / ``# cols. N-M --> name`` header lines, converted to analysis
   units (energy eV, time ps, temperature K, length Å; :mod:`analysis.units`); a column without
   ``{unit}`` is in i-PI's atomic units, and columns of other dimensions are kept as written.
-* :func:`ipi_prefix`, :func:`find_ipi_outputs` -- ``run/sim.pos_0.xyz`` -> ``run/sim`` and the
-  properties and bead-0 (or centroid) trajectories i-PI wrote with that prefix, classified by
-  the quantity their first comment line names.
+* :func:`time_axis` -- the time (ps) of each line of such a file.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 
@@ -21,7 +18,7 @@ import numpy as np
 from .errors import AnalysisInputError
 from .units import ANALYSIS_UNITS, from_ipi
 
-__all__ = ["PropertyTable", "read_properties", "time_axis", "ipi_prefix", "find_ipi_outputs"]
+__all__ = ["PropertyTable", "read_properties", "time_axis"]
 
 _HEAD = re.compile(r"^#\s*(?:column|cols\.)\s+(\d+)(?:\s*-\s*(\d+))?\s*-->\s*(\S+)")
 _NAME = re.compile(r"^(?P<key>[^\s{(]+)(?:\{(?P<u1>[^}]*)\})?(?:\((?P<args>[^)]*)\))?(?:\{(?P<u2>[^}]*)\})?$")
@@ -152,74 +149,3 @@ def time_axis(props: PropertyTable, dt_ps=None) -> np.ndarray:
     raise AnalysisInputError(
         "the properties file has no time{picosecond} column: pass --timestep (fs between lines)"
     )
-
-
-# --------------------------------------------------------------------------- finding a run's files
-_KINDS = {
-    "positions": "positions",
-    "x_centroid": "positions",
-    "velocities": "velocities",
-    "v_centroid": "velocities",
-    "momenta": "momenta",
-    "p_centroid": "momenta",
-    "forces": "forces",
-    "f_centroid": "forces",
-}
-
-
-def ipi_prefix(path: str) -> str:
-    """The i-PI output prefix of one of a run's files.
-
-    Parameters
-    ----------
-    path : str
-        ``run/sim.pos_0.xyz``, ``run/sim.out``, ...
-
-    Returns
-    -------
-    str
-        ``run/sim``.
-    """
-    d, base = os.path.split(path)
-    if base.endswith(".out"):
-        return os.path.join(d, base[:-4])
-    parts = base.split(".")
-    return os.path.join(d, ".".join(parts[:-2]) if len(parts) > 2 else parts[0])
-
-
-def find_ipi_outputs(prefix: str) -> dict:
-    """Files i-PI wrote with ``prefix``.
-
-    Parameters
-    ----------
-    prefix : str
-        As from :func:`ipi_prefix`.
-
-    Returns
-    -------
-    dict
-        ``properties`` -> the ``.out`` file, and ``positions``, ``velocities``, ``momenta``,
-        ``forces`` -> the first bead-0 (or centroid) ``.xyz``/``.extxyz`` trajectory of that
-        quantity, as named in its first comment line.
-    """
-    found = {}
-    if os.path.isfile(prefix + ".out"):
-        found["properties"] = prefix + ".out"
-    for f in sorted(glob.glob(glob.escape(prefix) + ".*")):
-        if (
-            not f.endswith((".xyz", ".extxyz"))
-            or re.search(r"_(\d+)\.\w+$", f)
-            and not re.search(r"_0+\.\w+$", f)
-        ):
-            continue
-        try:
-            with open(f) as fh:
-                fh.readline()
-                com = fh.readline()
-        except OSError:
-            continue
-        keys = re.findall(r"(\w+)\{", com)
-        kind = next((_KINDS[k] for k in keys if k in _KINDS), None)
-        if kind and kind not in found:
-            found[kind] = f
-    return found

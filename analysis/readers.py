@@ -21,13 +21,13 @@ Path integrals: i-PI writes one file per bead, ``prefix.pos_0.xyz``, ``prefix.po
 files (minimum image to bead 0, so a ring polymer split by a wrapped box stays together);
 ``beads=k`` reads bead ``k``; ``beads=None`` reads just the file given.
 
-i-PI's properties (``.out``) files, and finding the files of a run, are in
-:mod:`analysis.ipi_files`; unit conversions in :mod:`analysis.units`.
+i-PI's properties (``.out``) files are read in :mod:`analysis.ipi_files`; the files of a run
+(bead files included) are found in :mod:`analysis.run_folder`; unit conversions are in
+:mod:`analysis.units`.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import warnings
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import AnalysisInputError
+from .run_folder import bead_files
 from .units import atomic_to_analysis, to_atomic
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "read_extxyz",
     "read_ipi_pdb",
     "read_vectors",
-    "bead_files",
     "parse_box",
     "element_of",
     "FORMATS",
@@ -369,24 +369,6 @@ def read_ipi_pdb(path: str) -> Frames:
 
 
 # --------------------------------------------------------------------------- beads
-_BEAD_RE = re.compile(r"^(?P<stem>.*)_(?P<bead>\d+)(?P<ext>\.[^._]+)$")
-
-
-def bead_files(path: str) -> list:
-    """All bead files that belong with ``path`` (``prefix.pos_3.xyz`` -> ``prefix.pos_*.xyz``),
-    sorted by bead index; ``[path]`` when the name has no bead suffix."""
-    m = _BEAD_RE.match(path)
-    if not m:
-        return [path]
-    cands = glob.glob(glob.escape(m["stem"]) + "_*" + glob.escape(m["ext"]))
-    idx = {}
-    for c in cands:
-        mc = _BEAD_RE.match(c)
-        if mc and mc["stem"] == m["stem"] and mc["ext"] == m["ext"]:
-            idx[int(mc["bead"])] = c
-    return [idx[k] for k in sorted(idx)]
-
-
 def _centroid(frames: list) -> Frames:
     ref = frames[0]
     for f in frames[1:]:

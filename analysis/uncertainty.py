@@ -15,16 +15,15 @@ writes them with ``<trajectory filename='unc' extra_type='committee_force_std'> 
      ...
 
 (``extra_type='a,b'`` stacks a and b on the same lines; a 2-D quantity is written one row per
-line.) :func:`read_extras` reads such a file, :func:`extras_column` cuts one quantity out of it,
-:func:`find_extras` finds the extras files of a run next to one of its trajectories and
-:func:`uncertainty_statistics` computes what ``mlip-analyse uncertainty`` reports.
+line.) :func:`read_extras` reads such a file, :func:`extras_column` cuts one quantity out of it and
+:func:`uncertainty_statistics` computes what ``mlip-analyse uncertainty`` reports
+(:func:`analysis.run_folder.find_run_files` finds a run's extras files).
 
 Units: forces eV/Å, energies eV, positions Å, time ps.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ __all__ = [
     "ExtrasTrajectory",
     "read_extras",
     "extras_column",
-    "find_extras",
     "is_extras_file",
     "extras_names",
     "uncertainty_statistics",
@@ -70,7 +68,6 @@ DEFAULT_WORST = 3
 """Frames with the largest max_i σ_i whose per-atom spreads are tabulated."""
 
 _HEADER = re.compile(r"^\s*#\s*(EXTRAS\w*)\(([^)]*)\)#\s*Step:\s*(-?\d+)(?:\s+Bead:\s*(\d+))?")
-_BEAD = re.compile(r"_(\d+)(?:\.\w+)?$")
 
 
 @dataclass
@@ -239,41 +236,6 @@ def extras_column(ex: ExtrasTrajectory, name: str, what: str | None = None) -> n
             return col[:, 0].copy() if n in SCALAR_EXTRAS else col.copy()
         start += size
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _bead_of(path: str):
-    m = _BEAD.search(os.path.basename(path))
-    return int(m.group(1)) if m else None
-
-
-def find_extras(prefix: str, bead: int = 0) -> dict:
-    """Extras files i-PI wrote with ``prefix`` for one bead.
-
-    Parameters
-    ----------
-    prefix : str
-        As from :func:`analysis.ipi_files.ipi_prefix` (``run/sim``).
-    bead : int
-        Bead index (the ``_<bead>`` suffix; zero padding allowed).
-
-    Returns
-    -------
-    dict
-        Quantity name (``committee_force_std``, ``committee_energy_std``, ``force_spread_rms``,
-        ...) -> a file whose header names it: one of that quantity alone when there is one,
-        else the one stacking the fewest quantities (then the first by name).
-    """
-    files = []
-    for f in sorted(glob.glob(glob.escape(prefix) + ".*")):
-        if _bead_of(f) == bead and os.path.isfile(f):
-            names = extras_names(f)
-            if names:
-                files.append((len(names), f, names))
-    found = {}
-    for _, f, names in sorted(files):  # a file of the quantity alone first
-        for name in names:
-            found.setdefault(name, f)
-    return found
 
 
 def _safe_ratio(a, b):

@@ -15,7 +15,8 @@ import pytest
 from analysis import cli
 from analysis.errors import AnalysisInputError, BoxError
 from analysis.rdf import BlockRDF
-from analysis.readers import bead_files, load_universe, read_vectors
+from analysis.readers import load_universe, read_vectors
+from analysis.run_folder import bead_files, find_run_files
 from analysis.synthetic import water_trajectory, wrap, write_ipi
 
 TRICLINIC = np.array([10.0, 11.0, 12.0, 80.0, 95.0, 85.0])
@@ -136,6 +137,42 @@ def test_beads_centroid_and_choice(tmp_path, small_water):
     np.testing.assert_allclose(u1.atoms.positions, beads[1][1], atol=1e-4)
     with pytest.raises(AnalysisInputError, match="bead 7"):
         load_universe(first, beads=7)
+
+
+def test_run_folder_files_found_from_the_folder_or_any_file(tmp_path, small_water):
+    """One mlip-run folder (resumed in place: checkpoints, logs and i-PI backups beside the
+    outputs) read by find_run_files from the folder itself or from any of its files; 12 beads
+    give zero-padded names; checkpoints, backups and other beads are no outputs."""
+    names, x, dims = small_water
+    run = tmp_path / "run"
+    run.mkdir()
+    for k in range(12):
+        write_ipi(run / f"sim.pos_{k:02d}.xyz", names, x, dims, bead=k)
+    write_ipi(run / "sim.vel_00.xyz", names, x, dims, key="velocities", dimension="velocity")
+    write_ipi(run / "sim.vel_01.xyz", names, x, dims, key="velocities", dimension="velocity")
+    (run / "sim.out").write_text("# column 1 --> step : s\n0\n")
+    (run / "sim.unc_00").write_text(" #EXTRAS(committee_force_std)# Step: 0\n 0.1 0.2\n")
+    (run / "sim.unc_03").write_text(" #EXTRAS(committee_force_std)# Step: 0\n 0.1 0.2\n")
+    for other in ("sim.restart", "RESTART", "run.json", "ipi.log", "slurm-1.out", "#sim.pos_00.xyz#1#"):
+        (run / other).write_text("not an output\n")
+    from_folder = find_run_files(str(run))
+    assert from_folder == find_run_files(str(run / "sim.unc_00")) == find_run_files(str(run / "sim.out"))
+    assert from_folder.prefix == str(run / "sim")
+    assert from_folder.properties == str(run / "sim.out")
+    assert from_folder.positions == from_folder.bead_positions == str(run / "sim.pos_00.xyz")
+    assert from_folder.velocities == str(run / "sim.vel_00.xyz")
+    assert from_folder.momenta is None and from_folder.forces is None
+    assert from_folder.extras == {"committee_force_std": str(run / "sim.unc_00")}
+    bead3 = find_run_files(str(run), bead=3)
+    assert bead3.extras == {"committee_force_std": str(run / "sim.unc_03")}
+    assert bead3.bead_positions is None  # i-PI's default name of bead 3 is sim.pos_3.*, not sim.pos_03.*
+    assert bead_files(bead3.positions) == [str(run / f"sim.pos_{k:02d}.xyz") for k in range(12)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AnalysisInputError, match="no i-PI outputs"):
+        find_run_files(str(tmp_path / "empty"))
+    write_ipi(run / "md.pos_0.xyz", names, x, dims)
+    with pytest.raises(AnalysisInputError, match="several runs"):
+        find_run_files(str(run))
 
 
 def test_vector_trajectories_units(tmp_path, small_water):

@@ -15,8 +15,9 @@ import pytest
 from analysis import cli
 from analysis.errors import AnalysisInputError
 from analysis.output import read_table
+from analysis.run_folder import find_run_files
 from analysis.statistics import block_slices
-from analysis.uncertainty import extras_column, find_extras, read_extras
+from analysis.uncertainty import extras_column, read_extras
 from server.core.evaluator import Evaluator, Structure
 from server.structures import water_box
 
@@ -98,12 +99,14 @@ def test_reader_splits_stacked_quantities_and_tolerates_the_layout(tmp_path):
     write_extras(tmp_path / "sim.unc_0", "committee_force_std", SIGMA)
     write_extras(tmp_path / "sim.both_0", "committee_energy_std,committee_force_std", both)
     write_extras(tmp_path / "sim.unc_1", "committee_force_std", SIGMA)
-    found = find_extras(str(tmp_path / "sim"))
+    found = find_run_files(str(tmp_path / "sim.unc_0")).extras
     assert found == {
         "committee_force_std": str(tmp_path / "sim.unc_0"),
         "committee_energy_std": str(tmp_path / "sim.both_0"),
     }
-    assert find_extras(str(tmp_path / "sim"), bead=1) == {"committee_force_std": str(tmp_path / "sim.unc_1")}
+    assert find_run_files(str(tmp_path / "sim.unc_0"), bead=1).extras == {
+        "committee_force_std": str(tmp_path / "sim.unc_1")
+    }
 
 
 def test_synthetic_statistics_are_exact(synthetic_run):

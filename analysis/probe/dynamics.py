@@ -182,7 +182,9 @@ def analyse(
     dict
         The analysis' ``summary.json``.
     """
-    from analysis import commands, output
+    from analysis import output
+    from analysis.commands import Options, every_analysis, input_info
+    from analysis.commands.symmetry import symmetry
     from analysis.readers import load_universe
 
     traj = str(Path(run_dir) / "sim.pos_0.extxyz")
@@ -190,7 +192,7 @@ def analyse(
     def load(path, velocities=None, forces=None):
         return load_universe(path, timestep_fs=dt_fs, velocities=velocities, forces=forces)
 
-    opt = commands.Options(
+    opt = Options(
         out=str(out),
         n_blocks=n_blocks,
         dt_ps=dt_fs / 1000.0,
@@ -199,11 +201,11 @@ def analyse(
         charges=dict(CHARGES) if command == "all" else None,
     )
     if command == "symmetry":
-        commands.symmetry(traj, opt, load)
+        symmetry(traj, opt, load)
     elif command == "all":
         u = load(traj)
-        commands.every_analysis(u, traj, opt, load)
-        output.update_summary(opt.out, "input", commands.input_info(u, traj, None, opt.dt_ps))
+        every_analysis(u, traj, opt, load)
+        output.update_summary(opt.out, "input", input_info(u, traj, None, opt.dt_ps))
     else:
         raise ValueError(f"analyse: unknown command {command!r} (all or symmetry)")
     return json.loads((Path(out) / "summary.json").read_text())
