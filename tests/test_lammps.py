@@ -365,7 +365,8 @@ def test_no_server_connecting_is_a_one_line_error(tmp_path, water_data):
     cmd = [
         sys.executable,
         "-m",
-        "server.lammps.bridge",
+        "server.lammps.cli",
+        "mlip-lammps",
         str(DECKS / "in.water-nve"),
         "--address",
         f"unix:{name}",
@@ -396,7 +397,8 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
     cmd = [
         sys.executable,
         "-m",
-        "server.lammps.runner",
+        "server.lammps.cli",
+        "mlip-lammps-run",
         str(deck),
         "--model",
         lj_model,

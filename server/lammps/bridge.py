@@ -87,6 +87,28 @@ DIAGNOSTICS = (
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
+class NonFiniteForces(MLIPError):
+    """The server answered, but with a non-finite energy or force (the model failed: no retry)."""
+
+
+class Host(HostConnection):
+    """:class:`HostConnection` that tells a model failure (non-finite answer, the connection
+    intact) from a lost server (:class:`ProtocolError`), and can listen again on its address."""
+
+    @staticmethod
+    def _require_finite(energy, forces) -> None:
+        try:
+            HostConnection._require_finite(energy, forces)
+        except ProtocolError as err:
+            raise NonFiniteForces(str(err)) from None
+
+    def reconnect(self, timeout: float, hint: str) -> None:
+        """Closes the broken connection, listens again on the same address and accepts a new server."""
+        self.close()
+        self.listen()
+        self.accept(timeout, hint)
+
+
 @dataclass
 class Timings:
     """Seconds spent by rank 0 in the force callback, by part."""
@@ -127,6 +149,7 @@ class BridgeConfig:
     decomposition: str = "gather"  # or "domain": every rank its own connection and subdomain
     per_atom: bool = False  # domain: per-atom energies and virials for compute pe/atom, stress/atom
     range_check: bool = True  # domain: check the model's interaction range on the first call
+    reconnect_timeout: float = 0.0  # > 0: a lost server is waited for (s) and the force call repeated
 
 
 class Bridge:
@@ -137,7 +160,7 @@ class Bridge:
         self.interrupts = interrupts or Interrupts()
         self.rank, self.size = comm.rank, comm.size
         self.lmp = None
-        self.client: HostConnection | None = None
+        self.client: Host | None = None
         self.timings = Timings()
         self.parts: DeckParts | None = None
         self.failure: str | None = None  # message of a failed force call (rank 0)
@@ -149,6 +172,7 @@ class Bridge:
         self.domain: DomainForces | None = None  # the decomposed force call (domain mode)
         self.comm_cutoff = 0.0
         self._header = np.zeros(8 + len(DIAGNOSTICS))  # status, energy, virial xx yy zz xy xz yz, diagnostics
+        self.reconnects = 0
 
     # -- messages (rank 0) ----------------------------------------------------------
     def say(self, text: str) -> None:
@@ -252,7 +276,7 @@ class Bridge:
         attributes; returns them (raises with the fix on this rank's problem)."""
         cfg = self.cfg
         address = cfg.address.for_rank(self.rank)
-        self.client = HostConnection(address, cfg.timeout, init=b"lammps", domain=True)
+        self.client = Host(address, cfg.timeout, init=b"lammps", domain=True)
         self.client.listen()
         addresses = " ".join(f"--address {cfg.address.for_rank(r)}" for r in range(self.size))
         hint = f"mlip-server --model MODEL.pt {addresses} (or several servers sharing the ranks)"
@@ -314,6 +338,52 @@ class Bridge:
                 f"({'declared' if info.get('declared_range') else 'not declared: assumed local'}), "
                 f"ghost shell (comm_modify cutoff) {cutoff:g} Å, skin {skin:g} Å"
             )
+
+    # -- a lost force server: wait for its replacement, repeat the call ---------------------
+    def retrying(self, step, call):
+        """``call()`` (one force exchange on this rank's connection); when the server is lost
+        (closed connection, time-out) and ``reconnect_timeout`` > 0, listens again on the same
+        address, waits that long for a new server (the launcher restarts it) and repeats the call,
+        so that LAMMPS never sees the fault. Rank-local: only the affected rank reconnects."""
+        while True:
+            try:
+                return call()
+            except NonFiniteForces:
+                raise
+            except ProtocolError as err:
+                if self.cfg.reconnect_timeout <= 0:
+                    raise
+                self.reconnect(step, err)
+
+    def reconnect(self, step, err) -> None:
+        cfg, client = self.cfg, self.client
+        who = f"rank {self.rank}" if cfg.decomposition == "domain" else "rank 0"
+        # the launcher reads these two lines (runner._Relay): keep their wording
+        print(
+            f"{PROG}: force server lost at step {step} ({who}): {err}; listening again on "
+            f"{client.address} for {cfg.reconnect_timeout:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        t0 = time.monotonic()
+        hint = f"mlip-server --model MODEL.pt --address {client.address}"
+        with self.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
+            client.reconnect(cfg.reconnect_timeout, hint)
+            if cfg.decomposition == "domain":
+                info = client.model_info()
+                if self.domain is not None and float(info["interaction_range"]) != self.domain.range:
+                    raise InputError(
+                        f"the new force server's model has interaction range "
+                        f"{info['interaction_range']:g} Å, the run started with {self.domain.range:g} Å: "
+                        "restart it with the same model"
+                    )
+        self.reconnects += 1
+        print(
+            f"{PROG}: force server reconnected at step {step} ({who}) after "
+            f"{time.monotonic() - t0:.2f} s; repeating the force call",
+            file=sys.stderr,
+            flush=True,
+        )
 
     # -- gather / scatter ---------------------------------------------------------------
     def gather(self, tag, x, extra=None):
@@ -422,7 +492,9 @@ class Bridge:
                 positions[rows] = everything[:, 1:4]
                 with self.interrupts.raising():
                     waited, moved = self.client.seconds_waiting, self.client.seconds_transfer
-                    energy, forces_all, virial, extras = self.client.compute(self.cell(), positions)
+                    energy, forces_all, virial, extras = self.retrying(
+                        step, lambda: self.client.compute(self.cell(), positions)
+                    )
                     self.timings.server += self.client.seconds_waiting - waited
                     self.timings.transfer += self.client.seconds_transfer - moved
                 t2 = time.perf_counter()
@@ -491,7 +563,7 @@ class Bridge:
             if cfg.decomposition == "domain":
                 info = self.connect_ranks(types)
             elif self.rank == 0:
-                self.client = HostConnection(cfg.address, cfg.timeout, init=b"lammps")
+                self.client = Host(cfg.address, cfg.timeout, init=b"lammps")
                 self.client.listen()
                 hint = f"mlip-server --model MODEL.pt --structure {cfg.structure} --address {cfg.address}"
                 mapping = ", ".join(f"{t}→{s}" for t, s in types.items())
@@ -631,9 +703,3 @@ def _numbers_of_types(types: dict) -> np.ndarray:
     for t, sym in types.items():
         numbers[t] = atomic_numbers[sym]
     return numbers
-
-
-if __name__ == "__main__":  # python -m server.lammps.bridge = mlip-lammps
-    from .cli import bridge_main
-
-    sys.exit(bridge_main())

@@ -91,6 +91,14 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="domain: skip the first call's check of the model's interaction range (a 2x shell on one rank)",
     )
+    p.add_argument(
+        "--reconnect-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when the force server is lost mid-run, listen again on the same address this long for "
+        "a new one and repeat the force call (0: halt at once; mlip-lammps-run sets it)",
+    )
     return p
 
 
@@ -122,6 +130,7 @@ def bridge_main(argv=None) -> int:
         decomposition=args.decomposition,
         per_atom=args.per_atom,
         range_check=not args.no_range_check,
+        reconnect_timeout=args.reconnect_timeout,
     )
     if args.decomposition == "domain" and address.kind not in ("unix", "inet"):
         print(f"{BRIDGE}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
@@ -250,6 +259,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
     )
+    p.add_argument(
+        "--max-server-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restart a force server that dies mid-run on the same addresses, at most N times; LAMMPS "
+        "repeats the interrupted force call and never sees the fault (0: fail fast; default 3)",
+    )
     return p
 
 
@@ -281,6 +298,12 @@ def run_main(argv=None) -> int:
         variables.append(("data", str(data)))
     model = _model(args)
     if model is None:
+        return 2
+    if args.max_server_restarts < 0:
+        print(
+            f"{RUN}: error: --max-server-restarts {args.max_server_restarts}: give 0 (fail fast) or more",
+            file=sys.stderr,
+        )
         return 2
     decomposition = args.decomposition or ("domain" if args.np > 1 else "gather")
     if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
@@ -320,6 +343,7 @@ def run_main(argv=None) -> int:
             device=args.device,
             echo=not args.quiet,
             timeout=args.timeout,
+            max_server_restarts=args.max_server_restarts,
         )
     except KeyboardInterrupt:
         print(f"{RUN}: interrupted: stopped LAMMPS and mlip-server", file=sys.stderr)
@@ -386,3 +410,17 @@ def _serve_node(args) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def main(argv=None) -> int:
+    """``python -m server.lammps.cli mlip-lammps|mlip-lammps-run ARGS``: either command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {BRIDGE: bridge_main, RUN: run_main}
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m server.lammps.cli {{{BRIDGE},{RUN}}} ARGS", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -103,6 +103,7 @@ class DomainForces:
         self.ghosts = GhostReturn(self.comm, self.mpi)
         self.timings = RankTimings()
         self.checked = not range_check
+        self._step = 0
 
     # -- one force call ----------------------------------------------------------------------
     def forces(self, step, nlocal, f) -> tuple[float, str | None]:
@@ -112,6 +113,7 @@ class DomainForces:
         first failing rank's message. Collective calls happen in the same order on every rank
         whatever fails locally, so a failure can never leave a rank waiting."""
         t0 = time.perf_counter()
+        self._step = step
         lmp, tm = self.bridge.lmp, self.timings
         nghost = int(lmp.extract_global("nghost"))
         n = nlocal + nghost
@@ -169,6 +171,8 @@ class DomainForces:
             status = FAILED
             message = f"step {step}, rank {self.rank}: internal error: {type(err).__name__}: {err}"
         self.checked = True
+        if self.size > 1:  # a rank waiting for a restarted server: the others wait without spinning
+            wait_quietly(self.comm.Ibarrier())
         self.ghosts.add(ghost_rows, owned_rows)  # collective
         local = np.array(
             [
@@ -216,10 +220,14 @@ class DomainForces:
     def _compute(self, numbers, positions, owned, timed=True):
         """The server's answer for one cluster; its time counts as the server's (``timed``)."""
         waited, moved = self.client.seconds_waiting, self.client.seconds_transfer
-        with self.bridge.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
-            result = self.client.compute_domain(
-                numbers, positions, owned, self.per_atom, members=self.n_members > 0
-            )
+
+        def call():
+            with self.bridge.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
+                return self.client.compute_domain(
+                    numbers, positions, owned, self.per_atom, members=self.n_members > 0
+                )
+
+        result = self.bridge.retrying(self._step, call)
         if timed:
             self.timings.server += self.client.seconds_waiting - waited
             self.timings.transfer += self.client.seconds_transfer - moved

@@ -77,13 +77,13 @@ class Interrupts:
 
     @contextlib.contextmanager
     def raising(self):
-        self._raise = True
+        before, self._raise = self._raise, True  # re-entrant (a reconnection inside a force call)
         try:
             if self.pending:
                 raise KeyboardInterrupt
             yield
         finally:
-            self._raise = False
+            self._raise = before
 
 
 def get_comm():

@@ -32,6 +32,7 @@ Exit status: 0 when both sides finished cleanly, otherwise the failing side's st
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import sys
 import threading
@@ -41,6 +42,7 @@ from pathlib import Path
 
 from .. import processes
 from ..protocol import Address
+from ..supervision import EventLog, RestartBudget, describe_exit
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
 __all__ = [
@@ -55,6 +57,9 @@ __all__ = [
 ]
 
 PROG = "mlip-lammps-run"
+HANG_GRACE = 5.0
+"""Seconds a server the bridge has lost may take to die by itself before it is stopped (hung)."""
+BRIDGE_PROG = "mlip-lammps"  # python -m server.lammps.cli mlip-lammps ... = the bridge
 
 
 def error_line(text: str) -> str | None:
@@ -63,23 +68,38 @@ def error_line(text: str) -> str | None:
     return lines[-1].split("error: ", 1)[1] if lines else None
 
 
+# the bridge's lines about a lost and a regained force server (bridge.Bridge.reconnect)
+_LOST = re.compile(r"force server lost at step (\d+) \(rank (\d+)\)")
+_REGAINED = re.compile(r"force server reconnected at step (\d+) \(rank (\d+)\) after ([\d.]+) s")
+
+
 class _Relay:
     """Copies a process's output line by line to a file and, optionally, to our stdout;
-    keeps the last ``keep`` lines (for error messages) and notes the bridge's connection."""
+    keeps the last ``keep`` lines (for error messages), notes the bridge's connection and its
+    lost / regained force servers (``lost``, ``regained``: (step, rank[, seconds]) queues)."""
 
-    def __init__(self, proc: subprocess.Popen, path: Path, echo: bool, keep: int = 5000):
-        self.proc, self.path, self.echo = proc, path, echo
+    def __init__(self, proc: subprocess.Popen, path: Path, echo: bool, keep: int = 5000, append=False):
+        self.proc, self.path, self.echo, self.append = proc, path, echo, append
         self.lines: collections.deque = collections.deque(maxlen=keep)
         self.connected = False
+        self.lost: collections.deque = collections.deque()
+        self.regained: collections.deque = collections.deque()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        with open(self.path, "w") as out:
+        with open(self.path, "a" if self.append else "w") as out:
             for line in self.proc.stdout:
                 self.lines.append(line)
                 if not self.connected and "force server connected" in line:
                     self.connected = True
+                if "force server " in line:
+                    m = _LOST.search(line)
+                    if m:
+                        self.lost.append((int(m[1]), int(m[2])))
+                    m = _REGAINED.search(line)
+                    if m:
+                        self.regained.append((int(m[1]), int(m[2]), float(m[3])))
                 out.write(line)
                 out.flush()
                 if self.echo:
@@ -161,6 +181,9 @@ class LammpsRun:
         decomposition="gather",
         servers=1,
         device="cpu",
+        max_server_restarts=0,
+        reconnect_timeout=300.0,
+        events: EventLog | None = None,
     ):
         self.deck, self.model = Path(deck).resolve(), resolved_model(model)
         self.elements, self.np = list(elements), int(np)
@@ -181,6 +204,14 @@ class LammpsRun:
         self.servers: list[subprocess.Popen] = []
         self._relays: dict = {}
         self._shm_before: set = set()
+        # crashed servers are restarted on the same addresses (the bridge waits and repeats the call)
+        self.budget = RestartBudget(max_server_restarts)
+        if self.budget.limit and not any(a.startswith("--reconnect-timeout") for a in self.bridge_args):
+            self.bridge_args += ["--reconnect-timeout", f"{reconnect_timeout:g}"]
+        self.events = events
+        self._crashed: dict = {}  # server index → monotonic time of its crash (until LAMMPS goes on)
+        self._gave_up: str | None = None
+        self._lost: dict = {}  # server index → (step, rank, time) the bridge reported it lost
 
     @property
     def server(self) -> subprocess.Popen | None:
@@ -203,7 +234,8 @@ class LammpsRun:
         cmd = [
             sys.executable,
             "-m",
-            "server.lammps.bridge",
+            "server.lammps.cli",
+            BRIDGE_PROG,
             str(self.deck),
             "--address",
             self.address,
@@ -232,7 +264,7 @@ class LammpsRun:
             self.model, self.rank_addresses(), self.n_servers, self.device, self.server_args
         )
 
-    def _spawn(self, cmd, log_name, env=None) -> subprocess.Popen:
+    def _spawn(self, cmd, log_name, env=None, append=False) -> subprocess.Popen:
         proc = subprocess.Popen(
             [str(c) for c in cmd],
             cwd=self.workdir,
@@ -245,7 +277,12 @@ class LammpsRun:
             preexec_fn=processes.tie_to_parent,
             bufsize=1,
         )
-        self._relays[log_name] = _Relay(proc, self.workdir / log_name, self.echo)
+        old = self._relays.get(log_name)
+        relay = _Relay(proc, self.workdir / log_name, self.echo, append=append)
+        if old is not None:
+            old.join()
+            relay.lines.extendleft(reversed(old.lines))
+        self._relays[log_name] = relay
         return proc
 
     def _server_log(self, k: int) -> str:
@@ -256,6 +293,8 @@ class LammpsRun:
         """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server(s)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.events is None:
+            self.events = EventLog(self.workdir, prefix=PROG)
         self._shm_before = shm_files()
         self.structure.unlink(missing_ok=True)
         self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=mpi_env())
@@ -280,6 +319,7 @@ class LammpsRun:
         first, message = None, ""
         try:
             while True:
+                self._supervise()
                 named = [(n, p) for n, p in self._named() if p is not None]
                 ended = [(n, p) for n, p in named if p.poll() is not None]
                 if first is None and ended:
@@ -293,15 +333,18 @@ class LammpsRun:
                     grace = self.grace
                     if proc is not self.bridge and proc.returncode != 0 and not self.connected():
                         grace = 0.0  # the bridge would wait for its connect time-out in vain
+                    if self._gave_up:
+                        grace, message = 0.0, self._gave_up  # the bridge waits for a server in vain
                     others = [(n, p) for n, p in named if p.poll() is None]
                     end = time.monotonic() + grace
                     while grace > 0 and time.monotonic() < end and any(p.poll() is None for _, p in others):
                         time.sleep(0.05)
                     late = [n for n, p in others if p.poll() is None]
-                    if late:
+                    if late and not self._gave_up:
                         message = f"{', '.join(late)} stopped " + (
                             f"{grace:g} s after {name} ended" if grace > 0 else f"when {name} failed"
                         )
+                    if late:
                         processes.stop([p for _, p in others])
                     continue
                 if deadline is not None and time.monotonic() > deadline:
@@ -313,6 +356,91 @@ class LammpsRun:
         finally:
             removed = self.stop()
         return self._result(first, message, removed)
+
+    # -- crashed servers --------------------------------------------------------------------
+    def server_of_rank(self, rank: int) -> int:
+        return rank % len(self.servers) if self.decomposition == "domain" else 0
+
+    def _server_name(self, k: int) -> str:
+        return "mlip-server" if len(self.servers) == 1 else f"mlip-server {k}"
+
+    def _supervise(self) -> None:
+        """Restarts a server that died mid-run (within the restart budget) on the same addresses;
+        kills a server the bridge gave up on while its process still runs (hung); records every
+        event. The bridge listens again and repeats the interrupted call by itself."""
+        relay = self._relays.get("lammps.out")
+        if relay is None or self.bridge is None or self.bridge.poll() is not None or self._gave_up:
+            return
+        now = time.monotonic()
+        while relay.lost:
+            step, rank = relay.lost.popleft()
+            self._crash_step = step
+            self._lost.setdefault(self.server_of_rank(rank), (step, rank, now))
+        for k, (step, rank, seen) in list(self._lost.items()):
+            proc = self.servers[k] if k < len(self.servers) else None
+            if proc is None or proc.poll() is not None:
+                continue  # died: a crash, handled below
+            if self.budget.limit and now - seen > HANG_GRACE:
+                name = self._server_name(k)
+                self.events.record(
+                    "hang",
+                    f"{name} stopped answering rank {rank} at step {step} but still runs: stopping it",
+                    process=name,
+                    step=step,
+                    action="kill",
+                )
+                processes.stop([proc])
+        for k, proc in enumerate(self.servers):
+            rc = proc.poll()
+            if rc is None or rc == 0 or not relay.connected:
+                continue
+            name, log = self._server_name(k), self._server_log(k)
+            step = getattr(self, "_crash_step", None)
+            self.events.record(
+                "crash",
+                f"{name} {describe_exit(rc)}"
+                + (f" at step {step}" if step is not None else "")
+                + f" (see {self.workdir / log})",
+                process=name,
+                status=describe_exit(rc),
+                step=step,
+            )
+            if not self.budget.limit:
+                continue  # fail fast: the bridge halts LAMMPS by itself
+            if not self.budget.take():
+                self._gave_up = (
+                    f"{name} {describe_exit(rc)}; no restarts left (--max-server-restarts "
+                    f"{self.budget.limit})"
+                )
+                self.events.record("failed", self._gave_up, process=name, status=describe_exit(rc))
+                return
+            self.servers[k] = self._spawn(self.server_commands()[k], log, append=True)
+            self._lost.pop(k, None)
+            self._crashed[k] = time.monotonic()
+            served = (
+                self.rank_addresses()[k :: len(self.servers)]
+                if self.decomposition == "domain"
+                else [self.address]
+            )
+            self.events.record(
+                "restart",
+                f"restarted {name} on {' '.join(served)} (restart {self.budget.used} of {self.budget.limit})",
+                process=name,
+                action="restart",
+            )
+        while relay.regained:
+            step, rank, waited = relay.regained.popleft()
+            k = self.server_of_rank(rank)
+            since = self._crashed.get(k)
+            after = f"{time.monotonic() - since:.1f} s after the crash" if since else f"after {waited:.1f} s"
+            self.events.record(
+                "recovered",
+                f"LAMMPS continued at step {step} (rank {rank} repeated its force call) {after}",
+                step=step,
+                process=self._server_name(k),
+                seconds=round(time.monotonic() - since, 3) if since else waited,
+            )
+            self._crashed.pop(k, None)
 
     def connected(self) -> bool:
         """Whether the bridge has reported the server's connection."""
@@ -425,9 +553,3 @@ def run(deck, model, elements, *, timeout=None, **kwargs) -> RunResult:
     except BaseException:
         job.stop()
         raise
-
-
-if __name__ == "__main__":  # python -m server.lammps.runner = mlip-lammps-run
-    from .cli import run_main
-
-    sys.exit(run_main())

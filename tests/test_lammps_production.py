@@ -1,0 +1,166 @@
+"""Production behaviour of ``mlip-lammps-run``: crashed servers restarted mid-run, checkpoints,
+clean stops and resume. Real LAMMPS, real servers, real sockets; small argon cells, float64.
+
+The reference for every comparison is one uninterrupted run of the same deck: a recovered or
+resumed run must give the same potential energy at every step (1e-6 relative), with each thermo
+row and dump frame exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_lammps import (
+    BRIDGE,
+    HAVE_MPI4PY,
+    LJ_COMMON,
+    NVE,
+    _wait_for,
+    argon,
+    no_leftovers,  # noqa: F401 - autouse fixture
+    pytestmark,  # noqa: F401 - skip without the lammps module
+    thermo,
+    write_data,
+)
+
+from server.lammps.runner import LammpsRun
+from server.supervision import read_events
+
+SERVER_ARGS = ["--threads", "1", "--dtype", "float64"]
+STEPS = 60
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed")
+
+
+def _deck(folder: Path, steps=STEPS, dump_every=5) -> Path:
+    """256 argon atoms, NVE, thermo every step, a dump every ``dump_every`` steps."""
+    data = folder / "argon.data"
+    if not data.exists():
+        write_data(argon(), data, ["Ar"])
+    text = LJ_COMMON.format(data=data, forces=BRIDGE, ensemble=NVE).replace("thermo 10", "thermo 1")
+    text = text.replace("dump d all custom 100", f"dump d all custom {dump_every}")
+    deck = folder / "in.lj"
+    deck.write_text(text.replace("run 100", f"run {steps}"))
+    return deck
+
+
+def _steps_once(table) -> np.ndarray:
+    steps = table["Step"].astype(int)
+    assert len(np.unique(steps)) == len(steps), f"a thermo row repeats: {steps}"
+    return steps
+
+
+def _same_energies(ref, got, tol=1e-6) -> None:
+    steps = _steps_once(got)
+    assert list(steps) == list(ref["Step"].astype(int)), (steps, ref["Step"])
+    diff = np.abs(got["PotEng"] - ref["PotEng"]) / np.abs(ref["PotEng"])
+    assert diff.max() <= tol, diff.max()
+
+
+def _frames(path: Path) -> list[int]:
+    lines = path.read_text().splitlines()
+    return [int(lines[i + 1]) for i, line in enumerate(lines) if line.startswith("ITEM: TIMESTEP")]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, lj_model):
+    """The uninterrupted gather run: its thermo table and dump frames."""
+    folder = tmp_path_factory.mktemp("reference")
+    job = LammpsRun(_deck(folder), lj_model, ["Ar"], workdir=folder, echo=False, server_args=SERVER_ARGS)
+    job.start(120)
+    result = job.wait(120)
+    assert result.code == 0, result.message
+    return thermo(folder / "log.lammps"), _frames(folder / "traj.dump")
+
+
+# --------------------------------------------------------------------------- crashed servers
+def _kill_server_mid_run(job: LammpsRun, k: int, after_step: int = 5):
+    relay = job._relays["lammps.out"]
+    _wait_for(
+        lambda: (
+            any(line.split()[:1] == [str(after_step)] for line in relay.lines)
+            or job.bridge.poll() is not None
+        ),
+        60,
+        f"{after_step} MD steps",
+    )
+    assert job.bridge.poll() is None, relay.text
+    os.killpg(job.servers[k].pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "np_, decomposition",
+    [(1, "gather"), pytest.param(2, "domain", marks=needs_mpi4py)],
+)
+def test_killed_server_is_restarted_and_lammps_never_sees_it(
+    tmp_path, lj_model, reference, np_, decomposition
+):
+    job = LammpsRun(
+        _deck(tmp_path),
+        lj_model,
+        ["Ar"],
+        np=np_,
+        workdir=tmp_path,
+        echo=False,
+        server_args=SERVER_ARGS,
+        decomposition=decomposition,
+        servers=np_,
+        max_server_restarts=2,
+    )
+    try:
+        job.start(120)
+        _kill_server_mid_run(job, np_ - 1)  # domain: rank 1's server only
+        result = job.wait(120)
+    finally:
+        job.stop()
+    assert result.code == 0, result.message + result.bridge_output[-3000:]
+    _same_energies(reference[0], thermo(tmp_path / "log.lammps"))
+    assert _frames(tmp_path / "traj.dump") == reference[1]
+    events = read_events(tmp_path)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("crash") == 1 and kinds.count("restart") == 1 and "recovered" in kinds, events
+    assert "hang" not in kinds, events
+    crash = next(e for e in events if e["event"] == "crash")
+    assert crash["status"] == "killed by SIGKILL (out of memory?)"
+    recovered = next(e for e in events if e["event"] == "recovered")
+    assert recovered["seconds"] < 60
+    assert "killed by SIGKILL (out of memory?)" in result.bridge_output + "".join(
+        json.dumps(e) for e in events
+    )
+
+
+def test_restart_budget_spent_fails_with_one_line(tmp_path, lj_model):
+    import threading
+
+    job = LammpsRun(
+        _deck(tmp_path, steps=100000),
+        lj_model,
+        ["Ar"],
+        workdir=tmp_path,
+        echo=False,
+        server_args=SERVER_ARGS,
+        max_server_restarts=1,
+    )
+    results = []
+    try:
+        job.start(120)
+        waiter = threading.Thread(target=lambda: results.append(job.wait(120)), daemon=True)
+        waiter.start()
+        _kill_server_mid_run(job, 0, after_step=3)
+        _wait_for(lambda: "recovered" in [e["event"] for e in read_events(tmp_path)], 60, "the recovery")
+        step = next(e["step"] for e in read_events(tmp_path) if e["event"] == "recovered")
+        _kill_server_mid_run(job, 0, after_step=step + 3)
+        t0 = time.monotonic()
+        waiter.join(60)
+    finally:
+        job.stop()
+    assert time.monotonic() - t0 < 30 and results
+    result = results[0]
+    assert result.code != 0
+    assert "no restarts left (--max-server-restarts 1)" in result.message, result.message
+    assert [e["event"] for e in read_events(tmp_path)].count("crash") == 2
