@@ -69,6 +69,16 @@ class RunFiles:
     bead_positions: str | None = None
     extras: dict = field(default_factory=dict)
 
+    def require(self, name: str) -> str:
+        """The file of field ``name`` (``properties``, ``bead_positions``, ...); refuses a run
+        that did not write it (:class:`~analysis.errors.AnalysisInputError`)."""
+        path = getattr(self, name)
+        if path is None:
+            raise AnalysisInputError(
+                f"the run {self.prefix} has no {name.replace('_', ' ')} file: give a run that wrote it"
+            )
+        return path
+
 
 def find_run_files(path: str, bead: int = 0) -> RunFiles:
     """The i-PI outputs of the run that ``path`` belongs to.

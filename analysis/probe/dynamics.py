@@ -187,7 +187,7 @@ def analyse(
     from analysis.commands.symmetry import symmetry
     from analysis.readers import load_universe
 
-    traj = str(Path(run_dir) / "sim.pos_0.extxyz")
+    traj = positions_file(run_dir)
 
     def load(path, velocities=None, forces=None):
         return load_universe(path, timestep_fs=dt_fs, velocities=velocities, forces=forces)
@@ -211,9 +211,17 @@ def analyse(
     return json.loads((Path(out) / "summary.json").read_text())
 
 
+def positions_file(run_dir) -> str:
+    """The bead-0 positions of run ``run_dir`` (``sim.pos_0.extxyz``), found by
+    :func:`analysis.run_folder.find_run_files`."""
+    from analysis.run_folder import find_run_files
+
+    return find_run_files(str(run_dir)).require("bead_positions")
+
+
 def n_frames(run_dir) -> int:
-    """Frames in ``run_dir/sim.pos_0.extxyz``."""
-    text = (Path(run_dir) / "sim.pos_0.extxyz").read_text().splitlines()
+    """Frames in the positions of run ``run_dir`` (:func:`positions_file`)."""
+    text = Path(positions_file(run_dir)).read_text().splitlines()
     n, count, i = int(text[0]), 0, 0
     while i + n + 2 <= len(text):
         count, i = count + 1, i + n + 2

@@ -12,6 +12,7 @@ import numpy as np
 from analysis import output
 from analysis.ipi_files import read_properties
 from analysis.output import read_table
+from analysis.run_folder import find_run_files
 
 __all__ = [
     "verdict_convergence",
@@ -187,7 +188,7 @@ def plot_molecule(runs, path):
         am = read_table(Path(d["analysis"]) / "symmetry_angular_momentum.dat")
         L = np.sqrt(am["Lx_hbar"] ** 2 + am["Ly_hbar"] ** 2 + am["Lz_hbar"] ** 2)
         axes[0, 0].plot(am["t_ps"], L, lw=0.8, label=name)
-        props = read_properties(str(Path(d["dir"]) / "sim.out"))  # time ps, conserved eV
+        props = read_properties(find_run_files(str(d["dir"])).require("properties"))  # time ps, conserved eV
         axes[0, 1].plot(props["time"], 1e3 * (props["conserved"] - props["conserved"][0]), lw=0.8, label=name)
     axes[0, 0].set_xlabel("t (ps)")
     axes[0, 0].set_ylabel("|L| (ħ)")
