@@ -418,6 +418,10 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
             seen.append(line)
             if line.split()[:1] == ["3"]:  # thermo of step 3: the run is going
                 break
+        # the first Ctrl-C asks for a clean stop (tests/test_lammps_production.py); a second one
+        # stops everything at once
+        launcher.send_signal(signal.SIGINT)
+        time.sleep(0.2)
         launcher.send_signal(signal.SIGINT)
         out = "".join(seen) + launcher.communicate(timeout=30)[0]
     finally:

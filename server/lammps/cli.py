@@ -9,11 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
-from ..core.errors import MLIPError
+from ..core.errors import InputError, MLIPError
 from ..paths import lammps_inputs_dir, shipped_model
 from ..protocol import Address
 from ..structures import write_water_data
-from . import bridge, runner
+from ..supervision import EXIT_STOPPED, Deadline, EventLog, StopSignals
+from . import bridge, checkpoint, runner
 from .bridge import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Bridge, BridgeConfig
 from .mpi import Interrupts, get_comm, preload_mpi
 
@@ -99,6 +100,23 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         help="when the force server is lost mid-run, listen again on the same address this long for "
         "a new one and repeat the force call (0: halt at once; mlip-lammps-run sets it)",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="restart files every N steps (needs --state)",
+    )
+    p.add_argument(
+        "--state", default=None, metavar="JSON", help="the checkpoint state file to write (and --resume from)"
+    )
+    p.add_argument(
+        "--stop-file",
+        default=None,
+        metavar="PATH",
+        help="stop cleanly (restart file, exit 75) once this file exists",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the restart file named in --state")
     return p
 
 
@@ -131,6 +149,10 @@ def bridge_main(argv=None) -> int:
         per_atom=args.per_atom,
         range_check=not args.no_range_check,
         reconnect_timeout=args.reconnect_timeout,
+        checkpoint_every=args.checkpoint_every,
+        state=args.state,
+        stop_file=args.stop_file,
+        resume=args.resume,
     )
     if args.decomposition == "domain" and address.kind not in ("unix", "inet"):
         print(f"{BRIDGE}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
@@ -156,7 +178,11 @@ def build_run_parser() -> argparse.ArgumentParser:
         description=runner.__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("deck", nargs="?", help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line")
+    p.add_argument(
+        "deck",
+        nargs="?",
+        help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line (not with --resume)",
+    )
     p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument(
         "--committee",
@@ -260,6 +286,26 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
     )
     p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write LAMMPS restart files WORKDIR/restart.STEP every N steps (the newest two are kept)",
+    )
+    p.add_argument(
+        "--walltime",
+        default=None,
+        metavar="HH:MM:SS",
+        help="stop cleanly (restart file, exit 75) before this much time has passed (default under "
+        "SLURM: the job's end time)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="WORKDIR",
+        help="continue the run in WORKDIR from its newest restart file to the deck's final step",
+    )
+    p.add_argument(
         "--max-server-restarts",
         type=int,
         default=3,
@@ -272,15 +318,28 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def run_main(argv=None) -> int:
     args = build_run_parser().parse_args(argv)
-    # a kill cleans up like Ctrl-C; SIGINT is set too because a parent shell may have
-    # started us with it ignored (background jobs), and then Ctrl-C would do nothing
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.default_int_handler)
     if args.side == "servers":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
         return _serve_node(args)
+    try:
+        deadline = Deadline.from_options(args.walltime)
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return 2
+    if args.resume:
+        return _resume(args, deadline)
+    settings = _fresh_settings(args)
+    if settings is None:
+        return 2
+    return _launch(settings, args, deadline, resume=False)
+
+
+def _fresh_settings(args) -> dict | None:
+    """The run's settings from the command line (None after one error line); written to run.json."""
     if not args.deck:
         print(f"{RUN}: error: give the LAMMPS deck (e.g. lammps_inputs/in.water-nvt)", file=sys.stderr)
-        return 2
+        return None
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     deck = Path(args.deck)
@@ -290,7 +349,7 @@ def run_main(argv=None) -> int:
             "such as lammps_inputs/in.water-nvt",
             file=sys.stderr,
         )
-        return 2
+        return None
     variables = list(args.var)
     if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
         data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
@@ -298,60 +357,116 @@ def run_main(argv=None) -> int:
         variables.append(("data", str(data)))
     model = _model(args)
     if model is None:
-        return 2
-    if args.max_server_restarts < 0:
-        print(
-            f"{RUN}: error: --max-server-restarts {args.max_server_restarts}: give 0 (fail fast) or more",
-            file=sys.stderr,
-        )
-        return 2
+        return None
+    if args.max_server_restarts < 0 or args.checkpoint_every < 0:
+        print(f"{RUN}: error: --max-server-restarts and --checkpoint-every take 0 or more", file=sys.stderr)
+        return None
     decomposition = args.decomposition or ("domain" if args.np > 1 else "gather")
     if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
         print(
             f"{RUN}: error: --servers {args.servers}: several servers need --decomposition domain",
             file=sys.stderr,
         )
-        return 2
+        return None
     if args.servers > max(args.np, 1):
         print(
             f"{RUN}: error: --servers {args.servers} exceeds --np {args.np}: at most one server per rank",
             file=sys.stderr,
         )
-        return 2
+        return None
     if decomposition == "domain" and args.address and args.address.startswith("shm:"):
         print(f"{RUN}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
-        return 2
+        return None
     bridge_args = ["--decomposition", decomposition]
     if args.per_atom:
         bridge_args.append("--per-atom")
     if args.no_range_check:
         bridge_args.append("--no-range-check")
-    server_args = _server_args(args)
+    if args.checkpoint_every:
+        bridge_args += ["--checkpoint-every", str(args.checkpoint_every)]
+    return {
+        "deck": str(deck.resolve()),
+        "model": runner.resolved_model(model),
+        "elements": args.elements,
+        "np": args.np,
+        "variables": [list(v) for v in variables],
+        "workdir": str(workdir.resolve()),
+        "address": args.address,
+        "server_args": _server_args(args),
+        "bridge_args": bridge_args + args.bridge_arg,
+        "decomposition": decomposition,
+        "servers": args.servers,
+        "device": args.device,
+        "max_server_restarts": args.max_server_restarts,
+    }
+
+
+def _resume(args, deadline) -> int:
+    """``--resume WORKDIR``: the stored settings, the outputs cut back to the restart step."""
+    workdir = Path(args.resume)
     try:
-        result = runner.run(
-            deck,
-            model,
-            args.elements,
-            np=args.np,
-            variables=variables,
-            workdir=workdir,
-            address=args.address,
-            server_args=server_args,
-            bridge_args=bridge_args + args.bridge_arg,
-            decomposition=decomposition,
-            servers=args.servers,
-            device=args.device,
-            echo=not args.quiet,
-            timeout=args.timeout,
-            max_server_restarts=args.max_server_restarts,
-        )
+        settings, state = checkpoint.read_state(workdir)
+        if state and state.get("done"):
+            print(f"{RUN}: the run in {workdir} is complete (step {state['step']}): nothing to resume")
+            return 0
+        if not state or not state.get("restart"):
+            raise InputError(
+                f"{workdir} has no restart file yet (the run ended before its first checkpoint): start "
+                "it again without --resume"
+            )
+        checkpoint.check_restart(workdir / state["restart"])
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return 2
+    step = int(state["step"])
+    cut = checkpoint.cut_log(workdir / (state.get("log") or "log.lammps"), step)
+    for path in (state.get("dumps") or {}).values():
+        cut += checkpoint.cut_dump(workdir / path, step)
+    settings["workdir"] = str(workdir.resolve())
+    events = EventLog(workdir, prefix=RUN)
+    events.record(
+        "resume",
+        f"resuming from {state['restart']} at step {step} of {state.get('final_step')}"
+        + (f" (cut {cut} bytes of output past it)" if cut else ""),
+        step=step,
+    )
+    return _launch(settings, args, deadline, resume=True, events=events)
+
+
+def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
+    workdir = Path(settings["workdir"])
+    if not resume:
+        checkpoint.write_json(workdir / checkpoint.RUN_FILE, settings)
+    kwargs = dict(settings)
+    for name in ("deck", "model", "elements"):
+        kwargs.pop(name)
+    stop = StopSignals()
+    try:
+        with stop:
+            result = runner.run(
+                settings["deck"],
+                settings["model"],
+                settings["elements"],
+                echo=not args.quiet,
+                timeout=args.timeout,
+                resume=resume,
+                stop_event=stop.event,
+                deadline=deadline,
+                events=events,
+                **kwargs,
+            )
     except KeyboardInterrupt:
         print(f"{RUN}: interrupted: stopped LAMMPS and mlip-server", file=sys.stderr)
         return 130
     except FileNotFoundError as err:
         print(f"{RUN}: error: {err}", file=sys.stderr)
         return 2
-    if result.code:
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return 2
+    if result.code == EXIT_STOPPED:
+        print(f"{RUN}: {result.message}: continue with `{RUN} --resume {workdir}`", flush=True)
+    elif result.code:
         print(f"{RUN}: error: {result.message} (outputs in {result.workdir})", file=sys.stderr)
     else:
         print(f"{RUN}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")

@@ -32,6 +32,9 @@ __all__ = [
     "neighbor_skin",
     "comm_cutoffs",
     "FIX_LINE",
+    "commands",
+    "command_by_command",
+    "refused_for_resume",
 ]
 
 DEFAULT_SKIN = 2.0
@@ -205,3 +208,61 @@ def check_elements(elements: list, ntypes: int, masses) -> list[str]:
                     "order of -e (fine for isotopes)"
                 )
     return warnings
+
+
+# --------------------------------------------------------------------------- checkpoints and resume
+LOOP_COMMANDS = ("jump", "label", "next", "include", "if", "python", "loop")
+"""Commands that make a deck's flow depend on LAMMPS: the bridge then cannot execute it command by
+command, so checkpoints and resume are refused (the deck still runs, as one file)."""
+STATE_COMMANDS = (
+    "velocity",
+    "displace_atoms",
+    "set",
+    "create_atoms",
+    "delete_atoms",
+    "change_box",
+    "replicate",
+    "read_dump",
+    "create_box",
+)
+"""Commands that change the atoms: on resume the restart file holds their result, so they are
+skipped up to the resumed run (as are the output commands :data:`OUTPUT_COMMANDS`)."""
+OUTPUT_COMMANDS = ("write_data", "write_restart", "write_dump", "write_coeff")
+REFUSED_FOR_RESUME = ("minimize", "reset_timestep", "rerun", "read_restart")
+RESUMABLE_DUMPS = ("atom", "custom", "xyz", "local")
+
+
+def commands(text: str) -> list[tuple[int, str]]:
+    """(first line number, logical line) of every non-blank command of ``text`` (comments kept)."""
+    out = []
+    for first, _, logical in _logical_lines(text):
+        if logical.split("#", 1)[0].strip():
+            out.append((first, logical))
+    return out
+
+
+def command_by_command(text: str) -> str | None:
+    """None when the bridge can execute ``text`` command by command; otherwise why not."""
+    if '"""' in text:
+        return "it has a triple-quoted string"
+    for first, logical in commands(text):
+        word = logical.split()[0]
+        if word in LOOP_COMMANDS:
+            return f"line {first} uses '{word}'"
+    return None
+
+
+def refused_for_resume(text: str) -> str | None:
+    """None when a deck's runs can be checkpointed and resumed; otherwise why not (one line)."""
+    why = command_by_command(text)
+    if why:
+        return why
+    for first, logical in commands(text):
+        words = logical.split("#", 1)[0].split()
+        if words[0] in REFUSED_FOR_RESUME:
+            return f"line {first} uses '{words[0]}' (the step count of the pieces would not add up)"
+        if words[0] == "run" and "every" in words:
+            return f"line {first} uses 'run ... every'"
+        if words[0] == "read_data" and sum(1 for _, c in commands(text) if c.split()[0] == "read_data") > 1:
+            return "it reads several data files"
+    return None

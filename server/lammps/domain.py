@@ -135,6 +135,8 @@ class DomainForces:
         try:
             if self.rank == 0 and self.bridge.interrupts.pending:
                 raise KeyboardInterrupt
+            if self.rank == 0 and not self.bridge.line_mode and self.bridge.stop_requested():
+                raise KeyboardInterrupt  # a deck with loops cannot stop cleanly: stop it
             near = near_owned(x[:nlocal], x[nlocal:], self.range)
             cluster = np.concatenate([np.arange(nlocal), nlocal + np.flatnonzero(near)])
             tm.owned, tm.ghost, tm.ghost_lammps = nlocal, int(near.sum()), nghost
@@ -183,6 +185,7 @@ class DomainForces:
                 float(extras.get("raw_energy", energy)),
                 float(extras.get("delta_energy", 0.0)),
                 *member_energies,
+                float(self.rank == 0 and status == OK and self.bridge.stop_requested()),
             ]
         )
         member_std = 0.0
@@ -207,10 +210,12 @@ class DomainForces:
         if self.per_atom and nlocal:
             lmp.numpy.fix_external_set_energy_peratom(fix, atom_energies)
             lmp.numpy.fix_external_set_virial_peratom(fix, np.ascontiguousarray(owned_rows[:, 3:9]))
-        energy_std = float(np.std(total[11:], ddof=1)) if m else 0.0
+        energy_std = float(np.std(total[11 : 11 + m], ddof=1)) if m else 0.0
         diagnostics = (total[9], total[10], largest[0], largest[1], energy_std, largest[2])
         for i, value in enumerate(diagnostics, 1):
             lmp.fix_external_set_vector(fix, i, float(value))
+        if total[-1] > 0:
+            self.bridge.request_stop()
         tm.callback += time.perf_counter() - t0
         tm.calls += 1
         if tm.calls == 1:

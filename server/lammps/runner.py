@@ -42,7 +42,8 @@ from pathlib import Path
 
 from .. import processes
 from ..protocol import Address
-from ..supervision import EventLog, RestartBudget, describe_exit
+from ..supervision import EXIT_STOPPED, EventLog, RestartBudget, describe_exit
+from .checkpoint import STATE_FILE, STOP_FILE
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
 __all__ = [
@@ -184,6 +185,9 @@ class LammpsRun:
         max_server_restarts=0,
         reconnect_timeout=300.0,
         events: EventLog | None = None,
+        resume=False,
+        stop_event=None,
+        deadline=None,
     ):
         self.deck, self.model = Path(deck).resolve(), resolved_model(model)
         self.elements, self.np = list(elements), int(np)
@@ -212,6 +216,16 @@ class LammpsRun:
         self._crashed: dict = {}  # server index → monotonic time of its crash (until LAMMPS goes on)
         self._gave_up: str | None = None
         self._lost: dict = {}  # server index → (step, rank, time) the bridge reported it lost
+        # clean stops (stop_event: the launcher's signals; deadline: --walltime) and resume
+        self.resume, self.stop_event, self.deadline = resume, stop_event, deadline
+        self.stop_file = self.workdir / STOP_FILE
+        self._stop_sent = False
+        if not any(a.startswith("--state") for a in self.bridge_args):
+            self.bridge_args += ["--state", str(self.workdir / STATE_FILE)]
+        if not any(a.startswith("--stop-file") for a in self.bridge_args):
+            self.bridge_args += ["--stop-file", str(self.stop_file)]
+        if resume and "--resume" not in self.bridge_args:
+            self.bridge_args.append("--resume")
 
     @property
     def server(self) -> subprocess.Popen | None:
@@ -278,7 +292,7 @@ class LammpsRun:
             bufsize=1,
         )
         old = self._relays.get(log_name)
-        relay = _Relay(proc, self.workdir / log_name, self.echo, append=append)
+        relay = _Relay(proc, self.workdir / log_name, self.echo, append=append or self.resume)
         if old is not None:
             old.join()
             relay.lines.extendleft(reversed(old.lines))
@@ -297,6 +311,7 @@ class LammpsRun:
             self.events = EventLog(self.workdir, prefix=PROG)
         self._shm_before = shm_files()
         self.structure.unlink(missing_ok=True)
+        self.stop_file.unlink(missing_ok=True)
         self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=mpi_env())
         while not self.structure.exists():
             if self.bridge.poll() is not None or (deadline is not None and time.monotonic() > deadline):
@@ -320,6 +335,7 @@ class LammpsRun:
         try:
             while True:
                 self._supervise()
+                self._stop_when_asked()
                 named = [(n, p) for n, p in self._named() if p is not None]
                 ended = [(n, p) for n, p in named if p.poll() is not None]
                 if first is None and ended:
@@ -356,6 +372,21 @@ class LammpsRun:
         finally:
             removed = self.stop()
         return self._result(first, message, removed)
+
+    def _stop_when_asked(self) -> None:
+        """A signal to the launcher or the walltime: the stop file tells the bridge to stop
+        cleanly at the next step (restart file, exit 75)."""
+        if self._stop_sent or self.bridge is None or self.bridge.poll() is not None:
+            return
+        why = None
+        if self.stop_event is not None and self.stop_event.is_set():
+            why = "a stop signal"
+        elif self.deadline is not None and self.deadline.due():
+            why = self.deadline.describe()
+        if why:
+            self._stop_sent = True
+            self.stop_file.touch()
+            self.events.record("stop", f"stopping at the next step ({why})", action="stop")
 
     # -- crashed servers --------------------------------------------------------------------
     def server_of_rank(self, rank: int) -> int:
@@ -450,6 +481,7 @@ class LammpsRun:
     def stop(self) -> list:
         """Kills whatever still runs, removes the socket files and leftover MPICH shm files."""
         processes.stop([self.bridge] + self.servers, self.sockets())
+        self.stop_file.unlink(missing_ok=True)
         for relay in self._relays.values():
             relay.join()
         return remove_leftover_shm(self._shm_before)
@@ -462,7 +494,13 @@ class LammpsRun:
         souts = [self._relays[self._server_log(k)].text for k in range(len(self.servers))]
         sout = "".join(souts)
         if b == 0 and codes and all(c == 0 for c in codes) and first != "timeout":
+            self.events.record("done", "the deck is complete", action="done")
             return RunResult(0, b, s, bout, sout, message, self.workdir, removed)
+        if b == EXIT_STOPPED:
+            stopped = re.findall(r"stopped at step \d+ of \S+", bout)
+            text = stopped[-1] if stopped else "stopped"
+            self.events.record("stopped", text, action="stopped")
+            return RunResult(EXIT_STOPPED, b, s, bout, sout, text, self.workdir, removed)
         # the side that failed first is the cause; the others only followed
         sides = [("mlip-lammps", b, bout, "lammps.out")] + [
             ("mlip-server", c, out, self._server_log(k)) for k, (c, out) in enumerate(zip(codes, souts))
