@@ -1,9 +1,11 @@
 """hpc/ipi-cpu-server-gpu.slurm runs only project commands, and they work together.
 
 No SLURM here: the script runs under bash with stand-ins for ``srun`` (records its arguments,
-drops ``--het-group``, runs the rest) and ``scontrol`` (the i-PI host is 127.0.0.1), and a
-project whose ``.venv/bin/activate`` puts ``mlip-run`` of this Python first on PATH. Its two
-``mlip-run`` sides then run a short path-integral job with the toy model over an inet socket.
+drops its own options, runs the rest) and ``scontrol`` (the i-PI host is 127.0.0.1), and a
+project whose ``.venv/bin/activate`` puts ``mlip-run`` of this Python first on PATH. In the
+layout of a heterogeneous job (``SLURM_HET_SIZE=2``) its two ``mlip-run`` sides then run a short
+path-integral job with the toy model over an inet socket. tests/test_slurm.py submits the
+templates to a real SLURM (``make test-hpc``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ def _stand_ins(tmp_path: Path, log: Path) -> Path:
         "import json, os, sys\n"
         f"with open({str(log)!r}, 'a') as fh:\n"
         "    fh.write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        "args = [a for a in sys.argv[1:] if not a.startswith('--het-group')]\n"
+        "args = sys.argv[1:]\n"
+        "while args[0].startswith('-'):\n"
+        "    args.pop(0)\n"
         "os.execvp(args[0], args)\n"
     )
     (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
@@ -61,13 +65,17 @@ def _stand_ins(tmp_path: Path, log: Path) -> Path:
 
 
 def test_template_uses_only_project_commands():
-    """Every command the job runs on a node is mlip-run; no inline Python edits the rendered input."""
+    """Every command the job runs on a node is mlip-run (one node: in the batch shell; two: one
+    srun per side); no inline Python edits the rendered input."""
     text = TEMPLATE.read_text()
     assert "<<" not in text and "python" not in text.lower()
     joined = text.replace("\\\n", " ")
-    sruns = [line.split() for line in joined.splitlines() if line.strip().startswith("srun")]
+    lines = [line.split() for line in joined.splitlines() if not line.strip().startswith("#")]
+    sruns = [words for words in lines if words and words[0] == "srun"]
     assert len(sruns) == 2
     assert all(words[2] == "mlip-run" for words in sruns)
+    direct = [words for words in lines if words and words[0] == "mlip-run"]
+    assert len(direct) == 1
 
 
 def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
@@ -85,7 +93,9 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
         MOLECULES="8",
         DEVICE="cpu",
         SLURM_JOB_ID=str(port - 20000),
+        SLURM_HET_SIZE="2",
         SLURM_JOB_NODELIST_HET_GROUP_0="cpu-node",
+        MLIP_JOB_SCRIPT=str(TEMPLATE),
         OMP_NUM_THREADS="1",
     )
     proc = subprocess.Popen(
@@ -102,7 +112,8 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-    run = job / f"run-{port - 20000}"
+    job_id = port - 20000
+    run = job / f"run-{job_id}"
     logs = {p.name: p.read_text() for p in job.glob("*.log")} | {
         p.name: p.read_text() for p in run.glob("*.log")
     }
@@ -135,8 +146,9 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
     assert "mode='inet'" in xml and f"<address>127.0.0.1</address><port>{port}</port>" in xml
     spec = json.loads((run / "server.json").read_text())
     assert spec["addresses"] == [f"inet:127.0.0.1:{port}=none"] * 2
-    assert "mlip-run: done" in logs[f"run-{port - 20000}.ipi-side.log"]
-    assert "mlip-run: done" in logs[f"run-{port - 20000}.server-side.log"]
+    assert "mlip-run: done" in logs[f"run-{job_id}.ipi-side-{job_id}.log"]
+    assert "server side done" in logs[f"run-{job_id}.server-side-{job_id}.log"]
+    assert "the run is done" in out
     rows = [
         line
         for line in (run / "sim.out").read_text().splitlines()
