@@ -94,8 +94,9 @@ def executable(name: str) -> str:
 
 
 def start_ipi(xml, cwd, log="ipi.log", env=None) -> subprocess.Popen:
-    """i-PI on input ``xml`` in folder ``cwd``, its output in ``cwd/log``."""
-    return start([executable("i-pi"), xml], cwd=cwd, log=Path(cwd) / log, env=env)
+    """i-PI on input ``xml`` in folder ``cwd``, its output in ``cwd/log``: i-PI's own ``i-pi``
+    command with the repair of :mod:`server.ipi.ipi_main` (a driver killed mid-call)."""
+    return start([sys.executable, "-m", "server.ipi.ipi_main", xml], cwd=cwd, log=Path(cwd) / log, env=env)
 
 
 def start_server(model, structure, addresses, cwd, log="server.log", extra=(), env=None) -> subprocess.Popen:

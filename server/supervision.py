@@ -244,10 +244,12 @@ class StallWatch:
     """Tells a hung server from a slow one by its :class:`Heartbeat` file.
 
     ``timeout`` (s) fixed by ``--stall-timeout``; None derives it: 10 × the longest gap between
-    beats seen so far, at least ``floor`` s; before the first beat (model loading, the first
-    call's measurements) ``startup`` s."""
+    beats seen so far, at least ``floor`` s. Before a server's first beat (model loading, the
+    first call's measurements) the limit is ``startup`` s (or ``timeout`` if longer)."""
 
-    def __init__(self, path: Path, timeout: float | None = None, floor: float = 120.0, startup: float = 600.0):
+    def __init__(
+        self, path: Path, timeout: float | None = None, floor: float = 120.0, startup: float = 600.0
+    ):
         self.path = Path(path)
         self.fixed = timeout
         self.floor = floor
@@ -261,10 +263,10 @@ class StallWatch:
         self.slowest = 0.0
 
     def limit(self) -> float:
+        if self.last_beat is None:  # loading the model and the first call's measurements
+            return max(self.startup, self.fixed or 0.0)
         if self.fixed is not None:
             return self.fixed
-        if self.last_beat is None:
-            return self.startup
         return max(self.floor, 10.0 * self.slowest)
 
     def stalled(self) -> float | None:

@@ -1,4 +1,5 @@
-"""mlip-run: every experiment runs through the launcher; stop, restart and concurrency."""
+"""mlip-run: every experiment runs through the launcher; stop, resume and concurrency (the
+production faults are in test_production.py)."""
 
 import glob
 import os
@@ -126,50 +127,17 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
         assert data[k + 1, 2] == pytest.approx(ev.compute([s], "i")[0].energy, abs=2e-6)
 
 
-def test_restart_continues_the_run(tmp_path, toy_model):
-    first, second = tmp_path / "a", tmp_path / "b"
-    assert (
-        mlip_run(
-            [
-                "water-nvt",
-                "--model",
-                toy_model,
-                "--steps",
-                "10",
-                "--molecules",
-                "8",
-                "--stride",
-                "5",
-                "--set",
-                "checkpoint=5",
-                "--out",
-                str(first),
-                "--progress",
-                "0",
-            ]
-        )
-        == 0
-    )
-    assert (
-        mlip_run(
-            [
-                "water-nvt",
-                "--model",
-                toy_model,
-                "--restart",
-                str(first),
-                "--steps",
-                "20",
-                "--out",
-                str(second),
-                "--progress",
-                "0",
-            ]
-        )
-        == 0
-    )
-    steps = np.loadtxt(second / "sim.out")[:, 0]
-    assert steps[0] > 10 - 1e-9 and steps[-1] == 20
+def test_resume_extends_a_finished_run_in_place(tmp_path, toy_model):
+    """--resume of a finished run says so and exits 0; with a larger --steps it continues in the
+    same folder, and sim.out then holds steps 0..20 once each (stride 5)."""
+    run = tmp_path / "a"
+    base = ["--steps", "10", "--molecules", "8", "--stride", "5", "--set", "checkpoint=5", "--progress", "0"]
+    assert mlip_run(["water-nvt", "--model", toy_model, "--out", str(run), *base]) == 0
+    assert mlip_run(["--resume", str(run), "--progress", "0"]) == 0  # finished: nothing to do
+    assert mlip_run(["--resume", str(run), "--steps", "20", "--progress", "0"]) == 0
+    steps = np.loadtxt(run / "sim.out")[:, 0]
+    assert steps.tolist() == [0, 5, 10, 15, 20]
+    assert sorted(p.name for p in run.glob("sim.*")) == ["sim.out", "sim.pos_0.extxyz", "sim.restart"]
 
 
 def _long_run(run, toy_model, stderr):
@@ -191,6 +159,7 @@ def _long_run(run, toy_model, stderr):
             "--progress",
             "0",
         ],
+        stdout=stderr,
         stderr=stderr,
         text=True,
     )
@@ -207,8 +176,8 @@ def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
     before = set(glob.glob("/tmp/ipi_mlip-*"))
     proc, children = _long_run(tmp_path / "run", toy_model, subprocess.PIPE)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "interrupted" in err
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75 and "continue with `mlip-run --resume" in out, (out, err)
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,22 @@ from ..core.errors import InputError
 from ..paths import experiments_dir, shipped_model
 from ..structures import water_box, water_molecule, write_ipi_xyz
 
-__all__ = ["RunOptions", "Rendered", "experiments", "load_experiment", "render", "forcefield"]
+__all__ = [
+    "RunOptions",
+    "Rendered",
+    "experiments",
+    "load_experiment",
+    "render",
+    "render_resume",
+    "forcefield",
+]
 
 TRANSPORTS = ("unix", "shm", "inet", "ffdirect")
 """Between i-PI and the model: ``<ffsocket>`` modes (unix sockets, unix sockets with the arrays in
 shared memory, TCP) and ``<ffdirect>`` (the model inside i-PI's process)."""
 TEMPLATE_KEYS = ("steps", "temperature", "timestep", "beads", "nmts", "pressure", "stride", "seed")
 """Run options that are also template values of ``input.xml``."""
+_TOTAL_STEPS = re.compile(r"<total_steps>\s*\d+\s*</total_steps>")
 
 
 @dataclass
@@ -52,12 +60,25 @@ class RunOptions:
     average: str = "none"
     specs: str | None = None
     seed: int = 12345
-    device: str = "cpu"
+    device: str | None = None
+    """cpu, cuda or cuda:N (None: cpu, or for ``resume`` the device the run was started with)."""
     dtype: str | None = None
     """Server precision; None: the model's own."""
     template: dict = field(default_factory=dict)
     """Any other template value (``--set NAME=VALUE``)."""
-    restart: str | None = None
+    resume: str | None = None
+    """A run folder to continue in place, from its latest checkpoint, until its total steps."""
+    walltime: str | None = None
+    """HH:MM:SS the run may take (None: the SLURM job's end time, if any): it stops cleanly,
+    ``walltime_margin`` s before."""
+    walltime_margin: float | None = None
+    """Seconds before the walltime when the stop begins (None: 10 % of it, 20-300 s)."""
+    max_server_restarts: int = 3
+    """Restarts of a server that died or hung, per launch (0: the run fails at once)."""
+    stall_timeout: float | None = None
+    """Seconds without an evaluation after which a server counts as hung (None: 10 x the longest
+    gap seen, at least 120 s; a new server has 600 s for its first). Also i-PI's socket
+    ``<timeout>``."""
     out: str | None = None
     progress: float = 10.0
     """Seconds between progress lines (0: quiet)."""
@@ -141,9 +162,10 @@ def forcefield(
         where = f"<address>{options.host}</address><port>{port}</port>"
     else:
         where = f"<address>{address}</address>"
+    timeout = f"<timeout>{options.stall_timeout:g}</timeout>" if options.stall_timeout else ""
     return (
         f"<ffsocket name='{name}' mode='{options.transport}' pbc='false'>{where}"
-        f"<latency>{options.latency:g}</latency></ffsocket>"
+        f"<latency>{options.latency:g}</latency>{timeout}</ffsocket>"
     )
 
 
@@ -223,15 +245,12 @@ def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptio
 
 
 def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
-    """Writes the starting structure into ``out`` and renders ``input.xml`` (or, with
-    ``options.restart``, the previous run's RESTART with fresh socket names); writes no XML."""
+    """Writes the starting structure into ``out`` and renders ``input.xml``; writes no XML."""
     if options.transport not in TRANSPORTS:
         raise InputError(f"unknown transport {options.transport!r}: use one of {', '.join(TRANSPORTS)}")
     if options.transport == "inet" and not options.port:
         raise InputError("the inet transport needs --port (the first of one port per endpoint)")
     meta, template = load_experiment(name)
-    if options.restart:
-        return _render_restart(meta, options, out, run_id)
     element_file = _starting_structure(meta, options, out)
     values = {k: str(v) for k, v in meta["defaults"].items()}
     for key in TEMPLATE_KEYS:
@@ -273,28 +292,30 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
     )
 
 
-def _render_restart(meta, options: RunOptions, out: Path, run_id: str) -> Rendered:
-    old = Path(options.restart)
-    if not (old / "RESTART").exists():
-        raise InputError(f"no RESTART file in {old}: pass the folder of a run that wrote checkpoints")
-    text = (old / "RESTART").read_text()
-    endpoints = json.loads((old / "endpoints.json").read_text())
-    for e in endpoints:
-        text = re.sub(
-            r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>.*?<address>)\s*[^<]*(</address>)" % re.escape(e),
-            r"\g<1>%s-%s\g<2>" % (run_id, e),
-            text,
-            flags=re.S,
-        )
+def render_resume(name: str, options: RunOptions, folder: Path, run_id: str, checkpoint: str) -> Rendered:
+    """The i-PI input that continues run ``folder`` from the ``checkpoint`` text (an i-PI
+    RESTART): fresh unix socket names, ``options.steps`` as the new total (counted from the
+    start), i-PI's socket ``<timeout>`` from ``options.stall_timeout``; writes no XML."""
+    meta = load_experiment(name)[0]
+    text = checkpoint
+    endpoints = json.loads((folder / "endpoints.json").read_text())
+    if options.transport in ("unix", "shm"):
+        for e in endpoints:
+            text = re.sub(
+                r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>.*?<address>)\s*[^<]*(</address>)" % re.escape(e),
+                r"\g<1>%s-%s\g<2>" % (run_id, e),
+                text,
+                flags=re.S,
+            )
+    if options.stall_timeout:
+        text = re.sub(r"\s*<timeout>[^<]*</timeout>", "", text)
+        text = re.sub(r"(</address>)", r"\g<1><timeout>%g</timeout>" % options.stall_timeout, text)
     if options.steps is not None:  # extend (or shorten) the run: total steps counted from the start
-        text = re.sub(
-            r"<total_steps>\s*\d+\s*</total_steps>", f"<total_steps>{options.steps}</total_steps>", text
-        )
-    for f in ("init.xyz", "init.extxyz", "trajectory.extxyz"):
-        if (old / f).exists():
-            shutil.copy(old / f, out / f)
-    element_file = "init.xyz" if (out / "init.xyz").exists() else "init.extxyz"
+        text = _TOTAL_STEPS.sub(f"<total_steps>{options.steps}</total_steps>", text)
+    element_file = "init.xyz" if (folder / "init.xyz").exists() else "init.extxyz"
     addresses, sockets = _connections(meta, text, endpoints, run_id, options)
+    if options.transport == "ffdirect":
+        addresses, sockets = [], []
     return Rendered(
-        text, "RESTART.in", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
+        text, "resume.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
     )

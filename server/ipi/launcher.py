@@ -5,7 +5,8 @@
     mlip-run water-pimd --beads 8
     mlip-run ice-geop --structure ice.xyz --average 2i
     mlip-run replay --trajectory runs/water-nvt-.../sim.pos_0.extxyz --specs none,i,2,2i,3i
-    mlip-run water-nvt --restart runs/water-nvt-20261127-101500
+    mlip-run --resume runs/water-nvt-20261127-101500-ab12cd34              # continue in place
+    mlip-run water-pimd --beads 32 --walltime 23:50:00 --out RUN            # exit 75 before the end
     mlip-run water-pimd --transport inet --host node1 --port 31415 --side ipi --out RUN   # i-PI here
     mlip-run water-pimd --side server --out RUN --device cuda                              # server there
 
@@ -13,8 +14,20 @@ From Python, :func:`run_experiment` takes the same options as keywords and :func
 runs several experiments at once. The launcher renders the experiment
 (:mod:`server.ipi.experiments`) into a fresh run folder, starts i-PI, waits until its sockets
 exist, starts one mlip-server for all endpoints, prints progress, and on exit, error or Ctrl-C
-stops everything it started and removes its sockets. Socket names are unique per run
+stops everything it started and removes its sockets. Socket names are unique per launch
 (``mlip-<PID>-<random>-<endpoint>``): concurrent runs never collide.
+
+Production (README, "Production runs"): the server is supervised — one that dies or hangs (no
+evaluation for ``--stall-timeout`` s) is restarted on the same sockets, up to
+``--max-server-restarts`` times, and i-PI re-sends the request it lost. SIGTERM, SIGINT, SIGUSR1,
+SIGHUP and the walltime (``--walltime``, or the SLURM job's end time) make i-PI stop cleanly and
+write its RESTART; the launcher then exits with :data:`~server.supervision.EXIT_STOPPED` (75).
+``--resume RUN`` continues RUN in place from its latest readable checkpoint, after cutting the
+output rows written past it (a hard stop), so that every step is in RUN once. Every event goes to
+``RUN/events.jsonl`` and one console line.
+
+Exit status: 0 done (also ``--resume`` of a finished run), 75 stopped cleanly (resume it),
+1 failed, 2 bad input, 130 interrupted twice (hard stop).
 """
 
 from __future__ import annotations
@@ -22,17 +35,38 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import processes
 from ..core.errors import InputError, MLIPError
 from ..paths import runs_dir, shipped_model
-from .experiments import RunOptions, experiments, load_experiment, render
+from ..supervision import (
+    EXIT_STOPPED,
+    Deadline,
+    EventLog,
+    RestartBudget,
+    StallWatch,
+    StopSignals,
+    describe_exit,
+)
+from .experiments import RunOptions, experiments, load_experiment, render, render_resume
+from .run_folder import (
+    RESUME_FILE,
+    RUN_FILE,
+    last_step,
+    latest_checkpoint,
+    output_prefix,
+    read_run,
+    trim_outputs,
+    write_run,
+)
 
 __all__ = ["run_experiment", "run_many", "RunResult", "main", "build_parser"]
 
@@ -42,7 +76,8 @@ SERVER_FILE = "server.json"
 
 @dataclass
 class RunResult:
-    """Outcome of one run: exit status (0 ok, 1 failed, 130 stopped or interrupted), folder, message."""
+    """Outcome of one run: exit status (0 done, 75 stopped cleanly, 1 failed, 130 interrupted),
+    folder, message."""
 
     code: int
     out: Path
@@ -50,29 +85,48 @@ class RunResult:
     wall_s: float = 0.0
 
 
-def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, **options) -> RunResult:
-    """Runs experiment ``name`` of ``ipi_inputs/`` with i-PI and mlip-server.
+@dataclass
+class _Launch:
+    """One launch of a run: the folder, the rendered input and what the server needs."""
+
+    name: str
+    folder: Path
+    meta: dict
+    rendered: object
+    model: Path
+    server_args: list
+    total_steps: int
+
+
+def run_experiment(
+    name: str | None, *, stop: threading.Event | None = None, log=None, **options
+) -> RunResult:
+    """Runs experiment ``name`` of ``ipi_inputs/`` with i-PI and a supervised mlip-server.
 
     Parameters
     ----------
-    name : str
-        Experiment folder name.
+    name : str or None
+        Experiment folder name; None only with ``resume`` (the run folder knows it).
     stop : threading.Event, optional
-        Set it to stop the run cleanly (as Ctrl-C does): the result then has code 130.
+        Set it to stop the run cleanly (as SIGTERM does): i-PI writes its RESTART, the result
+        has code 75 and ``resume`` continues it.
     log : file, optional
-        Where progress lines go (default stdout); errors go there too.
+        Where progress and event lines go (default stdout).
     **options
         Fields of :class:`~server.ipi.experiments.RunOptions` (``model``, ``steps``,
-        ``average``, ``molecules``, ``temperature`` K, ``timestep`` fs, ``template={...}``, ...).
+        ``average``, ``molecules``, ``temperature`` K, ``timestep`` fs, ``resume``,
+        ``walltime``, ``max_server_restarts``, ``stall_timeout`` s, ``template={...}``, ...).
 
     Returns
     -------
     RunResult
+        Code 0 done, 75 stopped cleanly (resume it), 1 failed, 130 interrupted hard.
 
     Raises
     ------
     MLIPError
-        Bad options (unknown experiment, missing model or structure), before anything starts.
+        Bad options (unknown experiment, missing model or structure, a folder that is not a
+        run, a bad walltime), before anything starts.
     """
     known = {f.name for f in fields(RunOptions)}
     unknown = sorted(set(options) - known)
@@ -81,75 +135,345 @@ def run_experiment(name: str, *, stop: threading.Event | None = None, log=None, 
             f"run_experiment: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})"
         )
     opts = RunOptions(**options)
-    meta = load_experiment(name)[0]  # refuses an unknown experiment before any output
     out = log or sys.stdout
     t0 = time.monotonic()
-    if opts.side == "server":
-        return _serve_only(name, opts, out, stop, t0)
-    if opts.side not in ("both", "ipi"):
+    if opts.side not in ("both", "ipi", "server"):
         raise InputError(f"unknown side {opts.side!r}: use both, ipi or server")
+    if opts.side == "server":
+        if name is None:
+            raise InputError("--side server needs the experiment name (as the ipi side was given)")
+        load_experiment(name)
+        return _serve_only(name, opts, out, stop, t0)
     if opts.transport == "ffdirect" and opts.side != "both":
         raise InputError(
             "--transport ffdirect runs the model inside i-PI: there is no server side to split off"
         )
+    deadline = Deadline.from_options(opts.walltime, opts.walltime_margin)  # refuses a bad walltime
+    RestartBudget(opts.max_server_restarts)  # refuses a negative count before anything starts
     run_id = processes.unique_name("mlip")
+    if opts.resume:
+        launch = _prepare_resume(name, opts, run_id, out)
+        if isinstance(launch, RunResult):
+            return launch
+    else:
+        if name is None:
+            raise InputError("give the experiment to run (or --resume RUN to continue one)")
+        launch = _prepare_fresh(name, opts, run_id, out)
+    return _run(launch, opts, out, stop, deadline, t0)
+
+
+def _record_options(opts: RunOptions) -> dict:
+    """The options a resumed run takes over from its start (the per-launch ones excluded)."""
+    skip = {
+        "resume",
+        "walltime",
+        "walltime_margin",
+        "progress",
+        "out",
+        "max_server_restarts",
+        "stall_timeout",
+    }
+    return {k: v for k, v in asdict(opts).items() if k not in skip}
+
+
+def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
+    meta = load_experiment(name)[0]  # refuses an unknown experiment before any output
+    opts.device = opts.device or "cpu"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(opts.out or runs_dir() / f"{name}-{stamp}-{run_id.rsplit('-', 1)[-1]}")
-    folder.mkdir(parents=True, exist_ok=False)
-    model = Path(opts.model or shipped_model())
+    model = Path(opts.model or shipped_model()).resolve()
     if opts.side == "both" and not model.is_file():
         raise InputError(f"model {model} not found: pass --model PATH (a TorchScript model file)")
+    if folder.exists() and any(folder.iterdir()):
+        hint = (
+            f"continue it with mlip-run --resume {folder}"
+            if (folder / RUN_FILE).exists()
+            else "choose another"
+        )
+        raise InputError(f"run folder {folder} exists and is not empty: {hint}")
+    folder.mkdir(parents=True, exist_ok=True)
+    opts.model = str(model)
     rendered = render(name, opts, folder, run_id)
     (folder / rendered.xml_name).write_text(rendered.xml)
     (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
-    server_args = (
-        rendered.server_args + ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
-    )
-    (folder / SERVER_FILE).write_text(
-        json.dumps(
-            {"addresses": rendered.addresses, "server_args": server_args, "structure": rendered.element_file}
+    total = int(re.search(r"<total_steps>\s*(\d+)", rendered.xml).group(1))
+    write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
+    print(f"mlip-run: {name} in {folder}", file=out, flush=True)
+    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+
+
+def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _Launch | RunResult:
+    """Continues run ``opts.resume`` in place: the latest readable checkpoint, the outputs cut
+    to its step, fresh socket names. A finished run gives a RunResult with code 0."""
+    folder = Path(opts.resume)
+    record = read_run(folder, name)
+    name = record["experiment"]
+    meta = load_experiment(name)[0]
+    stored = record["options"]
+    for key, value in stored.items():  # the physics of the run is the run's own
+        if key in ("device", "dtype", "threads"):
+            if getattr(opts, key) is None:
+                setattr(opts, key, value)
+        elif key != "steps":
+            setattr(opts, key, value)
+    opts.device = opts.device or "cpu"
+    checkpoint, unreadable = latest_checkpoint(folder)
+    total = opts.steps if opts.steps is not None else checkpoint.total_steps
+    if checkpoint.step >= total:
+        print(f"mlip-run: {folder} is finished (step {checkpoint.step} of {total}): nothing to do", file=out)
+        return RunResult(0, folder, "finished", 0.0)
+    model = Path(opts.model)
+    if opts.side == "both" and not model.is_file():
+        raise InputError(
+            f"model {model} of run {folder} not found: restore it (the run needs the same model)"
         )
+    events = EventLog(folder, out)
+    for path in unreadable:
+        events.record(
+            "corrupt-checkpoint",
+            f"{path.name} is unreadable (cut short by a kill?): not used",
+            file=path.name,
+        )
+    cut = trim_outputs(folder, checkpoint.step, output_prefix(checkpoint.text))
+    if cut:
+        events.record(
+            "trim",
+            f"cut the rows past step {checkpoint.step} (written after the last checkpoint): "
+            + ", ".join(f"{n} {f}" for f, n in cut.items()),
+            step=checkpoint.step,
+            removed=cut,
+        )
+    rendered = render_resume(name, opts, folder, run_id, checkpoint.text)
+    _write_atomic(folder / RESUME_FILE, rendered.xml)
+    for stale in ("RESTART", *(p.name for p in folder.glob("*.restart"))):
+        if stale != RESUME_FILE and (folder / stale).exists():
+            (folder / stale).unlink()  # resume.xml now holds the latest state
+    for backup in folder.glob("#*#"):
+        backup.unlink()
+    events.record(
+        "resume",
+        f"resuming {name} in {folder} from step {checkpoint.step} ({checkpoint.path.name}) to step {total}",
+        step=checkpoint.step,
+        action="resume",
     )
+    record["total_steps"] = total
+    write_run(folder, record)
+    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _server_args(rendered, opts: RunOptions) -> list:
+    return rendered.server_args + ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
+
+
+def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResult:
+    folder, rendered = launch.folder, launch.rendered
+    spec = {
+        "addresses": rendered.addresses,
+        "server_args": launch.server_args,
+        "structure": rendered.element_file,
+    }
+    _write_atomic(folder / SERVER_FILE, json.dumps(spec))
     print(
-        f"mlip-run: {name} in {folder}\n  endpoints: "
+        "  endpoints: "
         + ", ".join(f"{e} ({spec})" for e, spec in rendered.endpoints.items())
-        + f"; {len(rendered.addresses)} connection(s)",
+        + f"; {len(rendered.addresses)} connection(s)"
+        + (f"; {deadline.describe()}" if deadline else ""),
         file=out,
         flush=True,
     )
     env = _env(opts)
-    ipi = server = None
+    events = EventLog(folder, out)
+    ipi = None
+    servers = None
     try:
-        with _interrupts():
+        with StopSignals(stop) as signals:
             ipi = processes.start_ipi(rendered.xml_name, folder, env=env)
             for s in rendered.sockets:
                 processes.wait_for_socket(s, ipi, timeout=120)
             if opts.side == "both" and rendered.addresses:
-                server = processes.start_server(
-                    model.resolve(),
-                    rendered.element_file,
-                    rendered.addresses,
-                    folder,
-                    extra=server_args,
-                    env=env,
-                )
-            codes = _follow([ipi] + ([server] if server else []), folder, opts.progress, out, stop)
+                servers = _SupervisedServer(folder, launch.model, spec, opts, env, events)
+                servers.start()
+            outcome = _supervise(ipi, servers, launch, opts, out, events, signals, deadline)
     except KeyboardInterrupt:
-        print("mlip-run: interrupted: stopping i-PI and the server", file=out, flush=True)
+        events.record("interrupted", "interrupted twice: stopping i-PI and the server now", action="kill")
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
-        processes.stop([ipi, server], rendered.sockets)
+        processes.stop([ipi, servers.proc if servers else None], rendered.sockets)
         if ipi is not None:
             processes.remove_ipi_shm(ipi.pid)
-    names = ["i-PI"] + (["server"] if server is not None else [])
-    return _verdict(codes, names, folder, meta, out, time.monotonic() - t0)
+    return _verdict(outcome, launch, events, out, time.monotonic() - t0)
+
+
+class _SupervisedServer:
+    """The run's mlip-server, restarted on the same addresses when it dies or hangs."""
+
+    def __init__(
+        self, folder: Path, model: Path, spec: dict, opts: RunOptions, env, events: EventLog, extra=()
+    ):
+        self.folder, self.model, self.spec = folder, model, spec
+        self.opts, self.env, self.events = opts, env, events
+        self.extra = list(extra)
+        self.heartbeat = (folder / "server.heartbeat").resolve()
+        self.watch = StallWatch(self.heartbeat, opts.stall_timeout)
+        self.budget = RestartBudget(opts.max_server_restarts)
+        self.proc = None
+        self.starts = 0
+
+    def start(self) -> None:
+        log = "server.log" if self.starts == 0 else f"server-{self.starts}.log"
+        self.proc = processes.start_server(
+            self.model,
+            self.spec["structure"],
+            self.spec["addresses"],
+            self.folder,
+            log=log,
+            extra=self.spec["server_args"] + ["--heartbeat", str(self.heartbeat)] + self.extra,
+            env=self.env,
+        )
+        self.log = self.folder / log
+        self.starts += 1
+        self.watch.reset()
+
+    def fault(self) -> tuple[str, str] | None:
+        """(kind, what) when the server died abnormally or hung; None while it is well (or exited 0)."""
+        code = self.proc.poll()
+        if code is not None:
+            if code == 0:
+                return None
+            return "crash", f"server (pid {self.proc.pid}) {describe_exit(code)}" + self._error_line(code)
+        quiet = self.watch.stalled()
+        if quiet is not None:
+            return "hang", f"server (pid {self.proc.pid}) hung: no evaluation for {quiet:.0f} s"
+        return None
+
+    def _error_line(self, code: int) -> str:
+        if code < 0:
+            return ""  # a signal: the log's last line is unrelated
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        errors = [line for line in lines if "error:" in line]
+        return f": {errors[-1].strip()}" if errors else f" (see {self.log})"
+
+    def recover(self, kind: str, what: str, step) -> bool:
+        """Records the fault; restarts the server when allowed. False: the run cannot go on."""
+        code = self.proc.poll()
+        if kind == "hang":
+            processes.stop([self.proc], grace=0)
+        fatal = code == 2  # bad model or arguments: a restart would fail the same way
+        allowed = not fatal and self.budget.take()
+        action = "restart" if allowed else "give up"
+        self.events.record(
+            kind,
+            f"{what} at step {step if step is not None else '?'}: "
+            + (
+                f"restarting it on the same addresses ({self.budget.used} of {self.budget.limit})"
+                if allowed
+                else (
+                    "not restarted (bad input)"
+                    if fatal
+                    else f"no restarts left (--max-server-restarts {self.budget.limit})"
+                )
+            ),
+            process="server",
+            status=describe_exit(self.proc.poll()),
+            step=step,
+            action=action,
+        )
+        if allowed:
+            self.start()
+        return allowed
+
+
+def _supervise(ipi, servers, launch: _Launch, opts, out, events, signals, deadline) -> dict:
+    """Follows i-PI and the server until i-PI ends: restarts a failed server, asks i-PI to stop
+    cleanly on a signal or at the deadline. Returns what happened (``ipi`` exit, ``why``)."""
+    folder = launch.folder
+    prefix = output_prefix(launch.rendered.xml)
+    stopping = None
+    failure = None
+    last = time.monotonic()
+    while True:
+        code = ipi.poll()
+        if code is not None:
+            break
+        if stopping is None:
+            if signals.event.is_set():
+                stopping = f"{signals.signal_name or 'stop request'} received"
+            elif deadline is not None and deadline.due():
+                stopping = f"walltime reached ({deadline.describe()})"
+            if stopping:
+                events.record(
+                    "stop",
+                    f"{stopping}: asking i-PI to stop cleanly",
+                    step=last_step(folder, prefix),
+                    action="soft-exit",
+                )
+                ipi.send_signal(signal.SIGTERM)
+        if servers is not None and stopping is None:
+            fault = servers.fault()
+            if fault is not None and not servers.recover(*fault, last_step(folder, prefix)):
+                failure = fault[1]
+                stopping = "failure"
+                ipi.send_signal(signal.SIGTERM)  # i-PI saves a RESTART: nothing is lost
+        if opts.progress > 0 and time.monotonic() - last > opts.progress:
+            last = time.monotonic()
+            step = last_step(folder, prefix)
+            if step is not None:
+                print(f"  step {step}", file=out, flush=True)
+        time.sleep(0.2)
+    if servers is not None and servers.proc.poll() is None:
+        try:  # the server exits on i-PI's EXIT
+            servers.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            processes.stop([servers.proc])
+    return {"ipi": code, "failure": failure, "stopping": stopping}
+
+
+def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float) -> RunResult:
+    folder = launch.folder
+    done = latest_checkpoint_or_none(folder)
+    step = done.step if done else None
+    total = launch.total_steps
+    where = f"step {max(step, 0)} of {total}" if step is not None else f"an unknown step of {total}"
+    if outcome["failure"] is not None:
+        message = f"failed: {outcome['failure']}; stopped at {where}: fix it, then mlip-run --resume {folder}"
+        events.record("failed", message, step=step, action="stop")
+        return RunResult(1, folder, message, wall)
+    if outcome["ipi"] != 0:
+        message = f"failed: i-PI {describe_exit(outcome['ipi'])}: see {folder}/ipi.log"
+        events.record("failed", message, step=step, process="i-PI", status=describe_exit(outcome["ipi"]))
+        return RunResult(1, folder, message, wall)
+    if step is None or step < total:
+        message = f"stopped at {where}: continue with `mlip-run --resume {folder}`"
+        events.record("stopped", message, step=step, action="exit 75")
+        return RunResult(EXIT_STOPPED, folder, message, wall)
+    outputs = ", ".join(sorted(p.name for p in _outputs(folder, output_prefix(launch.rendered.xml))))
+    events.record("done", f"done ({total} steps); outputs in {folder}: {outputs}", step=step)
+    return RunResult(0, folder, "", wall)
+
+
+def latest_checkpoint_or_none(folder: Path):
+    try:
+        return latest_checkpoint(folder)[0]
+    except InputError:
+        return None
+
+
+def _outputs(folder: Path, prefix: str) -> list[Path]:
+    return [p for p in folder.glob(f"{prefix}.*") if not p.name.endswith((".restart", ".heartbeat"))]
 
 
 def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
-    """The ``server`` side: waits for the ``ipi`` side's run folder, then serves it."""
-    if not opts.out:
+    """The ``server`` side: waits for the ``ipi`` side's run folder, then serves it (supervised:
+    a server that dies or hangs is restarted and reconnects)."""
+    folder = Path(opts.out or opts.resume or "")
+    if not (opts.out or opts.resume):
         raise InputError("--side server needs --out: the run folder that the ipi side writes")
-    folder = Path(opts.out)
     spec_file = folder / SERVER_FILE
     deadline = time.monotonic() + 600
     while not spec_file.exists():
@@ -169,103 +493,40 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
             next(given, None)
         else:
             server_args.append(arg)
-    server_args += ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
-    server = None
+    server_args += ["--device", opts.device or "cpu"] + (["--dtype", opts.dtype] if opts.dtype else [])
+    spec["server_args"] = server_args + ["--connect-timeout", "600"]
+    events = EventLog(folder, out)
+    events.path = folder / "events-server-side.jsonl"  # the ipi side writes events.jsonl
+    servers = _SupervisedServer(folder, model.resolve(), spec, opts, _env(opts), events)
     try:
-        with _interrupts():
-            server = processes.start_server(
-                model.resolve(),
-                spec["structure"],
-                spec["addresses"],
-                folder,
-                extra=server_args + ["--connect-timeout", "600"],
-                env=_env(opts),
-            )
-            codes = _follow([server], folder, opts.progress, out, stop)
+        with StopSignals(stop) as signals:
+            servers.start()
+            while True:
+                if signals.event.is_set():
+                    events.record(
+                        "stop", f"{signals.signal_name or 'stop request'} received: stopping the server"
+                    )
+                    processes.stop([servers.proc])
+                    return RunResult(EXIT_STOPPED, folder, "stopped", time.monotonic() - t0)
+                code = servers.proc.poll()
+                if code == 0:
+                    break
+                fault = servers.fault()
+                if fault is not None and not servers.recover(*fault, None):
+                    return RunResult(1, folder, f"failed: {fault[1]}", time.monotonic() - t0)
+                time.sleep(0.2)
     except KeyboardInterrupt:
-        print("mlip-run: interrupted: stopping the server", file=out, flush=True)
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
-        processes.stop([server])
-    return _verdict(codes, ["server"], folder, load_experiment(name)[0], out, time.monotonic() - t0)
+        processes.stop([servers.proc])
+    events.record("done", "done (server side: i-PI sent EXIT)")
+    return RunResult(0, folder, "", time.monotonic() - t0)
 
 
 def _env(opts: RunOptions) -> dict | None:
     if opts.threads is None:
         return None
     return dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
-
-
-class _interrupts:
-    """Inside the main thread, SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt (SIGINT too: a parent
-    shell may have started us with SIGINT ignored); elsewhere (run_many's threads) nothing."""
-
-    def __enter__(self):
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-
-            def on_signal(signum, frame):
-                raise KeyboardInterrupt
-
-            self.previous = {
-                s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-            }
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-        return False
-
-
-def _verdict(codes, names: list, folder: Path, meta: dict, out, wall: float) -> RunResult:
-    """The RunResult of exit ``codes`` of the processes ``names`` (None: stopped)."""
-    if codes is None:
-        return RunResult(130, folder, "stopped", wall)
-    if any(c != 0 for c in codes):
-        what = ", ".join(f"{n} exit {c}" for n, c in zip(names, codes))
-        message = f"failed ({what}): see {folder}/ipi.log and {folder}/server.log"
-        print(f"mlip-run: {message}", file=out, flush=True)
-        log = folder / "server.log"
-        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-        for line in tail:
-            print("  server: " + line, file=out, flush=True)
-        return RunResult(1, folder, message + "".join(f" | server: {t}" for t in tail), wall)
-    print(f"mlip-run: done; outputs in {folder}: " + ", ".join(meta.get("outputs", [])), file=out, flush=True)
-    return RunResult(0, folder, "", wall)
-
-
-def _follow(procs, folder: Path, every: float, out, stop) -> list[int] | None:
-    """Waits for ``procs`` (i-PI first), printing i-PI's latest step every ``every`` s. If one of
-    them fails, the others are stopped (nothing waits on a dead peer). None when ``stop`` is set."""
-    last = time.monotonic()
-    while True:
-        if stop is not None and stop.is_set():
-            return None
-        codes = [p.poll() for p in procs]
-        if None not in codes:
-            return codes
-        if any(c not in (None, 0) for c in codes):
-            processes.stop(procs, grace=10)
-            return [p.poll() for p in procs]
-        if len(procs) == 2 and codes[0] == 0 and codes[1] is None:  # i-PI done; the server exits on EXIT
-            try:
-                procs[1].wait(timeout=30)
-            except Exception:
-                processes.stop([procs[1]])
-            continue
-        if every > 0 and time.monotonic() - last > every:
-            last = time.monotonic()
-            props = folder / "sim.out"
-            if props.exists():
-                lines = [
-                    line
-                    for line in props.read_text().splitlines()
-                    if line.strip() and not line.startswith("#")
-                ]
-                if lines:
-                    print(f"  step {int(float(lines[-1].split()[0]))}", file=out, flush=True)
-        time.sleep(0.2)
 
 
 def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None) -> dict:
@@ -276,7 +537,7 @@ def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None
     jobs : dict
         Name → keyword dict of :func:`run_experiment`, with the experiment under ``"experiment"``.
     deadline : float, optional
-        Seconds after which the runs still going are stopped cleanly (their outputs kept, code 130).
+        Seconds after which the runs still going are stopped cleanly (outputs and RESTART kept, code 75).
     logs : Path, optional
         Folder for one ``NAME.log`` of each run's progress (default: no logs).
 
@@ -324,7 +585,7 @@ def build_parser():
         description=__doc__.split("\n\n")[0],
         epilog="experiments: " + ", ".join(experiments()),
     )
-    p.add_argument("experiment", help="folder name in ipi_inputs/")
+    p.add_argument("experiment", nargs="?", help="folder name in ipi_inputs/ (not needed with --resume)")
     p.add_argument("--model", help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument("--structure", help="starting structure (ASE-readable, with a cell)")
     p.add_argument("--trajectory", help="trajectory to re-evaluate (replay)")
@@ -340,7 +601,9 @@ def build_parser():
     p.add_argument("--average", default="none", help="averaging spec of the averaged endpoint")
     p.add_argument("--specs", help="replay: comma-separated averaging specs")
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cpu; with --resume the run's)"
+    )
     p.add_argument(
         "--dtype",
         default=None,
@@ -349,7 +612,38 @@ def build_parser():
     )
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads of i-PI and the server")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other template value")
-    p.add_argument("--restart", metavar="RUN_DIR", help="continue a previous run from its RESTART file")
+    g = p.add_argument_group("production (README: 'Production runs')")
+    g.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue RUN in place from its latest checkpoint to its total steps (--steps: a new total)",
+    )
+    g.add_argument(
+        "--walltime",
+        metavar="HH:MM:SS",
+        help="time the run may take; it stops cleanly before (default: the SLURM job's end time, if any)",
+    )
+    g.add_argument(
+        "--walltime-margin",
+        type=float,
+        metavar="S",
+        help="seconds before the walltime to stop (default: 10%%, 20-300 s)",
+    )
+    g.add_argument(
+        "--max-server-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="restarts of a server that died or hung, per launch (0: fail at once; default 3)",
+    )
+    g.add_argument(
+        "--stall-timeout",
+        type=float,
+        metavar="S",
+        help="seconds without an evaluation after which the server counts as hung and is restarted, also "
+        "i-PI's socket <timeout> (default: 10x the slowest gap seen, at least 120 s; a new server "
+        "has 600 s for its first)",
+    )
     p.add_argument("--out", help="run folder (default runs/EXPERIMENT-DATE-ID)")
     p.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (0: quiet)")
     p.add_argument(
@@ -388,8 +682,6 @@ def main(argv=None) -> int:
         return 2
     if result.code == 130:
         print("mlip-run: interrupted", file=sys.stderr)
-    elif result.code:
-        print(f"mlip-run: {result.message}", file=sys.stderr)
     return result.code
 
 

@@ -27,6 +27,7 @@ import sys
 from ..core.averaging import VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
 from ..structures import read_numbers
+from ..supervision import Heartbeat
 from ..uncertainty import UncertaintyLog
 
 __all__ = ["main", "build_parser"]
@@ -139,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-every", type=int, default=100, help="log statistics every N evaluations")
+    p.add_argument(
+        "--heartbeat",
+        metavar="FILE",
+        default=None,
+        help="touch FILE after each evaluation (at most every 0.2 s): how mlip-run tells a hung server "
+        "from a slow one",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return p
 
@@ -232,6 +240,7 @@ def main(argv=None) -> int:
         on_close=args.on_close,
         committee_arrays=args.committee_extras == "all",
         uncertainty=uncertainty,
+        heartbeat=Heartbeat(args.heartbeat),
     )
     try:
         server.serve()

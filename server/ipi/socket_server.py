@@ -231,6 +231,8 @@ class ForceServer:
         (what ``<ffcommittee parse_json='true'>`` reads); False: the statistics only.
     uncertainty : UncertaintyLog, optional
         Logs (and saves) the structures whose committee force spread exceeds its threshold.
+    heartbeat : Heartbeat, optional
+        Renewed after each evaluation (the supervisor's sign of life, ``--heartbeat``).
     """
 
     def __init__(
@@ -249,8 +251,10 @@ class ForceServer:
         on_close="error",
         committee_arrays=True,
         uncertainty=None,
+        heartbeat=None,
     ):
         self.evaluator = evaluator
+        self.heartbeat = heartbeat
         self.committee_arrays, self.uncertainty = committee_arrays, uncertainty
         self.addresses = [a if isinstance(a, Address) else Address.parse(a) for a in addresses]
         self.numbers = None if numbers is None else np.asarray(numbers, dtype=np.int64)
@@ -382,6 +386,8 @@ class ForceServer:
             conn.pending = None
         self.batch_sizes[len(structures)] += 1
         self.n_evaluations += 1
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
         if self.n_evaluations == 1 or self.n_evaluations % self.log_every == 0:
             self.log_summary()
             for conn in pending:
