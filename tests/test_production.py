@@ -237,3 +237,25 @@ def test_trim_outputs_cuts_rows_frames_and_extras_past_the_checkpoint(tmp_path):
     assert np.loadtxt(tmp_path / "sim.out")[:, 0].tolist() == [0, 1, 2]
     assert (tmp_path / "sim.pos_0.xyz").read_text() == "".join(frame.format(s=s) for s in (0, 2))
     assert (tmp_path / "sim.spread").read_text().count("Step:") == 3
+
+
+def test_two_sides_server_restarts_and_reconnects_over_inet(tmp_path, toy_model, reference):
+    """--side ipi here and --side server there (one machine, inet): the server side's server is
+    SIGKILLed mid-run, restarted by that side, reconnects to i-PI's port; the run finishes."""
+    from server.processes import free_port
+
+    run = tmp_path / "run"
+    port = free_port()
+    inet = ["--transport", "inet", "--host", "127.0.0.1", "--port", str(port)]
+    ipi_side = _start(_options(toy_model) + inet + ["--side", "ipi", "--out", str(run)], tmp_path / "ipi.log")
+    server_side = _start(
+        ["water-nvt", "--side", "server", "--out", str(run), "--model", str(toy_model), "--dtype", "float64"],
+        tmp_path / "server.log",
+    )
+    _wait_for_step(run, 300, ipi_side)
+    os.kill(_children(server_side)["server"], signal.SIGKILL)
+    assert ipi_side.wait(timeout=180) == 0, (tmp_path / "ipi.log").read_text()
+    assert server_side.wait(timeout=60) == 0, (tmp_path / "server.log").read_text()
+    _same_trajectory(_each_step_once(run), reference)
+    events = [json.loads(line) for line in (run / "events-server-side.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["crash", "done"] and events[0]["action"] == "restart"
