@@ -519,7 +519,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
         processes.stop([servers.proc])
-    events.record("done", "done (server side: i-PI sent EXIT)")
+    events.record("done", "done: server side done (i-PI sent EXIT)")
     return RunResult(0, folder, "", time.monotonic() - t0)
 
 
