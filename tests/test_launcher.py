@@ -63,10 +63,6 @@ def test_experiment_runs_and_outputs_parse(tmp_path, toy_model, experiment):
         toy_model,
         "--steps",
         "4",
-        "--molecules",
-        "8",
-        "--beads",
-        "4",
         "--stride",
         "1",
         "--out",
@@ -74,12 +70,16 @@ def test_experiment_runs_and_outputs_parse(tmp_path, toy_model, experiment):
         "--progress",
         "0",
     ]
+    meta = json.loads((experiments_dir() / experiment / "experiment.json").read_text())
+    if meta["structure"]["kind"] == "water_box":
+        args += ["--molecules", "8"]
+    if "$beads" in (experiments_dir() / experiment / "input.xml").read_text():
+        args += ["--beads", "4"]
     if experiment == "ice-geop":
         water_box(8, seed=4).write(tmp_path / "cell.extxyz")
         args += ["--structure", str(tmp_path / "cell.extxyz")]
     assert mlip_run(args) == 0
     run = tmp_path / "run"
-    meta = json.loads((experiments_dir() / experiment / "experiment.json").read_text())
     for name in meta["outputs"]:
         assert (run / name).exists(), name
     _outputs_parse(run)
@@ -275,3 +275,43 @@ def test_shm_and_ffdirect_transports_through_the_launcher(tmp_path, toy_model):
     assert not (tmp_path / "ffdirect" / "server.log").exists()
     for transport in ("shm", "ffdirect"):
         assert np.abs(runs[transport] - runs["unix"]).max() <= 1e-9 * np.abs(runs["unix"]).max()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["water-nvt", "--beads", "32"], "water-nvt does not use --beads: experiments with it: water-pimd"),
+        (["water-pimd", "--average", "2i"], "water-pimd does not use --average"),
+        (["water-nvt", "--nmts", "4"], "experiments with it: water-nvt-mts, water-pimd-rpc-mts"),
+        (["ice-geop", "--molecules", "8"], "ice-geop does not use --molecules"),
+        (["replay", "--average", "i"], "replay does not use --average"),
+    ],
+)
+def test_options_the_experiment_ignores_are_refused(tmp_path, toy_model, args, words):
+    run = tmp_path / "run"
+    done = subprocess.run(
+        RUN + args + ["--model", toy_model, "--out", str(run)], capture_output=True, text=True, timeout=60
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr
+    assert not run.exists()  # nothing of a refused run stays behind
+
+
+def test_closing_line_names_the_files_and_the_next_command(tmp_path, toy_model):
+    run = tmp_path / "run"
+    args = ["water-pimd", "--beads", "2", "--molecules", "8", "--steps", "4", "--stride", "2"]
+    done = subprocess.run(
+        RUN + args + ["--model", toy_model, "--out", str(run), "--progress", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert "sim.pos_0.extxyz, sim.pos_1.extxyz" in last
+    hint = last.split("next: ")[1].split()
+    assert hint[:3] == ["mlip-analyse", "all", str(run / "sim.pos_0.extxyz")]
+    assert hint[hint.index("--timestep") + 1] == "0.5"  # 0.25 fs x stride 2: a frame every 0.5 fs
+    assert "--beads" in hint and "centroid" in hint
+    refused = subprocess.run(RUN + ["--resume", str(run), "--beads", "4"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "leave out --beads (the run has 2)" in refused.stderr

@@ -26,6 +26,7 @@ __all__ = [
     "load_experiment",
     "render",
     "render_resume",
+    "check_options",
     "forcefield",
 ]
 
@@ -290,6 +291,55 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
     return Rendered(
         xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
     )
+
+
+def check_options(name: str, meta: dict, template: str, options: RunOptions) -> None:
+    """Refuses an option that experiment ``name`` would silently ignore (``water-nvt --beads 32``
+    would run classical MD), naming the experiments that have it.
+
+    Raises
+    ------
+    InputError
+        The first unused option.
+    """
+    kind = meta["structure"]["kind"]
+    used = {key: f"${key}" in template or f"${{{key}}}" in template for key in TEMPLATE_KEYS}
+    endpoints = meta["endpoints"]
+    used["average"] = endpoints != "specs" and ("$average" in endpoints.values() or "avg" in endpoints)
+    used["specs"] = used["trajectory"] = kind == "trajectory"
+    used["structure"] = kind in ("water_box", "molecule", "file")
+    used["molecules"] = used["density"] = kind == "water_box" and not options.structure
+    defaults = RunOptions()
+    for key, is_used in used.items():
+        value = getattr(options, key)
+        if is_used or value is None or value == getattr(defaults, key):
+            continue
+        having = [e for e in experiments() if _uses(e, key)]
+        flag = "--" + key.replace("_", "-")
+        why = "its --structure gives the box" if key in ("molecules", "density") and options.structure else ""
+        raise InputError(
+            f"{name} does not use {flag}"
+            + (f" ({why})" if why else "")
+            + (f": experiments with it: {', '.join(having)}" if having and not why else "")
+        )
+
+
+def _uses(name: str, key: str) -> bool:
+    meta, template = load_experiment(name)
+    if key in TEMPLATE_KEYS:
+        return f"${key}" in template
+    if key == "average":
+        return meta["endpoints"] != "specs" and (
+            "$average" in meta["endpoints"].values() or "avg" in meta["endpoints"]
+        )
+    kind = meta["structure"]["kind"]
+    return {
+        "specs": kind == "trajectory",
+        "trajectory": kind == "trajectory",
+        "molecules": kind == "water_box",
+        "density": kind == "water_box",
+        "structure": kind in ("water_box", "molecule", "file"),
+    }[key]
 
 
 def render_resume(name: str, options: RunOptions, folder: Path, run_id: str, checkpoint: str) -> Rendered:

@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +57,7 @@ from ..supervision import (
     StopSignals,
     describe_exit,
 )
-from .experiments import RunOptions, experiments, load_experiment, render, render_resume
+from .experiments import RunOptions, check_options, experiments, load_experiment, render, render_resume
 from .run_folder import (
     RESUME_FILE,
     RUN_FILE,
@@ -191,13 +192,22 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
             else "choose another"
         )
         raise InputError(f"run folder {folder} exists and is not empty: {hint}")
+    check_options(name, meta, load_experiment(name)[1], opts)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     opts.model = str(model)
-    rendered = render(name, opts, folder, run_id)
+    try:
+        rendered = render(name, opts, folder, run_id)
+    except MLIPError:
+        if made:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused run stays behind
+        raise
     (folder / rendered.xml_name).write_text(rendered.xml)
     (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
     total = int(re.search(r"<total_steps>\s*(\d+)", rendered.xml).group(1))
-    write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
+    record = {"experiment": name, "total_steps": total, "options": _record_options(opts)}
+    record["frame_interval_fs"] = _frame_interval(rendered.xml)
+    write_run(folder, record)
     print(f"mlip-run: {name} in {folder}", file=out, flush=True)
     return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
 
@@ -210,7 +220,20 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
     name = record["experiment"]
     meta = load_experiment(name)[0]
     stored = record["options"]
+    defaults = RunOptions()
     for key, value in stored.items():  # the physics of the run is the run's own
+        given = getattr(opts, key)
+        if key == "model" and given is not None:
+            given = str(Path(given).resolve())
+        if key not in ("device", "dtype", "threads", "steps") and given not in (
+            getattr(defaults, key),
+            value,
+        ):
+            flag = "--" + key.replace("_", "-")
+            raise InputError(
+                f"--resume continues {folder} with its own options: leave out {flag} "
+                f"(the run has {value!r}); only --steps, --device, --dtype and --threads may change"
+            )
         if key in ("device", "dtype", "threads"):
             if getattr(opts, key) is None:
                 setattr(opts, key, value)
@@ -259,6 +282,25 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
     record["total_steps"] = total
     write_run(folder, record)
     return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+
+
+def _frame_interval(xml: str) -> float | None:
+    """fs between the frames of the positions trajectory (timestep × stride), None without one."""
+    step = re.search(r"<timestep units='femtosecond'>\s*([0-9.eE+-]+)", xml)
+    stride = re.search(r"<trajectory filename='pos' stride='(\d+)'", xml)
+    return float(step.group(1)) * int(stride.group(1)) if step and stride else None
+
+
+def _analysis_hint(folder: Path, prefix: str) -> str:
+    """The mlip-analyse command to run next on the run's positions, '' when it wrote none."""
+    positions = sorted(folder.glob(f"{prefix}.pos_*"))
+    if not positions:
+        return ""
+    interval = read_run(folder).get("frame_interval_fs")
+    args = ["mlip-analyse", "all", str(positions[0])]
+    args += ["--beads", "centroid"] if len(positions) > 1 else []
+    args += ["--timestep", f"{interval:g}"] if interval else []
+    return "; next: " + " ".join(args + ["--out", str(folder / "analysis")])
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -452,8 +494,13 @@ def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float)
         message = f"stopped at {where}: continue with `mlip-run --resume {folder}`"
         events.record("stopped", message, step=step, action="exit 75")
         return RunResult(EXIT_STOPPED, folder, message, wall)
-    outputs = ", ".join(sorted(p.name for p in _outputs(folder, output_prefix(launch.rendered.xml))))
-    events.record("done", f"done ({total} steps); outputs in {folder}: {outputs}", step=step)
+    prefix = output_prefix(launch.rendered.xml)
+    outputs = ", ".join(sorted(p.name for p in _outputs(folder, prefix)))
+    events.record(
+        "done",
+        f"done ({total} steps); outputs in {folder}: {outputs}{_analysis_hint(folder, prefix)}",
+        step=step,
+    )
     return RunResult(0, folder, "", wall)
 
 
