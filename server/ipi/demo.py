@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli_help import HelpFormatter
 from ..core.errors import MLIPError
 from ..paths import project_root, shipped_model
 from .launcher import run_experiment
@@ -41,9 +42,9 @@ def summarise(folder: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     p.add_argument("--model", default=None, help="model file (default: the shipped water model)")
-    p.add_argument("--molecules", type=int, default=32)
+    p.add_argument("--molecules", type=int, default=32, help="water molecules of the box")
     p.add_argument("--steps", type=int, default=40, help="outer 5 fs steps")
     p.add_argument("--out", default=None, help="output folder (default: demo-output, replaced)")
     args = p.parse_args(argv)

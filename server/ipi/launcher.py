@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .. import processes
+from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
 from ..paths import runs_dir, shipped_model
 from ..supervision import (
@@ -629,6 +630,7 @@ def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None
 def build_parser():
     p = argparse.ArgumentParser(
         prog="mlip-run",
+        formatter_class=HelpFormatter,
         description=__doc__.split("\n\n")[0],
         epilog="experiments: " + ", ".join(experiments()),
     )
@@ -636,18 +638,30 @@ def build_parser():
     p.add_argument("--model", help="TorchScript model (default: models/water-pet.pt)")
     p.add_argument("--structure", help="starting structure (ASE-readable, with a cell)")
     p.add_argument("--trajectory", help="trajectory to re-evaluate (replay)")
-    p.add_argument("--molecules", type=int, help="water molecules of the generated box")
+    p.add_argument(
+        "--molecules", type=int, help="water molecules of the generated box (default: the experiment's)"
+    )
     p.add_argument("--density", type=float, default=0.997, help="g/cm³ of the generated box")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--temperature", type=float, help="K")
-    p.add_argument("--pressure", type=float, help="bar")
-    p.add_argument("--timestep", type=float, help="fs (outer step for MTS experiments)")
-    p.add_argument("--nmts", type=int, help="inner steps per outer step")
-    p.add_argument("--beads", type=int)
-    p.add_argument("--stride", type=int, help="output stride (steps)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="(outer) steps in all (default: the experiment's; with --resume: a new total)",
+    )
+    p.add_argument("--temperature", type=float, help="K (default: the experiment's)")
+    p.add_argument("--pressure", type=float, help="bar (water-npt; default: the experiment's)")
+    p.add_argument(
+        "--timestep", type=float, help="fs, the outer step of MTS experiments (default: the experiment's)"
+    )
+    p.add_argument(
+        "--nmts", type=int, help="inner steps per outer step (MTS experiments; default: the experiment's)"
+    )
+    p.add_argument("--beads", type=int, help="path-integral beads (water-pimd*; default: the experiment's)")
+    p.add_argument("--stride", type=int, help="output stride, steps (default: the experiment's)")
     p.add_argument("--average", default="none", help="averaging spec of the averaged endpoint")
     p.add_argument("--specs", help="replay: comma-separated averaging specs")
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument(
+        "--seed", type=int, default=12345, help="seed of i-PI's thermostat/velocities and of the box"
+    )
     p.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cpu; with --resume the run's)"
     )
@@ -657,7 +671,9 @@ def build_parser():
         choices=["float32", "float64"],
         help="server precision (default: the model's own)",
     )
-    p.add_argument("--threads", type=int, default=None, help="OpenMP threads of i-PI and the server")
+    p.add_argument(
+        "--threads", type=int, default=None, help="OpenMP threads of i-PI and the server (default: inherited)"
+    )
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other template value")
     g = p.add_argument_group("production (README: 'Production runs')")
     g.add_argument(

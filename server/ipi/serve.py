@@ -24,6 +24,7 @@ import argparse
 import logging
 import sys
 
+from ..cli_help import HelpFormatter
 from ..core.averaging import VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
 from ..structures import read_numbers
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlip-server",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", help="TorchScript model file (the model contract, or metatomic)")
@@ -63,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         required=True,
         metavar="ADDR[=SPEC]",
-        help="unix:NAME (socket /tmp/ipi_NAME) or inet:HOST:PORT; repeat for several "
-        "connections; '=SPEC' sets this endpoint's averaging (e.g. unix:slow=2i)",
+        help="unix:NAME (socket /tmp/ipi_NAME), shm:NAME (i-PI's mode='shm': messages on /tmp/ipi_NAME, "
+        "arrays in shared memory) or inet:HOST:PORT; repeat for several connections; '=SPEC' sets this "
+        "endpoint's averaging (e.g. unix:slow=2i)",
     )
     p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
