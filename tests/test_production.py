@@ -259,3 +259,23 @@ def test_two_sides_server_restarts_and_reconnects_over_inet(tmp_path, toy_model,
     _same_trajectory(_each_step_once(run), reference)
     events = [json.loads(line) for line in (run / "events-server-side.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["crash", "done"] and events[0]["action"] == "restart"
+
+
+def test_two_servers_share_the_beads_and_one_is_restarted_alone(tmp_path, toy_model):
+    """--servers 2 on a 4-bead PIMD run: each server gets two bead connections (batches of 2);
+    SIGKILL of server-1 restarts only it, and the run finishes."""
+    run = tmp_path / "run"
+    args = ["water-pimd", "--model", str(toy_model), "--beads", "4", "--molecules", "8", "--steps", "400"]
+    args += ["--stride", "1", "--set", "checkpoint=50", "--servers", "2", "--progress", "0"]
+    proc = _start(args + ["--out", str(run)], tmp_path / "launcher.log")
+    _wait_for_step(run, 100, proc)
+    pids = subprocess.run(
+        ["pgrep", "-f", "-P", str(proc.pid), "server-1.heartbeat"], capture_output=True, text=True
+    )
+    os.kill(int(pids.stdout.split()[0]), signal.SIGKILL)
+    assert proc.wait(timeout=180) == 0, (tmp_path / "launcher.log").read_text()
+    assert _rows(run)[:, 0].tolist() == list(range(401))
+    for name in ("server-0.log", "server-1.log", "server-1.restart-1.log"):
+        assert "batch sizes (structures per model call × calls): 2×" in (run / name).read_text(), name
+    crashes = [e for e in _events(run) if e["event"] == "crash"]
+    assert [e["process"] for e in crashes] == ["server-1"]

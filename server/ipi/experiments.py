@@ -74,6 +74,8 @@ class RunOptions:
     ``walltime_margin`` s before."""
     walltime_margin: float | None = None
     """Seconds before the walltime when the stop begins (None: 10 % of it, 20-300 s)."""
+    servers: int = 1
+    """Force servers sharing the connections (one per GPU); connection k on server k mod S."""
     max_server_restarts: int = 3
     """Restarts of a server that died or hung, per launch (0: the run fails at once)."""
     stall_timeout: float | None = None

@@ -233,7 +233,7 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
             flag = "--" + key.replace("_", "-")
             raise InputError(
                 f"--resume continues {folder} with its own options: leave out {flag} "
-                f"(the run has {value!r}); only --steps, --device, --dtype and --threads may change"
+                f"(the run has {value!r}); only --steps, --device, --dtype, --threads, --servers may change"
             )
         if key in ("device", "dtype", "threads"):
             if getattr(opts, key) is None:
@@ -333,21 +333,22 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
     env = _env(opts)
     events = EventLog(folder, out)
     ipi = None
-    servers = None
+    servers = []
     try:
         with StopSignals(stop) as signals:
             ipi = processes.start_ipi(rendered.xml_name, folder, env=env)
             for s in rendered.sockets:
                 processes.wait_for_socket(s, ipi, timeout=120)
             if opts.side == "both" and rendered.addresses:
-                servers = _SupervisedServer(folder, launch.model, spec, opts, env, events)
-                servers.start()
+                servers = _servers(launch, spec, opts, env, events)
+                for server in servers:
+                    server.start()
             outcome = _supervise(ipi, servers, launch, opts, out, events, signals, deadline)
     except KeyboardInterrupt:
         events.record("interrupted", "interrupted twice: stopping i-PI and the server now", action="kill")
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
-        processes.stop([ipi, servers.proc if servers else None], rendered.sockets)
+        processes.stop([ipi] + [server.proc for server in servers], rendered.sockets)
         if ipi is not None:
             processes.remove_ipi_shm(ipi.pid)
     return _verdict(outcome, launch, events, out, time.monotonic() - t0)
@@ -357,26 +358,33 @@ class _SupervisedServer:
     """The run's mlip-server, restarted on the same addresses when it dies or hangs."""
 
     def __init__(
-        self, folder: Path, model: Path, spec: dict, opts: RunOptions, env, events: EventLog, extra=()
+        self,
+        folder: Path,
+        model: Path,
+        spec: dict,
+        opts: RunOptions,
+        env,
+        events: EventLog,
+        name: str = "server",
+        budget: RestartBudget | None = None,
     ):
-        self.folder, self.model, self.spec = folder, model, spec
+        self.folder, self.model, self.spec, self.name = folder, model, spec, name
         self.opts, self.env, self.events = opts, env, events
-        self.extra = list(extra)
-        self.heartbeat = (folder / "server.heartbeat").resolve()
+        self.heartbeat = (folder / f"{name}.heartbeat").resolve()
         self.watch = StallWatch(self.heartbeat, opts.stall_timeout)
-        self.budget = RestartBudget(opts.max_server_restarts)
+        self.budget = budget or RestartBudget(opts.max_server_restarts)
         self.proc = None
         self.starts = 0
 
     def start(self) -> None:
-        log = "server.log" if self.starts == 0 else f"server-{self.starts}.log"
+        log = f"{self.name}.log" if self.starts == 0 else f"{self.name}.restart-{self.starts}.log"
         self.proc = processes.start_server(
             self.model,
             self.spec["structure"],
             self.spec["addresses"],
             self.folder,
             log=log,
-            extra=self.spec["server_args"] + ["--heartbeat", str(self.heartbeat)] + self.extra,
+            extra=self.spec["server_args"] + ["--heartbeat", str(self.heartbeat)],
             env=self.env,
         )
         self.log = self.folder / log
@@ -389,10 +397,12 @@ class _SupervisedServer:
         if code is not None:
             if code == 0:
                 return None
-            return "crash", f"server (pid {self.proc.pid}) {describe_exit(code)}" + self._error_line(code)
+            return "crash", f"{self.name} (pid {self.proc.pid}) {describe_exit(code)}" + self._error_line(
+                code
+            )
         quiet = self.watch.stalled()
         if quiet is not None:
-            return "hang", f"server (pid {self.proc.pid}) hung: no evaluation for {quiet:.0f} s"
+            return "hang", f"{self.name} (pid {self.proc.pid}) hung: no evaluation for {quiet:.0f} s"
         return None
 
     def _error_line(self, code: int) -> str:
@@ -422,7 +432,7 @@ class _SupervisedServer:
                     else f"no restarts left (--max-server-restarts {self.budget.limit})"
                 )
             ),
-            process="server",
+            process=self.name,
             status=describe_exit(self.proc.poll()),
             step=step,
             action=action,
@@ -432,7 +442,29 @@ class _SupervisedServer:
         return allowed
 
 
-def _supervise(ipi, servers, launch: _Launch, opts, out, events, signals, deadline) -> dict:
+def _servers(launch: _Launch, spec: dict, opts: RunOptions, env, events: EventLog) -> list:
+    """The run's ``opts.servers`` supervised servers: connection k on server k mod S (a PIMD run's
+    beads split evenly), server k on ``cuda:k`` when the device is ``cuda``; one restart budget."""
+    count = opts.servers
+    if count == 1:
+        return [_SupervisedServer(launch.folder, launch.model, spec, opts, env, events)]
+    addresses = spec["addresses"]
+    if count > len(addresses):
+        raise InputError(f"--servers {count}: the run has only {len(addresses)} connection(s)")
+    budget = RestartBudget(opts.max_server_restarts)
+    servers = []
+    for k in range(count):
+        args = list(spec["server_args"])
+        if opts.device == "cuda":
+            args[args.index("--device") + 1] = f"cuda:{k}"
+        own = {**spec, "addresses": addresses[k::count], "server_args": args}
+        servers.append(
+            _SupervisedServer(launch.folder, launch.model, own, opts, env, events, f"server-{k}", budget)
+        )
+    return servers
+
+
+def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, deadline) -> dict:
     """Follows i-PI and the server until i-PI ends: restarts a failed server, asks i-PI to stop
     cleanly on a signal or at the deadline. Returns what happened (``ipi`` exit, ``why``)."""
     folder = launch.folder
@@ -457,23 +489,24 @@ def _supervise(ipi, servers, launch: _Launch, opts, out, events, signals, deadli
                     action="soft-exit",
                 )
                 ipi.send_signal(signal.SIGTERM)
-        if servers is not None and stopping is None:
-            fault = servers.fault()
-            if fault is not None and not servers.recover(*fault, last_step(folder, prefix)):
+        for server in servers if stopping is None else ():
+            fault = server.fault()
+            if fault is not None and not server.recover(*fault, last_step(folder, prefix)):
                 failure = fault[1]
                 stopping = "failure"
                 ipi.send_signal(signal.SIGTERM)  # i-PI saves a RESTART: nothing is lost
+                break
         if opts.progress > 0 and time.monotonic() - last > opts.progress:
             last = time.monotonic()
             step = last_step(folder, prefix)
             if step is not None:
                 print(f"  step {step}", file=out, flush=True)
         time.sleep(0.2)
-    if servers is not None and servers.proc.poll() is None:
-        try:  # the server exits on i-PI's EXIT
-            servers.proc.wait(timeout=30)
+    for server in servers:
+        try:  # a server exits on i-PI's EXIT
+            server.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            processes.stop([servers.proc])
+            processes.stop([server.proc])
     return {"ipi": code, "failure": failure, "stopping": stopping}
 
 
@@ -724,6 +757,14 @@ def build_parser():
         default="both",
         choices=["both", "ipi", "server"],
         help="start both, only i-PI, or only the server (for the run folder --out of an ipi side)",
+    )
+    p.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        metavar="S",
+        help="force servers (one per GPU: server k on cuda:k with --device cuda); connection k (a bead) "
+        "goes to server k mod S",
     )
     return p
 
