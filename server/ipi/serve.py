@@ -62,11 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address",
         action="append",
-        required=True,
         metavar="ADDR[=SPEC]",
         help="unix:NAME (socket /tmp/ipi_NAME), shm:NAME (i-PI's mode='shm': messages on /tmp/ipi_NAME, "
         "arrays in shared memory) or inet:HOST:PORT; repeat for several connections; '=SPEC' sets this "
         "endpoint's averaging (e.g. unix:slow=2i)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="dry run for your own model: load it, evaluate it on --structure (or 32 waters), check "
+        "forces against finite differences, time a call, list the routes it can serve; exit 0 or 2",
     )
     p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
@@ -154,7 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check:
+        from ..model_check import check_model
+
+        lines, code = check_model(args.model or args.committee, args.structure, args.device, args.dtype)
+        print("\n".join(lines), file=sys.stdout if code == 0 else sys.stderr)
+        return code
+    if not args.address:
+        parser.error("--address is required (or --check for a dry run of the model)")
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s mlip-server: %(message)s",

@@ -1,0 +1,33 @@
+"""mlip-server --check: the dry run for one's own model (real models, the real command)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+CHECK = [sys.executable, "-m", "server.ipi.serve", "--check"]
+
+
+def test_check_reports_the_model_its_forces_and_routes(toy_model):
+    done = subprocess.run(CHECK + ["--model", toy_model], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "cutoff 4 Å; species [1, 8]" in out and "energy is a sum of atomic terms" in out
+    error = float(re.search(r"largest error ([0-9.e+-]+) of max \|F\| \(in float64\)", out).group(1))
+    assert error < 1e-4  # autograd forces agree with finite differences of the energy
+    assert (
+        "rotational averaging (spec i): yes" in out
+        and "LAMMPS domain route (energy of the owned atoms): yes" in out
+    )
+    assert re.search(r"time per call: [0-9.]+ ms", out)
+
+
+def test_check_refuses_what_cannot_be_served(tmp_path, lj_model):
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello")
+    done = subprocess.run(CHECK + ["--model", str(not_a_model)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "is not a TorchScript model" in done.stderr
+    argon = subprocess.run(CHECK + ["--model", lj_model], capture_output=True, text=True, timeout=120)
+    assert argon.returncode == 2 and "give --structure FILE" in argon.stderr
