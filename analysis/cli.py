@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timestep", type=float, metavar="FS", help="time between stored frames, fs")
     g.add_argument(
         "--beads",
-        metavar="centroid|K",
-        help="i-PI path integrals: average all bead files prefix.pos_*.xyz (centroid) or read bead K",
+        metavar="centroid|all|K",
+        help="i-PI path integrals: the centroid of all bead files prefix.pos_*, every bead (all: the "
+        "bead-averaged, quantum g(r); rdf only) or bead K",
     )
     g.add_argument("--start", type=int, help="first frame")
     g.add_argument("--stop", type=int, help="frame to stop before")
@@ -163,7 +164,7 @@ def _bead(beads):
     """--beads as the bead whose extras files are read: None for the centroid."""
     if beads is None:
         return 0
-    if beads == "centroid":
+    if beads in ("centroid", "all"):
         return None
     try:
         return int(beads)
@@ -247,6 +248,11 @@ def run(args) -> dict:
         raise AnalysisInputError(
             f"--box takes 3 or 6 numbers, got {len(args.box)}: give a b c [alpha beta gamma]"
         )
+    if args.beads == "all" and args.command != "rdf":
+        raise AnalysisInputError(
+            "--beads all (every bead's frames) is for g(r): run mlip-analyse rdf, or use --beads centroid "
+            f"or --beads K for {args.command}"
+        )
     if args.timestep is not None and args.timestep <= 0:
         raise AnalysisInputError("--timestep must be positive (fs between stored frames)")
     for ref in args.reference:
@@ -282,6 +288,7 @@ def run(args) -> dict:
         return results
 
     u = load(args.traj)
+    frames = len(range(*slice(args.start, args.stop, args.step).indices(u.trajectory.n_frames)))
     dt_ps = args.timestep / 1000.0 if args.timestep else getattr(u, "_mlip_dt_ps", None)
     opt = _options(args, dt_ps)
     info = input_info(u, args.traj, args.format, dt_ps, args.beads)
@@ -300,6 +307,12 @@ def run(args) -> dict:
         results[args.command] = UNIVERSE_COMMANDS[args.command](u, opt)
     output.update_summary(opt.out, "input", info)
     _report(opt.out, results)
+    if frames < args.blocks:
+        print(
+            f"mlip-analyse: warning: {frames} frame(s) for {args.blocks} blocks: the block error bars "
+            f"need a frame per block at least (give --blocks {max(1, frames)} or a longer trajectory)",
+            file=sys.stderr,
+        )
     return results
 
 

@@ -369,6 +369,18 @@ def read_ipi_pdb(path: str) -> Frames:
 
 
 # --------------------------------------------------------------------------- beads
+def _every_bead(frames: list) -> Frames:
+    """All beads as frames, time-major (t0 b0, t0 b1, ..., t1 b0, ...): averages over these frames
+    are averages over beads and time (the quantum g(r) of a path-integral run); block errors
+    still block in time. No time axis (``steps`` None)."""
+    ref = frames[0]
+    if any(f.positions.shape != ref.positions.shape for f in frames[1:]):
+        raise AnalysisInputError("bead files differ in frames or atoms: give complete bead files of one run")
+    pos = np.stack([f.positions for f in frames], axis=1).reshape(-1, *ref.positions.shape[1:])
+    dims = None if ref.dimensions is None else np.repeat(ref.dimensions, len(frames), axis=0)
+    return Frames(ref.names, pos, dims, None, ref.quantity)
+
+
 def _centroid(frames: list) -> Frames:
     ref = frames[0]
     for f in frames[1:]:
@@ -491,6 +503,29 @@ def read_vectors(path: str, names=None, fmt: str | None = None) -> np.ndarray:
     return np.asarray(fr.positions, np.float64)
 
 
+def frame_interval_ps(path: str, steps) -> float | None:
+    """ps between the frames of an i-PI trajectory, from the frames' ``Step:`` numbers and the
+    run's properties file (``step`` and ``time{picosecond}`` columns: ps per step); None when
+    either is missing or the frames are not evenly spaced."""
+    from .ipi_files import read_properties
+    from .run_folder import find_run_files
+
+    steps = np.asarray([] if steps is None else [s for s in steps if s is not None], dtype=float)
+    if len(steps) < 2 or not np.allclose(np.diff(steps), np.diff(steps)[0]) or np.diff(steps)[0] <= 0:
+        return None
+    try:
+        properties = find_run_files(path).properties
+    except AnalysisInputError:
+        return None
+    if properties is None:
+        return None
+    table = read_properties(properties)
+    step, t = np.atleast_1d(table.get("step", [])), np.atleast_1d(table.get("time", []))
+    if len(step) < 2 or len(t) != len(step) or step[-1] == step[0]:
+        return None
+    return float((t[-1] - t[0]) / (step[-1] - step[0]) * np.diff(steps)[0])
+
+
 def load_universe(
     path: str,
     fmt: str | None = None,
@@ -506,7 +541,8 @@ def load_universe(
     path: trajectory file; fmt: one of :data:`FORMATS` or an MDAnalysis format name (guessed
     from the extension when None); box: ``[a, b, c(, alpha, beta, gamma)]`` in Å/degrees,
     overriding or supplying the cell; types: elements of LAMMPS atom types 1, 2, ...;
-    beads: None, "centroid" or a bead index; timestep_fs: time between stored frames in fs;
+    beads: None, "centroid", "all" (every bead's frames: averages over beads and time, no time
+    axis) or a bead index; timestep_fs: time between stored frames in fs;
     velocities / forces: i-PI trajectory files to attach (MemoryReader formats only).
     """
     if not os.path.isfile(path):
@@ -519,7 +555,7 @@ def load_universe(
         files = [path]
         if beads is not None:
             files = bead_files(path)
-            if beads != "centroid":
+            if beads not in ("centroid", "all"):
                 k = int(beads)
                 if k >= len(files) or k < 0:
                     raise AnalysisInputError(
@@ -528,7 +564,10 @@ def load_universe(
                     )
                 files = [files[k]]
         frames = [read_frames(p, f) for p in files]
-        fr = frames[0] if len(frames) == 1 else _centroid(frames)
+        if beads == "all":
+            fr = _every_bead(frames)
+        else:
+            fr = frames[0] if len(frames) == 1 else _centroid(frames)
         if types is not None and all(str(x).isdigit() for x in fr.names):
             fr.names = [_type_element(x, types) for x in fr.names]
         dims = user_box if user_box is not None else fr.dimensions
@@ -543,6 +582,8 @@ def load_universe(
                     f"{what} has shape {arr.shape}, positions {fr.positions.shape}: give "
                     "files of the same run and stride"
                 )
+        if dt_ps is None:
+            dt_ps = frame_interval_ps(path, fr.steps)
         u = build_universe(fr.names, fr.positions, dims, dt_ps, vel, frc, source=path)
         u._mlip_steps = fr.steps
         return u

@@ -291,3 +291,40 @@ def test_extxyz_velocities_and_forces_from_ipi_ase_mode(tmp_path, small_water):
         else:
             expect = data / unit_to_internal("force", "ev/ang", 1.0)
         np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-7 * np.abs(expect).max())
+
+
+def test_bead_averaged_rdf_is_the_mean_of_the_beads_rdfs(tmp_path, small_water):
+    """--beads all: g(r) over every bead's frames = the mean of the beads' own g(r) (equal
+    frame counts); its frames are beads × frames, without a time axis."""
+    from analysis.molecules import find_water
+    from analysis.rdf import water_rdfs
+
+    names, x, dims = small_water
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        write_ipi(tmp_path / f"run.pos_{k}.xyz", names, x + rng.normal(0, 0.05, x.shape), dims, bead=k)
+    first = str(tmp_path / "run.pos_0.xyz")
+
+    def g_oo(beads):
+        u = load_universe(first, beads=beads)
+        return u, water_rdfs(u, find_water(u), rmax=5.0, nbins=50, n_blocks=1)["OO"].results.rdf
+
+    u_all, g_all = g_oo("all")
+    assert u_all.trajectory.n_frames == 2 * len(x) and not u_all._mlip_time_known
+    np.testing.assert_allclose(g_all, 0.5 * (g_oo(0)[1] + g_oo(1)[1]), rtol=1e-5, atol=1e-6)
+
+
+def test_frame_interval_from_steps_and_the_properties_file(tmp_path, small_water):
+    """No --timestep: the interval of i-PI frames is their Step: spacing × the ps per step of
+    the run's sim.out (time vs step); without sim.out it stays unknown."""
+    names, x, dims = small_water
+    steps = 4 * np.arange(len(x))
+    write_ipi(tmp_path / "sim.pos_0.xyz", names, x, dims, steps=steps)
+    assert not load_universe(str(tmp_path / "sim.pos_0.xyz"))._mlip_time_known
+    (tmp_path / "sim.out").write_text(
+        "# column   1     --> step : The current simulation time step.\n"
+        "# column   2     --> time{picosecond} : The elapsed simulation time.\n"
+        + "".join(f"{s} {s * 0.0005}\n" for s in range(0, 4 * len(x), 2))
+    )
+    u = load_universe(str(tmp_path / "sim.pos_0.xyz"))
+    assert u._mlip_time_known and u._mlip_dt_ps == pytest.approx(4 * 0.0005)

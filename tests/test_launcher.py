@@ -311,7 +311,10 @@ def test_closing_line_names_the_files_and_the_next_command(tmp_path, toy_model):
     assert "sim.pos_0.extxyz, sim.pos_1.extxyz" in last
     hint = last.split("next: ")[1].split()
     assert hint[:3] == ["mlip-analyse", "all", str(run / "sim.pos_0.extxyz")]
-    assert hint[hint.index("--timestep") + 1] == "0.5"  # 0.25 fs x stride 2: a frame every 0.5 fs
     assert "--beads" in hint and "centroid" in hint
+    from analysis.readers import load_universe
+
+    u = load_universe(str(run / "sim.pos_0.extxyz"), beads="centroid")
+    assert u._mlip_dt_ps == pytest.approx(0.5e-3)  # no --timestep needed: 0.25 fs x stride 2
     refused = subprocess.run(RUN + ["--resume", str(run), "--beads", "4"], capture_output=True, text=True)
     assert refused.returncode == 2 and "leave out --beads (the run has 2)" in refused.stderr

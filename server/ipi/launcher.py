@@ -206,9 +206,7 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
     (folder / rendered.xml_name).write_text(rendered.xml)
     (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
     total = int(re.search(r"<total_steps>\s*(\d+)", rendered.xml).group(1))
-    record = {"experiment": name, "total_steps": total, "options": _record_options(opts)}
-    record["frame_interval_fs"] = _frame_interval(rendered.xml)
-    write_run(folder, record)
+    write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
     print(f"mlip-run: {name} in {folder}", file=out, flush=True)
     return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
 
@@ -285,22 +283,13 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
     return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
 
 
-def _frame_interval(xml: str) -> float | None:
-    """fs between the frames of the positions trajectory (timestep × stride), None without one."""
-    step = re.search(r"<timestep units='femtosecond'>\s*([0-9.eE+-]+)", xml)
-    stride = re.search(r"<trajectory filename='pos' stride='(\d+)'", xml)
-    return float(step.group(1)) * int(stride.group(1)) if step and stride else None
-
-
 def _analysis_hint(folder: Path, prefix: str) -> str:
     """The mlip-analyse command to run next on the run's positions, '' when it wrote none."""
     positions = sorted(folder.glob(f"{prefix}.pos_*"))
     if not positions:
         return ""
-    interval = read_run(folder).get("frame_interval_fs")
-    args = ["mlip-analyse", "all", str(positions[0])]
+    args = ["mlip-analyse", "all", str(positions[0])]  # the frame interval is read from sim.out
     args += ["--beads", "centroid"] if len(positions) > 1 else []
-    args += ["--timestep", f"{interval:g}"] if interval else []
     return "; next: " + " ".join(args + ["--out", str(folder / "analysis")])
 
 
