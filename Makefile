@@ -103,3 +103,10 @@ bench-lammps: install
 
 clean:
 	rm -rf $(VENV) *.egg-info demo-output
+
+# the SLURM templates of hpc/, submitted unchanged to a real single-node SLURM that
+# hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
+# stops at the end; tests/test_hpc.py's stand-in tests run too (a few minutes on 2 cores)
+.PHONY: test-hpc
+test-hpc: install
+	hpc/local-slurm/cluster.sh run -- $(PY) -m pytest -q -ra tests/test_slurm.py tests/test_hpc.py

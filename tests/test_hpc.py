@@ -147,7 +147,7 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
     spec = json.loads((run / "server.json").read_text())
     assert spec["addresses"] == [f"inet:127.0.0.1:{port}=none"] * 2
     assert "mlip-run: done" in logs[f"run-{job_id}.ipi-side-{job_id}.log"]
-    assert "server side done" in logs[f"run-{job_id}.server-side-{job_id}.log"]
+    assert "i-PI sent EXIT" in logs[f"run-{job_id}.server-side-{job_id}.log"]
     assert "the run is done" in out
     rows = [
         line

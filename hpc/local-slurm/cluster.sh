@@ -127,9 +127,9 @@ JobCompLoc=$dir/log/jobcomp.log
 MpiDefault=pmi2
 SwitchType=switch/none
 LaunchParameters=use_interactive_step
-# fast turnaround: schedule on every event, short timeouts, finished jobs kept 5 minutes
-SchedulerType=sched/builtin
-SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,default_queue_depth=100
+# fast turnaround (heterogeneous jobs start only by backfill): schedule on every event and every second, short timeouts, finished jobs kept 5 minutes
+SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,bf_resolution=1,sched_min_interval=0,batch_sched_delay=0,default_queue_depth=100
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MinJobAge=300
