@@ -195,3 +195,48 @@ def test_ipi_template_walltime_chain_continues_itself(tmp_path, toy_model):
     assert all("walltime" in e["message"] for e in events if e["event"] == "stop")
     # the output: every step 0..N exactly once, in order
     assert _rows(run / "sim.out") == list(range(CHAIN_STEPS + 1))
+
+
+def _wait_until_stepping(run: Path, job: int, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        sim = run / "sim.out"
+        if sim.exists() and len(_rows(sim)) > 10:
+            return
+        time.sleep(1)
+    subprocess.run(["scancel", str(job)])
+    pytest.fail(f"job {job}: no i-PI steps in {run} after {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("how", ["usr1", "scancel"])
+def test_ipi_template_signals(tmp_path, toy_model, how):
+    """USR1 to the batch shell (what --signal=B:USR1@N sends) reaches the launcher: i-PI stops
+    cleanly, exit 75 (CHAIN=0: no resubmission; the job FAILED with exit code 75). scancel (SIGTERM
+    to every process) stops it too, and the chain ends: no job continues the run."""
+    name = _name(how)
+    settings = dict(MODEL=toy_model, STEPS=10**6, **IPI_SETTINGS)
+    if how == "usr1":
+        settings["CHAIN"] = 0
+    job = _sbatch(
+        IPI_TEMPLATE,
+        [f"--job-name={name}", "--time=00:05:00", "--ntasks=1", "--cpus-per-task=2", "--output=job.out"],
+        tmp_path,
+        _env(**settings),
+    )
+    run = tmp_path / f"run-{job}"
+    _wait_until_stepping(run, job)
+    if how == "usr1":
+        subprocess.run(["scancel", "--batch", "--signal=USR1", str(job)], check=True)
+    else:
+        subprocess.run(["scancel", str(job)], check=True)
+    records = _wait_for_name(name, 120)
+    output = (tmp_path / "job.out").read_text()
+    assert len(records) == 1, output  # nothing resubmitted
+    expected = ("FAILED", "75:0") if how == "usr1" else ("CANCELLED",)
+    assert (records[0]["JobState"], records[0]["ExitCode"])[: len(expected)] == expected, output
+    assert "stopped, not continued" in output
+    events = _events(run)
+    stopped = [e for e in events if e["event"] == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["step"] > 0, events
+    rows = _rows(run / "sim.out")
+    assert rows == list(range(0, 10 * len(rows), 10))  # a clean stop: every output step up to it once
