@@ -279,3 +279,38 @@ def test_two_servers_share_the_beads_and_one_is_restarted_alone(tmp_path, toy_mo
         assert "batch sizes (structures per model call × calls): 2×" in (run / name).read_text(), name
     crashes = [e for e in _events(run) if e["event"] == "crash"]
     assert [e["process"] for e in crashes] == ["server-1"]
+
+
+def test_two_sides_resume_on_another_port(tmp_path, toy_model, reference):
+    """A two-node chain: the ipi side is stopped (SIGTERM, exit 75) and resumed on another port
+    (a new job, another node); a new server side reads the new address; the run finishes."""
+    from server.processes import free_port
+
+    run = tmp_path / "run"
+    first, second = free_port(), free_port()
+    inet = ["--transport", "inet", "--host", "127.0.0.1", "--port", str(first)]
+    server_cmd = [
+        "water-nvt",
+        "--side",
+        "server",
+        "--out",
+        str(run),
+        "--model",
+        str(toy_model),
+        "--dtype",
+        "float64",
+    ]
+    ipi_side = _start(_options(toy_model) + inet + ["--side", "ipi", "--out", str(run)], tmp_path / "ipi.log")
+    server_side = _start(server_cmd, tmp_path / "server.log")
+    _wait_for_step(run, 300, ipi_side)
+    ipi_side.send_signal(signal.SIGTERM)
+    assert ipi_side.wait(timeout=60) == EXIT_STOPPED
+    server_side.wait(timeout=60)
+    (run / "server.json").unlink()  # as the template does: the new server side waits for the new one
+    resumed = ["--resume", str(run), "--side", "ipi", "--port", str(second), "--progress", "0"]
+    ipi_side = _start(resumed, tmp_path / "ipi2.log")
+    server_side = _start(server_cmd, tmp_path / "server2.log")
+    assert ipi_side.wait(timeout=180) == 0, (tmp_path / "ipi2.log").read_text()
+    assert server_side.wait(timeout=60) == 0, (tmp_path / "server2.log").read_text()
+    assert f"<port>{second}</port>" in (run / "resume.xml").read_text()
+    _same_trajectory(_each_step_once(run), reference)

@@ -359,6 +359,22 @@ def render_resume(name: str, options: RunOptions, folder: Path, run_id: str, che
                 text,
                 flags=re.S,
             )
+    if options.transport == "inet":  # this launch's host and ports (a new job, another node)
+        for k, e in enumerate(endpoints):
+            text = re.sub(
+                r"(<ffsocket[^>]*name=['\"]%s['\"][^>]*>)(.*?)(</ffsocket>)" % re.escape(e),
+                lambda m, k=k: (
+                    m.group(1)
+                    + re.sub(
+                        r"<port>[^<]*</port>",
+                        f"<port>{options.port + k}</port>",
+                        re.sub(r"<address>[^<]*</address>", f"<address>{options.host}</address>", m.group(2)),
+                    )
+                    + m.group(3)
+                ),
+                text,
+                flags=re.S,
+            )
     if options.stall_timeout:
         text = re.sub(r"\s*<timeout>[^<]*</timeout>", "", text)
         text = re.sub(r"(</address>)", r"\g<1><timeout>%g</timeout>" % options.stall_timeout, text)

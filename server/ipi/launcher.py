@@ -72,6 +72,9 @@ from .run_folder import (
 
 __all__ = ["run_experiment", "run_many", "RunResult", "main", "build_parser"]
 
+PER_LAUNCH = ("device", "dtype", "threads", "host", "port")
+"""Options a resumed run may change (where it runs, not what it computes): a new job of a
+two-node chain has another i-PI host and port."""
 SERVER_FILE = "server.json"
 """What the ``ipi`` side leaves for the ``server`` side in the run folder."""
 
@@ -224,17 +227,18 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
         given = getattr(opts, key)
         if key == "model" and given is not None:
             given = str(Path(given).resolve())
-        if key not in ("device", "dtype", "threads", "steps") and given not in (
+        if key not in (*PER_LAUNCH, "steps") and given not in (
             getattr(defaults, key),
             value,
         ):
             flag = "--" + key.replace("_", "-")
             raise InputError(
                 f"--resume continues {folder} with its own options: leave out {flag} "
-                f"(the run has {value!r}); only --steps, --device, --dtype, --threads, --servers may change"
+                f"(the run has {value!r}); only --steps, --servers, "
+                f"{', '.join('--' + k for k in PER_LAUNCH)} may change"
             )
-        if key in ("device", "dtype", "threads"):
-            if getattr(opts, key) is None:
+        if key in PER_LAUNCH:  # where this launch runs: given ones win, else the run's
+            if given == getattr(defaults, key):
                 setattr(opts, key, value)
         elif key != "steps":
             setattr(opts, key, value)
