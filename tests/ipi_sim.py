@@ -2,10 +2,12 @@
 
 The input is a fixed NVT (SVR) or PIMD (PILE-L) water-like setup at 300 K with 0.5 fs steps;
 ``ffdirect=True`` evaluates the model in-process (``server/ipi/pes.py``) instead of a socket.
+``forces=True`` also writes i-PI's forces (``sim.frc_*.extxyz``, eV/Å: :meth:`Outputs.forces`).
 """
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +23,16 @@ FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
 
 PES = Path(pes.__file__).resolve()
 DIRECT = """  <ffdirect name='{name}' pbc='false'><pes>custom</pes><pes_path>{pes}</pes_path>
-    <parameters>{{model: {model}, structure: init.xyz, average: {average}}}</parameters>
+    <parameters>{{{source}, structure: init.xyz, average: {average}}}</parameters>
     <batch_size>{batch}</batch_size>
   </ffdirect>
 """
 
 EXTRAS = """    <trajectory filename='extras' stride='1' extra_type='{extra}'> extras </trajectory>
 """
+FORCES = """    <trajectory filename='frc' stride='1' format='ase'> forces </trajectory>
+"""
+"""i-PI's total forces per bead, extended XYZ in ASE units (eV/Å, 8 decimals)."""
 
 INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>
   <output prefix='sim'>
@@ -91,11 +96,14 @@ def run(
     extra=None,
     timeout=240,
     ffdirect=False,
+    forces=False,
 ):
     """Runs i-PI + one mlip-server; returns the parsed outputs.
 
-    ``endpoints``: list of (forcefield name, address suffix for the server, weight) for
-    several forcefields; default one forcefield 'mlip'.
+    ``model``: a model file, or a list of them (a committee: ``--committee`` for the server,
+    ``committee: a;b`` for ``ffdirect``). ``endpoints``: list of (forcefield name, address suffix
+    for the server, weight) for several forcefields; default one forcefield 'mlip'. ``forces``:
+    also write i-PI's forces (:meth:`Outputs.forces`).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +113,14 @@ def run(
     ffs, forces, addresses, sockets = "", "", [], []
     for k, (name, suffix, weight) in enumerate(endpoints):
         if ffdirect:
+            if isinstance(model, (list, tuple)):
+                source = "committee: " + ";".join(str(Path(m).resolve()) for m in model)
+            else:
+                source = f"model: {Path(model).resolve()}"
             ffs += DIRECT.format(
                 name=name,
                 pes=PES,
-                model=Path(model).resolve(),
+                source=source,
                 average=suffix.lstrip("=") or "none",
                 batch=batch,
             )
@@ -136,27 +148,35 @@ def run(
         forces=forces,
         mode=motion,
         thermostat=thermostat,
-        extras=EXTRAS.format(extra=extra) if extra else "",
+        extras=(EXTRAS.format(extra=extra) if extra else "") + (FORCES if forces else ""),
     )
     (workdir / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", workdir)
-    server = None
+    server, left_shm = None, None
     try:
         if ffdirect:
-            return Outputs(workdir, processes.wait([ipi], timeout) + [0], nbeads)
-        if mode in ("unix", "shm"):
-            processes.wait_for_socket(sockets[0], ipi)
-        server = processes.start_server(model, "init.xyz", addresses, workdir, extra=list(server_args))
-        codes = processes.wait([ipi, server], timeout)
+            codes = processes.wait([ipi], timeout) + [0]
+        else:
+            if mode in ("unix", "shm"):
+                processes.wait_for_socket(sockets[0], ipi)
+            server = processes.start_server(model, "init.xyz", addresses, workdir, extra=list(server_args))
+            codes = processes.wait([ipi, server], timeout)
+        # what i-PI and the server left behind, before this harness cleans up after a failure
+        left_shm = sorted(glob.glob(f"/dev/shm/ipi_shm_{ipi.pid}_*"))
     finally:
         processes.stop([ipi, server], sockets)
         processes.remove_ipi_shm(ipi.pid)
-    return Outputs(workdir, codes, nbeads)
+    return Outputs(workdir, codes, nbeads, left_shm)
 
 
 class Outputs:
-    def __init__(self, workdir, codes, nbeads):
+    """A finished run: ``codes`` (i-PI's and the server's exit status), ``properties``
+    (``sim.out``), the logs, and ``left_shm``: i-PI's shared-memory segments (``/dev/shm``) still
+    there once both processes had ended, before the harness removed them (should be empty)."""
+
+    def __init__(self, workdir, codes, nbeads, left_shm=None):
         self.workdir, self.codes, self.nbeads = Path(workdir), codes, nbeads
+        self.left_shm = left_shm
         self.properties = np.loadtxt(self.workdir / "sim.out")
         log = self.workdir / "server.log"
         self.server_log = log.read_text() if log.exists() else ""
@@ -168,3 +188,11 @@ class Outputs:
 
         (path,) = sorted(self.workdir.glob("sim.pos_*.extxyz"))[bead : bead + 1]
         return ase.io.read(path, index=":")
+
+    def forces(self, bead=0):
+        """i-PI's forces of one bead, frame by frame, eV/Å [frames, atoms, 3] (``forces=True``)."""
+        import ase.io
+
+        (path,) = sorted(self.workdir.glob("sim.frc_*.extxyz"))[bead : bead + 1]
+        frames = ase.io.read(path, index=":")
+        return np.array([a.arrays["forces"] if "forces" in a.arrays else a.get_forces() for a in frames])

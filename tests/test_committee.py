@@ -15,7 +15,7 @@ import pytest
 from server import processes
 from server.core.errors import ModelError
 from server.core.evaluator import Evaluator, Structure
-from server.protocol import BOHR_PER_ANGSTROM, HARTREE_PER_EV, ipi_extras
+from server.protocol import HARTREE_PER_EV, ipi_extras
 from server.structures import water_box
 from training.toy_models import LennardJones, export, water_toy
 
@@ -229,20 +229,38 @@ def test_uncertain_structures_are_saved_once_and_complete(tmp_path, water_pair):
     assert "0 of 3 structures above" in quiet.server_log
 
 
-def test_ffdirect_committee_equals_socket_committee(tmp_path, water_pair):
-    """The in-process PES (<ffdirect>, committee='a;b') gives the socket server's energies and extras."""
-    from server.ipi.pes import MLIPDriver
-
+def test_ipi_ffdirect_committee_equals_the_mean_of_members_evaluated_alone(tmp_path, water_pair):
+    """i-PI with the in-process PES (<ffdirect>, committee: a;b; 2 beads in one batched call), 4 NVT
+    steps: the forces i-PI wrote (eV/Å), its potential (eV, the bead mean) and the member energies
+    of its extras (Hartree) equal each member evaluated on i-PI's frames by an Evaluator of its own,
+    and their mean; committee_energy_std is |E_a − E_b| / √2 (M = 2, sample std)."""
     atoms = water_box(8, seed=3)
-    ipi_sim.write_init(atoms, tmp_path / "init.xyz")
-    driver = MLIPDriver(committee=";".join(water_pair), structure=str(tmp_path / "init.xyz"))
-    cell = np.array(atoms.cell[:]).T * BOHR_PER_ANGSTROM
-    pos = atoms.get_positions().reshape(-1) * BOHR_PER_ANGSTROM
-    pot, _, _, extras = driver.compute(cell, pos)
-    r = Evaluator(list(water_pair)).compute([Structure.from_ase(atoms)])[0]
-    assert pot * EV_PER_HARTREE == pytest.approx(r.energy, rel=1e-9)
-    import json
-
-    x = json.loads(extras)
-    assert x["committee_energy_std"] == pytest.approx(r.extras["committee_energy_std"], rel=1e-9)
-    assert len(x["committee_pot"]) == 2
+    out = ipi_sim.run(
+        tmp_path,
+        atoms,
+        list(water_pair),
+        steps=4,
+        nbeads=2,
+        batch=2,
+        ffdirect=True,
+        forces=True,
+        extra="committee_pot,committee_energy_std",
+    )
+    assert out.codes == [0, 0], out.ipi_log[-3000:]
+    alone = [Evaluator(m, dtype="float64") for m in water_pair]
+    served = np.zeros((5, 2))  # step, bead
+    for bead in range(2):
+        frames, forces = out.frames(bead), out.forces(bead)
+        extras = np.loadtxt(tmp_path / f"sim.extras_{bead}", ndmin=2)  # E_a, E_b (Hartree), σ_E (eV)
+        assert len(frames) == 5 and forces.shape == (5, 24, 3) and extras.shape == (5, 3)
+        for step, frame in enumerate(frames):
+            frame.numbers = atoms.numbers
+            a, b = (ev.compute([Structure.from_ase(frame)])[0] for ev in alone)
+            assert abs(a.energy - b.energy) > 1e-2  # the members differ far above the tolerances
+            assert np.abs(a.forces - b.forces).max() > 1e-2
+            # positions and forces are written with 8 decimals (Å, eV/Å)
+            np.testing.assert_allclose(forces[step], 0.5 * (a.forces + b.forces), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(extras[step, :2] * EV_PER_HARTREE, [a.energy, b.energy], atol=1e-6)
+            assert extras[step, 2] == pytest.approx(abs(a.energy - b.energy) / np.sqrt(2), abs=1e-6)
+            served[step, bead] = 0.5 * (a.energy + b.energy)
+    np.testing.assert_allclose(out.properties[:, 3], served.mean(axis=1), rtol=0, atol=1e-6)

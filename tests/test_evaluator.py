@@ -1,5 +1,7 @@
 """Physics of the Evaluator: forces, virial, small cells, batching, a peer (ASE)."""
 
+import math
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -206,6 +208,120 @@ def _beads(atoms, n, seed=0):
     ]
 
 
+def _fastest(seconds_per_copy, needed):
+    """The docstring's rule, written out: ceil(needed / k) calls of k copies, the least total among
+    the measured k <= needed (ties: the smaller k)."""
+    totals = {k: math.ceil(needed / k) * k * t for k, t in seconds_per_copy.items() if k <= needed}
+    best = min(totals.values())
+    return min(k for k, total in totals.items() if total == best)
+
+
+@pytest.mark.parametrize(
+    "seconds_per_copy, needed, expected",
+    [
+        # per-copy time falls to k = 4, then rises: 4 (neither the largest 8 nor 1, nor the slowest 1)
+        ({1: 1.0, 2: 0.6, 4: 0.5, 8: 0.75}, 37, 4),
+        # the partial last call counts in full: 5 copies as 3 × 2 (4.8 s) beat 2 × 4 (5.6 s),
+        # although 4 has the lowest time per copy
+        ({1: 1.0, 2: 0.8, 4: 0.7}, 5, 2),
+        # a k above the copies needed is never chosen, however fast
+        ({1: 1.0, 2: 0.6, 4: 0.1}, 3, 2),
+        # batching does not pay: one copy per call
+        ({1: 1.0, 2: 1.05}, 37, 1),
+        # equal estimates: the smaller k
+        ({1: 0.5, 2: 0.5, 4: 0.5}, 4, 1),
+        # every copy in one call when that is fastest (the largest measured k)
+        ({1: 1.0, 2: 0.6, 4: 0.4, 8: 0.3, 16: 0.2, 32: 0.15, 37: 0.14}, 37, 37),
+    ],
+)
+def test_copies_per_call_is_the_fastest_measured_choice(seconds_per_copy, needed, expected):
+    """The choosing step on hand-made timings (s per copy of a k-copy call)."""
+    from server.core.evaluator import _copies_per_call
+
+    assert _fastest(seconds_per_copy, needed) == expected  # the cases are what they claim
+    assert _copies_per_call(seconds_per_copy, needed) == expected
+
+
+class _Clock:
+    """A stand-in for the evaluator module's ``time``: only the model calls advance it, by
+    ``call_seconds(k)`` for a k-copy call, ``warmup`` s for the very first call, and ``noise`` ×
+    that for one of each k's two timed calls (alternately the first and the second: the measurement
+    must keep the best, not the first or the last)."""
+
+    def __init__(self, call_seconds, noise=1.5, warmup=100.0):
+        self.now, self.count, self.slow = 0.0, {}, {}
+        self.call_seconds, self.noise, self.warmup = call_seconds, noise, warmup
+
+    def perf_counter(self):
+        return self.now
+
+    def attach(self, ev):
+        calls, evaluate = [], ev.model.evaluate
+
+        def timed(copies):
+            k = len(copies)
+            if not calls:
+                self.now += self.warmup
+            else:
+                n = self.count[k] = self.count.get(k, 0) + 1
+                slow = self.slow.setdefault(k, 1 + len(self.slow) % 2)  # k = 1: the first call, ...
+                self.now += self.call_seconds(k) * (self.noise if n == slow else 1.0)
+            calls.append(k)
+            return evaluate(copies)
+
+        ev.model.evaluate = timed
+        return calls
+
+
+def test_calibration_measures_stops_and_chooses_on_a_controlled_clock(
+    monkeypatch, strongly_anisotropic_model, water8
+):
+    """The whole automatic choice with model-call times made by hand (per copy 1, 0.6, 0.5, 0.75 s
+    for k = 1, 2, 4, 8): the warm-up is not counted, each k keeps its best of two calls, the
+    measurement stops at k = 8 (more than 10 % slower per copy than k = 4), and the 37 copies of a
+    2i request are evaluated 4 per model call."""
+    import server.core.evaluator as evaluator_module
+
+    per_copy = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.75, 16: 0.1, 32: 0.1, 37: 0.1}
+    clock = _Clock(lambda k: k * per_copy[k])
+    monkeypatch.setattr(evaluator_module, "time", clock)
+    ev = Evaluator(strongly_anisotropic_model)
+    calls = clock.attach(ev)
+    ev.compute([Structure.from_ase(water8)], "2i")
+    (c,) = ev.calibrations.values()
+    assert c["seconds_per_copy"] == pytest.approx({1: 1.0, 2: 0.6, 4: 0.5, 8: 0.75}, rel=1e-12)
+    assert c["stopped"] == "slower" and c["copies_per_call"] == {37: 4}
+    calibration = [1] + [1, 1, 2, 2, 4, 4, 8, 8]  # warm-up, then two timed calls per k
+    assert calls == calibration + [4] * 9 + [1]
+    assert c["cost_s"] == pytest.approx(100 + sum(k * per_copy[k] * 2.5 for k in (1, 2, 4, 8)))
+    assert ev.timings["calibration"] == pytest.approx(c["cost_s"])
+
+
+def test_calibration_within_the_memory_budget_on_a_controlled_clock(
+    monkeypatch, strongly_anisotropic_model, water8
+):
+    """Per-copy time falling with k all the way: the measurement stops at the memory budget (the
+    largest k whose edges fit), and that k is chosen; a second request of the same size measures
+    nothing more."""
+    import server.core.evaluator as evaluator_module
+
+    clock = _Clock(lambda k: 1.0 + 0.1 * k)  # a fixed cost per call: batching always pays
+    monkeypatch.setattr(evaluator_module, "time", clock)
+    s = Structure.from_ase(water8)
+    n_edges = 382
+    ev = Evaluator(strongly_anisotropic_model, memory_budget_edges=6 * n_edges + 10)
+    assert len(ev._graph(s, 0).vectors) == n_edges
+    calls = clock.attach(ev)
+    ev.compute([s], "2i")
+    (c,) = ev.calibrations.values()
+    assert sorted(c["seconds_per_copy"]) == [1, 2, 4, 6] and c["stopped"] == "memory budget"
+    assert c["copies_per_call"] == {37: 6}
+    assert calls == [1] + [1, 1, 2, 2, 4, 4, 6, 6] + [6] * 6 + [1]
+    del calls[:]
+    ev.compute([s], "2i")
+    assert calls == [6] * 6 + [1]
+
+
 def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, water8, water32_triclinic):
     structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
     budget = 3 * 1856 + 100  # three copies of the larger structure, ~14 of the smaller
@@ -216,7 +332,9 @@ def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, w
     assert calls and max(edges for _, edges in calls) <= budget  # calibration calls included
     assert len(ev.calibrations) == 2
     for c in ev.calibrations.values():
-        assert list(c["copies_per_call"]) == [37] and c["copies_per_call"][37] >= 1
+        assert list(c["copies_per_call"]) == [37]
+        # the choice is a measured k whose estimated request time is the least of those measured
+        assert c["copies_per_call"][37] == _fastest(c["seconds_per_copy"], 37)
         assert max(c["seconds_per_copy"]) * c["edges"] <= budget and c["cost_s"] > 0
     assert ev.timings["calibration"] > 0
     assert "copies per call" in ev.batching_summary()

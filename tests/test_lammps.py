@@ -300,7 +300,7 @@ def test_lammps_error_after_connect_ends_the_server(tmp_path, lj_model):
     assert "without EXIT" in lammps_run.error_line(result.server_output)
 
 
-@pytest.mark.parametrize("np_", [2 if HAVE_MPI4PY else 1])
+@pytest.mark.parametrize("np_", [pytest.param(2, marks=needs_mpi4py)])  # skipped, not 1 rank, without mpi4py
 def test_server_killed_mid_run_halts_lammps(tmp_path, lj_model, np_):
     import signal
 
