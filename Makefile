@@ -72,7 +72,7 @@ probe: install
 	$(VENV)/bin/mlip-probe $(MODEL) --level $(LEVEL) $(if $(strip $(COMMITTEE)),--committee $(COMMITTEE)) $(ARGS)
 
 analyse: install
-	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT)
+	$(VENV)/bin/mlip-analyse all $(TRAJ) --out $(OUT) $(ARGS)
 
 nvt: install
 	$(RUN) water-nvt --model $(MODEL) $(ARGS)
