@@ -9,8 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
+from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
-from ..paths import lammps_inputs_dir, shipped_model
+from ..paths import shipped_model
 from ..protocol import Address
 from ..structures import write_water_data
 from ..supervision import EXIT_STOPPED, Deadline, EventLog, StopSignals
@@ -22,6 +23,13 @@ __all__ = ["bridge_main", "build_bridge_parser", "run_main", "build_run_parser"]
 
 BRIDGE = bridge.PROG
 RUN = runner.PROG
+DECOMPOSITION_RULE = "default: domain on more than one MPI rank, gather on one"
+"""The one decomposition default of both commands (mlip-lammps: its ranks; mlip-lammps-run: --np)."""
+
+
+def default_decomposition(ranks: int) -> str:
+    """``domain`` for more than one MPI rank, ``gather`` for one (both commands)."""
+    return "domain" if ranks > 1 else "gather"
 
 
 # --------------------------------------------------------------------------- command line
@@ -29,8 +37,9 @@ def build_bridge_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=BRIDGE,
         description=bridge.__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run it under 'mpiexec -n K' for K MPI ranks (needs mpi4py).",
+        formatter_class=HelpFormatter,
+        epilog="Run it under 'mpiexec -n K' for K MPI ranks (needs mpi4py); the domain route (the "
+        "default on K > 1 ranks) listens on ADDRESS-RANK (or PORT+RANK), one address per rank.",
     )
     p.add_argument("deck", help="LAMMPS input with one top-level 'fix ID all external pf/callback 1 1' line")
     p.add_argument(
@@ -73,14 +82,18 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         "declaring it hung",
     )
     p.add_argument(
-        "--timings", default=None, metavar="JSON", help="write the force calls' timings (every rank) here"
+        "--timings",
+        default=None,
+        metavar="JSON",
+        help="write the force calls' timings (every rank) here (default: not written)",
     )
     p.add_argument(
         "--decomposition",
         choices=bridge.DECOMPOSITIONS,
-        default="gather",
+        default=None,
         help="gather: all atoms to rank 0, one connection (the i-PI protocol); domain: every rank "
-        "sends its subdomain + ghost shell on its own connection (ADDRESS-RANK, or PORT+RANK)",
+        "sends its subdomain + ghost shell on its own connection (ADDRESS-RANK, or PORT+RANK; not "
+        f"for metatomic models yet) ({DECOMPOSITION_RULE})",
     )
     p.add_argument(
         "--per-atom",
@@ -98,23 +111,26 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="SECONDS",
         help="when the force server is lost mid-run, listen again on the same address this long for "
-        "a new one and repeat the force call (0: halt at once; mlip-lammps-run sets it)",
+        "a new one and repeat the force call (0, the default: halt at once; mlip-lammps-run sets it)",
     )
     p.add_argument(
         "--checkpoint-every",
         type=int,
         default=0,
         metavar="N",
-        help="restart files every N steps (needs --state)",
+        help="restart files every N steps (needs --state; 0, the default: none)",
     )
     p.add_argument(
-        "--state", default=None, metavar="JSON", help="the checkpoint state file to write (and --resume from)"
+        "--state",
+        default=None,
+        metavar="JSON",
+        help="the checkpoint state file to write (and --resume from) (default: none)",
     )
     p.add_argument(
         "--stop-file",
         default=None,
         metavar="PATH",
-        help="stop cleanly (restart file, exit 75) once this file exists",
+        help="stop cleanly (restart file, exit 75) once this file exists (default: no stop file)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the restart file named in --state")
     return p
@@ -129,6 +145,7 @@ def bridge_main(argv=None) -> int:
         print(f"{BRIDGE}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     comm = get_comm()
+    decomposition = args.decomposition or default_decomposition(comm.size)
     interrupts = Interrupts()
     if comm.rank == 0:  # rank 0 turns Ctrl-C / SIGTERM into a clean stop of every rank
         interrupts.install()
@@ -145,7 +162,7 @@ def bridge_main(argv=None) -> int:
         connect_timeout=args.connect_timeout,
         timeout=args.timeout,
         timings=args.timings,
-        decomposition=args.decomposition,
+        decomposition=decomposition,
         per_atom=args.per_atom,
         range_check=not args.no_range_check,
         reconnect_timeout=args.reconnect_timeout,
@@ -154,7 +171,7 @@ def bridge_main(argv=None) -> int:
         stop_file=args.stop_file,
         resume=args.resume,
     )
-    if args.decomposition == "domain" and address.kind not in ("unix", "inet"):
+    if decomposition == "domain" and address.kind not in ("unix", "inet"):
         print(f"{BRIDGE}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
         return EXIT_BAD_INPUT
     bridge = Bridge(config, comm, interrupts)
@@ -176,14 +193,22 @@ def build_run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=RUN,
         description=runner.__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
+        epilog="Outputs (LAMMPS's and the servers' logs, dumps, the data file it builds, checkpoints, "
+        "events.jsonl) go to --workdir only.",
     )
     p.add_argument(
         "deck",
         nargs="?",
-        help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line (not with --resume)",
+        help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line, e.g. "
+        "lammps_inputs/in.water-nvt (not with --resume)",
     )
-    p.add_argument("--model", default=None, help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model file: the TorchScript contract, or metatomic (gather route only, for now) "
+        "(default: the shipped models/water-pet.pt)",
+    )
     p.add_argument(
         "--committee",
         nargs="+",
@@ -200,7 +225,10 @@ def build_run_parser() -> argparse.ArgumentParser:
         "multi-node job (LAMMPS runs as 'srun mlip-lammps --decomposition domain'; see hpc/)",
     )
     p.add_argument(
-        "--ranks-per-node", type=int, default=None, help="--side servers: LAMMPS ranks on each node"
+        "--ranks-per-node",
+        type=int,
+        default=None,
+        help="--side servers: LAMMPS ranks on each node (required)",
     )
     p.add_argument(
         "--node",
@@ -221,8 +249,9 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--decomposition",
         choices=bridge.DECOMPOSITIONS,
         default=None,
-        help="domain (default for --np > 1): every rank evaluates its subdomain + ghost shell on "
-        "its own connection; gather (default for one rank): all atoms through rank 0",
+        help="domain: every rank evaluates its subdomain + ghost shell on its own connection (not for "
+        "metatomic models yet); gather: all atoms through rank 0 and one server "
+        f"({DECOMPOSITION_RULE}, i.e. domain for --np > 1)",
     )
     p.add_argument(
         "--servers",
@@ -251,10 +280,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--molecules",
         type=int,
         default=512,
-        help="water box built into lammps_inputs/water-N.data when the deck uses ${data} and no "
-        "--var data is given",
+        help="water molecules of the box built into WORKDIR/water-N.data when the deck uses ${data} "
+        "and no --var data is given",
     )
-    p.add_argument("--workdir", default="runs/lammps", help="where LAMMPS and the server run and write")
+    p.add_argument(
+        "--workdir", default="runs/lammps", help="where LAMMPS and the servers run and write everything"
+    )
     p.add_argument(
         "--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)"
     )
@@ -265,8 +296,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         choices=["float32", "float64"],
         help="server precision (default: the model's own)",
     )
-    p.add_argument("--average", default="none", help="server rotational averaging spec (e.g. 2i)")
-    p.add_argument("--threads", type=int, default=0, help="server torch threads (0: torch's default)")
+    p.add_argument(
+        "--average", default="none", help="server rotational averaging spec (e.g. 2i; see mlip-server --help)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="server torch threads (0, the default: torch's own choice)"
+    )
     p.add_argument(
         "--server-arg",
         action="append",
@@ -281,7 +316,12 @@ def build_run_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--timeout=1200)",
     )
-    p.add_argument("--timeout", type=float, default=None, help="stop everything after this many seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop everything after this many seconds (default: no limit)",
+    )
     p.add_argument(
         "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
     )
@@ -290,7 +330,8 @@ def build_run_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="write LAMMPS restart files WORKDIR/restart.STEP every N steps (the newest two are kept)",
+        help="write LAMMPS restart files WORKDIR/restart.STEP every N steps (the newest two are kept; "
+        "0, the default: none)",
     )
     p.add_argument(
         "--walltime",
@@ -311,7 +352,9 @@ def build_run_parser() -> argparse.ArgumentParser:
         default=3,
         metavar="N",
         help="restart a force server that dies mid-run on the same addresses, at most N times; LAMMPS "
-        "repeats the interrupted force call and never sees the fault (0: fail fast; default 3)",
+        "repeats the interrupted force call and never sees the fault; a server exiting with status 2 "
+        "or failing with the same error at the same step again is not restarted (0: fail fast; "
+        "default 3)",
     )
     return p
 
@@ -341,7 +384,6 @@ def _fresh_settings(args) -> dict | None:
         print(f"{RUN}: error: give the LAMMPS deck (e.g. lammps_inputs/in.water-nvt)", file=sys.stderr)
         return None
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     deck = Path(args.deck)
     if not deck.is_file():
         print(
@@ -350,18 +392,18 @@ def _fresh_settings(args) -> dict | None:
             file=sys.stderr,
         )
         return None
-    variables = list(args.var)
-    if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
-        data = write_water_data(args.molecules, lammps_inputs_dir() / f"water-{args.molecules}.data")
-        print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
-        variables.append(("data", str(data)))
     model = _model(args)
     if model is None:
         return None
     if args.max_server_restarts < 0 or args.checkpoint_every < 0:
         print(f"{RUN}: error: --max-server-restarts and --checkpoint-every take 0 or more", file=sys.stderr)
         return None
-    decomposition = args.decomposition or ("domain" if args.np > 1 else "gather")
+    decomposition = args.decomposition or default_decomposition(args.np)
+    try:
+        runner.check_route(model, decomposition)  # before LAMMPS starts (metatomic: gather only)
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
+        return None
     if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
         print(
             f"{RUN}: error: --servers {args.servers}: several servers need --decomposition domain",
@@ -377,6 +419,12 @@ def _fresh_settings(args) -> dict | None:
     if decomposition == "domain" and args.address and args.address.startswith("shm:"):
         print(f"{RUN}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
         return None
+    workdir.mkdir(parents=True, exist_ok=True)  # the run's own folder: the only place written to
+    variables = list(args.var)
+    if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
+        data = write_water_data(args.molecules, workdir / f"water-{args.molecules}.data")
+        print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
+        variables.append(("data", str(data)))
     bridge_args = ["--decomposition", decomposition]
     if args.per_atom:
         bridge_args.append("--per-atom")
@@ -517,6 +565,7 @@ def _serve_node(args) -> int:
     if model is None:
         return 2
     try:
+        runner.check_route(model, "domain")  # a node's servers serve domain ranks only
         return runner.serve_node(
             model, args.address, args.ranks_per_node, node, args.servers, args.device, _server_args(args)
         )

