@@ -1,11 +1,14 @@
 """``mlip-probe MODEL [--level quick|full|tiny]``: the paper's symmetry-breaking study for one model.
 
-    mlip-probe models/water-pet.pt --level quick --report docs/probe-water-pet.md
+    mlip-probe models/water-pet.pt --level quick      # → runs/probe-water-pet-DATE/probe-water-pet.md
+    mlip-probe my.pt --level quick --report docs/probe-my.md
     make probe MODEL=models/water-pet.pt LEVEL=quick
     make probe MODEL=models/water-pet.pt COMMITTEE="models/committee/phase3.pt models/committee/phase4.pt"
 
 Writes REPORT (markdown), a folder next to it with the PNGs and ``probe.json``, and keeps the
-MD runs in ``--work`` (default ``runs/<report name>-<date>``). Order: timings on the idle machine,
+MD runs in ``--work``. Without ``--report`` everything goes into one new folder of the run's own,
+``runs/probe-<model>-<date>/`` (report, figures, ``md/`` for the MD runs); nothing is written
+into ``docs/`` or the current folder unless asked. Order: timings on the idle machine,
 then the MD runs in the background while the single-point sections run, then the analyses
 (:mod:`analysis.probe.pipeline`).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from server.core.errors import MLIPError
@@ -27,8 +31,16 @@ def build_parser():
     p = argparse.ArgumentParser(prog="mlip-probe", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="TorchScript model (contract or metatomic)")
     p.add_argument("--level", default="quick", choices=sorted(LEVELS))
-    p.add_argument("--report", help="markdown report to write (default docs/probe-<model name>.md)")
-    p.add_argument("--work", help="folder for the MD runs (default runs/<report name>-<date>)")
+    p.add_argument(
+        "--report",
+        help="markdown report to write (default: runs/probe-<model name>-<date>/probe-<model name>.md "
+        "in the checkout's runs/, its figures and probe.json next to it)",
+    )
+    p.add_argument(
+        "--work",
+        help="folder for the MD runs (default: md/ in that folder without --report, "
+        "runs/<report name>-<date> with it)",
+    )
     p.add_argument(
         "--dataset",
         help="extended XYZ test set for section 1 (e.g. ../shared/data/dft/"
@@ -64,12 +76,20 @@ def main(argv=None) -> int:
         return 2
     from .pipeline import probe
 
+    report, work = args.report, args.work
+    if report is None:  # one folder of this probe's own: report, figures, MD runs
+        from server.paths import runs_dir
+
+        name = f"probe-{Path(args.model).stem}"
+        folder = runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        report, work = folder / f"{name}.md", work or folder / "md"
+        print(f"mlip-probe: writing {report} (figures, probe.json and the MD runs next to it)", flush=True)
     try:
         probe(
             args.model,
             level=args.level,
-            report_path=args.report,
-            work=args.work,
+            report_path=report,
+            work=work,
             dataset=args.dataset,
             ice_dir=args.ice_dir,
             threads=args.threads,
