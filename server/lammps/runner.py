@@ -20,14 +20,13 @@ detected by the bridge, which halts LAMMPS (or, with restarts, is restarted; not
 with status 2 or fails with the same error line at the same step again); a LAMMPS error closes
 the socket and the server exits. The failure line names the side that failed first and, for a
 server, its own ``mlip-server: error: ...`` line (in both routes). A metatomic model is refused
-for the domain route before anything starts (:func:`check_route`). On exit or Ctrl-C everything started is killed, the socket file is removed,
-and ``/dev/shm/mpich_shm_*`` files that the run's MPI processes left behind (MPICH leaves
-them when a rank is killed) are deleted.
+for the domain route before anything starts (:func:`check_route`). On exit or Ctrl-C everything
+started is killed, the socket file is removed, and ``/dev/shm/mpich_shm_*`` files that the run's
+MPI processes left behind (MPICH leaves them when a rank is killed) are deleted.
 
 When the deck uses ``${data}`` and no ``--var data`` is given, a water box of
 ``--molecules`` molecules is built into ``WORKDIR/water-N.data`` (nothing is written outside
-WORKDIR). Without
-``--model`` the shipped ``models/water-pet.pt`` is used.
+WORKDIR). Without ``--model`` the shipped ``models/water-pet.pt`` is used.
 
 Exit status: 0 when both sides finished cleanly, otherwise the failing side's status
 (2 bad input, 1 failed run), 130 on Ctrl-C.
