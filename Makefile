@@ -92,7 +92,7 @@ replay: install
 	$(RUN) replay --model $(MODEL) $(ARGS)
 
 # LAMMPS (lammps_inputs/): the bridge drives LAMMPS, the same mlip-server computes forces
-NP ?= 2
+NP ?= 8
 LAMMPS_ARGS ?=
 lammps: install
 	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --workdir runs/lammps $(LAMMPS_ARGS)

@@ -689,7 +689,7 @@ class Campaign:
         work = self.work / group
         work.mkdir()
         options = [
-            "water-nvt", "--beads", "1", "--steps", str(steps), "--molecules", "8", "--stride", "1",
+            "water-nvt", "--steps", str(steps), "--molecules", "8", "--stride", "1",
             "--model", toy, "--device", "cpu", "--dtype", "float64",
         ]  # fmt: skip
         self.data["groups"][group]["command"] = "mlip-run " + " ".join(options) + " (the template's, one node)"
@@ -724,7 +724,7 @@ class Campaign:
             name = f"fc-chain-{uuid.uuid4().hex[:6]}"
             env.update(
                 PROJECT=str(ROOT), MODEL=toy, STEPS=str(steps), MLIP_ARGS="--stride 1", CHAIN_MAX="8",
-                EXPERIMENT="water-nvt", MOLECULES="8", BEADS="1", DEVICE="cpu", DTYPE="float64",
+                EXPERIMENT="water-nvt", MOLECULES="8", BEADS="", DEVICE="cpu", DTYPE="float64",
                 OMP_NUM_THREADS="1",
             )  # fmt: skip
             t0 = time.perf_counter()
@@ -902,7 +902,7 @@ def main(argv=None):
     p.add_argument("--pet-molecules", type=int, default=32)
     p.add_argument("--lammps-steps", type=int, default=600)
     p.add_argument("--lammps-molecules", type=int, default=64)
-    p.add_argument("--slurm-steps", type=int, default=6000)
+    p.add_argument("--slurm-steps", type=int, default=24000)
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fault-campaign-"))

@@ -153,11 +153,11 @@ def test_lammps_domain_template_on_one_node_two_ranks(tmp_path, toy_model):
 IPI_SETTINGS = dict(EXPERIMENT="water-nvt", MOLECULES=8, BEADS="", DEVICE="cpu", DTYPE="float64")
 
 
-CHAIN_STEPS = 14000
+CHAIN_STEPS = 24000  # ~6000 steps per 1-minute job on 2 idle cores (5.8 ms/step): ~4 jobs
 
 
 def test_ipi_template_walltime_chain_continues_itself(tmp_path, toy_model):
-    """--time=00:01:00 (SLURM's shortest limit) and a run of CHAIN_STEPS steps (about 3 such jobs
+    """--time=00:01:00 (SLURM's shortest limit) and a run of CHAIN_STEPS steps (about 4 such jobs
     at full speed of 2 idle cores, more when they are shared): every job stops cleanly before its
     time limit, the template submits itself again with the same options and the next job resumes
     RUN in place, until the run is done. Every step is in sim.out exactly once, in order."""
