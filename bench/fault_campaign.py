@@ -322,7 +322,8 @@ class Campaign:
         self.save()
         print(
             f"fault_campaign: {row['group']} | {row['fault']} | injected {row['injected']} | "
-            f"survived {row['survived']} | lost {row.get('steps_lost')} | dup {row.get('steps_duplicated')} | "
+            f"survived {row['survived']} | lost {row.get('steps_lost')} | "
+            f"dup {row.get('steps_duplicated')} | "
             f"extra {row.get('extra_wall_s')} s | dE {row.get('max_rel_energy_difference')}",
             flush=True,
         )
@@ -499,7 +500,14 @@ class Campaign:
 
         scenarios = [
             ("kill", "server SIGKILL", kill_server, [], False, None),
-            ("hang", "server SIGSTOP (hang), --stall-timeout 3", stop_server, ["--stall-timeout", "3"], False, None),
+            (
+                "hang",
+                "server SIGSTOP (hang), --stall-timeout 3",
+                stop_server,
+                ["--stall-timeout", "3"],
+                False,
+                None,
+            ),
             ("term", "launcher SIGTERM, then --resume", term_launcher, [], True, (75,)),
             ("lost", "i-PI + server + launcher SIGKILL (lost node), then --resume", kill_all, [], True, None),
         ]
@@ -638,7 +646,12 @@ class Campaign:
             "kill": ("server of rank 1 SIGKILL", kill_rank_server(1), False, None),
             "kill-gather": ("server SIGKILL", kill_rank_server("gather"), False, None),
             "term": ("launcher SIGTERM, then --resume", term_launcher, True, (75,)),
-            "lost": ("launcher + mpiexec + bridges + servers SIGKILL (lost node), then --resume", kill_all, True, None),
+            "lost": (
+                "launcher + mpiexec + bridges + servers SIGKILL (lost node), then --resume",
+                kill_all,
+                True,
+                None,
+            ),
         }
         for route, key in plan:
             if route not in refs:
@@ -692,7 +705,9 @@ class Campaign:
             "water-nvt", "--steps", str(steps), "--molecules", "8", "--stride", "1",
             "--model", toy, "--device", "cpu", "--dtype", "float64",
         ]  # fmt: skip
-        self.data["groups"][group]["command"] = "mlip-run " + " ".join(options) + " (the template's, one node)"
+        self.data["groups"][group]["command"] = (
+            "mlip-run " + " ".join(options) + " (the template's, one node)"
+        )
         expected = list(range(steps + 1))
         try:
             ref = self.reference(
@@ -832,7 +847,9 @@ def markdown(data: dict) -> str:
             f"({v['startup_s'] or 0:.1f} s to the first step, {1e3 * v['s_per_step']:.1f} ms/step)"
             for k, v in refs.items()
         )
-        groups.append(f"- **{name}** ({g['engine']}, {g['steps']} steps): `{g.get('command', '')}`; {ref_text}")
+        groups.append(
+            f"- **{name}** ({g['engine']}, {g['steps']} steps): `{g.get('command', '')}`; {ref_text}"
+        )
     draws = []
     for r in data["rows"]:
         if r.get("injections"):
