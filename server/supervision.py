@@ -46,6 +46,7 @@ __all__ = [
     "Heartbeat",
     "StallWatch",
     "RestartBudget",
+    "atomic_write",
 ]
 
 EXIT_STOPPED = 75
@@ -300,3 +301,12 @@ class RestartBudget:
             return False
         self.used += 1
         return True
+
+
+def atomic_write(path: str | Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that a kill mid-write leaves the old file or the new one,
+    never half of one (a run's records and checkpoints are read back after hard stops)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

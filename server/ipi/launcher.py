@@ -56,6 +56,7 @@ from ..supervision import (
     RestartBudget,
     StallWatch,
     StopSignals,
+    atomic_write,
     describe_exit,
 )
 from .experiments import RunOptions, check_options, experiments, load_experiment, render, render_resume
@@ -64,6 +65,7 @@ from .run_folder import (
     RUN_FILE,
     last_step,
     latest_checkpoint,
+    output_files,
     output_prefix,
     read_run,
     trim_outputs,
@@ -270,7 +272,7 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
             removed=cut,
         )
     rendered = render_resume(name, opts, folder, run_id, checkpoint.text)
-    _write_atomic(folder / RESUME_FILE, rendered.xml)
+    atomic_write(folder / RESUME_FILE, rendered.xml)
     for stale in ("RESTART", *(p.name for p in folder.glob("*.restart"))):
         if stale != RESUME_FILE and (folder / stale).exists():
             (folder / stale).unlink()  # resume.xml now holds the latest state
@@ -297,12 +299,6 @@ def _analysis_hint(folder: Path, prefix: str) -> str:
     return "; next: " + " ".join(args + ["--out", str(folder / "analysis")])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _server_args(rendered, opts: RunOptions) -> list:
     return rendered.server_args + ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
 
@@ -314,7 +310,7 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
         "server_args": launch.server_args,
         "structure": rendered.element_file,
     }
-    _write_atomic(folder / SERVER_FILE, json.dumps(spec))
+    atomic_write(folder / SERVER_FILE, json.dumps(spec))
     print(
         "  endpoints: "
         + ", ".join(f"{e} ({spec})" for e, spec in rendered.endpoints.items())
@@ -505,7 +501,7 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
 
 def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float) -> RunResult:
     folder = launch.folder
-    done = latest_checkpoint_or_none(folder)
+    done = _latest_checkpoint_or_none(folder)
     step = done.step if done else None
     total = launch.total_steps
     where = f"step {max(step, 0)} of {total}" if step is not None else f"an unknown step of {total}"
@@ -522,7 +518,7 @@ def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float)
         events.record("stopped", message, step=step, action="exit 75")
         return RunResult(EXIT_STOPPED, folder, message, wall)
     prefix = output_prefix(launch.rendered.xml)
-    outputs = ", ".join(sorted(p.name for p in _outputs(folder, prefix)))
+    outputs = ", ".join(sorted(p.name for p in output_files(folder, prefix)))
     events.record(
         "done",
         f"done ({total} steps); outputs in {folder}: {outputs}{_analysis_hint(folder, prefix)}",
@@ -531,15 +527,11 @@ def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float)
     return RunResult(0, folder, "", wall)
 
 
-def latest_checkpoint_or_none(folder: Path):
+def _latest_checkpoint_or_none(folder: Path):
     try:
         return latest_checkpoint(folder)[0]
     except InputError:
         return None
-
-
-def _outputs(folder: Path, prefix: str) -> list[Path]:
-    return [p for p in folder.glob(f"{prefix}.*") if not p.name.endswith((".restart", ".heartbeat"))]
 
 
 def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..supervision import atomic_write
 
 __all__ = [
     "RUN_FILE",
@@ -34,6 +35,7 @@ __all__ = [
     "trim_outputs",
     "last_step",
     "output_prefix",
+    "output_files",
 ]
 
 RUN_FILE = "run.json"
@@ -58,7 +60,7 @@ class Checkpoint:
 
 def write_run(folder: Path, record: dict) -> None:
     """Writes ``run.json`` (atomically: a kill mid-write leaves the old one)."""
-    _atomic_write(Path(folder) / RUN_FILE, json.dumps(record, indent=1))
+    atomic_write(Path(folder) / RUN_FILE, json.dumps(record, indent=1))
 
 
 def read_run(folder: str | Path, experiment: str | None = None) -> dict:
@@ -148,7 +150,8 @@ def output_prefix(xml_text: str) -> str:
     return m.group(1) if m else "i-pi"
 
 
-def _output_files(folder: Path, prefix: str) -> list[Path]:
+def output_files(folder: Path, prefix: str) -> list[Path]:
+    """i-PI's output files of ``folder`` (``PREFIX.*``), without checkpoints and i-PI's backups."""
     return sorted(
         p
         for p in Path(folder).glob(f"{prefix}.*")
@@ -167,7 +170,7 @@ def trim_outputs(folder: Path, step: int, prefix: str = "sim") -> dict[str, int]
         A properties file without a ``step`` column (rows could not be placed).
     """
     removed = {}
-    for path in _output_files(folder, prefix):
+    for path in output_files(folder, prefix):
         lines = path.read_text().splitlines(keepends=True)
         if step < 0:  # i-PI restarts such a checkpoint as a fresh run: it writes every file anew
             path.unlink()
@@ -178,7 +181,7 @@ def trim_outputs(folder: Path, step: int, prefix: str = "sim") -> dict[str, int]
         else:
             kept, cut = _trim_records(lines, step)
         if cut:
-            _atomic_write(path, "".join(kept))
+            atomic_write(path, "".join(kept))
             removed[path.name] = cut
     return removed
 
@@ -248,9 +251,3 @@ def last_step(folder: Path, prefix: str = "sim") -> int | None:
             except ValueError:
                 continue
     return None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -19,11 +19,11 @@ of the original run), dumps get ``dump_modify append yes`` and the log is append
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..supervision import atomic_write
 
 __all__ = [
     "STATE_FILE",
@@ -53,10 +53,7 @@ class NotARun(InputError):
 
 def write_json(path: Path, data: dict) -> None:
     """Writes ``data`` to ``path`` atomically (a kill leaves the old file or the new one)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1))
 
 
 def read_state(workdir: Path) -> tuple[dict, dict | None]:
