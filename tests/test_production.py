@@ -175,10 +175,15 @@ def test_stops_and_resumes_give_every_step_once_and_the_same_trajectory(tmp_path
     proc.wait()
     time.sleep(0.5)
     assert _rows(run)[-1, 0] > stop2 + 100
-    # 4. resume to the end
+    # 4. resume to the end (it removes the socket the killed i-PI left behind)
+    import re
+
+    killed = re.search(r"<address>\s*([^<\s]+)", (run / "resume.xml").read_text()).group(1)
+    assert Path(f"/tmp/ipi_{killed}").exists()
     done = subprocess.run(RUN + ["--resume", str(run), "--progress", "0"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     _same_trajectory(_each_step_once(run), reference)
+    assert not Path(f"/tmp/ipi_{killed}").exists()
     kinds = [e["event"] for e in _events(run)]
     assert kinds.count("stopped") == 2 and kinds.count("resume") == 3 and "trim" in kinds
     assert sorted(p.name for p in run.glob("sim.*")) == ["sim.out", "sim.pos_0.extxyz", "sim.restart"]

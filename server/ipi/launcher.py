@@ -262,6 +262,11 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
             f"{path.name} is unreadable (cut short by a kill?): not used",
             file=path.name,
         )
+    for socket in re.findall(
+        r"<ffsocket[^>]*mode=['\"](?:unix|shm)['\"][^>]*>.*?<address>\s*([^<\s]+)", checkpoint.text, re.S
+    ):
+        path = Path(processes.unix_socket_path(socket))  # a hard stop left the last launch's sockets
+        path.unlink(missing_ok=True)
     cut = trim_outputs(folder, checkpoint.step, output_prefix(checkpoint.text))
     if cut:
         events.record(
