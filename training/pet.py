@@ -314,6 +314,19 @@ class PET(nn.Module):
     ) -> torch.Tensor:
         """Per-atom energies [N], eV; without the composition baseline if ``with_baseline``
         is False (training compares these with baseline-subtracted labels)."""
+        energy, _, kind = self.backbone(edge_vectors, edge_index, numbers)
+        energy = energy * self.energy_scale
+        if with_baseline:
+            energy = energy + self.baseline[kind]
+        return energy
+
+    @torch.jit.export
+    def backbone(
+        self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, numbers: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The message-passing layers: (per-atom energies [N] before ``energy_scale`` and the
+        baseline, the last layer's output edge tokens [E, d], species indices [N]). Heads on
+        top of the energy (the direct-force head, :mod:`training.direct_head`) read the tokens."""
         n_atoms = numbers.shape[0]
         kind = self.lookup[numbers]
         centres, neighbours = edge_index[0], edge_index[1]
@@ -337,6 +350,7 @@ class PET(nn.Module):
 
         energy = torch.zeros(n_atoms, dtype=edge_vectors.dtype, device=edge_vectors.device)
         message = torch.zeros(0, dtype=edge_vectors.dtype, device=edge_vectors.device)
+        out_edges = message
         for layer in self.layers:
             tokens, out_edges, e_layer = layer(
                 geometry, kind, centres, neighbours, message, fc, pos, m, weights, padding, self.bond_norm
@@ -344,10 +358,7 @@ class PET(nn.Module):
             energy = energy + e_layer
             prev = message if layer.has_message else tokens
             message = 0.5 * (prev + out_edges.index_select(0, rev))
-        energy = energy * self.energy_scale
-        if with_baseline:
-            energy = energy + self.baseline[kind]
-        return energy
+        return energy, out_edges, kind
 
 
 def build(config: Dict) -> PET:

@@ -79,6 +79,8 @@ class Committee:
         self.interaction_range = max(m.interaction_range for m in members)
         self.declared_range = all(m.declared_range for m in members)
         self.sums_atomic_energies = all(m.sums_atomic_energies for m in members)
+        self.direct_forces = all(m.direct_forces for m in members)
+        self.direct_virial = all(m.direct_virial for m in members)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -90,13 +92,14 @@ class Committee:
             for m in self.members
         )
 
-    def evaluate(self, copies) -> list[CopyResult]:
-        """Every member on every copy; the served result of each copy with ``members`` set."""
+    def evaluate(self, copies, direct: bool = False) -> list[CopyResult]:
+        """Every member on every copy (direct forces of each member with ``direct``); the served
+        result of each copy with ``members`` set."""
         per_member = []
         for m in self.members:
             cut = {}  # one cut graph per distinct graph of the chunk (rotated copies share it)
             member_copies = [(cut.setdefault(id(g), within(g, m.cutoff)), rot) for g, rot in copies]
-            per_member.append(m.evaluate(member_copies))
+            per_member.append(m.evaluate(member_copies, direct=direct))
         out = []
         for k in range(len(copies)):
             results = [pm[k] for pm in per_member]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from ..core.errors import ModelError
@@ -78,6 +77,11 @@ class ModelAdapter:
     sums_atomic_energies : bool
         Whether its energy is a sum of per-atom terms assigned through ``structure_index``
         (checked at load time), so that the energy of a subset of atoms can be asked for.
+    direct_forces : bool
+        Whether it predicts forces directly (a head, no backward pass): ``evaluate(...,
+        direct=True)`` then serves its energy and those forces.
+    direct_virial : bool
+        Whether its direct outputs include a virial (without one a direct evaluation gives 0).
     """
 
     label: ClassVar[str] = "model"
@@ -94,6 +98,8 @@ class ModelAdapter:
     interaction_range: float = 0.0
     declared_range: bool = False
     sums_atomic_energies: bool = False
+    direct_forces: bool = False
+    direct_virial: bool = False
 
     @classmethod
     def recognizes(cls, path: str) -> bool:
@@ -106,13 +112,17 @@ class ModelAdapter:
         the model's own precision."""
         raise NotImplementedError
 
-    def evaluate(self, copies) -> list[tuple[float, np.ndarray, np.ndarray]]:
-        """Energy (eV), forces [N,3] (eV/Å) and virial [3,3] (eV) of each copy, in one call.
+    def evaluate(self, copies, direct: bool = False) -> list:
+        """Energy (eV), forces [N,3] (eV/Å) and virial [3,3] (eV) of each copy, in one call
+        (a list of :class:`~server.core.graph.CopyResult`).
 
         Parameters
         ----------
         copies : list of (Graph, numpy.ndarray)
             A graph of the Evaluator and a rotation R [3,3] (r' = R r) to evaluate it in.
             Results are in the original (un-rotated) frame: forces F R, virial Rᵀ W R.
+        direct : bool
+            Direct forces (models with ``direct_forces``): the energy from a forward pass and the
+            forces (and virial, if any) the model predicts, no backward pass.
         """
         raise NotImplementedError

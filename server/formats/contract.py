@@ -13,12 +13,11 @@ structure b); with g_e = ∂E/∂r_e from autograd, forces F_i = Σ_{e: i centre
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..core.errors import ModelError
-from ..core.graph import CopyResult
 from .base import ModelAdapter, first_line
+from .edges import assemble_gradients, pack
 
 __all__ = ["ContractModel", "exported_dtype"]
 
@@ -99,62 +98,17 @@ class ContractModel(ModelAdapter):
         model.sums_atomic_energies = _sums_atomic_energies(module, cutoff, species, device, dtype)
         return model
 
-    def evaluate(self, copies):
-        dev, dt = self.device, self.dtype
-        numbers, centres, neighbours, vectors, struct_index = [], [], [], [], []
-        offset, first_group, n_counted = 0, [], 0
-        for g, rot in copies:
-            numbers.append(g.numbers)
-            centres.append(g.edge_index[0] + offset)
-            neighbours.append(g.edge_index[1] + offset)
-            vectors.append(g.vectors @ rot.T)
-            groups = np.zeros(len(g.numbers), dtype=np.int64) if g.groups is None else g.groups
-            # counted energy terms are structures n_counted + group; uncounted atoms (ghosts)
-            # go to one extra structure at the end whose energy is dropped
-            struct_index.append(np.where(groups >= 0, groups + n_counted, -1))
-            first_group.append(n_counted)
-            n_counted += g.n_groups
-            offset += len(g.numbers)
-        struct = np.concatenate(struct_index)
-        struct[struct < 0] = n_counted
-        edge_index = torch.from_numpy(np.stack([np.concatenate(centres), np.concatenate(neighbours)])).to(dev)
-        leaf = torch.from_numpy(np.concatenate(vectors)).to(device=dev, dtype=dt).requires_grad_(True)
-        numbers_t = torch.from_numpy(np.concatenate(numbers)).to(dev)
-        struct_t = torch.from_numpy(struct).to(dev)
+    def evaluate(self, copies, direct: bool = False):
+        if direct:
+            raise ModelError(f"model {self.path} has no direct forces")  # issue 27 wires this
+        batch = pack(copies, self.device, self.dtype)
+        leaf = batch.edge_vectors
         with torch.jit.optimized_execution(self._jit_optimize):
-            energies = self.module(leaf, edge_index, numbers_t, struct_t, n_counted + 1)[:n_counted]
-            if leaf.shape[0] > 0 and n_counted > 0:
+            energies = self.module(*batch.inputs())[: batch.n_counted]
+            grad = None
+            if leaf.shape[0] > 0 and batch.n_counted > 0:
                 (grad,) = torch.autograd.grad(energies.sum(), leaf, allow_unused=True)
-            else:
-                grad = None
-        if grad is None:
-            grad = torch.zeros_like(leaf)
-        # per-atom forces of every copy, still in the rotated frame
-        forces = torch.zeros((offset, 3), dtype=dt, device=dev)
-        forces.index_add_(0, edge_index[0], grad).index_add_(0, edge_index[1], -grad)
-        atom_virials = None
-        if any(g.per_atom for g, _ in copies):
-            # W_i = -1/2 sum over the edges touching i of g_e (x) r_e (rotated frame)
-            half = -0.5 * grad[:, :, None] * leaf.detach()[:, None, :]
-            atom_virials = torch.zeros((offset, 3, 3), dtype=dt, device=dev)
-            atom_virials.index_add_(0, edge_index[0], half).index_add_(0, edge_index[1], half)
-            atom_virials = atom_virials.to("cpu", torch.float64).numpy()
-        energies = energies.detach().to("cpu", torch.float64).numpy()
-        forces = forces.detach().to("cpu", torch.float64).numpy()
-        grad = grad.detach().to("cpu", torch.float64).numpy()
-        results, atom0, edge0 = [], 0, 0
-        for b, (g, rot) in enumerate(copies):
-            n, e = len(g.numbers), len(g.vectors)
-            g_e = grad[edge0 : edge0 + e] @ rot  # back to the original frame: R^T g
-            virial = -g_e.T @ g.vectors
-            mine = energies[first_group[b] : first_group[b] + g.n_groups]
-            result = CopyResult(float(mine.sum()), forces[atom0 : atom0 + n] @ rot, virial)
-            if g.per_atom:
-                w = atom_virials[atom0 : atom0 + n]
-                result = result._replace(atom_energies=mine.copy(), atom_virials=rot.T @ w @ rot)
-            results.append(result)
-            atom0, edge0 = atom0 + n, edge0 + e
-        return results
+        return assemble_gradients(batch, energies, grad)
 
 
 def exported_dtype(module) -> torch.dtype:

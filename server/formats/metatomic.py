@@ -136,9 +136,11 @@ class MetatomicModel(ModelAdapter):
         self._xyz = mts.Labels("xyz", xyz)
         self._distance = mts.Labels("distance", torch.zeros((1, 1), dtype=torch.int32, device=device))
 
-    def evaluate(self, copies):
+    def evaluate(self, copies, direct: bool = False):
         """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies`` (see
         :meth:`ModelAdapter.evaluate`), from one call of the model on one ``System`` per copy."""
+        if direct:
+            raise ModelError(f"{self.path}: no direct forces (non_conservative_force) served yet")
         dev, dt = self.device, self.dtype
         if any(g.groups is not None for g, _ in copies):
             raise ModelError(
