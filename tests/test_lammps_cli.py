@@ -4,8 +4,7 @@
 * A server's own ``mlip-server: error: ...`` line reaches the console (the launcher's last line,
   even with ``--quiet``) in the gather and the domain route, with and without server restarts; a
   server failing with the same error at the same step is not restarted again.
-* A metatomic model is refused for the domain route before LAMMPS starts (one line, exit 2,
-  nothing written), by the command and by :class:`LammpsRun`.
+* (Metatomic models in the domain route, and those refused by it: tests/test_lammps_metatomic.py.)
 * ``--molecules N`` builds its data file in the run's workdir, not in the checkout.
 * Both commands share one decomposition default (domain on more than one rank) and show every
   option's help and default.
@@ -33,7 +32,6 @@ from test_lammps import (
 )
 
 from server.cli_help import HelpFormatter
-from server.core.errors import InputError
 from server.lammps import cli
 from server.lammps.mpi import mpi_env
 from server.lammps.runner import LammpsRun
@@ -59,14 +57,6 @@ def _overlap_deck(folder: Path, steps=5) -> Path:
     deck = folder / "in.overlap"
     deck.write_text(text)
     return deck
-
-
-@pytest.fixture(scope="module")
-def lj_metatomic(models_dir, lj_model):
-    pytest.importorskip("metatomic.torch")
-    from training.export_metatomic import export_metatomic
-
-    return export_metatomic(lj_model, models_dir / "lj-metatomic.pt")
 
 
 # --------------------------------------------------------------------------- the server's error line
@@ -110,28 +100,6 @@ def test_the_servers_error_line_reaches_the_console(tmp_path, lj_model, route, r
         assert any(err in done.stdout for err in server_errors)  # the console's crash lines
 
 
-# --------------------------------------------------------------------------- metatomic, domain route
-@needs_lammps
-def test_metatomic_model_is_refused_for_the_domain_route_before_lammps_starts(tmp_path, lj_metatomic):
-    work = tmp_path / "run"
-    deck = _overlap_deck(tmp_path)
-    cmd = _launcher(deck, "--model", lj_metatomic, "-e", "Ar", "--np", "2", "--workdir", work, "--quiet")
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2, done.stdout + done.stderr
-    errors = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and "Traceback" not in done.stderr
-    assert "is a metatomic model: the domain route" in errors[0]
-    assert "does not serve metatomic models yet; use --decomposition gather" in errors[0]
-    assert not work.exists()  # refused before anything was written or started
-    committee = _launcher(deck, "--committee", lj_metatomic, lj_metatomic, "--decomposition", "domain")
-    done = subprocess.run(committee + ["--workdir", work], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and "is a metatomic model" in done.stderr
-    job = LammpsRun(deck, lj_metatomic, ["Ar"], np=2, workdir=work, echo=False, decomposition="domain")
-    with pytest.raises(InputError, match="is a metatomic model"):
-        job.start()
-    assert job.bridge is None
-
-
 # --------------------------------------------------------------------------- nothing into the checkout
 @needs_lammps
 def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
@@ -169,6 +137,8 @@ def test_every_option_has_help_and_shows_its_default(build):
     formatter = HelpFormatter(parser.prog)
     for action in parser._actions:
         if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        if action.help == argparse.SUPPRESS:  # a hidden old spelling (--workdir, --timeout)
             continue
         assert action.help, action.option_strings
         default = action.default

@@ -17,7 +17,9 @@ from ipi.utils.units import unit_to_internal  # noqa: E402
 from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
 
 from server import processes  # noqa: E402
+from server.core.errors import ModelError  # noqa: E402
 from server.core.evaluator import Evaluator, Structure  # noqa: E402
+from server.core.graph import build_graph  # noqa: E402
 from server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
 from server.structures import water_box  # noqa: E402
 from training.export_metatomic import export_metatomic  # noqa: E402
@@ -293,3 +295,75 @@ def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
     lines = [line for line in out.stderr.splitlines() if "error" in line]
     assert len(lines) == 1 and "atomic numbers [11, 17]" in lines[0], out.stderr
     assert "metatomic model" in out.stderr
+
+
+# --------------------------------------------------------------------------- subsets of atoms
+def test_owned_atoms_and_per_atom_outputs_equal_the_contract_model(
+    metatomic_model, strongly_anisotropic_model
+):
+    """A LAMMPS rank's cluster (the first atoms owned, the rest ghosts) through ``selected_atoms``
+    and the per-atom ``energy`` output: the same energy, forces on every atom, virial, atomic
+    energies and per-atom virials as the contract model; per-atom virials sum to the virial."""
+    ours, wrapped = Evaluator(strongly_anisotropic_model), Evaluator(metatomic_model)
+    assert wrapped.model.sums_atomic_energies and wrapped.model.per_atom_energies
+    cluster = _structures()[1]
+    for owned, per_atom in [(4, False), (4, True), (None, True)]:
+        s = Structure(cluster.positions, cluster.numbers, owned=owned, per_atom=per_atom)
+        for spec in ("none", "i"):
+            a, b = ours.compute([s], spec)[0], wrapped.compute([s], spec)[0]
+            assert b.energy == pytest.approx(a.energy, rel=1e-12, abs=1e-12)
+            np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
+            np.testing.assert_allclose(b.virial, a.virial, rtol=0, atol=1e-11)
+            if per_atom:
+                np.testing.assert_allclose(b.atom_energies, a.atom_energies, rtol=0, atol=1e-12)
+                np.testing.assert_allclose(b.atom_virials, a.atom_virials, rtol=0, atol=1e-11)
+                assert b.atom_energies.sum() == pytest.approx(b.energy, rel=1e-12)
+                np.testing.assert_allclose(b.atom_virials.sum(axis=0), b.virial, rtol=0, atol=1e-11)
+    whole = Structure(cluster.positions, cluster.numbers)
+    full = wrapped.compute([whole])[0].energy
+    part = wrapped.compute([Structure(cluster.positions, cluster.numbers, owned=4)])[0].energy
+    assert abs(full - part) > 1e-3  # the ghosts' terms were dropped
+
+
+def test_a_model_that_ignores_selected_atoms_is_refused_for_subsets(half_list_model):
+    """HalfListPair returns every atom's energy whatever ``selected_atoms`` says: found at load
+    time, and a subset of atoms is refused in one line that says why."""
+    model = MetatomicModel.load(half_list_model, torch.device("cpu"), None)
+    assert not model.sums_atomic_energies and not model.per_atom_energies
+    assert "ignores selected_atoms" in model.subset_refusal
+    assert "use --decomposition gather" in model.subset_refusal
+    s = _structures()[1]
+    g = Evaluator(model).compute([Structure(s.positions, s.numbers)])[0]  # the whole structure still works
+    assert abs(g.energy) > 0
+    with pytest.raises(ModelError, match="cannot be asked for"):
+        model.evaluate([(_graph(model, Structure(s.positions, s.numbers, owned=3)), np.eye(3))])
+
+
+def test_variant_outputs_are_declared_and_energy_is_served(models_dir, strongly_anisotropic_model):
+    """An export with a variant ``energy/double`` (metatomic's variants): the server serves the
+    plain ``energy``; the variant is the energy × 2 through metatomic itself."""
+    path = export_metatomic(
+        strongly_anisotropic_model, models_dir / "aniso-variant.pt", variants={"double": 2.0}
+    )
+    module = mta.load_atomistic_model(path)
+    assert set(module.capabilities().outputs.keys()) == {"energy", "energy/double"}
+    s = _structures()[1]
+    plain = Evaluator(strongly_anisotropic_model).compute([Structure(s.positions, s.numbers, owned=5)])[0]
+    served = Evaluator(path).compute([Structure(s.positions, s.numbers, owned=5)])[0]
+    assert served.energy == pytest.approx(plain.energy, rel=1e-12)
+    full = Evaluator(path).compute([Structure(s.positions, s.numbers)])[0].energy
+
+    from ase import Atoms
+
+    try:  # metatomic's own calculator and neighbour lists
+        from metatomic_ase import MetatomicCalculator
+    except ImportError:  # older metatomic-torch
+        from metatomic.torch.ase_calculator import MetatomicCalculator
+
+    atoms = Atoms(numbers=s.numbers, positions=s.positions)
+    atoms.calc = MetatomicCalculator(path, variants={"energy": "double"})
+    assert atoms.get_potential_energy() == pytest.approx(2 * full, rel=1e-10)
+
+
+def _graph(model, s):
+    return build_graph(s, "test", set(model.species), model.cutoff, 0.1, model.path)

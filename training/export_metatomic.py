@@ -3,7 +3,10 @@
 The exported file runs wherever metatomic models run: i-PI's ``-m metatomic`` driver, ASE's
 ``MetatomicCalculator``, LAMMPS ``pair_style metatomic``, and ``mlip-server`` itself. The wrapper
 requests one full, strict neighbour list at the model's cutoff (Å), feeds its vectors and pairs
-to the contract's ``forward`` and returns the ``energy`` output (eV, one value per system).
+to the contract's ``forward`` and returns the ``energy`` output (eV): per system or per atom
+(``sample_kind="atom"``), for all atoms or the ``selected_atoms`` (a domain-decomposed engine's
+owned atoms). It declares ``interaction_range`` = the contract model's own ``interaction_range``
+(cutoff × message-passing layers; the cutoff when the model declares none).
 
     python -m training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt \\
         [--dtype float32]
@@ -19,7 +22,9 @@ import torch
 __all__ = ["export_metatomic", "main"]
 
 
-def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-server contract model") -> str:
+def export_metatomic(
+    model, path, dtype: str = "float64", name: str = "mlip-server contract model", variants=None
+) -> str:
     """Wraps ``model`` (a contract TorchScript file or module) and saves it as a metatomic model.
 
     Parameters
@@ -30,6 +35,10 @@ def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-serv
         output file.
     dtype
         ``float32`` or ``float64``, the dtype the metatomic model declares and runs in.
+    name
+        the model's metadata name.
+    variants
+        optional {NAME: factor}: extra outputs ``energy/NAME`` (the energy times the factor).
     """
     import metatomic.torch as mta
 
@@ -37,10 +46,17 @@ def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-serv
         torch.jit.load(str(model), map_location="cpu") if not isinstance(model, torch.nn.Module) else model
     )
     module = module.to(dtype=getattr(torch, dtype)).eval()
+    energy = mta.ModelOutput(unit="eV", sample_kind="atom", description="the model's energy")
+    outputs = {"energy": energy}
+    for variant in variants or {}:
+        outputs[f"energy/{variant}"] = mta.ModelOutput(
+            unit="eV", sample_kind="atom", description=f"energy × {variants[variant]}"
+        )
+    interaction_range = float(getattr(module, "interaction_range", module.cutoff))
     capabilities = mta.ModelCapabilities(
-        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
+        outputs=outputs,
         atomic_types=[int(z) for z in module.species],
-        interaction_range=float(module.cutoff),
+        interaction_range=interaction_range,
         length_unit="angstrom",
         supported_devices=["cpu", "cuda"],
         dtype=dtype,
@@ -48,7 +64,7 @@ def export_metatomic(model, path, dtype: str = "float64", name: str = "mlip-serv
     from training.metatomic_wrapper import ContractAsMetatomic
 
     wrapped = mta.AtomisticModel(
-        ContractAsMetatomic(module).eval(), mta.ModelMetadata(name=name), capabilities
+        ContractAsMetatomic(module, variants).eval(), mta.ModelMetadata(name=name), capabilities
     )
     wrapped.save(str(path))
     return str(path)

@@ -1,6 +1,12 @@
 """The metatomic wrapper of a contract model (imported only when metatomic-torch is installed).
 
 TorchScript compiles this class, so its annotations must stay real (no ``from __future__``).
+
+The contract's ``structure_index`` assigns each atom's energy term to a structure, so the wrapper
+serves what a domain-decomposed engine asks for: ``selected_atoms`` (only the selected atoms'
+terms count; the others go to one extra structure whose energy is dropped) and per-atom energies
+(``sample_kind="atom"``: one structure per atom). Variants ``energy/NAME`` (the same energy times
+a factor) exist to test engines that meet models with several outputs.
 """
 
 from typing import Dict, List, Optional
@@ -13,12 +19,24 @@ __all__ = ["ContractAsMetatomic"]
 
 
 class ContractAsMetatomic(torch.nn.Module):
-    """``forward(systems, outputs, selected_atoms)`` around a contract model."""
+    """``forward(systems, outputs, selected_atoms)`` around a contract model.
 
-    def __init__(self, model: torch.jit.ScriptModule):
+    Parameters
+    ----------
+    model : torch.jit.ScriptModule
+        The contract model.
+    variants : dict of str to float, optional
+        Extra outputs ``energy/NAME``: the energy scaled by the factor.
+    """
+
+    def __init__(self, model: torch.jit.ScriptModule, variants: Optional[Dict[str, float]] = None):
         super().__init__()
         self.model = model
         self.neighbors = mta.NeighborListOptions(cutoff=float(model.cutoff), full_list=True, strict=True)
+        scales: Dict[str, float] = {"energy": 1.0}
+        for name, factor in (variants or {}).items():
+            scales["energy/" + name] = float(factor)
+        self.scales = scales
 
     def requested_neighbor_lists(self) -> List[mta.NeighborListOptions]:
         return [self.neighbors]
@@ -29,16 +47,25 @@ class ContractAsMetatomic(torch.nn.Module):
         outputs: Dict[str, mta.ModelOutput],
         selected_atoms: Optional[Labels] = None,
     ) -> Dict[str, TensorMap]:
-        if "energy" not in outputs:
-            return {}
-        if outputs["energy"].sample_kind != "system" or selected_atoms is not None:
-            raise ValueError("this model gives total energies only (no per-atom energies, no selected atoms)")
+        results: Dict[str, TensorMap] = {}
+        for name, factor in self.scales.items():
+            if name in outputs:
+                results[name] = self._energy(
+                    systems, outputs[name].sample_kind == "atom", selected_atoms, factor
+                )
+        return results
+
+    def _energy(
+        self, systems: List[mta.System], per_atom: bool, selected_atoms: Optional[Labels], factor: float
+    ) -> TensorMap:
         vectors: List[torch.Tensor] = []
         centres: List[torch.Tensor] = []
         neighbours: List[torch.Tensor] = []
         numbers: List[torch.Tensor] = []
-        structure: List[torch.Tensor] = []
+        system_of: List[torch.Tensor] = []
+        atom_of: List[torch.Tensor] = []
         offset = 0
+        device = systems[0].positions.device if len(systems) else torch.device("cpu")
         for k, system in enumerate(systems):
             pairs = system.get_neighbor_list(self.neighbors)
             samples = pairs.samples.values.to(torch.int64)
@@ -46,25 +73,46 @@ class ContractAsMetatomic(torch.nn.Module):
             centres.append(samples[:, 0] + offset)
             neighbours.append(samples[:, 1] + offset)
             numbers.append(system.types.to(torch.int64))
-            structure.append(torch.full((len(system),), k, dtype=torch.int64, device=system.device))
+            system_of.append(torch.full((len(system),), k, dtype=torch.int64, device=device))
+            atom_of.append(torch.arange(len(system), dtype=torch.int64, device=device))
             offset += len(system)
+        n_atoms = offset
+        systems_t = torch.cat(system_of)
+        atoms_t = torch.cat(atom_of)
+        # the counted terms: every atom, or the selected ones (global atom index of each)
+        if selected_atoms is None:
+            counted = torch.arange(n_atoms, dtype=torch.int64, device=device)
+        else:
+            first = torch.zeros(len(systems) + 1, dtype=torch.int64, device=device)
+            first[1:] = torch.cumsum(torch.bincount(systems_t, minlength=len(systems)), 0)
+            chosen = selected_atoms.values.to(torch.int64)
+            counted = first[chosen[:, 0]] + chosen[:, 1]
+        n_terms = counted.shape[0] if per_atom else len(systems)
+        structure = torch.full((n_atoms,), n_terms, dtype=torch.int64, device=device)
+        if per_atom:
+            structure[counted] = torch.arange(counted.shape[0], dtype=torch.int64, device=device)
+        else:
+            structure[counted] = systems_t[counted]
         energies = self.model(
             torch.cat(vectors),
             torch.stack([torch.cat(centres), torch.cat(neighbours)]),
             torch.cat(numbers),
-            torch.cat(structure),
-            len(systems),
-        )
-        device = energies.device
+            structure,
+            n_terms + 1,
+        )[:n_terms]
+        if per_atom:
+            labels = Labels(
+                ["system", "atom"], torch.stack([systems_t[counted], atoms_t[counted]], dim=1).to(torch.int32)
+            )
+        else:
+            labels = Labels(
+                "system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
+            )
         empty: List[Labels] = []
         block = TensorBlock(
-            values=energies.reshape(-1, 1),
-            samples=Labels(
-                "system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
-            ),
+            values=factor * energies.reshape(-1, 1),
+            samples=labels,
             components=empty,
             properties=Labels("energy", torch.zeros((1, 1), dtype=torch.int32, device=device)),
         )
-        return {
-            "energy": TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
-        }
+        return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])

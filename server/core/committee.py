@@ -79,6 +79,8 @@ class Committee:
         self.interaction_range = max(m.interaction_range for m in members)
         self.declared_range = all(m.declared_range for m in members)
         self.sums_atomic_energies = all(m.sums_atomic_energies for m in members)
+        self.per_atom_energies = all(m.per_atom_energies for m in members)
+        self.subset_refusal = next((m.subset_refusal for m in members if m.subset_refusal), None)
         self.direct_forces = all(m.direct_forces for m in members)
         self.direct_virial = all(m.direct_virial for m in members)
 

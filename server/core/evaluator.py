@@ -354,6 +354,7 @@ def _combine(copies, rot, raw_only: bool) -> Result:
         result.extras.update(committee_statistics(result.committee))
     if raw_only:
         return result
+    result.rotations = (w, energies, forces)
     extras = {"n_rotations": int((w > 0).sum())}
     if rot.raw_index is not None:
         extras["raw_energy"] = float(energies[rot.raw_index])

@@ -85,6 +85,10 @@ class Result:
     From a committee (:mod:`server.core.committee`): ``committee`` holds every member's result
     and ``extras`` its statistics ``committee_energy_std`` (eV) and ``committee_force_std_max``
     (eV/Å).
+
+    Averaged: ``rotations`` = (weights [K], energies [K] eV, forces [K,N,3] eV/Å) of the rotated
+    copies, in the original frame (a decomposed LAMMPS run sums them over ranks for the cell's
+    spreads); None for a raw evaluation.
     """
 
     energy: float
@@ -94,6 +98,7 @@ class Result:
     atom_energies: Optional[np.ndarray] = None
     atom_virials: Optional[np.ndarray] = None
     committee: Optional["CommitteeResult"] = None
+    rotations: Optional[tuple] = None
 
 
 @dataclass

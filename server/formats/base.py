@@ -77,6 +77,12 @@ class ModelAdapter:
     sums_atomic_energies : bool
         Whether its energy is a sum of per-atom terms assigned through ``structure_index``
         (checked at load time), so that the energy of a subset of atoms can be asked for.
+    per_atom_energies : bool
+        Whether it can also give each atom's energy term (``compute pe/atom`` of a decomposed
+        LAMMPS run); a metatomic model only with a per-atom ``energy`` output.
+    subset_refusal : str or None
+        When the energy of a subset of atoms cannot be asked for: the one-line reason, naming the
+        fix (None: it can, or the generic reason of ``sums_atomic_energies`` applies).
     direct_forces : bool
         Whether it predicts forces directly (a head, no backward pass): ``evaluate(...,
         direct=True)`` then serves its energy and those forces.
@@ -98,6 +104,8 @@ class ModelAdapter:
     interaction_range: float = 0.0
     declared_range: bool = False
     sums_atomic_energies: bool = False
+    per_atom_energies: bool = True
+    subset_refusal: str | None = None
     direct_forces: bool = False
     direct_virial: bool = False
 

@@ -19,6 +19,7 @@ How it maps onto the Evaluator (the ``ModelAdapter`` interface, ARCHITECTURE.md)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zipfile
 
@@ -123,31 +124,53 @@ class MetatomicModel(ModelAdapter):
         self.cutoff = max([float(r.cutoff) for r in self.requests] or [float(capabilities.interaction_range)])
         # metatomic declares the range itself and selects atoms' energies with selected_atoms
         self.interaction_range = max(float(capabilities.interaction_range), self.cutoff)
-        self.declared_range, self.sums_atomic_energies = True, True
+        self.declared_range = True
         if not self.cutoff > 0 or not np.isfinite(self.cutoff):
             raise ModelError(
                 f"{path!r}: the metatomic model requests no finite neighbour-list cutoff "
                 f"({self.cutoff}): long-range-only models are not supported"
             )
+        self.per_atom_energies = capabilities.outputs["energy"].sample_kind == "atom"
         self.options = mta.ModelEvaluationOptions(
             length_unit="angstrom", outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")}
         )
         xyz = torch.tensor([[0], [1], [2]], dtype=torch.int32, device=device)
         self._xyz = mts.Labels("xyz", xyz)
         self._distance = mts.Labels("distance", torch.zeros((1, 1), dtype=torch.int32, device=device))
+        self.subset_refusal = None
+        why = None
+        if not np.isfinite(self.interaction_range):
+            why = f"it declares an infinite interaction_range ({capabilities.interaction_range})"
+        else:
+            why = self._probe_subsets()
+        self.sums_atomic_energies = why is None
+        if why:
+            self.subset_refusal = (
+                f"metatomic model {path}: the energy of a subset of atoms (LAMMPS domain decomposition, "
+                f"per-atom energies) cannot be asked for: {why}: use --decomposition gather"
+            )
 
     def evaluate(self, copies, direct: bool = False):
         """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies`` (see
-        :meth:`ModelAdapter.evaluate`), from one call of the model on one ``System`` per copy."""
+        :meth:`ModelAdapter.evaluate`), from one call of the model on one ``System`` per copy.
+
+        Graphs with groups (a LAMMPS rank's cluster, per-atom energies) are evaluated with
+        ``selected_atoms`` = their counted atoms (group ≥ 0) and, for ``per_atom`` graphs, the
+        ``energy`` output per atom; per-atom virials then come from the neighbour vectors as
+        separate autograd leaves (module docstring)."""
         if direct:
             raise ModelError(f"{self.path}: no direct forces (non_conservative_force) served yet")
-        dev, dt = self.device, self.dtype
-        if any(g.groups is not None for g, _ in copies):
+        subsets = any(g.groups is not None for g, _ in copies)
+        per_atom = any(g.per_atom for g, _ in copies)
+        if subsets and self.subset_refusal:
+            raise ModelError(self.subset_refusal)
+        if per_atom and not self.per_atom_energies:
             raise ModelError(
-                f"{self.path}: energies of a subset of atoms (LAMMPS domain decomposition, per-atom "
-                "energies) are not supported for metatomic models yet: use --decomposition gather"
+                f"{self.path}: the metatomic model has no per-atom energy output (its 'energy' is "
+                "per system): run without --per-atom (compute pe/atom, stress/atom)"
             )
-        systems, leaves, strains = [], [], []
+        dev, dt = self.device, self.dtype
+        systems, leaves, strains, edge_leaves = [], [], [], []
         for g, rot in copies:
             leaf = torch.tensor(g.positions @ rot.T, dtype=dt, device=dev, requires_grad=True)
             strain = torch.eye(3, dtype=dt, device=dev, requires_grad=True)
@@ -159,26 +182,113 @@ class MetatomicModel(ModelAdapter):
                 cell,
                 torch.tensor(g.pbc, dtype=torch.bool, device=dev),
             )
+            edges = []
             for request in self.requests:
-                system.add_neighbor_list(request, self._neighbors(g, positions, cell, request))
+                block, pairs = self._neighbors(g, positions, cell, request, separate=g.per_atom)
+                system.add_neighbor_list(request, block)
+                if pairs is not None:
+                    edges.append(pairs)
             systems.append(system)
             leaves.append(leaf)
             strains.append(strain)
-        outputs = self.module(systems, self.options, check_consistency=False)
-        energies = outputs["energy"].block().values.reshape(-1)
-        grads = torch.autograd.grad(energies.sum(), leaves + strains, allow_unused=True)
+            edge_leaves.append(edges)
+        options = self.options
+        if subsets or per_atom:
+            options = self._subset_options(copies, per_atom)
+        outputs = self.module(systems, options, check_consistency=False)
+        block = outputs["energy"].block()
+        values = block.values.reshape(-1)
+        if per_atom:  # sum each copy's atoms' energies (samples: system, atom)
+            sample = block.samples.values.to(torch.int64)
+            energies = torch.zeros(len(copies), dtype=values.dtype, device=values.device)
+            energies = energies.index_add(0, sample[:, 0], values)
+        else:
+            energies = values
+        flat_edges = [vectors for edges in edge_leaves for (_, _, vectors) in edges]
+        grads = torch.autograd.grad(energies.sum(), leaves + strains + flat_edges, allow_unused=True)
+        n = len(copies)
+        edge_grads = iter(grads[2 * n :])
+        if per_atom:
+            sample_np = block.samples.values.to("cpu", torch.int64).numpy()
+            values_np = values.detach().to("cpu", torch.float64).numpy()
         results = []
         for k, (g, rot) in enumerate(copies):
-            g_x, g_eps = grads[k], grads[len(copies) + k]
-            forces = -g_x if g_x is not None else torch.zeros_like(leaves[k])
+            g_x, g_eps = grads[k], grads[n + k]
+            g_x = torch.zeros_like(leaves[k]) if g_x is None else g_x
             virial = -g_eps.T if g_eps is not None else torch.zeros((3, 3), dtype=dt, device=dev)
+            forces = -g_x
+            atom_virials = None
+            if g.per_atom:  # the direct terms: -g_i ⊗ x_i (the cell's, if any, is in no atom)
+                x = leaves[k].detach()
+                atom_virials = -g_x[:, :, None] * x[:, None, :]
+            for i_t, j_t, vectors in edge_leaves[k]:
+                g_e = next(edge_grads)
+                if g_e is None:
+                    continue
+                forces = forces.index_add(0, i_t, g_e).index_add(0, j_t, -g_e)
+                half = -0.5 * g_e[:, :, None] * vectors.detach()[:, None, :]
+                virial = virial + 2.0 * half.sum(dim=0)
+                atom_virials = atom_virials.index_add(0, i_t, half).index_add(0, j_t, half)
             forces = forces.detach().to("cpu", torch.float64).numpy()
             virial = virial.detach().to("cpu", torch.float64).numpy()
-            results.append(CopyResult(float(energies[k].detach()), forces @ rot, rot.T @ virial @ rot))
+            result = CopyResult(float(energies[k].detach()), forces @ rot, rot.T @ virial @ rot)
+            if g.per_atom:
+                mine = sample_np[:, 0] == k
+                groups = g.groups if g.groups is not None else np.arange(len(g.numbers))
+                atom_energies = np.zeros(g.n_groups)
+                atom_energies[groups[sample_np[mine, 1]]] = values_np[mine]
+                w = atom_virials.detach().to("cpu", torch.float64).numpy()
+                result = result._replace(atom_energies=atom_energies, atom_virials=rot.T @ w @ rot)
+            results.append(result)
         return results
 
-    def _neighbors(self, g, positions, cell, request):
-        """The requested list cut from the Evaluator's full list, vectors differentiable in x and ε."""
+    def _subset_options(self, copies, per_atom: bool):
+        """Evaluation options with ``selected_atoms`` = each copy's counted atoms (group ≥ 0)."""
+        rows = []
+        for k, (g, _) in enumerate(copies):
+            atoms = np.arange(len(g.numbers)) if g.groups is None else np.flatnonzero(g.groups >= 0)
+            rows.append(np.column_stack([np.full(len(atoms), k), atoms]))
+        values = torch.from_numpy(np.concatenate(rows).astype(np.int32)).to(self.device).reshape(-1, 2)
+        kind = "atom" if per_atom else "system"
+        return self._mta.ModelEvaluationOptions(
+            length_unit="angstrom",
+            outputs={"energy": self._mta.ModelOutput(unit="eV", sample_kind=kind)},
+            selected_atoms=self._mts.Labels(["system", "atom"], values),
+        )
+
+    def _probe_subsets(self) -> str | None:
+        """Why the model cannot give the energy of a subset of atoms (None: it can): the energy
+        of a 3-atom chain must equal the sum of its atoms' energies, each asked for with
+        ``selected_atoms`` (and per atom, when the model has a per-atom energy)."""
+        from ..core.graph import Structure, build_graph
+
+        d = 0.4 * self.cutoff
+        x = np.array([[0.0, 0, 0], [d, 0.1 * d, 0], [2 * d, 0, 0.1 * d]])
+        z = np.array([self.species[k % len(self.species)] for k in range(3)])
+        whole = build_graph(Structure(x, z), "probe", set(self.species), self.cutoff, 0.0, self.path)
+        eye = np.eye(3)
+        copies = []
+        for k in range(3):
+            groups = np.full(3, -1, dtype=np.int64)
+            groups[k] = 0
+            copies.append((dataclasses.replace(whole, groups=groups), eye))
+        try:
+            total = self.evaluate([(whole, eye)])[0].energy
+            parts = sum(r.energy for r in self.evaluate(copies))
+        except Exception as err:  # noqa: BLE001 - a model that cannot do it simply does not qualify
+            return f"it fails when asked for selected_atoms ({first_line(err)[:120]})"
+        tolerance = (1e-5 if self.dtype == torch.float32 else 1e-10) * max(1.0, abs(total))
+        if abs(total - parts) > tolerance:
+            return (
+                f"its energies of selected_atoms do not add up to the whole (3-atom chain: {total:.6g} "
+                f"vs {parts:.6g} eV): it ignores selected_atoms or is not a sum of atomic terms"
+            )
+        return None
+
+    def _neighbors(self, g, positions, cell, request, separate: bool = False):
+        """The requested list cut from the Evaluator's full list, vectors differentiable in x and ε;
+        with ``separate`` the vectors are autograd leaves of their own (per-atom virials), returned
+        with their pairs as ``(i, j, vectors)`` (else None)."""
         cutoff = float(request.cutoff)
         keep = g.lengths2 < cutoff * cutoff
         i, j = g.edge_index[0], g.edge_index[1]
@@ -192,6 +302,10 @@ class MetatomicModel(ModelAdapter):
         j_t = torch.from_numpy(j).to(dev)
         shifts_t = torch.from_numpy(shifts).to(device=dev, dtype=positions.dtype)
         vectors = positions[j_t] - positions[i_t] + shifts_t @ cell
+        pairs = None
+        if separate:
+            vectors = vectors.detach().requires_grad_(True)
+            pairs = (i_t, j_t, vectors)
         samples = np.column_stack([i, j, shifts]).astype(np.int32)
         block = self._mts.TensorBlock(
             values=vectors.reshape(-1, 3, 1),
@@ -202,4 +316,4 @@ class MetatomicModel(ModelAdapter):
             components=[self._xyz],
             properties=self._distance,
         )
-        return block
+        return block, pairs

@@ -171,8 +171,8 @@ class Connection:
     def _read_cluster(self):
         if self.results is not None:
             raise ProtocolError(f"{self.address}: DOMAINDATA before the previous forces were collected")
-        numbers, positions, owned, per_atom, members = read_domaindata(self.wire)
-        self.domain_request = (len(numbers), owned, per_atom, members)
+        numbers, positions, owned, per_atom, members, rotations = read_domaindata(self.wire)
+        self.domain_request = (len(numbers), owned, per_atom, members, rotations)
         self.pending = [Structure(positions, numbers, owned=owned, per_atom=per_atom)]
 
     def _structure(self, h, positions_bohr) -> Structure:
@@ -309,6 +309,8 @@ class ForceServer:
             "species": list(m.species),
             "dtype": str(m.dtype).removeprefix("torch."),
             "sums_atomic_energies": m.sums_atomic_energies,
+            "per_atom_energies": getattr(m, "per_atom_energies", True),
+            "subset_refusal": getattr(m, "subset_refusal", None),
             "device": str(m.device),
             "committee_size": len(getattr(m, "members", ())),
         }

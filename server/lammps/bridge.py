@@ -23,9 +23,10 @@ The fix's global vector carries the server's diagnostics of a rotationally avera
 ``f_ID[3]`` the energy spread over the rotation grid (all eV), ``f_ID[4]`` the RMS force
 spread (eV/Å). Without averaging they are the energy and zeros. A committee server
 (``mlip-server --committee``) adds ``f_ID[5]``, the committee energy spread (eV), and
-``f_ID[6]``, the largest per-atom committee force spread (eV/Å), both of the whole cell in
-either decomposition (zeros for a single model). In the domain decomposition ``f_ID[3]`` and
-``f_ID[4]`` are the largest rank's rotational spreads.
+``f_ID[6]``, the largest per-atom committee force spread (eV/Å), all of the whole cell in
+either decomposition (zeros for a single model): in the domain decomposition every rank's rotated
+copies (energies, and forces returned with the ghost rows) are summed, so ``f_ID[3]`` and
+``f_ID[4]`` are the cell's spreads, the same numbers as the gather route's.
 
 Exit status: 0 after a complete deck; 1 when the run failed (server died or stalled,
 LAMMPS error during the run); 2 for bad arguments, a bad deck or no server connecting;
@@ -163,6 +164,8 @@ class BridgeConfig:
     state: str | None = None  # the checkpoint state file (server.lammps.checkpoint)
     stop_file: str | None = None  # when this file exists: stop cleanly at the next step
     resume: bool = False  # continue from the state file's restart file
+    uncertainty_threshold: float | None = None  # domain, a committee: log steps whose spread exceeds it
+    save_uncertain: str | None = None  # ... and append the whole cell to DIR/uncertain.extxyz
 
 
 class Bridge:
@@ -325,8 +328,14 @@ class Bridge:
             )
         if not info.get("sums_atomic_energies"):
             raise InputError(
-                f"model {info.get('path')}: its energy is not a sum of atomic terms over structure_index, "
+                info.get("subset_refusal")
+                or f"model {info.get('path')}: its energy is not a sum of atomic terms over structure_index, "
                 "so a rank's share cannot be asked for: use --decomposition gather"
+            )
+        if cfg.per_atom and not info.get("per_atom_energies", True):
+            raise InputError(
+                f"model {info.get('path')} gives no per-atom energies (a metatomic model without a "
+                "per-atom 'energy' output): run without --per-atom (compute pe/atom, stress/atom)"
             )
         return info
 
@@ -351,6 +360,14 @@ class Bridge:
         given = [v for _, v in comm_cutoffs(self.parts.head)]
         cutoff = max(given + [self.comm_cutoff])
         self.lmp.command(f"comm_modify cutoff {cutoff!r}")
+        uncertainty = None
+        if self.cfg.uncertainty_threshold is not None:
+            if not info.get("committee_size"):
+                raise InputError(
+                    f"--uncertainty-threshold needs a committee, but the server serves one model "
+                    f"({info.get('path')}): start it with --committee A.pt B.pt [...]"
+                )
+            uncertainty = self._uncertainty_log()
         self.domain = DomainForces(
             self,
             self.client,
@@ -358,6 +375,7 @@ class Bridge:
             _numbers_of_types(types),
             per_atom=self.cfg.per_atom,
             range_check=self.cfg.range_check,
+            uncertainty=uncertainty,
         )
         if self.rank == 0:
             self.say(
@@ -365,6 +383,23 @@ class Bridge:
                 f"({'declared' if info.get('declared_range') else 'not declared: assumed local'}), "
                 f"ghost shell (comm_modify cutoff) {cutoff:g} Å, skin {skin:g} Å"
             )
+
+    def _uncertainty_log(self):
+        """The UncertaintyLog of the domain route (rank 0 writes the file and the log lines)."""
+        import logging
+
+        from ..uncertainty import UncertaintyLog
+
+        if self.rank == 0:
+            logger = logging.getLogger("mlip-server")  # the UncertaintyLog's lines, as the bridge's
+            if not logger.handlers:
+                handler = logging.StreamHandler(sys.stderr)
+                handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+                logger.addHandler(handler)
+                logger.propagate = False
+        return UncertaintyLog(
+            self.cfg.uncertainty_threshold, self.cfg.save_uncertain if self.rank == 0 else None
+        )
 
     # -- a lost force server: wait for its replacement, repeat the call ---------------------
     def retrying(self, step, call):
@@ -858,6 +893,8 @@ class Bridge:
         ranks = self.comm.gather(mine, root=0) if self.size > 1 else [mine]
         if self.rank != 0:
             return
+        if self.domain.uncertainty is not None:
+            self.say(self.domain.uncertainty.summary())
         calls = max(r["calls"] for r in ranks)
         if calls:
             evaluated = sum(r["evaluated_sum"] for r in ranks) / max(sum(r["owned_sum"] for r in ranks), 1)

@@ -75,11 +75,15 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         "--connect-timeout", type=float, default=120.0, help="seconds to wait for mlip-server to connect"
     )
     p.add_argument(
-        "--timeout",
+        "--call-timeout",
         type=float,
         default=600.0,
+        metavar="SECONDS",
         help="seconds to wait for any answer of the server (one force evaluation included) before "
         "declaring it hung",
+    )
+    p.add_argument(
+        "--timeout", dest="call_timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     p.add_argument(
         "--timings",
@@ -92,8 +96,8 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         choices=bridge.DECOMPOSITIONS,
         default=None,
         help="gather: all atoms to rank 0, one connection (the i-PI protocol); domain: every rank "
-        "sends its subdomain + ghost shell on its own connection (ADDRESS-RANK, or PORT+RANK; not "
-        f"for metatomic models yet) ({DECOMPOSITION_RULE})",
+        "sends its subdomain + ghost shell on its own connection (ADDRESS-RANK, or PORT+RANK) "
+        f"({DECOMPOSITION_RULE})",
     )
     p.add_argument(
         "--per-atom",
@@ -133,7 +137,25 @@ def build_bridge_parser() -> argparse.ArgumentParser:
         help="stop cleanly (restart file, exit 75) once this file exists (default: no stop file)",
     )
     p.add_argument("--resume", action="store_true", help="continue from the restart file named in --state")
+    _uncertainty_arguments(p, "domain: ")
     return p
+
+
+def _uncertainty_arguments(p, prefix: str) -> None:
+    p.add_argument(
+        "--uncertainty-threshold",
+        type=float,
+        default=None,
+        metavar="EV_PER_A",
+        help=f"{prefix}a committee's steps whose largest per-atom force spread (f_mlip[6], eV/Å) exceeds "
+        "this are logged (default: none)",
+    )
+    p.add_argument(
+        "--save-uncertain",
+        default=None,
+        metavar="DIR",
+        help="with --uncertainty-threshold: append the whole cell of those steps to DIR/uncertain.extxyz",
+    )
 
 
 def bridge_main(argv=None) -> int:
@@ -160,7 +182,7 @@ def bridge_main(argv=None) -> int:
         log=args.log,
         screen=args.screen,
         connect_timeout=args.connect_timeout,
-        timeout=args.timeout,
+        timeout=args.call_timeout,
         timings=args.timings,
         decomposition=decomposition,
         per_atom=args.per_atom,
@@ -174,6 +196,13 @@ def bridge_main(argv=None) -> int:
     if decomposition == "domain" and address.kind not in ("unix", "inet"):
         print(f"{BRIDGE}: error: domain decomposition needs a unix: or inet: address", file=sys.stderr)
         return EXIT_BAD_INPUT
+    why = _uncertainty_problem(args)
+    if why is None and args.uncertainty_threshold is not None and decomposition != "domain":
+        why = "--uncertainty-threshold in the gather route is the server's: give it to mlip-server"
+    if why:
+        print(f"{BRIDGE}: error: {why}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    config.uncertainty_threshold, config.save_uncertain = args.uncertainty_threshold, args.save_uncertain
     bridge = Bridge(config, comm, interrupts)
     escaped = False
     try:
@@ -195,7 +224,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         description=runner.__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
         epilog="Outputs (LAMMPS's and the servers' logs, dumps, the data file it builds, checkpoints, "
-        "events.jsonl) go to --workdir only.",
+        "events.jsonl) go to --out only.",
     )
     p.add_argument(
         "deck",
@@ -206,7 +235,7 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=None,
-        help="model file: the TorchScript contract, or metatomic (gather route only, for now) "
+        help="model file: the TorchScript contract, or metatomic (both routes) "
         "(default: the shipped models/water-pet.pt)",
     )
     p.add_argument(
@@ -249,8 +278,8 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--decomposition",
         choices=bridge.DECOMPOSITIONS,
         default=None,
-        help="domain: every rank evaluates its subdomain + ghost shell on its own connection (not for "
-        "metatomic models yet); gather: all atoms through rank 0 and one server "
+        help="domain: every rank evaluates its subdomain + ghost shell on its own connection; "
+        "gather: all atoms through rank 0 and one server "
         f"({DECOMPOSITION_RULE}, i.e. domain for --np > 1)",
     )
     p.add_argument(
@@ -284,8 +313,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         "and no --var data is given",
     )
     p.add_argument(
-        "--workdir", default="runs/lammps", help="where LAMMPS and the servers run and write everything"
+        "--out",
+        dest="workdir",
+        default="runs/lammps",
+        metavar="DIR",
+        help="the run's output folder: LAMMPS and the servers run and write everything there",
     )
+    p.add_argument("--workdir", dest="workdir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument(
         "--address", default=None, help="unix:NAME or inet:HOST:PORT (default: a unique unix socket)"
     )
@@ -314,13 +348,18 @@ def build_run_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ARG",
-        help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--timeout=1200)",
+        help="extra mlip-lammps argument (repeat; e.g. --bridge-arg=--call-timeout=1200)",
     )
     p.add_argument(
-        "--timeout",
+        "--run-timeout",
         type=float,
         default=None,
-        help="stop everything after this many seconds (default: no limit)",
+        metavar="SECONDS",
+        help="stop everything after this many seconds of the whole run (default: no limit; for a clean "
+        "stop with a restart file use --walltime)",
+    )
+    p.add_argument(
+        "--timeout", dest="run_timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     p.add_argument(
         "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
@@ -343,9 +382,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         default=None,
-        metavar="WORKDIR",
-        help="continue the run in WORKDIR from its newest restart file to the deck's final step",
+        metavar="DIR",
+        help="continue the run in the output folder DIR from its newest restart file to the final step",
     )
+    _uncertainty_arguments(p, "")
     p.add_argument(
         "--max-server-restarts",
         type=int,
@@ -399,11 +439,6 @@ def _fresh_settings(args) -> dict | None:
         print(f"{RUN}: error: --max-server-restarts and --checkpoint-every take 0 or more", file=sys.stderr)
         return None
     decomposition = args.decomposition or default_decomposition(args.np)
-    try:
-        runner.check_route(model, decomposition)  # before LAMMPS starts (metatomic: gather only)
-    except MLIPError as err:
-        print(f"{RUN}: error: {err}", file=sys.stderr)
-        return None
     if args.servers < 1 or (args.servers > 1 and decomposition != "domain"):
         print(
             f"{RUN}: error: --servers {args.servers}: several servers need --decomposition domain",
@@ -425,7 +460,22 @@ def _fresh_settings(args) -> dict | None:
         data = write_water_data(args.molecules, workdir / f"water-{args.molecules}.data")
         print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
         variables.append(("data", str(data)))
+    why = _uncertainty_problem(args)
+    if why is None and args.uncertainty_threshold is not None and args.committee is None:
+        why = "--uncertainty-threshold needs --committee A.pt B.pt [...]"
+    if why:
+        print(f"{RUN}: error: {why}", file=sys.stderr)
+        return None
     bridge_args = ["--decomposition", decomposition]
+    server_args = _server_args(args)
+    if args.uncertainty_threshold is not None:  # the domain route's bridge sees the cell, gather's server
+        options = ["--uncertainty-threshold", repr(args.uncertainty_threshold)]
+        if args.save_uncertain is not None:
+            options += ["--save-uncertain", str(Path(args.save_uncertain).resolve())]
+        if decomposition == "domain":
+            bridge_args += options
+        else:
+            server_args += options
     if args.per_atom:
         bridge_args.append("--per-atom")
     if args.no_range_check:
@@ -440,7 +490,7 @@ def _fresh_settings(args) -> dict | None:
         "variables": [list(v) for v in variables],
         "workdir": str(workdir.resolve()),
         "address": args.address,
-        "server_args": _server_args(args),
+        "server_args": server_args,
         "bridge_args": bridge_args + args.bridge_arg,
         "decomposition": decomposition,
         "servers": args.servers,
@@ -496,7 +546,7 @@ def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
                 settings["model"],
                 settings["elements"],
                 echo=not args.quiet,
-                timeout=args.timeout,
+                timeout=args.run_timeout,
                 resume=resume,
                 stop_event=stop.event,
                 deadline=deadline,
@@ -519,6 +569,16 @@ def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
     else:
         print(f"{RUN}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
     return result.code
+
+
+def _uncertainty_problem(args) -> str | None:
+    """One line when the uncertainty options do not fit together (None: they do)."""
+    if args.save_uncertain is not None and args.uncertainty_threshold is None:
+        return "--save-uncertain needs --uncertainty-threshold F (eV/Å)"
+    t = args.uncertainty_threshold
+    if t is not None and not t > 0:
+        return f"--uncertainty-threshold must be a positive force in eV/Å, not {t}"
+    return None
 
 
 def _model(args):
@@ -565,7 +625,6 @@ def _serve_node(args) -> int:
     if model is None:
         return 2
     try:
-        runner.check_route(model, "domain")  # a node's servers serve domain ranks only
         return runner.serve_node(
             model, args.address, args.ranks_per_node, node, args.servers, args.device, _server_args(args)
         )

@@ -92,8 +92,11 @@ class DomainForces:
         Run the range check on the first call.
     """
 
-    def __init__(self, bridge, client, info, numbers_of_type, per_atom=False, range_check=True):
+    def __init__(
+        self, bridge, client, info, numbers_of_type, per_atom=False, range_check=True, uncertainty=None
+    ):
         self.bridge, self.client, self.info = bridge, client, info
+        self.uncertainty = uncertainty  # an UncertaintyLog (rank 0 writes; a committee only)
         self.comm, self.mpi = bridge.comm, bridge._mpi
         self.rank, self.size = self.comm.rank, self.comm.size
         self.range = float(info["interaction_range"])
@@ -104,6 +107,7 @@ class DomainForces:
         self.timings = RankTimings()
         self.checked = not range_check
         self._step = 0
+        self.n_rotations: int | None = None  # rotated copies per evaluation, agreed at the first call
 
     # -- one force call ----------------------------------------------------------------------
     def forces(self, step, nlocal, f) -> tuple[float, str | None]:
@@ -132,6 +136,7 @@ class DomainForces:
         member_energies = np.zeros(m)
         atom_energies = np.zeros(nlocal)
         extras = {}
+        near = np.zeros(nghost, dtype=bool)
         try:
             if self.rank == 0 and self.bridge.interrupts.pending:
                 raise KeyboardInterrupt
@@ -175,7 +180,34 @@ class DomainForces:
         self.checked = True
         if self.size > 1:  # a rank waiting for a restarted server: the others wait without spinning
             wait_quietly(self.comm.Ibarrier())
+        # the rotated copies of an averaged model (their forces travel with the ghost rows)
+        weights = extras.get("rotation_weights")
+        if self.n_rotations is None:  # collective, once
+            k = 0 if weights is None else len(weights)
+            self.n_rotations = int(self.comm.allreduce(k, op=self.mpi.MAX)) if self.size > 1 else k
+        k = self.n_rotations
+        rot_energies, rot_weights = np.zeros(k), np.zeros(k)
+        width = owned_rows.shape[1]
+        if k:
+            owned_rows = np.hstack([owned_rows, np.zeros((nlocal, 3 * k))])
+            ghost_rows = np.hstack([ghost_rows, np.zeros((nghost, 3 * k))])
+            if weights is not None and len(weights) != k and status == OK:
+                status = FAILED
+                message = (
+                    f"step {step}, rank {self.rank}: its server averages over {len(weights)} rotations, "
+                    f"the others over {k}: give every server the same --average"
+                )
+            elif weights is not None and status == OK:
+                rot_weights[:], rot_energies[:] = weights, extras["rotation_energies"]
+                rows = extras["rotation_forces"].transpose(1, 0, 2).reshape(-1, 3 * k)
+                owned_rows[:, width:] = rows[:nlocal]
+                ghost_rows[near, width:] = rows[nlocal:]
         self.ghosts.add(ghost_rows, owned_rows)  # collective
+        rot_var = 0.0
+        if k and nlocal:
+            rot_forces = owned_rows[:, width:].reshape(nlocal, k, 3)
+            mean = np.einsum("k,ika->ia", rot_weights, rot_forces)
+            rot_var = float(np.einsum("k,ika->", rot_weights, (rot_forces - mean[:, None, :]) ** 2))
         local = np.array(
             [
                 float(status == FAILED),
@@ -185,16 +217,24 @@ class DomainForces:
                 float(extras.get("raw_energy", energy)),
                 float(extras.get("delta_energy", 0.0)),
                 *member_energies,
+                *rot_energies,
+                rot_var,
+                float(nlocal),
                 float(self.rank == 0 and status == OK and self.bridge.stop_requested()),
             ]
         )
         member_std = 0.0
         if m and nlocal:
-            member_forces = owned_rows[:, base:].reshape(nlocal, m, 3)
+            member_forces = owned_rows[:, base : base + 3 * m].reshape(nlocal, m, 3)
             dev = member_forces - member_forces.mean(axis=1, keepdims=True)
             member_std = float(np.sqrt(np.einsum("ima,ima->i", dev, dev) / (m - 1)).max())
         spreads = np.array(
-            [float(extras.get("energy_spread", 0.0)), float(extras.get("force_spread_rms", 0.0)), member_std]
+            [
+                float(extras.get("energy_spread", 0.0)),
+                float(extras.get("force_spread_rms", 0.0)),
+                member_std,
+                *rot_weights,
+            ]
         )
         total, largest = self._reduce(local, spreads)  # collective
         if total[0] or total[1]:
@@ -211,16 +251,56 @@ class DomainForces:
             lmp.numpy.fix_external_set_energy_peratom(fix, atom_energies)
             lmp.numpy.fix_external_set_virial_peratom(fix, np.ascontiguousarray(owned_rows[:, 3:9]))
         energy_std = float(np.std(total[11 : 11 + m], ddof=1)) if m else 0.0
-        diagnostics = (total[9], total[10], largest[0], largest[1], energy_std, largest[2])
+        energy_spread, force_spread = largest[0], largest[1]  # raw: zeros
+        if k:  # the cell's spreads over the rotations (exact: every rank's copies summed)
+            w, e_k = largest[3 : 3 + k], total[11 + m : 11 + m + k]
+            energy_spread = float(np.sqrt(max(w @ (e_k - w @ e_k) ** 2, 0.0)))
+            var, n_cell = total[11 + m + k], total[12 + m + k]
+            force_spread = float(np.sqrt(var / (3 * n_cell))) if n_cell else 0.0
+        diagnostics = (total[9], total[10], energy_spread, force_spread, energy_std, largest[2])
         for i, value in enumerate(diagnostics, 1):
             lmp.fix_external_set_vector(fix, i, float(value))
         if total[-1] > 0:
             self.bridge.request_stop()
+        if m and self.uncertainty is not None and largest[2] > self.uncertainty.threshold:
+            self._save_uncertain(step, nlocal, x, tags, numbers, owned_rows, base, total)
         tm.callback += time.perf_counter() - t0
         tm.calls += 1
         if tm.calls == 1:
             tm.first = {k: v for k, v in tm.as_dict().items() if k != "first"}
         return OK, None
+
+    def _save_uncertain(self, step, nlocal, x, tags, numbers, owned_rows, base, total):
+        """The whole cell, gathered to rank 0 (collective: every rank saw the same largest
+        spread), checked and saved by the :class:`~server.uncertainty.UncertaintyLog`."""
+        from ..core.graph import CommitteeResult, Result, Structure
+
+        m = self.n_members
+        mine = np.column_stack(
+            [
+                tags[:nlocal],
+                x[:nlocal],
+                numbers[:nlocal],
+                owned_rows[:, :3],
+                owned_rows[:, base : base + 3 * m],
+            ]
+        )
+        rows = self.comm.gather(mine, root=0) if self.size > 1 else [mine]
+        if self.rank != 0:
+            return
+        rows = np.concatenate(rows)
+        rows = rows[np.argsort(rows[:, 0], kind="stable")]
+        n = len(rows)
+        cell = self.bridge.cell().T if self.bridge.periodic else np.zeros((3, 3))
+        structure = Structure(
+            rows[:, 1:4], rows[:, 4].astype(np.int64), cell, np.full(3, self.bridge.periodic)
+        )
+        member_forces = rows[:, 8:].reshape(n, m, 3).transpose(1, 0, 2)
+        members = np.asarray(total[11 : 11 + m])
+        committee = CommitteeResult(members, member_forces, np.zeros((m, 3, 3)))
+        extras = {"committee_energy_std": float(np.std(members, ddof=1))}
+        result = Result(float(total[2]), rows[:, 5:8], np.zeros((3, 3)), extras, committee=committee)
+        self.uncertainty.check(structure, result, f"LAMMPS step {step}")
 
     def _compute(self, numbers, positions, owned, timed=True):
         """The server's answer for one cluster; its time counts as the server's (``timed``)."""
@@ -229,7 +309,7 @@ class DomainForces:
         def call():
             with self.bridge.interrupts.raising() if self.rank == 0 else contextlib.nullcontext():
                 return self.client.compute_domain(
-                    numbers, positions, owned, self.per_atom, members=self.n_members > 0
+                    numbers, positions, owned, self.per_atom, members=self.n_members > 0, rotations=True
                 )
 
         result = self.bridge.retrying(self._step, call)

@@ -19,8 +19,9 @@ element the model lacks) stops the waiting bridge at once; a server that dies mi
 detected by the bridge, which halts LAMMPS (or, with restarts, is restarted; not when it exits
 with status 2 or fails with the same error line at the same step again); a LAMMPS error closes
 the socket and the server exits. The failure line names the side that failed first and, for a
-server, its own ``mlip-server: error: ...`` line (in both routes). A metatomic model is refused
-for the domain route before anything starts (:func:`check_route`). On exit or Ctrl-C everything
+server, its own ``mlip-server: error: ...`` line (in both routes). A model that cannot serve the
+domain route (its energy of a subset of atoms cannot be asked for) is refused by the bridge when
+its server connects, with one line saying why. On exit or Ctrl-C everything
 started is killed, the socket file is removed, and ``/dev/shm/mpich_shm_*`` files that the run's
 MPI processes left behind (MPICH leaves them when a rank is killed) are deleted.
 
@@ -44,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
-from ..core.errors import InputError
 from ..protocol import Address
 from ..supervision import EXIT_STOPPED, EventLog, RestartBudget, describe_exit
 from .checkpoint import STATE_FILE, STOP_FILE
@@ -54,7 +54,6 @@ __all__ = [
     "LammpsRun",
     "RunResult",
     "run",
-    "check_route",
     "error_line",
     "domain_server_commands",
     "node_addresses",
@@ -320,7 +319,6 @@ class LammpsRun:
     def start(self, timeout: float | None = None) -> None:
         """Starts the bridge, waits for its structure file (at most ``timeout`` s), starts the server(s)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        check_route(self.model, self.decomposition)
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.events is None:
             self.events = EventLog(self.workdir, prefix=PROG)
@@ -557,27 +555,6 @@ class LammpsRun:
                 message = f"{cause}; {message}" if message else cause
                 break
         return RunResult(code or 1, b, s, bout, sout, message, self.workdir, removed)
-
-
-def check_route(model, decomposition: str) -> None:
-    """Refuses, before anything starts, a model the route cannot serve: the domain route does not
-    serve metatomic models yet (their energy of a subset of atoms; issue 29).
-
-    Raises
-    ------
-    InputError
-        One line naming the fix.
-    """
-    if decomposition != "domain":
-        return
-    from ..formats.metatomic import is_metatomic_file
-
-    for path in model if isinstance(model, (list, tuple)) else [model]:
-        if is_metatomic_file(str(path)):
-            raise InputError(
-                f"{path} is a metatomic model: the domain route (--decomposition domain, the default "
-                "for --np > 1) does not serve metatomic models yet; use --decomposition gather"
-            )
 
 
 def resolved_model(model):

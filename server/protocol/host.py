@@ -112,16 +112,20 @@ class HostConnection:
         self._expect("MODELINFO", "the model query")
         return read_model_info(self.wire)
 
-    def compute_domain(self, numbers, positions, owned: int, per_atom: bool = False, members: bool = False):
+    def compute_domain(
+        self, numbers, positions, owned: int, per_atom: bool = False, members: bool = False, rotations=False
+    ):
         """One rank's cluster (domain extension): energy of the first ``owned`` atoms (eV), forces
         on all atoms [N,3] (eV/Å), virial [3,3] (eV), atomic energies [owned] and per-atom
         virials [N,3,3] (eV; None without ``per_atom``) and extras (with ``members``, a
-        committee's ``committee_energies`` and ``committee_forces``). Positions in Å, no cell."""
+        committee's ``committee_energies`` and ``committee_forces``; with ``rotations``, an
+        averaged evaluation's ``rotation_weights``, ``rotation_energies``, ``rotation_forces``).
+        Positions in Å, no cell."""
         self._require_domain()
         result = self._exchange(
-            lambda: send_domaindata(self.wire, numbers, positions, owned, per_atom, members),
+            lambda: send_domaindata(self.wire, numbers, positions, owned, per_atom, members, rotations),
             "DOMAINFORCE",
-            lambda: read_domainforce(self.wire, len(positions), owned, per_atom, members),
+            lambda: read_domainforce(self.wire, len(positions), owned, per_atom, members, rotations),
         )
         self._require_finite(result[0], result[1])
         return result

@@ -31,14 +31,16 @@ host whose INIT string contains ``mlip-domain:1`` may send, besides the messages
   ``interaction_range`` Å, ``declared_range``, ``species``, ``dtype``, ``sums_atomic_energies``,
   ``path``);
 * DOMAINDATA: int32 natoms, int32 owned, int32 flags (bit 0: per-atom energies and virials,
-  bit 1: committee members),
+  bit 1: committee members, bit 2: rotated copies),
   natoms int32 atomic numbers, 3·natoms float64 positions (**Å**): one non-periodic cluster
   whose first ``owned`` atoms' energy terms count; the atom count may change every message.
   Then STATUS → HAVEDATA, GETFORCE → DOMAINFORCE: float64 energy (**eV**), int32 natoms,
   3·natoms float64 forces (eV/Å, ghosts included), 9 float64 virial (eV); with flag bit 0 also
   ``owned`` float64 atomic energies (eV) and 9·natoms float64 per-atom virials (eV); with bit 1
   int32 M, M float64 member energies (eV), M·3·natoms float64 member forces (eV/Å) (M = 0 for a
-  single model); then int32 length + JSON extras.
+  single model); with bit 2 int32 K, K float64 weights, K float64 energies (eV) and K·3·natoms
+  float64 forces (eV/Å) of the rotated copies of an averaged evaluation (K = 0 without
+  averaging); then int32 length + JSON extras.
 
 The extension uses the project's units (Å, eV) rather than atomic units: no conversion, so
 the decomposed route is exact to the last bit of the model's own arithmetic.
@@ -128,6 +130,9 @@ PER_ATOM = 1
 """DOMAINDATA flag bit: per-atom energies and virials wanted."""
 MEMBERS = 2
 """DOMAINDATA flag bit: every committee member's energy and forces wanted (for the spreads)."""
+ROTATIONS = 4
+"""DOMAINDATA flag bit: every rotated copy's weight, energy and forces wanted (the cell's
+rotational spreads of an averaged model are computed by the bridge from every rank's copies)."""
 _KNOWN = {v: k for k, v in HEADERS.items()}
 
 
@@ -486,19 +491,21 @@ def read_model_info(wire: Wire) -> dict:
 
 
 def send_domaindata(
-    wire: Wire, numbers, positions, owned: int, per_atom: bool, members: bool = False
+    wire: Wire, numbers, positions, owned: int, per_atom: bool, members: bool = False, rotations: bool = False
 ) -> None:
     """Host: DOMAINDATA (positions [N,3] Å, atomic numbers [N], the first ``owned`` count), then STATUS."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     numbers = np.ascontiguousarray(numbers, dtype=np.int32)
     n = np.int32(len(positions))
-    flags = np.int32((PER_ATOM if per_atom else 0) | (MEMBERS if members else 0))
+    flags = np.int32(
+        (PER_ATOM if per_atom else 0) | (MEMBERS if members else 0) | (ROTATIONS if rotations else 0)
+    )
     wire.send(HEADERS["DOMAINDATA"], n, np.int32(owned), flags, numbers, positions, HEADERS["STATUS"])
 
 
 def read_domaindata(wire: Wire):
     """Driver: the body of DOMAINDATA: (numbers [N] int64, positions [N,3] Å, owned, per_atom,
-    members)."""
+    members, rotations)."""
     natoms = wire.read_int("DOMAINDATA")
     if natoms < 0 or natoms > MAX_ATOMS:
         raise ProtocolError(f"{wire.peer}: absurd atom count {natoms} in DOMAINDATA: corrupt stream")
@@ -508,14 +515,22 @@ def read_domaindata(wire: Wire):
     flags = wire.read_int("DOMAINDATA")
     numbers = wire.read_array(np.int32, natoms, "DOMAINDATA").astype(np.int64)
     positions = wire.read_array(np.float64, 3 * natoms, "DOMAINDATA").reshape(natoms, 3)
-    return numbers, positions, owned, bool(flags & PER_ATOM), bool(flags & MEMBERS)
+    return numbers, positions, owned, bool(flags & PER_ATOM), bool(flags & MEMBERS), bool(flags & ROTATIONS)
 
 
 def send_domainforce(
-    wire: Wire, result, natoms: int, owned: int, per_atom: bool, members: bool = False
+    wire: Wire,
+    result,
+    natoms: int,
+    owned: int,
+    per_atom: bool,
+    members: bool = False,
+    rotations: bool = False,
 ) -> None:
     """Driver: DOMAINFORCE for ``result`` (a :class:`server.core.graph.Result`, eV, eV/Å); with
-    ``members``, int32 M and the M member energies and forces of a committee (M = 0 otherwise)."""
+    ``members``, int32 M and the M member energies and forces of a committee (M = 0 otherwise);
+    with ``rotations``, int32 K and the K rotated copies' weights, energies and forces (K = 0
+    for a raw evaluation)."""
     parts = [
         HEADERS["DOMAINFORCE"],
         np.float64(result.energy),
@@ -538,15 +553,31 @@ def send_domainforce(
                 np.ascontiguousarray(c.energies, dtype=np.float64),
                 np.ascontiguousarray(c.forces, dtype=np.float64),
             ]
+    if rotations:
+        r = result.rotations
+        if r is None:
+            parts.append(np.int32(0))
+        else:
+            weights, energies, forces = r
+            parts += [
+                np.int32(len(weights)),
+                np.ascontiguousarray(weights, dtype=np.float64),
+                np.ascontiguousarray(energies, dtype=np.float64),
+                np.ascontiguousarray(forces, dtype=np.float64),
+            ]
     extras = encode_extras(result.extras)
     wire.send(*parts, np.int32(len(extras)), extras)
 
 
-def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool, members: bool = False):
+def read_domainforce(
+    wire: Wire, natoms: int, owned: int, per_atom: bool, members: bool = False, rotations: bool = False
+):
     """Host: the body of DOMAINFORCE: energy (eV), forces [N,3] (eV/Å), virial [3,3] (eV),
     atomic energies [owned] and per-atom virials [N,3,3] (None without ``per_atom``), extras;
     with ``members`` the extras also hold ``committee_energies`` [M] (eV) and
-    ``committee_forces`` [M,N,3] (eV/Å) of a committee (absent for a single model)."""
+    ``committee_forces`` [M,N,3] (eV/Å) of a committee (absent for a single model); with
+    ``rotations`` ``rotation_weights`` [K], ``rotation_energies`` [K] (eV) and
+    ``rotation_forces`` [K,N,3] (eV/Å) of an averaged evaluation (absent for a raw one)."""
     energy = float(wire.read_array(np.float64, 1, "DOMAINFORCE")[0])
     n = wire.read_int("DOMAINFORCE")
     if n != natoms:
@@ -567,6 +598,16 @@ def read_domainforce(wire: Wire, natoms: int, owned: int, per_atom: bool, member
             member_data["committee_forces"] = wire.read_array(
                 np.float64, 3 * m * natoms, "DOMAINFORCE"
             ).reshape(m, natoms, 3)
+    if rotations:
+        k = wire.read_int("DOMAINFORCE")
+        if k < 0 or k > 100_000:
+            raise ProtocolError(f"absurd rotation count {k} from the force server: corrupt stream")
+        if k:
+            member_data["rotation_weights"] = wire.read_array(np.float64, k, "DOMAINFORCE")
+            member_data["rotation_energies"] = wire.read_array(np.float64, k, "DOMAINFORCE")
+            member_data["rotation_forces"] = wire.read_array(
+                np.float64, 3 * k * natoms, "DOMAINFORCE"
+            ).reshape(k, natoms, 3)
     extras = _read_json(wire, "DOMAINFORCE extras")
     extras.update(member_data)
     return energy, forces, virial, atom_energies, atom_virials, extras
