@@ -81,9 +81,6 @@ def reverse_edges(edge_index: torch.Tensor, edge_vectors: torch.Tensor, n_atoms:
 
     Returns int64 [E], ``rev[e]`` = the reverse edge of ``e``.
     """
-    n_edges = edge_index.shape[1]
-    if n_edges == 0:
-        return torch.zeros(0, dtype=torch.int64, device=edge_index.device)
     v = edge_vectors.detach().to(torch.float64)
     # a direction with rationally independent components: no small lattice vector is normal to it
     u = torch.tensor([0.8134598211, 0.4690138792, 0.3439287153], dtype=torch.float64, device=v.device)
@@ -108,9 +105,11 @@ def padded_layout(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, in
     """
     n_edges = centres.shape[0]
     counts = torch.bincount(centres, minlength=n_atoms)
-    max_neighbours = 1
-    if n_edges > 0:
-        max_neighbours = max(int(counts.max()), 1)
+    # no branch on the data (torch.export / AOTInductor): clamp instead of max(..., 1); with
+    # no edge every count is 0 and M = 1 as before
+    max_neighbours = int(counts.max().clamp(min=1))
+    if not torch.jit.is_scripting():  # tracing for export (mlip-compile): M is data-dependent, ≥ 1
+        torch.ops.aten.sym_constrain_range_for_size.default(max_neighbours, min=1)
     order = torch.argsort(centres, stable=True)
     first = torch.cumsum(counts, 0) - counts  # index of each atom's first edge in `order`
     slot_sorted = torch.arange(n_edges, device=centres.device) - first[centres[order]]
@@ -340,13 +339,15 @@ class PET(nn.Module):
         filled = filled.index_fill(0, pos, True).view(n_atoms, m)
         padding = torch.cat([torch.zeros_like(filled[:, :1]), ~filled], dim=1)
         rev = reverse_edges(edge_index, edge_vectors, n_atoms)
-        if rev.shape[0] > 0:  # the contract's symmetric list; a broken one fails loudly
-            mismatch = (edge_vectors.detach() + edge_vectors.detach()[rev]).abs().max()
-            if not bool((centres[rev] == neighbours).all()) or bool(mismatch > 1e-4):
-                raise RuntimeError(
-                    "PET needs a symmetric neighbour list: every edge i->j with "
-                    "vector r must have one edge j->i with vector -r"
-                )
+        # the contract's symmetric list; a broken one fails loudly (an assertion op, not a
+        # Python branch on the data, so that the model exports: torch.export / AOTInductor)
+        detached = edge_vectors.detach()
+        symmetric = (centres[rev] == neighbours).all() & ~((detached + detached[rev]).abs() > 1e-4).any()
+        torch._assert_async(
+            symmetric,
+            "PET needs a symmetric neighbour list: every edge i->j with vector r must have one "
+            "edge j->i with vector -r",
+        )
 
         energy = torch.zeros(n_atoms, dtype=edge_vectors.dtype, device=edge_vectors.device)
         message = torch.zeros(0, dtype=edge_vectors.dtype, device=edge_vectors.device)
