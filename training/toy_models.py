@@ -6,6 +6,9 @@
   of the raw edge vector: deliberately *not* rotation-invariant (strength set by
   ``anisotropy``), smooth at the cutoff. A toy, not a water model.
 
+* :class:`LennardJonesDirect` — :class:`LennardJones` with an analytic direct-force head
+  (``direct_forces`` = −∇E plus a constant ``bias`` per atom, so the served direct forces, net force
+  removed, equal the conservative ones), ``direct_virial`` and ``forward_direct``.
 * :class:`TwoHopDensity` — a two-layer "message-passing" toy: atom i's energy depends on its
   neighbours' densities, so on atoms up to 2 × cutoff away; declares (or, for testing the
   bridge's range check, hides) ``interaction_range``.
@@ -19,7 +22,14 @@ from typing import List
 
 import torch
 
-__all__ = ["LennardJones", "AnisotropicPairModel", "TwoHopDensity", "water_toy", "export"]
+__all__ = [
+    "LennardJones",
+    "LennardJonesDirect",
+    "AnisotropicPairModel",
+    "TwoHopDensity",
+    "water_toy",
+    "export",
+]
 
 
 def _species_lookup(species: List[int]) -> torch.Tensor:
@@ -183,6 +193,64 @@ class TwoHopDensity(torch.nn.Module):
         atom = self.linear[kind] * second + self.quadratic * second**2
         out = torch.zeros(n_structures, dtype=edge_vectors.dtype, device=edge_vectors.device)
         return out.index_add(0, structure_index, atom)
+
+
+class LennardJonesDirect(LennardJones):
+    """:class:`LennardJones` whose direct head is its analytic force plus ``bias`` (eV/Å, the same
+    vector on every atom: a net force the server must remove), with the analytic pair virial."""
+
+    def __init__(self, *args, bias: List[float] = [0.1, -0.2, 0.3], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("bias", torch.tensor(bias))
+
+    def _pair_gradient(self, edge_vectors: torch.Tensor) -> torch.Tensor:
+        """g_e = ∂E/∂r_e of each edge (eV/Å): E = Σ_e ½ pair(r_e²) gives g_e = pair'(r_e²) r_e."""
+        r2 = (edge_vectors**2).sum(dim=1)
+        c6 = (self.sigma**2 / r2) ** 3
+        slope = 4 * self.epsilon * (-6.0 * c6 * c6 + 3.0 * c6) / r2  # d pair / d(r²), eV/Å²
+        slope = torch.where(r2 < self.cutoff**2, slope, torch.zeros_like(slope))
+        return slope[:, None] * edge_vectors
+
+    @torch.jit.export
+    def direct_forces(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        g = self._pair_gradient(edge_vectors)
+        forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
+        forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
+        return forces + self.bias.to(g.dtype)
+
+    @torch.jit.export
+    def direct_virial(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        g = self._pair_gradient(edge_vectors)
+        w = -(g[:, :, None] * edge_vectors[:, None, :])
+        out = torch.zeros((n_structures, 3, 3), dtype=g.dtype, device=g.device)
+        return out.index_add(0, structure_index[edge_index[0]], w)
+
+    @torch.jit.export
+    def forward_direct(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ):
+        energies = self.forward(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        forces = self.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        return energies, forces
 
 
 def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:

@@ -13,6 +13,10 @@ Specs (as in Langer, Pozdnyakov & Ceriotti 2024, and i-PI's ``<ffrotations>``):
 ``random-i``    the same, inverted with probability 1/2 (i-PI's ``improper``)
 ==============  ==============================================================
 
+Any spec may be prefixed with ``direct`` (``direct`` alone, ``direct+2i``, ``direct+random``):
+the model's direct (non-conservative) forces instead of the gradient of its energy, no backward
+pass (models with a direct head only; :mod:`server.formats.edges`).
+
 The grids come from ``ipi.utils.mathtools`` so that results agree with i-PI's own
 engine-side averaging. A rotation R acts on Cartesian vectors as r' = R r.
 """
@@ -28,9 +32,14 @@ from ipi.utils.prng import Random
 
 from .errors import InputError
 
-__all__ = ["Averaging", "RotationSet", "VALID_SPECS"]
+__all__ = ["Averaging", "RotationSet", "VALID_SPECS", "DIRECT"]
 
-VALID_SPECS = "none, i, L, Li (L = 2, 3, ...), lebedev:N, lebedev:Ni, random, random-i"
+VALID_SPECS = (
+    "none, i, L, Li (L = 2, 3, ...), lebedev:N, lebedev:Ni, random, random-i; "
+    "each may be prefixed with direct+ (direct forces)"
+)
+DIRECT = "direct"
+"""The spec word (alone or as ``direct+SPEC``) that asks for direct forces."""
 _GRID = re.compile(r"^(?:(?P<leb>lebedev:)?(?P<order>\d+))?(?P<inv>i)?$")
 
 
@@ -68,6 +77,10 @@ class Averaging:
 
     def __init__(self, spec: str = "none", seed: int = 12345):
         self.spec = spec.strip()
+        self.direct = self.spec == DIRECT or self.spec.startswith(DIRECT + "+")
+        """Whether the endpoint serves direct forces (``direct`` / ``direct+SPEC``)."""
+        if self.direct:
+            self.spec = self.spec[len(DIRECT) + 1 :]
         self._prng = None
         if self.spec in ("none", "", "0"):
             self.spec, self._fixed = "none", None
@@ -80,6 +93,13 @@ class Averaging:
     @property
     def is_raw(self) -> bool:
         return self.spec == "none"
+
+    @property
+    def name(self) -> str:
+        """The spec as written, normalised (``none``, ``2i``, ``direct``, ``direct+2i``)."""
+        if not self.direct:
+            return self.spec
+        return DIRECT if self.spec == "none" else f"{DIRECT}+{self.spec}"
 
     @property
     def n_rotations(self) -> int:
@@ -96,7 +116,7 @@ class Averaging:
         return self._fixed
 
     def __repr__(self):
-        return f"Averaging({self.spec!r}, {self.n_rotations} rotations)"
+        return f"Averaging({self.name!r}, {self.n_rotations} rotations)"
 
 
 def _grid(spec: str) -> RotationSet:

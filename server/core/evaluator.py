@@ -100,7 +100,8 @@ class Evaluator:
     memory_budget_edges : int
         The upper bound of the automatic choice, edges per model call.
     calibrations : dict
-        Per bucket (edges per copy rounded up to a power of 2) the automatic choice:
+        Per bucket (edges per copy rounded up to a power of 2; ``(edges, "direct")`` for direct-force
+        calls) the automatic choice:
         ``edges`` and ``atoms`` of the graph it was measured on, ``seconds_per_copy`` {k: s}
         (wall time per copy of a k-copy call, best of :data:`CALIBRATION_REPEATS`),
         ``copies_per_call`` {copies needed: k chosen} (the requests of more than one copy so far),
@@ -151,11 +152,12 @@ class Evaluator:
                 f"measured per structure size within {self.memory_budget_edges} edges (nothing measured yet)"
             )
         parts = []
-        for _, c in sorted(self.calibrations.items()):
+        for key, c in self.calibrations.items():
             tried = ", ".join(f"{k}: {1e3 * t:.3g}" for k, t in sorted(c["seconds_per_copy"].items()))
             chosen = ", ".join(f"{k} for {n}" for n, k in sorted(c["copies_per_call"].items()))
+            kind = " (direct)" if isinstance(key, tuple) else ""
             parts.append(
-                f"{c['atoms']} atoms/{c['edges']} edges: copies per call {chosen or '-'} "
+                f"{c['atoms']} atoms/{c['edges']} edges{kind}: copies per call {chosen or '-'} "
                 f"(ms per copy {tried or '-'}; stopped: {c['stopped']}; took {c['cost_s']:.2f} s)"
             )
         return f"measured within {self.memory_budget_edges} edges: " + "; ".join(parts)
@@ -191,10 +193,19 @@ class Evaluator:
                 "per-atom energies) was asked for, but its energy is not a sum of atomic terms over "
                 "structure_index (checked at load time): use --decomposition gather"
             )
+        direct = [a.direct for a in averaging]
+        if any(direct) and not self.model.direct_forces:
+            raise ModelError(
+                f"{self.model.label} {self.model.path} has no direct forces (a `direct_forces` method, "
+                "or metatomic's non_conservative_force output): serve it without 'direct'"
+            )
         t1 = time.perf_counter()
         rotations = [a.rotations() for a in averaging]
-        per_copy = self._evaluate_copies(graphs, rotations)
-        results = [_combine(copies, rot, a.is_raw) for copies, rot, a in zip(per_copy, rotations, averaging)]
+        per_copy = self._evaluate_copies(graphs, rotations, direct)
+        results = [
+            _combine(copies, rot, a.is_raw, a.direct)
+            for copies, rot, a in zip(per_copy, rotations, averaging)
+        ]
         t2 = time.perf_counter()
         self.timings["neighbors"] += t1 - t0
         self.timings["total"] += t2 - t0
@@ -207,32 +218,37 @@ class Evaluator:
         )
 
     # -- batched evaluation -------------------------------------------------------
-    def _evaluate_copies(self, graphs, rotations):
-        """Evaluates all rotated copies; returns, per structure, a list over copies of
-        (energy, forces [N,3], virial [3,3]) in the original frame."""
-        items = [(s, k) for s, rot in enumerate(rotations) for k in range(len(rot.weights))]
+    def _evaluate_copies(self, graphs, rotations, direct):
+        """Evaluates all rotated copies (conservative and direct ones in separate model calls);
+        returns, per structure, a list over copies of (energy, forces [N,3], virial [3,3]) in the
+        original frame."""
         out = [[None] * len(rot.weights) for rot in rotations]
-        budgets = self._budgets(graphs, rotations)
-        chunk, edges, limit = [], 0, 0
-        for item in items:
-            n_edges = _n_edges(graphs[item[0]])
-            # a chunk of mixed structures keeps the smallest of their budgets
-            new_limit = min(limit, budgets[item[0]]) if chunk else budgets[item[0]]
-            if chunk and edges + n_edges > new_limit:
-                self._run_chunk(chunk, graphs, rotations, out)
-                chunk, edges, new_limit = [], 0, budgets[item[0]]
-            chunk.append(item)
-            edges, limit = edges + n_edges, new_limit
-        if chunk:
-            self._run_chunk(chunk, graphs, rotations, out)
+        for mode in sorted(set(direct)):
+            mine = [s for s in range(len(graphs)) if direct[s] == mode]
+            items = [(s, k) for s in mine for k in range(len(rotations[s].weights))]
+            budgets = self._budgets([graphs[s] for s in mine], [rotations[s] for s in mine], mode)
+            budget = dict(zip(mine, budgets))
+            chunk, edges, limit = [], 0, 0
+            for item in items:
+                n_edges = _n_edges(graphs[item[0]])
+                # a chunk of mixed structures keeps the smallest of their budgets
+                new_limit = min(limit, budget[item[0]]) if chunk else budget[item[0]]
+                if chunk and edges + n_edges > new_limit:
+                    self._run_chunk(chunk, graphs, rotations, out, mode)
+                    chunk, edges, new_limit = [], 0, budget[item[0]]
+                chunk.append(item)
+                edges, limit = edges + n_edges, new_limit
+            if chunk:
+                self._run_chunk(chunk, graphs, rotations, out, mode)
         return out
 
     # -- the chunk size -------------------------------------------------------------
-    def _budgets(self, graphs, rotations) -> list[int]:
-        """Edges per model call for chunks holding copies of each structure."""
+    def _budgets(self, graphs, rotations, direct: bool = False) -> list[int]:
+        """Edges per model call for chunks holding copies of each structure (direct calls are
+        measured apart: they cost less)."""
         if self.max_batch_edges is not None:
             return [self.max_batch_edges] * len(graphs)
-        buckets = [_bucket(_n_edges(g)) for g in graphs]
+        buckets = [_bucket(_n_edges(g), direct) for g in graphs]
         needed: dict[int, int] = {}
         for b, rot in zip(buckets, rotations):
             needed[b] = needed.get(b, 0) + len(rot.weights)
@@ -243,7 +259,7 @@ class Evaluator:
                 c is None
                 or (c["stopped"] == "copies needed" and needed[b] > max(c["seconds_per_copy"], default=1))
             ):
-                c = self._calibrate(g, b, needed[b])
+                c = self._calibrate(g, b, needed[b], direct)
             if c is None or not c["seconds_per_copy"]:
                 # one copy of this size (nothing to batch), or one copy fills the memory budget
                 budgets.append(self.memory_budget_edges)
@@ -256,7 +272,7 @@ class Evaluator:
             budgets.append(min(budget, self.memory_budget_edges))
         return budgets
 
-    def _calibrate(self, g: Graph, bucket: int, needed: int) -> dict:
+    def _calibrate(self, g: Graph, bucket, needed: int, direct: bool = False) -> dict:
         """Times the model on k identity copies of ``g`` (k = 1, 2, 4, ..., then ``needed``) and
         stores the times per copy for ``bucket`` in :attr:`calibrations` (extending an earlier
         measurement that stopped at the copies needed then)."""
@@ -279,14 +295,14 @@ class Evaluator:
         if k_max > 1:
             eye = np.eye(3)
             if not per_copy:
-                self.model.evaluate([(g, eye)])  # warm-up: first-call costs are not the model's
+                self._call([(g, eye)], direct)  # warm-up: first-call costs are not the model's
             for k in sorted({1 << j for j in range(k_max.bit_length()) if 1 << j < k_max} | {k_max}):
                 if k in per_copy:
                     continue
                 best_time = np.inf
                 for _ in range(CALIBRATION_REPEATS):
                     t0 = time.perf_counter()
-                    self.model.evaluate([(g, eye)] * k)
+                    self._call([(g, eye)] * k, direct)
                     best_time = min(best_time, time.perf_counter() - t0)
                 per_copy[k] = best_time / k
                 if per_copy[k] > (1 + CALIBRATION_TOLERANCE) * min(per_copy.values()):
@@ -297,14 +313,18 @@ class Evaluator:
         self.timings["calibration"] += spent
         return entry
 
-    def _run_chunk(self, chunk, graphs, rotations, out):
+    def _run_chunk(self, chunk, graphs, rotations, out, direct: bool = False):
         copies = [(graphs[s], rotations[s].matrices[k]) for s, k in chunk]
         t0 = time.perf_counter()
-        results = self.model.evaluate(copies)
+        results = self._call(copies, direct)
         self.timings["model"] += time.perf_counter() - t0
         for (s, k), result in zip(chunk, results):
             self._require_finite(result.energy, result.forces)
             out[s][k] = result
+
+    def _call(self, copies, direct: bool):
+        """One model call (``direct`` passed only when set: conservative is the adapters' default)."""
+        return self.model.evaluate(copies, direct=True) if direct else self.model.evaluate(copies)
 
     def _require_finite(self, energies, forces):
         if not np.isfinite(energies).all() or not np.isfinite(forces).all():
@@ -327,20 +347,29 @@ def _copies_per_call(seconds_per_copy: dict, needed: int) -> int:
     return min(tried, key=lambda k: (-(-needed // k) * k * seconds_per_copy[k], k))
 
 
-def _bucket(n_edges: int) -> int:
-    """The size class a calibration is cached for: ``n_edges`` rounded up to a power of 2."""
-    return 1 << max(n_edges - 1, 0).bit_length()
+def _bucket(n_edges: int, direct: bool = False):
+    """The size class a calibration is cached for: ``n_edges`` rounded up to a power of 2
+    (a direct evaluation's class is ``(edges, "direct")``)."""
+    size = 1 << max(n_edges - 1, 0).bit_length()
+    return (size, "direct") if direct else size
 
 
-def _combine(copies, rot, raw_only: bool) -> Result:
-    """Weighted average over copies (:class:`CopyResult`) plus the symmetry-breaking diagnostics."""
+def _combine(copies, rot, raw_only: bool, direct: bool = False) -> Result:
+    """Weighted average over copies (:class:`CopyResult`) plus the symmetry-breaking diagnostics;
+    direct forces lose their net force (reported as ``direct_net_force``, eV/Å)."""
     w = rot.weights
     energies = np.array([c.energy for c in copies])
     forces = np.stack([c.forces for c in copies])
+    net = None
+    if direct and copies[0].atom_energies is None:  # a whole structure (not a rank's cluster)
+        net = forces.mean(axis=1, keepdims=True)  # per copy: the mean of a linear average is linear
+        forces = forces - net
     virials = np.stack([c.virial for c in copies])
     energy = float(w @ energies)
     f_avg = np.einsum("k,kia->ia", w, forces)
     result = Result(energy, f_avg, np.einsum("k,kab->ab", w, virials))
+    if net is not None:
+        result.extras["direct_net_force"] = float(np.linalg.norm(np.einsum("k,kia->a", w, net)) * len(f_avg))
     if copies[0].atom_energies is not None:
         result.atom_energies = np.einsum("k,ki->i", w, np.stack([c.atom_energies for c in copies]))
         result.atom_virials = np.einsum("k,kiab->iab", w, np.stack([c.atom_virials for c in copies]))

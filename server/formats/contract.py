@@ -9,15 +9,21 @@ A TorchScript module with attributes ``cutoff: float`` (Å) and ``species: List[
 All rotated copies of one Evaluator chunk go through one ``forward`` call (copy b is
 structure b); with g_e = ∂E/∂r_e from autograd, forces F_i = Σ_{e: i centre} g_e −
 Σ_{e: i neighbour} g_e (eV/Å) and the virial W = −Σ_e r_e ⊗ g_e (eV), i-PI's convention.
+
+Direct forces (optional exported methods, same five arguments): ``direct_forces(...)`` →
+forces [N,3] eV/Å predicted by a head, no backward pass; ``direct_virial(...)`` → [B,3,3] eV
+(i-PI's convention); ``forward_direct(...)`` → (energies [B] eV, forces [N,3] eV/Å) from one pass
+of the network (used instead of ``forward`` + ``direct_forces`` when present: the fast path).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..core.errors import ModelError
 from .base import ModelAdapter, first_line
-from .edges import assemble_gradients, pack
+from .edges import assemble_direct, assemble_gradients, pack
 
 __all__ = ["ContractModel", "exported_dtype"]
 
@@ -52,6 +58,7 @@ class ContractModel(ModelAdapter):
         # has a different number of edges), costing seconds per call for no gain on CPU;
         # on CUDA its fusers can pay off
         self._jit_optimize = device.type == "cuda"
+        self._fused_direct = False
 
     @classmethod
     def recognizes(cls, path: str) -> bool:
@@ -85,8 +92,19 @@ class ContractModel(ModelAdapter):
         dtype = dtype if requested else exported_dtype(module)
         module = module.to(device=device, dtype=dtype)
         module.eval()
-        _dry_run(module, path, cutoff, species, device, dtype)
         model = cls(module, path, cutoff, species, device, dtype)
+        # every call, the checks included, in the executor mode of serving: TorchScript's profiling
+        # executor would otherwise optimise the graph during the checks (its own autodiff formulas),
+        # and the served forces would depend on this history by float rounding
+        with torch.jit.optimized_execution(model._jit_optimize):
+            model._check(path, requested)
+        return model
+
+    def _check(self, path, requested):
+        """The load-time checks and attributes (dry runs, interaction range, atomic sums, direct heads)."""
+        model, module, cutoff, species = self, self.module, self.cutoff, self.species
+        device, dtype = self.device, self.dtype
+        _dry_run(module, path, cutoff, species, device, dtype)
         model.requested_dtype = requested
         model.declared_range = hasattr(module, "interaction_range")
         model.interaction_range = float(module.interaction_range) if model.declared_range else cutoff
@@ -96,11 +114,15 @@ class ContractModel(ModelAdapter):
                 f"cutoff {cutoff} Å: it must be at least the cutoff (cutoff × layers for message passing)"
             )
         model.sums_atomic_energies = _sums_atomic_energies(module, cutoff, species, device, dtype)
-        return model
+        model.direct_forces = hasattr(module, "direct_forces")
+        model.direct_virial = model.direct_forces and hasattr(module, "direct_virial")
+        model._fused_direct = model.direct_forces and hasattr(module, "forward_direct")
+        if model.direct_forces:
+            _dry_run_direct(model, path, cutoff, species)
 
     def evaluate(self, copies, direct: bool = False):
         if direct:
-            raise ModelError(f"model {self.path} has no direct forces")  # issue 27 wires this
+            return self._evaluate_direct(copies)
         batch = pack(copies, self.device, self.dtype)
         leaf = batch.edge_vectors
         with torch.jit.optimized_execution(self._jit_optimize):
@@ -109,6 +131,20 @@ class ContractModel(ModelAdapter):
             if leaf.shape[0] > 0 and batch.n_counted > 0:
                 (grad,) = torch.autograd.grad(energies.sum(), leaf, allow_unused=True)
         return assemble_gradients(batch, energies, grad)
+
+    def _evaluate_direct(self, copies):
+        """Energies and direct forces (and virials, if the model has them): no autograd graph."""
+        if not self.direct_forces:
+            raise ModelError(f"model {self.path} has no direct_forces method: serve it without 'direct'")
+        batch = pack(copies, self.device, self.dtype, requires_grad=False)
+        inputs = batch.inputs()
+        with torch.no_grad(), torch.jit.optimized_execution(self._jit_optimize):
+            if self._fused_direct:
+                energies, forces = self.module.forward_direct(*inputs)
+            else:
+                energies, forces = self.module(*inputs), self.module.direct_forces(*inputs)
+            virials = self.module.direct_virial(*inputs) if self.direct_virial else None
+        return assemble_direct(batch, energies, forces, virials)
 
 
 def exported_dtype(module) -> torch.dtype:
@@ -172,3 +208,38 @@ def _dry_run(module, path, cutoff, species, device, dtype):
         raise ModelError(
             f"model {path!r} energies do not depend on edge_vectors differentiably: forces need autograd"
         )
+
+
+def _dry_run_direct(model, path, cutoff, species):
+    """Checks the direct methods' shapes (and that they agree with each other) on two structures."""
+    from ..core.graph import Structure, build_graph
+
+    r = 0.45 * cutoff
+    positions = np.array([[0.0, 0, 0], [r, 0.2 * r, 0], [0.1 * r, r, 0.3 * r]])
+    z = np.array([species[k % len(species)] for k in range(3)])
+    g = build_graph(
+        Structure(numbers=z, positions=positions, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool)),
+        "dry run",
+        set(species),
+        cutoff,
+        0.0,
+        path,
+    )
+    try:
+        batch = pack([(g, np.eye(3))] * 2, model.device, model.dtype, requires_grad=False)
+        with torch.no_grad():
+            forces = model.module.direct_forces(*batch.inputs())
+            fused = model.module.forward_direct(*batch.inputs())[1] if model._fused_direct else forces
+            virials = model.module.direct_virial(*batch.inputs()) if model.direct_virial else None
+    except Exception as err:
+        raise ModelError(
+            f"model {path!r}: its direct-force methods failed a dry run "
+            f"(direct_forces/forward_direct/direct_virial(edge_vectors, edge_index, numbers, "
+            f"structure_index, n_structures)): {first_line(err, last=True)[:160]}"
+        ) from None
+    if tuple(forces.shape) != (6, 3) or not torch.isfinite(forces).all():
+        raise ModelError(f"model {path!r}: direct_forces must return finite forces [n_atoms, 3] eV/Å")
+    if tuple(fused.shape) != (6, 3) or not torch.allclose(fused, forces):
+        raise ModelError(f"model {path!r}: forward_direct's forces differ from direct_forces'")
+    if virials is not None and tuple(virials.shape)[1:] != (3, 3):
+        raise ModelError(f"model {path!r}: direct_virial must return [n_structures, 3, 3] eV")

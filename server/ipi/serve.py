@@ -25,7 +25,7 @@ import logging
 import sys
 
 from ..cli_help import HelpFormatter
-from ..core.averaging import VALID_SPECS, Averaging
+from ..core.averaging import DIRECT, VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
 from ..structures import read_numbers
 from ..supervision import Heartbeat
@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
         "forces against finite differences, time a call, list the routes it can serve; exit 0 or 2",
     )
     p.add_argument("--average", default="none", help=f"default averaging spec: {VALID_SPECS}")
+    p.add_argument(
+        "--forces",
+        default="conservative",
+        choices=["conservative", "direct"],
+        help="forces of endpoints without their own spec: the gradient of the energy, or the model's "
+        "direct (non-conservative) forces, no backward pass (= spec direct+AVERAGE; per endpoint: "
+        "unix:fast=direct)",
+    )
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
@@ -185,8 +193,8 @@ def main(argv=None) -> int:
         if args.threads > 0:
             torch.set_num_threads(args.threads)
         addresses = [Address.parse(a) for a in args.address]
-        for spec in {a.spec or args.average for a in addresses}:
-            Averaging(spec)  # refuse unknown specs before connecting
+        average = default_spec(args.average, args.forces)
+        specs = {a.spec or average: Averaging(a.spec or average) for a in addresses}  # refuse bad specs
         numbers = None if args.structure is None else read_numbers(args.structure)
         if args.committee is not None and len(args.committee) < 2:
             raise InputError("--committee needs at least two model files (use --model for one)")
@@ -232,6 +240,7 @@ def main(argv=None) -> int:
             "declared" if m.declared_range else "not declared: assumed local",
             "is" if m.sums_atomic_energies else "is NOT",
         )
+        check_direct(evaluator.model, [(str(a), specs[a.spec or average]) for a in addresses])
         unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(
@@ -245,7 +254,7 @@ def main(argv=None) -> int:
         evaluator,
         addresses,
         numbers,
-        average=args.average,
+        average=average,
         seed=args.seed,
         connect_timeout=args.connect_timeout,
         timeout=args.timeout,
@@ -270,6 +279,33 @@ def main(argv=None) -> int:
         if uncertainty is not None:
             log.info("%s", uncertainty.summary())
     return 0
+
+
+def default_spec(average: str, forces: str) -> str:
+    """The spec of endpoints without their own: ``average``, as direct forces if ``forces`` is
+    ``direct`` (``--average 2i --forces direct`` → ``direct+2i``)."""
+    if forces != "direct" or Averaging(average).direct:
+        return average
+    return DIRECT if Averaging(average).is_raw else f"{DIRECT}+{average}"
+
+
+def check_direct(model, endpoints) -> None:
+    """Refuses direct endpoints of a model without direct forces (one line) and says at start which
+    direct endpoints send a zero virial (the model has no direct virial)."""
+    direct = [name for name, averaging in endpoints if averaging.direct]
+    if direct and not model.direct_forces:
+        raise InputError(
+            f"{direct[0]} asks for direct forces but {model.label} {model.path} has none (no "
+            "direct_forces method / non_conservative_force output): drop 'direct' from its spec"
+        )
+    for name in direct:
+        log.info(
+            "%s: direct forces (no backward pass, net force removed); %s",
+            name,
+            "the model's direct virial"
+            if model.direct_virial
+            else "the model has no direct virial: a ZERO virial is sent (no pressure: not for NPT)",
+        )
 
 
 if __name__ == "__main__":

@@ -295,7 +295,7 @@ class ForceServer:
             conn.committee_arrays = self.committee_arrays
             self.connections.append(conn)
             log.info(
-                "connected to %s (averaging %s, %d rotations)", address, averaging.spec, averaging.n_rotations
+                "connected to %s (averaging %s, %d rotations)", address, averaging.name, averaging.n_rotations
             )
 
     def model_info(self) -> dict:
