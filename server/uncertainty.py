@@ -102,7 +102,7 @@ class UncertaintyLog:
         atoms.info["source"] = re.sub(r"[^\w:.-]+", "_", where)
         atoms.calc = SinglePointCalculator(atoms, energy=float(result.energy), forces=result.forces)
         buffer = io.StringIO()
-        ase.io.write(buffer, atoms, format="extxyz")
+        ase.io.write(buffer, atoms, format="extxyz", parallel=False)  # ASE would broadcast under MPI
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             os.write(fd, buffer.getvalue().encode())
