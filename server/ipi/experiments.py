@@ -47,6 +47,8 @@ class RunOptions:
     """
 
     model: str | None = None
+    committee: list | None = None
+    """Two or more model files served as a committee (``mlip-server --committee``), not with ``model``."""
     structure: str | None = None
     trajectory: str | None = None
     molecules: int | None = None

@@ -100,7 +100,7 @@ class _Launch:
     folder: Path
     meta: dict
     rendered: object
-    model: Path
+    model: Path | list  # a list of paths: a committee
     server_args: list
     total_steps: int
 
@@ -188,9 +188,7 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
     opts.device = opts.device or "cpu"
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(opts.out or runs_dir() / f"{name}-{stamp}-{run_id.rsplit('-', 1)[-1]}")
-    model = Path(opts.model or shipped_model()).resolve()
-    if opts.side == "both" and not model.is_file():
-        raise InputError(f"model {model} not found: pass --model PATH (a TorchScript model file)")
+    model = _models(opts, check=opts.side == "both")
     if folder.exists() and any(folder.iterdir()):
         hint = (
             f"continue it with mlip-run --resume {folder}"
@@ -201,7 +199,10 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
     check_options(name, meta, load_experiment(name)[1], opts)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    opts.model = str(model)
+    if isinstance(model, list):
+        opts.committee = [str(m) for m in model]
+    else:
+        opts.model = str(model)
     try:
         rendered = render(name, opts, folder, run_id)
     except MLIPError:
@@ -250,10 +251,11 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
     if checkpoint.step >= total:
         print(f"mlip-run: {folder} is finished (step {checkpoint.step} of {total}): nothing to do", file=out)
         return RunResult(0, folder, "finished", 0.0)
-    model = Path(opts.model)
-    if opts.side == "both" and not model.is_file():
+    model = [Path(m) for m in opts.committee] if opts.committee else Path(opts.model)
+    missing = [m for m in (model if isinstance(model, list) else [model]) if not m.is_file()]
+    if opts.side == "both" and missing:
         raise InputError(
-            f"model {model} of run {folder} not found: restore it (the run needs the same model)"
+            f"model {missing[0]} of run {folder} not found: restore it (the run needs the same model)"
         )
     events = EventLog(folder, out)
     for path in unreadable:
@@ -554,9 +556,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
             )
         time.sleep(0.5)
     spec = json.loads(spec_file.read_text())
-    model = Path(opts.model or shipped_model())
-    if not model.is_file():
-        raise InputError(f"model {model} not found: pass --model PATH (a TorchScript model file)")
+    model = _models(opts)
     # this side's own --device and --dtype replace the ipi side's
     server_args, given = [], iter(spec["server_args"])
     for arg in given:
@@ -568,7 +568,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
     spec["server_args"] = server_args + ["--connect-timeout", "600"]
     events = EventLog(folder, out)
     events.path = folder / "events-server-side.jsonl"  # the ipi side writes events.jsonl
-    servers = _SupervisedServer(folder, model.resolve(), spec, opts, _env(opts), events)
+    servers = _SupervisedServer(folder, model, spec, opts, _env(opts), events)
     try:
         with StopSignals(stop) as signals:
             servers.start()
@@ -592,6 +592,26 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
         processes.stop([servers.proc])
     events.record("done", "done: server side done (i-PI sent EXIT)")
     return RunResult(0, folder, "", time.monotonic() - t0)
+
+
+def _models(opts: RunOptions, check: bool = True) -> Path | list:
+    """The model file (resolved), or the committee's files (``opts.committee``); with ``check``
+    refuses a missing file in one line."""
+    if opts.committee is not None:
+        if opts.model is not None:
+            raise InputError("give --model or --committee, not both")
+        if len(opts.committee) < 2:
+            raise InputError("--committee needs at least two model files: --committee A.pt B.pt [...]")
+        if opts.transport == "ffdirect":
+            raise InputError("--committee needs a server (--transport unix, shm or inet), not ffdirect")
+        models = [Path(m).resolve() for m in opts.committee]
+    else:
+        models = [Path(opts.model or shipped_model()).resolve()]
+    for m in models if check else []:
+        if not m.is_file():
+            flag = "--committee" if opts.committee is not None else "--model"
+            raise InputError(f"model {m} not found: pass {flag} PATH (a TorchScript or metatomic model file)")
+    return models if opts.committee is not None else models[0]
 
 
 def _env(opts: RunOptions) -> dict | None:
@@ -659,6 +679,14 @@ def build_parser():
     )
     p.add_argument("experiment", nargs="?", help="folder name in ipi_inputs/ (not needed with --resume)")
     p.add_argument("--model", help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "--committee",
+        nargs="+",
+        metavar="MODEL",
+        default=None,
+        help="instead of --model: two or more models served as a committee (mlip-server --committee: "
+        "the mean served, the spreads in i-PI's extras) (default: one model)",
+    )
     p.add_argument("--structure", help="starting structure (ASE-readable, with a cell)")
     p.add_argument("--trajectory", help="trajectory to re-evaluate (replay)")
     p.add_argument(
