@@ -95,9 +95,9 @@ replay: install
 NP ?= 8
 LAMMPS_ARGS ?=
 lammps: install
-	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --workdir runs/lammps $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-nvt $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np 1 --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --out runs/lammps $(LAMMPS_ARGS)
 lammps-large: install
-	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --workdir runs/lammps-large $(LAMMPS_ARGS)
+	$(VENV)/bin/mlip-lammps-run lammps_inputs/in.water-large $(if $(wildcard $(MODEL)),--model $(MODEL)) -e O H --np $(NP) --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE)) --out runs/lammps-large $(LAMMPS_ARGS)
 bench-lammps: install
 	$(PY) bench/lammps_scaling.py $(if $(wildcard $(MODEL)),--model $(MODEL))
 

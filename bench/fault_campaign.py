@@ -598,7 +598,7 @@ class Campaign:
             try:
                 refs[route] = self.reference(
                     group,
-                    [LAMMPS_RUN, *common, *routes[route], "--workdir", folder],
+                    [LAMMPS_RUN, *common, *routes[route], "--out", folder],
                     folder,
                     lambda f=folder: _lammps_last_step(f),
                     read,
@@ -660,7 +660,7 @@ class Campaign:
             if key == "kill-gather":
                 key = "kill"
             folder = work / f"{route}-{key}"
-            cmd = [LAMMPS_RUN, *common, *routes[route], "--workdir", folder]
+            cmd = [LAMMPS_RUN, *common, *routes[route], "--out", folder]
             resume_cmd = [LAMMPS_RUN, "--resume", folder, "--quiet"] if resumes else None
             self._after_stop = after_kill_all if key == "lost" else None
             targets = self.draw(1, lo, hi)

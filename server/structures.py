@@ -3,7 +3,8 @@ and LAMMPS data files, and the element list a server reads from a structure file
 
 Atoms are ordered O, H, H per molecule (as in the shared DFT data and i-PI inputs). Lengths in Å.
 
-    python -m server.structures --molecules 512 --out lammps_inputs/water-512.data
+    python -m server.structures --molecules 512            # ./water-512.data
+    python -m server.structures --molecules 512 --out runs/water-512.data
 """
 
 from __future__ import annotations
@@ -212,20 +213,19 @@ def read_numbers(path: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    """``python -m server.structures``: writes a water box as a LAMMPS data file."""
-    from .paths import lammps_inputs_dir
-
+    """``python -m server.structures``: writes a water box as a LAMMPS data file (by default in
+    the current folder, never into the checkout unless asked)."""
     p = argparse.ArgumentParser(
         prog="python -m server.structures",
         description="Writes a water box as a LAMMPS data file (types 1 = O, 2 = H).",
     )
-    p.add_argument("--molecules", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--density", type=float, default=0.997, help="g/cm³")
-    p.add_argument("--out", default=None, help="default: lammps_inputs/water-N.data")
+    p.add_argument("--molecules", type=int, default=512, help="water molecules (default: 512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the box (default: 0)")
+    p.add_argument("--density", type=float, default=0.997, help="g/cm³ (default: 0.997)")
+    p.add_argument("--out", default=None, help="the data file to write (default: ./water-N.data)")
     p.add_argument("--force", action="store_true", help="rebuild even if the file exists")
     args = p.parse_args(argv)
-    out = args.out or lammps_inputs_dir() / f"water-{args.molecules}.data"
+    out = args.out or f"water-{args.molecules}.data"
     print(write_water_data(args.molecules, out, seed=args.seed, density=args.density, force=args.force))
     return 0
 

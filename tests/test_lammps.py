@@ -404,7 +404,7 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
         lj_model,
         "-e",
         "Ar",
-        "--workdir",
+        "--out",
         str(tmp_path / "run"),
         "--threads",
         "1",

@@ -72,7 +72,7 @@ def _overlap_deck(folder: Path, steps=5) -> Path:
 )
 def test_the_servers_error_line_reaches_the_console(tmp_path, lj_model, route, restarts):
     work = tmp_path / "run"
-    cmd = _launcher(_overlap_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--workdir", work)
+    cmd = _launcher(_overlap_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--out", work)
     cmd += [*route, "--threads", "1", "--max-server-restarts", restarts, "--quiet"]
     t0 = time.monotonic()
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -106,7 +106,7 @@ def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
     shipped = set(lammps_inputs_dir().iterdir())
     work = tmp_path / "run"
     cmd = _launcher(lammps_inputs_dir() / "in.water-nve", "--model", toy_model, "--molecules", 8)
-    cmd += ["--workdir", work, "--var", "steps", "2", "--threads", "1", "--quiet"]
+    cmd += ["--out", work, "--var", "steps", "2", "--threads", "1", "--quiet"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=mpi_env())
     assert done.returncode == 0, done.stdout + done.stderr
     assert (work / "water-8.data").is_file()
@@ -115,6 +115,16 @@ def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing in the current folder
     settings = json.loads((work / "run.json").read_text())
     assert ["data", str(work / "water-8.data")] in settings["variables"]
+
+
+def test_structures_command_writes_in_the_current_folder(tmp_path):
+    """``python -m server.structures`` (issue 31): ./water-N.data by default, never the checkout."""
+    shipped = set(lammps_inputs_dir().iterdir())
+    cmd = [sys.executable, "-m", "server.structures", "--molecules", "8"]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["water-8.data"]
+    assert set(lammps_inputs_dir().iterdir()) == shipped
 
 
 # --------------------------------------------------------------------------- the command lines

@@ -176,7 +176,7 @@ def _launcher(*args) -> list:
 
 
 def _start(tmp_path, lj_model, *extra, np_=1):
-    cmd = _launcher(_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--workdir", tmp_path / "run")
+    cmd = _launcher(_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--out", tmp_path / "run")
     cmd += ["--threads", "1", "--dtype", "float64", "--np", str(np_), *map(str, extra)]
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True

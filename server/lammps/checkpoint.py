@@ -7,7 +7,7 @@ call, so a file being written when everything is killed is never named) it rewri
 file (``checkpoint.json``, atomically): the restart file, its step, the deck's first and final
 steps, the dump files; at the end of the deck ``done``.
 
-``mlip-lammps-run --resume WORKDIR`` reads the run's settings (``run.json``, written by the
+``mlip-lammps-run --resume OUT`` reads the run's settings (``run.json``, written by the
 launcher) and the state, cuts ``log.lammps``'s thermo rows and the dump frames at and past the
 restart step (a hard stop leaves steps beyond it; the resumed run prints its first step again),
 and starts the bridge with ``--resume``: the deck's ``read_data`` becomes ``read_restart``,
@@ -62,7 +62,7 @@ def read_state(workdir: Path) -> tuple[dict, dict | None]:
     run = workdir / RUN_FILE
     if not workdir.is_dir() or not run.is_file():
         raise NotARun(
-            f"{workdir} is not a run folder of mlip-lammps-run (no {RUN_FILE}): give the --workdir "
+            f"{workdir} is not a run folder of mlip-lammps-run (no {RUN_FILE}): give the --out folder "
             "of a run started with --checkpoint-every"
         )
     try:

@@ -309,7 +309,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--molecules",
         type=int,
         default=512,
-        help="water molecules of the box built into WORKDIR/water-N.data when the deck uses ${data} "
+        help="water molecules of the box built into OUT/water-N.data when the deck uses ${data} "
         "and no --var data is given",
     )
     p.add_argument(
@@ -361,15 +361,13 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", dest="run_timeout", type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
-    p.add_argument(
-        "--quiet", action="store_true", help="do not stream the outputs (they are still in WORKDIR)"
-    )
+    p.add_argument("--quiet", action="store_true", help="do not stream the outputs (they are still in OUT)")
     p.add_argument(
         "--checkpoint-every",
         type=int,
         default=0,
         metavar="N",
-        help="write LAMMPS restart files WORKDIR/restart.STEP every N steps (the newest two are kept; "
+        help="write LAMMPS restart files OUT/restart.STEP every N steps (the newest two are kept; "
         "0, the default: none)",
     )
     p.add_argument(
@@ -500,7 +498,7 @@ def _fresh_settings(args) -> dict | None:
 
 
 def _resume(args, deadline) -> int:
-    """``--resume WORKDIR``: the stored settings, the outputs cut back to the restart step."""
+    """``--resume OUT``: the stored settings, the outputs cut back to the restart step."""
     workdir = Path(args.resume)
     try:
         settings, state = checkpoint.read_state(workdir)

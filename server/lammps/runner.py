@@ -1,17 +1,17 @@
 """Runs a LAMMPS deck with forces from ``mlip-server``: the bridge and the server, in order.
 
     mlip-lammps-run lammps_inputs/in.water-nvt --model m.pt -e O H --np 2 \\
-        --var steps 2000 --workdir runs/water-nvt
+        --var steps 2000 --out runs/water-nvt
 
 Order, without sleeps: the bridge (``mlip-lammps``, under ``mpiexec -n K`` when K > 1)
 executes the deck up to its ``fix external`` line, writes the starting structure and
 listens; the launcher waits for that structure file, then starts ``mlip-server``, which
 connects (retrying until the socket exists). Output of both is streamed to the terminal
-and kept in ``WORKDIR/lammps.out`` and ``WORKDIR/server.log``.
+and kept in ``OUT/lammps.out`` and ``OUT/server.log``.
 
 With ``--decomposition domain`` (the default for ``--np`` > 1) every rank listens on its own
 address and ``--servers S`` servers share the ranks (rank r on server r mod S); their outputs
-are ``WORKDIR/server.log``, ``server-1.log``, ...; the bridge writes ``WORKDIR/bridge.json``
+are ``OUT/server.log``, ``server-1.log``, ...; the bridge writes ``OUT/bridge.json``
 (per rank: owned and ghost atoms, seconds in the callback, waiting for the server, bridge).
 
 If a side fails, the others are stopped: a server that exits before connecting (bad model,
@@ -26,8 +26,8 @@ started is killed, the socket file is removed, and ``/dev/shm/mpich_shm_*`` file
 MPI processes left behind (MPICH leaves them when a rank is killed) are deleted.
 
 When the deck uses ``${data}`` and no ``--var data`` is given, a water box of
-``--molecules`` molecules is built into ``WORKDIR/water-N.data`` (nothing is written outside
-WORKDIR). Without ``--model`` the shipped ``models/water-pet.pt`` is used.
+``--molecules`` molecules is built into ``OUT/water-N.data`` (nothing is written outside
+OUT). Without ``--model`` the shipped ``models/water-pet.pt`` is used.
 
 Exit status: 0 when both sides finished cleanly, otherwise the failing side's status
 (2 bad input, 1 failed run), 130 on Ctrl-C.
