@@ -48,6 +48,7 @@ from pathlib import Path
 from .. import processes
 from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
+from ..formats import COMPILE_VARIABLE
 from ..paths import runs_dir, shipped_model
 from ..supervision import (
     EXIT_STOPPED,
@@ -725,6 +726,11 @@ def build_parser():
     p.add_argument(
         "--threads", type=int, default=None, help="OpenMP threads of i-PI and the server (default: inherited)"
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="serve the model as an AOTInductor package compiled on first use (mlip-server --compile)",
+    )
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other template value")
     g = p.add_argument_group("production (README: 'Production runs')")
     g.add_argument(
@@ -796,7 +802,9 @@ def main(argv=None) -> int:
             print(f"mlip-run: error: --set {item!r}: use --set NAME=VALUE", file=sys.stderr)
             return 2
         template[k] = v
-    options = {k: v for k, v in vars(args).items() if k not in ("experiment", "set")}
+    options = {k: v for k, v in vars(args).items() if k not in ("experiment", "set", "compile")}
+    if args.compile:  # servers and <ffdirect> load models through load_model, which reads it
+        os.environ[COMPILE_VARIABLE] = "1"
     try:
         result = run_experiment(args.experiment, template=template, **options)
     except MLIPError as err:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..cli_help import HelpFormatter
 from ..core.averaging import DIRECT, VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
+from ..formats import COMPILE_VARIABLE
 from ..structures import read_numbers
 from ..supervision import Heartbeat
 from ..uncertainty import UncertaintyLog
@@ -154,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         "completed exchange, the end of that connection (ASE's SocketIOCalculator ends this way)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="serve TorchScript contract models as AOTInductor packages, compiled on first use into "
+        "a cache (~/.cache/mlip-server/compiled, $MLIP_COMPILE_CACHE; 1-2 min the first time), "
+        "TorchScript after one warning line if compiling fails",
+    )
     p.add_argument("--log-every", type=int, default=100, help="log statistics every N evaluations")
     p.add_argument(
         "--heartbeat",
@@ -209,6 +218,8 @@ def main(argv=None) -> int:
             if args.uncertainty_threshold is None
             else UncertaintyLog(args.uncertainty_threshold, args.save_uncertain)
         )
+        if args.compile:
+            os.environ[COMPILE_VARIABLE] = "1"  # read by load_model (every member of a committee)
         evaluator = Evaluator(
             args.model or args.committee,
             device=args.device,

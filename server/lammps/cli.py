@@ -334,6 +334,11 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--average", default="none", help="server rotational averaging spec (e.g. 2i; see mlip-server --help)"
     )
     p.add_argument(
+        "--compile",
+        action="store_true",
+        help="the servers serve the model as a package compiled on first use (mlip-server --compile)",
+    )
+    p.add_argument(
         "--threads", type=int, default=0, help="server torch threads (0, the default: torch's own choice)"
     )
     p.add_argument(
@@ -599,7 +604,7 @@ def _model(args):
 
 
 def _server_args(args) -> list:
-    server_args = ["--average", args.average]
+    server_args = ["--average", args.average] + (["--compile"] if getattr(args, "compile", False) else [])
     if args.dtype:
         server_args += ["--dtype", args.dtype]
     if args.threads:
