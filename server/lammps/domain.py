@@ -18,6 +18,15 @@ water subdomain ~1.7 instead of ~2.8 evaluated atoms per owned atom) and needs o
 instead of two (the owned-only energy for the virial, all atoms' for the forces); the price,
 one ``Alltoallv`` of the ghost rows per step, is measured in ``bench/lammps_scaling.py``.
 
+The cell's diagnostics: an averaged server (``--average SPEC``) also returns every rotated copy's
+weight, owned-terms energy and forces on the cluster (DOMAINDATA flag bit 2); the copies' forces
+travel with the ghost rows (3 columns per copy), so every owned atom ends with its exact per-copy
+forces, and the cell's energy spread (from the copies' energies summed over ranks) and RMS force
+spread (from the per-atom variances summed over ranks) are the gather route's numbers (``f_ID[3]``,
+``f_ID[4]``); the price is K × 3 more columns per ghost row for a K-copy grid. A committee's
+largest per-atom force spread (``f_ID[6]``) above ``--uncertainty-threshold`` gathers the whole
+cell to rank 0 for the :class:`~server.uncertainty.UncertaintyLog` (only then).
+
 The range check: a model that passes messages but does not declare ``interaction_range`` (so is
 taken as local, R = cutoff) would give wrong forces silently. On the first force call the rank
 with the most atoms also evaluates its owned atoms with a shell of 2R, collected from all ranks'
