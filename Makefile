@@ -107,6 +107,12 @@ clean:
 # the SLURM templates of hpc/, submitted unchanged to a real single-node SLURM that
 # hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
 # stops at the end; tests/test_hpc.py's stand-in tests run too (a few minutes on 2 cores)
+# compiled models (issue 28): the shipped PET compiled into an AOTInductor package and compared
+# with its TorchScript file (make test compiles only the water toy; this adds ~2 min on 2 cores)
+.PHONY: test-compiled
+test-compiled: install
+	MLIP_TEST_COMPILED_PET=1 $(PY) -m pytest -q -ra tests/test_compiled.py
+
 .PHONY: test-hpc
 test-hpc: install
 	hpc/local-slurm/cluster.sh run -- $(PY) -m pytest -q -ra tests/test_slurm.py tests/test_hpc.py
