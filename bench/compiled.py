@@ -1,0 +1,157 @@
+"""Compiled packages (AOTInductor ``.pt2``, ``mlip-compile``) vs TorchScript, side by side.
+
+For each model (default: the shipped PET; ``--models`` adds e.g. the n2p2 teacher): compile
+time, load + first-call time, then per-call time of the package and of the TorchScript file
+(one Evaluator each, neighbour list included, same structure) at 3, 192 and 1536 atoms, raw and
+``2i``, and the agreement of energies, forces and virials (molecule, 192, 1536 and 12,288 atoms,
+two structures in one batch, 2i rotations) in float32 and, with ``--float64``, float64.
+
+    python -m bench.compiled [--models models/water-pet.pt ...] [--float64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import machine, timeit, write
+from server.compile import compile_file
+from server.core.errors import MLIPError
+from server.core.evaluator import Evaluator
+from server.core.graph import Structure
+from server.structures import water_box, water_molecule
+
+__all__ = ["main"]
+
+SPEED_SIZES = (1, 64, 512)  # molecules: 3, 192, 1536 atoms
+EQUALITY_SIZES = (1, 64, 512, 4096)  # + 12,288 atoms
+
+
+def _structure(n: int, seed: int = 1) -> Structure:
+    if n == 1:
+        a = water_molecule()
+        return Structure(numbers=a.numbers, positions=a.positions, cell=np.zeros((3, 3)), pbc=False)
+    a = water_box(n, seed=seed)
+    return Structure(numbers=a.numbers, positions=a.positions, cell=np.array(a.cell), pbc=True)
+
+
+def _rel(a, b) -> float:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(np.asarray(b)).max(), 1e-300))
+
+
+def _errors(pk: Evaluator, ts: Evaluator, structures, averaging) -> dict:
+    a, b = pk.compute(structures, averaging), ts.compute(structures, averaging)
+    return {
+        "energy": max(abs(x.energy - y.energy) / max(abs(y.energy), 1e-300) for x, y in zip(a, b)),
+        "forces": max(_rel(x.forces, y.forces) for x, y in zip(a, b)),
+        "virial": max(_rel(x.virial, y.virial) for x, y in zip(a, b)),
+    }
+
+
+def bench_model(model: str, dtype: str, device: str, work: Path, speed: bool, repeat: int) -> dict:
+    out = work / f"{Path(model).stem}-{dtype}.pt2"
+    row = {"model": model, "dtype": dtype}
+    t0 = time.perf_counter()
+    try:
+        compile_file(model, out, device, dtype)
+    except MLIPError as err:
+        row["error"] = str(err)
+        return row
+    row["compile_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pk = Evaluator(str(out), device=device)
+    pk.compute([_structure(64)])
+    row["load_and_first_call_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ts = Evaluator(model, device=device, dtype=dtype)
+    ts.compute([_structure(64)])
+    row["torchscript_load_and_first_call_s"] = time.perf_counter() - t0
+    row["package_bytes"] = os.path.getsize(out)
+    errors = {}
+    for n in EQUALITY_SIZES:
+        s = _structure(n)
+        errors[f"{3 * n} atoms raw"] = _errors(pk, ts, [s], None)
+        if n <= 512:
+            errors[f"{3 * n} atoms 2i"] = _errors(pk, ts, [s], "2i")
+    errors["192 + 1536 atoms batched, 2i"] = _errors(pk, ts, [_structure(64, 3), _structure(512, 4)], "2i")
+    row["relative_errors"] = errors
+    if speed:
+        times = {}
+        for n in SPEED_SIZES:
+            s = _structure(n)
+            for averaging in (None, "2i"):
+                label = f"{3 * n} atoms {'raw' if averaging is None else averaging}"
+                reps = repeat if n < 512 or averaging is None else max(3, repeat // 3)
+                t_ts = timeit(lambda: ts.compute([s], averaging), repeat=reps, warmup=2)
+                t_pk = timeit(lambda: pk.compute([s], averaging), repeat=reps, warmup=2)
+                times[label] = {"torchscript_ms": 1e3 * t_ts, "package_ms": 1e3 * t_pk, "ratio": t_pk / t_ts}
+        row["per_call"] = times
+    return row
+
+
+def markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = [
+        "## Compiled packages vs TorchScript (`bench/compiled.py`)",
+        "",
+        f"Machine: {m.get('cpu')} ({m.get('cpus_available')} CPUs available, load "
+        f"{m.get('load_average_at_start'):.1f} at start), torch {m.get('torch')} with "
+        f"{m.get('torch_threads')} threads, device {data['device']}, "
+        f"{m.get('date')}. Per call: `Evaluator.compute` of one structure (neighbour list included), median, "
+        "package and TorchScript side by side in one run; ratio = package / TorchScript.",
+        "",
+    ]
+    for row in data["rows"]:
+        lines.append(f"**{row['model']}**, {row['dtype']}:")
+        lines.append("")
+        if "error" in row:
+            lines += [f"not compiled: {row['error']}", ""]
+            continue
+        lines.append(
+            f"compile {row['compile_s']:.0f} s; package load + first call (192 atoms) "
+            f"{row['load_and_first_call_s']:.1f} s "
+            f"(TorchScript {row['torchscript_load_and_first_call_s']:.1f} s); "
+            f"package {row['package_bytes'] / 1e6:.1f} MB"
+        )
+        lines.append("")
+        if "per_call" in row:
+            lines += ["| structure | TorchScript ms | package ms | ratio |", "|---|---|---|---|"]
+            for label, t in row["per_call"].items():
+                lines.append(
+                    f"| {label} | {t['torchscript_ms']:.2f} | {t['package_ms']:.2f} | {t['ratio']:.2f} |"
+                )
+            lines.append("")
+        lines += ["| agreement (max relative) | energy | forces | virial |", "|---|---|---|---|"]
+        for label, e in row["relative_errors"].items():
+            lines.append(f"| {label} | {e['energy']:.1e} | {e['forces']:.1e} | {e['virial']:.1e} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["models/water-pet.pt"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--float64", action="store_true", help="also compile and compare float64 packages")
+    p.add_argument("--repeat", type=int, default=9)
+    args = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models:
+            rows.append(bench_model(model, "float32", args.device, Path(tmp), True, args.repeat))
+            if args.float64:
+                rows.append(bench_model(model, "float64", args.device, Path(tmp), False, args.repeat))
+            print(rows[-1], flush=True)
+    data = {"machine": machine(args.device), "device": args.device, "rows": rows}
+    write("compiled", data, markdown(data))
+    print(markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
