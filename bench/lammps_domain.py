@@ -16,6 +16,8 @@ Sections (each writes its rows into ``bench/results/lammps_domain.json``):
   the same box. Efficiency = step time (1 rank) / step time (2 ranks).
 * ``routes`` — 12,288 (and with ``--large`` 98,304) atoms: gather on 1 rank vs domain on 2 ranks
   with one server vs domain on 2 ranks with two servers.
+* ``metatomic`` — 12,288 atoms, the project's metatomic export of the model (float32) beside the
+  contract model itself, measured back to back: gather on 1 rank vs domain on 2 ranks × 2 servers.
 * ``cap`` — the memory cap lifted: 98,304 atoms (the 512-molecule box 4×4×4), which no single
   model call on this machine can hold (gather: one call on every atom), as 8 ranks of 12,288 owned
   atoms on one server with 2 threads (its calls one after the other, so memory is one rank's
@@ -146,10 +148,10 @@ class PeakMemory:
         self._thread.join()
 
 
-def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> dict:
-    data = write_water_data(512, lammps_inputs_dir() / "water-512.data")
+def lammps(model, replicas, np_, decomposition, servers, steps, threads=1, dtype=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="lammps-domain-") as tmp, PeakMemory() as memory:
         workdir = Path(tmp)
+        data = write_water_data(512, workdir / "water-512.data")
         nx, ny, nz = replicas
         variables = [("data", data), ("nx", nx), ("ny", ny), ("nz", nz), ("steps", steps)]
         variables += [("thermo", steps), ("dump", 100 * steps)]
@@ -163,7 +165,7 @@ def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> di
             variables=variables,
             workdir=workdir,
             echo=False,
-            server_args=["--threads", str(threads)],
+            server_args=["--threads", str(threads)] + (["--dtype", dtype] if dtype else []),
             bridge_args=bridge_args,
             decomposition=decomposition,
             servers=servers,
@@ -214,6 +216,21 @@ def lammps(model, replicas, np_, decomposition, servers, steps, threads=1) -> di
     return row
 
 
+def metatomic_rows(model: str, steps: int) -> list[dict]:
+    """12,288 atoms, gather 1 × 1 and domain 2 × 2, for the contract model and its metatomic
+    export (float32), one after the other under the same conditions."""
+    from training.export_metatomic import export_metatomic
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lammps-metatomic-") as tmp:
+        exported = export_metatomic(model, Path(tmp) / "model-metatomic.pt", "float32")
+        for label, path, dtype in (("contract", model, "float32"), ("metatomic", exported, None)):
+            for np_, route, servers in ((1, "gather", 1), (2, "domain", 2)):
+                row = lammps(path, (2, 2, 2), np_, route, servers, steps, dtype=dtype)
+                rows.append(dict(row, format=label))
+    return rows
+
+
 def table(rows) -> str:
     lines = [
         "| atoms | route | ranks × servers | s/step | evaluated/owned (continuum; surface) | bridge share |",
@@ -225,8 +242,9 @@ def table(rows) -> str:
             if "evaluated_per_owned" in r
             else "1"
         )
+        route = r["decomposition"] + (f" ({r['format']})" if "format" in r else "")
         lines.append(
-            f"| {r['atoms']:,} | {r['decomposition']} | {r['ranks']} × {r['servers']} | {r['step_s']:.3g} | "
+            f"| {r['atoms']:,} | {route} | {r['ranks']} × {r['servers']} | {r['step_s']:.3g} | "
             f"{ratio} | {r['bridge_share']:.2%} |"
         )
     return "\n".join(lines)
@@ -239,7 +257,7 @@ def main(argv=None) -> int:
         "--sections",
         nargs="+",
         default=["shells", "weak", "routes"],
-        help="shells weak routes cap (cap: long, not default)",
+        help="shells weak routes metatomic cap (metatomic and cap: not default)",
     )
     p.add_argument("--large", action="store_true", help="also 49,152 atoms per rank / 98,304 atoms")
     p.add_argument("--steps", type=int, default=3, help="MD steps per run (after the set-up call)")
@@ -247,7 +265,7 @@ def main(argv=None) -> int:
     model = args.model or str(shipped_model())
     info = machine()
     out = {"benchmark": "lammps_domain", "model": args.model or "models/water-pet.pt", "machine": info}
-    sections = ("shells", "weak", "routes", "cap")
+    sections = ("shells", "weak", "routes", "metatomic", "cap")
     path = project_root() / "bench" / "results" / f"{result_name('lammps_domain')}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     out.update({k: v for k, v in earlier.items() if k in sections or k == "machine_by_section"})
@@ -278,6 +296,8 @@ def main(argv=None) -> int:
             routes.append(lammps(model, rep, 2, "domain", 1, args.steps))
             routes.append(lammps(model, rep, 2, "domain", 2, args.steps))
         out["routes"] = routes
+    if "metatomic" in args.sections:
+        out["metatomic"] = metatomic_rows(model, args.steps)
     if "cap" in args.sections:
         out["cap"] = [lammps(model, (4, 4, 4), 8, "domain", 1, args.steps, threads=2)]
     info["load_average_at_end"] = os.getloadavg()[0]
@@ -289,6 +309,7 @@ def main(argv=None) -> int:
         table(
             [w[k] for w in out.get("weak", []) for k in ("one", "two")]
             + out.get("routes", [])
+            + out.get("metatomic", [])
             + out.get("cap", [])
         )
     )

@@ -87,7 +87,9 @@ def model_from_checkpoint(checkpoint, which: str = "best_model") -> PET:
 
 
 def export(checkpoint, path) -> str:
-    """Exports the best model of ``checkpoint`` as TorchScript under the model contract.
+    """Exports the best model of ``checkpoint`` as TorchScript under the model contract, or,
+    when ``path`` ends in ``.pt2``, as a compiled AOTInductor package for this machine (CPU,
+    float32; traced from the eager model, no TorchScript involved: :mod:`server.compile`).
 
     The file gets attributes ``cutoff`` (Å) and ``species``; the server loads it once (a
     contract check) before it appears under its name.
@@ -108,6 +110,13 @@ def export(checkpoint, path) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".pt2":
+        from server.compile import compile_module, file_hash
+
+        source = checkpoint if not isinstance(checkpoint, dict) else "<checkpoint>"
+        digest = file_hash(checkpoint) if not isinstance(checkpoint, dict) else None
+        compile_module(model_from_checkpoint(checkpoint), path, "cpu", "float32", str(source), digest)
+        return str(path)
     scripted = to_torchscript(model_from_checkpoint(checkpoint))
     tmp = path.with_name(path.name + ".tmp")
     torch.jit.save(scripted, str(tmp))

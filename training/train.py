@@ -731,7 +731,8 @@ def main(argv=None) -> int:
         "--export",
         nargs=2,
         metavar=("CHECKPOINT", "OUT"),
-        help="export the best model of CHECKPOINT to the TorchScript file OUT and exit",
+        help="export the best model of CHECKPOINT to the TorchScript file OUT (a compiled AOTInductor "
+        "package for this machine when OUT ends in .pt2) and exit",
     )
     args = parser.parse_args(argv)
     try:
