@@ -7,7 +7,7 @@ Real LAMMPS (Python module, MPI ranks), real mlip-server processes, real metatom
   ``energy/double``) equals the gather route of the same file: energy, pressure tensor, forces
   to 1e-5 relative; per-atom energies sum to the energy, -Σ stress/atom to P_virial × V;
 * a metatomic model that ignores ``selected_atoms`` is refused when its server connects, in one
-  line that says why;
+  line that says why; so is ``--per-atom`` with a model whose energy is per system only;
 * ``f_mlip[3]``/``[4]`` (the rotational spreads of an averaged model) are the cell's values in
   the domain route, equal to the gather route's;
 * ``mlip-lammps-run --uncertainty-threshold --save-uncertain`` in the domain route writes the whole
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from test_lammps import _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
 from test_lammps_domain import _ok, _water_deck, domain_run
+from test_metatomic import system_energy_model  # noqa: F401 - a fixture
 
 from server.lammps.mpi import mpi_env
 from server.paths import shipped_model
@@ -130,6 +131,16 @@ def test_a_metatomic_model_that_ignores_selected_atoms_is_refused_in_one_line(tm
     errors = [line for line in result.bridge_output.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.bridge_output, result.bridge_output
     assert "ignores selected_atoms" in errors[0] and "use --decomposition gather" in errors[0]
+
+
+def test_per_atom_outputs_need_a_per_atom_energy_output(tmp_path, system_energy_model, water64):  # noqa: F811
+    """A metatomic model whose energy is per system only serves the route, but not --per-atom."""
+    deck = _water_deck(tmp_path, water64, steps=2, per_atom=True)
+    result = domain_run(tmp_path, deck, system_energy_model, ["O", "H"], 2, bridge_args=["--per-atom"])
+    assert result.code == 2 and result.bridge_code == 2, result.bridge_output[-2000:]
+    errors = [line for line in result.bridge_output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.bridge_output, result.bridge_output
+    assert "gives no per-atom energies" in errors[0] and "run without --per-atom" in errors[0]
 
 
 # --------------------------------------------------------------------------- the route's diagnostics

@@ -367,3 +367,39 @@ def test_variant_outputs_are_declared_and_energy_is_served(models_dir, strongly_
 
 def _graph(model, s):
     return build_graph(s, "test", set(model.species), model.cutoff, 0.1, model.path)
+
+
+@pytest.fixture(scope="module")
+def system_energy_model(models_dir, strongly_anisotropic_model):
+    """The wrapper of the contract model, declaring its energy per system only: selected_atoms
+    works, per-atom energies are not offered."""
+    from training.metatomic_wrapper import ContractAsMetatomic
+
+    module = torch.jit.load(strongly_anisotropic_model)
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")},
+        atomic_types=[1, 8],
+        interaction_range=float(module.cutoff),
+        length_unit="angstrom",
+        supported_devices=["cpu"],
+        dtype="float64",
+    )
+    path = models_dir / "system-energy-metatomic.pt"
+    mta.AtomisticModel(
+        ContractAsMetatomic(module).eval(), mta.ModelMetadata(name="system"), capabilities
+    ).save(str(path))
+    return str(path)
+
+
+def test_a_model_without_per_atom_energies_serves_subsets_but_refuses_per_atom(
+    system_energy_model, strongly_anisotropic_model
+):
+    ev = Evaluator(system_energy_model)
+    assert ev.model.sums_atomic_energies and not ev.model.per_atom_energies
+    s = _structures()[1]
+    owned = Structure(s.positions, s.numbers, owned=4)
+    a, b = Evaluator(strongly_anisotropic_model).compute([owned])[0], ev.compute([owned])[0]
+    assert b.energy == pytest.approx(a.energy, rel=1e-12)
+    np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
+    with pytest.raises(ModelError, match="no per-atom energy output.*run without --per-atom"):
+        ev.compute([Structure(s.positions, s.numbers, owned=4, per_atom=True)])
