@@ -27,6 +27,7 @@ model is served, after one warning line.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -259,16 +260,12 @@ def compile_module(module, out, device="cpu", dtype=None, source="<in-memory>", 
     if out.suffix != ".pt2":
         raise CompileError(f"{out}: a package's name must end in .pt2")
     scripted = isinstance(module, torch.jit.ScriptModule)
-    checked = ContractModel.from_module(
-        module if scripted else torch.jit.script(module), source, device, dtype
-    )  # contract checks, cast to device/dtype
-    dtype = checked.dtype
-    if not scripted:
-        module = module.to(device=device, dtype=dtype).eval()
+    if not scripted:  # an eager module: no TorchScript anywhere on this route
+        module = copy.deepcopy(module)
         for p in module.parameters():
             p.requires_grad_(False)
-    else:
-        module = checked.module
+    checked = ContractModel.from_module(module, source, device, dtype)  # contract checks, cast
+    dtype, module = checked.dtype, checked.module
     cutoff, species = checked.cutoff, checked.species
     # sizes unlike each other and unlike 2 and 3 (make_fx's symbolic shapes unify equal sizes: a
     # batch of 3 structures would be tied to the 3 of the edge vectors and baked in)

@@ -107,8 +107,10 @@ def padded_layout(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, in
     counts = torch.bincount(centres, minlength=n_atoms)
     # no branch on the data (torch.export / AOTInductor): clamp instead of max(..., 1); with
     # no edge every count is 0 and M = 1 as before
-    max_neighbours = int(counts.max().clamp(min=1))
-    if not torch.jit.is_scripting():  # tracing for export (mlip-compile): M is data-dependent, ≥ 1
+    if torch.jit.is_scripting():
+        max_neighbours = int(counts.max().clamp(min=1))
+    else:  # eager, or traced for export (mlip-compile): M is data-dependent and ≥ 1
+        max_neighbours = counts.max().clamp(min=1).item()
         torch.ops.aten.sym_constrain_range_for_size.default(max_neighbours, min=1)
     order = torch.argsort(centres, stable=True)
     first = torch.cumsum(counts, 0) - counts  # index of each atom's first edge in `order`
