@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU benchmark in one call (at most ~8 minutes on one H100/H200), for a device machine:
+# Every GPU benchmark in one call (at most ~15 minutes on one H100/H200), for a device machine:
 #   bash bench/gpu.sh            (after `make install`; DEVICE=cuda:1 to pick another GPU)
 # Results go to bench/results/NAME-gpu.json and .md beside the CPU ones (MLIP_BENCH_TAG=gpu),
 # and BENCHMARKS.md is regenerated. Each step has its own time limit, so one slow part cannot
