@@ -7,7 +7,8 @@ Real LAMMPS (Python module, MPI ranks), real mlip-server processes, real metatom
   ``energy/double``) equals the gather route of the same file: energy, pressure tensor, forces
   to 1e-5 relative; per-atom energies sum to the energy, -Σ stress/atom to P_virial × V;
 * a metatomic model that ignores ``selected_atoms`` is refused when its server connects, in one
-  line that says why; so is ``--per-atom`` with a model whose energy is per system only;
+  line that says why; so is ``--per-atom`` with a model whose energy is per system only, and an
+  export that declares the 4 Å cutoff as its range (exports before issue 29) by the range check;
 * ``f_mlip[3]``/``[4]`` (the rotational spreads of an averaged model) are the cell's values in
   the domain route, equal to the gather route's;
 * ``mlip-lammps-run --uncertainty-threshold --save-uncertain`` in the domain route writes the whole
@@ -131,6 +132,34 @@ def test_a_metatomic_model_that_ignores_selected_atoms_is_refused_in_one_line(tm
     errors = [line for line in result.bridge_output.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.bridge_output, result.bridge_output
     assert "ignores selected_atoms" in errors[0] and "use --decomposition gather" in errors[0]
+
+
+def test_an_export_declaring_the_cutoff_as_its_range_is_refused_by_the_range_check(tmp_path, water64):
+    """Exports made before issue 29 declared PET's 4 Å cutoff as interaction_range (the real one
+    is 8 Å): the first step's range check finds it and stops the run in one line."""
+    import torch
+
+    from training.metatomic_wrapper import ContractAsMetatomic
+
+    module = torch.jit.load(str(shipped_model())).to(torch.float32).eval()
+    capabilities = mta.ModelCapabilities(
+        outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="atom")},
+        atomic_types=[1, 8],
+        interaction_range=float(module.cutoff),
+        length_unit="angstrom",
+        supported_devices=["cpu"],
+        dtype="float32",
+    )
+    path = tmp_path / "pet-old-range.pt"
+    mta.AtomisticModel(ContractAsMetatomic(module).eval(), mta.ModelMetadata(name="old"), capabilities).save(
+        str(path)
+    )
+    deck = _water_deck(tmp_path, water64, steps=2)
+    result = domain_run(tmp_path, deck, str(path), ["O", "H"], 2)
+    assert result.code == 1 and result.bridge_code == 1, result.bridge_output[-2000:]
+    errors = [line for line in result.bridge_output.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "Traceback" not in result.bridge_output, result.bridge_output
+    assert "declares interaction_range = 4 Å, but" in errors[0] and "from 4 to 8 Å" in errors[0]
 
 
 def test_per_atom_outputs_need_a_per_atom_energy_output(tmp_path, system_energy_model, water64):  # noqa: F811
