@@ -81,6 +81,7 @@ def _same_physics(ref_dir, got_dir, tol=TOL):
     fa = read_dump(ref_dir / "traj.dump", ["O", "H"]).get_forces()
     fb = read_dump(got_dir / "traj.dump", ["O", "H"]).get_forces()
     forces = np.abs(fa - fb).max() / np.abs(fa).max()
+    print(f"domain vs gather, relative: energy {energy:.2g}, pressure {pressure:.2g}, forces {forces:.2g}")
     assert energy <= tol and pressure <= tol and forces <= tol, (energy, pressure, forces)
     return got
 
