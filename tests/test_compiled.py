@@ -192,3 +192,24 @@ def test_shipped_pet_package(tmp_path):
     ):
         for averaging in (None, "2i"):
             _assert_same(pk.compute([s], averaging), ts.compute([s], averaging), 1e-5)
+
+
+def test_package_everywhere_a_model_is(package, toy_model):
+    """ASE, a committee with a TorchScript member, mlip-server --check and its --compile flag."""
+    from server.ase_calculator import MLIPCalculator
+    from server.core.committee import load_committee
+    from server.ipi.serve import build_parser
+    from server.model_check import check_model
+
+    atoms = water_box(8, seed=1)
+    energies = []
+    for model in (package[0], toy_model):
+        atoms.calc = MLIPCalculator(model)
+        energies.append((atoms.get_potential_energy(), atoms.get_forces()))
+    assert abs(energies[0][0] - energies[1][0]) <= 1e-10 * abs(energies[1][0])
+    assert _rel(energies[0][1], energies[1][1]) <= 1e-10
+    committee = load_committee([package[0], toy_model])
+    assert [type(m).__name__ for m in committee.members] == ["CompiledModel", "ContractModel"]
+    lines, code = check_model(package[0])
+    assert code == 0 and lines[0].startswith("compiled model")
+    assert build_parser().parse_args(["--model", package[0], "--address", "unix:x", "--compile"]).compile
