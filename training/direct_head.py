@@ -231,14 +231,13 @@ def cache(pet: PET, frames, conservative) -> list:
     from server.core.graph import Structure
 
     items = []
-    with torch.no_grad():
-        for atoms in frames:
-            vectors, edge_index, numbers = _graph_tensors(atoms, pet.cutoff)
+    for atoms in frames:
+        vectors, edge_index, numbers = _graph_tensors(atoms, pet.cutoff)
+        with torch.no_grad():
             _, tokens, _ = pet.backbone(vectors, edge_index, numbers)
-            target = conservative.compute([Structure.from_ase(atoms)])[0].forces
-            items.append(
-                (tokens, vectors, edge_index[0], len(numbers), torch.tensor(target, dtype=torch.float32))
-            )
+        target = conservative.compute([Structure.from_ase(atoms)])[0].forces  # needs autograd
+        target = torch.tensor(target, dtype=torch.float32)
+        items.append((tokens, vectors, edge_index[0], len(numbers), target))
     return items
 
 

@@ -7,8 +7,11 @@
   ``anisotropy``), smooth at the cutoff. A toy, not a water model.
 
 * :class:`LennardJonesDirect` — :class:`LennardJones` with an analytic direct-force head
-  (``direct_forces`` = −∇E plus a constant ``bias`` per atom, so the served direct forces, net force
-  removed, equal the conservative ones), ``direct_virial`` and ``forward_direct``.
+  (``direct_forces`` = −∇E plus ``bias`` × the atom's neighbour count: a net force to remove and a
+  term fixed in the model's frame, which averaging over a grid with inversion cancels),
+  ``direct_virial`` (the analytic pair virial) and ``forward_direct``.
+* :class:`WaterToyDirect` — the water toy with a direct head that is the force of its Morse part
+  only (≠ −∇E by the non-invariant term; no direct virial), for the direct-force experiments.
 * :class:`TwoHopDensity` — a two-layer "message-passing" toy: atom i's energy depends on its
   neighbours' densities, so on atoms up to 2 × cutoff away; declares (or, for testing the
   bridge's range check, hides) ``interaction_range``.
@@ -26,6 +29,8 @@ __all__ = [
     "LennardJones",
     "LennardJonesDirect",
     "AnisotropicPairModel",
+    "WaterToyDirect",
+    "water_toy_direct",
     "TwoHopDensity",
     "water_toy",
     "export",
@@ -151,6 +156,45 @@ class AnisotropicPairModel(torch.nn.Module):
         return _sum_per_structure(0.5 * (morse + aniso) * fc, edge_index, structure_index, n_structures)
 
 
+class WaterToyDirect(AnisotropicPairModel):
+    """:class:`AnisotropicPairModel` with a direct-force head that is the analytic force of its
+    Morse part only: close to −∇E (which also has the ``anisotropy`` MLP term) but not equal, as
+    a learned head is; no direct virial (what the shipped PET's head lacks too)."""
+
+    @torch.jit.export
+    def direct_forces(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        kind = self.lookup[numbers]
+        ki, kj = kind[edge_index[0]], kind[edge_index[1]]
+        d = torch.sqrt((edge_vectors**2).sum(dim=1))
+        inside = d < self.cutoff
+        fc = torch.where(inside, 0.5 * (torch.cos(math.pi * d / self.cutoff) + 1.0), torch.zeros_like(d))
+        dfc = torch.where(
+            inside, -0.5 * math.pi / self.cutoff * torch.sin(math.pi * d / self.cutoff), torch.zeros_like(d)
+        )
+        a, depth = self.a[ki, kj], self.depth[ki, kj]
+        x = torch.exp(-a * (d - self.r0[ki, kj]))
+        morse, dmorse = depth * (x * x - 2.0 * x), 2.0 * a * depth * (x - x * x)
+        g = (0.5 * (dmorse * fc + morse * dfc) / d).unsqueeze(1) * edge_vectors  # ∂u_e/∂r_e, eV/Å
+        forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
+        return forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
+
+
+def water_toy_direct(anisotropy: float = 0.02, seed: int = 0) -> "WaterToyDirect":
+    """:func:`water_toy` with the Morse-only direct head of :class:`WaterToyDirect`."""
+    model = WaterToyDirect(species=[1, 8], cutoff=4.0, anisotropy=anisotropy, seed=seed)
+    model.set_pair(1, 8, depth=4.0, r0=0.97, width=2.3)
+    model.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
+    model.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
+    return model
+
+
 class TwoHopDensity(torch.nn.Module):
     """E = Σ_i [a_Z ρ̃_i + b ρ̃_i²] with ρ_i = Σ_j c(r_ij) w_Zj and ρ̃_i = Σ_j c(r_ij) ρ_j, where
     c(r) = (1 − (r/rc)²)² for r < rc: a two-hop (two message-passing layers) energy whose range is
@@ -196,12 +240,13 @@ class TwoHopDensity(torch.nn.Module):
 
 
 class LennardJonesDirect(LennardJones):
-    """:class:`LennardJones` whose direct head is its analytic force plus ``bias`` (eV/Å, the same
-    vector on every atom: a net force the server must remove), with the analytic pair virial."""
+    """:class:`LennardJones` whose direct head is its analytic force plus ``bias`` (eV/Å) times each
+    atom's number of neighbours (not rotation-covariant, and with a net force the server must
+    remove), with the analytic pair virial."""
 
     def __init__(self, *args, bias: List[float] = [0.1, -0.2, 0.3], **kwargs):
         super().__init__(*args, **kwargs)
-        self.register_buffer("bias", torch.tensor(bias))
+        self.register_buffer("bias", torch.tensor(bias, dtype=torch.float64))
 
     def _pair_gradient(self, edge_vectors: torch.Tensor) -> torch.Tensor:
         """g_e = ∂E/∂r_e of each edge (eV/Å): E = Σ_e ½ pair(r_e²) gives g_e = pair'(r_e²) r_e."""
@@ -223,7 +268,8 @@ class LennardJonesDirect(LennardJones):
         g = self._pair_gradient(edge_vectors)
         forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
         forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
-        return forces + self.bias.to(g.dtype)
+        counts = torch.bincount(edge_index[0], minlength=numbers.shape[0]).to(g.dtype)
+        return forces + counts.unsqueeze(1) * self.bias.to(g.dtype)
 
     @torch.jit.export
     def direct_virial(

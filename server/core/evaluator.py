@@ -375,9 +375,12 @@ def _combine(copies, rot, raw_only: bool, direct: bool = False) -> Result:
         result.atom_virials = np.einsum("k,kiab->iab", w, np.stack([c.atom_virials for c in copies]))
     if copies[0].members is not None:
         members = [[c.members[m] for c in copies] for m in range(len(copies[0].members))]
+        member_forces = [np.einsum("k,kia->ia", w, np.stack([c.forces for c in mc])) for mc in members]
+        if net is not None:  # each member's direct forces lose their own net force
+            member_forces = [f - f.mean(axis=0) for f in member_forces]
         result.committee = CommitteeResult(
             np.array([w @ np.array([c.energy for c in mc]) for mc in members]),
-            np.stack([np.einsum("k,kia->ia", w, np.stack([c.forces for c in mc])) for mc in members]),
+            np.stack(member_forces),
             np.stack([np.einsum("k,kab->ab", w, np.stack([c.virial for c in mc])) for mc in members]),
         )
         result.extras.update(committee_statistics(result.committee))

@@ -15,6 +15,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.averaging import DIRECT, Averaging
 from ..core.errors import InputError
 from ..paths import experiments_dir, shipped_model
 from ..structures import water_box, water_molecule, write_ipi_xyz
@@ -61,6 +62,8 @@ class RunOptions:
     beads: int | None = None
     stride: int | None = None
     average: str = "none"
+    forces: str = "conservative"
+    """``direct``: the endpoint of a one-endpoint experiment serves the model's direct forces."""
     specs: str | None = None
     seed: int = 12345
     device: str | None = None
@@ -230,7 +233,23 @@ def _endpoints(meta, values, options: RunOptions) -> dict:
     }
     if options.average != "none" and "avg" in endpoints:
         endpoints["avg"] = options.average
+    if options.forces == "direct" and len(endpoints) == 1:
+        (name,) = endpoints
+        endpoints[name] = direct_spec(endpoints[name])
     return endpoints
+
+
+def direct_spec(spec: str) -> str:
+    """``spec`` as direct forces: ``none`` → ``direct``, ``2i`` → ``direct+2i`` (unchanged if direct)."""
+    averaging = Averaging(spec)
+    if averaging.direct:
+        return spec
+    return DIRECT if averaging.is_raw else f"{DIRECT}+{spec}"
+
+
+def needs_virial(template: str) -> bool:
+    """Whether the experiment's i-PI input needs the pressure (a barostat)."""
+    return "$pressure" in template or "<barostat" in template
 
 
 def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptions) -> tuple[list, list]:
@@ -240,7 +259,7 @@ def _connections(meta, xml: str, endpoints: dict, run_id: str, options: RunOptio
         connections = int(re.search(r"nbeads=['\"](\d+)['\"]", xml).group(1))
     addresses, sockets = [], []
     for k, (e, spec) in enumerate(endpoints.items()):
-        n = connections if e == "raw" else 1
+        n = connections if e in meta.get("bead_endpoints", ["raw"]) else 1
         if options.transport == "inet":
             addresses += [f"inet:{options.host}:{options.port + k}={spec}"] * n
         else:
@@ -292,9 +311,17 @@ def render(name: str, options: RunOptions, out: Path, run_id: str) -> Rendered:
     addresses, sockets = _connections(meta, xml, endpoints, run_id, options)
     if options.transport == "ffdirect":
         addresses, sockets = [], []
-    return Rendered(
-        xml, "input.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
-    )
+    args = _server_args(meta, template, endpoints)
+    return Rendered(xml, "input.xml", endpoints, addresses, sockets, args, element_file)
+
+
+def _server_args(meta, template: str, endpoints: dict) -> list:
+    """The experiment's server arguments, plus ``--require-virial`` when it needs the pressure and
+    an endpoint serves direct forces (the server refuses a model without a direct virial)."""
+    args = list(meta.get("server_args", []))
+    if needs_virial(template) and any(Averaging(spec).direct for spec in endpoints.values()):
+        args.append("--require-virial")
+    return args
 
 
 def check_options(name: str, meta: dict, template: str, options: RunOptions) -> None:
@@ -310,6 +337,7 @@ def check_options(name: str, meta: dict, template: str, options: RunOptions) -> 
     used = {key: f"${key}" in template or f"${{{key}}}" in template for key in TEMPLATE_KEYS}
     endpoints = meta["endpoints"]
     used["average"] = endpoints != "specs" and ("$average" in endpoints.values() or "avg" in endpoints)
+    used["forces"] = endpoints != "specs" and len(endpoints) == 1
     used["specs"] = used["trajectory"] = kind == "trajectory"
     used["structure"] = kind in ("water_box", "molecule", "file")
     used["molecules"] = used["density"] = kind == "water_box" and not options.structure
@@ -332,6 +360,8 @@ def _uses(name: str, key: str) -> bool:
     meta, template = load_experiment(name)
     if key in TEMPLATE_KEYS:
         return f"${key}" in template
+    if key == "forces":
+        return meta["endpoints"] != "specs" and len(meta["endpoints"]) == 1
     if key == "average":
         return meta["endpoints"] != "specs" and (
             "$average" in meta["endpoints"].values() or "avg" in meta["endpoints"]
@@ -386,6 +416,5 @@ def render_resume(name: str, options: RunOptions, folder: Path, run_id: str, che
     addresses, sockets = _connections(meta, text, endpoints, run_id, options)
     if options.transport == "ffdirect":
         addresses, sockets = [], []
-    return Rendered(
-        text, "resume.xml", endpoints, addresses, sockets, list(meta.get("server_args", [])), element_file
-    )
+    args = _server_args(meta, load_experiment(name)[1], endpoints)
+    return Rendered(text, "resume.xml", endpoints, addresses, sockets, args, element_file)

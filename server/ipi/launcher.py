@@ -206,6 +206,8 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
         opts.model = str(model)
     try:
         rendered = render(name, opts, folder, run_id)
+        if "--require-virial" in rendered.server_args:
+            _check_direct_virial(name, model, opts)
     except MLIPError:
         if made:
             shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused run stays behind
@@ -216,6 +218,20 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
     write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
     print(f"mlip-run: {name} in {folder}", file=out, flush=True)
     return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+
+
+def _check_direct_virial(name: str, model, opts: RunOptions) -> None:
+    """Refuses, before anything starts, a run that needs the pressure on direct forces of a model
+    without a direct virial (the server would refuse it too, after i-PI started)."""
+    from ..formats import load_model
+
+    models = model if isinstance(model, list) else [model]
+    lacking = [m for m in models if not load_model(str(m), "cpu", opts.dtype).direct_virial]
+    if lacking:
+        raise InputError(
+            f"{name} needs the pressure but {lacking[0]} has no direct virial: use conservative "
+            "forces (drop --forces direct)"
+        )
 
 
 def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _Launch | RunResult:
@@ -710,6 +726,13 @@ def build_parser():
     p.add_argument("--beads", type=int, help="path-integral beads (water-pimd*; default: the experiment's)")
     p.add_argument("--stride", type=int, help="output stride, steps (default: the experiment's)")
     p.add_argument("--average", default="none", help="averaging spec of the averaged endpoint")
+    p.add_argument(
+        "--forces",
+        default="conservative",
+        choices=["conservative", "direct"],
+        help="experiments of one endpoint: the gradient of the energy, or the model's direct forces "
+        "(no backward pass; models with a direct head); the *-nc-* experiments mix both themselves",
+    )
     p.add_argument("--specs", help="replay: comma-separated averaging specs")
     p.add_argument(
         "--seed", type=int, default=12345, help="seed of i-PI's thermostat/velocities and of the box"

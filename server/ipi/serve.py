@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         "direct (non-conservative) forces, no backward pass (= spec direct+AVERAGE; per endpoint: "
         "unix:fast=direct)",
     )
+    p.add_argument(
+        "--require-virial",
+        action="store_true",
+        help="refuse direct endpoints without a virial (runs that need the pressure: NPT; mlip-run sets it)",
+    )
     p.add_argument("--seed", type=int, default=12345, help="seed of random-rotation specs")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument(
@@ -251,7 +256,9 @@ def main(argv=None) -> int:
             "declared" if m.declared_range else "not declared: assumed local",
             "is" if m.sums_atomic_energies else "is NOT",
         )
-        check_direct(evaluator.model, [(str(a), specs[a.spec or average]) for a in addresses])
+        check_direct(
+            evaluator.model, [(str(a), specs[a.spec or average]) for a in addresses], args.require_virial
+        )
         unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
         if unknown:
             raise InputError(
@@ -300,14 +307,19 @@ def default_spec(average: str, forces: str) -> str:
     return DIRECT if Averaging(average).is_raw else f"{DIRECT}+{average}"
 
 
-def check_direct(model, endpoints) -> None:
-    """Refuses direct endpoints of a model without direct forces (one line) and says at start which
-    direct endpoints send a zero virial (the model has no direct virial)."""
+def check_direct(model, endpoints, require_virial: bool = False) -> None:
+    """Refuses direct endpoints of a model without direct forces, and (``require_virial``) without a
+    direct virial, in one line; says at start which direct endpoints send a zero virial."""
     direct = [name for name, averaging in endpoints if averaging.direct]
     if direct and not model.direct_forces:
         raise InputError(
             f"{direct[0]} asks for direct forces but {model.label} {model.path} has none (no "
             "direct_forces method / non_conservative_force output): drop 'direct' from its spec"
+        )
+    if direct and require_virial and not model.direct_virial:
+        raise InputError(
+            f"this run needs the pressure (NPT) but {direct[0]} serves direct forces and "
+            f"{model.path} has no direct virial: use conservative forces (drop --forces direct)"
         )
     for name in direct:
         log.info(

@@ -1,0 +1,222 @@
+"""Direct (non-conservative) forces: served values, no backward pass, averaging, committees, refusals.
+
+The analytic toy (:class:`training.toy_models.LennardJonesDirect`) predicts −∇E plus ``bias`` × the
+atom's neighbour count: the served direct forces must be that minus its mean (net force removed),
+and its grid average with inversion must be exactly −∇E again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from server.core.averaging import Averaging
+from server.core.errors import ModelError
+from server.core.evaluator import Evaluator, Structure
+from training.toy_models import LennardJonesDirect, export
+
+BIAS = np.array([0.1, -0.2, 0.3])
+
+
+@pytest.fixture(scope="module")
+def lj_direct(models_dir) -> str:
+    return export(LennardJonesDirect(bias=BIAS.tolist()), models_dir / "lj-direct.pt")
+
+
+@pytest.fixture
+def argon():
+    atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat(2)
+    atoms.rattle(0.15, seed=4)
+    return atoms
+
+
+def _neighbour_counts(evaluator, atoms):
+    g = evaluator._graph(Structure.from_ase(atoms), 0)
+    return np.bincount(g.edge_index[0], minlength=len(atoms))
+
+
+def test_served_direct_forces_are_the_head_minus_its_mean(lj_direct, argon):
+    ev = Evaluator(lj_direct)
+    assert ev.model.direct_forces and ev.model.direct_virial
+    s = Structure.from_ase(argon)
+    conservative = ev.compute([s])[0]
+    direct = ev.compute([s], "direct")[0]
+    head = conservative.forces + _neighbour_counts(ev, argon)[:, None] * BIAS
+    np.testing.assert_allclose(direct.forces, head - head.mean(axis=0), rtol=0, atol=1e-12)
+    assert abs(direct.energy - conservative.energy) < 1e-12
+    np.testing.assert_allclose(direct.virial, conservative.virial, rtol=0, atol=1e-12)  # the analytic one
+    net = np.linalg.norm(head.sum(axis=0))
+    assert direct.extras["direct_net_force"] == pytest.approx(net, rel=1e-12) and net > 1.0
+
+
+def test_direct_endpoint_runs_no_backward_pass(lj_direct, argon, monkeypatch):
+    ev = Evaluator(lj_direct)
+    calls = {"grad": 0, "backward": 0}
+    real_grad, real_backward = torch.autograd.grad, torch.Tensor.backward
+
+    def grad(*args, **kwargs):
+        calls["grad"] += 1
+        return real_grad(*args, **kwargs)
+
+    def backward(self, *args, **kwargs):
+        calls["backward"] += 1
+        return real_backward(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", grad)
+    monkeypatch.setattr(torch.Tensor, "backward", backward)
+    s = Structure.from_ase(argon)
+    ev.compute([s, s], ["direct", "direct+2i"])
+    assert calls == {"grad": 0, "backward": 0}
+    ev.compute([s])  # the instrument sees a conservative call
+    assert calls["grad"] == 1
+
+
+def test_direct_averaging_composes_with_rotations(lj_direct, argon):
+    ev = Evaluator(lj_direct)
+    s = Structure.from_ase(argon)
+    conservative = ev.compute([s])[0]
+    averaged = ev.compute([s], "direct+2i")[0]
+    # the model-frame term cancels between R and -R; what is left is -grad E
+    np.testing.assert_allclose(averaged.forces, conservative.forces, rtol=0, atol=1e-12)
+    # and it is the weighted mean of rotated-back raw direct forces
+    rot = Averaging("2i").rotations()
+    manual = np.zeros_like(averaged.forces)
+    for r, w in zip(rot.matrices, rot.weights):
+        rotated = Structure.from_ase(argon)
+        rotated.positions = argon.positions @ r.T
+        rotated.cell = np.array(argon.cell) @ r.T
+        manual += w * ev.compute([rotated], "direct")[0].forces @ r
+    np.testing.assert_allclose(averaged.forces, manual, rtol=0, atol=1e-11)
+    assert averaged.extras["n_rotations"] == int((rot.weights > 0).sum())
+
+
+def test_direct_committee_reports_direct_spreads(models_dir, argon):
+    a = export(LennardJonesDirect(bias=[0.1, 0.0, 0.0]), models_dir / "lj-direct-a.pt")
+    b = export(LennardJonesDirect(bias=[0.0, 0.2, 0.0]), models_dir / "lj-direct-b.pt")
+    ev = Evaluator([a, b])
+    s = Structure.from_ase(argon)
+    result = ev.compute([s], "direct")[0]
+    members = [Evaluator(m).compute([s], "direct")[0] for m in (a, b)]
+    np.testing.assert_allclose(result.forces, 0.5 * (members[0].forces + members[1].forces), atol=1e-12)
+    spread = np.linalg.norm(members[0].forces - members[1].forces, axis=1) / np.sqrt(2)
+    assert result.extras["committee_force_std_max"] == pytest.approx(spread.max(), rel=1e-10)
+    assert spread.max() > 0.1  # the heads differ: a spread of direct forces, not of -grad E (zero here)
+
+
+def test_model_without_direct_head_is_refused_in_one_line(lj_model, tmp_path, argon):
+    ev = Evaluator(lj_model)
+    assert not ev.model.direct_forces
+    with pytest.raises(ModelError, match="has no direct forces"):
+        ev.compute([Structure.from_ase(argon)], "direct")
+    argon.write(tmp_path / "init.xyz")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.ipi.serve",
+            "--model",
+            lj_model,
+            "--structure",
+            str(tmp_path / "init.xyz"),
+        ]
+        + ["--address", "unix:never-used=direct"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    errors = [line for line in run.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "drop 'direct'" in errors[0], run.stderr
+
+
+# -- experiments through real i-PI ---------------------------------------------------------------
+def _run(args, tmp_path, name):
+    out = tmp_path / name
+    done = subprocess.run(
+        [sys.executable, "-m", "server.ipi.launcher", *args, "--out", str(out), "--progress", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done, out
+
+
+@pytest.fixture(scope="module")
+def water_direct(models_dir):
+    """The water toy whose direct head is its Morse force (≠ −∇E by the non-invariant term)."""
+    from training.toy_models import water_toy_direct
+
+    return export(water_toy_direct(anisotropy=0.02), models_dir / "water-direct.pt")
+
+
+@pytest.fixture(scope="module")
+def water_direct_exact(models_dir):
+    """The same toy without its non-invariant term: direct head = −∇E, raw = averaged."""
+    from training.toy_models import water_toy_direct
+
+    return export(water_toy_direct(anisotropy=0.0), models_dir / "water-direct-exact.pt")
+
+
+def test_toy_direct_head_is_the_morse_force(water_direct_exact, water8):
+    ev = Evaluator(water_direct_exact)
+    s = Structure.from_ase(water8)
+    np.testing.assert_allclose(ev.compute([s], "direct")[0].forces, ev.compute([s])[0].forces, atol=1e-12)
+
+
+def test_nc_mts_equals_the_seeds_mts_when_direct_equals_conservative(tmp_path, water_direct_exact):
+    """Direct MTS (direct fast, conservative 2i slow) and the seed's MTS (raw fast, 2i slow) are the
+    same dynamics when the head is exact and the model invariant: the plumbing puts each force at
+    its level. The same run with a non-exact head differs."""
+    common = ["--model", water_direct_exact, "--molecules", "8", "--steps", "6", "--stride", "1"]
+    common += ["--timestep", "2.0", "--nmts", "4"]
+    nc, nc_out = _run(["water-nvt-nc-mts", *common], tmp_path, "nc")
+    seed, seed_out = _run(["water-nvt-mts", *common], tmp_path, "seed")
+    assert nc.returncode == 0 and seed.returncode == 0, nc.stderr[-2000:] + seed.stderr[-2000:]
+    a, b = np.loadtxt(nc_out / "sim.out"), np.loadtxt(seed_out / "sim.out")
+    assert a.shape == b.shape == (7, 7)
+    np.testing.assert_allclose(a[:, 2:5], b[:, 2:5], rtol=1e-10, atol=1e-10)  # conserved, T, potential
+    pa = [f.positions for f in ase.io.read(nc_out / "sim.pos_0.extxyz", ":")]
+    pb = [f.positions for f in ase.io.read(seed_out / "sim.pos_0.extxyz", ":")]
+    assert np.abs(np.array(pa) - np.array(pb)).max() < 1e-9
+    assert "direct forces (no backward pass, net force removed)" in (nc_out / "server.log").read_text()
+
+
+def test_nc_experiments_run_through_ipi(tmp_path, water_direct):
+    common = ["--model", water_direct, "--molecules", "8", "--steps", "4", "--stride", "1"]
+    nvt, nvt_out = _run(["water-nvt-nc-mts", *common], tmp_path, "nvt")
+    nve, nve_out = _run(["water-nve-nc-mts", *common], tmp_path, "nve")
+    pimd, pimd_out = _run(["water-pimd-nc-rpc", *common, "--beads", "4"], tmp_path, "pimd")
+    for done in (nvt, nve, pimd):
+        assert done.returncode == 0, done.stderr[-3000:]
+    out = np.loadtxt(nvt_out / "sim.out")
+    # components: 0 the direct endpoint's energy (the model's), 1 the conservative 2i average
+    assert np.isfinite(out).all() and np.all(np.abs(out[:, 5] - out[:, 6]) > 0)
+    lines = (nvt_out / "sim.net").read_text().splitlines()
+    net = [float(v) for line in lines if "#" not in line for v in line.split()]
+    assert net and max(abs(v) for v in net) < 1e-10  # a pairwise head: no net force to remove
+    assert (pimd_out / "sim.xc.extxyz").exists() and np.isfinite(np.loadtxt(pimd_out / "sim.out")).all()
+    log = (pimd_out / "server.log").read_text()
+    assert "4×" in log  # the 4 beads of the direct endpoint in one model call
+
+
+def test_npt_refuses_a_direct_endpoint_without_virial(tmp_path, water_direct):
+    done, _ = _run(
+        ["water-npt", "--model", water_direct, "--molecules", "8", "--steps", "2", "--forces", "direct"],
+        tmp_path,
+        "npt",
+    )
+    lines = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-2000:]
+    assert "water-npt needs the pressure" in lines[0] and "drop --forces direct" in lines[0]
+    assert not (tmp_path / "npt").exists()  # nothing of a refused run stays behind
+
+
+def test_forces_direct_is_refused_where_the_experiment_mixes_forces(tmp_path, water_direct):
+    done, _ = _run(["water-nvt-nc-mts", "--model", water_direct, "--forces", "direct"], tmp_path, "x")
+    assert done.returncode == 2 and "water-nvt-nc-mts does not use --forces" in done.stderr
