@@ -39,6 +39,10 @@ def test_all_experiments_are_covered():
         "water-npt",
         "ice-geop",
         "replay",
+        # direct-force experiments: need a model with a direct head (tests/test_direct_forces.py)
+        "water-nvt-nc-mts",
+        "water-nve-nc-mts",
+        "water-pimd-nc-rpc",
     }
 
 
@@ -282,7 +286,11 @@ def test_shm_and_ffdirect_transports_through_the_launcher(tmp_path, toy_model):
     [
         (["water-nvt", "--beads", "32"], "water-nvt does not use --beads: experiments with it: water-pimd"),
         (["water-pimd", "--average", "2i"], "water-pimd does not use --average"),
-        (["water-nvt", "--nmts", "4"], "experiments with it: water-nvt-mts, water-pimd-rpc-mts"),
+        (
+            ["water-nvt", "--nmts", "4"],
+            "experiments with it: water-nve-nc-mts, water-nvt-mts, water-nvt-nc-mts, water-pimd-nc-rpc, "
+            "water-pimd-rpc-mts",
+        ),
         (["ice-geop", "--molecules", "8"], "ice-geop does not use --molecules"),
         (["replay", "--average", "i"], "replay does not use --average"),
     ],
