@@ -115,6 +115,72 @@ def bench_model(model: str, dtype: str, device: str, work: Path, speed: bool, re
     return row
 
 
+def profile(model: str, package: str, repeat: int) -> dict:
+    """Where the time of one call goes (ms, medians): neighbour list, packing, the program or
+    TorchScript + autograd, assembling forces and virials; and copies batched in one call."""
+    from server.core.averaging import Averaging
+    from server.core.graph import build_graph
+    from server.formats import load_model
+    from server.formats.edges import assemble_gradients, pack
+
+    pk, ts = (
+        load_model(package),
+        load_model(model, dtype=str(load_model(package).dtype).replace("torch.", "")),
+    )
+    rotations = Averaging("2i").rotations().matrices
+    out = {}
+
+    def med(fn):
+        for _ in range(2):
+            fn()
+        t = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(t))
+
+    for n in SPEED_SIZES[:2]:
+        s = _structure(n)
+        g = build_graph(s, "s", set(pk.species), pk.cutoff, 0.5, "m")
+        copies = [(g, np.eye(3))]
+        b = pack(copies, pk.device, pk.dtype, requires_grad=False)
+        e, grad = pk.program(*b.inputs())
+        row = {
+            "neighbour list": med(lambda: build_graph(s, "s", set(pk.species), pk.cutoff, 0.5, "m")),
+            "pack": med(lambda: pack(copies, pk.device, pk.dtype, requires_grad=False)),
+            "package program": med(lambda: pk.program(*b.inputs())),
+            "assemble": med(lambda: assemble_gradients(b, e, grad)),
+            "package evaluate (pack + program + assemble)": med(lambda: pk.evaluate(copies)),
+            "TorchScript evaluate (pack + forward + autograd + assemble)": med(lambda: ts.evaluate(copies)),
+            "TorchScript forward only": med(lambda: ts.module(*b.inputs())),
+        }
+        for k in (4, 36):
+            many = [(g, rotations[i]) for i in range(k)]
+            row[f"package, {k} rotated copies in one call, per copy"] = med(lambda: pk.evaluate(many)) / k
+            row[f"TorchScript, {k} rotated copies in one call, per copy"] = med(lambda: ts.evaluate(many)) / k
+        out[f"{3 * n} atoms"] = row
+    return out
+
+
+def profile_markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = [
+        "## Compiled packages: where the time goes (`bench/compiled.py --profile`)",
+        "",
+        f"{data['model']} and its package ({data['dtype']}), {m.get('cpu')}, torch {m.get('torch')} with "
+        f"{m.get('torch_threads')} thread(s), load {m.get('load_average_at_start'):.1f} at start, "
+        f"{m.get('date')}; "
+        "medians, ms.",
+        "",
+    ]
+    sizes = list(data["profile"])
+    lines += ["| part | " + " | ".join(sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for part in data["profile"][sizes[0]]:
+        lines.append(f"| {part} | " + " | ".join(f"{data['profile'][n][part]:.2f}" for n in sizes) + " |")
+    return "\n".join(lines)
+
+
 def markdown(data: dict) -> str:
     m = data["machine"]
     lines = [
@@ -141,10 +207,15 @@ def markdown(data: dict) -> str:
         )
         lines.append("")
         if "per_call" in row:
-            lines += ["| structure | TorchScript ms | package ms | ratio |", "|---|---|---|---|"]
+            lines += [
+                "| structure | TorchScript ms | package ms | ratio | minima ms (TS / pkg) | ratio of minima |",
+                "|---|---|---|---|---|---|",
+            ]
             for label, t in row["per_call"].items():
                 lines.append(
-                    f"| {label} | {t['torchscript_ms']:.2f} | {t['package_ms']:.2f} | {t['ratio']:.2f} |"
+                    f"| {label} | {t['torchscript_ms']:.2f} | {t['package_ms']:.2f} | {t['ratio']:.2f} "
+                    f"| {t['torchscript_min_ms']:.2f} / {t['package_min_ms']:.2f} "
+                    f"| {t['ratio_of_minima']:.2f} |"
                 )
             lines.append("")
         lines += ["| agreement (max relative) | energy | forces | virial |", "|---|---|---|---|"]
@@ -166,9 +237,33 @@ def main(argv=None) -> int:
         default=1,
         help="torch threads (1: steadier on a shared machine; 0: torch's default)",
     )
+    p.add_argument("--profile", metavar="PACKAGE", help="only the time breakdown of PACKAGE vs --models[0]")
+    p.add_argument("--markdown-only", action="store_true", help="rewrite compiled.md from compiled.json")
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    if args.markdown_only:
+        import json
+
+        from bench.common import results_dir
+
+        data = json.loads((results_dir() / "compiled.json").read_text())
+        write("compiled", data, markdown(data))
+        return 0
+    if args.profile:
+        from server.formats import load_model
+
+        dtype = str(load_model(args.profile).dtype).replace("torch.", "")
+        data = {
+            "machine": machine(args.device),
+            "model": args.models[0],
+            "package": args.profile,
+            "dtype": dtype,
+        }
+        data["profile"] = profile(args.models[0], args.profile, args.repeat)
+        write("compiled_profile", data, profile_markdown(data))
+        print(profile_markdown(data))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
