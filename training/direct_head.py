@@ -6,12 +6,13 @@ the fast force of a multiple-time-step integrator, with the conservative force a
 correction, they keep most of the speed and the energy conservation.
 
 The head (:class:`PETWithDirectForces`): for every edge e = i→j the last message-passing layer's
-output token o_e (what PET's bond-energy head reads) goes through a two-layer SiLU MLP to one
-scalar; the force on the centre atom is
+output token o_e (what PET's bond-energy head reads), with the edge's direction r̂_e and length,
+goes through a three-layer SiLU MLP to a scalar a_e and a vector b_e; the force on the centre atom is
 
-    F_i = s_F Σ_{e: i centre} MLP(o_e) f_c(r_e) r_e / |r_e|     (eV/Å),
+    F_i = s_F Σ_{e: i centre} f_c(r_e) (a_e r̂_e + b_e)     (eV/Å),
 
-a learned combination of the directions to its neighbours (smooth at the cutoff, like the energy),
+a learned combination of the directions to its neighbours plus Cartesian terms (PET is not
+equivariant either; smooth at the cutoff, like the energy),
 with ``force_scale`` s_F (eV/Å) the RMS of the targets. Each F_i depends only on atom i's
 environment, so a domain-decomposed rank gets its owned atoms' forces from its own cluster. The net
 force is not zero by construction: the server removes it (and reports it). There is no direct
@@ -79,7 +80,13 @@ class PETWithDirectForces(nn.Module):
         self.species = list(pet.species)
         self.interaction_range = pet.interaction_range
         d_model = pet.layers[-1].atom_head[0].in_features
-        self.head = nn.Sequential(nn.Linear(d_model, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.head = nn.Sequential(
+            nn.Linear(d_model + 4, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 4),
+        )
         self.register_buffer("force_scale", torch.ones(()))  # eV/Å
 
     def forward(
@@ -104,12 +111,16 @@ class PETWithDirectForces(nn.Module):
     def head_forces(
         self, tokens: torch.Tensor, edge_vectors: torch.Tensor, centres: torch.Tensor, n_atoms: int
     ) -> torch.Tensor:
-        """F_i = s_F Σ_{e: i centre} MLP(o_e) f_c(r_e) r̂_e [N,3] eV/Å from the edge tokens o_e."""
+        """F_i = s_F Σ_{e: i centre} f_c(r_e) (a_e r̂_e + b_e) [N,3] eV/Å, with (a_e, b_e) =
+        MLP(o_e, r̂_e, r_e/ℓ) from the edge tokens o_e and the edge geometry."""
         r = torch.sqrt((edge_vectors * edge_vectors).sum(dim=1))
         fc = cutoff_function(r, self.pet.cutoff, self.pet.cutoff_width)
-        weight = self.head(tokens).squeeze(1) * fc * self.force_scale / r
+        unit = edge_vectors / r.unsqueeze(1)
+        out = self.head(torch.cat([tokens, unit, (r / self.pet.length_scale).unsqueeze(1)], dim=1))
+        vector = out[:, :1] * unit + out[:, 1:]
+        weight = (fc * self.force_scale).unsqueeze(1)
         forces = torch.zeros((n_atoms, 3), dtype=edge_vectors.dtype, device=edge_vectors.device)
-        return forces.index_add(0, centres, weight.unsqueeze(1) * edge_vectors)
+        return forces.index_add(0, centres, weight * vector)
 
     @torch.jit.export
     def forward_direct(
@@ -294,7 +305,7 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=10, help="keep every N-th step")
     p.add_argument("--skip", type=int, default=200, help="steps before the first kept frame")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--noise", type=float, default=0.04, help="σ of the displaced copies, Å")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
@@ -330,7 +341,12 @@ def main(argv=None) -> int:
         q.requires_grad_(False)
     conservative = Evaluator(args.model)
     t0 = time.perf_counter()
-    train, valid, held_items = (cache(pet, f, conservative) for f in (train_frames, valid_frames, held))
+    cached = folder / "tokens.pt"  # tokens and targets of this checkpoint and these frames
+    if cached.exists():
+        train, valid, held_items = torch.load(cached, weights_only=False)
+    else:
+        train, valid, held_items = (cache(pet, f, conservative) for f in (train_frames, valid_frames, held))
+        torch.save((train, valid, held_items), cached)
     print(
         f"tokens and targets of {len(train)} + {len(valid)} + {len(held_items)} frames "
         f"({time.perf_counter() - t0:.0f} s)",

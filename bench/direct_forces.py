@@ -1,0 +1,201 @@
+"""Direct forces vs conservative ones, side by side in one run: model calls, i-PI wall time, NVE drift.
+
+1. Model call (one Evaluator, neighbour list included), direct vs conservative, alternated call by
+   call: a water molecule, 64 and 512 molecules (3, 192, 1536 atoms).
+2. i-PI NVT, 64 molecules, the same simulated time: conservative raw at 0.5 fs (``water-nvt``),
+   the seed's MTS (raw fast + 2i slow, ``water-nvt-mts``) and direct MTS (direct fast +
+   conservative 2i slow, ``water-nvt-nc-mts``), both with a 0.5 fs inner step.
+3. NVE, 64 molecules from the equilibrated liquid: drift of i-PI's conserved quantity
+   (meV/atom/ps, a linear fit) for pure direct forces (0.5 fs), conservative (0.5 fs) and direct
+   MTS with M = 4 and 8 (inner 0.5 fs; the slow force is the conservative 2i average).
+
+    python -m bench.direct_forces [--model models/water-pet.pt] [--ps 0.1] [--nve-ps 0.25] [--repeat 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import default_model, machine, write
+from server.core.evaluator import Evaluator
+from server.core.graph import Structure
+from server.paths import experiments_dir
+from server.structures import water_box, water_molecule
+
+__all__ = ["main"]
+
+SIZES = (1, 64, 512)
+LIQUID = experiments_dir() / "structures" / "water-64-liquid-300K.extxyz"
+
+
+def _structure(n: int) -> Structure:
+    if n == 1:
+        a = water_molecule()
+        return Structure(numbers=a.numbers, positions=a.positions, cell=np.zeros((3, 3)), pbc=False)
+    return Structure.from_ase(water_box(n, seed=1))
+
+
+def calls(model: str, repeat: int) -> list:
+    """Median ms per call of conservative and direct evaluation, alternated."""
+    ev = Evaluator(model)
+    rows = []
+    for n in SIZES:
+        s = _structure(n)
+        for spec in (None, "direct"):
+            ev.compute([s], spec)
+            ev.compute([s], spec)
+        times = {None: [], "direct": []}
+        for _ in range(repeat if n < 512 else max(3, repeat // 3)):
+            for spec in (None, "direct"):
+                t0 = time.perf_counter()
+                ev.compute([s], spec)
+                times[spec].append(time.perf_counter() - t0)
+        cons, direct = 1e3 * float(np.median(times[None])), 1e3 * float(np.median(times["direct"]))
+        rows.append(
+            {"atoms": len(s.numbers), "conservative_ms": cons, "direct_ms": direct, "ratio": direct / cons}
+        )
+        print(f"{len(s.numbers)} atoms: conservative {cons:.1f} ms, direct {direct:.1f} ms", flush=True)
+    return rows
+
+
+def _run(experiment: str, model: str, work: Path, name: str, args: list) -> dict:
+    out = work / name
+    cmd = [sys.executable, "-m", "server.ipi.launcher", experiment, "--model", model, "--out", str(out)]
+    cmd += ["--progress", "0", "--stride", "1", *args]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{experiment} {args} failed: {done.stderr[-1500:]}")
+    data = np.loadtxt(out / "sim.out", ndmin=2)
+    t_ps, conserved = data[:, 1], data[:, 2]
+    slope = float(np.polyfit(t_ps, conserved, 1)[0]) if len(t_ps) > 2 else float("nan")
+    atoms = 192
+    return {
+        "experiment": experiment,
+        "args": " ".join(args),
+        "wall_s": wall,
+        "simulated_ps": float(t_ps[-1] - t_ps[0]),
+        "wall_s_per_ps": wall / max(float(t_ps[-1] - t_ps[0]), 1e-12),
+        "drift_meV_per_atom_per_ps": 1e3 * slope / atoms,
+        "temperature_mean_K": float(data[:, 3].mean()),
+    }
+
+
+def md(model: str, ps: float, nve_ps: float, work: Path) -> dict:
+    steps = lambda dt: str(int(round(ps * 1000 / dt)))  # noqa: E731
+    common = ["--structure", str(LIQUID)]
+    nvt = [
+        _run("water-nvt", model, work, "nvt-cons", [*common, "--timestep", "0.5", "--steps", steps(0.5)]),
+        _run(
+            "water-nvt-mts",
+            model,
+            work,
+            "nvt-seed-mts",
+            [*common, "--timestep", "2.0", "--nmts", "4", "--average", "2i", "--steps", steps(2.0)],
+        ),
+        _run(
+            "water-nvt-nc-mts",
+            model,
+            work,
+            "nvt-nc-mts",
+            [*common, "--timestep", "2.0", "--nmts", "4", "--steps", steps(2.0)],
+        ),
+    ]
+    for row in nvt:
+        print(f"NVT {row['experiment']}: {row['wall_s_per_ps']:.0f} s per ps", flush=True)
+    n = lambda dt: str(int(round(nve_ps * 1000 / dt)))  # noqa: E731
+    nve = [
+        dict(
+            _run(
+                "water-nve-nc-mts",
+                model,
+                work,
+                f"nve-nc-mts-{m}",
+                [*common, "--timestep", str(0.5 * m), "--nmts", str(m), "--steps", n(0.5 * m)],
+            ),
+            label=f"direct MTS, M = {m} (outer {0.5 * m:g} fs)",
+        )
+        for m in (4, 8)
+    ]
+    # pure conservative and pure direct NVE: the same input, one step level (nmts 1), the slow
+    # endpoint the raw conservative model (--average 0), weights picking one force
+    pure = [*common, "--timestep", "0.5", "--nmts", "1", "--steps", n(0.5), "--average", "0"]
+    for label, fast, slow in (
+        ("conservative, 0.5 fs", "[0, 0]", "[0, 1]"),
+        ("pure direct, 0.5 fs", "[0, 1]", "[0, 0]"),
+    ):
+        args = [*pure, "--set", f"fast_weights={fast}", "--set", f"slow_weights={slow}"]
+        row = _run("water-nve-nc-mts", model, work, f"nve-{label[:4]}", args)
+        nve.append(dict(row, label=label))
+    for row in nve:
+        print(f"NVE {row['label']}: drift {row['drift_meV_per_atom_per_ps']:.3f} meV/atom/ps", flush=True)
+    return {"nvt": nvt, "nve": nve}
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        "## Direct forces vs conservative (issue 27)",
+        "",
+        f"Machine: {data['machine']}. Model: {data['model']}. `python -m bench.direct_forces` "
+        f"(one run; {data['notes']}).",
+        "",
+        "| atoms | conservative ms/call | direct ms/call | direct / conservative |",
+        "|---|---|---|---|",
+    ]
+    for r in data["calls"]:
+        lines.append(
+            f"| {r['atoms']} | {r['conservative_ms']:.1f} | {r['direct_ms']:.1f} | {r['ratio']:.2f} |"
+        )
+    if "nvt" in data:
+        lines += ["", "i-PI NVT, 64 molecules, the same simulated time:", ""]
+        lines += ["| run | wall s per ps | mean T (K) |", "|---|---|---|"]
+        for r in data["nvt"]:
+            lines.append(f"| {r['experiment']} | {r['wall_s_per_ps']:.0f} | {r['temperature_mean_K']:.0f} |")
+        lines += [
+            "",
+            "NVE, 64 molecules from the equilibrated liquid (drift: a linear fit of i-PI's conserved "
+            "quantity):",
+            "",
+        ]
+        lines += ["| forces | simulated ps | drift meV/atom/ps | mean T (K) |", "|---|---|---|---|"]
+        for r in data["nve"]:
+            lines.append(
+                f"| {r['label']} | {r['simulated_ps']:.3f} | {r['drift_meV_per_atom_per_ps']:.3f} | "
+                f"{r['temperature_mean_K']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.direct_forces", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="a model with a direct head (default: the shipped one)")
+    p.add_argument("--repeat", type=int, default=15)
+    p.add_argument("--ps", type=float, default=0.1, help="simulated ps of each NVT run")
+    p.add_argument("--nve-ps", type=float, default=0.25, help="simulated ps of each NVE run")
+    p.add_argument("--no-md", action="store_true", help="model calls only")
+    p.add_argument("--notes", default="", help="what the machine was doing meanwhile")
+    args = p.parse_args(argv)
+    model, description = (args.model, args.model) if args.model else default_model()
+    data = {
+        "machine": machine(),
+        "model": description,
+        "notes": args.notes or "no notes",
+        "calls": calls(model, args.repeat),
+    }
+    if not args.no_md:
+        with tempfile.TemporaryDirectory() as work:
+            data.update(md(model, args.ps, args.nve_ps, Path(work)))
+    write("direct_forces", data, markdown(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
