@@ -171,7 +171,13 @@ def profile_markdown(data: dict) -> str:
         f"{data['model']} and its package ({data['dtype']}), {m.get('cpu')}, torch {m.get('torch')} with "
         f"{m.get('torch_threads')} thread(s), load {m.get('load_average_at_start'):.1f} at start, "
         f"{m.get('date')}; "
-        "medians, ms.",
+        "medians, ms. Reading: with a molecule most of a TorchScript call is per-operator and autograd "
+        "overhead, which the package removes; from ~200 atoms on a call is the model's arithmetic "
+        "(the program's share of `evaluate` is ~100 %), which compiling does not make cheaper on CPU, "
+        "and batching rotated copies into one call costs both more per copy on one thread (the "
+        "Evaluator then calls one copy at a time). Why the package's 2i calls at 1536 atoms came out "
+        "slower than TorchScript's was not isolated (Inductor's CPU scatter-adds in the index_add "
+        "backward are a suspect). On a shared machine these medians move by ±20 %.",
         "",
     ]
     sizes = list(data["profile"])
@@ -208,7 +214,7 @@ def markdown(data: dict) -> str:
         lines.append("")
         if "per_call" in row:
             lines += [
-                "| structure | TorchScript ms | package ms | ratio | minima ms (TS / pkg) | ratio of minima |",
+                "| structure | TorchScript ms | package ms | ratio | minima ms (TS / pkg) | ratio (minima) |",
                 "|---|---|---|---|---|---|",
             ]
             for label, t in row["per_call"].items():
