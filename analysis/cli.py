@@ -260,6 +260,12 @@ def run(args) -> dict:
 
         if not os.path.isfile(parse_spec(ref)[0]):
             raise AnalysisInputError(f"no such reference file: {parse_spec(ref)[0]}: check --reference")
+    if os.path.isdir(args.traj):  # a run folder: its (bead-0 or centroid) positions, else sim.out
+        from .run_folder import find_run_files
+
+        files = find_run_files(args.traj)
+        args.traj = files.positions or files.require("properties")
+        print(f"mlip-analyse: reading {args.traj}", file=sys.stderr)
     if not os.path.isfile(args.traj):
         raise AnalysisInputError(f"no such file: {args.traj}: check the path")
 

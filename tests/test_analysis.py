@@ -567,3 +567,25 @@ def test_cli_all_end_to_end(tmp_path, water_traj):
     # a second command into the same folder keeps the other sections
     assert cli.main(["orientation", str(traj), "--out", str(out), "--quiet"]) == 0
     assert "msd" in json.loads((out / "summary.json").read_text())
+
+
+def test_a_run_folder_is_a_traj_and_a_missing_column_is_refused(tmp_path, toy_model):
+    """``mlip-analyse rdf RUN`` reads the run's positions; ``--v-raw`` naming no column fails
+    (it used to fall back to pot_component_raw(0) silently)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "server.ipi.launcher", "water-nvt-mts", "--model", toy_model]
+        + ["--molecules", "8", "--steps", "4", "--stride", "1", "--out", str(run), "--progress", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert cli.main(["rdf", str(run), "--out", str(tmp_path / "rdf")]) == 0
+    summary = json.loads((tmp_path / "rdf" / "summary.json").read_text())
+    assert summary["rdf"] and (tmp_path / "rdf").exists()
+    code = cli.main(["symmetry", str(run), "--v-raw", "nope", "--out", str(tmp_path / "sym")])
+    assert code == 2

@@ -156,15 +156,14 @@ def _angular_momentum(u, pos: str, opt: Options, d: _Diagnostics) -> None:
 
 
 def _column(props, wanted, fallbacks):
-    """``wanted`` if the properties have it, else the first of ``fallbacks`` they have."""
-    for name in ([wanted] if wanted else []) + fallbacks:
-        if name in props:
-            return name
+    """``wanted`` (which must be there), else the first of ``fallbacks`` the properties have."""
     if wanted:
+        if wanted in props:
+            return wanted
         raise AnalysisInputError(
             f"no column {wanted!r} in the properties file (has {', '.join(props)}): pick one of those"
         )
-    return None
+    return next((name for name in fallbacks if name in props), None)
 
 
 def _count_molecules(u, pos, load) -> int | None:

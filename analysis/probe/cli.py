@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 from server.core.errors import MLIPError
@@ -29,7 +28,8 @@ __all__ = ["main", "build_parser"]
 
 def build_parser():
     p = argparse.ArgumentParser(prog="mlip-probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", help="TorchScript model (contract or metatomic)")
+    p.add_argument("model", nargs="?", help="TorchScript model (contract or metatomic); or --model")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model (as everywhere else)")
     p.add_argument("--level", default="quick", choices=sorted(LEVELS))
     p.add_argument(
         "--report",
@@ -66,7 +66,13 @@ def build_parser():
 
 def main(argv=None) -> int:
     """Entry point of ``mlip-probe``; returns the exit status (1 on failure, 2 on a missing model)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model and args.model_option and args.model != args.model_option:
+        parser.error("give the model once: MODEL or --model MODEL")
+    args.model = args.model or args.model_option
+    if not args.model:
+        parser.error("the model is required: mlip-probe --model MODEL")
     for m in [args.model, *(args.committee or [])]:
         if not Path(m).is_file():
             print(f"mlip-probe: error: model {m} not found: pass a TorchScript model file", file=sys.stderr)
@@ -74,15 +80,12 @@ def main(argv=None) -> int:
     if args.committee is not None and len(args.committee) < 2:
         print("mlip-probe: error: --committee needs two or more models", file=sys.stderr)
         return 2
-    from .pipeline import probe
+    from .pipeline import default_report, probe
 
     report, work = args.report, args.work
     if report is None:  # one folder of this probe's own: report, figures, MD runs
-        from server.paths import runs_dir
-
-        name = f"probe-{Path(args.model).stem}"
-        folder = runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        report, work = folder / f"{name}.md", work or folder / "md"
+        report = default_report(args.model)
+        work = work or report.parent / "md"
         print(f"mlip-probe: writing {report} (figures, probe.json and the MD runs next to it)", flush=True)
     try:
         probe(

@@ -43,8 +43,10 @@ def shared_data() -> Path:
 
 
 def default_report(model) -> Path:
-    """``docs/probe-<model name>.md`` of the project."""
-    return project_root() / "docs" / f"probe-{Path(model).stem}.md"
+    """``runs/probe-<model name>-<date>/probe-<model name>.md`` (the git-ignored ``runs/``): a folder
+    of this probe's own for the report, its figures, probe.json and the MD runs."""
+    name = f"probe-{Path(model).stem}"
+    return runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / f"{name}.md"
 
 
 def default_dataset():
