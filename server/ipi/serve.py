@@ -108,10 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--connect-timeout", type=float, default=60.0, help="seconds to wait for the i-PI socket to appear"
     )
     p.add_argument(
+        "--message-timeout",
         "--timeout",
+        dest="timeout",
         type=float,
         default=60.0,
-        help="seconds a message may stall mid-transfer before the peer is declared dead",
+        help="seconds a message may stall mid-transfer before the peer is declared dead (--timeout: the "
+        "old name)",
     )
     p.add_argument(
         "--idle-timeout",
