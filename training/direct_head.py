@@ -292,14 +292,56 @@ def fit_head(model: PETWithDirectForces, train, valid, epochs: int, lr: float = 
     return {"history": history, "best_valid_rmse": best}
 
 
+def _force_rmse(a: list, b: list) -> float:
+    return float(np.sqrt(np.mean(np.concatenate([(x - y).ravel() ** 2 for x, y in zip(a, b)]))))
+
+
+def evaluate(model_path: str, teacher_path, dft_path, held_out_path) -> dict:
+    """Force RMSEs (eV/Å) of the served direct forces (net force removed) and of the conservative
+    ones against each other, the DFT labels of ``dft_path`` and the teacher on the held-out MD
+    frames; and the net force the server removed (mean |ΣF|, eV/Å)."""
+    from ase.io import read
+
+    from server.core.evaluator import Evaluator
+    from server.core.graph import Structure
+
+    ev = Evaluator(model_path)
+    teacher = Evaluator(teacher_path) if teacher_path else None
+    out = {}
+    for name, path in (("dft_test", dft_path), ("held_out_md", held_out_path)):
+        if not path:
+            continue
+        frames = read(path, ":")
+        structures = [Structure.from_ase(a) for a in frames]
+        cons = [ev.compute([s])[0].forces for s in structures]
+        direct = [ev.compute([s], "direct")[0] for s in structures]
+        d_forces = [d.forces for d in direct]
+        row = {
+            "frames": len(frames),
+            "direct_vs_conservative": _force_rmse(d_forces, cons),
+            "mean_net_force_removed": float(np.mean([d.extras["direct_net_force"] for d in direct])),
+        }
+        if "forces" in frames[0].arrays:
+            labels = [a.arrays["forces"] for a in frames]
+            row.update(
+                direct_vs_dft=_force_rmse(d_forces, labels), conservative_vs_dft=_force_rmse(cons, labels)
+            )
+        if teacher is not None:
+            ref = [teacher.compute([s])[0].forces for s in structures]
+            row.update(
+                direct_vs_teacher=_force_rmse(d_forces, ref), conservative_vs_teacher=_force_rmse(cons, ref)
+            )
+        out[name] = row
+        print(name, json.dumps(row), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.direct_head", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--checkpoint", required=True, help="the PET checkpoint the shipped model was exported from"
-    )
+    p.add_argument("--checkpoint", help="the PET checkpoint the shipped model was exported from")
     p.add_argument("--model", default="models/water-pet.pt", help="the exported model that drives the MD")
     p.add_argument("--frames", required=True, help="folder for the sampled frames (reused if present)")
-    p.add_argument("--out", required=True, help="where to write the model with its direct head")
+    p.add_argument("--out", help="where to write the model with its direct head")
     p.add_argument("--report", default=None, help="JSON with the head's numbers")
     p.add_argument("--steps", type=int, default=1200, help="MD steps per run (0.5 fs)")
     p.add_argument("--every", type=int, default=10, help="keep every N-th step")
@@ -308,7 +350,24 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--noise", type=float, default=0.04, help="σ of the displaced copies, Å")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--evaluate",
+        metavar="MODEL",
+        help="only evaluate MODEL's head (DFT frames --dft, held-out MD frames, --teacher) into --report",
+    )
+    p.add_argument("--teacher", default=None, help="the n2p2 teacher as TorchScript (make teacher)")
+    p.add_argument("--dft", default=None, help="DFT test frames with forces (../shared/data/dft/...)")
     args = p.parse_args(argv)
+    if args.evaluate:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        held = Path(args.frames) / f"md-{HELD_OUT[0]:.0f}K-{HELD_OUT[1]:.3f}.extxyz"
+        result = evaluate(args.evaluate, args.teacher, args.dft, str(held) if held.exists() else None)
+        if args.report:
+            Path(args.report).write_text(json.dumps(result, indent=1) + "\n")
+        return 0
+    if not args.checkpoint or not args.out:
+        p.error("training needs --checkpoint and --out")
     from ase.io import read
 
     from server.core.evaluator import Evaluator
