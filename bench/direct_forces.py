@@ -42,9 +42,9 @@ def _structure(n: int) -> Structure:
     return Structure.from_ase(water_box(n, seed=1))
 
 
-def calls(model: str, repeat: int) -> list:
+def calls(model: str, repeat: int, device: str = "cpu") -> list:
     """Median ms per call of conservative and direct evaluation, alternated."""
-    ev = Evaluator(model)
+    ev = Evaluator(model, device=device)
     rows = []
     for n in SIZES:
         s = _structure(n)
@@ -181,6 +181,7 @@ def main(argv=None) -> int:
     p.add_argument("--ps", type=float, default=0.1, help="simulated ps of each NVT run")
     p.add_argument("--nve-ps", type=float, default=0.25, help="simulated ps of each NVE run")
     p.add_argument("--no-md", action="store_true", help="model calls only")
+    p.add_argument("--device", default="cpu", help="device of the model calls (the MD runs are on the CPU)")
     p.add_argument("--notes", default="", help="what the machine was doing meanwhile")
     args = p.parse_args(argv)
     model, description = (args.model, args.model) if args.model else default_model()
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
         "machine": machine(),
         "model": description,
         "notes": args.notes or "no notes",
-        "calls": calls(model, args.repeat),
+        "calls": calls(model, args.repeat, args.device),
     }
     if not args.no_md:
         with tempfile.TemporaryDirectory() as work:

@@ -26,6 +26,8 @@ step 150 averaging "$PY" -m bench.averaging --device "$DEVICE" --no-ipi
 step 150 transports "$PY" -m bench.server_overhead --device "$DEVICE" --steps 20
 # LAMMPS: 98,304 atoms through the bridge, one rank and two
 step 180 lammps "$PY" bench/lammps_scaling.py --device "$DEVICE" --replicas 4 --np 1 2 --steps 4 --threads 0
+# direct forces vs conservative, model calls only (the MD comparison is a CPU benchmark)
+step 60 direct "$PY" -m bench.direct_forces --device "$DEVICE" --no-md
 # compiled package (AOTInductor, compiled for the GPU here: a few minutes) vs TorchScript
 step 420 compiled "$PY" -m bench.compiled --device "$DEVICE" --repeat 5
 exit $status
