@@ -4,7 +4,8 @@ Loads the model as the server would, reports what the server reads from it (form
 species, precision, interaction range, whether its energy is a sum of atomic terms), evaluates
 it on a structure (the given one, or a 32-molecule water box for an H/O model), checks its forces
 against finite differences of its energy, times a call, and says which routes it can serve:
-i-PI/ASE/LAMMPS gather, rotational averaging, the LAMMPS domain route. Nothing is connected to.
+i-PI/ASE/LAMMPS gather, rotational averaging, the LAMMPS domain route, direct forces. Nothing is
+connected to.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ def _route(evaluate) -> str:
         return f"no: {err}"
 
 
+def _direct(ev, s, conservative) -> str:
+    """Whether the model has a direct head, and how far its forces are from −∇E here."""
+    if not ev.model.direct_forces:
+        return "no (no direct_forces method / non_conservative_force output)"
+    try:
+        direct = ev.compute([s], "direct")[0]
+    except MLIPError as err:
+        return f"no: {err}"
+    rmse = float(np.sqrt(np.mean((direct.forces - conservative) ** 2)))
+    virial = "with" if ev.model.direct_virial else "without (zero virial: not for NPT)"
+    return (
+        f"yes, {virial} a direct virial; RMS difference from −∇E here {rmse:.3g} eV/Å, "
+        f"net force removed {direct.extras['direct_net_force']:.3g} eV/Å"
+    )
+
+
 def _averaging(ev, s) -> str:
     try:
         delta = ev.compute([s], "i")[0].extras["delta_energy"]
@@ -149,7 +166,7 @@ def check_model(model, structure=None, device="cpu", dtype=None, repeats=5) -> t
                 if m.sums_atomic_energies
                 else "no: its energy is not a sum of atomic terms"
             ),
-            "  direct (non-conservative) forces: not served by this version",
+            "  direct (non-conservative) forces: " + _direct(ev, s, result.forces),
         ]
         return lines, 0
     except MLIPError as err:
