@@ -321,8 +321,10 @@ def evaluate(model_path: str, teacher_path, dft_path, held_out_path) -> dict:
             "direct_vs_conservative": _force_rmse(d_forces, cons),
             "mean_net_force_removed": float(np.mean([d.extras["direct_net_force"] for d in direct])),
         }
-        if "forces" in frames[0].arrays:
-            labels = [a.arrays["forces"] for a in frames]
+        if "forces" in frames[0].arrays or (
+            frames[0].calc is not None and "forces" in frames[0].calc.results
+        ):
+            labels = [a.arrays["forces"] if "forces" in a.arrays else a.get_forces() for a in frames]
             row.update(
                 direct_vs_dft=_force_rmse(d_forces, labels), conservative_vs_dft=_force_rmse(cons, labels)
             )
