@@ -179,9 +179,10 @@ def profile_markdown(data: dict) -> str:
         "overhead, which the package removes; from ~200 atoms on a call is the model's arithmetic "
         "(the program's share of `evaluate` is ~100 %), which compiling does not make cheaper on CPU, "
         "and batching rotated copies into one call costs both more per copy on one thread (the "
-        "Evaluator then calls one copy at a time). Why the package's 2i calls at 1536 atoms came out "
-        "slower than TorchScript's was not isolated (Inductor's CPU scatter-adds in the index_add "
-        "backward are a suspect). On a shared machine these medians move by ±20 %.",
+        "Evaluator then calls one copy at a time). Why the package's 2i calls at 192 atoms (37 single "
+        "calls of rotated copies) come out 1.2-1.5x slower than TorchScript's, while raw calls are "
+        "0.85-1.03x, was not isolated (Inductor's CPU scatter-adds in the index_add backward are a "
+        "suspect). On a shared machine these medians move by ±20 %.",
         "",
     ]
     sizes = list(data["profile"])
