@@ -108,7 +108,7 @@ clean:
 # hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
 # stops at the end; tests/test_hpc.py's stand-in tests run too (a few minutes on 2 cores)
 # compiled models (issue 28): the shipped PET compiled into an AOTInductor package and compared
-# with its TorchScript file (make test compiles only the water toy; this adds ~2 min on 2 cores)
+# with its TorchScript file (make test compiles only the water toy; this adds ~4 min on 2 loaded cores)
 .PHONY: test-compiled
 test-compiled: install
 	MLIP_TEST_COMPILED_PET=1 $(PY) -m pytest -q -ra tests/test_compiled.py
