@@ -248,3 +248,87 @@ def test_a_rank_server_killed_mid_run_halts_everything(tmp_path, lj_model):
     assert "rank 1" in line and "died or hung" in line, result.bridge_output[-2000:]
     errors = [entry for entry in result.bridge_output.splitlines() if "error:" in entry]
     assert len(errors) == 1, result.bridge_output[-2000:]
+
+
+# --------------------------------------------------------------------------- direct forces
+@pytest.fixture(scope="module")
+def lj_direct(tmp_path_factory):
+    from training.toy_models import LennardJonesDirect
+
+    model = LennardJonesDirect(epsilon=0.0104, sigma=3.4, cutoff=8.5, species=[18], bias=[0.01, -0.02, 0.03])
+    return export(model, tmp_path_factory.mktemp("ljdirect") / "lj-direct.pt")
+
+
+@pytest.mark.parametrize("average", ["none", "i"])
+def test_direct_forces_decomposed_equal_gather_without_ghost_return(tmp_path, lj_direct, average):
+    """Direct forces (the analytic LJ force + bias × neighbour count, net force removed) on a
+    flexible NPT cell (the toy's direct virial drives the barostat): 2 ranks, owned forces from each
+    rank's cluster and no ghost-force return, = the gather route's server (net force removed per
+    structure) to 1e-10; both differ from native LJ by the bias term. Averaged with inversion (``i``)
+    (rotated copies' forces from the owned rows only) the same, and the bias cancels between
+    inverted copies: native LJ to 1e-9."""
+    native, gather = lj_decks(tmp_path, True, "gather")
+    steps = 100 if average == "none" else 40
+    short = {"traj.dump id type x y z": "traj.dump id type x y z fx fy fz", "run 100": f"run {steps}"}
+    short["dump d all custom 100"] = f"dump d all custom {steps}"
+    for folder in (native, gather):
+        text = (folder / "in.lj").read_text()
+        for old, new in short.items():
+            text = text.replace(old, new)
+        (folder / "in.lj").write_text(text)
+    run_native(native, native / "in.lj", 1)
+    direct = ["--forces", "direct", "--average", average]
+    _ok(bridge_run(gather, gather / "in.lj", lj_direct, ["Ar"], server_args=direct))
+    domain = tmp_path / "domain"
+    domain.mkdir()
+    (domain / "in.lj").write_text(text)
+    result = domain_run(domain, domain / "in.lj", lj_direct, ["Ar"], 2, server_args=direct)
+    _ok(result)
+    assert "no ghost-force return" in result.bridge_output
+    assert "the model's direct virial" in result.bridge_output
+    ref, got = thermo(gather / "log.lammps"), thermo(domain / "log.lammps")
+    assert len(ref["Step"]) == len(got["Step"]) == steps // 10 + 1
+    assert abs(got["Volume"][-1] / got["Volume"][0] - 1) > 1e-4  # the barostat did move the box
+    for name in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz", "Volume"):
+        scale = np.abs(ref[name]).max()
+        assert np.abs(got[name] - ref[name]).max() <= 1e-10 * scale, (name, got[name] - ref[name])
+    a, b = read_dump(gather / "traj.dump", ["Ar"]), read_dump(domain / "traj.dump", ["Ar"])
+    fa, fb = a.get_forces(), b.get_forces()
+    assert np.abs(fa - fb).max() <= 1e-10 * np.abs(fa).max()
+    assert np.abs(fb.sum(axis=0)).max() < 1e-10  # the cell's net force is removed
+    c = read_dump(native / "traj.dump", ["Ar"])
+    if average == "none":  # the bias term moved the atoms elsewhere
+        assert np.abs(c.positions - a.positions).max() > 1e-3
+    else:  # inversion pairs cancel the bias exactly: the averaged direct forces are native LJ's
+        assert np.abs(c.positions - b.positions).max() < 1e-9
+        nat = thermo(native / "log.lammps")
+        for name in ("PotEng", "Press", "Pxy", "Volume"):
+            assert np.abs(got[name] - nat[name]).max() <= 1e-9 * np.abs(nat[name]).max(), name
+    report = json.loads((domain / "bridge.json").read_text())
+    assert sum(r["owned"] for r in report["per_rank"]) == 256
+
+
+def test_direct_forces_without_virial_refused_for_a_barostat(tmp_path):
+    """mlip-lammps-run --forces direct on the NPT deck with a model without a direct virial: one
+    error line (the server's refusal) before LAMMPS runs a step."""
+    import subprocess
+    import sys
+
+    from server.lammps.mpi import mpi_env
+    from server.paths import lammps_inputs_dir
+    from training.toy_models import water_toy_direct
+
+    model = export(water_toy_direct(), tmp_path / "water-direct.pt")
+    cmd = [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", lammps_inputs_dir() / "in.water-npt"]
+    cmd += ["--model", model, "--molecules", "8", "--forces", "direct", "--out", tmp_path / "run"]
+    cmd += ["--threads", "1", "--quiet", "--max-server-restarts", "0"]
+    done = subprocess.run(
+        list(map(str, cmd)), cwd=tmp_path, capture_output=True, text=True, timeout=120, env=mpi_env()
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "needs the pressure" in last and "drop --forces direct" in last, done.stdout + done.stderr
+    assert (
+        not (tmp_path / "run" / "log.lammps").exists()
+        or "Step" not in (tmp_path / "run" / "log.lammps").read_text()
+    )

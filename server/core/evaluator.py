@@ -203,8 +203,8 @@ class Evaluator:
         rotations = [a.rotations() for a in averaging]
         per_copy = self._evaluate_copies(graphs, rotations, direct)
         results = [
-            _combine(copies, rot, a.is_raw, a.direct)
-            for copies, rot, a in zip(per_copy, rotations, averaging)
+            _combine(copies, rot, a.is_raw, a.direct and s.owned is None)
+            for copies, rot, a, s in zip(per_copy, rotations, averaging, structures)
         ]
         t2 = time.perf_counter()
         self.timings["neighbors"] += t1 - t0
@@ -354,14 +354,16 @@ def _bucket(n_edges: int, direct: bool = False):
     return (size, "direct") if direct else size
 
 
-def _combine(copies, rot, raw_only: bool, direct: bool = False) -> Result:
+def _combine(copies, rot, raw_only: bool, remove_net: bool = False) -> Result:
     """Weighted average over copies (:class:`CopyResult`) plus the symmetry-breaking diagnostics;
-    direct forces lose their net force (reported as ``direct_net_force``, eV/Å)."""
+    with ``remove_net`` (direct forces of a whole structure; a domain rank's cluster keeps them:
+    the LAMMPS bridge removes the cell's) the forces lose their net force (reported as
+    ``direct_net_force``, eV/Å)."""
     w = rot.weights
     energies = np.array([c.energy for c in copies])
     forces = np.stack([c.forces for c in copies])
     net = None
-    if direct and copies[0].atom_energies is None:  # a whole structure (not a rank's cluster)
+    if remove_net:
         net = forces.mean(axis=1, keepdims=True)  # per copy: the mean of a linear average is linear
         forces = forces - net
     virials = np.stack([c.virial for c in copies])

@@ -134,8 +134,9 @@ class Connection:
                 f"{self.address}: {name} without the domain extension announced in INIT: the host "
                 "is not the LAMMPS bridge, or the stream is corrupt"
             )
-        elif name == "GETMODEL":
-            send_model_info(self.wire, self.model_info)
+        elif name == "GETMODEL":  # the model's attributes and this endpoint's kind of forces
+            forces = "direct" if self.averaging.direct else "conservative"
+            send_model_info(self.wire, {**self.model_info, "forces": forces})
         elif name == "DOMAINDATA":
             self._read_cluster()
         elif name == "GETFORCE":
@@ -313,6 +314,7 @@ class ForceServer:
             "subset_refusal": getattr(m, "subset_refusal", None),
             "device": str(m.device),
             "committee_size": len(getattr(m, "members", ())),
+            "direct_virial": bool(m.direct_virial),
         }
 
     def serve(self) -> None:

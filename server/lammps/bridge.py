@@ -347,6 +347,12 @@ class Bridge:
                 f"the force servers report different interaction ranges {sorted(set(ranges))} Å: "
                 "give every server the same model"
             )
+        modes = self.comm.allgather(info.get("forces", "conservative")) if self.size > 1 else []
+        if len(set(modes)) > 1:
+            raise InputError(
+                f"the force servers serve different forces ({', '.join(sorted(set(modes)))}): "
+                "give every server the same --forces"
+            )
         text = self.parts.head + self.parts.tail
         skin = neighbor_skin(text)
         self.comm_cutoff = float(info["interaction_range"]) + skin
@@ -383,6 +389,16 @@ class Bridge:
                 f"({'declared' if info.get('declared_range') else 'not declared: assumed local'}), "
                 f"ghost shell (comm_modify cutoff) {cutoff:g} Å, skin {skin:g} Å"
             )
+            if self.domain.direct:
+                self.say(
+                    "direct forces: each rank's owned atoms' forces come from its own cluster (no "
+                    "ghost-force return), the cell's net force is removed every step; "
+                    + (
+                        "virial: the model's direct virial of the owned atoms"
+                        if info.get("direct_virial")
+                        else "the model has no direct virial: ZERO virial (no pressure: not for NPT)"
+                    )
+                )
 
     def _uncertainty_log(self):
         """The UncertaintyLog of the domain route (rank 0 writes the file and the log lines)."""

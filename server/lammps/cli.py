@@ -17,6 +17,7 @@ from ..structures import write_water_data
 from ..supervision import EXIT_STOPPED, Deadline, EventLog, StopSignals
 from . import bridge, checkpoint, runner
 from .bridge import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Bridge, BridgeConfig
+from .deck import pressure_fixes
 from .mpi import Interrupts, get_comm, preload_mpi
 
 __all__ = ["bridge_main", "build_bridge_parser", "run_main", "build_run_parser"]
@@ -334,6 +335,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         "--average", default="none", help="server rotational averaging spec (e.g. 2i; see mlip-server --help)"
     )
     p.add_argument(
+        "--forces",
+        default="conservative",
+        choices=["conservative", "direct"],
+        help="the gradient of the energy, or the model's direct forces (no backward pass; net force "
+        "removed; a deck with a barostat needs the model's direct virial; mlip-server --forces)",
+    )
+    p.add_argument(
         "--compile",
         action="store_true",
         help="the servers serve the model as a package compiled on first use (mlip-server --compile)",
@@ -471,6 +479,8 @@ def _fresh_settings(args) -> dict | None:
         return None
     bridge_args = ["--decomposition", decomposition]
     server_args = _server_args(args)
+    if args.forces == "direct" and pressure_fixes(deck.read_text()):
+        server_args.append("--require-virial")  # the servers refuse a model without a direct virial
     if args.uncertainty_threshold is not None:  # the domain route's bridge sees the cell, gather's server
         options = ["--uncertainty-threshold", repr(args.uncertainty_threshold)]
         if args.save_uncertain is not None:
@@ -605,6 +615,8 @@ def _model(args):
 
 def _server_args(args) -> list:
     server_args = ["--average", args.average] + (["--compile"] if getattr(args, "compile", False) else [])
+    if getattr(args, "forces", "conservative") == "direct":
+        server_args += ["--forces", "direct"]
     if args.dtype:
         server_args += ["--dtype", args.dtype]
     if args.threads:

@@ -31,6 +31,7 @@ __all__ = [
     "check_elements",
     "neighbor_skin",
     "comm_cutoffs",
+    "pressure_fixes",
     "FIX_LINE",
     "commands",
     "command_by_command",
@@ -148,6 +149,19 @@ def comm_cutoffs(text: str) -> list[tuple[int, float]]:
                 except ValueError:
                     found.append((first, float("nan")))
     return found
+
+
+BAROSTATS = ("npt", "nph", "press/berendsen", "press/langevin", "box/relax", "rigid/npt", "rigid/nph")
+"""Fix styles whose dynamics needs the pressure (the virial)."""
+
+
+def pressure_fixes(text: str) -> list[tuple[int, str]]:
+    """(line, style) of the deck's fixes that need the pressure (:data:`BAROSTATS`)."""
+    return [
+        (first, words[3])
+        for first, words in _commands(text, "fix")
+        if len(words) > 3 and words[3] in BAROSTATS
+    ]
 
 
 def lammps_message(err: BaseException) -> str:

@@ -110,6 +110,7 @@ class DomainForces:
         self.rank, self.size = self.comm.rank, self.comm.size
         self.range = float(info["interaction_range"])
         self.n_members = int(info.get("committee_size", 0))  # a committee's spreads need every member
+        self.direct = info.get("forces") == "direct"  # owned forces come from the cluster: no return
         self.numbers_of_type = np.asarray(numbers_of_type, dtype=np.int64)
         self.per_atom, self.range_check = per_atom, range_check
         self.ghosts = GhostReturn(self.comm, self.mpi)
@@ -117,6 +118,7 @@ class DomainForces:
         self.checked = not range_check
         self._step = 0
         self.n_rotations: int | None = None  # rotated copies per evaluation, agreed at the first call
+        self.net_force = 0.0  # direct forces: |Σ F| of the cell before its removal (eV/Å), last call
 
     # -- one force call ----------------------------------------------------------------------
     def forces(self, step, nlocal, f) -> tuple[float, str | None]:
@@ -160,18 +162,19 @@ class DomainForces:
                 energy, forces, virial, e_atom, w_atom, extras = self._compute(
                     numbers[cluster], x[cluster], nlocal
                 )
+                ghost = near & (not self.direct)  # direct forces: a ghost's row is not returned
                 owned_rows[:, :3] = forces[:nlocal]
-                ghost_rows[near, :3] = forces[nlocal:]
+                ghost_rows[ghost, :3] = forces[nlocal:][ghost[near]]
                 if self.per_atom:
                     atom_energies[:] = e_atom
                     w = w_atom.reshape(-1, 9)
                     owned_rows[:, 3:9] = _six(w[:nlocal])
-                    ghost_rows[near, 3:9] = _six(w[nlocal:])
+                    ghost_rows[ghost, 3:9] = _six(w[nlocal:])[ghost[near]]
                 if m:
                     member_energies[:] = extras["committee_energies"]
                     rows = extras["committee_forces"].transpose(1, 0, 2).reshape(len(cluster), 3 * m)
                     owned_rows[:, base:] = rows[:nlocal]
-                    ghost_rows[near, base:] = rows[nlocal:]
+                    ghost_rows[ghost, base:] = rows[nlocal:][ghost[near]]
                 if thick is not None:
                     t_check = time.perf_counter()
                     self._check_range(thick, forces[:nlocal])
@@ -210,8 +213,12 @@ class DomainForces:
                 rot_weights[:], rot_energies[:] = weights, extras["rotation_energies"]
                 rows = extras["rotation_forces"].transpose(1, 0, 2).reshape(-1, 3 * k)
                 owned_rows[:, width:] = rows[:nlocal]
-                ghost_rows[near, width:] = rows[nlocal:]
-        self.ghosts.add(ghost_rows, owned_rows)  # collective
+                if not self.direct:
+                    ghost_rows[near, width:] = rows[nlocal:]
+        if self.direct:  # (every rank serves the same forces: checked at set-up)
+            self._remove_net_force(owned_rows, base)  # collective
+        else:
+            self.ghosts.add(ghost_rows, owned_rows)  # collective
         rot_var = 0.0
         if k and nlocal:
             rot_forces = owned_rows[:, width:].reshape(nlocal, k, 3)
@@ -278,6 +285,29 @@ class DomainForces:
         if tm.calls == 1:
             tm.first = {k: v for k, v in tm.as_dict().items() if k != "first"}
         return OK, None
+
+    def _remove_net_force(self, owned_rows, base) -> None:
+        """Direct forces: the cell's net force (and each committee member's own), summed over the
+        ranks, removed from every atom, as the gather route's server does per structure."""
+        m, nlocal = self.n_members, len(owned_rows)
+        local = np.concatenate(
+            [
+                owned_rows[:, :3].sum(axis=0),
+                owned_rows[:, base : base + 3 * m].reshape(nlocal, m, 3).sum(axis=0).ravel(),
+                [float(nlocal)],
+            ]
+        )
+        total = np.empty_like(local)
+        if self.size > 1:
+            wait_quietly(self.comm.Iallreduce(local, total, op=self.mpi.SUM))
+        else:
+            total = local
+        if not total[-1]:
+            return
+        owned_rows[:, :3] -= total[:3] / total[-1]
+        if m:
+            owned_rows[:, base : base + 3 * m] -= (total[3 : 3 + 3 * m] / total[-1])[None, :]
+        self.net_force = float(np.linalg.norm(total[:3]))
 
     def _save_uncertain(self, step, nlocal, x, tags, numbers, owned_rows, base, total):
         """The whole cell, gathered to rank 0 (collective: every rank saw the same largest

@@ -29,7 +29,7 @@ host whose INIT string contains ``mlip-domain:1`` may send, besides the messages
 
 * GETMODEL → the driver answers MODELINFO: int32 length + JSON (``cutoff``,
   ``interaction_range`` Å, ``declared_range``, ``species``, ``dtype``, ``sums_atomic_energies``,
-  ``path``);
+  ``path``, ``forces``: ``conservative`` or ``direct`` (this endpoint's), ``direct_virial``);
 * DOMAINDATA: int32 natoms, int32 owned, int32 flags (bit 0: per-atom energies and virials,
   bit 1: committee members, bit 2: rotated copies),
   natoms int32 atomic numbers, 3·natoms float64 positions (**Å**): one non-periodic cluster
