@@ -154,8 +154,9 @@ XML = """<simulation verbosity='low' floatformat='%25.16e'>
 </simulation>"""
 
 
-def _ipi_metatomic_driver(address, model, workdir):
-    """i-PI's own ``i-pi-py_driver -m metatomic`` client on unix socket ``address``."""
+def _ipi_metatomic_driver(address, model, workdir, options=""):
+    """i-PI's own ``i-pi-py_driver -m metatomic`` client on unix socket ``address`` (``options``:
+    more of its ``-o`` parameters, e.g. ``,non_conservative=True``)."""
     return processes.start(
         [
             processes.executable("i-pi-py_driver"),
@@ -165,7 +166,7 @@ def _ipi_metatomic_driver(address, model, workdir):
             "-a",
             address,
             "-o",
-            f"template=init.xyz,model={model}",
+            f"template=init.xyz,model={model}{options}",
         ],
         cwd=workdir,
         log=workdir / "driver.log",
@@ -403,3 +404,84 @@ def test_a_model_without_per_atom_energies_serves_subsets_but_refuses_per_atom(
     np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
     with pytest.raises(ModelError, match="no per-atom energy output.*run without --per-atom"):
         ev.compute([Structure(s.positions, s.numbers, owned=4, per_atom=True)])
+
+
+@pytest.fixture(scope="module")
+def direct_metatomic(models_dir):
+    """A direct-force toy on water (LJ force + bias × neighbour count: a net force to remove, and
+    the analytic pair virial) as a contract file and as its metatomic export (non-conservative
+    force and stress outputs)."""
+    from training.toy_models import LennardJonesDirect
+    from training.toy_models import export as export_contract
+
+    model = LennardJonesDirect(epsilon=0.01, sigma=0.9, cutoff=4.0, species=[1, 8], bias=[0.05, -0.1, 0.15])
+    contract = export_contract(model, models_dir / "lj-water-direct.pt")
+    return contract, export_metatomic(contract, models_dir / "lj-water-direct-metatomic.pt")
+
+
+def test_non_conservative_outputs_equal_the_contract_direct_head(direct_metatomic):
+    """The metatomic export's non_conservative_force/_stress, served with ``direct``, equal the
+    contract model's direct head: whole cells (net force removed, virial −σV), averaged, and a
+    domain rank's cluster (selected atoms: the owned atoms' forces)."""
+    contract, exported = direct_metatomic
+    ours, theirs = Evaluator(contract), Evaluator(exported)
+    assert isinstance(theirs.model, MetatomicModel)
+    assert theirs.model.direct_forces and theirs.model.direct_virial
+    atoms = water_box(8, seed=5)
+    s = Structure.from_ase(atoms)
+    for spec in ("direct", "direct+2i"):
+        a, b = ours.compute([s], spec)[0], theirs.compute([s], spec)[0]
+        assert abs(a.energy - b.energy) <= 1e-12 * abs(a.energy)
+        np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-12 * np.abs(a.forces).max())
+        np.testing.assert_allclose(b.virial, a.virial, rtol=0, atol=1e-12 * np.abs(a.virial).max())
+        assert b.extras["direct_net_force"] == pytest.approx(a.extras["direct_net_force"], rel=1e-10)
+        if spec == "direct":  # the bias: a net force the server removed
+            assert a.extras["direct_net_force"] > 1.0
+    cluster = Structure(atoms.positions, atoms.numbers, owned=10)
+    a, b = ours.compute([cluster], "direct")[0], theirs.compute([cluster], "direct")[0]
+    assert abs(a.energy - b.energy) <= 1e-12 * abs(a.energy)
+    np.testing.assert_allclose(b.forces[:10], a.forces[:10], rtol=0, atol=1e-12 * np.abs(a.forces).max())
+
+
+def test_direct_endpoint_equals_ipi_metatomic_driver_non_conservative(tmp_path, direct_metatomic):
+    """One i-PI run, two forcefields: our server's direct endpoint on the metatomic file (weight 1)
+    and i-PI's own metatomic driver with ``non_conservative=True`` on the same file (weight 0):
+    energies and net-force-free forces agree at every step."""
+    _, model = direct_metatomic
+    atoms = water_box(8, seed=5)
+    ipi_sim.write_init(atoms, tmp_path / "init.xyz")
+    ours, theirs = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
+    energies = "pot_component_raw(index=0;bead=0), pot_component_raw(index=1;bead=0)"
+    trajectories = "".join(
+        f"    <trajectory filename='f{k}_0' stride='1' format='bin' bead='0'> "
+        f"forces_component_raw({k}) </trajectory>\n"
+        for k in (0, 1)
+    )
+    (tmp_path / "input.xml").write_text(
+        XML.format(ours=ours, theirs=theirs, beads=1, energies=energies, trajectories=trajectories)
+    )
+    ipi = processes.start_ipi("input.xml", tmp_path)
+    driver = server = None
+    try:
+        processes.wait_for_socket(theirs, ipi)
+        driver = _ipi_metatomic_driver(theirs, model, tmp_path, ",non_conservative=True")
+        server = processes.start_server(model, "init.xyz", [f"unix:{ours}=direct"], tmp_path)
+        codes = processes.wait([ipi, driver, server], 240)
+    finally:
+        processes.stop([ipi, driver, server], [ours, theirs])
+    assert codes[0] == 0 and codes[2] == 0, (tmp_path / "ipi.log").read_text()[-2000:]
+    assert "direct forces (no backward pass" in (tmp_path / "server.log").read_text()
+    props = np.loadtxt(tmp_path / "sim.out")
+    assert props.shape == (9, 3)
+    assert np.ptp(props[:, 1]) > 1e-6
+    np.testing.assert_allclose(props[:, 1], props[:, 2], rtol=1e-10, atol=0)
+    ratio = (  # i-PI's driver converts with its 8-digit 'ev/ang' constant (see above)
+        unit_to_internal("energy", "electronvolt", 1.0)
+        / unit_to_internal("length", "angstrom", 1.0)
+        / unit_to_internal("force", "ev/ang", 1.0)
+    )
+    f_ours = np.array(_read_binary_frames(tmp_path / "sim.f0_0.bin"))
+    f_ipi = np.array(_read_binary_frames(tmp_path / "sim.f1_0.bin"))
+    assert f_ours.shape == f_ipi.shape == (9, len(atoms), 3)
+    assert np.abs(f_ours.sum(axis=1)).max() < 1e-10  # the net force is removed on both sides
+    np.testing.assert_allclose(f_ours, f_ipi * ratio, rtol=0, atol=1e-10 * np.abs(f_ours).max())

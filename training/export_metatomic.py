@@ -52,6 +52,15 @@ def export_metatomic(
         outputs[f"energy/{variant}"] = mta.ModelOutput(
             unit="eV", sample_kind="atom", description=f"energy × {variants[variant]}"
         )
+    direct = hasattr(module, "direct_forces")
+    if direct:  # a direct-force head: metatomic's non-conservative outputs
+        outputs["non_conservative_force"] = mta.ModelOutput(
+            unit="eV/Angstrom", sample_kind="atom", description="direct forces (net force not removed)"
+        )
+        if hasattr(module, "direct_virial"):
+            outputs["non_conservative_stress"] = mta.ModelOutput(
+                unit="eV/Angstrom^3", sample_kind="system", description="direct stress -W/V"
+            )
     interaction_range = float(getattr(module, "interaction_range", module.cutoff))
     capabilities = mta.ModelCapabilities(
         outputs=outputs,
@@ -61,11 +70,18 @@ def export_metatomic(
         supported_devices=["cpu", "cuda"],
         dtype=dtype,
     )
-    from training.metatomic_wrapper import ContractAsMetatomic
-
-    wrapped = mta.AtomisticModel(
-        ContractAsMetatomic(module, variants).eval(), mta.ModelMetadata(name=name), capabilities
+    from training.metatomic_wrapper import (
+        ContractAsMetatomic,
+        DirectContractAsMetatomic,
+        DirectStressContractAsMetatomic,
     )
+
+    wrapper = ContractAsMetatomic
+    if direct:
+        wrapper = (
+            DirectStressContractAsMetatomic if hasattr(module, "direct_virial") else DirectContractAsMetatomic
+        )
+    wrapped = mta.AtomisticModel(wrapper(module, variants).eval(), mta.ModelMetadata(name=name), capabilities)
     wrapped.save(str(path))
     return str(path)
 

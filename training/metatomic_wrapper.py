@@ -15,7 +15,7 @@ import metatomic.torch as mta
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 
-__all__ = ["ContractAsMetatomic"]
+__all__ = ["ContractAsMetatomic", "DirectContractAsMetatomic", "DirectStressContractAsMetatomic"]
 
 
 class ContractAsMetatomic(torch.nn.Module):
@@ -53,11 +53,21 @@ class ContractAsMetatomic(torch.nn.Module):
                 results[name] = self._energy(
                     systems, outputs[name].sample_kind == "atom", selected_atoms, factor
                 )
+        return self._direct_outputs(systems, outputs, selected_atoms, results)
+
+    def _direct_outputs(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels],
+        results: Dict[str, TensorMap],
+    ) -> Dict[str, TensorMap]:
+        """No direct head: nothing more (:class:`DirectContractAsMetatomic` adds its outputs)."""
         return results
 
-    def _energy(
-        self, systems: List[mta.System], per_atom: bool, selected_atoms: Optional[Labels], factor: float
-    ) -> TensorMap:
+    def _inputs(self, systems: List[mta.System], per_atom: bool, selected_atoms: Optional[Labels]):
+        """The contract's inputs for ``systems`` (counted terms: all atoms or the selected ones,
+        per system or per atom), plus each atom's system and index and the counted atoms."""
         vectors: List[torch.Tensor] = []
         centres: List[torch.Tensor] = []
         neighbours: List[torch.Tensor] = []
@@ -93,13 +103,26 @@ class ContractAsMetatomic(torch.nn.Module):
             structure[counted] = torch.arange(counted.shape[0], dtype=torch.int64, device=device)
         else:
             structure[counted] = systems_t[counted]
-        energies = self.model(
+        edge_index = torch.stack([torch.cat(centres), torch.cat(neighbours)])
+        return (
             torch.cat(vectors),
-            torch.stack([torch.cat(centres), torch.cat(neighbours)]),
+            edge_index,
             torch.cat(numbers),
             structure,
-            n_terms + 1,
-        )[:n_terms]
+            n_terms,
+            systems_t,
+            atoms_t,
+            counted,
+        )
+
+    def _energy(
+        self, systems: List[mta.System], per_atom: bool, selected_atoms: Optional[Labels], factor: float
+    ) -> TensorMap:
+        vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
+            systems, per_atom, selected_atoms
+        )
+        device = vectors.device
+        energies = self.model(vectors, edge_index, numbers, structure, n_terms + 1)[:n_terms]
         if per_atom:
             labels = Labels(
                 ["system", "atom"], torch.stack([systems_t[counted], atoms_t[counted]], dim=1).to(torch.int32)
@@ -116,3 +139,94 @@ class ContractAsMetatomic(torch.nn.Module):
             properties=Labels("energy", torch.zeros((1, 1), dtype=torch.int32, device=device)),
         )
         return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
+
+
+class DirectContractAsMetatomic(ContractAsMetatomic):
+    """:class:`ContractAsMetatomic` of a contract model with a direct-force head: also the output
+    ``non_conservative_force`` (per atom, eV/Å: the head's ``direct_forces`` of the selected atoms,
+    net force left in: engines remove it)."""
+
+    def _direct_outputs(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels],
+        results: Dict[str, TensorMap],
+    ) -> Dict[str, TensorMap]:
+        if "non_conservative_force" in outputs:
+            results["non_conservative_force"] = self._forces(systems, selected_atoms)
+        return self._stress_output(systems, outputs, selected_atoms, results)
+
+    def _stress_output(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels],
+        results: Dict[str, TensorMap],
+    ) -> Dict[str, TensorMap]:
+        """No direct virial: no stress output (:class:`DirectStressContractAsMetatomic` has one)."""
+        return results
+
+    def _forces(self, systems: List[mta.System], selected_atoms: Optional[Labels]) -> TensorMap:
+        vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
+            systems, False, selected_atoms
+        )
+        device = vectors.device
+        forces = self.model.direct_forces(vectors, edge_index, numbers, structure, n_terms + 1)[counted]
+        labels = Labels(
+            ["system", "atom"], torch.stack([systems_t[counted], atoms_t[counted]], dim=1).to(torch.int32)
+        )
+        xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+        block = TensorBlock(
+            values=forces.reshape(-1, 3, 1),
+            samples=labels,
+            components=[xyz],
+            properties=Labels(
+                "non_conservative_force", torch.zeros((1, 1), dtype=torch.int32, device=device)
+            ),
+        )
+        return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
+
+
+class DirectStressContractAsMetatomic(DirectContractAsMetatomic):
+    """:class:`DirectContractAsMetatomic` of a model with a ``direct_virial`` too: the output
+    ``non_conservative_stress`` (per system, eV/Å³, σ = −W/V; zero for a system without a cell)."""
+
+    def _stress_output(
+        self,
+        systems: List[mta.System],
+        outputs: Dict[str, mta.ModelOutput],
+        selected_atoms: Optional[Labels],
+        results: Dict[str, TensorMap],
+    ) -> Dict[str, TensorMap]:
+        if "non_conservative_stress" not in outputs:
+            return results
+        vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
+            systems, False, selected_atoms
+        )
+        device = vectors.device
+        virials = self.model.direct_virial(vectors, edge_index, numbers, structure, n_terms + 1)[:n_terms]
+        stresses: List[torch.Tensor] = []
+        for k, system in enumerate(systems):
+            volume = torch.abs(torch.det(system.cell))
+            if bool(volume > 0):
+                stresses.append(-virials[k] / volume)
+            else:
+                stresses.append(torch.zeros_like(virials[k]))
+        xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+        xyz_2 = Labels("xyz_2", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+        systems_labels = Labels(
+            "system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
+        )
+        block = TensorBlock(
+            values=torch.stack(stresses).reshape(-1, 3, 3, 1),
+            samples=systems_labels,
+            components=[xyz, xyz_2],
+            properties=Labels(
+                "non_conservative_stress", torch.zeros((1, 1), dtype=torch.int32, device=device)
+            ),
+        )
+        results["non_conservative_stress"] = TensorMap(
+            Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block]
+        )
+        return results

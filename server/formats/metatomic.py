@@ -131,6 +131,14 @@ class MetatomicModel(ModelAdapter):
                 f"({self.cutoff}): long-range-only models are not supported"
             )
         self.per_atom_energies = capabilities.outputs["energy"].sample_kind == "atom"
+        names = list(capabilities.outputs.keys())
+        # direct forces: metatomic's non_conservative_force (or the deprecated plural) and stress
+        self._nc_force = next(
+            (n for n in ("non_conservative_force", "non_conservative_forces") if n in names), None
+        )
+        self._nc_stress = "non_conservative_stress" if "non_conservative_stress" in names else None
+        self.direct_forces = self._nc_force is not None
+        self.direct_virial = self.direct_forces and self._nc_stress is not None
         self.options = mta.ModelEvaluationOptions(
             length_unit="angstrom", outputs={"energy": mta.ModelOutput(unit="eV", sample_kind="system")}
         )
@@ -158,8 +166,6 @@ class MetatomicModel(ModelAdapter):
         ``selected_atoms`` = their counted atoms (group ≥ 0) and, for ``per_atom`` graphs, the
         ``energy`` output per atom; per-atom virials then come from the neighbour vectors as
         separate autograd leaves (module docstring)."""
-        if direct:
-            raise ModelError(f"{self.path}: no direct forces (non_conservative_force) served yet")
         subsets = any(g.groups is not None for g, _ in copies)
         per_atom = any(g.per_atom for g, _ in copies)
         if subsets and self.subset_refusal:
@@ -169,41 +175,17 @@ class MetatomicModel(ModelAdapter):
                 f"{self.path}: the metatomic model has no per-atom energy output (its 'energy' is "
                 "per system): run without --per-atom (compute pe/atom, stress/atom)"
             )
+        if direct:
+            return self._evaluate_direct(copies, subsets, per_atom)
         dev, dt = self.device, self.dtype
-        systems, leaves, strains, edge_leaves = [], [], [], []
-        for g, rot in copies:
-            leaf = torch.tensor(g.positions @ rot.T, dtype=dt, device=dev, requires_grad=True)
-            strain = torch.eye(3, dtype=dt, device=dev, requires_grad=True)
-            cell = torch.tensor((g.cell * g.pbc[:, None]) @ rot.T, dtype=dt, device=dev)
-            positions, cell = leaf @ strain, cell @ strain
-            system = self._mta.System(
-                torch.tensor(g.numbers, dtype=torch.int32, device=dev),
-                positions,
-                cell,
-                torch.tensor(g.pbc, dtype=torch.bool, device=dev),
-            )
-            edges = []
-            for request in self.requests:
-                block, pairs = self._neighbors(g, positions, cell, request, separate=g.per_atom)
-                system.add_neighbor_list(request, block)
-                if pairs is not None:
-                    edges.append(pairs)
-            systems.append(system)
-            leaves.append(leaf)
-            strains.append(strain)
-            edge_leaves.append(edges)
+        systems, leaves, strains, edge_leaves = self._systems(copies, grad=True)
         options = self.options
         if subsets or per_atom:
             options = self._subset_options(copies, per_atom)
         outputs = self.module(systems, options, check_consistency=False)
         block = outputs["energy"].block()
         values = block.values.reshape(-1)
-        if per_atom:  # sum each copy's atoms' energies (samples: system, atom)
-            sample = block.samples.values.to(torch.int64)
-            energies = torch.zeros(len(copies), dtype=values.dtype, device=values.device)
-            energies = energies.index_add(0, sample[:, 0], values)
-        else:
-            energies = values
+        energies = self._copy_energies(block, len(copies), per_atom)
         flat_edges = [vectors for edges in edge_leaves for (_, _, vectors) in edges]
         grads = torch.autograd.grad(energies.sum(), leaves + strains + flat_edges, allow_unused=True)
         n = len(copies)
@@ -242,17 +224,115 @@ class MetatomicModel(ModelAdapter):
             results.append(result)
         return results
 
-    def _subset_options(self, copies, per_atom: bool):
-        """Evaluation options with ``selected_atoms`` = each copy's counted atoms (group ≥ 0)."""
+    def _systems(self, copies, grad: bool):
+        """One ``System`` per copy (positions x Rᵀ, cell Rᵀ) with the requested lists; with ``grad``
+        positions and a strain are autograd leaves (per-atom virials: the vectors too). Returns
+        (systems, position leaves, strains, per copy [(i, j, vector leaves)])."""
+        dev, dt = self.device, self.dtype
+        systems, leaves, strains, edge_leaves = [], [], [], []
+        for g, rot in copies:
+            leaf = torch.tensor(g.positions @ rot.T, dtype=dt, device=dev, requires_grad=grad)
+            cell = torch.tensor((g.cell * g.pbc[:, None]) @ rot.T, dtype=dt, device=dev)
+            strain = None
+            positions = leaf
+            if grad:
+                strain = torch.eye(3, dtype=dt, device=dev, requires_grad=True)
+                positions, cell = leaf @ strain, cell @ strain
+            system = self._mta.System(
+                torch.tensor(g.numbers, dtype=torch.int32, device=dev),
+                positions,
+                cell,
+                torch.tensor(g.pbc, dtype=torch.bool, device=dev),
+            )
+            edges = []
+            for request in self.requests:
+                block, pairs = self._neighbors(g, positions, cell, request, separate=grad and g.per_atom)
+                system.add_neighbor_list(request, block)
+                if pairs is not None:
+                    edges.append(pairs)
+            systems.append(system)
+            leaves.append(leaf)
+            strains.append(strain)
+            edge_leaves.append(edges)
+        return systems, leaves, strains, edge_leaves
+
+    @staticmethod
+    def _copy_energies(block, n_copies: int, per_atom: bool):
+        """Each copy's energy from the ``energy`` block (per atom: summed over the copy's atoms)."""
+        values = block.values.reshape(-1)
+        if not per_atom:
+            return values
+        sample = block.samples.values.to(torch.int64)
+        energies = torch.zeros(n_copies, dtype=values.dtype, device=values.device)
+        return energies.index_add(0, sample[:, 0], values)
+
+    def _evaluate_direct(self, copies, subsets: bool, per_atom: bool):
+        """Direct forces: the ``energy`` (forward only) and the ``non_conservative_force`` (and
+        ``_stress``, as the virial W = −σV; zero without a cell) outputs, no backward pass. Forces
+        come back as predicted (the Evaluator removes the net force); per-atom virials are zero."""
+        with torch.no_grad():
+            systems, _, _, _ = self._systems(copies, grad=False)
+            wanted = [self._nc_force] + ([self._nc_stress] if self._nc_stress else [])
+            options = self._subset_options(copies, per_atom, wanted) if subsets or per_atom else None
+            if options is None:
+                outputs = dict(self.options.outputs)
+                outputs[self._nc_force] = self._mta.ModelOutput(unit="eV/Angstrom", sample_kind="atom")
+                if self._nc_stress:
+                    outputs[self._nc_stress] = self._mta.ModelOutput(
+                        unit="eV/Angstrom^3", sample_kind="system"
+                    )
+                options = self._mta.ModelEvaluationOptions(length_unit="angstrom", outputs=outputs)
+            out = self.module(systems, options, check_consistency=False)
+        block = out["energy"].block()
+        energies = self._copy_energies(block, len(copies), per_atom).to("cpu", torch.float64).numpy()
+        f_block = out[self._nc_force].block()
+        f_samples = f_block.samples.values.to("cpu", torch.int64).numpy()
+        f_values = f_block.values.reshape(-1, 3).to("cpu", torch.float64).numpy()
+        stresses = None
+        if self._nc_stress:
+            stresses = out[self._nc_stress].block().values.reshape(-1, 3, 3).to("cpu", torch.float64).numpy()
+        if per_atom:
+            e_samples = block.samples.values.to("cpu", torch.int64).numpy()
+            e_values = block.values.reshape(-1).to("cpu", torch.float64).numpy()
+        results = []
+        for k, (g, rot) in enumerate(copies):
+            mine = f_samples[:, 0] == k
+            forces = np.zeros((len(g.numbers), 3))
+            forces[f_samples[mine, 1]] = f_values[mine]
+            virial = np.zeros((3, 3))
+            if stresses is not None:
+                volume = abs(np.linalg.det(g.cell * g.pbc[:, None]))
+                virial = -stresses[k] * volume
+            result = CopyResult(float(energies[k]), forces @ rot, rot.T @ virial @ rot)
+            if g.per_atom:
+                here = e_samples[:, 0] == k
+                groups = g.groups if g.groups is not None else np.arange(len(g.numbers))
+                atom_energies = np.zeros(g.n_groups)
+                atom_energies[groups[e_samples[here, 1]]] = e_values[here]
+                result = result._replace(
+                    atom_energies=atom_energies, atom_virials=np.zeros((len(g.numbers), 3, 3))
+                )
+            results.append(result)
+        return results
+
+    def _subset_options(self, copies, per_atom: bool, direct_outputs=()):
+        """Evaluation options with ``selected_atoms`` = each copy's counted atoms (group ≥ 0), and
+        the direct outputs named in ``direct_outputs``."""
         rows = []
         for k, (g, _) in enumerate(copies):
             atoms = np.arange(len(g.numbers)) if g.groups is None else np.flatnonzero(g.groups >= 0)
             rows.append(np.column_stack([np.full(len(atoms), k), atoms]))
         values = torch.from_numpy(np.concatenate(rows).astype(np.int32)).to(self.device).reshape(-1, 2)
         kind = "atom" if per_atom else "system"
+        outputs = {"energy": self._mta.ModelOutput(unit="eV", sample_kind=kind)}
+        for name in direct_outputs:
+            stress = name == self._nc_stress
+            outputs[name] = self._mta.ModelOutput(
+                unit="eV/Angstrom^3" if stress else "eV/Angstrom", sample_kind="system" if stress else "atom"
+            )
         return self._mta.ModelEvaluationOptions(
             length_unit="angstrom",
-            outputs={"energy": self._mta.ModelOutput(unit="eV", sample_kind=kind)},
+            outputs=outputs,
             selected_atoms=self._mts.Labels(["system", "atom"], values),
         )
 
