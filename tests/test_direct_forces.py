@@ -220,3 +220,28 @@ def test_npt_refuses_a_direct_endpoint_without_virial(tmp_path, water_direct):
 def test_forces_direct_is_refused_where_the_experiment_mixes_forces(tmp_path, water_direct):
     done, _ = _run(["water-nvt-nc-mts", "--model", water_direct, "--forces", "direct"], tmp_path, "x")
     assert done.returncode == 2 and "water-nvt-nc-mts does not use --forces" in done.stderr
+
+
+def test_ase_calculator_and_ffdirect_serve_direct_forces(lj_direct, argon, tmp_path):
+    """The spec word reaches the in-process routes: the ASE calculator (``average="direct"``) and
+    i-PI's ``<ffdirect>`` PES (``average: direct``) give the server's direct forces."""
+    from server.ase_calculator import MLIPCalculator
+    from server.ipi.pes import MLIPDriver
+    from server.protocol.messages import BOHR_PER_ANGSTROM
+
+    ref = Evaluator(lj_direct).compute([Structure.from_ase(argon)], "direct")[0]
+    atoms = argon.copy()
+    atoms.calc = MLIPCalculator(lj_direct, average="direct")
+    np.testing.assert_allclose(atoms.get_forces(), ref.forces, rtol=0, atol=1e-12)
+    assert np.abs(atoms.get_forces().sum(axis=0)).max() < 1e-10
+    ase.io.write(tmp_path / "argon.xyz", argon)
+    pes = MLIPDriver(model=lj_direct, structure=str(tmp_path / "argon.xyz"), average="direct")
+    cell = np.array(argon.cell).T * BOHR_PER_ANGSTROM  # i-PI: columns, Bohr
+    energy, forces, virial, _ = pes.compute(cell, argon.positions * BOHR_PER_ANGSTROM)
+    from ipi.utils.units import unit_to_internal
+
+    per_ev_per_angstrom = unit_to_internal("energy", "electronvolt", 1.0) / BOHR_PER_ANGSTROM
+    got = forces.reshape(-1, 3) / per_ev_per_angstrom  # Hartree/Bohr → eV/Å
+    np.testing.assert_allclose(got, ref.forces, rtol=0, atol=1e-10 * np.abs(ref.forces).max())
+    direct_conservative = Evaluator(lj_direct).compute([Structure.from_ase(argon)])[0]
+    assert np.abs(ref.forces - direct_conservative.forces).max() > 0.01  # the head's bias is there
