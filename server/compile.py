@@ -8,7 +8,10 @@ How a TorchScript file becomes a package (:func:`compile_module`):
 2. the TorchScript graph is converted to an FX graph of aten operations
    (``torch._export.converter``; its int arithmetic is made symbolic, and an integer read from
    a tensor clamped to ``min=k``, e.g. PET's largest neighbour count, is declared ≥ k);
-   an eager ``torch.nn.Module`` (the training checkpoints' route) skips this step;
+   an eager ``torch.nn.Module`` (the training checkpoints' route) skips this step, and so does
+   a TorchScript model whose code the converter cannot take but whose eager module can be
+   rebuilt from it (:data:`EAGER_TWINS`: the n2p2 teacher; checked equal to the TorchScript
+   module first);
 3. the program "energies and ∂E/∂r_e" is traced with ``make_fx`` (symbolic shapes), which
    unfolds ``torch.autograd.grad`` into plain operations (exporting a module that calls autograd
    fails otherwise, pytorch #125984), exported with dynamic numbers of edges, atoms and
@@ -44,7 +47,16 @@ from .core.errors import MLIPError, ModelError
 from .formats.base import first_line, parse_device, parse_dtype
 from .formats.compiled import CONSERVATIVE, METADATA_FILE, MIN_SIZE, CompiledModel
 
-__all__ = ["compile_module", "compile_file", "cached_model", "cache_dir", "file_hash", "CompileError", "main"]
+__all__ = [
+    "compile_module",
+    "compile_file",
+    "eager_twin",
+    "cached_model",
+    "cache_dir",
+    "file_hash",
+    "CompileError",
+    "main",
+]
 
 log = logging.getLogger("mlip-server")
 
@@ -260,6 +272,10 @@ def compile_module(module, out, device="cpu", dtype=None, source="<in-memory>", 
     if out.suffix != ".pt2":
         raise CompileError(f"{out}: a package's name must end in .pt2")
     scripted = isinstance(module, torch.jit.ScriptModule)
+    if scripted:
+        twin = eager_twin(module, source)
+        if twin is not None:  # the converter cannot take it: its eager module is traced instead
+            module, scripted = twin, False
     if not scripted:  # an eager module: no TorchScript anywhere on this route
         module = copy.deepcopy(module)
         for p in module.parameters():
@@ -328,6 +344,45 @@ def _check(package, reference, species, cutoff, dtype, device):
             )
 
 
+EAGER_TWINS = {"N2P2Model": "training.n2p2.model:from_torchscript"}
+"""TorchScript classes (``original_name``) whose code the TorchScript → FX converter cannot take
+(loops over lists of floats, ``while`` loops): ``module:function`` rebuilding the eager module
+from the scripted one, which is traced instead (the n2p2 teacher)."""
+
+
+def eager_twin(module, source="<in-memory>"):
+    """The eager module of a scripted one listed in :data:`EAGER_TWINS`, checked to give the
+    same energies and edge gradients as the TorchScript module (≤ 1e-12 relative, float64, two
+    batches); ``None`` for other modules. Raises :class:`CompileError` when they disagree."""
+    import importlib
+
+    target = EAGER_TWINS.get(getattr(module, "original_name", None))
+    if target is None:
+        return None
+    name, function = target.split(":")
+    twin = getattr(importlib.import_module(name), function)(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    species, cutoff = [int(z) for z in module.species], float(module.cutoff)
+    for grid, n in (((2, 2, 3), 2), ((3, 3, 3), 3)):
+        v, ei, z, si, b = example_batch(species, cutoff, grid, n, torch.float64, "cpu")
+        results = []
+        for m in (module, twin):
+            leaf = v.clone().requires_grad_(True)
+            e = m(leaf, ei, z, si, b)
+            (g,) = torch.autograd.grad(e.sum(), leaf)
+            results.append((e.detach(), g))
+        (e0, g0), (e1, g1) = results
+        de = float((e1 - e0).abs().max() / e0.abs().max().clamp(min=1.0))
+        dg = float((g1 - g0).abs().max() / g0.abs().max().clamp(min=1e-12))
+        if not (de <= 1e-12 and dg <= 1e-12):
+            raise CompileError(
+                f"the eager module rebuilt from {source} disagrees with it (energies {de:.2g}, "
+                f"gradients {dg:.2g} relative): not compiled"
+            )
+    return twin
+
+
 def _load_source(path: str):
     """A TorchScript file, or a training checkpoint (``training/``: its best model, eager)."""
     try:
@@ -342,7 +397,7 @@ def _load_source(path: str):
         ) from None
     if not (isinstance(checkpoint, dict) and "model_config" in checkpoint):
         raise ModelError(f"{path!r} is neither TorchScript nor a training checkpoint (no model_config)")
-    # the one place the server reads training/'s files: only mlip-compile on a checkpoint gets here
+    # the server reads training/'s files only here and in eager_twin (mlip-compile, --compile)
     from training.checkpoints import model_from_checkpoint
 
     return model_from_checkpoint(checkpoint)

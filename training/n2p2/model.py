@@ -16,6 +16,15 @@ all pairs j<k inside each centre's block by index arithmetic), with r_jk = r_ik 
 element combinations no function uses, or with r_jk beyond the cutoff, are dropped before any
 differentiable work. Forces come from autograd through the edge vectors; all operations are
 twice differentiable.
+
+Compiling (``mlip-compile``, issue 28). No Python branch depends on tensor values outside
+TorchScript: the numbers of pairs are one ``sum`` (``.item()``, a data-dependent size when
+traced), ``repeat_interleave`` is told its output size, an element without atoms adds nothing
+instead of being skipped, and outside TorchScript an unsupported atomic number is an assertion
+op. The TorchScript → FX converter cannot take the scripted module (loops over lists of
+floats, the ``while`` of :func:`_integer_power`), so ``mlip-compile`` rebuilds the eager module
+from the TorchScript file (:func:`from_torchscript`) and traces that. The TorchScript exports'
+predictions are bitwise those of the code before these changes.
 """
 
 import math
@@ -27,7 +36,7 @@ import torch
 
 from .format import ACTIVATIONS, N2P2Potential, SymmetryFunction, read_n2p2
 
-__all__ = ["N2P2Model", "build_model"]
+__all__ = ["N2P2Model", "build_model", "from_torchscript"]
 
 
 # -- TorchScript building blocks ----------------------------------------------------------
@@ -139,6 +148,18 @@ def _integer_power(x: torch.Tensor, n: int) -> torch.Tensor:
     return result
 
 
+def _total(repeats: torch.Tensor) -> int:
+    """Σ repeats as an int (0 for none): the number of pairs. One sum, no branch on the number
+    of entries (the same integer as the last entry's offset + repeats); traced for export
+    (mlip-compile) it is a data-dependent size, declared ≥ 0."""
+    if torch.jit.is_scripting():
+        total = int(repeats.sum())
+    else:  # .item(): an unbacked size when traced (int() of a traced tensor would guard on it)
+        total = repeats.sum().item()
+        torch.ops.aten.sym_constrain_range_for_size.default(total, min=0)
+    return total
+
+
 def _pairs_within(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pairs (p, q), p < q, of positions with equal centre, as (repeats of p, q).
 
@@ -152,9 +173,10 @@ def _pairs_within(centres: torch.Tensor, n_atoms: int) -> Tuple[torch.Tensor, to
     position = torch.arange(m, device=centres.device)
     repeats = end - 1 - position
     offset = torch.cumsum(repeats, 0) - repeats  # first pair of each entry
-    q = torch.arange(
-        int(offset[-1] + repeats[-1]) if m > 0 else 0, device=centres.device
-    ) - torch.repeat_interleave(offset - position - 1, repeats)
+    total = _total(repeats)
+    q = torch.arange(total, device=centres.device) - torch.repeat_interleave(
+        offset - position - 1, repeats, output_size=total
+    )
     return repeats, q
 
 
@@ -166,9 +188,9 @@ def _pairs_across(
     start_b = torch.cumsum(counts_b, 0) - counts_b
     repeats = counts_b.index_select(0, centres_a)
     offset = torch.cumsum(repeats, 0) - repeats
-    total = int(offset[-1] + repeats[-1]) if centres_a.shape[0] > 0 else 0
+    total = _total(repeats)
     q = torch.arange(total, device=centres_a.device) - torch.repeat_interleave(
-        offset - start_b.index_select(0, centres_a), repeats
+        offset - start_b.index_select(0, centres_a), repeats, output_size=total
     )
     return repeats, q
 
@@ -479,6 +501,14 @@ class N2P2Model(torch.nn.Module):
 
     # -- helpers ---------------------------------------------------------------
     def _element_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # eager and traced for export: an assertion op, no branch
+            size = self.z_to_index.shape[0]
+            elem = self.z_to_index.index_select(0, numbers.clamp(0, size - 1))
+            torch._assert_async(
+                ((numbers >= 0) & (numbers < size) & (elem >= 0)).all(),
+                "n2p2 model: an atomic number is not supported; species: " + str(self.species),
+            )
+            return elem
         if numbers.numel() == 0:
             return numbers
         lo, hi = int(numbers.min()), int(numbers.max())
@@ -527,10 +557,15 @@ class N2P2Model(torch.nn.Module):
                 repeats, q = _pairs_across(centres_a, centre.index_select(0, edges_b), n_atoms)
             # |r_jk|² for all candidate pairs: j side by sequential expansion, k side by gather
             ra, rb = r_plain.index_select(1, edges_a), r_plain.index_select(1, edges_b)  # [3, m]
-            diff = rb.index_select(1, q) - torch.repeat_interleave(ra, repeats, dim=1)  # [3, P]
+            n_pairs = q.shape[0]
+            diff = rb.index_select(1, q) - torch.repeat_interleave(
+                ra, repeats, dim=1, output_size=n_pairs
+            )  # [3, P]
             djk2 = diff[0] * diff[0] + diff[1] * diff[1] + diff[2] * diff[2]
             keep = torch.nonzero(djk2 < rc * rc).view(-1)
-            first = torch.repeat_interleave(torch.arange(edges_a.shape[0], device=centre.device), repeats)
+            first = torch.repeat_interleave(
+                torch.arange(edges_a.shape[0], device=centre.device), repeats, output_size=n_pairs
+            )
             t_j = edges_a.index_select(0, first.index_select(0, keep))
             t_k = edges_b.index_select(0, q.index_select(0, keep))
             out.append((t_j, t_k, centre.index_select(0, t_j), torch.sqrt(djk2.index_select(0, keep))))
@@ -602,13 +637,48 @@ class N2P2Model(torch.nn.Module):
         n_atoms = numbers.shape[0]
         desc = self._descriptors(edge_vectors, edge_index, elem, n_atoms)
         energies = torch.zeros(n_structures, dtype=edge_vectors.dtype, device=edge_vectors.device)
-        for net in self.nets:
+        for net in self.nets:  # an element without atoms adds nothing (no branch on the data)
             atoms = torch.nonzero(elem == net.element).view(-1)
-            if atoms.numel() > 0:
-                energies = energies.index_add(
-                    0, structure_index.index_select(0, atoms), net(desc.index_select(0, atoms))
-                )
+            energies = energies.index_add(
+                0, structure_index.index_select(0, atoms), net(desc.index_select(0, atoms))
+            )
         return energies
+
+
+def _eager_copy(module) -> torch.nn.Module:
+    """The eager module of a scripted one of this file's classes: the classes' annotated
+    attributes, buffers and submodules copied (TorchScript keeps them all), no ``__init__``."""
+    name = module.original_name
+    if name == "ModuleList":
+        children = sorted(module.named_children(), key=lambda item: int(item[0]))
+        return torch.nn.ModuleList([_eager_copy(child) for _, child in children])
+    classes = {c.__name__: c for c in (N2P2Model, _RadialGroup, _AngularGroup, _Dense, _ElementNet)}
+    if name not in classes:
+        raise ValueError(f"not an n2p2 model: a scripted {name!r} in it")
+    cls = classes[name]
+    out = cls.__new__(cls)
+    torch.nn.Module.__init__(out)
+    for attribute in cls.__annotations__:
+        setattr(out, attribute, getattr(module, attribute))
+    for key, buffer in module.named_buffers(recurse=False):
+        out.register_buffer(key, buffer.detach().clone())
+    for key, parameter in module.named_parameters(recurse=False):
+        out.register_parameter(key, torch.nn.Parameter(parameter.detach().clone(), requires_grad=False))
+    for key, child in module.named_children():
+        setattr(out, key, _eager_copy(child))
+    out.train(module.training)
+    return out
+
+
+def from_torchscript(module) -> "N2P2Model":
+    """The eager :class:`N2P2Model` of a scripted one (e.g. ``torch.jit.load`` of the teacher),
+    for ``mlip-compile``: TorchScript's loops over lists of floats and the ``while`` of
+    :func:`_integer_power` defeat the TorchScript → FX converter, an eager module traces as
+    plain Python (branches on the functions' kinds resolved, loops unrolled). Same parameters,
+    same operations; raises ``ValueError`` for a module that is not an n2p2 model."""
+    if getattr(module, "original_name", None) != "N2P2Model":
+        raise ValueError("not an n2p2 model (TorchScript class N2P2Model)")
+    return _eager_copy(module)
 
 
 def build_model(
