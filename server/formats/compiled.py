@@ -4,13 +4,16 @@ A package holds, under the model name ``conservative``, one compiled program of 
 inputs (:mod:`server.formats.edges`)::
 
     conservative(edge_vectors [E,3], edge_index int64 [2,E], numbers int64 [N],
-                 structure_index int64 [N], slots int8 [B]) -> (energies [B] eV, ∂E/∂r_e [E,3] eV/Å)
+                 structure_index int64 [N], counted int8 [B])
+        -> (energies [B] eV, ∂(Σ_b counted_b E_b)/∂r_e [E,3] eV/Å)
 
-(the number of structures B is the length of ``slots``, zeros, so that it
-is a dynamic size of the program rather than a constant baked into it), with dynamic E ≥ 2,
-N ≥ 2 and B ≥ 2; smaller batches are padded with two atoms and two edges in the dropped
-structure. The forces are inside the program (autograd unfolded by ``make_fx`` before
-``torch.export``), so a call is one compiled function: no per-operator overhead, no autograd.
+(the number of structures B is the length of ``counted``, so that it is a dynamic size of the
+program rather than a constant baked into it; ``counted`` is 1 for the energy terms whose
+gradient is wanted and 0 for the last, dropped structure of :func:`~server.formats.edges.pack`,
+the ghost atoms of a domain-decomposed LAMMPS rank), with dynamic E ≥ 2, N ≥ 2 and B ≥ 2;
+smaller batches are padded with two atoms and two edges in the dropped structure. The forces
+are inside the program (autograd unfolded by ``make_fx`` before ``torch.export``), so a call
+is one compiled function: no per-operator overhead, no autograd.
 Forces and virials are assembled from the edge gradients as for TorchScript
 (:func:`~server.formats.edges.assemble_gradients`). A later ``direct`` program (energies and
 forces of a direct head) would be a second model name in the same archive.
@@ -34,7 +37,16 @@ from ..core.errors import ModelError
 from .base import ModelAdapter, first_line
 from .edges import assemble_gradients, pack
 
-__all__ = ["CompiledModel", "read_metadata", "is_package", "METADATA_FILE", "CONSERVATIVE", "pad_inputs"]
+__all__ = [
+    "CompiledModel",
+    "read_metadata",
+    "is_package",
+    "METADATA_FILE",
+    "CONSERVATIVE",
+    "FORMAT_VERSION",
+    "pad_inputs",
+    "counted",
+]
 
 __FORMAT_NAME__ = "compiled"
 __FORMAT_CLASS__ = "CompiledModel"
@@ -45,6 +57,18 @@ CONSERVATIVE = "conservative"
 """The model name of the energies + edge gradients program."""
 MIN_SIZE = 2
 """Smallest E, N and B the programs are compiled for (torch.export specialises sizes 0 and 1)."""
+FORMAT_VERSION = 2
+"""Version of the programs' signature (2: the last input says which energies are
+differentiated; packages of version 1 differentiated every structure's energy, the dropped one
+included, and are refused: compile again)."""
+
+
+def counted(n_structures: int, device) -> torch.Tensor:
+    """The program's last input for a batch of :func:`~server.formats.edges.pack`: 1 for the
+    counted terms, 0 for the last (dropped) structure."""
+    out = torch.ones(n_structures, dtype=torch.int8, device=device)
+    out[-1] = 0
+    return out
 
 
 def is_package(path: str) -> bool:
@@ -74,14 +98,14 @@ def read_metadata(path: str) -> dict:
 def pad_inputs(
     vectors, edge_index, numbers, structure_index, n_structures: int, species0: int, cutoff: float
 ):
-    """The program's inputs for a batch, padded when E, N or B is below :data:`MIN_SIZE`:
-    two extra atoms of ``species0`` with an edge each way (0.5 cutoff), in structure
-    ``n_structures − 1`` (the dropped one) or a new last structure. Returns
-    ``(inputs tuple, number of real edges)``."""
+    """The program's inputs for a batch whose last structure is the dropped one (the contract's
+    batches, :func:`~server.formats.edges.pack`), padded when E, N or B is below
+    :data:`MIN_SIZE`: two extra atoms of ``species0`` with an edge each way (0.5 cutoff), in
+    structure ``n_structures − 1`` (the dropped one) or a new last structure (then the original
+    single structure is not counted either). Returns ``(inputs tuple, number of real edges)``."""
     n_edges, n_atoms = int(vectors.shape[0]), int(numbers.shape[0])
     if n_edges >= MIN_SIZE and n_atoms >= MIN_SIZE and n_structures >= MIN_SIZE:
-        slots = torch.zeros(n_structures, dtype=torch.int8, device=vectors.device)
-        return (vectors, edge_index, numbers, structure_index, slots), n_edges
+        return (vectors, edge_index, numbers, structure_index, counted(n_structures, vectors.device)), n_edges
     b = max(n_structures, MIN_SIZE)
     r = 0.5 * cutoff
     extra_v = torch.tensor([[r, 0.0, 0.0], [-r, 0.0, 0.0]], dtype=vectors.dtype, device=vectors.device)
@@ -92,13 +116,9 @@ def pad_inputs(
     structure_index = torch.cat(
         [structure_index, torch.full((2,), b - 1, dtype=structure_index.dtype, device=structure_index.device)]
     )
-    return (
-        vectors,
-        edge_index,
-        numbers,
-        structure_index,
-        torch.zeros(b, dtype=torch.int8, device=vectors.device),
-    ), n_edges
+    mask = counted(b, vectors.device)
+    mask[n_structures - 1 :] = 0  # n_structures = 1: the one structure is the dropped one
+    return (vectors, edge_index, numbers, structure_index, mask), n_edges
 
 
 class CompiledModel(ModelAdapter):
@@ -151,6 +171,11 @@ class CompiledModel(ModelAdapter):
                 f"{path!r} was compiled in {meta['dtype']}, asked for {str(dtype).replace('torch.', '')}: "
                 f"mlip-compile MODEL --dtype {str(dtype).replace('torch.', '')}"
             )
+        if meta.get("format") != FORMAT_VERSION:
+            raise ModelError(
+                f"{path!r} is a package of format {meta.get('format')}, this server reads format "
+                f"{FORMAT_VERSION}: compile the source model again (mlip-compile, or mlip-server --compile)"
+            )
         if CONSERVATIVE not in meta.get("programs", []):
             raise ModelError(f"{path!r} has no {CONSERVATIVE!r} program: compile it again with mlip-compile")
         try:
@@ -173,7 +198,8 @@ class CompiledModel(ModelAdapter):
         return model
 
     def program(self, vectors, edge_index, numbers, structure_index, n_structures: int):
-        """Energies [n_structures] and ∂E/∂r_e [E,3] of the contract's inputs (padded as needed)."""
+        """Energies [n_structures] and ∂E/∂r_e [E,3] of the contract's inputs (padded as needed),
+        E the sum of the energies of all structures but the last (the dropped one)."""
         inputs, n_edges = pad_inputs(
             vectors.detach(), edge_index, numbers, structure_index, n_structures, self.species[0], self.cutoff
         )
