@@ -397,3 +397,59 @@ def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
     assert b.energy - a.energy == pytest.approx(50.0 * 0.5**3, rel=1e-12)
     assert (b.forces - a.forces)[1, 0] == pytest.approx(3 * 50.0 * 0.5**2, rel=1e-10)  # pushes apart
     assert torch.jit.load(walled).cutoff == torch.jit.load(toy_model).cutoff
+
+
+def test_direct_head_keeps_the_pet_bitwise_is_local_and_learns(tmp_path):
+    """training/direct_head.PETWithDirectForces on a small PET: the exported file's conservative
+    energies and forces are bitwise the PET's own file's; ``forward_direct`` = ``forward`` +
+    ``direct_forces``; an atom's direct force depends on atoms within the interaction range only
+    (a domain rank's cluster gives its owned atoms' forces); and fitting the head with the backbone
+    frozen lowers its error against the model's own conservative forces."""
+    from training.direct_head import PETWithDirectForces, cache, fit_head, rmse
+    from training.direct_head import to_torchscript as direct_to_torchscript
+
+    pet = _random_pet(seed=3).float().eval()
+    plain = tmp_path / "pet.pt"
+    torch.jit.save(to_torchscript(pet), str(plain))
+    model = PETWithDirectForces(copy.deepcopy(pet), hidden=16, reverse=True)
+    for q in model.pet.parameters():
+        q.requires_grad_(False)
+    frames = [water_box(8, seed=k) for k in range(4)]
+    conservative = Evaluator(str(plain))
+    items = cache(model.pet, frames, conservative)
+    before = rmse(model, items[3:])
+    fit_head(model, items[:3], items[3:], epochs=6, lr=5e-3, log=lambda line: None)
+    after = rmse(model, items[3:])
+    assert after < 0.8 * before, (before, after)
+    with_head = tmp_path / "with-head.pt"
+    torch.jit.save(direct_to_torchscript(model), str(with_head))
+    a, b = Evaluator(str(plain)), Evaluator(str(with_head))
+    s = Structure.from_ase(water_box(8, seed=11))
+    ra, rb = a.compute([s])[0], b.compute([s])[0]
+    assert ra.energy == rb.energy and np.array_equal(ra.forces, rb.forces)
+    module = torch.jit.load(str(with_head))
+    g = b._graph(s, 0)
+    inputs = (
+        torch.tensor(g.vectors, dtype=torch.float32),
+        torch.from_numpy(g.edge_index.copy()),
+        torch.from_numpy(g.numbers.copy()),
+        torch.zeros(len(g.numbers), dtype=torch.int64),
+        1,
+    )
+    energies, forces = module.forward_direct(*inputs)
+    assert torch.equal(energies, module.forward(*inputs))
+    assert torch.equal(forces, module.direct_forces(*inputs))
+    # locality: atom 0's direct force from a cluster of the atoms (periodic images included)
+    # within the interaction range of it, as a domain rank sends it
+    atoms = water_box(8, seed=11)
+    n = len(atoms)
+    images = atoms.repeat(5)  # the central copy (index 62 of 125) has a 12.4 Å margin
+    centre = images.positions[62 * n]
+    d = np.linalg.norm(images.positions - centre, axis=1)
+    inner = np.flatnonzero(d < module.interaction_range + 1e-6)
+    inner = np.concatenate([[62 * n], inner[inner != 62 * n]])
+    cluster = Structure(images.positions[inner], images.numbers[inner], owned=1)
+    part = b.compute([cluster], "direct")[0]
+    raw_whole = module.direct_forces(*inputs)[0].double().numpy()
+    assert np.abs(raw_whole).max() > 1e-3
+    np.testing.assert_allclose(part.forces[0], raw_whole, rtol=0, atol=1e-4 * np.abs(raw_whole).max())

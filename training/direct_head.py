@@ -6,8 +6,10 @@ the fast force of a multiple-time-step integrator, with the conservative force a
 correction, they keep most of the speed and the energy conservation.
 
 The head (:class:`PETWithDirectForces`): for every edge e = i→j the last message-passing layer's
-output token o_e (what PET's bond-energy head reads), with the edge's direction r̂_e and length,
-goes through a three-layer SiLU MLP to a scalar a_e and a vector b_e; the force on the centre atom is
+output token o_e (what PET's bond-energy head reads) and that of its reverse edge ē = j→i (−∇E on i
+holds the gradients of both atoms' energies along the pair; ``reverse``, the default), with the
+edge's direction r̂_e and length, go through a three-layer SiLU MLP to a scalar a_e and a vector b_e;
+the force on the centre atom is
 
     F_i = s_F Σ_{e: i centre} f_c(r_e) (a_e r̂_e + b_e)     (eV/Å),
 
@@ -34,7 +36,8 @@ backbone's tokens are computed once per frame (no gradient), then only the head 
 Usage::
 
     python -m training.direct_head --checkpoint models/checkpoints/water-pet-phase3/checkpoint.pt \\
-        --frames runs/direct-head/frames --out models/water-pet.pt --report models/validation/direct-head.json
+        --frames runs/direct-head/frames --out models/water-pet.pt --epochs 24 --threads 1 \\
+        --report models/validation/direct-head-fit.json
 """
 
 import argparse
@@ -49,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .pet import PET, cutoff_function
+from .pet import PET, cutoff_function, reverse_edges
 
 __all__ = ["PETWithDirectForces", "sample_frames", "fit_head", "main"]
 
@@ -73,15 +76,18 @@ class PETWithDirectForces(nn.Module):
     species: List[int]
     interaction_range: float
 
-    def __init__(self, pet: PET, hidden: int = 64):
+    reverse: bool
+
+    def __init__(self, pet: PET, hidden: int = 64, reverse: bool = True):
         super().__init__()
         self.pet = pet
         self.cutoff = pet.cutoff
         self.species = list(pet.species)
         self.interaction_range = pet.interaction_range
+        self.reverse = reverse
         d_model = pet.layers[-1].atom_head[0].in_features
         self.head = nn.Sequential(
-            nn.Linear(d_model + 4, hidden),
+            nn.Linear(d_model * (2 if reverse else 1) + 4, hidden),
             nn.SiLU(),
             nn.Linear(hidden, hidden),
             nn.SiLU(),
@@ -109,18 +115,23 @@ class PETWithDirectForces(nn.Module):
 
     @torch.jit.export
     def head_forces(
-        self, tokens: torch.Tensor, edge_vectors: torch.Tensor, centres: torch.Tensor, n_atoms: int
+        self, tokens: torch.Tensor, edge_vectors: torch.Tensor, edge_index: torch.Tensor, n_atoms: int
     ) -> torch.Tensor:
         """F_i = s_F Σ_{e: i centre} f_c(r_e) (a_e r̂_e + b_e) [N,3] eV/Å, with (a_e, b_e) =
-        MLP(o_e, r̂_e, r_e/ℓ) from the edge tokens o_e and the edge geometry."""
+        MLP(o_e, o_ē, r̂_e, r_e/ℓ) from the edge's token o_e, its reverse edge's o_ē (``reverse``:
+        −∇E on i holds the gradients of both i's and j's energies along the pair) and the geometry."""
         r = torch.sqrt((edge_vectors * edge_vectors).sum(dim=1))
         fc = cutoff_function(r, self.pet.cutoff, self.pet.cutoff_width)
         unit = edge_vectors / r.unsqueeze(1)
-        out = self.head(torch.cat([tokens, unit, (r / self.pet.length_scale).unsqueeze(1)], dim=1))
+        features = [tokens]
+        if self.reverse:
+            features.append(tokens.index_select(0, reverse_edges(edge_index, edge_vectors, n_atoms)))
+        features += [unit, (r / self.pet.length_scale).unsqueeze(1)]
+        out = self.head(torch.cat(features, dim=1))
         vector = out[:, :1] * unit + out[:, 1:]
         weight = (fc * self.force_scale).unsqueeze(1)
         forces = torch.zeros((n_atoms, 3), dtype=edge_vectors.dtype, device=edge_vectors.device)
-        return forces.index_add(0, centres, weight * vector)
+        return forces.index_add(0, edge_index[0], weight * vector)
 
     @torch.jit.export
     def forward_direct(
@@ -136,7 +147,7 @@ class PETWithDirectForces(nn.Module):
         atomic = energy * self.pet.energy_scale + self.pet.baseline[kind]
         energies = torch.zeros(n_structures, dtype=atomic.dtype, device=atomic.device)
         energies = energies.index_add(0, structure_index, atomic)
-        return energies, self.head_forces(tokens, edge_vectors, edge_index[0], numbers.shape[0])
+        return energies, self.head_forces(tokens, edge_vectors, edge_index, numbers.shape[0])
 
     @torch.jit.export
     def direct_forces(
@@ -149,7 +160,7 @@ class PETWithDirectForces(nn.Module):
     ) -> torch.Tensor:
         """Direct forces [N,3], eV/Å."""
         _, tokens, _ = self.pet.backbone(edge_vectors, edge_index, numbers)
-        return self.head_forces(tokens, edge_vectors, edge_index[0], numbers.shape[0])
+        return self.head_forces(tokens, edge_vectors, edge_index, numbers.shape[0])
 
 
 def to_torchscript(model: PETWithDirectForces) -> torch.jit.ScriptModule:
@@ -237,7 +248,7 @@ def _graph_tensors(atoms, cutoff):
 
 
 def cache(pet: PET, frames, conservative) -> list:
-    """Per frame: (last-layer tokens [E,d], edge vectors [E,3], centres [E], n_atoms, target
+    """Per frame: (last-layer tokens [E,d], edge vectors [E,3], edge index [2,E], n_atoms, target
     forces [N,3]) with the target the model's own conservative forces (float32, as served)."""
     from server.core.graph import Structure
 
@@ -248,7 +259,7 @@ def cache(pet: PET, frames, conservative) -> list:
             _, tokens, _ = pet.backbone(vectors, edge_index, numbers)
         target = conservative.compute([Structure.from_ase(atoms)])[0].forces  # needs autograd
         target = torch.tensor(target, dtype=torch.float32)
-        items.append((tokens, vectors, edge_index[0], len(numbers), target))
+        items.append((tokens, vectors, edge_index, len(numbers), target))
     return items
 
 
@@ -256,8 +267,8 @@ def rmse(model: PETWithDirectForces, items) -> float:
     """Force RMSE (eV/Å) of the head against the items' targets, net force removed as served."""
     se, n = 0.0, 0
     with torch.no_grad():
-        for tokens, vectors, centres, n_atoms, target in items:
-            f = model.head_forces(tokens, vectors, centres, n_atoms)
+        for tokens, vectors, edge_index, n_atoms, target in items:
+            f = model.head_forces(tokens, vectors, edge_index, n_atoms)
             f = f - f.mean(dim=0, keepdim=True)
             se += float(((f - target) ** 2).sum())
             n += target.numel()
@@ -276,8 +287,8 @@ def fit_head(model: PETWithDirectForces, train, valid, epochs: int, lr: float = 
     for epoch in range(epochs):
         t0 = time.perf_counter()
         for k in rng.permutation(len(train)):
-            tokens, vectors, centres, n_atoms, target = train[k]
-            f = model.head_forces(tokens, vectors, centres, n_atoms)
+            tokens, vectors, edge_index, n_atoms, target = train[k]
+            f = model.head_forces(tokens, vectors, edge_index, n_atoms)
             loss = ((f - f.mean(dim=0, keepdim=True) - target) ** 2).mean()
             opt.zero_grad()
             loss.backward()
@@ -350,6 +361,13 @@ def main(argv=None) -> int:
     p.add_argument("--skip", type=int, default=200, help="steps before the first kept frame")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument(
+        "--reverse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the head also reads each edge's reverse-edge token",
+    )
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (cosine-decayed)")
     p.add_argument("--noise", type=float, default=0.04, help="σ of the displaced copies, Å")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
@@ -413,9 +431,9 @@ def main(argv=None) -> int:
         f"({time.perf_counter() - t0:.0f} s)",
         flush=True,
     )
-    model = PETWithDirectForces(pet, hidden=args.hidden)
+    model = PETWithDirectForces(pet, hidden=args.hidden, reverse=args.reverse)
     t0 = time.perf_counter()
-    history = fit_head(model, train, valid, args.epochs, log=lambda line: print(line, flush=True))
+    history = fit_head(model, train, valid, args.epochs, args.lr, log=lambda line: print(line, flush=True))
     fit_seconds = time.perf_counter() - t0
     scripted = to_torchscript(model)
     torch.jit.save(scripted, args.out)
@@ -426,6 +444,9 @@ def main(argv=None) -> int:
         "held_out_run": HELD_OUT,
         "noise_sigma": args.noise,
         "hidden": args.hidden,
+        "reverse": args.reverse,
+        "lr": args.lr,
+        "parameters": sum(q.numel() for q in model.head.parameters()),
         "epochs": args.epochs,
         "fit_seconds": fit_seconds,
         "force_scale": float(model.force_scale),
