@@ -140,6 +140,110 @@ def md(model: str, ps: float, nve_ps: float, work: Path) -> dict:
     return {"nvt": nvt, "nve": nve}
 
 
+def _analyse(folder: Path, work: Path, fit_window) -> dict:
+    """g(r) (first peaks of g_OO and g_OH with their block errors) and the O self-diffusion
+    coefficient of one run folder, through the ``mlip-analyse`` command line."""
+    import json
+
+    out = work / (folder.name + "-analysis")
+    blocks = ["--blocks", "4"]
+    for command, extra in (("rdf", blocks), ("msd", [*blocks, "--fit-window", *map(str, fit_window)])):
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "analysis.cli",
+                command,
+                str(folder),
+                "--out",
+                str(out),
+                "--quiet",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"mlip-analyse {command} {folder}: {done.stderr[-1500:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    from analysis.output import read_table
+
+    table = read_table(out / "rdf.dat")
+    return {
+        "rdf": summary["rdf"],
+        "msd": summary["msd"],
+        "table": {k: np.asarray(v) for k, v in table.items()},
+    }
+
+
+def _rdf_difference(a: dict, b: dict, column: str) -> float:
+    """Largest |g_a − g_b| over r in units of their combined block error (r ≥ 2 Å for g_OO)."""
+    ta, tb = a["table"], b["table"]
+    r = np.asarray(ta["r_A"])
+    ga, gb = np.asarray(ta[column]), np.asarray(tb[column])
+    err = np.hypot(np.asarray(ta[column + "_err"]), np.asarray(tb[column + "_err"]))
+    keep = (err > 0) & (r > 1.0)
+    return float(np.max(np.abs(ga - gb)[keep] / err[keep])) if keep.any() else float("nan")
+
+
+def long_nve(model: str, ps: float, direct_ps: float, work: Path, stride: int = 10) -> dict:
+    """NVE of ``ps`` ps from the equilibrated liquid: conservative (0.5 fs), direct MTS M = 4 and
+    8 (inner 0.5 fs, the slow force the raw conservative model minus the head) and pure direct
+    (``direct_ps``); drifts, and g(r) and D of the conservative and direct-MTS runs compared."""
+    common = ["--structure", str(LIQUID), "--average", "0"]
+    n = lambda dt, t=ps: str(int(round(t * 1000 / dt)))  # noqa: E731
+    specs = [
+        (
+            "conservative, 0.5 fs",
+            "cons",
+            ["--timestep", "0.5", "--nmts", "1", "--steps", n(0.5)]
+            + ["--set", "fast_weights=[0, 0]", "--set", "slow_weights=[0, 1]"],
+        ),
+        ("direct MTS, M = 4 (outer 2 fs)", "nc4", ["--timestep", "2.0", "--nmts", "4", "--steps", n(2.0)]),
+        ("direct MTS, M = 8 (outer 4 fs)", "nc8", ["--timestep", "4.0", "--nmts", "8", "--steps", n(4.0)]),
+        (
+            "pure direct, 0.5 fs",
+            "direct",
+            ["--timestep", "0.5", "--nmts", "1", "--steps", n(0.5, direct_ps)]
+            + ["--set", "fast_weights=[0, 1]", "--set", "slow_weights=[0, 0]"],
+        ),
+    ]
+    rows, analyses = [], {}
+    for label, name, args in specs:
+        try:
+            row = _run(
+                "water-nve-nc-mts", model, work, f"long-{name}", [*common, *args, "--stride", str(stride)]
+            )
+        except RuntimeError as err:
+            row = {"experiment": "water-nve-nc-mts", "args": " ".join(args), "failed": str(err)[-300:]}
+            rows.append(dict(row, label=label))
+            print(f"NVE {label}: FAILED {row['failed'][-200:]}", flush=True)
+            continue
+        rows.append(dict(row, label=label))
+        print(
+            f"NVE {label}: {row['simulated_ps']:.2f} ps, drift {row['drift_meV_per_atom_per_ps']:.3f} "
+            f"meV/atom/ps, T {row['temperature_mean_K']:.0f} K, {row['wall_s']:.0f} s",
+            flush=True,
+        )
+        if name != "direct":
+            # D from MSD(t) between 5 % and 20 % of the run: inside each of the 4 blocks
+            analyses[name] = _analyse(work / f"long-{name}", work, (0.05 * ps, 0.2 * ps))
+    comparison = {}
+    ref = analyses.get("cons")
+    for name, a in analyses.items():
+        if name == "cons" or ref is None:
+            continue
+        d_ref, d = ref["msd"], a["msd"]
+        comparison[name] = {
+            "g_OO_max_sigma": _rdf_difference(ref, a, "g_OO"),
+            "g_OH_max_sigma": _rdf_difference(ref, a, "g_OH"),
+            "D_conservative": [d_ref.get("D_A2_per_ps"), d_ref.get("D_A2_per_ps_err")],
+            "D_direct_mts": [d.get("D_A2_per_ps"), d.get("D_A2_per_ps_err")],
+        }
+    summaries = {k: {"rdf": v["rdf"], "msd": v["msd"]} for k, v in analyses.items()}
+    return {"long_nve": rows, "long_analysis": summaries, "long_comparison": comparison}
+
+
 def markdown(data: dict) -> str:
     lines = [
         "## Direct forces vs conservative (issue 27)",
@@ -174,6 +278,48 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pm(value, error) -> str:
+    """``value ± error`` (3 decimals; ``-`` for a missing one)."""
+    if value is None:
+        return "-"
+    return f"{value:.3f} ± {error:.3f}" if error is not None else f"{value:.3f}"
+
+
+def markdown_long(data: dict) -> str:
+    lines = [
+        "## Direct forces: long NVE, drift and structure (issue 27)",
+        "",
+        f"Machine: {data['machine']}. Model: {data['model']}. `python -m bench.direct_forces --long "
+        f"{data['ps']:g}` (one run; {data['notes']}). NVE from the equilibrated 64-molecule liquid "
+        "(thermal velocities at 300 K); the slow force of direct MTS is the raw conservative model minus "
+        "the head (no rotational averaging: what is measured is the integrator). Drift: a linear fit of "
+        "i-PI's conserved quantity.",
+        "",
+        "| forces | simulated ps | drift meV/atom/ps | mean T (K) | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in data["long_nve"]:
+        if "failed" in r:
+            lines.append(f"| {r['label']} | failed: {r['failed'][-120:]} | | | |")
+            continue
+        lines.append(
+            f"| {r['label']} | {r['simulated_ps']:.2f} | {r['drift_meV_per_atom_per_ps']:.3f} | "
+            f"{r['temperature_mean_K']:.0f} | {r['wall_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "Structure and diffusion vs the conservative run (`mlip-analyse rdf`, `msd` on the run folders; "
+        "largest |Δg| over r in units of the two runs' combined block error; D of O in Å²/ps ± block error):",
+        "",
+        "| run | max abs(Δg_OO)/σ | max abs(Δg_OH)/σ | D conservative | D direct MTS |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in data["long_comparison"].items():
+        d = [_pm(*c["D_conservative"]), _pm(*c["D_direct_mts"])]
+        lines.append(f"| {name} | {c['g_OO_max_sigma']:.1f} | {c['g_OH_max_sigma']:.1f} | {d[0]} | {d[1]} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.direct_forces", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="a model with a direct head (default: the shipped one)")
@@ -183,8 +329,29 @@ def main(argv=None) -> int:
     p.add_argument("--no-md", action="store_true", help="model calls only")
     p.add_argument("--device", default="cpu", help="device of the model calls (the MD runs are on the CPU)")
     p.add_argument("--notes", default="", help="what the machine was doing meanwhile")
+    p.add_argument(
+        "--long",
+        type=float,
+        default=None,
+        metavar="PS",
+        help="only the long NVE runs of PS ps (drift, g(r), D; bench/results/direct_forces_long)",
+    )
+    p.add_argument(
+        "--long-direct-ps", type=float, default=0.5, help="simulated ps of the pure-direct long run"
+    )
     args = p.parse_args(argv)
     model, description = (args.model, args.model) if args.model else default_model()
+    if args.long:
+        data = {
+            "machine": machine(),
+            "model": description,
+            "notes": args.notes or "no notes",
+            "ps": args.long,
+        }
+        with tempfile.TemporaryDirectory() as work:
+            data.update(long_nve(model, args.long, min(args.long_direct_ps, args.long), Path(work)))
+        write("direct_forces_long", data, markdown_long(data))
+        return 0
     data = {
         "machine": machine(),
         "model": description,
