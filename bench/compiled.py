@@ -7,6 +7,10 @@ time, load + first-call time, then per-call time of the package and of the Torch
 two structures in one batch, 2i rotations) in float32 and, with ``--float64``, float64.
 
     python -m bench.compiled [--models models/water-pet.pt ...] [--float64] [--device cpu] [--threads 1]
+
+``--agreement-only`` compiles the models given and measures only their agreement (no speed
+part), replacing their rows in ``bench/results/compiled.json`` (each such row records its own
+machine and load): e.g. the n2p2 teacher, ``--models models/local/bpnnp-revpbe0d3.pt --float64``.
 """
 
 from __future__ import annotations
@@ -76,6 +80,20 @@ def _interleaved(ts: Evaluator, pk: Evaluator, s: Structure, averaging, reps: in
     }
 
 
+def float32_own_error(model: str, device: str = "cpu") -> dict:
+    """The TorchScript file in float32 against itself in float64 (raw, max relative): the size of
+    float32's own rounding, to read the package's float32 differences against."""
+    e32, e64 = (
+        Evaluator(model, device=device, dtype="float32"),
+        Evaluator(model, device=device, dtype="float64"),
+    )
+    out = {}
+    for n in EQUALITY_SIZES:
+        s = _structure(n)
+        out[f"{3 * n} atoms raw"] = _errors(e32, e64, [s], None)
+    return out
+
+
 def bench_model(
     model: str, dtype: str, device: str, work: Path, speed: bool, repeat: int, agreement: bool = True
 ) -> dict:
@@ -116,6 +134,8 @@ def bench_model(
             errors[f"{3 * n} atoms 2i"] = _errors(pk, ts, [s], "2i")
     errors["192 + 1536 atoms batched, 2i"] = _errors(pk, ts, [_structure(64, 3), _structure(512, 4)], "2i")
     row["relative_errors"] = errors
+    if dtype == "float32":
+        row["torchscript_float32_vs_float64"] = float32_own_error(model, device)
     return row
 
 
@@ -207,6 +227,14 @@ def markdown(data: dict) -> str:
     for row in data["rows"]:
         lines.append(f"**{row['model']}**, {row['dtype']}:")
         lines.append("")
+        if "machine" in row:  # measured in a later run (--agreement-only)
+            rm = row["machine"]
+            lines += [
+                f"Measured separately (`--agreement-only`): {rm.get('cpu')} ({rm.get('cpus_available')} CPUs "
+                f"available, load {rm.get('load_average_at_start'):.1f} at start), torch {rm.get('torch')} "
+                f"with {rm.get('torch_threads')} threads, {rm.get('date')}.",
+                "",
+            ]
         if "error" in row:
             lines += [f"not compiled: {row['error']}", ""]
             continue
@@ -239,6 +267,16 @@ def markdown(data: dict) -> str:
         for label, e in row["relative_errors"].items():
             lines.append(f"| {label} | {e['energy']:.1e} | {e['forces']:.1e} | {e['virial']:.1e} |")
         lines.append("")
+        if "torchscript_float32_vs_float64" in row:
+            own = row["torchscript_float32_vs_float64"]
+            worst = {k: max(e[k] for e in own.values()) for k in ("energy", "forces", "virial")}
+            lines += [
+                "For scale, float32's own rounding: the TorchScript file in float32 vs float64 (raw, at "
+                f"{', '.join(k.replace(' raw', '') for k in own)}): energies ≤ {worst['energy']:.1e}, "
+                f"forces ≤ {worst['forces']:.1e}, "
+                f"virials ≤ {worst['virial']:.1e} relative.",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -257,6 +295,11 @@ def main(argv=None) -> int:
     p.add_argument("--profile", metavar="PACKAGE", help="only the time breakdown of PACKAGE vs --models[0]")
     p.add_argument("--speed-again", action="store_true", help="rerun the speed part into compiled.json")
     p.add_argument("--markdown-only", action="store_true", help="rewrite compiled.md from compiled.json")
+    p.add_argument(
+        "--agreement-only",
+        action="store_true",
+        help="compile --models and measure their agreement only, replacing their rows in compiled.json",
+    )
     args = p.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -284,6 +327,28 @@ def main(argv=None) -> int:
                     row["per_call"] = new["per_call"]
                     row["compile_s_runs"] = row.get("compile_s_runs", [row["compile_s"]]) + [new["compile_s"]]
         data["machine_speed_again"] = machine(args.device)
+        write("compiled", data, markdown(data))
+        print(markdown(data))
+        return 0
+    if args.agreement_only:
+        import json
+
+        from bench.common import results_dir
+
+        data = json.loads((results_dir() / "compiled.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:
+            for model in args.models:
+                for dtype in ("float32", "float64") if args.float64 else ("float32",):
+                    row = bench_model(model, dtype, args.device, Path(tmp), False, args.repeat)
+                    row["machine"] = machine(args.device)
+                    print(row, flush=True)
+                    same = [
+                        k for k, r in enumerate(data["rows"]) if (r["model"], r["dtype"]) == (model, dtype)
+                    ]
+                    if same:
+                        data["rows"][same[0]] = row
+                    else:
+                        data["rows"].append(row)
         write("compiled", data, markdown(data))
         print(markdown(data))
         return 0
