@@ -144,6 +144,18 @@ def test_resume_extends_a_finished_run_in_place(tmp_path, toy_model):
     assert sorted(p.name for p in run.glob("sim.*")) == ["sim.out", "sim.pos_0.extxyz", "sim.restart"]
 
 
+def test_a_run_of_i_pis_default_1000_steps_finishes_and_extends(tmp_path, toy_model):
+    """i-PI leaves <total_steps> out of its checkpoints when it is its default (1000): such a run
+    still ends done (exit 0, not 'stopped at an unknown step'), and --resume --steps extends it."""
+    run = tmp_path / "a"
+    base = ["--steps", "1000", "--molecules", "8", "--stride", "250", "--set", "checkpoint=500"]
+    assert mlip_run(["water-nvt", "--model", toy_model, "--out", str(run), *base, "--progress", "0"]) == 0
+    assert "<total_steps>" not in (run / "RESTART").read_text()  # what made this case
+    assert mlip_run(["--resume", str(run), "--steps", "1250", "--progress", "0"]) == 0
+    steps = np.loadtxt(run / "sim.out")[:, 0]
+    assert steps.tolist() == [0, 250, 500, 750, 1000, 1250]
+
+
 def _long_run(run, toy_model, stderr):
     """A launcher in the middle of a long water-nvt run; returns it and its children's pids."""
     proc = subprocess.Popen(

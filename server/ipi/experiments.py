@@ -411,7 +411,11 @@ def render_resume(name: str, options: RunOptions, folder: Path, run_id: str, che
         text = re.sub(r"\s*<timeout>[^<]*</timeout>", "", text)
         text = re.sub(r"(</address>)", r"\g<1><timeout>%g</timeout>" % options.stall_timeout, text)
     if options.steps is not None:  # extend (or shorten) the run: total steps counted from the start
-        text = _TOTAL_STEPS.sub(f"<total_steps>{options.steps}</total_steps>", text)
+        tag = f"<total_steps>{options.steps}</total_steps>"
+        if _TOTAL_STEPS.search(text):
+            text = _TOTAL_STEPS.sub(tag, text)
+        else:  # i-PI leaves the tag out of a checkpoint when the run has its default (1000)
+            text = re.sub(r"(<simulation\b[^>]*>)", lambda m: m.group(1) + "\n   " + tag, text, count=1)
     element_file = "init.xyz" if (folder / "init.xyz").exists() else "init.extxyz"
     addresses, sockets = _connections(meta, text, endpoints, run_id, options)
     if options.transport == "ffdirect":

@@ -42,6 +42,8 @@ RUN_FILE = "run.json"
 """The run's record: experiment name and the options it was started with."""
 RESUME_FILE = "resume.xml"
 """The checkpoint a resumed run starts from (with fresh socket names)."""
+IPI_DEFAULT_TOTAL_STEPS = 1000
+"""i-PI's default ``total_steps`` (a checkpoint leaves the tag out when the run has it)."""
 _STEP = re.compile(r"<step>\s*(\d+)\s*</step>")
 _TOTAL = re.compile(r"<total_steps>\s*(\d+)\s*</total_steps>")
 _RECORD_STEP = re.compile(r"Step:\s*(\d+)")
@@ -101,10 +103,12 @@ def _read_checkpoint(path: Path) -> Checkpoint | None:
     except (OSError, ET.ParseError, UnicodeDecodeError):
         return None
     step, total = _STEP.search(text), _TOTAL.search(text)
-    if not total or "<simulation" not in text:
+    if "<simulation" not in text:
         return None
-    # i-PI leaves <step> out at step 0 and then restarts as a fresh run (step 0 written again)
-    return Checkpoint(path, int(step.group(1)) if step else -1, int(total.group(1)), text)
+    # i-PI writes only values that differ from its defaults: it leaves <step> out at step 0 (and
+    # then restarts as a fresh run, step 0 written again) and <total_steps> out when it is 1000
+    total_steps = int(total.group(1)) if total else IPI_DEFAULT_TOTAL_STEPS
+    return Checkpoint(path, int(step.group(1)) if step else -1, total_steps, text)
 
 
 def checkpoints(folder: Path) -> tuple[list[Checkpoint], list[Path]]:
