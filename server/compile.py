@@ -45,7 +45,15 @@ import torch
 
 from .core.errors import MLIPError, ModelError
 from .formats.base import first_line, parse_device, parse_dtype
-from .formats.compiled import CONSERVATIVE, FORMAT_VERSION, METADATA_FILE, MIN_SIZE, CompiledModel, counted
+from .formats.compiled import (
+    CONSERVATIVE,
+    DIRECT,
+    FORMAT_VERSION,
+    METADATA_FILE,
+    MIN_SIZE,
+    CompiledModel,
+    counted,
+)
 
 __all__ = [
     "compile_module",
@@ -218,29 +226,96 @@ def _program(forward):
     return program
 
 
-def _export(forward, example):
+def _direct_program(direct):
+    """The traced function of a direct head: energies [B], forces [N,3], virials [B,3,3]
+    (zeros for a head without a direct virial); ``direct(v, ei, z, si, B)`` returns the three."""
+
+    def program(vectors, edge_index, numbers, structure_index, counted):
+        with torch.no_grad():
+            return direct(vectors, edge_index, numbers, structure_index, counted.shape[0])
+
+    return program
+
+
+class _DirectFused(torch.nn.Module):
+    """TorchScript wrapper: ``forward`` = the model's ``forward_direct`` (+ zero virials)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
+        energies, forces = self.model.forward_direct(
+            edge_vectors, edge_index, numbers, structure_index, n_structures
+        )
+        virials = torch.zeros((n_structures, 3, 3), dtype=forces.dtype, device=forces.device)
+        return energies, forces, virials
+
+
+class _DirectFusedVirial(_DirectFused):
+    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
+        energies, forces = self.model.forward_direct(
+            edge_vectors, edge_index, numbers, structure_index, n_structures
+        )
+        virials = self.model.direct_virial(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        return energies, forces, virials
+
+
+class _DirectSplit(_DirectFused):
+    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
+        energies = self.model(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        forces = self.model.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        virials = torch.zeros((n_structures, 3, 3), dtype=forces.dtype, device=forces.device)
+        return energies, forces, virials
+
+
+class _DirectSplitVirial(_DirectFused):
+    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
+        energies = self.model(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        forces = self.model.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        virials = self.model.direct_virial(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        return energies, forces, virials
+
+
+def _direct_module(checked):
+    """The model's direct pass as one module returning (energies, forces, virials): its
+    ``forward_direct`` when it has one (the fast path), else ``forward`` + ``direct_forces``."""
+    fused, virial = checked._fused_direct, checked.direct_virial
+    wrapper = {
+        (True, False): _DirectFused,
+        (True, True): _DirectFusedVirial,
+        (False, False): _DirectSplit,
+        (False, True): _DirectSplitVirial,
+    }[(fused, virial)](checked.module)
+    return torch.jit.script(wrapper) if isinstance(checked.module, torch.jit.ScriptModule) else wrapper
+
+
+def _export(forward, example, make=_program):
     from torch.export import Dim
     from torch.fx.experimental.proxy_tensor import make_fx
 
     v, ei, z, si, n = example
     args = (v, ei, z, si, counted(n, v.device))
-    traced = make_fx(_program(forward), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
+    traced = make_fx(make(forward), tracing_mode="symbolic", _allow_non_fake_inputs=True)(*args)
     e, a, b = Dim("edges", min=MIN_SIZE), Dim("atoms", min=MIN_SIZE), Dim("structures", min=MIN_SIZE)
     shapes = ({0: e}, {1: e}, {0: a}, {0: a}, {0: b})
     return torch.export.export(traced, args, dynamic_shapes=shapes, strict=False)
 
 
-def _package(ep, out: str, meta: dict):
-    """AOTInductor-compiles ``ep`` and writes the archive (model ``conservative`` + metadata)."""
+def _aoti(ep, meta: dict):
+    """AOTInductor-compiles one exported program; returns its files."""
     from torch._inductor import aot_compile
-    from torch.export.pt2_archive._package import package_pt2
 
     args = tuple(ep.example_inputs[0])
     options = {"aot_inductor.package": True, "aot_inductor.metadata": {"mlip": json.dumps(meta)}}
-    files = aot_compile(ep.module(), args, options=options)
-    package_pt2(
-        out, aoti_files={CONSERVATIVE: files}, extra_files={METADATA_FILE: json.dumps(meta, indent=1)}
-    )
+    return aot_compile(ep.module(), args, options=options)
+
+
+def _package(programs: dict, out: str, meta: dict):
+    """Writes the archive: the compiled programs (model name → AOTInductor files) + metadata."""
+    from torch.export.pt2_archive._package import package_pt2
+
+    package_pt2(out, aoti_files=programs, extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,17 +377,34 @@ def compile_module(module, out, device="cpu", dtype=None, source="<in-memory>", 
         "min_size": MIN_SIZE,
     }
     start = time.perf_counter()
+    meta["compile_seconds"] = None
     try:
         forward = _fx_of_torchscript(module, example) if scripted else module
-        ep = _export(forward, example)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.pt2")
-        meta["compile_seconds"] = None
-        _package(ep, str(tmp), meta)
+        programs = {CONSERVATIVE: _aoti(_export(forward, example), meta)}
     except MLIPError:
         raise
     except Exception as err:  # noqa: BLE001 - export and Inductor raise many kinds
         raise CompileError(f"model {source} could not be compiled: {first_line(err)[:200]}") from None
+    if checked.direct_forces:  # the direct head: a second program (optional: warn when it fails)
+        try:
+            head = _direct_module(checked)
+            direct = _fx_of_torchscript(head, example) if scripted else head
+            programs[DIRECT] = _aoti(_export(direct, example, _direct_program), meta)
+            meta["programs"].append(DIRECT)
+            meta["direct_virial"] = checked.direct_virial
+        except Exception as err:  # noqa: BLE001
+            log.warning(
+                "the direct-force head of %s could not be compiled (%s): the package holds the "
+                "conservative program only",
+                source,
+                first_line(err)[:160],
+            )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.pt2")
+        _package(programs, str(tmp), meta)
+    except Exception as err:  # noqa: BLE001
+        raise CompileError(f"model {source} could not be packaged: {first_line(err)[:200]}") from None
     seconds = time.perf_counter() - start
     try:
         package = CompiledModel.load(str(tmp), device, None)
@@ -345,6 +437,17 @@ def _check(package, reference, species, cutoff, dtype, device):
                 f"the compiled package disagrees with {reference.path} (energies {de:.2g}, "
                 f"gradients {dg:.2g} relative, tolerance {tol:g}): not used"
             )
+        if package.direct_forces:
+            with torch.no_grad():
+                ref = _direct_module(reference)(v, ei, z, si, b)
+            got = package.direct_program(v, ei, z, si, b)
+            for name, x, y in zip(("energies", "forces", "virials"), got, ref):
+                d = float((x - y).abs().max() / y.abs().max().clamp(min=1e-12)) if y.numel() else 0.0
+                if not d <= tol:
+                    raise CompileError(
+                        f"the compiled direct head disagrees with {reference.path} ({name} {d:.2g} "
+                        f"relative, tolerance {tol:g}): not used"
+                    )
 
 
 EAGER_TWINS = {"N2P2Model": "training.n2p2.model:from_torchscript"}

@@ -15,8 +15,16 @@ smaller batches are padded with two atoms and two edges in the dropped structure
 are inside the program (autograd unfolded by ``make_fx`` before ``torch.export``), so a call
 is one compiled function: no per-operator overhead, no autograd.
 Forces and virials are assembled from the edge gradients as for TorchScript
-(:func:`~server.formats.edges.assemble_gradients`). A later ``direct`` program (energies and
-forces of a direct head) would be a second model name in the same archive.
+(:func:`~server.formats.edges.assemble_gradients`).
+
+A model with a direct-force head (the contract's ``direct_forces``, ``forward_direct``,
+``direct_virial``) gets a second program, the model ``direct``, with the same inputs::
+
+    direct(...) -> (energies [B] eV, forces [N,3] eV/Å, virials [B,3,3] eV)
+
+(its ``forward_direct`` when it has one, else ``forward`` + ``direct_forces``; zero virials for a
+head without ``direct_virial``, which the metadata says), served by ``--forces direct`` and
+assembled as for TorchScript (:func:`~server.formats.edges.assemble_direct`).
 
 The archive's ``extra/mlip.json`` says what the server needs without running anything: cutoff,
 species, interaction range (and whether declared), whether the energy sums atomic terms, dtype,
@@ -35,7 +43,7 @@ import torch
 
 from ..core.errors import ModelError
 from .base import ModelAdapter, first_line
-from .edges import assemble_gradients, pack
+from .edges import assemble_direct, assemble_gradients, pack
 
 __all__ = [
     "CompiledModel",
@@ -43,6 +51,7 @@ __all__ = [
     "is_package",
     "METADATA_FILE",
     "CONSERVATIVE",
+    "DIRECT",
     "FORMAT_VERSION",
     "pad_inputs",
     "counted",
@@ -55,6 +64,8 @@ METADATA_FILE = "mlip.json"
 """The archive's extra file with the package's metadata (``<archive>/extra/mlip.json``)."""
 CONSERVATIVE = "conservative"
 """The model name of the energies + edge gradients program."""
+DIRECT = "direct"
+"""The model name of the direct head's program (energies, forces, virials)."""
 MIN_SIZE = 2
 """Smallest E, N and B the programs are compiled for (torch.export specialises sizes 0 and 1)."""
 FORMAT_VERSION = 2
@@ -137,16 +148,17 @@ class CompiledModel(ModelAdapter):
     label = "compiled model"
     priority = 20  # before metatomic and the contract (which takes every other file)
 
-    def __init__(self, runner, path, metadata, device):
+    def __init__(self, runner, path, metadata, device, direct_runner=None):
         self.runner, self.path, self.metadata = runner, path, metadata
+        self.direct_runner = direct_runner
         self.cutoff = float(metadata["cutoff"])
         self.species = [int(z) for z in metadata["species"]]
         self.device = device
         self.dtype = getattr(torch, metadata["dtype"])
         self.interaction_range = float(metadata["interaction_range"])
         self.declared_range = bool(metadata["declared_range"])
-        self.direct_forces = False  # a `direct` program is not compiled yet
-        self.direct_virial = False
+        self.direct_forces = direct_runner is not None
+        self.direct_virial = self.direct_forces and bool(metadata.get("direct_virial"))
 
     @classmethod
     def recognizes(cls, path: str) -> bool:
@@ -183,12 +195,13 @@ class CompiledModel(ModelAdapter):
             from torch._inductor.package import load_package
 
             runner = load_package(path, CONSERVATIVE, device_index=index)
+            direct = load_package(path, DIRECT, device_index=index) if DIRECT in meta["programs"] else None
         except Exception as err:  # noqa: BLE001 - the loader's errors are RuntimeErrors with C++ texts
             raise ModelError(
                 f"{path!r} could not be loaded ({first_line(err)[:160]}): packages are machine-specific, "
                 "compile the source model again on this machine"
             ) from None
-        model = cls(runner, path, meta, device)
+        model = cls(runner, path, meta, device, direct)
         model.requested_dtype = dtype is not None
         from .contract import _sums_atomic_energies
 
@@ -210,11 +223,25 @@ class CompiledModel(ModelAdapter):
         """The contract's ``forward`` (energies only), for checks."""
         return self.program(vectors, edge_index, numbers, structure_index, n_structures)[0]
 
+    def direct_program(self, vectors, edge_index, numbers, structure_index, n_structures: int):
+        """The direct head's energies [n_structures], forces [N,3] and virials [n_structures,3,3]
+        (zeros without a direct virial) of the contract's inputs (padded as needed)."""
+        inputs, _ = pad_inputs(
+            vectors.detach(), edge_index, numbers, structure_index, n_structures, self.species[0], self.cutoff
+        )
+        energies, forces, virials = self.direct_runner(*inputs)
+        return energies[:n_structures], forces[: numbers.shape[0]], virials[:n_structures]
+
     def evaluate(self, copies, direct: bool = False):
         if direct:
-            raise ModelError(
-                f"model {self.path} has no direct forces (packages hold the conservative program)"
-            )
+            if not self.direct_forces:
+                raise ModelError(
+                    f"model {self.path} has no direct forces (the package holds no direct program: its "
+                    "source model has no direct_forces method, or its head did not compile)"
+                )
+            batch = pack(copies, self.device, self.dtype, requires_grad=False)
+            energies, forces, virials = self.direct_program(*batch.inputs())
+            return assemble_direct(batch, energies, forces, virials if self.direct_virial else None)
         batch = pack(copies, self.device, self.dtype, requires_grad=False)
         energies, grad = self.program(*batch.inputs())
         return assemble_gradients(batch, energies, grad)
