@@ -126,7 +126,8 @@ class PETWithDirectForces(nn.Module):
         features = [tokens]
         if self.reverse:
             features.append(tokens.index_select(0, reverse_edges(edge_index, edge_vectors, n_atoms)))
-        features += [unit, (r / self.pet.length_scale).unsqueeze(1)]
+        features.append(unit)  # (append, not +=: the TorchScript → export converter takes no list add_)
+        features.append((r / self.pet.length_scale).unsqueeze(1))
         out = self.head(torch.cat(features, dim=1))
         vector = out[:, :1] * unit + out[:, 1:]
         weight = (fc * self.force_scale).unsqueeze(1)
