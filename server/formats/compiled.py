@@ -233,16 +233,15 @@ class CompiledModel(ModelAdapter):
         return energies[:n_structures], forces[: numbers.shape[0]], virials[:n_structures]
 
     def evaluate(self, copies, direct: bool = False):
+        if direct and not self.direct_forces:
+            raise ModelError(
+                f"model {self.path} has no direct forces (the package holds no direct program: its "
+                "source model has no direct_forces method, or its head did not compile)"
+            )
+        batch = pack(copies, self.device, self.dtype, requires_grad=False)
         if direct:
-            if not self.direct_forces:
-                raise ModelError(
-                    f"model {self.path} has no direct forces (the package holds no direct program: its "
-                    "source model has no direct_forces method, or its head did not compile)"
-                )
-            batch = pack(copies, self.device, self.dtype, requires_grad=False)
             energies, forces, virials = self.direct_program(*batch.inputs())
             return assemble_direct(batch, energies, forces, virials if self.direct_virial else None)
-        batch = pack(copies, self.device, self.dtype, requires_grad=False)
         energies, grad = self.program(*batch.inputs())
         return assemble_gradients(batch, energies, grad)
 

@@ -181,7 +181,7 @@ class MetatomicModel(ModelAdapter):
         systems, leaves, strains, edge_leaves = self._systems(copies, grad=True)
         options = self.options
         if subsets or per_atom:
-            options = self._subset_options(copies, per_atom)
+            options = self._options(copies, per_atom)
         outputs = self.module(systems, options, check_consistency=False)
         block = outputs["energy"].block()
         values = block.values.reshape(-1)
@@ -272,16 +272,7 @@ class MetatomicModel(ModelAdapter):
         come back as predicted (the Evaluator removes the net force); per-atom virials are zero."""
         with torch.no_grad():
             systems, _, _, _ = self._systems(copies, grad=False)
-            wanted = [self._nc_force] + ([self._nc_stress] if self._nc_stress else [])
-            options = self._subset_options(copies, per_atom, wanted) if subsets or per_atom else None
-            if options is None:
-                outputs = dict(self.options.outputs)
-                outputs[self._nc_force] = self._mta.ModelOutput(unit="eV/Angstrom", sample_kind="atom")
-                if self._nc_stress:
-                    outputs[self._nc_stress] = self._mta.ModelOutput(
-                        unit="eV/Angstrom^3", sample_kind="system"
-                    )
-                options = self._mta.ModelEvaluationOptions(length_unit="angstrom", outputs=outputs)
+            options = self._options(copies, per_atom, direct=True, select=subsets or per_atom)
             out = self.module(systems, options, check_consistency=False)
         block = out["energy"].block()
         energies = self._copy_energies(block, len(copies), per_atom).to("cpu", torch.float64).numpy()
@@ -315,21 +306,23 @@ class MetatomicModel(ModelAdapter):
             results.append(result)
         return results
 
-    def _subset_options(self, copies, per_atom: bool, direct_outputs=()):
-        """Evaluation options with ``selected_atoms`` = each copy's counted atoms (group ≥ 0), and
-        the direct outputs named in ``direct_outputs``."""
+    def _options(self, copies, per_atom: bool, direct: bool = False, select: bool = True):
+        """Evaluation options: the ``energy`` (per atom with ``per_atom``), with ``direct`` also the
+        non-conservative force (and stress) outputs, and with ``select`` ``selected_atoms`` = each
+        copy's counted atoms (group ≥ 0)."""
+        kind = "atom" if per_atom else "system"
+        outputs = {"energy": self._mta.ModelOutput(unit="eV", sample_kind=kind)}
+        if direct:
+            outputs[self._nc_force] = self._mta.ModelOutput(unit="eV/Angstrom", sample_kind="atom")
+            if self._nc_stress:
+                outputs[self._nc_stress] = self._mta.ModelOutput(unit="eV/Angstrom^3", sample_kind="system")
+        if not select:
+            return self._mta.ModelEvaluationOptions(length_unit="angstrom", outputs=outputs)
         rows = []
         for k, (g, _) in enumerate(copies):
             atoms = np.arange(len(g.numbers)) if g.groups is None else np.flatnonzero(g.groups >= 0)
             rows.append(np.column_stack([np.full(len(atoms), k), atoms]))
         values = torch.from_numpy(np.concatenate(rows).astype(np.int32)).to(self.device).reshape(-1, 2)
-        kind = "atom" if per_atom else "system"
-        outputs = {"energy": self._mta.ModelOutput(unit="eV", sample_kind=kind)}
-        for name in direct_outputs:
-            stress = name == self._nc_stress
-            outputs[name] = self._mta.ModelOutput(
-                unit="eV/Angstrom^3" if stress else "eV/Angstrom", sample_kind="system" if stress else "atom"
-            )
         return self._mta.ModelEvaluationOptions(
             length_unit="angstrom",
             outputs=outputs,

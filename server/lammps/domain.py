@@ -118,7 +118,6 @@ class DomainForces:
         self.checked = not range_check
         self._step = 0
         self.n_rotations: int | None = None  # rotated copies per evaluation, agreed at the first call
-        self.net_force = 0.0  # direct forces: |Σ F| of the cell before its removal (eV/Å), last call
 
     # -- one force call ----------------------------------------------------------------------
     def forces(self, step, nlocal, f) -> tuple[float, str | None]:
@@ -162,19 +161,18 @@ class DomainForces:
                 energy, forces, virial, e_atom, w_atom, extras = self._compute(
                     numbers[cluster], x[cluster], nlocal
                 )
-                ghost = near & (not self.direct)  # direct forces: a ghost's row is not returned
                 owned_rows[:, :3] = forces[:nlocal]
-                ghost_rows[ghost, :3] = forces[nlocal:][ghost[near]]
+                ghost_rows[near, :3] = forces[nlocal:]
                 if self.per_atom:
                     atom_energies[:] = e_atom
                     w = w_atom.reshape(-1, 9)
                     owned_rows[:, 3:9] = _six(w[:nlocal])
-                    ghost_rows[ghost, 3:9] = _six(w[nlocal:])[ghost[near]]
+                    ghost_rows[near, 3:9] = _six(w[nlocal:])
                 if m:
                     member_energies[:] = extras["committee_energies"]
                     rows = extras["committee_forces"].transpose(1, 0, 2).reshape(len(cluster), 3 * m)
                     owned_rows[:, base:] = rows[:nlocal]
-                    ghost_rows[ghost, base:] = rows[nlocal:][ghost[near]]
+                    ghost_rows[near, base:] = rows[nlocal:]
                 if thick is not None:
                     t_check = time.perf_counter()
                     self._check_range(thick, forces[:nlocal])
@@ -213,9 +211,10 @@ class DomainForces:
                 rot_weights[:], rot_energies[:] = weights, extras["rotation_energies"]
                 rows = extras["rotation_forces"].transpose(1, 0, 2).reshape(-1, 3 * k)
                 owned_rows[:, width:] = rows[:nlocal]
-                if not self.direct:
-                    ghost_rows[near, width:] = rows[nlocal:]
-        if self.direct:  # (every rank serves the same forces: checked at set-up)
+                ghost_rows[near, width:] = rows[nlocal:]
+        # direct forces: the owned rows are complete, the ghost rows are not returned (every rank
+        # serves the same forces: checked at set-up)
+        if self.direct:
             self._remove_net_force(owned_rows, base)  # collective
         else:
             self.ghosts.add(ghost_rows, owned_rows)  # collective
@@ -307,7 +306,6 @@ class DomainForces:
         owned_rows[:, :3] -= total[:3] / total[-1]
         if m:
             owned_rows[:, base : base + 3 * m] -= (total[3 : 3 + 3 * m] / total[-1])[None, :]
-        self.net_force = float(np.linalg.norm(total[:3]))
 
     def _save_uncertain(self, step, nlocal, x, tags, numbers, owned_rows, base, total):
         """The whole cell, gathered to rank 0 (collective: every rank saw the same largest
