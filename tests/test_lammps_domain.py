@@ -277,6 +277,9 @@ def test_direct_forces_decomposed_equal_gather_without_ghost_return(tmp_path, lj
             text = text.replace(old, new)
         (folder / "in.lj").write_text(text)
     run_native(native, native / "in.lj", 1)
+    thermo_line = "thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz vol"
+    text = text.replace(thermo_line, thermo_line + " f_mlip[7]")  # the net force removed
+    (gather / "in.lj").write_text(text)
     direct = ["--forces", "direct", "--average", average]
     _ok(bridge_run(gather, gather / "in.lj", lj_direct, ["Ar"], server_args=direct))
     domain = tmp_path / "domain"
@@ -296,6 +299,11 @@ def test_direct_forces_decomposed_equal_gather_without_ghost_return(tmp_path, lj
     fa, fb = a.get_forces(), b.get_forces()
     assert np.abs(fa - fb).max() <= 1e-10 * np.abs(fa).max()
     assert np.abs(fb.sum(axis=0)).max() < 1e-10  # the cell's net force is removed
+    net, net_ref = got["f_mlip[7]"], ref["f_mlip[7]"]  # and its size reported, as gather does
+    if average == "none":  # bias × every atom's neighbour count: hundreds of eV/Å
+        assert net.min() > 10.0 and np.abs(net - net_ref).max() <= 1e-10 * net_ref.max()
+    else:  # the inverted copies' bias terms cancel: no net force
+        assert np.abs(net).max() < 1e-9 and np.abs(net_ref).max() < 1e-9
     c = read_dump(native / "traj.dump", ["Ar"])
     if average == "none":  # the bias term moved the atoms elsewhere
         assert np.abs(c.positions - a.positions).max() > 1e-3

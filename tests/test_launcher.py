@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -199,6 +200,13 @@ def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
     assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     """SIGKILL leaves the launcher no chance to clean up; its i-PI and server are tied to its life
     (processes.tie_to_parent), receive SIGTERM from the kernel and exit, removing i-PI's socket."""
@@ -215,11 +223,63 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
             if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
         ]
         time.sleep(0.2)
-    assert not alive, f"processes {alive} outlived their SIGKILLed launcher"
+    names = {pid: _cmdline(pid) for pid in alive}
+    assert not alive, f"processes {names} outlived their SIGKILLed launcher"
     deadline = time.monotonic() + 10
     while set(glob.glob("/tmp/ipi_mlip-*")) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Sends ``sig`` to thread ``tid`` of process ``pid`` (Linux tgkill; x86-64 and aarch64 numbers)."""
+    import ctypes
+    import platform
+
+    number = {"x86_64": 234, "aarch64": 131}[platform.machine()]
+    assert ctypes.CDLL(None, use_errno=True).syscall(number, pid, tid, sig) == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads are signalled with Linux's tgkill")
+def test_a_stop_signal_caught_by_another_i_pi_thread_still_stops_it(tmp_path, toy_model):
+    """The kernel may hand a signal sent to i-PI to any of its threads; Python runs the handler in
+    the main thread, which i-PI leaves waiting for the step's future. While a step waits for a
+    server that does not answer (here stopped with SIGSTOP; a dead one likewise), that wait never
+    ended, and i-PI ran on as an orphan after its launcher was SIGKILLed (seen once). With
+    server.ipi.ipi_main the wait wakes up: SIGTERM to a worker thread starts the soft exit at once,
+    as when it reaches the main thread, and the run stops resumable (RESTART, exit 75)."""
+    run = tmp_path / "run"
+    proc, children = _long_run(run, toy_model, subprocess.PIPE)
+    ipi = next(int(pid) for pid in children if "ipi_main" in _cmdline(pid))
+    server = next(int(pid) for pid in children if int(pid) != ipi)
+    threads = sorted(int(t) for t in os.listdir(f"/proc/{ipi}/task") if int(t) != ipi)
+    try:
+        os.kill(server, signal.SIGSTOP)
+        time.sleep(0.5)  # the step now waits for forces
+        _tgkill(ipi, threads[-1], signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        handled = False
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.2)
+            handled = "Kill signal" in (run / "ipi.log").read_text()
+        assert handled, "i-PI did not handle a SIGTERM caught by one of its worker threads"
+    finally:
+        os.kill(server, signal.SIGCONT)  # (i-PI's soft exit closes the server's socket: let it read)
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 75, (out, err)  # stopped cleanly: resumable
+    assert (run / "RESTART").is_file()
+    for pid in children:
+        assert not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
 
 
 def test_two_launches_at_once_do_not_interfere(tmp_path, toy_model):

@@ -26,7 +26,9 @@ spread (eV/Å). Without averaging they are the energy and zeros. A committee ser
 ``f_ID[6]``, the largest per-atom committee force spread (eV/Å), all of the whole cell in
 either decomposition (zeros for a single model): in the domain decomposition every rank's rotated
 copies (energies, and forces returned with the ghost rows) are summed, so ``f_ID[3]`` and
-``f_ID[4]`` are the cell's spreads, the same numbers as the gather route's.
+``f_ID[4]`` are the cell's spreads, the same numbers as the gather route's. Direct forces
+(``--forces direct``) add ``f_ID[7]``, the size |Σ_i F_i| of the cell's net force removed from the
+model's direct forces (eV/Å; zero for conservative forces), the same number in both routes.
 
 Exit status: 0 after a complete deck; 1 when the run failed (server died or stalled,
 LAMMPS error during the run); 2 for bad arguments, a bad deck or no server connecting;
@@ -83,8 +85,8 @@ PROG = "mlip-lammps"
 HALT = "mlip_bridge_halt"  # name of the internal variable and of the fix halt the bridge adds
 STOP = "mlip_bridge_stop"  # the same for a clean stop (fix halt ... error continue)
 DECOMPOSITIONS = ("gather", "domain")
-# the fix's global vector f_ID[1..6]: the server's diagnostics of a rotationally averaged model
-# and of a committee
+# the fix's global vector f_ID[1..7]: the server's diagnostics of a rotationally averaged model,
+# of a committee and of direct forces
 DIAGNOSTICS = (
     "raw_energy",
     "delta_energy",
@@ -92,6 +94,7 @@ DIAGNOSTICS = (
     "force_spread_rms",
     "committee_energy_std",
     "committee_force_std_max",
+    "direct_net_force",
 )
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 EXIT_STOPPED = 75  # = server.supervision.EXIT_STOPPED: stopped cleanly, a restart file written

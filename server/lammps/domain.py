@@ -214,8 +214,9 @@ class DomainForces:
                 ghost_rows[near, width:] = rows[nlocal:]
         # direct forces: the owned rows are complete, the ghost rows are not returned (every rank
         # serves the same forces: checked at set-up)
+        net_force = 0.0
         if self.direct:
-            self._remove_net_force(owned_rows, base)  # collective
+            net_force = self._remove_net_force(owned_rows, base)  # collective
         else:
             self.ghosts.add(ghost_rows, owned_rows)  # collective
         rot_var = 0.0
@@ -272,7 +273,7 @@ class DomainForces:
             energy_spread = float(np.sqrt(max(w @ (e_k - w @ e_k) ** 2, 0.0)))
             var, n_cell = total[11 + m + k], total[12 + m + k]
             force_spread = float(np.sqrt(var / (3 * n_cell))) if n_cell else 0.0
-        diagnostics = (total[9], total[10], energy_spread, force_spread, energy_std, largest[2])
+        diagnostics = (total[9], total[10], energy_spread, force_spread, energy_std, largest[2], net_force)
         for i, value in enumerate(diagnostics, 1):
             lmp.fix_external_set_vector(fix, i, float(value))
         if total[-1] > 0:
@@ -285,9 +286,10 @@ class DomainForces:
             tm.first = {k: v for k, v in tm.as_dict().items() if k != "first"}
         return OK, None
 
-    def _remove_net_force(self, owned_rows, base) -> None:
+    def _remove_net_force(self, owned_rows, base) -> float:
         """Direct forces: the cell's net force (and each committee member's own), summed over the
-        ranks, removed from every atom, as the gather route's server does per structure."""
+        ranks, removed from every atom, as the gather route's server does per structure. Returns
+        its size |Σ_i F_i| (eV/Å; the gather route's ``direct_net_force``, ``f_ID[7]``)."""
         m, nlocal = self.n_members, len(owned_rows)
         local = np.concatenate(
             [
@@ -302,10 +304,11 @@ class DomainForces:
         else:
             total = local
         if not total[-1]:
-            return
+            return 0.0
         owned_rows[:, :3] -= total[:3] / total[-1]
         if m:
             owned_rows[:, base : base + 3 * m] -= (total[3 : 3 + 3 * m] / total[-1])[None, :]
+        return float(np.linalg.norm(total[:3]))
 
     def _save_uncertain(self, step, nlocal, x, tags, numbers, owned_rows, base, total):
         """The whole cell, gathered to rank 0 (collective: every rank saw the same largest
