@@ -37,7 +37,7 @@ test: install lint
 	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
 
 # production runs meeting faults (crashed and hung servers, walltime, stop and resume) through real
-# i-PI and real LAMMPS (~5-6 min on 2 cores)
+# i-PI and real LAMMPS (~5 min on 2 cores)
 .PHONY: test-production
 test-production: install
 	$(PY) -m pytest -q -ra tests/test_production.py tests/test_lammps_production.py
