@@ -70,18 +70,10 @@ def export_metatomic(
         supported_devices=["cpu", "cuda"],
         dtype=dtype,
     )
-    from training.metatomic_wrapper import (
-        ContractAsMetatomic,
-        DirectContractAsMetatomic,
-        DirectStressContractAsMetatomic,
-    )
+    from training.metatomic_wrapper import ContractAsMetatomic
 
-    wrapper = ContractAsMetatomic
-    if direct:
-        wrapper = (
-            DirectStressContractAsMetatomic if hasattr(module, "direct_virial") else DirectContractAsMetatomic
-        )
-    wrapped = mta.AtomisticModel(wrapper(module, variants).eval(), mta.ModelMetadata(name=name), capabilities)
+    wrapper = ContractAsMetatomic(module, variants).eval()
+    wrapped = mta.AtomisticModel(wrapper, mta.ModelMetadata(name=name), capabilities)
     wrapped.save(str(path))
     return str(path)
 

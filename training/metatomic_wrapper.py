@@ -6,7 +6,10 @@ The contract's ``structure_index`` assigns each atom's energy term to a structur
 serves what a domain-decomposed engine asks for: ``selected_atoms`` (only the selected atoms'
 terms count; the others go to one extra structure whose energy is dropped) and per-atom energies
 (``sample_kind="atom"``: one structure per atom). Variants ``energy/NAME`` (the same energy times
-a factor) exist to test engines that meet models with several outputs.
+a factor) exist to test engines that meet models with several outputs. A contract model with a
+direct-force head also gives metatomic's ``non_conservative_force`` (and, with ``direct_virial``,
+``non_conservative_stress``): ``hasattr`` on the wrapped model is decided when TorchScript compiles
+the wrapper, so the calls to methods a model lacks are never compiled.
 """
 
 from typing import Dict, List, Optional
@@ -15,7 +18,7 @@ import metatomic.torch as mta
 import torch
 from metatensor.torch import Labels, TensorBlock, TensorMap
 
-__all__ = ["ContractAsMetatomic", "DirectContractAsMetatomic", "DirectStressContractAsMetatomic"]
+__all__ = ["ContractAsMetatomic"]
 
 
 class ContractAsMetatomic(torch.nn.Module):
@@ -53,17 +56,34 @@ class ContractAsMetatomic(torch.nn.Module):
                 results[name] = self._energy(
                     systems, outputs[name].sample_kind == "atom", selected_atoms, factor
                 )
-        return self._direct_outputs(systems, outputs, selected_atoms, results)
+        if "non_conservative_force" in outputs or "non_conservative_stress" in outputs:
+            self._direct(systems, outputs, selected_atoms, results)
+        return results
 
-    def _direct_outputs(
+    def _direct(
         self,
         systems: List[mta.System],
         outputs: Dict[str, mta.ModelOutput],
         selected_atoms: Optional[Labels],
         results: Dict[str, TensorMap],
-    ) -> Dict[str, TensorMap]:
-        """No direct head: nothing more (:class:`DirectContractAsMetatomic` adds its outputs)."""
-        return results
+    ):
+        """The head's outputs into ``results``, from one set of inputs: ``non_conservative_force``
+        (per atom, eV/Å: ``direct_forces`` of the selected atoms, net force left in: engines remove
+        it) and ``non_conservative_stress`` (per system, eV/Å³, σ = −W/V from ``direct_virial``;
+        zero for a system without a cell). Nothing for a model without a head."""
+        if hasattr(self.model, "direct_forces"):
+            vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
+                systems, False, selected_atoms
+            )
+            if "non_conservative_force" in outputs:
+                forces = self.model.direct_forces(vectors, edge_index, numbers, structure, n_terms + 1)
+                results["non_conservative_force"] = _force_map(
+                    forces[counted], systems_t[counted], atoms_t[counted]
+                )
+            if hasattr(self.model, "direct_virial"):
+                if "non_conservative_stress" in outputs:
+                    virials = self.model.direct_virial(vectors, edge_index, numbers, structure, n_terms + 1)
+                    results["non_conservative_stress"] = _stress_map(virials[:n_terms], systems)
 
     def _inputs(self, systems: List[mta.System], per_atom: bool, selected_atoms: Optional[Labels]):
         """The contract's inputs for ``systems`` (counted terms: all atoms or the selected ones,
@@ -141,92 +161,38 @@ class ContractAsMetatomic(torch.nn.Module):
         return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
 
 
-class DirectContractAsMetatomic(ContractAsMetatomic):
-    """:class:`ContractAsMetatomic` of a contract model with a direct-force head: also the output
-    ``non_conservative_force`` (per atom, eV/Å: the head's ``direct_forces`` of the selected atoms,
-    net force left in: engines remove it)."""
-
-    def _direct_outputs(
-        self,
-        systems: List[mta.System],
-        outputs: Dict[str, mta.ModelOutput],
-        selected_atoms: Optional[Labels],
-        results: Dict[str, TensorMap],
-    ) -> Dict[str, TensorMap]:
-        if "non_conservative_force" in outputs:
-            results["non_conservative_force"] = self._forces(systems, selected_atoms)
-        return self._stress_output(systems, outputs, selected_atoms, results)
-
-    def _stress_output(
-        self,
-        systems: List[mta.System],
-        outputs: Dict[str, mta.ModelOutput],
-        selected_atoms: Optional[Labels],
-        results: Dict[str, TensorMap],
-    ) -> Dict[str, TensorMap]:
-        """No direct virial: no stress output (:class:`DirectStressContractAsMetatomic` has one)."""
-        return results
-
-    def _forces(self, systems: List[mta.System], selected_atoms: Optional[Labels]) -> TensorMap:
-        vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
-            systems, False, selected_atoms
-        )
-        device = vectors.device
-        forces = self.model.direct_forces(vectors, edge_index, numbers, structure, n_terms + 1)[counted]
-        labels = Labels(
-            ["system", "atom"], torch.stack([systems_t[counted], atoms_t[counted]], dim=1).to(torch.int32)
-        )
-        xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
-        block = TensorBlock(
-            values=forces.reshape(-1, 3, 1),
-            samples=labels,
-            components=[xyz],
-            properties=Labels(
-                "non_conservative_force", torch.zeros((1, 1), dtype=torch.int32, device=device)
-            ),
-        )
-        return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
+def _force_map(forces: torch.Tensor, systems_t: torch.Tensor, atoms_t: torch.Tensor) -> TensorMap:
+    """``non_conservative_force``: forces [n, 3] (eV/Å) of the atoms (system, atom)."""
+    device = forces.device
+    labels = Labels(["system", "atom"], torch.stack([systems_t, atoms_t], dim=1).to(torch.int32))
+    xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+    block = TensorBlock(
+        values=forces.reshape(-1, 3, 1),
+        samples=labels,
+        components=[xyz],
+        properties=Labels("non_conservative_force", torch.zeros((1, 1), dtype=torch.int32, device=device)),
+    )
+    return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
 
 
-class DirectStressContractAsMetatomic(DirectContractAsMetatomic):
-    """:class:`DirectContractAsMetatomic` of a model with a ``direct_virial`` too: the output
-    ``non_conservative_stress`` (per system, eV/Å³, σ = −W/V; zero for a system without a cell)."""
-
-    def _stress_output(
-        self,
-        systems: List[mta.System],
-        outputs: Dict[str, mta.ModelOutput],
-        selected_atoms: Optional[Labels],
-        results: Dict[str, TensorMap],
-    ) -> Dict[str, TensorMap]:
-        if "non_conservative_stress" not in outputs:
-            return results
-        vectors, edge_index, numbers, structure, n_terms, systems_t, atoms_t, counted = self._inputs(
-            systems, False, selected_atoms
-        )
-        device = vectors.device
-        virials = self.model.direct_virial(vectors, edge_index, numbers, structure, n_terms + 1)[:n_terms]
-        stresses: List[torch.Tensor] = []
-        for k, system in enumerate(systems):
-            volume = torch.abs(torch.det(system.cell))
-            if bool(volume > 0):
-                stresses.append(-virials[k] / volume)
-            else:
-                stresses.append(torch.zeros_like(virials[k]))
-        xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
-        xyz_2 = Labels("xyz_2", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
-        systems_labels = Labels(
-            "system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1)
-        )
-        block = TensorBlock(
-            values=torch.stack(stresses).reshape(-1, 3, 3, 1),
-            samples=systems_labels,
-            components=[xyz, xyz_2],
-            properties=Labels(
-                "non_conservative_stress", torch.zeros((1, 1), dtype=torch.int32, device=device)
-            ),
-        )
-        results["non_conservative_stress"] = TensorMap(
-            Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block]
-        )
-        return results
+def _stress_map(virials: torch.Tensor, systems: List[mta.System]) -> TensorMap:
+    """``non_conservative_stress``: σ = −W/V (eV/Å³) of each system's virial W [3, 3] (eV); zero
+    for a system without a cell."""
+    device = virials.device
+    stresses: List[torch.Tensor] = []
+    for k, system in enumerate(systems):
+        volume = torch.abs(torch.det(system.cell))
+        if bool(volume > 0):
+            stresses.append(-virials[k] / volume)
+        else:
+            stresses.append(torch.zeros_like(virials[k]))
+    xyz = Labels("xyz", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+    xyz_2 = Labels("xyz_2", torch.arange(3, dtype=torch.int32, device=device).reshape(-1, 1))
+    samples = Labels("system", torch.arange(len(systems), dtype=torch.int32, device=device).reshape(-1, 1))
+    block = TensorBlock(
+        values=torch.stack(stresses).reshape(-1, 3, 3, 1),
+        samples=samples,
+        components=[xyz, xyz_2],
+        properties=Labels("non_conservative_stress", torch.zeros((1, 1), dtype=torch.int32, device=device)),
+    )
+    return TensorMap(Labels("_", torch.zeros((1, 1), dtype=torch.int32, device=device)), [block])
