@@ -237,56 +237,38 @@ def _direct_program(direct):
     return program
 
 
-class _DirectFused(torch.nn.Module):
-    """TorchScript wrapper: ``forward`` = the model's ``forward_direct`` (+ zero virials)."""
+class _DirectPass(torch.nn.Module):
+    """The model's direct pass as one module returning (energies, forces, virials): its
+    ``forward_direct`` when it has one (the fast path), else ``forward`` + ``direct_forces``; zero
+    virials without ``direct_virial``. ``hasattr`` on the wrapped model is decided when TorchScript
+    compiles this module, so the calls to methods a model lacks are never compiled."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
-        energies, forces = self.model.forward_direct(
-            edge_vectors, edge_index, numbers, structure_index, n_structures
-        )
-        virials = torch.zeros((n_structures, 3, 3), dtype=forces.dtype, device=forces.device)
-        return energies, forces, virials
-
-
-class _DirectFusedVirial(_DirectFused):
-    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
-        energies, forces = self.model.forward_direct(
-            edge_vectors, edge_index, numbers, structure_index, n_structures
-        )
-        virials = self.model.direct_virial(edge_vectors, edge_index, numbers, structure_index, n_structures)
-        return energies, forces, virials
-
-
-class _DirectSplit(_DirectFused):
-    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
-        energies = self.model(edge_vectors, edge_index, numbers, structure_index, n_structures)
-        forces = self.model.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
-        virials = torch.zeros((n_structures, 3, 3), dtype=forces.dtype, device=forces.device)
-        return energies, forces, virials
-
-
-class _DirectSplitVirial(_DirectFused):
-    def forward(self, edge_vectors, edge_index, numbers, structure_index, n_structures: int):
-        energies = self.model(edge_vectors, edge_index, numbers, structure_index, n_structures)
-        forces = self.model.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
-        virials = self.model.direct_virial(edge_vectors, edge_index, numbers, structure_index, n_structures)
+        if hasattr(self.model, "forward_direct"):
+            energies, forces = self.model.forward_direct(
+                edge_vectors, edge_index, numbers, structure_index, n_structures
+            )
+        else:
+            energies = self.model(edge_vectors, edge_index, numbers, structure_index, n_structures)
+            forces = self.model.direct_forces(
+                edge_vectors, edge_index, numbers, structure_index, n_structures
+            )
+        if hasattr(self.model, "direct_virial"):
+            virials = self.model.direct_virial(
+                edge_vectors, edge_index, numbers, structure_index, n_structures
+            )
+        else:
+            virials = torch.zeros((n_structures, 3, 3), dtype=forces.dtype, device=forces.device)
         return energies, forces, virials
 
 
 def _direct_module(checked):
-    """The model's direct pass as one module returning (energies, forces, virials): its
-    ``forward_direct`` when it has one (the fast path), else ``forward`` + ``direct_forces``."""
-    fused, virial = checked._fused_direct, checked.direct_virial
-    wrapper = {
-        (True, False): _DirectFused,
-        (True, True): _DirectFusedVirial,
-        (False, False): _DirectSplit,
-        (False, True): _DirectSplitVirial,
-    }[(fused, virial)](checked.module)
+    """:class:`_DirectPass` of a checked model with a direct head (scripted for TorchScript)."""
+    wrapper = _DirectPass(checked.module)
     return torch.jit.script(wrapper) if isinstance(checked.module, torch.jit.ScriptModule) else wrapper
 
 
