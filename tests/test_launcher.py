@@ -189,6 +189,21 @@ def _long_run(run, toy_model, stderr):
     return proc, children
 
 
+def _alive(pid) -> bool:
+    """Whether process ``pid`` runs (a zombie or a vanished one does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return "?"
+
+
 def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
     before = set(glob.glob("/tmp/ipi_mlip-*"))
     proc, children = _long_run(tmp_path / "run", toy_model, subprocess.PIPE)
@@ -196,15 +211,8 @@ def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75 and "continue with `mlip-run --resume" in out, (out, err)
     for pid in children:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        assert not _alive(pid)
     assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
-
-
-def _cmdline(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-    except OSError:
-        return "?"
 
 
 def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
@@ -217,11 +225,7 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     deadline = time.monotonic() + 60
     alive = children
     while alive and time.monotonic() < deadline:
-        alive = [
-            pid
-            for pid in children
-            if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
-        ]
+        alive = [pid for pid in children if _alive(pid)]
         time.sleep(0.2)
     names = {pid: _cmdline(pid) for pid in alive}
     assert not alive, f"processes {names} outlived their SIGKILLed launcher"
@@ -272,14 +276,7 @@ def test_a_stop_signal_caught_by_another_i_pi_thread_still_stops_it(tmp_path, to
     assert proc.returncode == 75, (out, err)  # stopped cleanly: resumable
     assert (run / "RESTART").is_file()
     for pid in children:
-        assert not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
-    except OSError:
-        return False
+        assert not _alive(pid)
 
 
 def test_two_launches_at_once_do_not_interfere(tmp_path, toy_model):
