@@ -57,28 +57,28 @@ format: install
 	$(VENV)/bin/ruff check --quiet --fix .
 
 demo: install
-	$(PY) -m server.ipi.demo
+	$(PY) -m mlip_server.ipi.demo
 
 STRUCTURE ?= init.xyz
 serve: install
 	$(VENV)/bin/mlip-server --model $(MODEL) --structure $(STRUCTURE) --address $(ADDRESS) --device $(DEVICE) $(if $(DTYPE),--dtype $(DTYPE))
 
 teacher: install
-	$(PY) -m training.export_teacher --data $(SHARED)/bpnnp-revpbe0d3 --out models/local/bpnnp-revpbe0d3.pt
+	$(PY) -m mlip_server.training.export_teacher --data $(SHARED)/bpnnp-revpbe0d3 --out models/local/bpnnp-revpbe0d3.pt
 
 validate-teacher: teacher
-	$(PY) -m training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt --dft $(SHARED)/dft/water_revpbe0d3_190.xyz --out models
+	$(PY) -m mlip_server.training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt --dft $(SHARED)/dft/water_revpbe0d3_190.xyz --out models
 
 # shipped model: teacher-labelled data from i-PI runs, then (resumable) training
 MINUTES ?= 45
 training-data: teacher
-	$(PY) -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
+	$(PY) -m mlip_server.training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data --minutes $(MINUTES) --device $(DEVICE)
 # v2 candidate (issue 18): starts, or resumes where it stopped, TRAIN_DIR; the best model goes to
-# TRAIN_DIR/model.pt, never over models/water-pet.pt (ship by hand: python -m training.train --export CKPT OUT)
+# TRAIN_DIR/model.pt, never over models/water-pet.pt (ship by hand: python -m mlip_server.training.train --export CKPT OUT)
 TRAIN_CONFIG ?= training/configs/water-pet-v2-cpu.yaml
 TRAIN_DIR ?= models/checkpoints/water-pet-v2
 train: install
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m training.train $(TRAIN_CONFIG) $$(test -f $(TRAIN_DIR)/checkpoint.pt && echo --resume) --device $(DEVICE)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m mlip_server.training.train $(TRAIN_CONFIG) $$(test -f $(TRAIN_DIR)/checkpoint.pt && echo --resume) --device $(DEVICE)
 
 # the paper's symmetry-breaking study for any model: make probe MODEL=m.pt LEVEL=quick|full [ARGS="--dataset F"]
 # [COMMITTEE="a.pt b.pt ..."]: adds the section "symmetry breaking vs model uncertainty"

@@ -231,7 +231,8 @@ def run(args) -> dict:
     Parameters
     ----------
     args : argparse.Namespace
-        From :func:`build_parser` (the analyses themselves take :class:`analysis.commands.Options`).
+        From :func:`build_parser` (the analyses themselves take
+        :class:`mlip_server.analysis.commands.Options`).
 
     Returns
     -------

@@ -2,7 +2,7 @@
 dynamics and the static dielectric constant.
 
 The molecular dipole direction is ``u = (midpoint of the two H - O) / |...|`` of the whole
-molecule (minimum-image O->H vectors, see :mod:`analysis.molecules`).
+molecule (minimum-image O->H vectors, see :mod:`mlip_server.analysis.molecules`).
 
 * :class:`DipoleOrientation` -- P(cos theta, phi) of u in the lab frame, cos theta = u_z,
   phi = atan2(u_y, u_x), normalised so that an isotropic distribution is 1 everywhere;
@@ -18,7 +18,7 @@ molecule (minimum-image O->H vectors, see :mod:`analysis.molecules`).
   eps = 1 + (<M²> - <M>²) / (3 eps0 V k_B T) (conducting boundary conditions).
 
 Every class stores per-frame data and computes errors by block averaging
-(:mod:`analysis.statistics`); all but the autocorrelation can run with
+(:mod:`mlip_server.analysis.statistics`); all but the autocorrelation can run with
 ``backend="multiprocessing"`` (it too, the per-frame vectors are merged in order).
 """
 

@@ -1,10 +1,10 @@
 """Exceptions raised for bad analysis input.
 
 Every message is one line that names the problem *and* the fix; the command line
-(:mod:`analysis.cli`) prints it as ``error: <message>`` and exits with status 2.
+(:mod:`mlip_server.analysis.cli`) prints it as ``error: <message>`` and exits with status 2.
 """
 
-from server.core.errors import InputError
+from mlip_server.core.errors import InputError
 
 __all__ = ["AnalysisInputError", "BoxError", "BOX_FIX", "require_box"]
 
@@ -12,7 +12,7 @@ __all__ = ["AnalysisInputError", "BoxError", "BOX_FIX", "require_box"]
 class AnalysisInputError(InputError):
     """Bad input to an analysis: missing file, unknown format or element, inconsistent data.
 
-    A :class:`server.core.errors.InputError`, so one ``except MLIPError`` covers the whole project."""
+    A :class:`mlip_server.core.errors.InputError`, so one ``except MLIPError`` covers the whole project."""
 
 
 class BoxError(AnalysisInputError):

@@ -1,9 +1,9 @@
-"""The i-PI properties (``.out``) file of a run (:mod:`analysis.run_folder` finds it,
-:mod:`analysis.readers` reads the trajectories).
+"""The i-PI properties (``.out``) file of a run (:mod:`mlip_server.analysis.run_folder` finds it,
+:mod:`mlip_server.analysis.readers` reads the trajectories).
 
 * :func:`read_properties` -- an i-PI ``.out`` property file: columns from the
   ``# column N --> name{unit}`` / ``# cols. N-M --> name`` header lines, converted to analysis
-  units (energy eV, time ps, temperature K, length Å; :mod:`analysis.units`); a column without
+  units (energy eV, time ps, temperature K, length Å; :mod:`mlip_server.analysis.units`); a column without
   ``{unit}`` is in i-PI's atomic units, and columns of other dimensions are kept as written.
 * :func:`time_axis` -- the time (ps) of each line of such a file.
 """

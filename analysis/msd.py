@@ -83,7 +83,7 @@ class MSD(AnalysisBase):
     Parameters
     ----------
     universe : Universe with a periodic box (refused otherwise: unwrapping needs it)
-    water : :class:`analysis.molecules.Water` or None; with ``group="com"`` it is required
+    water : :class:`mlip_server.analysis.molecules.Water` or None; with ``group="com"`` it is required
     group : "O" (oxygens), "com" (molecular centres of mass) or an AtomGroup
     dt_ps : time between trajectory frames in ps (default: the trajectory's ``dt``)
     fit_window : (t_start, t_end) in ps; default 10 %-50 % of one block's duration

@@ -1,7 +1,7 @@
-"""The PNG figure of each ``mlip-analyse`` sub-command (matplotlib, via :mod:`analysis.output`).
+"""The PNG figure of each ``mlip-analyse`` sub-command (matplotlib, via :mod:`mlip_server.analysis.output`).
 
 Each function takes the results of an analysis (the ``results`` of its MDAnalysis class, as
-:mod:`analysis.commands` runs it) and returns the figure; the command saves it after its tables.
+:mod:`mlip_server.analysis.commands` runs it) and returns the figure; the command saves it after its tables.
 Units on the axes: Å, ps, meV, eV/Å, ħ, k_B T.
 """
 
@@ -31,8 +31,8 @@ def rdf_figure(analyses: dict, references: list, rmax: float):
     Parameters
     ----------
     analyses : dict
-        Pair name (``OO``, ``OH``, ...) -> a finished :class:`analysis.rdf.BlockRDF`.
-    references : list of analysis.reference.Reference
+        Pair name (``OO``, ``OH``, ...) -> a finished :class:`mlip_server.analysis.rdf.BlockRDF`.
+    references : list of mlip_server.analysis.reference.Reference
         Curves to overlay on their partial (a curve without a partial goes on the first panel).
     rmax : float
         Largest r shown of the references, Å.
@@ -63,7 +63,7 @@ def msd_figure(r):
     Parameters
     ----------
     r : MDAnalysis Results
-        Of :class:`analysis.msd.MSD`: ``time`` (ps), ``msd``, ``msd_err`` (Å²), ``D`` (Å²/ps),
+        Of :class:`mlip_server.analysis.msd.MSD`: ``time`` (ps), ``msd``, ``msd_err`` (Å²), ``D`` (Å²/ps),
         ``intercept`` (Å²), ``fit_window`` (ps), ``D_1e5cm2s``, ``D_1e5cm2s_err``.
 
     Returns
@@ -94,7 +94,7 @@ def orientation_figure(r, cos_centres):
     Parameters
     ----------
     r : MDAnalysis Results
-        Of :class:`analysis.dipoles.DipoleOrientation`.
+        Of :class:`mlip_server.analysis.dipoles.DipoleOrientation`.
     cos_centres : ndarray
         Bin centres of cos θ.
 
@@ -120,9 +120,9 @@ def dipole_figure(p, a=None):
     Parameters
     ----------
     p : MDAnalysis Results
-        Of :class:`analysis.dipoles.DipolePairCorrelation` (r in Å).
+        Of :class:`mlip_server.analysis.dipoles.DipolePairCorrelation` (r in Å).
     a : MDAnalysis Results, optional
-        Of :class:`analysis.dipoles.DipoleAutocorrelation` (t in ps, τ in ps).
+        Of :class:`mlip_server.analysis.dipoles.DipoleAutocorrelation` (t in ps, τ in ps).
 
     Returns
     -------
@@ -157,9 +157,9 @@ def symmetry_figure(panels: list):
     Parameters
     ----------
     panels : list of (str, object)
-        ``("dv", statistics)`` from :func:`analysis.symmetry.delta_v_statistics` (ΔV in meV
+        ``("dv", statistics)`` from :func:`mlip_server.analysis.symmetry.delta_v_statistics` (ΔV in meV
         with its autocorrelation inset); ``("cons", (t_ps, conserved_eV))`` (the conserved energy
-        in meV from its start); ``("L", results)`` of :class:`analysis.symmetry.AngularMomentum`
+        in meV from its start); ``("L", results)`` of :class:`mlip_server.analysis.symmetry.AngularMomentum`
         (|L| in ħ and |τ| in meV).
 
     Returns
@@ -196,7 +196,7 @@ def _element_colour(el, k):
 
 
 def uncertainty_figure(st: dict, x, x_is_time: bool, worst: list, elements=None):
-    """Committee uncertainty along a run (:func:`analysis.uncertainty.uncertainty_statistics`).
+    """Committee uncertainty along a run (:func:`mlip_server.analysis.uncertainty.uncertainty_statistics`).
 
     Panels: max_i σ_i and mean_i σ_i per frame (eV/Å; σ_E in eV on a second axis when given);
     the histogram of σ_i over all atoms and frames (stacked by element when known); σ_i per atom

@@ -3,7 +3,7 @@
 :class:`BlockRDF` is MDAnalysis' :class:`~MDAnalysis.analysis.rdf.InterRDF` (same pair search,
 exclusions and normalisation) that also keeps the histogram of every frame, so that g(r) and
 the running coordination number n(r) get block-averaged standard errors. It refuses a Universe
-without a periodic box (:class:`~analysis.errors.BoxError`). :func:`water_rdfs` computes
+without a periodic box (:class:`~mlip_server.analysis.errors.BoxError`). :func:`water_rdfs` computes
 g_OO, g_OH and g_HH with the intramolecular O-H and H-H pairs excluded.
 
 Units: r in Å; g(r) dimensionless; n(r) = number of B atoms within r of an A atom.

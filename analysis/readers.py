@@ -21,9 +21,9 @@ Path integrals: i-PI writes one file per bead, ``prefix.pos_0.xyz``, ``prefix.po
 files (minimum image to bead 0, so a ring polymer split by a wrapped box stays together);
 ``beads=k`` reads bead ``k``; ``beads=None`` reads just the file given.
 
-i-PI's properties (``.out``) files are read in :mod:`analysis.ipi_files`; the files of a run
-(bead files included) are found in :mod:`analysis.run_folder`; unit conversions are in
-:mod:`analysis.units`.
+i-PI's properties (``.out``) files are read in :mod:`mlip_server.analysis.ipi_files`; the files of a run
+(bead files included) are found in :mod:`mlip_server.analysis.run_folder`; unit conversions are in
+:mod:`mlip_server.analysis.units`.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ _CONVERTED = ("length", "velocity", "force")
 
 def _to_project(dimension: str, unit: str) -> float:
     """Factor converting an i-PI quantity of ``dimension`` written in ``unit`` to analysis units
-    (Å, Å/ps, eV/Å; forces as energy/length, see :mod:`analysis.units`)."""
+    (Å, Å/ps, eV/Å; forces as energy/length, see :mod:`mlip_server.analysis.units`)."""
     factor = to_atomic(dimension, unit)
     return factor * atomic_to_analysis(dimension) if dimension in _CONVERTED else factor
 

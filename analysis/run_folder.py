@@ -1,7 +1,7 @@
 """The files of one i-PI run: the one place where a run folder is read.
 
 ``mlip-run`` keeps a run, resumed or not, in one folder with one file per output and every step
-once (:mod:`server.ipi.run_folder`): ``sim.out`` (properties), ``sim.pos_0.extxyz`` (positions of
+once (:mod:`mlip_server.ipi.run_folder`): ``sim.out`` (properties), ``sim.pos_0.extxyz`` (positions of
 bead 0; ``sim.pos_00.extxyz`` ... with 10 beads or more), ``sim.vel_0...``, ``sim.for_0...``,
 extras files such as ``sim.unc_0``, and checkpoints (``sim.restart``, ``RESTART``) that are no
 outputs and are ignored here.
@@ -71,7 +71,7 @@ class RunFiles:
 
     def require(self, name: str) -> str:
         """The file of field ``name`` (``properties``, ``bead_positions``, ...); refuses a run
-        that did not write it (:class:`~analysis.errors.AnalysisInputError`)."""
+        that did not write it (:class:`~mlip_server.analysis.errors.AnalysisInputError`)."""
         path = getattr(self, name)
         if path is None:
             raise AnalysisInputError(

@@ -1,5 +1,5 @@
-"""Symmetry-breaking diagnostics from i-PI outputs (read with :mod:`analysis.ipi_files` and
-:mod:`analysis.readers`).
+"""Symmetry-breaking diagnostics from i-PI outputs (read with :mod:`mlip_server.analysis.ipi_files` and
+:mod:`mlip_server.analysis.readers`).
 
 * :func:`delta_v_statistics` -- ΔV = V_averaged - V_raw (e.g. ``pot_component_raw(1)`` minus
   ``pot_component_raw(0)``): mean, standard deviation, RMS and MAE (meV) with block errors,
@@ -93,7 +93,7 @@ class AngularMomentum(AnalysisBase):
     """Angular momentum and torque about the centre of mass of all atoms (a gas-phase molecule).
 
     Needs a Universe with velocities (Å/ps) and/or forces (eV/Å), e.g. from
-    :func:`analysis.readers.load_universe` with ``velocities=`` / ``forces=`` i-PI files.
+    :func:`mlip_server.analysis.readers.load_universe` with ``velocities=`` / ``forces=`` i-PI files.
     With a box, the molecule is made whole (minimum image to atom 0) first.
 
     Results: ``time`` (ps); ``L`` (F, 3) amu Å²/ps, ``L_hbar`` (F, 3) in ħ; ``torque`` (F, 3) eV;

@@ -1,7 +1,7 @@
 """Committee uncertainty along a trajectory: i-PI extras files and their statistics.
 
 ``mlip-server --committee a.pt b.pt ...`` sends i-PI, for every structure, the committee's
-spread as extras (:mod:`server.core.committee`): ``committee_force_std`` (per atom,
+spread as extras (:mod:`mlip_server.core.committee`): ``committee_force_std`` (per atom,
 σ_i = sqrt(Σ_m |F_i^m − F̄_i|² / (M − 1)), eV/Å), ``committee_energy_std`` (σ_E, eV,
 ddof = 1) and ``committee_force_std_max`` (max_i σ_i, eV/Å); with rotational averaging
 also ``force_spread_rms`` (eV/Å: the RMS over atoms and Cartesian components of the weighted
@@ -17,7 +17,7 @@ writes them with ``<trajectory filename='unc' extra_type='committee_force_std'> 
 (``extra_type='a,b'`` stacks a and b on the same lines; a 2-D quantity is written one row per
 line.) :func:`read_extras` reads such a file, :func:`extras_column` cuts one quantity out of it and
 :func:`uncertainty_statistics` computes what ``mlip-analyse uncertainty`` reports
-(:func:`analysis.run_folder.find_run_files` finds a run's extras files).
+(:func:`mlip_server.analysis.run_folder.find_run_files` finds a run's extras files).
 
 Units: forces eV/Å, energies eV, positions Å, time ps.
 """

@@ -1,4 +1,4 @@
-"""Units of the analyses: one table, :data:`server.protocol.ATOMIC_UNITS`, seen in the analysis
+"""Units of the analyses: one table, :data:`mlip_server.protocol.ATOMIC_UNITS`, seen in the analysis
 units (Å, eV, eV/Å, ps, Å/ps, K).
 
 Two conversions meet when an i-PI output file is read:
@@ -24,7 +24,7 @@ was written with does not return the model's forces.
 
 from __future__ import annotations
 
-from server.protocol import ATOMIC_UNITS
+from mlip_server.protocol import ATOMIC_UNITS
 
 from .errors import AnalysisInputError
 

@@ -24,26 +24,26 @@ import sys
 import tempfile
 import time
 
-from analysis import cli
-from analysis.dipoles import (
+from mlip_server.analysis import cli
+from mlip_server.analysis.dipoles import (
     DielectricConstant,
     DipoleAutocorrelation,
     DipoleOrientation,
     DipolePairCorrelation,
 )
-from analysis.molecules import find_water
-from analysis.msd import MSD
-from analysis.rdf import BlockRDF, default_rmax
-from analysis.readers import build_universe, load_universe
-from analysis.synthetic import water_trajectory, wrap, write_ipi
-from server.machine import describe
-from server.paths import project_root
+from mlip_server.analysis.molecules import find_water
+from mlip_server.analysis.msd import MSD
+from mlip_server.analysis.rdf import BlockRDF, default_rmax
+from mlip_server.analysis.readers import build_universe, load_universe
+from mlip_server.analysis.synthetic import water_trajectory, wrap, write_ipi
+from mlip_server.machine import describe
+from mlip_server.paths import checkout_root
 
 CHARGES = {"O": -0.8476, "H": 0.4238}
 
 
 def machine() -> dict:
-    """:func:`server.machine.describe` without torch, with MDAnalysis' and numpy's versions, and
+    """:func:`mlip_server.machine.describe` without torch, with MDAnalysis' and numpy's versions, and
     the key names of the committed ``bench/results/analysis_speed.json``."""
     info = describe(torch=False, packages=("MDAnalysis", "numpy"))
     info.update(
@@ -66,7 +66,7 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--molecules", type=int, default=512)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--out", default=str(project_root() / "bench" / "results" / "analysis_speed.json"))
+    ap.add_argument("--out", default=str(checkout_root() / "bench" / "results" / "analysis_speed.json"))
     args = ap.parse_args(argv)
 
     F, M, dt = args.frames, args.molecules, 0.01

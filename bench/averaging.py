@@ -9,7 +9,7 @@ molecule, 192 atoms and 1536 atoms, and the ratio of each to ``none``:
   and 192 atoms only, ``none`` and ``2i``).
 
 The chunk size: ``batched`` uses the Evaluator's default, measured per model and structure
-size (``max_batch_edges=None``, :mod:`server.core.evaluator`). For the specs of
+size (``max_batch_edges=None``, :mod:`mlip_server.core.evaluator`). For the specs of
 ``--chunk-specs`` (molecule and 192 atoms) it is timed side by side (round robin, median of
 ``--side-repeat`` rounds after one untimed round) with the serial loop and with fixed chunks of
 ``--fixed-chunks`` edges per model call; so are ``--beads`` path-integral beads of the 192-atom
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, timeit, write
-from server.core.averaging import Averaging
-from server.core.evaluator import Evaluator, Structure
-from server.structures import water_box, water_molecule
+from mlip_server.core.averaging import Averaging
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.structures import water_box, water_molecule
 
 SPECS = ["none", "i", "2", "2i", "3i"]
 
@@ -98,8 +98,8 @@ IPI_XML = """<simulation verbosity='quiet'>
 
 
 def ipi_ffrotations(workdir, atoms, model, spec, steps=(2, 6), extra=()):
-    from server import processes
-    from server.structures import write_ipi_xyz
+    from mlip_server import processes
+    from mlip_server.structures import write_ipi_xyz
 
     order, inv = (1, "false") if spec == "none" else (int(spec.rstrip("i")), str(spec.endswith("i")).lower())
     times = []

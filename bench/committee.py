@@ -17,9 +17,9 @@ import sys
 import numpy as np
 
 from bench.common import machine, timeit, write
-from server.core.evaluator import Evaluator, Structure
-from server.paths import project_root
-from server.structures import water_box
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.paths import checkout_root
+from mlip_server.structures import water_box
 
 MEMBERS = ["phase3", "phase4", "phase2", "phase1"]
 
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    files = [str(project_root() / "models" / "committee" / f"{m}.pt") for m in MEMBERS]
+    files = [str(checkout_root() / "models" / "committee" / f"{m}.pt") for m in MEMBERS]
     info = machine()
     single = Evaluator(files[0], device=args.device, dtype="float32")
     committee = Evaluator(files, device=args.device, dtype="float32")

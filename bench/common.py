@@ -1,7 +1,7 @@
 """Shared helpers of the benchmarks: the model, result files, timing.
 
 Run the benchmarks from the project root as modules (``python -m bench.averaging``); the
-machine description is :func:`server.machine.describe`, timing is :mod:`server.metrics`.
+machine description is :func:`mlip_server.machine.describe`, timing is :mod:`mlip_server.metrics`.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from server import metrics
-from server.machine import describe as machine
-from server.paths import project_root, shipped_model
+from mlip_server import metrics
+from mlip_server.machine import describe as machine
+from mlip_server.paths import checkout_root, shipped_model
 
 __all__ = ["machine", "default_model", "results_dir", "result_name", "write", "timeit"]
 
@@ -39,7 +39,7 @@ def default_model() -> tuple[str, str]:
 
 def results_dir() -> Path:
     """``bench/results/``: one ``NAME.json`` and ``NAME.md`` per benchmark."""
-    return project_root() / "bench" / "results"
+    return checkout_root() / "bench" / "results"
 
 
 def write(name: str, data: dict, markdown: str) -> None:
@@ -65,7 +65,7 @@ def write(name: str, data: dict, markdown: str) -> None:
         "`NAME.md`; this file concatenates the latter). Ratios are measured side by side in one run; "
         "each section names the machine that gave its numbers.\n\n"
     )
-    (project_root() / "BENCHMARKS.md").write_text(header + "\n".join(sections))
+    (checkout_root() / "BENCHMARKS.md").write_text(header + "\n".join(sections))
 
 
 def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
@@ -83,6 +83,6 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
     Returns
     -------
     float
-        Median wall time, s (:func:`server.metrics.time_calls`).
+        Median wall time, s (:func:`mlip_server.metrics.time_calls`).
     """
     return metrics.time_calls(fn, repeat, warmup).median_s

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from bench.common import machine, write
-from server.compile import compile_file
-from server.core.errors import MLIPError
-from server.core.evaluator import Evaluator
-from server.core.graph import Structure
-from server.structures import water_box, water_molecule
+from mlip_server.compile import compile_file
+from mlip_server.core.errors import MLIPError
+from mlip_server.core.evaluator import Evaluator
+from mlip_server.core.graph import Structure
+from mlip_server.structures import water_box, water_molecule
 
 __all__ = ["main"]
 
@@ -142,10 +142,10 @@ def bench_model(
 def profile(model: str, package: str, repeat: int) -> dict:
     """Where the time of one call goes (ms, medians): neighbour list, packing, the program or
     TorchScript + autograd, assembling forces and virials; and copies batched in one call."""
-    from server.core.averaging import Averaging
-    from server.core.graph import build_graph
-    from server.formats import load_model
-    from server.formats.edges import assemble_gradients, pack
+    from mlip_server.core.averaging import Averaging
+    from mlip_server.core.graph import build_graph
+    from mlip_server.formats import load_model
+    from mlip_server.formats.edges import assemble_gradients, pack
 
     pk, ts = (
         load_model(package),
@@ -353,7 +353,7 @@ def main(argv=None) -> int:
         print(markdown(data))
         return 0
     if args.profile:
-        from server.formats import load_model
+        from mlip_server.formats import load_model
 
         dtype = str(load_model(args.profile).dtype).replace("torch.", "")
         data = {

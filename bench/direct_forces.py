@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, write
-from server.core.evaluator import Evaluator
-from server.core.graph import Structure
-from server.paths import experiments_dir
-from server.structures import water_box, water_molecule
+from mlip_server.core.evaluator import Evaluator
+from mlip_server.core.graph import Structure
+from mlip_server.paths import experiments_dir
+from mlip_server.structures import water_box, water_molecule
 
 __all__ = ["main"]
 
@@ -67,7 +67,7 @@ def calls(model: str, repeat: int, device: str = "cpu") -> list:
 
 def _run(experiment: str, model: str, work: Path, name: str, args: list) -> dict:
     out = work / name
-    cmd = [sys.executable, "-m", "server.ipi.launcher", experiment, "--model", model, "--out", str(out)]
+    cmd = [sys.executable, "-m", "mlip_server.ipi.launcher", experiment, "--model", model, "--out", str(out)]
     cmd += ["--progress", "0", "--stride", "1", *args]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -152,7 +152,7 @@ def _analyse(folder: Path, work: Path, fit_window) -> dict:
             [
                 sys.executable,
                 "-m",
-                "analysis.cli",
+                "mlip_server.analysis.cli",
                 command,
                 str(folder),
                 "--out",
@@ -166,7 +166,7 @@ def _analyse(folder: Path, work: Path, fit_window) -> dict:
         if done.returncode != 0:
             raise RuntimeError(f"mlip-analyse {command} {folder}: {done.stderr[-1500:]}")
     summary = json.loads((out / "summary.json").read_text())
-    from analysis.output import read_table
+    from mlip_server.analysis.output import read_table
 
     table = read_table(out / "rdf.dat")
     return {

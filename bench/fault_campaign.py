@@ -34,11 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import machine, write
-from server.paths import lammps_inputs_dir, project_root, shipped_model
+from mlip_server.paths import checkout_root, lammps_inputs_dir, shipped_model
 
 __all__ = ["main"]
 
-ROOT = project_root()
+ROOT = checkout_root()
 BIN = Path(sys.executable).parent
 MLIP_RUN = str(BIN / "mlip-run")
 LAMMPS_RUN = str(BIN / "mlip-lammps-run")
@@ -111,7 +111,7 @@ def _lammps_servers(launcher: int) -> dict:
     """rank address suffix (or 'gather') → pid of the run's mlip-server processes."""
     found = {}
     for pid, cmd in _descendants(launcher).items():
-        if "mlip-server" in cmd or "server.ipi.serve" in cmd:
+        if "mlip-server" in cmd or "mlip_server.ipi.serve" in cmd:
             addresses = re.findall(r"--address (\S+)", cmd)
             m = re.search(r"-(\d+)$", addresses[0]) if addresses else None
             found[int(m[1]) if m and len(addresses) == 1 else "gather"] = pid
@@ -541,8 +541,8 @@ class Campaign:
 
     # -- LAMMPS ----------------------------------------------------------------------------
     def lammps_group(self, group: str, model: str, molecules: int, steps: int, plan: dict, timeout) -> None:
-        from server.lammps.mpi import leftover_shm_files, shm_files
-        from server.structures import write_water_data
+        from mlip_server.lammps.mpi import leftover_shm_files, shm_files
+        from mlip_server.structures import write_water_data
 
         work = self.work / group
         work.mkdir()
@@ -924,12 +924,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="fault-campaign-"))
     print(f"fault_campaign: run folders in {work}", flush=True)
-    from training.toy_models import export, water_toy
+    from mlip_server.training.toy_models import export, water_toy
 
     toy = str(export(water_toy(anisotropy=0.02), work / "water-toy.pt"))
     campaign = Campaign(args, work)
     campaign.data["models"] = {
-        "toy": "training.toy_models.water_toy(anisotropy=0.02) (Morse pairs + a small MLP term; a toy)",
+        "toy": "mlip_server.training.toy_models.water_toy(anisotropy=0.02) "
+        "(Morse pairs + a small MLP term; a toy)",
         "pet": "models/water-pet.pt (shipped PET-like water model)",
     }
     common = ["--stride", "1", "--set", "checkpoint=50", "--dtype", "float64", "--progress", "0"]

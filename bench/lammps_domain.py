@@ -46,10 +46,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import result_name
-from server.lammps import runner
-from server.machine import describe as machine
-from server.paths import lammps_inputs_dir, project_root, shipped_model
-from server.structures import write_water_data
+from mlip_server.lammps import runner
+from mlip_server.machine import describe as machine
+from mlip_server.paths import checkout_root, lammps_inputs_dir, shipped_model
+from mlip_server.structures import write_water_data
 
 BOX = 24.8  # Å, edge of the 512-molecule box (1 g/cm³)
 WATER_MOLECULES_PER_A3 = 0.03343  # liquid water at 1 g/cm³
@@ -75,9 +75,9 @@ def shells(model: str, range_: float) -> list[dict]:
     """One subdomain, schemes (a) and (b): atoms evaluated and seconds per evaluation."""
     import torch
 
-    from server.core.evaluator import Evaluator, Structure
-    from server.lammps.ghosts import near_owned
-    from server.structures import water_box
+    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.lammps.ghosts import near_owned
+    from mlip_server.structures import water_box
 
     torch.set_num_threads(1)
     big = water_box(512, seed=1).repeat((4, 4, 4))  # 99 Å: owned cube of 2×2×2 boxes in its middle
@@ -219,7 +219,7 @@ def lammps(model, replicas, np_, decomposition, servers, steps, threads=1, dtype
 def metatomic_rows(model: str, steps: int) -> list[dict]:
     """12,288 atoms, gather 1 × 1 and domain 2 × 2, for the contract model and its metatomic
     export (float32), one after the other under the same conditions."""
-    from training.export_metatomic import export_metatomic
+    from mlip_server.training.export_metatomic import export_metatomic
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="lammps-metatomic-") as tmp:
@@ -266,7 +266,7 @@ def main(argv=None) -> int:
     info = machine()
     out = {"benchmark": "lammps_domain", "model": args.model or "models/water-pet.pt", "machine": info}
     sections = ("shells", "weak", "routes", "metatomic", "cap")
-    path = project_root() / "bench" / "results" / f"{result_name('lammps_domain')}.json"
+    path = checkout_root() / "bench" / "results" / f"{result_name('lammps_domain')}.json"
     earlier = json.loads(path.read_text()) if path.exists() else {}
     out.update({k: v for k, v in earlier.items() if k in sections or k == "machine_by_section"})
     # sections kept from an earlier run keep the machine (date, load) they were measured on
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
             + out.get("cap", [])
         )
     )
-    print(f"\nwrote {path.relative_to(project_root())}")
+    print(f"\nwrote {path.relative_to(checkout_root())}")
     return 0
 
 

@@ -33,10 +33,10 @@ import time
 from pathlib import Path
 
 from bench.common import result_name
-from server.lammps import runner
-from server.machine import describe as machine
-from server.paths import lammps_inputs_dir, project_root, shipped_model
-from server.structures import write_water_data
+from mlip_server.lammps import runner
+from mlip_server.machine import describe as machine
+from mlip_server.paths import checkout_root, lammps_inputs_dir, shipped_model
+from mlip_server.structures import write_water_data
 
 DEFAULT_STEPS = {1: 40, 2: 8, 4: 3}
 
@@ -174,12 +174,12 @@ def main(argv=None) -> int:
         "machine": info,
         "runs": rows,
     }
-    result = project_root() / "bench" / "results" / f"{result_name('lammps_scaling')}.json"
+    result = checkout_root() / "bench" / "results" / f"{result_name('lammps_scaling')}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     result.write_text(json.dumps(data, indent=2) + "\n")
     print(f"\n## LAMMPS through the socket bridge ({model_name}, {info['cpu']}, {info['cores']} cores)\n")
     print(table(rows))
-    print(f"\nwrote {result.relative_to(project_root())}")
+    print(f"\nwrote {result.relative_to(checkout_root())}")
     return 0
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, write
-from server import processes
-from server.ipi.launcher import run_experiment
-from server.structures import water_box
+from mlip_server import processes
+from mlip_server.ipi.launcher import run_experiment
+from mlip_server.structures import water_box
 
 __all__ = ["main", "per_step"]
 

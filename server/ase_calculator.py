@@ -28,7 +28,7 @@ class MLIPCalculator(Calculator):
     = −W/V with the virial W symmetrised; periodic cells only), and for averaged
     models the diagnostics in ``results["extras"]``; for a committee also
     ``committee_energy_std`` (eV) and ``committee_force_std_max`` (eV/Å) there, and every member's
-    result in :attr:`committee` (a :class:`server.core.graph.CommitteeResult`).
+    result in :attr:`committee` (a :class:`mlip_server.core.graph.CommitteeResult`).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]

@@ -2,7 +2,7 @@
 
 How a TorchScript file becomes a package (:func:`compile_module`):
 
-1. the contract checks of the TorchScript adapter (:class:`~server.formats.contract.ContractModel`:
+1. the contract checks of the TorchScript adapter (:class:`~mlip_server.formats.contract.ContractModel`:
    cutoff, species, dry run, interaction range, sums of atomic energies), cast to the dtype and
    device asked for;
 2. the TorchScript graph is converted to an FX graph of aten operations
@@ -16,7 +16,7 @@ How a TorchScript file becomes a package (:func:`compile_module`):
    unfolds ``torch.autograd.grad`` into plain operations (exporting a module that calls autograd
    fails otherwise, pytorch #125984), exported with dynamic numbers of edges, atoms and
    structures, compiled by AOTInductor and packaged as the model ``conservative`` with the
-   metadata (:mod:`server.formats.compiled`);
+   metadata (:mod:`mlip_server.formats.compiled`);
 4. the package is loaded and checked against the source model on two batches of different
    sizes before it appears under its name.
 
@@ -432,7 +432,7 @@ def _check(package, reference, species, cutoff, dtype, device):
                     )
 
 
-EAGER_TWINS = {"N2P2Model": "training.n2p2.model:from_torchscript"}
+EAGER_TWINS = {"N2P2Model": "mlip_server.training.n2p2.model:from_torchscript"}
 """TorchScript classes (``original_name``) whose code the TorchScript → FX converter cannot take
 (loops over lists of floats, ``while`` loops): ``module:function`` rebuilding the eager module
 from the scripted one, which is traced instead (the n2p2 teacher)."""
@@ -486,7 +486,7 @@ def _load_source(path: str):
     if not (isinstance(checkpoint, dict) and "model_config" in checkpoint):
         raise ModelError(f"{path!r} is neither TorchScript nor a training checkpoint (no model_config)")
     # the server reads training/'s files only here and in eager_twin (mlip-compile, --compile)
-    from training.checkpoints import model_from_checkpoint
+    from mlip_server.training.checkpoints import model_from_checkpoint
 
     return model_from_checkpoint(checkpoint)
 
@@ -509,7 +509,7 @@ def cached_model(path, device="cpu", dtype=None, warn=None):
     """``--compile``: the package of the model file ``path`` from the cache, compiled there on
     first use; the model as it is (any format) when it is a package already, not a TorchScript
     contract model, or when compiling fails (after one warning line through ``warn``, default
-    ``logging.warning``). Returns a :class:`~server.formats.base.ModelAdapter`."""
+    ``logging.warning``). Returns a :class:`~mlip_server.formats.base.ModelAdapter`."""
     from .formats import load_model
     from .formats.compiled import is_package
     from .formats.contract import exported_dtype

@@ -1,6 +1,7 @@
 """One description of the machine that produced a number: CPU, cores, threads, torch, GPU.
 
-Every report that contains timings (``training.validate_teacher``, ``training.evaluate_model``,
+Every report that contains timings (``mlip_server.training.validate_teacher``,
+``mlip_server.training.evaluate_model``,
 ``mlip-probe``, the scripts of ``bench/``) stores :func:`describe` next to them, so that a
 reader can tell a busy 2-core laptop from an idle GPU node.
 """

@@ -1,9 +1,10 @@
 """Model metrics: errors against labels, raw-vs-averaged differences, and timing of model calls.
 
 The one place where the project computes an energy or force error or times a model call;
-``training.validate_teacher``, ``training.evaluate_model``, ``mlip-probe`` and ``bench/`` use it.
+``mlip_server.training.validate_teacher``, ``mlip_server.training.evaluate_model``, ``mlip-probe`` and
+``bench/`` use it.
 
-    from server import metrics
+    from mlip_server import metrics
     errs = metrics.label_errors(evaluator, frames, batch=8)
     errs.force_rmse, errs.energy_spread_per_atom           # eV/Å, eV/atom
     metrics.raw_vs_grid(evaluator, structures, "3i").force_mae

@@ -95,15 +95,17 @@ def executable(name: str) -> str:
 
 def start_ipi(xml, cwd, log="ipi.log", env=None) -> subprocess.Popen:
     """i-PI on input ``xml`` in folder ``cwd``, its output in ``cwd/log``: i-PI's own ``i-pi``
-    command with the repair of :mod:`server.ipi.ipi_main` (a driver killed mid-call)."""
-    return start([sys.executable, "-m", "server.ipi.ipi_main", xml], cwd=cwd, log=Path(cwd) / log, env=env)
+    command with the repair of :mod:`mlip_server.ipi.ipi_main` (a driver killed mid-call)."""
+    return start(
+        [sys.executable, "-m", "mlip_server.ipi.ipi_main", xml], cwd=cwd, log=Path(cwd) / log, env=env
+    )
 
 
 def start_server(model, structure, addresses, cwd, log="server.log", extra=(), env=None) -> subprocess.Popen:
     """``mlip-server`` for ``model`` (a list: ``--committee``) on ``addresses``, elements from
     ``structure``, output in ``cwd/log``."""
     which = ["--committee", *map(str, model)] if isinstance(model, (list, tuple)) else ["--model", model]
-    cmd = [sys.executable, "-m", "server.ipi.serve", *which, "--structure", structure]
+    cmd = [sys.executable, "-m", "mlip_server.ipi.serve", *which, "--structure", structure]
     for a in addresses:
         cmd += ["--address", a]
     return start(cmd + list(extra), cwd=cwd, log=Path(cwd) / log, env=env)

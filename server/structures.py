@@ -3,8 +3,8 @@ and LAMMPS data files, and the element list a server reads from a structure file
 
 Atoms are ordered O, H, H per molecule (as in the shared DFT data and i-PI inputs). Lengths in Å.
 
-    python -m server.structures --molecules 512            # ./water-512.data
-    python -m server.structures --molecules 512 --out runs/water-512.data
+    python -m mlip_server.structures --molecules 512            # ./water-512.data
+    python -m mlip_server.structures --molecules 512 --out runs/water-512.data
 """
 
 from __future__ import annotations
@@ -213,10 +213,10 @@ def read_numbers(path: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    """``python -m server.structures``: writes a water box as a LAMMPS data file (by default in
+    """``python -m mlip_server.structures``: writes a water box as a LAMMPS data file (by default in
     the current folder, never into the checkout unless asked)."""
     p = argparse.ArgumentParser(
-        prog="python -m server.structures",
+        prog="python -m mlip_server.structures",
         description="Writes a water box as a LAMMPS data file (types 1 = O, 2 = H).",
     )
     p.add_argument("--molecules", type=int, default=512, help="water molecules (default: 512)")

@@ -1,8 +1,8 @@
 """What production runs share: walltime, stop signals, exit statuses in words, the event log,
 the server heartbeat and the restart budget.
 
-Used by both launchers (``mlip-run`` in :mod:`server.ipi.launcher`, ``mlip-lammps-run`` in
-:mod:`server.lammps.runner`), so that an i-PI run and a LAMMPS run stop, report and resume the
+Used by both launchers (``mlip-run`` in :mod:`mlip_server.ipi.launcher`, ``mlip-lammps-run`` in
+:mod:`mlip_server.lammps.runner`), so that an i-PI run and a LAMMPS run stop, report and resume the
 same way:
 
 - :func:`parse_walltime` and :class:`Deadline`: ``--walltime HH:MM:SS`` (or, under SLURM, the

@@ -2,7 +2,7 @@
 
 ``mlip-server --committee ... --uncertainty-threshold F [--save-uncertain DIR]``: every
 evaluated structure whose largest per-atom committee force spread
-(``committee_force_std_max``, eV/Å, :mod:`server.core.committee`) exceeds ``F`` is logged in one
+(``committee_force_std_max``, eV/Å, :mod:`mlip_server.core.committee`) exceeds ``F`` is logged in one
 line and, with a directory, appended to ``DIR/uncertain.extxyz``: positions (Å), cell, pbc, the
 served energy (eV) and forces (eV/Å) as ASE's single-point results, the per-atom spread
 (``committee_force_std``, eV/Å), every member's energy (``committee_energies``, eV) and where it

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from server.paths import project_root  # noqa: E402
-from server.structures import water_box
-from training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
+from mlip_server.paths import checkout_root
+from mlip_server.structures import water_box
+from mlip_server.training.toy_models import AnisotropicPairModel, LennardJones, export, water_toy
 
-SHARED_DATA = project_root().parent / "shared" / "data"
+SHARED_DATA = checkout_root().parent / "shared" / "data"
 
 torch.set_num_threads(1)
 

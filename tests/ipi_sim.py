@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from server import processes
-from server.ipi import pes
-from server.structures import write_ipi_xyz
+from mlip_server import processes
+from mlip_server.ipi import pes
+from mlip_server.structures import write_ipi_xyz
 
 FORCEFIELD = """  <ffsocket name='{name}' mode='{mode}' pbc='false'>
     <address>{address}</address>{port}<latency>1e-4</latency><batch_size>{batch}</batch_size>

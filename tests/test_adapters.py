@@ -7,8 +7,8 @@ import ipi_sim
 import numpy as np
 import pytest
 
-from server import processes
-from server.ipi import pes
+from mlip_server import processes
+from mlip_server.ipi import pes
 
 PES = Path(pes.__file__).resolve()
 
@@ -84,8 +84,8 @@ def test_ase_socketio_host_drives_the_server(tmp_path, toy_model, water8, transp
     line under --on-close exit, and stays an error without it."""
     from ase.calculators.socketio import SocketIOCalculator
 
-    from server.ase_calculator import MLIPCalculator
-    from server.structures import write_ipi_xyz
+    from mlip_server.ase_calculator import MLIPCalculator
+    from mlip_server.structures import write_ipi_xyz
 
     write_ipi_xyz(water8, tmp_path / "init.xyz")
     reference = water8.copy()
@@ -102,7 +102,7 @@ def test_ase_socketio_host_drives_the_server(tmp_path, toy_model, water8, transp
         cmd = [
             sys.executable,
             "-m",
-            "server.ipi.serve",
+            "mlip_server.ipi.serve",
             "--model",
             toy_model,
             "--structure",

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from test_analysis_readers import lammps_instance, write_lammps_dump
 
-from analysis import cli
-from analysis.dipoles import (
+from mlip_server.analysis import cli
+from mlip_server.analysis.dipoles import (
     DEBYE_PER_EA,
     EPS0_E2_PER_EV_A,
     KB_EV,
@@ -22,14 +22,14 @@ from analysis.dipoles import (
     DipoleOrientation,
     DipolePairCorrelation,
 )
-from analysis.ipi_files import read_properties
-from analysis.molecules import find_water
-from analysis.msd import MSD, yeh_hummer
-from analysis.rdf import BlockRDF, water_rdfs
-from analysis.readers import build_universe, load_universe
-from analysis.reference import load_reference
-from analysis.symmetry import HBAR_AMU_A2_PS, AngularMomentum, conserved_drift, delta_v_statistics
-from analysis.synthetic import (
+from mlip_server.analysis.ipi_files import read_properties
+from mlip_server.analysis.molecules import find_water
+from mlip_server.analysis.msd import MSD, yeh_hummer
+from mlip_server.analysis.rdf import BlockRDF, water_rdfs
+from mlip_server.analysis.readers import build_universe, load_universe
+from mlip_server.analysis.reference import load_reference
+from mlip_server.analysis.symmetry import HBAR_AMU_A2_PS, AngularMomentum, conserved_drift, delta_v_statistics
+from mlip_server.analysis.synthetic import (
     perpendicular,
     random_unit_vectors,
     rigid_water,
@@ -577,7 +577,7 @@ def test_a_run_folder_is_a_traj_and_a_missing_column_is_refused(tmp_path, toy_mo
 
     run = tmp_path / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "server.ipi.launcher", "water-nvt-mts", "--model", toy_model]
+        [sys.executable, "-m", "mlip_server.ipi.launcher", "water-nvt-mts", "--model", toy_model]
         + ["--molecules", "8", "--steps", "4", "--stride", "1", "--out", str(run), "--progress", "0"],
         capture_output=True,
         text=True,

@@ -12,12 +12,12 @@ import sys
 import numpy as np
 import pytest
 
-from analysis import cli
-from analysis.errors import AnalysisInputError, BoxError
-from analysis.rdf import BlockRDF
-from analysis.readers import load_universe, read_vectors
-from analysis.run_folder import bead_files, find_run_files
-from analysis.synthetic import water_trajectory, wrap, write_ipi
+from mlip_server.analysis import cli
+from mlip_server.analysis.errors import AnalysisInputError, BoxError
+from mlip_server.analysis.rdf import BlockRDF
+from mlip_server.analysis.readers import load_universe, read_vectors
+from mlip_server.analysis.run_folder import bead_files, find_run_files
+from mlip_server.analysis.synthetic import water_trajectory, wrap, write_ipi
 
 TRICLINIC = np.array([10.0, 11.0, 12.0, 80.0, 95.0, 85.0])
 
@@ -275,7 +275,7 @@ def test_extxyz_velocities_and_forces_from_ipi_ase_mode(tmp_path, small_water):
     units: they come back in Å/ps and eV/Å."""
     from ipi.utils.units import unit_to_internal, unit_to_user
 
-    from analysis.readers import read_vectors
+    from mlip_server.analysis.readers import read_vectors
 
     names, x, dims = small_water
     rng = np.random.default_rng(3)
@@ -296,8 +296,8 @@ def test_extxyz_velocities_and_forces_from_ipi_ase_mode(tmp_path, small_water):
 def test_bead_averaged_rdf_is_the_mean_of_the_beads_rdfs(tmp_path, small_water):
     """--beads all: g(r) over every bead's frames = the mean of the beads' own g(r) (equal
     frame counts); its frames are beads × frames, without a time axis."""
-    from analysis.molecules import find_water
-    from analysis.rdf import water_rdfs
+    from mlip_server.analysis.molecules import find_water
+    from mlip_server.analysis.rdf import water_rdfs
 
     names, x, dims = small_water
     rng = np.random.default_rng(1)

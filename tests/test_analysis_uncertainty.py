@@ -12,14 +12,14 @@ import ipi_sim
 import numpy as np
 import pytest
 
-from analysis import cli
-from analysis.errors import AnalysisInputError
-from analysis.output import read_table
-from analysis.run_folder import find_run_files
-from analysis.statistics import block_slices
-from analysis.uncertainty import extras_column, read_extras
-from server.core.evaluator import Evaluator, Structure
-from server.structures import water_box
+from mlip_server.analysis import cli
+from mlip_server.analysis.errors import AnalysisInputError
+from mlip_server.analysis.output import read_table
+from mlip_server.analysis.run_folder import find_run_files
+from mlip_server.analysis.statistics import block_slices
+from mlip_server.analysis.uncertainty import extras_column, read_extras
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.structures import water_box
 
 
 def write_extras(path, name, frames, per_line=None, bead_header=False, first_step=0):

@@ -5,10 +5,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 from test_evaluator import finite_difference_forces, strain_derivative_virial
 
-from server.core.averaging import Averaging
-from server.core.errors import InputError
-from server.core.evaluator import Evaluator, Structure
-from server.structures import water_box, water_molecule
+from mlip_server.core.averaging import Averaging
+from mlip_server.core.errors import InputError
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.structures import water_box, water_molecule
 
 
 def _cluster():
@@ -131,7 +131,7 @@ def test_agrees_with_ipi_ffrotations(tmp_path, strongly_anisotropic_model):
     equals our 2i endpoint, step by step, on the same trajectory."""
     import ipi_sim
 
-    from server import processes
+    from mlip_server import processes
 
     atoms = water_box(8, seed=6)
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from server import processes
-from server.core.errors import InputError, ModelError
-from server.core.evaluator import Evaluator, Structure
-from server.ipi.serve import main as server_main
-from server.protocol import HEADERS
+from mlip_server import processes
+from mlip_server.core.errors import InputError, ModelError
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.ipi.serve import main as server_main
+from mlip_server.protocol import HEADERS
 
-SERVER = [sys.executable, "-m", "server.ipi.serve"]
+SERVER = [sys.executable, "-m", "mlip_server.ipi.serve"]
 
 
 class FakeIPI:
@@ -78,7 +78,7 @@ class FakeIPI:
 
 @pytest.fixture
 def molecule():
-    from server.structures import water_molecule
+    from mlip_server.structures import water_molecule
 
     return water_molecule(center=(5.0, 5.0, 5.0))
 
@@ -186,7 +186,7 @@ def test_no_ipi_times_out(tmp_path, toy_model, molecule, capsys):
 
 
 def _run_cli(tmp_path, capsys, model, *extra, molecule=None):
-    from server.structures import water_molecule
+    from mlip_server.structures import water_molecule
 
     (molecule or water_molecule()).write(tmp_path / "m.xyz")
     code = server_main(

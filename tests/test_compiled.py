@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import torch
 
-from server.compile import cache_dir, cache_key, cached_model, file_hash
-from server.compile import main as compile_main
-from server.core.errors import ModelError
-from server.core.evaluator import Evaluator
-from server.core.graph import Structure
-from server.formats import formats, load_model
-from server.formats.compiled import CompiledModel, read_metadata
-from server.paths import project_root
-from server.structures import water_box, water_molecule
+from mlip_server.compile import cache_dir, cache_key, cached_model, file_hash
+from mlip_server.compile import main as compile_main
+from mlip_server.core.errors import ModelError
+from mlip_server.core.evaluator import Evaluator
+from mlip_server.core.graph import Structure
+from mlip_server.formats import formats, load_model
+from mlip_server.formats.compiled import CompiledModel, read_metadata
+from mlip_server.paths import checkout_root
+from mlip_server.structures import water_box, water_molecule
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_dropped_structure_is_not_differentiated(package, toy_model):
     """Atoms in the last structure (the ghosts of a domain-decomposed LAMMPS rank) shape the
     others' energies but their own energy is not differentiated: gradients as the contract's
     autograd of the counted energies."""
-    from server.compile import example_batch
+    from mlip_server.compile import example_batch
 
     ts, pk = load_model(toy_model), load_model(package[0])
     v, ei, z, si, b = example_batch([1, 8], 4.0, (3, 3, 3), 3)
@@ -126,7 +126,7 @@ def test_metadata(package, toy_model):
 def test_cache_compiles_once_and_hits_afterwards(package, toy_model, tmp_path, monkeypatch):
     """First use compiles into $MLIP_COMPILE_CACHE under the key (hash, torch, device, dtype);
     the second load does not compile."""
-    import server.compile as compile_mod
+    import mlip_server.compile as compile_mod
 
     monkeypatch.setenv("MLIP_COMPILE_CACHE", str(tmp_path / "cache"))
     calls = []
@@ -220,10 +220,10 @@ def test_shipped_pet_package(tmp_path):
 
 def test_package_everywhere_a_model_is(package, toy_model):
     """ASE, a committee with a TorchScript member, mlip-server --check and its --compile flag."""
-    from server.ase_calculator import MLIPCalculator
-    from server.core.committee import load_committee
-    from server.ipi.serve import build_parser
-    from server.model_check import check_model
+    from mlip_server.ase_calculator import MLIPCalculator
+    from mlip_server.core.committee import load_committee
+    from mlip_server.ipi.serve import build_parser
+    from mlip_server.model_check import check_model
 
     atoms = water_box(8, seed=1)
     energies = []
@@ -239,14 +239,14 @@ def test_package_everywhere_a_model_is(package, toy_model):
     assert build_parser().parse_args(["--model", package[0], "--address", "unix:x", "--compile"]).compile
 
 
-TEACHER_DATA = project_root().parent / "shared" / "data" / "bpnnp-revpbe0d3"
+TEACHER_DATA = checkout_root().parent / "shared" / "data" / "bpnnp-revpbe0d3"
 
 
 def _small_teacher(path):
     """The revPBE0-D3 teacher cut down to 2 radial and 3 angular functions per element (its
     cutoff type, scaling, networks minus the dropped inputs), scripted and saved: the whole
     teacher compiles in 5-6 min on 2 loaded cores (``bench/compiled.py`` measures it), this in ~4."""
-    from training.n2p2 import N2P2Model, read_n2p2
+    from mlip_server.training.n2p2 import N2P2Model, read_n2p2
 
     potential = read_n2p2(str(TEACHER_DATA))
     for element in potential.elements:
@@ -316,8 +316,8 @@ def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path)
     from test_lammps import bridge_run, read_dump, thermo
     from test_lammps_domain import _water_deck
 
-    from server.lammps.mpi import leftover_shm_files, shm_files
-    from server.structures import write_water_data
+    from mlip_server.lammps.mpi import leftover_shm_files, shm_files
+    from mlip_server.structures import write_water_data
 
     data = write_water_data(64, tmp_path / "water-64.data", seed=5)
     shm_before = shm_files()
@@ -355,7 +355,7 @@ def test_two_rank_domain_lammps_equals_torchscript(package, toy_model, tmp_path)
 def direct_package(request, tmp_path_factory):
     """A toy with a direct-force head and its package: the water toy (``forward`` +
     ``direct_forces``, no direct virial) or the LJ toy (``forward_direct`` + ``direct_virial``)."""
-    from training.toy_models import LennardJonesDirect, export, water_toy_direct
+    from mlip_server.training.toy_models import LennardJonesDirect, export, water_toy_direct
 
     folder = tmp_path_factory.mktemp("direct")
     if request.param == "water-split":

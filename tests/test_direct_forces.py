@@ -1,6 +1,7 @@
 """Direct (non-conservative) forces: served values, no backward pass, averaging, committees, refusals.
 
-The analytic toy (:class:`training.toy_models.LennardJonesDirect`) predicts −∇E plus ``bias`` × the
+The analytic toy (:class:`mlip_server.training.toy_models.LennardJonesDirect`) predicts −∇E plus
+``bias`` × the
 atom's neighbour count: the served direct forces must be that minus its mean (net force removed),
 and its grid average with inversion must be exactly −∇E again.
 """
@@ -16,10 +17,10 @@ import pytest
 import torch
 from ase.build import bulk
 
-from server.core.averaging import Averaging
-from server.core.errors import ModelError
-from server.core.evaluator import Evaluator, Structure
-from training.toy_models import LennardJonesDirect, export
+from mlip_server.core.averaging import Averaging
+from mlip_server.core.errors import ModelError
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.training.toy_models import LennardJonesDirect, export
 
 BIAS = np.array([0.1, -0.2, 0.3])
 
@@ -119,7 +120,7 @@ def test_model_without_direct_head_is_refused_in_one_line(lj_model, tmp_path, ar
         [
             sys.executable,
             "-m",
-            "server.ipi.serve",
+            "mlip_server.ipi.serve",
             "--model",
             lj_model,
             "--structure",
@@ -139,7 +140,7 @@ def test_model_without_direct_head_is_refused_in_one_line(lj_model, tmp_path, ar
 def _run(args, tmp_path, name):
     out = tmp_path / name
     done = subprocess.run(
-        [sys.executable, "-m", "server.ipi.launcher", *args, "--out", str(out), "--progress", "0"],
+        [sys.executable, "-m", "mlip_server.ipi.launcher", *args, "--out", str(out), "--progress", "0"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -150,7 +151,7 @@ def _run(args, tmp_path, name):
 @pytest.fixture(scope="module")
 def water_direct(models_dir):
     """The water toy whose direct head is its Morse force (≠ −∇E by the non-invariant term)."""
-    from training.toy_models import water_toy_direct
+    from mlip_server.training.toy_models import water_toy_direct
 
     return export(water_toy_direct(anisotropy=0.02), models_dir / "water-direct.pt")
 
@@ -158,7 +159,7 @@ def water_direct(models_dir):
 @pytest.fixture(scope="module")
 def water_direct_exact(models_dir):
     """The same toy without its non-invariant term: direct head = −∇E, raw = averaged."""
-    from training.toy_models import water_toy_direct
+    from mlip_server.training.toy_models import water_toy_direct
 
     return export(water_toy_direct(anisotropy=0.0), models_dir / "water-direct-exact.pt")
 
@@ -225,9 +226,9 @@ def test_forces_direct_is_refused_where_the_experiment_mixes_forces(tmp_path, wa
 def test_ase_calculator_and_ffdirect_serve_direct_forces(lj_direct, argon, tmp_path):
     """The spec word reaches the in-process routes: the ASE calculator (``average="direct"``) and
     i-PI's ``<ffdirect>`` PES (``average: direct``) give the server's direct forces."""
-    from server.ase_calculator import MLIPCalculator
-    from server.ipi.pes import MLIPDriver
-    from server.protocol.messages import BOHR_PER_ANGSTROM
+    from mlip_server.ase_calculator import MLIPCalculator
+    from mlip_server.ipi.pes import MLIPDriver
+    from mlip_server.protocol.messages import BOHR_PER_ANGSTROM
 
     ref = Evaluator(lj_direct).compute([Structure.from_ase(argon)], "direct")[0]
     atoms = argon.copy()

@@ -7,7 +7,7 @@ import pytest
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
 
-from server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Evaluator, Structure
 
 
 def _energy(ev, positions, numbers, cell, pbc=True):
@@ -62,7 +62,7 @@ def test_forces_and_virial_match_finite_differences(request, which, toy_model):
 
 
 def test_nonperiodic_forces_match_finite_differences(toy_model):
-    from server.structures import water_molecule
+    from mlip_server.structures import water_molecule
 
     mol = water_molecule() + water_molecule(center=(2.9, 0.3, 0.1))
     s = Structure(mol.positions, mol.numbers)
@@ -119,7 +119,7 @@ def test_float32_close_to_float64(toy_model, water32_triclinic):
 
 
 def test_ase_calculator_matches_evaluator(toy_model, water32_triclinic):
-    from server.ase_calculator import MLIPCalculator
+    from mlip_server.ase_calculator import MLIPCalculator
 
     atoms = water32_triclinic
     atoms.calc = MLIPCalculator(toy_model)
@@ -135,7 +135,7 @@ def test_the_default_precision_is_the_models_own(models_dir, toy_model, water8):
     (exported in float64) run in float64; a model without floating parameters (LJ) in float64."""
     import torch
 
-    from training.toy_models import LennardJones, water_toy
+    from mlip_server.training.toy_models import LennardJones, water_toy
 
     path = models_dir / "water-toy-float32.pt"
     torch.jit.save(torch.jit.script(water_toy(anisotropy=0.02).float()), str(path))
@@ -156,8 +156,8 @@ def test_server_logs_the_precision_it_chose(models_dir, water8, tmp_path):
 
     import torch
 
-    from server.structures import write_ipi_xyz
-    from training.toy_models import water_toy
+    from mlip_server.structures import write_ipi_xyz
+    from mlip_server.training.toy_models import water_toy
 
     path = models_dir / "water-toy-float32-log.pt"
     torch.jit.save(torch.jit.script(water_toy(anisotropy=0.02).float()), str(path))
@@ -169,7 +169,7 @@ def test_server_logs_the_precision_it_chose(models_dir, water8, tmp_path):
         cmd = [
             sys.executable,
             "-m",
-            "server.ipi.serve",
+            "mlip_server.ipi.serve",
             "--model",
             str(path),
             "--structure",
@@ -236,7 +236,7 @@ def _fastest(seconds_per_copy, needed):
 )
 def test_copies_per_call_is_the_fastest_measured_choice(seconds_per_copy, needed, expected):
     """The choosing step on hand-made timings (s per copy of a k-copy call)."""
-    from server.core.evaluator import _copies_per_call
+    from mlip_server.core.evaluator import _copies_per_call
 
     assert _fastest(seconds_per_copy, needed) == expected  # the cases are what they claim
     assert _copies_per_call(seconds_per_copy, needed) == expected
@@ -280,7 +280,7 @@ def test_calibration_measures_stops_and_chooses_on_a_controlled_clock(
     for k = 1, 2, 4, 8): the warm-up is not counted, each k keeps its best of two calls, the
     measurement stops at k = 8 (more than 10 % slower per copy than k = 4), and the 37 copies of a
     2i request are evaluated 4 per model call."""
-    import server.core.evaluator as evaluator_module
+    import mlip_server.core.evaluator as evaluator_module
 
     per_copy = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.75, 16: 0.1, 32: 0.1, 37: 0.1}
     clock = _Clock(lambda k: k * per_copy[k])
@@ -303,7 +303,7 @@ def test_calibration_within_the_memory_budget_on_a_controlled_clock(
     """Per-copy time falling with k all the way: the measurement stops at the memory budget (the
     largest k whose edges fit), and that k is chosen; a second request of the same size measures
     nothing more."""
-    import server.core.evaluator as evaluator_module
+    import mlip_server.core.evaluator as evaluator_module
 
     clock = _Clock(lambda k: 1.0 + 0.1 * k)  # a fixed cost per call: batching always pays
     monkeypatch.setattr(evaluator_module, "time", clock)
@@ -402,8 +402,8 @@ def test_interaction_range_and_the_atomic_sum_check(models_dir, toy_model):
 
     import torch
 
-    from server.core.errors import ModelError
-    from training.pet import PET
+    from mlip_server.core.errors import ModelError
+    from mlip_server.training.pet import PET
 
     pair = Evaluator(toy_model).model
     assert not pair.declared_range and pair.interaction_range == pair.cutoff and pair.sums_atomic_energies

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from server.ipi.launcher import build_parser
-from server.paths import project_root
+from mlip_server.ipi.launcher import build_parser
+from mlip_server.paths import checkout_root
 
-TEMPLATE = project_root() / "hpc" / "ipi-cpu-server-gpu.slurm"
+TEMPLATE = checkout_root() / "hpc" / "ipi-cpu-server-gpu.slurm"
 
 
 def _free_port() -> int:
@@ -55,7 +55,9 @@ def _stand_ins(tmp_path: Path, log: Path) -> Path:
         "os.execvp(args[0], args)\n"
     )
     (bin_dir / "scontrol").write_text("#!/bin/sh\necho 127.0.0.1\n")
-    (bin_dir / "mlip-run").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m server.ipi.launcher "$@"\n')
+    (bin_dir / "mlip-run").write_text(
+        f'#!/bin/sh\nexec "{sys.executable}" -m mlip_server.ipi.launcher "$@"\n'
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     project = tmp_path / "project"
@@ -157,14 +159,14 @@ def test_template_runs_ipi_and_server_sides_over_inet(tmp_path, toy_model):
     assert rows and float(rows[0].split()[0]) == 0  # stride 10 of the experiment: step 0 of 4
 
 
-LAMMPS_TEMPLATE = project_root() / "hpc" / "lammps-domain.slurm"
+LAMMPS_TEMPLATE = checkout_root() / "hpc" / "lammps-domain.slurm"
 
 
 def test_lammps_template_runs_only_project_commands_that_fit_together(tmp_path):
     """Renders hpc/lammps-domain.slurm with a recording srun (no SLURM): both commands parse as
     the project's command lines, and node 1's servers serve exactly node 1's ranks."""
-    from server.lammps.cli import build_bridge_parser, build_run_parser
-    from server.lammps.runner import domain_server_commands, node_addresses
+    from mlip_server.lammps.cli import build_bridge_parser, build_run_parser
+    from mlip_server.lammps.runner import domain_server_commands, node_addresses
 
     log = tmp_path / "srun.jsonl"
     bin_dir = tmp_path / "bin"

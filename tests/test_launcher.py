@@ -13,12 +13,12 @@ import ase.io
 import numpy as np
 import pytest
 
-from server.ipi.experiments import experiments
-from server.ipi.launcher import main as mlip_run
-from server.paths import experiments_dir
-from server.structures import water_box
+from mlip_server.ipi.experiments import experiments
+from mlip_server.ipi.launcher import main as mlip_run
+from mlip_server.paths import experiments_dir
+from mlip_server.structures import water_box
 
-RUN = [sys.executable, "-m", "server.ipi.launcher"]
+RUN = [sys.executable, "-m", "mlip_server.ipi.launcher"]
 
 
 def _outputs_parse(folder):
@@ -123,7 +123,7 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
         == 0
     )
     data = np.loadtxt(tmp_path / "run" / "sim.out")
-    from server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Evaluator, Structure
 
     ev = Evaluator(toy_model)
     for k, atoms in enumerate(frames):  # step k+1 holds frame k
@@ -250,7 +250,7 @@ def test_a_stop_signal_caught_by_another_i_pi_thread_still_stops_it(tmp_path, to
     the main thread, which i-PI leaves waiting for the step's future. While a step waits for a
     server that does not answer (here stopped with SIGSTOP; a dead one likewise), that wait never
     ended, and i-PI ran on as an orphan after its launcher was SIGKILLed (seen once). With
-    server.ipi.ipi_main the wait wakes up: SIGTERM to a worker thread starts the soft exit at once,
+    mlip_server.ipi.ipi_main the wait wakes up: SIGTERM to a worker thread starts the soft exit at once,
     as when it reaches the main thread, and the run stops resumable (RESTART, exit 75)."""
     run = tmp_path / "run"
     proc, children = _long_run(run, toy_model, subprocess.PIPE)
@@ -389,7 +389,7 @@ def test_closing_line_names_the_files_and_the_next_command(tmp_path, toy_model):
     hint = last.split("next: ")[1].split()
     assert hint[:3] == ["mlip-analyse", "all", str(run / "sim.pos_0.extxyz")]
     assert "--beads" in hint and "centroid" in hint
-    from analysis.readers import load_universe
+    from mlip_server.analysis.readers import load_universe
 
     u = load_universe(str(run / "sim.pos_0.extxyz"), beads="centroid")
     assert u._mlip_dt_ps == pytest.approx(0.5e-3)  # no --timestep needed: 0.25 fs x stride 2

@@ -6,10 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from server.core.evaluator import Evaluator, Structure
-from server.ipi.launcher import main as mlip_run
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.ipi.launcher import main as mlip_run
 
-RUN = [sys.executable, "-m", "server.ipi.launcher"]
+RUN = [sys.executable, "-m", "mlip_server.ipi.launcher"]
 
 
 def test_committee_run_serves_the_mean_and_resumes_with_it(tmp_path, water_pair):

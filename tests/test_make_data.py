@@ -1,12 +1,13 @@
-"""training.make_data's distorted frames (``--perturb``, ``--close-pairs``): the geometry they promise."""
+"""mlip_server.training.make_data's distorted frames (``--perturb``, ``--close-pairs``): the geometry
+they promise."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from server.structures import water_box
-from training.make_data import perturbed
+from mlip_server.structures import water_box
+from mlip_server.training.make_data import perturbed
 
 
 def _oo(atoms):

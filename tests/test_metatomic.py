@@ -16,13 +16,13 @@ import torch  # noqa: E402
 from ipi.utils.units import unit_to_internal  # noqa: E402
 from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
 
-from server import processes  # noqa: E402
-from server.core.errors import ModelError  # noqa: E402
-from server.core.evaluator import Evaluator, Structure  # noqa: E402
-from server.core.graph import build_graph  # noqa: E402
-from server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
-from server.structures import water_box  # noqa: E402
-from training.export_metatomic import export_metatomic  # noqa: E402
+from mlip_server import processes  # noqa: E402
+from mlip_server.core.errors import ModelError  # noqa: E402
+from mlip_server.core.evaluator import Evaluator, Structure  # noqa: E402
+from mlip_server.core.graph import build_graph  # noqa: E402
+from mlip_server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
+from mlip_server.structures import water_box  # noqa: E402
+from mlip_server.training.export_metatomic import export_metatomic  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,7 @@ def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
         [
             sys.executable,
             "-m",
-            "server.ipi.serve",
+            "mlip_server.ipi.serve",
             "--model",
             metatomic_model,
             "--structure",
@@ -374,7 +374,7 @@ def _graph(model, s):
 def system_energy_model(models_dir, strongly_anisotropic_model):
     """The wrapper of the contract model, declaring its energy per system only: selected_atoms
     works, per-atom energies are not offered."""
-    from training.metatomic_wrapper import ContractAsMetatomic
+    from mlip_server.training.metatomic_wrapper import ContractAsMetatomic
 
     module = torch.jit.load(strongly_anisotropic_model)
     capabilities = mta.ModelCapabilities(
@@ -411,8 +411,8 @@ def direct_metatomic(models_dir):
     """A direct-force toy on water (LJ force + bias × neighbour count: a net force to remove, and
     the analytic pair virial) as a contract file and as its metatomic export (non-conservative
     force and stress outputs)."""
-    from training.toy_models import LennardJonesDirect
-    from training.toy_models import export as export_contract
+    from mlip_server.training.toy_models import LennardJonesDirect
+    from mlip_server.training.toy_models import export as export_contract
 
     model = LennardJonesDirect(epsilon=0.01, sigma=0.9, cutoff=4.0, species=[1, 8], bias=[0.05, -0.1, 0.15])
     contract = export_contract(model, models_dir / "lj-water-direct.pt")

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-CHECK = [sys.executable, "-m", "server.ipi.serve", "--check"]
+CHECK = [sys.executable, "-m", "mlip_server.ipi.serve", "--check"]
 
 
 def test_check_reports_the_model_its_forces_and_routes(toy_model):
@@ -25,7 +25,7 @@ def test_check_reports_the_model_its_forces_and_routes(toy_model):
 
 
 def test_check_reports_a_direct_head_and_its_distance_from_the_gradient(tmp_path):
-    from training.toy_models import export, water_toy_direct
+    from mlip_server.training.toy_models import export, water_toy_direct
 
     exact = export(water_toy_direct(anisotropy=0.0), tmp_path / "exact.pt")
     rough = export(water_toy_direct(anisotropy=0.3), tmp_path / "rough.pt")

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from server.core.evaluator import Evaluator, Structure
-from server.structures import water_box, water_molecule
-from training import data as data_mod
-from training import train as train_mod
-from training.pet import PET, reverse_edges, to_torchscript
-from training.toy_models import AnisotropicPairModel
-from training.toy_models import export as export_toy
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.structures import water_box, water_molecule
+from mlip_server.training import data as data_mod
+from mlip_server.training import train as train_mod
+from mlip_server.training.pet import PET, reverse_edges, to_torchscript
+from mlip_server.training.toy_models import AnisotropicPairModel
+from mlip_server.training.toy_models import export as export_toy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "training", "configs", "tiny.yaml")
@@ -108,7 +108,7 @@ def _brute_force_reverse(edge_index, vectors):
 @pytest.mark.parametrize("n_molecules", [1, 8])
 def test_reverse_edges_match_brute_force(n_molecules):
     """Small cells: several images of a pair, and (one molecule) atoms that see their own images."""
-    from server.core.neighbors import neighbor_list
+    from mlip_server.core.neighbors import neighbor_list
 
     atoms = water_box(n_molecules, seed=4)
     edge_index, vectors = neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
@@ -379,13 +379,13 @@ def test_asymmetric_neighbour_list_is_refused():
 
 
 def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
-    """training.short_range: zero change where every pair is beyond its wall radius; below it,
+    """mlip_server.training.short_range: zero change where every pair is beyond its wall radius; below it,
     exactly k·(r0 − r)³ per pair (each pair once, although the list holds it twice)."""
     import torch
 
-    from server.core.evaluator import Evaluator, Structure
-    from server.structures import water_box
-    from training.short_range import add_wall
+    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.structures import water_box
+    from mlip_server.training.short_range import add_wall
 
     walled = add_wall(toy_model, tmp_path / "walled.pt", k=50.0)
     plain, wall = Evaluator(toy_model), Evaluator(walled)
@@ -405,8 +405,8 @@ def test_direct_head_keeps_the_pet_bitwise_is_local_and_learns(tmp_path):
     ``direct_forces``; an atom's direct force depends on atoms within the interaction range only
     (a domain rank's cluster gives its owned atoms' forces); and fitting the head with the backbone
     frozen lowers its error against the model's own conservative forces."""
-    from training.direct_head import PETWithDirectForces, cache, fit_head, rmse
-    from training.direct_head import to_torchscript as direct_to_torchscript
+    from mlip_server.training.direct_head import PETWithDirectForces, cache, fit_head, rmse
+    from mlip_server.training.direct_head import to_torchscript as direct_to_torchscript
 
     pet = _random_pet(seed=3).float().eval()
     plain = tmp_path / "pet.pt"

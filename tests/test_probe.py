@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def second_anisotropic_model(models_dir) -> str:
     """Same family as ``strongly_anisotropic_model``, other weights: a two-member committee."""
-    from training.toy_models import AnisotropicPairModel, export
+    from mlip_server.training.toy_models import AnisotropicPairModel, export
 
     model = AnisotropicPairModel(species=[1, 8], cutoff=3.5, anisotropy=0.5, hidden=24, seed=4)
     return export(model, models_dir / "aniso-seed4.pt")
@@ -26,7 +26,7 @@ ICE_CELLS = "ice_ih_disordered_*.xyz"
 
 def ice_dir() -> Path:
     """Where ``mlip-probe`` looks for the ice cells of its section 5 (``../shared/data``)."""
-    from analysis.probe.pipeline import shared_data
+    from mlip_server.analysis.probe.pipeline import shared_data
 
     return shared_data() / "structures" / "ice"
 
@@ -41,7 +41,7 @@ def tiny_probe(tmp_path_factory, strongly_anisotropic_model, second_anisotropic_
         [
             sys.executable,
             "-m",
-            "analysis.probe.cli",
+            "mlip_server.analysis.probe.cli",
             strongly_anisotropic_model,
             "--level",
             "tiny",
@@ -117,9 +117,9 @@ def test_committee_section_equals_separately_evaluated_members(
     """Section 6's numbers from separate evaluators and numpy: the rotational spread of the probed
     model over the grid, σ_i of the two grid-averaged members (M = 2: σ_i = |F_i^a − F_i^b| / √2),
     and the ratio of their RMS per component."""
-    from analysis.probe.static import committee_vs_rotation
-    from server.core.evaluator import Evaluator
-    from server.core.graph import Structure
+    from mlip_server.analysis.probe.static import committee_vs_rotation
+    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.core.graph import Structure
 
     frames = [water8, water8[:3]]  # the liquid box and one gas-phase molecule
     members = [strongly_anisotropic_model, second_anisotropic_model]
@@ -149,8 +149,8 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
     """Each run's own first g_OO minimum can fall in a different shell when the minimum is shallow
     (the shipped model's runs gave 3.85, 4.32 and 4.23 Å, i.e. coordinations 7.3 vs 10.8): the
     comparison must read n_OO(r) of every run at the raw run's radius."""
-    from analysis.probe.dynamics import liquid_section
-    from analysis.probe.levels import LEVELS
+    from mlip_server.analysis.probe.dynamics import liquid_section
+    from mlip_server.analysis.probe.levels import LEVELS
 
     r = np.arange(0.05, 6.0, 0.1)  # bin centres, 0.1 Å bins: upper edges 0.1, 0.2, ...
     runs = {}
@@ -183,7 +183,7 @@ def test_liquid_coordination_is_counted_within_one_radius_for_every_run(tmp_path
 
 
 def test_compare_uses_welch_t_with_few_blocks():
-    from analysis.statistics import welch_compare
+    from mlip_server.analysis.statistics import welch_compare
 
     # 4 blocks each: 3 + 3 → 6 degrees of freedom; t = 3/√2 = 2.12 passes |z| ≥ 2 but not t(6) = 2.447
     c = welch_compare(0.0, 1.0, 3.0, 1.0, n_blocks=4)

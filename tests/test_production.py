@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.ipi.run_folder import trim_outputs
-from server.supervision import EXIT_STOPPED, Deadline, describe_exit, parse_walltime
+from mlip_server.ipi.run_folder import trim_outputs
+from mlip_server.supervision import EXIT_STOPPED, Deadline, describe_exit, parse_walltime
 
-RUN = [sys.executable, "-m", "server.ipi.launcher"]
+RUN = [sys.executable, "-m", "mlip_server.ipi.launcher"]
 STEPS = 1200
 
 
@@ -57,7 +57,7 @@ def _rows(run: Path) -> np.ndarray:
 
 
 def _wait_for_step(run: Path, step: int, proc, timeout=120.0) -> None:
-    from server.ipi.run_folder import last_step
+    from mlip_server.ipi.run_folder import last_step
 
     deadline = time.monotonic() + timeout
     while (last_step(run) or -1) < step:
@@ -247,7 +247,7 @@ def test_trim_outputs_cuts_rows_frames_and_extras_past_the_checkpoint(tmp_path):
 def test_two_sides_server_restarts_and_reconnects_over_inet(tmp_path, toy_model, reference):
     """--side ipi here and --side server there (one machine, inet): the server side's server is
     SIGKILLed mid-run, restarted by that side, reconnects to i-PI's port; the run finishes."""
-    from server.processes import free_port
+    from mlip_server.processes import free_port
 
     run = tmp_path / "run"
     port = free_port()
@@ -289,7 +289,7 @@ def test_two_servers_share_the_beads_and_one_is_restarted_alone(tmp_path, toy_mo
 def test_two_sides_resume_on_another_port(tmp_path, toy_model, reference):
     """A two-node chain: the ipi side is stopped (SIGTERM, exit 75) and resumed on another port
     (a new job, another node); a new server side reads the new address; the run finishes."""
-    from server.processes import free_port
+    from mlip_server.processes import free_port
 
     run = tmp_path / "run"
     first, second = free_port(), free_port()

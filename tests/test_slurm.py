@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from server.paths import project_root
-from server.structures import write_water_data
+from mlip_server.paths import checkout_root
+from mlip_server.structures import write_water_data
 
-ROOT = project_root()
+ROOT = checkout_root()
 IPI_TEMPLATE = ROOT / "hpc" / "ipi-cpu-server-gpu.slurm"
 LAMMPS_TEMPLATE = ROOT / "hpc" / "lammps-domain.slurm"
 CLUSTER = os.environ.get("MLIP_SLURM_CLUSTER")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from ase.geometry import get_distances
 
-from server.structures import AVOGADRO, WATER_MASS, water_box
+from mlip_server.structures import AVOGADRO, WATER_MASS, water_box
 
 
 @pytest.mark.parametrize("n", [8, 32, 100, 128, 216])

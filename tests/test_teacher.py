@@ -18,10 +18,10 @@ import pytest
 import torch
 from ase import Atoms
 
-from server.core.evaluator import Evaluator, Structure
-from server.core.neighbors import neighbor_list
-from server.structures import water_molecule
-from training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.neighbors import neighbor_list
+from mlip_server.structures import water_molecule
+from mlip_server.training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NETWORK = DATA / "bpnnp-revpbe0d3"
@@ -362,7 +362,7 @@ def test_missing_file_and_unsupported_function_type(tmp_path):
 
 @needs_data
 def test_error_message_is_one_line_and_cli_exit_code(tmp_path, capsys):
-    from training.export_teacher import main
+    from mlip_server.training.export_teacher import main
 
     net = _copy_network(tmp_path)
     (net / "weights.008.data").write_text("1.0\n")
@@ -375,7 +375,7 @@ def test_error_message_is_one_line_and_cli_exit_code(tmp_path, capsys):
 
 @needs_data
 def test_torchscript_round_trip(tmp_path, eager, scripted, water8):
-    from training.export_teacher import main
+    from mlip_server.training.export_teacher import main
 
     path = tmp_path / "teacher.pt"
     assert main(["--data", str(NETWORK), "--out", str(path)]) == 0

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from server.core.evaluator import Evaluator, Structure
-from server.structures import water_box
-from training import atomic_energies as atomic_mod
-from training import data as data_mod
-from training import train as train_mod
-from training.toy_models import AnisotropicPairModel
-from training.toy_models import export as export_toy
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.structures import water_box
+from mlip_server.training import atomic_energies as atomic_mod
+from mlip_server.training import data as data_mod
+from mlip_server.training import train as train_mod
+from mlip_server.training.toy_models import AnisotropicPairModel
+from mlip_server.training.toy_models import export as export_toy
 
 TINY = train_mod.Path(__file__).resolve().parents[1] / "training" / "configs" / "tiny.yaml"
 

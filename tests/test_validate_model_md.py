@@ -1,11 +1,11 @@
-"""training.validate_model_md's stability measures on a hand-made two-frame trajectory."""
+"""mlip_server.training.validate_model_md's stability measures on a hand-made two-frame trajectory."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from training.validate_model_md import _lowest, max_oh, min_oo
+from mlip_server.training.validate_model_md import _lowest, max_oh, min_oo
 
 
 @pytest.fixture()

@@ -1,16 +1,16 @@
 """Per-atom teacher energies as extra labels: adds a ``teacher_atomic_energy`` column to extended-XYZ sets.
 
-    python -m training.atomic_energies training/data/train.extxyz training/data/val.extxyz \\
+    python -m mlip_server.training.atomic_energies training/data/train.extxyz training/data/val.extxyz \\
         [--teacher models/local/bpnnp-revpbe0d3.pt]
 
 The teacher (the Behler–Parrinello potential, ``make teacher``) is a sum of atomic energies. Under
 the project's model contract an energy is a sum of per-atom terms assigned to structures through
 ``structure_index``; evaluating a frame with every atom in a structure of its own (same edges,
 ``structure_index = arange(N)``, ``n_structures = N``) therefore returns the N atomic energies
-(the check :func:`server.formats.contract._sums_atomic_energies` runs at load time). They are
-written, in float64 eV, as the per-atom column :data:`training.data.ATOMIC_ENERGY_KEY`; the sum of
+(the check :func:`mlip_server.formats.contract._sums_atomic_energies` runs at load time). They are
+written, in float64 eV, as the per-atom column :data:`mlip_server.training.data.ATOMIC_ENERGY_KEY`; the sum of
 each frame's column is checked against its ``energy`` label (the teacher's total, also float64).
-``loss.atomic_energy_weight`` of :mod:`training.train` uses the column.
+``loss.atomic_energy_weight`` of :mod:`mlip_server.training.train` uses the column.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.core.neighbors import neighbor_list
-from server.paths import project_root
+from mlip_server.core.neighbors import neighbor_list
+from mlip_server.paths import checkout_root
 
 from .data import ATOMIC_ENERGY_KEY
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", help="extended-XYZ files, rewritten in place")
-    p.add_argument("--teacher", default=str(project_root() / "models" / "local" / "bpnnp-revpbe0d3.pt"))
+    p.add_argument("--teacher", default=str(checkout_root() / "models" / "local" / "bpnnp-revpbe0d3.pt"))
     args = p.parse_args(argv)
     if not Path(args.teacher).is_file():
         print(f"error: teacher {args.teacher} not found: run `make teacher`", file=sys.stderr)

@@ -1,6 +1,6 @@
 """The demonstration committee and its calibration: does the committee spread predict the error?
 
-    python -m training.calibrate_committee [--frames 64] [--out models/validation/committee.json]
+    python -m mlip_server.training.calibrate_committee [--frames 64] [--out models/validation/committee.json]
 
 Members (no new training): the PET checkpoints the project already has, exported to
 ``models/committee/`` (TorchScript, float32, the model contract) unless present:
@@ -12,7 +12,7 @@ Members (no new training): the PET checkpoints the project already has, exported
 
 Calibration against the 190 revPBE0-D3 DFT frames (held out from all training; every
 ``len/frames``-th is used): the committee mean's force error per atom, |F̄_i − F_i^DFT| (eV/Å),
-against the predicted per-atom spread σ_i (:mod:`server.core.committee`). Atoms are binned by σ_i
+against the predicted per-atom spread σ_i (:mod:`mlip_server.core.committee`). Atoms are binned by σ_i
 (equal counts); per bin the RMS error per Cartesian component and σ_i/√3 (the spread per
 component) give the reliability curve; a perfectly calibrated committee lies on the diagonal. The
 fitted slope s (RMS error = s · σ, least squares through the origin over all atoms) is the factor
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from server import machine
-from server.core.evaluator import Evaluator, Structure
-from server.paths import project_root
+from mlip_server import machine
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.paths import checkout_root
 
 MEMBERS = {
     "phase3": None,  # the shipped model
@@ -45,7 +45,7 @@ MEMBERS = {
 
 def member_files(root: Path) -> list[str]:
     """The committee's model files, exported from the checkpoints when missing."""
-    from training.checkpoints import export
+    from mlip_server.training.checkpoints import export
 
     out = root / "models" / "committee"
     files = []
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     import ase.io
     import torch
 
-    root = project_root()
+    root = checkout_root()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dft", default=str(root.parent / "shared" / "data" / "dft" / "water_revpbe0d3_190.xyz"))
     p.add_argument("--frames", type=int, default=64, help="DFT frames used (evenly spaced)")

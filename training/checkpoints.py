@@ -1,4 +1,4 @@
-"""Checkpoints of a training run (:mod:`training.train`): atomic saves, RNG states, the model
+"""Checkpoints of a training run (:mod:`mlip_server.training.train`): atomic saves, RNG states, the model
 of a checkpoint and its TorchScript export, and the SIGTERM/SIGINT request that makes the loop
 write one and stop.
 """
@@ -89,7 +89,7 @@ def model_from_checkpoint(checkpoint, which: str = "best_model") -> PET:
 def export(checkpoint, path) -> str:
     """Exports the best model of ``checkpoint`` as TorchScript under the model contract, or,
     when ``path`` ends in ``.pt2``, as a compiled AOTInductor package for this machine (CPU,
-    float32; traced from the eager model, no TorchScript involved: :mod:`server.compile`).
+    float32; traced from the eager model, no TorchScript involved: :mod:`mlip_server.compile`).
 
     The file gets attributes ``cutoff`` (Å) and ``species``; the server loads it once (a
     contract check) before it appears under its name.
@@ -106,12 +106,12 @@ def export(checkpoint, path) -> str:
     str
         ``path``.
     """
-    from server.formats import load_model
+    from mlip_server.formats import load_model
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".pt2":
-        from server.compile import compile_module, file_hash
+        from mlip_server.compile import compile_module, file_hash
 
         source = checkpoint if not isinstance(checkpoint, dict) else "<checkpoint>"
         digest = file_hash(checkpoint) if not isinstance(checkpoint, dict) else None

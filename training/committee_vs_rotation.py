@@ -1,8 +1,9 @@
 """Symmetry breaking of the shipped PET against the demonstration committee's spread on DFT frames.
 
-    python -m training.committee_vs_rotation [--frames 6] [--grid 2i] [--members phase3 phase4 phase2]
+    python -m mlip_server.training.committee_vs_rotation [--frames 6] [--grid 2i] \\
+        [--members phase3 phase4 phase2]
 
-The probe's section 6 (:func:`analysis.probe.static.committee_vs_rotation`) on evenly spaced
+The probe's section 6 (:func:`mlip_server.analysis.probe.static.committee_vs_rotation`) on evenly spaced
 frames of ``../shared/data/dft/water_revpbe0d3_190.xyz``: the rotational force spread of
 ``models/water-pet.pt`` over the grid next to the spread of ``models/committee/`` (each member
 averaged over the same grid), float64, one torch thread. Writes
@@ -16,14 +17,14 @@ import argparse
 import json
 import time
 
-from server.paths import project_root
+from mlip_server.paths import checkout_root
 
 MEMBERS = ("phase3", "phase4", "phase2", "phase1")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m training.committee_vs_rotation", description=__doc__.split("\n\n")[0]
+        prog="python -m mlip_server.training.committee_vs_rotation", description=__doc__.split("\n\n")[0]
     )
     p.add_argument("--frames", type=int, default=6, help="DFT frames, evenly spaced (default %(default)s)")
     p.add_argument("--grid", default="2i", help="averaging grid of both spreads (default %(default)s)")
@@ -36,12 +37,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from analysis.probe.pipeline import load_dataset
-    from analysis.probe.static import committee_vs_rotation
-    from server.core.evaluator import Evaluator
+    from mlip_server.analysis.probe.pipeline import load_dataset
+    from mlip_server.analysis.probe.static import committee_vs_rotation
+    from mlip_server.core.evaluator import Evaluator
 
     torch.set_num_threads(1)
-    root = project_root()
+    root = checkout_root()
     frames, description = load_dataset(root.parent / "shared/data/dft/water_revpbe0d3_190.xyz", args.frames)
     members = [str(root / "models/committee" / f"{m}.pt") for m in args.members]
     t0 = time.monotonic()

@@ -4,7 +4,7 @@
   in ``atoms.info["energy"]`` or on a (single-point) calculator, forces in
   ``atoms.arrays["forces"]`` or on the calculator.
 * :func:`build_graphs` makes one :class:`Graph` per frame with the server's own
-  neighbour list (:func:`server.core.neighbors.neighbor_list`), so training sees exactly the
+  neighbour list (:func:`mlip_server.core.neighbors.neighbor_list`), so training sees exactly the
   graphs the server will build.
 * :func:`collate` packs several graphs into the contract's tensors, optionally rotating
   each structure (edge vectors and force labels alike) by its own 3×3 matrix;
@@ -13,7 +13,7 @@
   learns approximate invariance from rotated inputs).
 
 Optional labels: per-atom energies (eV) in an ``atoms.arrays["teacher_atomic_energy"]`` column (written by
-:mod:`training.atomic_energies` for a teacher whose energy is a sum of atomic terms) travel with
+:mod:`mlip_server.training.atomic_energies` for a teacher whose energy is a sum of atomic terms) travel with
 each frame to the batch (``Batch.atomic_energies``, ``None`` unless every frame of the batch has
 them); ``atoms.info["source"]`` (the run a frame comes from, ``make_data``'s names) becomes
 ``Frame.source`` / ``Graph.source``, used for per-set loss weights.
@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from server.core.neighbors import neighbor_list
+from mlip_server.core.neighbors import neighbor_list
 
 __all__ = [
     "ATOMIC_ENERGY_KEY",

@@ -1,11 +1,12 @@
 """Issue 18 diagnosis: learning curves of the PET-like model on a fixed CPU budget per point.
 
-    python -m training.diagnose --list
-    python -m training.diagnose [--only base,d96,...] [--budget 300] [--out models/validation/v2-diagnosis]
-    python -m training.diagnose --report          # the table of every finished point (markdown)
+    python -m mlip_server.training.diagnose --list
+    python -m mlip_server.training.diagnose [--only base,d96,...] [--budget 300] \\
+        [--out models/validation/v2-diagnosis]
+    python -m mlip_server.training.diagnose --report          # the table of every finished point (markdown)
 
 Every point trains a fresh model (or fine-tunes the shipped checkpoint, ``finetune-*``) with
-:mod:`training.train`'s own pieces (data preparation, epoch plan with rotation + inversion
+:mod:`mlip_server.training.train`'s own pieces (data preparation, epoch plan with rotation + inversion
 augmentation, loss, validation) for a fixed budget of **process CPU seconds** (``--budget``, times
 the point's ``budget_x``), with one torch thread: CPU time, not wall time, so that points are
 comparable on a shared machine (other processes, SIGSTOP pauses). The learning rate is warmed up
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.paths import project_root
+from mlip_server.paths import checkout_root
 
 from .data import build_graphs, read_frames
 from .pet import build, count_parameters
@@ -118,7 +119,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def point_config(name: str, data_dir: Path) -> tuple[dict, float]:
-    """(the :mod:`training.train` config of point ``name``, its budget multiple)."""
+    """(the :mod:`mlip_server.training.train` config of point ``name``, its budget multiple)."""
     over = copy.deepcopy(POINTS[name])
     budget_x = float(over.pop("budget_x", 1))
     user = _merge(BASE, over)
@@ -287,7 +288,7 @@ def report(out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    root = project_root()
+    root = checkout_root()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(root / "training" / "data"))
     p.add_argument("--out", default=str(root / "models" / "validation" / "v2-diagnosis"))
@@ -319,7 +320,7 @@ def main(argv=None) -> int:
         if path.is_file() and not args.force:
             print(f"{name}: done ({path})", file=sys.stderr)
             continue
-        from server import machine
+        from mlip_server import machine
 
         record = run_point(name, Path(args.data), args.budget, args.evals)
         record["machine"] = machine.describe()

@@ -35,7 +35,8 @@ backbone's tokens are computed once per frame (no gradient), then only the head 
 
 Usage::
 
-    python -m training.direct_head --checkpoint models/checkpoints/water-pet-phase3/checkpoint.pt \\
+    python -m mlip_server.training.direct_head \\
+        --checkpoint models/checkpoints/water-pet-phase3/checkpoint.pt \\
         --frames runs/direct-head/frames --out models/water-pet.pt --epochs 24 --threads 1 \\
         --report models/validation/direct-head-fit.json
 """
@@ -58,7 +59,7 @@ __all__ = ["PETWithDirectForces", "sample_frames", "fit_head", "main"]
 
 
 class PETWithDirectForces(nn.Module):
-    """A :class:`~training.pet.PET` plus a direct-force head, under the model contract.
+    """A :class:`~mlip_server.training.pet.PET` plus a direct-force head, under the model contract.
 
     ``forward`` and ``atomic_energies`` are the PET's own (the same code: bitwise the same
     results); ``direct_forces`` and ``forward_direct`` are the contract's direct methods (README,
@@ -165,7 +166,8 @@ class PETWithDirectForces(nn.Module):
 
 
 def to_torchscript(model: PETWithDirectForces) -> torch.jit.ScriptModule:
-    """A scripted CPU float32 copy without parameter gradients (as :func:`training.pet.to_torchscript`)."""
+    """A scripted CPU float32 copy without parameter gradients (as
+    :func:`mlip_server.training.pet.to_torchscript`)."""
     import copy
 
     clone = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
@@ -194,8 +196,8 @@ def sample_frames(model_path, out: Path, run, steps: int, every: int, skip: int,
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
-    from server.ase_calculator import MLIPCalculator
-    from server.paths import experiments_dir
+    from mlip_server.ase_calculator import MLIPCalculator
+    from mlip_server.paths import experiments_dir
 
     temperature, density, seed = run
     atoms = read(experiments_dir() / "structures" / "water-64-liquid-300K.extxyz")
@@ -238,7 +240,7 @@ def perturbed(frames, sigma: float, seed: int):
 
 # -- tokens and targets ------------------------------------------------------------------------
 def _graph_tensors(atoms, cutoff):
-    from server.core.graph import Structure, build_graph
+    from mlip_server.core.graph import Structure, build_graph
 
     g = build_graph(Structure.from_ase(atoms), "frame", {1, 8}, cutoff, 0.1, "direct-head")
     return (
@@ -251,7 +253,7 @@ def _graph_tensors(atoms, cutoff):
 def cache(pet: PET, frames, conservative) -> list:
     """Per frame: (last-layer tokens [E,d], edge vectors [E,3], edge index [2,E], n_atoms, target
     forces [N,3]) with the target the model's own conservative forces (float32, as served)."""
-    from server.core.graph import Structure
+    from mlip_server.core.graph import Structure
 
     items = []
     for atoms in frames:
@@ -314,8 +316,8 @@ def evaluate(model_path: str, teacher_path, dft_path, held_out_path) -> dict:
     frames; and the net force the server removed (mean |ΣF|, eV/Å)."""
     from ase.io import read
 
-    from server.core.evaluator import Evaluator
-    from server.core.graph import Structure
+    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.core.graph import Structure
 
     ev = Evaluator(model_path)
     teacher = Evaluator(teacher_path) if teacher_path else None
@@ -351,7 +353,9 @@ def evaluate(model_path: str, teacher_path, dft_path, held_out_path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.direct_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m mlip_server.training.direct_head", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--checkpoint", help="the PET checkpoint the shipped model was exported from")
     p.add_argument("--model", default="models/water-pet.pt", help="the exported model that drives the MD")
     p.add_argument("--frames", required=True, help="folder for the sampled frames (reused if present)")
@@ -391,7 +395,7 @@ def main(argv=None) -> int:
         p.error("training needs --checkpoint and --out")
     from ase.io import read
 
-    from server.core.evaluator import Evaluator
+    from mlip_server.core.evaluator import Evaluator
 
     from .checkpoints import model_from_checkpoint
 

@@ -1,6 +1,7 @@
 """Numbers for a model card: accuracy, symmetry breaking and speed of a contract model.
 
-    python -m training.evaluate_model --model models/water-pet.pt --out models/validation/water-pet.json \\
+    python -m mlip_server.training.evaluate_model --model models/water-pet.pt \\
+        --out models/validation/water-pet.json \\
         [--dft ../shared/data/dft/water_revpbe0d3_190.xyz] [--val training/data/val.extxyz] \\
         [--symmetry-frames 20] [--grid 3i]
 
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from server import machine, metrics
-from server.core.evaluator import Evaluator, Structure
-from server.paths import project_root
+from mlip_server import machine, metrics
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.paths import checkout_root
 
 __all__ = ["accuracy", "symmetry_breaking", "speed", "main", "DISTORTED_SOURCES"]
 
@@ -54,7 +55,7 @@ def accuracy(ev: Evaluator, frames) -> dict:
 
 
 def symmetry_breaking(ev: Evaluator, frames, grid: str) -> dict:
-    """The raw model against its ``grid`` average (:func:`server.metrics.raw_vs_grid`).
+    """The raw model against its ``grid`` average (:func:`mlip_server.metrics.raw_vs_grid`).
 
     Parameters
     ----------
@@ -91,7 +92,7 @@ def speed(ev: Evaluator) -> dict:
     dict
         ``ms_192_atoms``, ``ms_1536_atoms``: ms per call (one warm-up, median of 5 or 3 calls).
     """
-    from server.structures import water_box
+    from mlip_server.structures import water_box
 
     out = {}
     for n in (64, 512):
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    root = project_root()
+    root = checkout_root()
     p.add_argument("--dft", default=str(root.parent / "shared" / "data" / "dft" / "water_revpbe0d3_190.xyz"))
     p.add_argument("--val", default=str(root / "training" / "data" / "val.extxyz"))
     p.add_argument("--symmetry-frames", type=int, default=20)

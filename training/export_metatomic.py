@@ -8,7 +8,7 @@ to the contract's ``forward`` and returns the ``energy`` output (eV): per system
 owned atoms). It declares ``interaction_range`` = the contract model's own ``interaction_range``
 (cutoff × message-passing layers; the cutoff when the model declares none).
 
-    python -m training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt \\
+    python -m mlip_server.training.export_metatomic models/water-pet.pt models/local/water-pet-metatomic.pt \\
         [--dtype float32]
 
 Needs ``pip install -e .[metatomic]``.
@@ -70,7 +70,7 @@ def export_metatomic(
         supported_devices=["cpu", "cuda"],
         dtype=dtype,
     )
-    from training.metatomic_wrapper import ContractAsMetatomic
+    from mlip_server.training.metatomic_wrapper import ContractAsMetatomic
 
     wrapper = ContractAsMetatomic(module, variants).eval()
     wrapped = mta.AtomisticModel(wrapper, mta.ModelMetadata(name=name), capabilities)

@@ -1,10 +1,10 @@
 """Export an n2p2/RuNNer Behler–Parrinello potential as a TorchScript contract model.
 
-    python -m training.export_teacher --data ../shared/data/bpnnp-revpbe0d3 \\
+    python -m mlip_server.training.export_teacher --data ../shared/data/bpnnp-revpbe0d3 \\
         --out models/local/bpnnp-revpbe0d3.pt [--dtype float64]
 
 The exported module takes edge vectors in Å and returns energies in eV (see
-:mod:`training.n2p2.model`). The file is written atomically (temporary file, then rename), so
+:mod:`mlip_server.training.n2p2.model`). The file is written atomically (temporary file, then rename), so
 a failed export leaves no half-written model behind.
 """
 
@@ -16,8 +16,8 @@ import tempfile
 import torch
 from ase.data import chemical_symbols
 
-from server.core.errors import MLIPError
-from training.n2p2 import N2P2Model, read_n2p2
+from mlip_server.core.errors import MLIPError
+from mlip_server.training.n2p2 import N2P2Model, read_n2p2
 
 __all__ = ["export", "main"]
 
@@ -43,7 +43,7 @@ def export(data: str, out: str, dtype: str = "float64") -> torch.jit.ScriptModul
 
     Raises
     ------
-    training.n2p2.N2P2FormatError
+    mlip_server.training.n2p2.N2P2FormatError
         Bad or unsupported potential files.
     """
     potential = read_n2p2(data)

@@ -23,8 +23,8 @@ if [ -n "${DATA:-}" ]; then
     done
 else
     BPNN=${1:?n2p2 folder, or DATA=folder}; ICE=${2:-}
-    $PY -m training.export_teacher --data "$BPNN" --out /tmp/teacher.pt
-    $PY -m training.make_data --teacher /tmp/teacher.pt --out /tmp/data --device "$DEVICE" --minutes "$DATA_MINUTES" \
+    $PY -m mlip_server.training.export_teacher --data "$BPNN" --out /tmp/teacher.pt
+    $PY -m mlip_server.training.make_data --teacher /tmp/teacher.pt --out /tmp/data --device "$DEVICE" --minutes "$DATA_MINUTES" \
         --stride "$STRIDE" --skip "$SKIP" ${ICE:+--ice-dir "$ICE" --liquid "$ICE/water_512.xyz"} 2>&1 | tail -n 5
     cp /tmp/data/provenance.json "$OUT/"
     gzip -c /tmp/data/val.extxyz > "$OUT/val.extxyz.gz"
@@ -40,5 +40,5 @@ if batch:
     cfg["batch_size"] = int(batch)
 yaml.safe_dump(cfg, open("/tmp/gpu.yaml", "w"))
 PY
-$PY -m training.train /tmp/gpu.yaml --device "$DEVICE" 2>&1 | grep -v "it/s\]" | tee "$OUT/train.log" | tail -n 40 || true
+$PY -m mlip_server.training.train /tmp/gpu.yaml --device "$DEVICE" 2>&1 | grep -v "it/s\]" | tee "$OUT/train.log" | tail -n 40 || true
 ls -la "$OUT"

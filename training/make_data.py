@@ -1,6 +1,6 @@
 """``make training-data``: configurations from i-PI runs with the reference potential, labelled by it.
 
-Runs several i-PI simulations in parallel (:func:`server.ipi.launcher.run_many`) with the teacher model
+Runs several i-PI simulations in parallel (:func:`mlip_server.ipi.launcher.run_many`) with the teacher model
 (the published revPBE0-D3 Behler–Parrinello water potential, ``make teacher``) served by
 ``mlip-server``: liquid water (64 molecules) at 250–400 K, path-integral liquid (bead
 configurations), proton-disordered ice cells, a gas-phase molecule at high temperature and
@@ -9,7 +9,7 @@ are collected and re-labelled by the teacher in float64 (energy eV, forces eV/Å
 written as extended XYZ: ``OUT/train.extxyz``, ``OUT/val.extxyz`` (10 % of the frames of each
 run, chosen at random) and ``OUT/provenance.json``. The 190 DFT frames are never used.
 
-    python -m training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data \\
+    python -m mlip_server.training.make_data --teacher models/local/bpnnp-revpbe0d3.pt --out training/data \\
         --minutes 30 [--device cuda] [--ice-dir ../shared/data/structures/ice]
 
 Two more families, added to an existing set with ``--append``: active learning
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from server.paths import project_root
+from mlip_server.paths import checkout_root
 
 __all__ = ["plan", "simulate", "collect", "label", "perturbed", "main", "PIMD_STATES", "EXPLORE_STATES"]
 
 
 def _cluster(n_molecules: int, seed: int):
     """n molecules cut from a liquid box around its first oxygen, in a 30 Å box."""
-    from server.structures import water_box
+    from mlip_server.structures import water_box
 
     box = water_box(max(8, n_molecules), seed=seed)
     oxygens = np.flatnonzero(box.numbers == 8)
@@ -74,7 +74,7 @@ def plan(args, work: Path) -> list[dict]:
     -------
     list of dict
         Per simulation: ``name``, ``experiment`` (of ``ipi_inputs/``), ``options`` (keywords of
-        :func:`server.ipi.launcher.run_experiment`: ``temperature`` K, ``timestep`` fs, ...), and
+        :func:`mlip_server.ipi.launcher.run_experiment`: ``temperature`` K, ``timestep`` fs, ...), and
         optionally ``model``, ``dtype``, ``stride``, ``steps`` that replace the defaults of
         :func:`simulate`; ``beads`` of path-integral runs.
     """
@@ -226,7 +226,7 @@ def _liquid_start(work: Path, density: float, seed: int, source: str | None) -> 
     e.g. an earlier training set) with its molecule centres scaled to the density, else a new box."""
     import ase.io
 
-    from server.structures import AVOGADRO, WATER_MASS, water_box
+    from mlip_server.structures import AVOGADRO, WATER_MASS, water_box
 
     path = work / f"start-d{density:.2f}-{seed}.extxyz"
     frames = []
@@ -260,7 +260,7 @@ def _compressed(atoms, scale: float):
 
 
 def _molecule(work: Path) -> Path:
-    from server.structures import water_molecule
+    from mlip_server.structures import water_molecule
 
     mol = water_molecule(center=(15.0, 15.0, 15.0))
     mol.cell, mol.pbc = [30.0, 30.0, 30.0], True
@@ -285,7 +285,7 @@ def simulate(args, work: Path) -> list[dict]:
         The runs of :func:`plan`, each with ``launcher_exit``: 0 finished, 130 stopped at the
         deadline (outputs kept), 1 failed, 2 refused before it started.
     """
-    from server.ipi.launcher import run_many
+    from mlip_server.ipi.launcher import run_many
 
     runs = plan(args, work)
     if args.only:
@@ -363,7 +363,7 @@ def _read_complete(path):
 
 def label(frames: dict, teacher: str, device: str, batch: int):
     """Energies and forces of the teacher (float64) stored in the Atoms (info/arrays)."""
-    from server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Evaluator, Structure
 
     ev = Evaluator(teacher, device=device, dtype="float64")
     for name, atoms in frames.items():
@@ -378,7 +378,7 @@ def label(frames: dict, teacher: str, device: str, batch: int):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    root = project_root()
+    root = checkout_root()
     p.add_argument("--teacher", default=str(root / "models" / "local" / "bpnnp-revpbe0d3.pt"))
     p.add_argument("--out", default=str(root / "training" / "data"))
     p.add_argument("--minutes", type=float, default=30.0)

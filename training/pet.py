@@ -26,7 +26,7 @@ One message-passing (MP) layer l:
 Energy E = Σ_i [s · Σ_l (ε_l(c_i) + ν Σ_j f_c(r_ij) b_l(o_ij)) + baseline(Z_i)] in eV,
 where the scale s = ``energy_scale`` (eV), ν = ``bond_norm`` (1 / mean number of
 neighbours) and the per-species ``baseline`` (eV) are buffers set from the training
-set (:mod:`training.train`).
+set (:mod:`mlip_server.training.train`).
 
 Cutoff function: f_c(r) = 1 below r_c − w, ½(1 + cos(π (r − r_c + w)/w)) in between, 0
 from r_c on (``cutoff`` r_c and ``cutoff_width`` w in Å); its value and first
@@ -327,7 +327,7 @@ class PET(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The message-passing layers: (per-atom energies [N] before ``energy_scale`` and the
         baseline, the last layer's output edge tokens [E, d], species indices [N]). Heads on
-        top of the energy (the direct-force head, :mod:`training.direct_head`) read the tokens."""
+        top of the energy (the direct-force head, :mod:`mlip_server.training.direct_head`) read the tokens."""
         n_atoms = numbers.shape[0]
         kind = self.lookup[numbers]
         centres, neighbours = edge_index[0], edge_index[1]

@@ -9,7 +9,7 @@ is exactly zero (with zero force and curvature) at r ≥ r0, so with r0 below th
 the training data it changes no training label. Defaults: r0(O,O) = 2.0 Å, r0(H,H) = 1.0 Å,
 r0(O,H) = 0.7 Å (training data: closest O–O 2.27, H–H 1.11, O–H 0.77 Å), k = 50 eV/Å³.
 
-    python -m training.short_range models/water-pet.pt models/local/water-pet-wall.pt
+    python -m mlip_server.training.short_range models/water-pet.pt models/local/water-pet-wall.pt
 """
 
 import argparse

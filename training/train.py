@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m training.train CONFIG.yaml [--resume] [--device cuda]
-    python -m training.train --export CHECKPOINT OUT.pt
+    python -m mlip_server.training.train CONFIG.yaml [--resume] [--device cuda]
+    python -m mlip_server.training.train --export CHECKPOINT OUT.pt
 
 The YAML config (see ``training/configs/water-pet.yaml``; every key has a default in
 :data:`DEFAULTS`)::
@@ -13,7 +13,7 @@ The YAML config (see ``training/configs/water-pet.yaml``; every key has a defaul
            sources (list of source-name prefixes to keep, null: all), max_frames (a seeded random
            subset of the training frames, null: all), source_weights ({prefix: weight}, per-frame
            loss weights by ``atoms.info["source"]``, first matching prefix, default 1)
-    model: keyword arguments of :class:`training.pet.PET`
+    model: keyword arguments of :class:`mlip_server.training.pet.PET`
     optim: lr, weight_decay, schedule (cosine|step|constant), warmup_steps,
            min_lr_ratio, step_epochs, step_gamma, grad_clip
     loss:  energy_weight, force_weight, symmetry_weight, atomic_energy_weight
@@ -27,7 +27,7 @@ errors are multiplied by its weight (all weights 1: the plain loss).
 
 With ``loss.atomic_energy_weight`` w_A > 0 (default 0: off) the loss gains
 w_A · MSE(ε_i − ε_i^T) / σ_A²: the model's per-atom energies against the teacher's
-(``teacher_atomic_energy`` column, :mod:`training.atomic_energies`; every training and validation
+(``teacher_atomic_energy`` column, :mod:`mlip_server.training.atomic_energies`; every training and validation
 frame needs it), both without the composition baseline, which is then the per-species mean of the
 teacher's atomic energies (instead of the least-squares fit of totals; the same totals for a fixed
 stoichiometry); σ_A is the standard deviation of the baseline-subtracted teacher atomic energies.
@@ -72,7 +72,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.core.errors import ModelError
+from mlip_server.core.errors import ModelError
 
 from .checkpoints import (
     StopRequest,
@@ -281,7 +281,7 @@ def prepare_data(config: dict, model: PET, device: torch.device):
         if missing:
             raise ValueError(
                 f"loss.atomic_energy_weight > 0 but {missing} frames have no teacher_atomic_energy column: "
-                "add it with python -m training.atomic_energies FILES"
+                "add it with python -m mlip_server.training.atomic_energies FILES"
             )
         mu = atomic_baseline(train, model.species)
     else:
@@ -501,7 +501,7 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
 
     out_dir = Path(config["output_dir"])
     ckpt_path = out_dir / CHECKPOINT
-    from server.formats import parse_device, parse_dtype
+    from mlip_server.formats import parse_device, parse_dtype
 
     device = parse_device(config["device"])
     dtype = parse_dtype(config["dtype"])
@@ -723,7 +723,9 @@ def train(config: dict, resume: bool = False, on_batch=None) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mlip_server.training.train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("config", nargs="?", help="YAML training config")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")

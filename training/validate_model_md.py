@@ -3,12 +3,13 @@
     mlip-run water-nvt --model models/water-pet.pt \\
         --structure ipi_inputs/structures/water-64-liquid-300K.extxyz \\
         --steps 20000 --timestep 0.5 --stride 20 --out runs/water-pet-nvt
-    python -m training.validate_model_md --trajectory runs/water-pet-nvt/sim.pos_0.extxyz --frame-fs 10
+    python -m mlip_server.training.validate_model_md \\
+        --trajectory runs/water-pet-nvt/sim.pos_0.extxyz --frame-fs 10
 
 Reports the longest intramolecular O–H distance over every stored frame (atoms ordered O,H,H per
 molecule; a molecule counts as broken beyond 1.3 Å), the simulated time, and the g_OO first peak
 (after ``--skip-ps``) against the reference potential's own i-PI run
-(``models/validation/teacher_md.json``, from ``training.validate_teacher_md``) and the published
+(``models/validation/teacher_md.json``, from ``mlip_server.training.validate_teacher_md``) and the published
 NNP curve; also the closest O–O pair over all frames, the depth of the first g_OO minimum and the
 largest |Δg_OO| over 2–6 Å against the published curve (beyond the acceptance). Writes
 ``OUT/validation/water-pet-md.json`` and ``water-pet-md-rdf.png``.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.paths import project_root
+from mlip_server.paths import checkout_root
 
 __all__ = ["min_oo", "max_oh", "main", "BROKEN_OH"]
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--trajectory", required=True)
     p.add_argument("--frame-fs", type=float, required=True, help="time between stored frames, fs")
     p.add_argument("--skip-ps", type=float, default=1.0, help="equilibration dropped before g(r), ps")
-    root = project_root()
+    root = checkout_root()
     p.add_argument("--teacher-md", default=str(root / "models" / "validation" / "teacher_md.json"))
     p.add_argument("--reference-dir", default=str(root.parent / "shared" / "data" / "reference" / "rdf"))
     p.add_argument("--out", default=str(root / "models"))
@@ -81,9 +82,9 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.molecules import find_water
-    from analysis.rdf import first_shell, water_rdfs
-    from analysis.readers import load_universe
+    from mlip_server.analysis.molecules import find_water
+    from mlip_server.analysis.rdf import first_shell, water_rdfs
+    from mlip_server.analysis.readers import load_universe
 
     u = load_universe(args.trajectory, timestep_fs=args.frame_fs)
     names = [str(e) for e in u.atoms.elements[:6]]
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     ref_file = Path(args.reference_dir) / "nnp_goo.gdr"
     ref = None
     if ref_file.is_file():
-        from analysis.reference import load_reference
+        from mlip_server.analysis.reference import load_reference
 
         ref = load_reference(str(ref_file))
     report = {

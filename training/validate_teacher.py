@@ -1,9 +1,9 @@
 """Validate the exported teacher against the revPBE0-D3 DFT frames, and time it.
 
-    python -m training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt \\
+    python -m mlip_server.training.validate_teacher --model models/local/bpnnp-revpbe0d3.pt \\
         --dft ../shared/data/dft/water_revpbe0d3_190.xyz --out models
 
-Evaluates every frame with the project's :class:`server.core.evaluator.Evaluator` and reports
+Evaluates every frame with the project's :class:`mlip_server.core.evaluator.Evaluator` and reports
 
 * energy: per-frame error per atom e_k = (E_pred − E_DFT)/N_atoms; its mean ("offset")
   and standard deviation ("spread"), in meV/atom (the absolute offset depends on the DFT
@@ -30,9 +30,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from server import machine, metrics  # noqa: E402
-from server.core.errors import MLIPError  # noqa: E402
-from server.core.evaluator import Evaluator, Structure  # noqa: E402
+from mlip_server import machine, metrics  # noqa: E402
+from mlip_server.core.errors import MLIPError  # noqa: E402
+from mlip_server.core.evaluator import Evaluator, Structure  # noqa: E402
 
 __all__ = [
     "evaluate_frames",
@@ -133,7 +133,7 @@ def time_structure(evaluator: Evaluator, structure: Structure, repeats: int, war
 
 
 def machine_info(device: str) -> dict:
-    """:func:`server.machine.describe` of ``device``, with the key names of the committed
+    """:func:`mlip_server.machine.describe` of ``device``, with the key names of the committed
     ``models/validation/teacher.json`` (``cpu_count``, ``torch_default_threads``) as well."""
     info = machine.describe(device)
     info.update(
@@ -159,9 +159,9 @@ def markdown(report: dict) -> str:
         "# Teacher validation: revPBE0-D3 Behler–Parrinello water potential",
         "",
         f"Model `{report['model']}` (n2p2/RuNNer network of Cheng et al., PNAS 2019, exported by "
-        "`training.export_teacher`), evaluated with `server.core.evaluator.Evaluator` "
+        "`mlip_server.training.export_teacher`), evaluated with `mlip_server.core.evaluator.Evaluator` "
         f"({report['dtype']}, {m['device']}) on all {v['n_frames']} frames of `{report['dft']}` "
-        "(revPBE0-D3 DFT, 192 atoms each). Written by `python -m training.validate_teacher` on "
+        "(revPBE0-D3 DFT, 192 atoms each). Written by `python -m mlip_server.training.validate_teacher` on "
         f"{report['date']}.",
         "",
         "| quantity | value | acceptance |",

@@ -1,9 +1,9 @@
 """g(r) of a liquid-water run with the reference potential vs the published curves.
 
-    python -m training.validate_teacher_md --trajectory RUN/sim.pos_0.extxyz --frame-fs 10 \\
+    python -m mlip_server.training.validate_teacher_md --trajectory RUN/sim.pos_0.extxyz --frame-fs 10 \\
         --skip-ps 1 [--reference-dir ../shared/data/reference/rdf] [--out models]
 
-For g_OO, g_OH, g_HH (MDAnalysis via ``analysis.rdf``; intramolecular pairs excluded) it
+For g_OO, g_OH, g_HH (MDAnalysis via ``mlip_server.analysis.rdf``; intramolecular pairs excluded) it
 reports the first intermolecular peak (height, position) of ours and of the published classical
 NNP curve (``nnp_g*.gdr``, r in Bohr; its OH/HH curves include intramolecular pairs, ours
 do not, so only r beyond 2.0/1.4/1.8 Å is compared) and max |Δg| over 2–6 Å, writes
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.paths import project_root
+from mlip_server.paths import checkout_root
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--trajectory", required=True)
     p.add_argument("--frame-fs", type=float, required=True, help="time between stored frames, fs")
     p.add_argument("--skip-ps", type=float, default=1.0, help="equilibration dropped at the start, ps")
-    root = project_root()
+    root = checkout_root()
     p.add_argument("--reference-dir", default=str(root.parent / "shared" / "data" / "reference" / "rdf"))
     p.add_argument("--out", default=str(root / "models"))
     args = p.parse_args(argv)
@@ -41,10 +41,10 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from analysis.molecules import find_water
-    from analysis.rdf import first_shell, water_rdfs
-    from analysis.readers import load_universe
-    from analysis.reference import load_reference
+    from mlip_server.analysis.molecules import find_water
+    from mlip_server.analysis.rdf import first_shell, water_rdfs
+    from mlip_server.analysis.readers import load_universe
+    from mlip_server.analysis.reference import load_reference
 
     u = load_universe(args.trajectory, timestep_fs=args.frame_fs)
     start = int(round(1000 * args.skip_ps / args.frame_fs))

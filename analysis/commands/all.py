@@ -27,7 +27,7 @@ def every_analysis(u, traj: str, opt: Options, load, symmetry_inputs: bool = Fal
     Runs :func:`rdf`, :func:`msd`, :func:`orientation`, :func:`dipole`, when the run of ``traj``
     has an i-PI properties file (or ``symmetry_inputs``) :func:`symmetry`, and when it has a
     ``committee_force_std`` extras file (or ``opt.committee_forces``) :func:`uncertainty`
-    (the run's files: :func:`analysis.run_folder.find_run_files`); an analysis that cannot run
+    (the run's files: :func:`mlip_server.analysis.run_folder.find_run_files`); an analysis that cannot run
     on this input (no time step, no water, ...) is skipped with a note on stderr. Writes the
     ``all`` section of ``summary.json`` (analysis -> ``done`` or why it was skipped).
 

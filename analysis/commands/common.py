@@ -91,7 +91,7 @@ class Options:
 
 def write_outputs(opt: Options, section: str, summary: dict, figure=None, png=None, tables=()) -> dict:
     """Write a finished command's outputs into ``opt.out``: ``tables`` (``(file, columns,
-    header)`` each, :func:`analysis.output.write_table`), then ``figure`` as ``png``, then the
+    header)`` each, :func:`mlip_server.analysis.output.write_table`), then ``figure`` as ``png``, then the
     ``section`` of ``summary.json``. Returns ``summary``."""
     for name, columns, header in tables:
         output.write_table(opt.path(name), columns, header)
@@ -120,7 +120,7 @@ def frames_info(u, opt: Options) -> dict:
 
 
 def water_or_none(u):
-    """The water molecules of ``u`` (:func:`analysis.molecules.find_water`), or None when its
+    """The water molecules of ``u`` (:func:`mlip_server.analysis.molecules.find_water`), or None when its
     atoms are not water."""
     from ..molecules import find_water
 

@@ -1,5 +1,5 @@
 """``mlip-analyse dipole``: c_L(r), c_T(r), C1(t), C2(t) and the dielectric constant
-(:mod:`analysis.dipoles`) -> ``dipole_correlation.dat``, ``dipole_acf.dat`` (with --timestep),
+(:mod:`mlip_server.analysis.dipoles`) -> ``dipole_correlation.dat``, ``dipole_acf.dat`` (with --timestep),
 ``dipole.png``, summary section ``dipole``. Units: r in Å, t in ps, charges in e, μ in D."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``mlip-analyse msd``: mean-squared displacement and self-diffusion (:mod:`analysis.msd`) ->
+"""``mlip-analyse msd``: mean-squared displacement and self-diffusion (:mod:`mlip_server.analysis.msd`) ->
 ``msd.dat``, ``msd.png``, summary section ``msd``. Units: Å, ps; D in Å²/ps and 10⁻⁵ cm²/s."""
 
 from __future__ import annotations

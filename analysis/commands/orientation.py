@@ -1,5 +1,5 @@
 """``mlip-analyse orientation``: the distribution of water dipole directions
-(:class:`analysis.dipoles.DipoleOrientation`) -> ``orientation.dat``, ``orientation.png``,
+(:class:`mlip_server.analysis.dipoles.DipoleOrientation`) -> ``orientation.dat``, ``orientation.png``,
 summary section ``orientation``. Units: φ in rad, P normalised so isotropic = 1, -ln P in kT."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``mlip-analyse rdf``: g(r) and coordination numbers (:mod:`analysis.rdf`) -> ``rdf.dat``,
+"""``mlip-analyse rdf``: g(r) and coordination numbers (:mod:`mlip_server.analysis.rdf`) -> ``rdf.dat``,
 ``rdf.png``, summary section ``rdf``. Units: r in Å."""
 
 from __future__ import annotations

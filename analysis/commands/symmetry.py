@@ -1,6 +1,6 @@
 """``mlip-analyse symmetry``: ΔV statistics and the conserved-energy drift (from the i-PI
 properties file), angular momentum and torque (from positions with velocities or momenta and
-forces; :mod:`analysis.symmetry`) -> ``symmetry_delta_v.dat``, ``symmetry_delta_v_spectrum.dat``,
+forces; :mod:`mlip_server.analysis.symmetry`) -> ``symmetry_delta_v.dat``, ``symmetry_delta_v_spectrum.dat``,
 ``symmetry_angular_momentum.dat``, ``symmetry.png``, summary section ``symmetry``.
 Units: ΔV in meV, t in ps, frequencies in THz and cm⁻¹, L in ħ, torque in eV."""
 

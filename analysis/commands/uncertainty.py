@@ -1,7 +1,7 @@
 """``mlip-analyse uncertainty``: the committee spread along a run, read from i-PI extras files
-(:mod:`analysis.uncertainty`) -> ``uncertainty.dat``, ``uncertainty_histogram.dat``,
+(:mod:`mlip_server.analysis.uncertainty`) -> ``uncertainty.dat``, ``uncertainty_histogram.dat``,
 ``uncertainty_worst.dat``, ``uncertainty.png``, summary section ``uncertainty``. This module
-gathers and checks the inputs; :mod:`analysis.commands.uncertainty_outputs` builds the tables
+gathers and checks the inputs; :mod:`mlip_server.analysis.commands.uncertainty_outputs` builds the tables
 and the summary. Units: forces eV/Å, energies eV, positions Å, time ps."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def uncertainty(traj: str, opt: Options, load) -> dict:
     """Committee uncertainty along a run: max_i σ_i and mean σ per frame, the histogram of σ_i,
     the per-atom σ_i of the ``opt.n_worst`` frames with the largest max_i σ_i (with element and
     position when the positions are known), σ_E, and the ratio rotational spread / committee
-    spread (:mod:`analysis.uncertainty`; forces eV/Å, energies eV, positions Å).
+    spread (:mod:`mlip_server.analysis.uncertainty`; forces eV/Å, energies eV, positions Å).
 
     ``traj`` is the run's position trajectory or its ``committee_force_std`` extras file; the
     other files come from ``opt.committee_forces``, ``opt.committee_energy``, ``opt.rotational``

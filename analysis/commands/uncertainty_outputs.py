@@ -1,6 +1,6 @@
 """The tables and the summary section of ``mlip-analyse uncertainty``
-(:mod:`analysis.commands.uncertainty`), from the statistics of
-:func:`analysis.uncertainty.uncertainty_statistics` (``st``). Units: forces eV/Å, energies eV,
+(:mod:`mlip_server.analysis.commands.uncertainty`), from the statistics of
+:func:`mlip_server.analysis.uncertainty.uncertainty_statistics` (``st``). Units: forces eV/Å, energies eV,
 positions Å, time ps."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def worst_header(n_frames: int, with_positions: bool) -> str:
 
 
 def worst_frames(worst, frames, steps, sigma, positions, elements):
-    """The frames of ``worst`` (:func:`analysis.uncertainty.uncertainty_statistics`, indices into
+    """The frames of ``worst`` (:func:`mlip_server.analysis.uncertainty.uncertainty_statistics`, indices into
     ``frames``) per atom: the table rows (rank, frame, step, atom, with positions Z and x, y, z in Å,
     σ_i in eV/Å), their summary entries (the five atoms of largest σ_i) and (frame, step, σ_i) for
     the plot. ``sigma`` [frames in file, N]; ``positions`` the Universe or None."""

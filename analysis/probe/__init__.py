@@ -1,8 +1,8 @@
 """``make probe``: the symmetry-breaking study of Langer, Pozdnyakov & Ceriotti (2024) for any
 served model, in one command (``mlip-probe MODEL --level quick|full``).
 
-Sections (each measured by the command itself; :mod:`analysis.probe.pipeline` runs them in
-order, :mod:`analysis.probe.cli` is the command line):
+Sections (each measured by the command itself; :mod:`mlip_server.analysis.probe.pipeline` runs them in
+order, :mod:`mlip_server.analysis.probe.cli` is the command line):
 
 1. error convergence of rotational averaging (``none, i, 2, 2i, 3, 3i`` vs a finer grid),
    plus errors against reference labels when the dataset has them (:mod:`.static`);

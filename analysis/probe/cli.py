@@ -10,7 +10,7 @@ MD runs in ``--work``. Without ``--report`` everything goes into one new folder 
 ``runs/probe-<model>-<date>/`` (report, figures, ``md/`` for the MD runs); nothing is written
 into ``docs/`` or the current folder unless asked. Order: timings on the idle machine,
 then the MD runs in the background while the single-point sections run, then the analyses
-(:mod:`analysis.probe.pipeline`).
+(:mod:`mlip_server.analysis.probe.pipeline`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.core.errors import MLIPError
+from mlip_server.core.errors import MLIPError
 
 from .levels import LEVELS
 

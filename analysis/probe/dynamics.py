@@ -1,5 +1,5 @@
-"""MD sections of the probe: i-PI runs through :func:`server.ipi.launcher.run_many` (real i-PI,
-real server), analysed with the ``mlip-analyse`` functions of :mod:`analysis.commands`, and the
+"""MD sections of the probe: i-PI runs through :func:`mlip_server.ipi.launcher.run_many` (real i-PI,
+real server), analysed with the ``mlip-analyse`` functions of :mod:`mlip_server.analysis.commands`, and the
 section summaries built from those analyses. Times in fs/ps, energies eV.
 """
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.output import read_table
-from analysis.statistics import welch_compare
-from server.core.errors import MLIPError
-from server.ipi.launcher import run_many
-from server.paths import shipped_liquid
+from mlip_server.analysis.output import read_table
+from mlip_server.analysis.statistics import welch_compare
+from mlip_server.core.errors import MLIPError
+from mlip_server.ipi.launcher import run_many
+from mlip_server.paths import shipped_liquid
 
 __all__ = [
     "RunFailed",
@@ -44,7 +44,7 @@ def run_all(jobs: dict, work: Path) -> dict:
     Parameters
     ----------
     jobs : dict
-        Name -> keywords of :func:`server.ipi.launcher.run_experiment` with the experiment under
+        Name -> keywords of :func:`mlip_server.ipi.launcher.run_experiment` with the experiment under
         ``"experiment"`` (as :func:`molecule_jobs` and :func:`liquid_jobs` make them); each run
         goes to ``work/NAME`` and its progress to ``work/NAME.log``.
     work : Path
@@ -83,7 +83,7 @@ def molecule_jobs(model, level, device="cpu") -> dict:
     ----------
     model : str or Path
         TorchScript model.
-    level : analysis.probe.levels.Level
+    level : mlip_server.analysis.probe.levels.Level
         Run lengths (steps of :data:`INNER_FS` fs) and output stride.
     device : str
         Device of the servers.
@@ -114,7 +114,7 @@ def liquid_jobs(model, level, device="cpu") -> dict:
     ----------
     model : str or Path
         TorchScript model.
-    level : analysis.probe.levels.Level
+    level : mlip_server.analysis.probe.levels.Level
         Molecules, inner steps, ``nmts``, output interval (fs) and the averaging of the MTS run.
     device : str
         Device of the servers.
@@ -182,10 +182,10 @@ def analyse(
     dict
         The analysis' ``summary.json``.
     """
-    from analysis import output
-    from analysis.commands import Options, every_analysis, input_info
-    from analysis.commands.symmetry import symmetry
-    from analysis.readers import load_universe
+    from mlip_server.analysis import output
+    from mlip_server.analysis.commands import Options, every_analysis, input_info
+    from mlip_server.analysis.commands.symmetry import symmetry
+    from mlip_server.analysis.readers import load_universe
 
     traj = positions_file(run_dir)
 
@@ -213,8 +213,8 @@ def analyse(
 
 def positions_file(run_dir) -> str:
     """The bead-0 positions of run ``run_dir`` (``sim.pos_0.extxyz``), found by
-    :func:`analysis.run_folder.find_run_files`."""
-    from analysis.run_folder import find_run_files
+    :func:`mlip_server.analysis.run_folder.find_run_files`."""
+    from mlip_server.analysis.run_folder import find_run_files
 
     return find_run_files(str(run_dir)).require("bead_positions")
 
@@ -302,14 +302,14 @@ def liquid_section(runs, level) -> dict:
     runs : dict
         Run name (the raw run first) -> ``{"summary": summary.json of :func:`analyse`,
         "analysis": its folder, "wall_s": wall time of the run in s}``.
-    level : analysis.probe.levels.Level
+    level : mlip_server.analysis.probe.levels.Level
         For the run lengths and the number of blocks.
 
     Returns
     -------
     dict
         ``runs``, ``comparisons`` (label, (value, error) per run, ``vs_raw`` from
-        :func:`analysis.statistics.welch_compare`), the run settings, ``first_shell_r_A`` (Å)
+        :func:`mlip_server.analysis.statistics.welch_compare`), the run settings, ``first_shell_r_A`` (Å)
         and ``wall_ms_per_step`` (ms per inner step).
     """
     names = list(runs)

@@ -5,7 +5,7 @@ Order: timings on the idle machine (section 2); then the MD runs (sections 3 and
 :mod:`.static`) run next to them; then the analyses of the runs, the verdicts and the report
 (:mod:`.report`).
 
-    from analysis.probe.pipeline import probe
+    from mlip_server.analysis.probe.pipeline import probe
     probe("models/water-pet.pt", level="quick", report="docs/probe-water-pet.md")
     probe("models/water-pet.pt", committee=["a.pt", "b.pt"])  # + section 6
 """
@@ -20,9 +20,9 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
-from server.core.errors import MLIPError
-from server.machine import describe
-from server.paths import project_root, runs_dir, shipped_liquid
+from mlip_server.core.errors import InputError, MLIPError
+from mlip_server.machine import describe
+from mlip_server.paths import checkout_root, runs_dir, shipped_liquid
 
 from . import dynamics, report, static
 from .levels import LEVELS
@@ -38,8 +38,12 @@ __all__ = [
 
 
 def shared_data() -> Path:
-    """``../shared/data`` next to the project checkout (DFT sets, ice cells; may be absent)."""
-    return project_root().parent / "shared" / "data"
+    """``../shared/data`` next to the project checkout (DFT sets, ice cells; absent from an
+    installed package: the sections that need it are then left out)."""
+    try:
+        return checkout_root().parent / "shared" / "data"
+    except InputError:
+        return Path("/nonexistent/shared/data")
 
 
 def default_report(model) -> Path:
@@ -58,7 +62,7 @@ def default_dataset():
     frames : list of ase.Atoms
     description : str
     """
-    from server.structures import water_molecule
+    from mlip_server.structures import water_molecule
 
     frames = [ase.io.read(shipped_liquid(), index=0)]
     mol = water_molecule(center=(15.0, 15.0, 15.0))
@@ -100,7 +104,7 @@ def _single_points(model, device, frames, description, level, ice_dir, committee
     torch thread (they run next to the MD)."""
     import torch
 
-    from server.core.evaluator import Evaluator
+    from mlip_server.core.evaluator import Evaluator
 
     torch.set_num_threads(1)
     ev64 = Evaluator(model, device=device, dtype="float64")
@@ -137,7 +141,7 @@ def probe(
     model : str or Path
         TorchScript model (contract or metatomic).
     level : str
-        ``tiny``, ``quick`` or ``full`` (:data:`analysis.probe.levels.LEVELS`).
+        ``tiny``, ``quick`` or ``full`` (:data:`mlip_server.analysis.probe.levels.LEVELS`).
     report_path : str or Path, optional
         Markdown report (default :func:`default_report`); its PNGs and ``probe.json`` go to the
         folder of the same name.
@@ -155,7 +159,7 @@ def probe(
     committee : list of str or Path, optional
         Two or more models (``--committee``): section 6 compares the probed model's rotational
         force spread with the committee's force spread on the section-1 frames
-        (:func:`analysis.probe.static.committee_vs_rotation`). Without it the report is as before.
+        (:func:`mlip_server.analysis.probe.static.committee_vs_rotation`). Without it the report is as before.
 
     Returns
     -------
@@ -167,11 +171,11 @@ def probe(
     MLIPError
         A non-empty work folder, a missing dataset, a committee that cannot be loaded (missing
         file, fewer than two members, different elements), or a failed MD run
-        (:class:`analysis.probe.dynamics.RunFailed`).
+        (:class:`mlip_server.analysis.probe.dynamics.RunFailed`).
     """
     import torch
 
-    from server.core.evaluator import Evaluator
+    from mlip_server.core.evaluator import Evaluator
 
     lvl = LEVELS[level]
     t_start = time.monotonic()
@@ -259,7 +263,7 @@ def probe(
 
 def output_jsonable(x):
     """``results`` as plain JSON values, without the analysis summaries (``summary`` keys)."""
-    from analysis.output import jsonable
+    from mlip_server.analysis.output import jsonable
 
     if isinstance(x, dict):
         return {str(k): output_jsonable(v) for k, v in x.items() if k != "summary"}

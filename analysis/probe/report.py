@@ -1,6 +1,6 @@
 """The probe report: markdown with tables, PNG plots and one verdict per section, every number
 taken from the probe's own results (``probe.json``). The liquid comparisons come from
-:func:`analysis.statistics.welch_compare`."""
+:func:`mlip_server.analysis.statistics.welch_compare`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import output
-from analysis.ipi_files import read_properties
-from analysis.output import read_table
-from analysis.run_folder import find_run_files
+from mlip_server.analysis import output
+from mlip_server.analysis.ipi_files import read_properties
+from mlip_server.analysis.output import read_table
+from mlip_server.analysis.run_folder import find_run_files
 
 __all__ = [
     "verdict_convergence",
@@ -149,7 +149,7 @@ def verdict_ice(ice) -> str:
 
 def verdict_committee(com) -> str:
     """Section 6: the rotational spread of the probed model against the committee's spread."""
-    from analysis.uncertainty import verdict
+    from mlip_server.analysis.uncertainty import verdict
 
     a = com["all"]
     ratios = [f["ratio"] for f in com["frames"] if math.isfinite(f["ratio"])]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server import metrics
-from server.core.evaluator import Evaluator, Structure
+from mlip_server import metrics
+from mlip_server.core.evaluator import Evaluator, Structure
 
 
 def convergence(ev: Evaluator, frames, grids, reference_grid: str) -> dict:
@@ -22,7 +22,7 @@ def convergence(ev: Evaluator, frames, grids, reference_grid: str) -> dict:
     ev : Evaluator
     frames : list of ase.Atoms
         The structures (Å); when every frame carries reference labels (energy eV, forces eV/Å),
-        the errors against them too (see :func:`server.metrics.labels`).
+        the errors against them too (see :func:`mlip_server.metrics.labels`).
     grids : list of str
         Averaging specs to compare.
     reference_grid : str
@@ -70,7 +70,7 @@ def timings(ev: Evaluator, atoms, grids, nmts_values=(5, 10, 20), repeats: int =
 
     Each grid's time is the best of at least ``repeats`` calls after a warm-up; cheap grids are
     repeated until about a second is spent, at most 20 times, so that one slow moment cannot set
-    the raw time that every ratio divides by (:func:`server.metrics.time_model`).
+    the raw time that every ratio divides by (:func:`mlip_server.metrics.time_model`).
 
     Parameters
     ----------

@@ -15,7 +15,7 @@ Specs (as in Langer, Pozdnyakov & Ceriotti 2024, and i-PI's ``<ffrotations>``):
 
 Any spec may be prefixed with ``direct`` (``direct`` alone, ``direct+2i``, ``direct+random``):
 the model's direct (non-conservative) forces instead of the gradient of its energy, no backward
-pass (models with a direct head only; :mod:`server.formats.edges`).
+pass (models with a direct head only; :mod:`mlip_server.formats.edges`).
 
 The grids come from ``ipi.utils.mathtools`` so that results agree with i-PI's own
 engine-side averaging. A rotation R acts on Cartesian vectors as r' = R r.

@@ -38,7 +38,7 @@ SERVE_CHOICES = ("mean", "first")
 
 
 class Committee:
-    """Members behind the :class:`~server.formats.base.ModelAdapter` interface.
+    """Members behind the :class:`~mlip_server.formats.base.ModelAdapter` interface.
 
     Parameters
     ----------

@@ -15,7 +15,7 @@ Rotational averaging evaluates copies of the graph with rotated edge vectors R_k
 in the same batch; E_avg = Σ_k w_k E(R_k ·). The per-copy gradient, rotated back,
 gives each copy's forces and virial, and their weighted sum is exactly the gradient of
 E_avg. Copies of all structures are packed into model calls of at most
-``max_batch_edges`` edges; each model format (:mod:`server.formats`) evaluates one such chunk.
+``max_batch_edges`` edges; each model format (:mod:`mlip_server.formats`) evaluates one such chunk.
 
 Chunk size ("auto", the default). Whether batching pays depends on the model and the device: a
 small molecule costs one call's overhead whether it is evaluated once or 36 times, while on a
@@ -69,19 +69,19 @@ CALIBRATION_TOLERANCE = 0.10
 
 
 class Evaluator:
-    """Evaluates a model (any format of :mod:`server.formats`) on lists of structures.
+    """Evaluates a model (any format of :mod:`mlip_server.formats`) on lists of structures.
 
     Parameters
     ----------
     model : str, torch.jit.ScriptModule, ModelAdapter, or a list of them
         A model file, a scripted contract module, or a loaded model; a list (two or more) is a
-        committee (:mod:`server.core.committee`): one neighbour list, every member evaluated,
+        committee (:mod:`mlip_server.core.committee`): one neighbour list, every member evaluated,
         the mean served (or the first member, ``committee_serve="first"``).
     device : str
         ``cpu``, ``cuda`` or ``cuda:N``.
     dtype : str, optional
         ``float32`` or ``float64`` (model and edge vectors; results are float64); None: the
-        model's own precision (see :func:`server.formats.load_model`).
+        model's own precision (see :func:`mlip_server.formats.load_model`).
     max_batch_edges : int, optional
         Edges per model call (rotated copies count), fixed: no measurement. None ("auto"): chosen
         per structure size by timing the model (module docstring), within ``memory_budget_edges``.

@@ -82,7 +82,7 @@ class Result:
     counted atom (they sum to ``energy``), and ``atom_virials`` [N, 3, 3] (eV),
     W_i = −½ Σ over the edges e touching i of g_e ⊗ r_e (they sum to ``virial``).
 
-    From a committee (:mod:`server.core.committee`): ``committee`` holds every member's result
+    From a committee (:mod:`mlip_server.core.committee`): ``committee`` holds every member's result
     and ``extras`` its statistics ``committee_energy_std`` (eV) and ``committee_force_std_max``
     (eV/Å).
 

@@ -1,7 +1,7 @@
-"""Model formats behind one interface (:class:`~server.formats.base.ModelAdapter`).
+"""Model formats behind one interface (:class:`~mlip_server.formats.base.ModelAdapter`).
 
 Each module of this package is one format and registers itself with two module constants,
-``__FORMAT_NAME__`` and ``__FORMAT_CLASS__`` (see :mod:`server.formats.base`); a new format is
+``__FORMAT_NAME__`` and ``__FORMAT_CLASS__`` (see :mod:`mlip_server.formats.base`); a new format is
 one new file. :func:`load_model` asks the formats, highest ``priority`` first, whether they
 recognise a file: ``compiled`` (AOTInductor ``.pt2`` packages of ``mlip-compile``), ``metatomic``
 (``AtomisticModel`` archives), then ``contract`` (any other TorchScript file: the project's
@@ -37,7 +37,7 @@ def formats() -> dict[str, type[ModelAdapter]]:
 
 COMPILE_VARIABLE = "MLIP_COMPILE"
 """Set to 1 (``--compile`` of mlip-server, mlip-run, mlip-lammps-run does) to serve contract
-TorchScript files as compiled packages from the cache (:func:`server.compile.cached_model`)."""
+TorchScript files as compiled packages from the cache (:func:`mlip_server.compile.cached_model`)."""
 
 
 def load_model(model, device="cpu", dtype=None, compile=None) -> ModelAdapter:

@@ -1,12 +1,12 @@
 """The one small interface every model format implements, and device/dtype parsing.
 
-A format is one module in :mod:`server.formats` that defines a :class:`ModelAdapter` subclass
+A format is one module in :mod:`mlip_server.formats` that defines a :class:`ModelAdapter` subclass
 and names it in two module constants, as i-PI's ``pes/`` files do::
 
     __FORMAT_NAME__ = "myformat"
     __FORMAT_CLASS__ = "MyFormatModel"
 
-The registry (:func:`server.formats.load_model`) finds it; nothing else changes.
+The registry (:func:`mlip_server.formats.load_model`) finds it; nothing else changes.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ModelAdapter:
 
     def evaluate(self, copies, direct: bool = False) -> list:
         """Energy (eV), forces [N,3] (eV/Å) and virial [3,3] (eV) of each copy, in one call
-        (a list of :class:`~server.core.graph.CopyResult`).
+        (a list of :class:`~mlip_server.core.graph.CopyResult`).
 
         Parameters
         ----------

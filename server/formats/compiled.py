@@ -1,7 +1,7 @@
 """Compiled models: AOTInductor packages (``.pt2``) of a contract model (``mlip-compile``).
 
 A package holds, under the model name ``conservative``, one compiled program of the contract's
-inputs (:mod:`server.formats.edges`)::
+inputs (:mod:`mlip_server.formats.edges`)::
 
     conservative(edge_vectors [E,3], edge_index int64 [2,E], numbers int64 [N],
                  structure_index int64 [N], counted int8 [B])
@@ -9,13 +9,13 @@ inputs (:mod:`server.formats.edges`)::
 
 (the number of structures B is the length of ``counted``, so that it is a dynamic size of the
 program rather than a constant baked into it; ``counted`` is 1 for the energy terms whose
-gradient is wanted and 0 for the last, dropped structure of :func:`~server.formats.edges.pack`,
+gradient is wanted and 0 for the last, dropped structure of :func:`~mlip_server.formats.edges.pack`,
 the ghost atoms of a domain-decomposed LAMMPS rank), with dynamic E ≥ 2, N ≥ 2 and B ≥ 2;
 smaller batches are padded with two atoms and two edges in the dropped structure. The forces
 are inside the program (autograd unfolded by ``make_fx`` before ``torch.export``), so a call
 is one compiled function: no per-operator overhead, no autograd.
 Forces and virials are assembled from the edge gradients as for TorchScript
-(:func:`~server.formats.edges.assemble_gradients`).
+(:func:`~mlip_server.formats.edges.assemble_gradients`).
 
 A model with a direct-force head (the contract's ``direct_forces``, ``forward_direct``,
 ``direct_virial``) gets a second program, the model ``direct``, with the same inputs::
@@ -24,7 +24,7 @@ A model with a direct-force head (the contract's ``direct_forces``, ``forward_di
 
 (its ``forward_direct`` when it has one, else ``forward`` + ``direct_forces``; zero virials for a
 head without ``direct_virial``, which the metadata says), served by ``--forces direct`` and
-assembled as for TorchScript (:func:`~server.formats.edges.assemble_direct`).
+assembled as for TorchScript (:func:`~mlip_server.formats.edges.assemble_direct`).
 
 The archive's ``extra/mlip.json`` says what the server needs without running anything: cutoff,
 species, interaction range (and whether declared), whether the energy sums atomic terms, dtype,
@@ -75,7 +75,7 @@ included, and are refused: compile again)."""
 
 
 def counted(n_structures: int, device) -> torch.Tensor:
-    """The program's last input for a batch of :func:`~server.formats.edges.pack`: 1 for the
+    """The program's last input for a batch of :func:`~mlip_server.formats.edges.pack`: 1 for the
     counted terms, 0 for the last (dropped) structure."""
     out = torch.ones(n_structures, dtype=torch.int8, device=device)
     out[-1] = 0
@@ -110,7 +110,7 @@ def pad_inputs(
     vectors, edge_index, numbers, structure_index, n_structures: int, species0: int, cutoff: float
 ):
     """The program's inputs for a batch whose last structure is the dropped one (the contract's
-    batches, :func:`~server.formats.edges.pack`), padded when E, N or B is below
+    batches, :func:`~mlip_server.formats.edges.pack`), padded when E, N or B is below
     :data:`MIN_SIZE`: two extra atoms of ``species0`` with an edge each way (0.5 cutoff), in
     structure ``n_structures − 1`` (the dropped one) or a new last structure (then the original
     single structure is not counted either). Returns ``(inputs tuple, number of real edges)``."""

@@ -3,7 +3,7 @@
 A model call of the contract evaluates one *chunk* of copies (graph + rotation) as one batch:
 :func:`pack` concatenates their edges (rotated, r' = R r), atoms and structure indices into the
 contract's tensors; the format runs its program on them; the program's outputs are turned back
-into one :class:`~server.core.graph.CopyResult` per copy, in the original frame, by
+into one :class:`~mlip_server.core.graph.CopyResult` per copy, in the original frame, by
 
 * :func:`assemble_gradients` for conservative outputs: energies [B] (eV) and g_e = ∂E/∂r_e [E,3]
   (eV/Å) give forces F_i = Σ_{e: i centre} g_e − Σ_{e: i neighbour} g_e (eV/Å), the virial

@@ -2,7 +2,7 @@
 
 Runs the paper's multiple-time-stepping setup on a 32-molecule water box: the raw model every
 0.5 fs inner step and the ``2i`` rotational average as a slow correction every 2.5 fs outer step,
-both served by one server process (:func:`server.ipi.launcher.run_experiment`). Prints where
+both served by one server process (:func:`mlip_server.ipi.launcher.run_experiment`). Prints where
 the outputs are and a short summary (temperature K, potential eV, size of the symmetry breaking).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..cli_help import HelpFormatter
 from ..core.errors import MLIPError
-from ..paths import project_root, shipped_model
+from ..paths import shipped_model
 from .launcher import run_experiment
 
 __all__ = ["main", "summarise"]
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: demo-output, replaced)")
     args = p.parse_args(argv)
     try:
-        out = Path(args.out or project_root() / "demo-output")
+        out = Path(args.out or Path.cwd() / "demo-output")
         if out.exists():
             shutil.rmtree(out)
         model = args.model or str(shipped_model())

@@ -148,7 +148,7 @@ def forcefield(
 
     ``<ffsocket>`` on the unix socket ``address`` (also for shm, whose messages travel on it) or
     on inet ``options.host``:``port``; with ``options.transport == "ffdirect"`` an ``<ffdirect>``
-    that evaluates the model inside i-PI (:mod:`server.ipi.pes`), no server process.
+    that evaluates the model inside i-PI (:mod:`mlip_server.ipi.pes`), no server process.
     """
     if options.transport == "ffdirect":
         from . import pes

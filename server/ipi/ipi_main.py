@@ -18,7 +18,7 @@ ran on as an orphan (seen once on a loaded machine, ``tests/test_launcher.py``).
 thread waits for a future in slices of :data:`WAIT_SLICE` s, so a pending handler runs at once.
 Nothing else of i-PI changes.
 
-    python -m server.ipi.ipi_main input.xml     # = i-pi input.xml
+    python -m mlip_server.ipi.ipi_main input.xml     # = i-pi input.xml
 """
 
 from __future__ import annotations

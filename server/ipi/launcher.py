@@ -12,7 +12,7 @@
 
 From Python, :func:`run_experiment` takes the same options as keywords and :func:`run_many`
 runs several experiments at once. The launcher renders the experiment
-(:mod:`server.ipi.experiments`) into a fresh run folder, starts i-PI, waits until its sockets
+(:mod:`mlip_server.ipi.experiments`) into a fresh run folder, starts i-PI, waits until its sockets
 exist, starts one mlip-server for all endpoints, prints progress, and on exit, error or Ctrl-C
 stops everything it started and removes its sockets. Socket names are unique per launch
 (``mlip-<PID>-<random>-<endpoint>``): concurrent runs never collide.
@@ -21,7 +21,7 @@ Production (README, "Production runs"): the server is supervised — one that di
 evaluation for ``--stall-timeout`` s) is restarted on the same sockets, up to
 ``--max-server-restarts`` times, and i-PI re-sends the request it lost. SIGTERM, SIGINT, SIGUSR1,
 SIGHUP and the walltime (``--walltime``, or the SLURM job's end time) make i-PI stop cleanly and
-write its RESTART; the launcher then exits with :data:`~server.supervision.EXIT_STOPPED` (75).
+write its RESTART; the launcher then exits with :data:`~mlip_server.supervision.EXIT_STOPPED` (75).
 ``--resume RUN`` continues RUN in place from its latest readable checkpoint, after cutting the
 output rows written past it (a hard stop), so that every step is in RUN once. Every event goes to
 ``RUN/events.jsonl`` and one console line.
@@ -121,7 +121,7 @@ def run_experiment(
     log : file, optional
         Where progress and event lines go (default stdout).
     **options
-        Fields of :class:`~server.ipi.experiments.RunOptions` (``model``, ``steps``,
+        Fields of :class:`~mlip_server.ipi.experiments.RunOptions` (``model``, ``steps``,
         ``average``, ``molecules``, ``temperature`` K, ``timestep`` fs, ``resume``,
         ``walltime``, ``max_server_restarts``, ``stall_timeout`` s, ``template={...}``, ...).
 
@@ -692,10 +692,24 @@ def build_parser():
         prog="mlip-run",
         formatter_class=HelpFormatter,
         description=__doc__.split("\n\n")[0],
-        epilog="experiments: " + ", ".join(experiments()),
+        epilog=_experiments_line(),
     )
-    p.add_argument("experiment", nargs="?", help="folder name in ipi_inputs/ (not needed with --resume)")
-    p.add_argument("--model", help="TorchScript model (default: models/water-pet.pt)")
+    p.add_argument(
+        "experiment", nargs="?", help="a shipped experiment (mlip-run --list; not needed with --resume)"
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="print the shipped experiments, LAMMPS decks, SLURM templates and models, then exit",
+    )
+    p.add_argument(
+        "--copy-template",
+        metavar="SHIPPED",
+        help="copy a shipped file or folder (as --list names it, e.g. hpc/ipi-cpu-server-gpu.slurm or "
+        "ipi_inputs/water-nvt) into --to, to edit the copy; then exit",
+    )
+    p.add_argument("--to", default=".", metavar="DIR", help="where --copy-template copies to (default: .)")
+    p.add_argument("--model", help="TorchScript model (default: the shipped models/water-pet.pt)")
     p.add_argument(
         "--committee",
         nargs="+",
@@ -787,7 +801,7 @@ def build_parser():
         "i-PI's socket <timeout> (default: 10x the slowest gap seen, at least 120 s; a new server "
         "has 600 s for its first)",
     )
-    p.add_argument("--out", help="run folder (default runs/EXPERIMENT-DATE-ID)")
+    p.add_argument("--out", help="run folder (default: ./runs/EXPERIMENT-DATE-ID under the current folder)")
     p.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (0: quiet)")
     p.add_argument(
         "--transport",
@@ -816,8 +830,42 @@ def build_parser():
     return p
 
 
+def _experiments_line() -> str:
+    """The help's closing line: the shipped experiments (a pointer to --list when the shipped files
+    cannot be read, so that --help never fails)."""
+    try:
+        return "experiments: " + ", ".join(experiments())
+    except MLIPError:
+        return "experiments: see mlip-run --list"
+
+
+def _list_shipped() -> int:
+    """``mlip-run --list``: the shipped experiments (with their descriptions) and files."""
+    from ..paths import list_shipped
+
+    print("experiments (mlip-run NAME):")
+    for name in experiments():
+        description = load_experiment(name)[0].get("description", "")
+        print(f"  {name:22s} {description.split('. ')[0].rstrip('.')}")
+    print("shipped files (mlip-run --copy-template NAME copies one out):")
+    for name in list_shipped():
+        print(f"  {name}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.list or args.copy_template:
+        from ..paths import copy_shipped
+
+        try:
+            if args.list:
+                return _list_shipped()
+            print(f"mlip-run: copied {args.copy_template} to {copy_shipped(args.copy_template, args.to)}")
+            return 0
+        except MLIPError as err:
+            print(f"mlip-run: error: {err}", file=sys.stderr)
+            return 2
     template = {}
     for item in args.set or []:
         k, sep, v = item.partition("=")
@@ -825,7 +873,8 @@ def main(argv=None) -> int:
             print(f"mlip-run: error: --set {item!r}: use --set NAME=VALUE", file=sys.stderr)
             return 2
         template[k] = v
-    options = {k: v for k, v in vars(args).items() if k not in ("experiment", "set", "compile")}
+    skip = ("experiment", "set", "compile", "list", "copy_template", "to")
+    options = {k: v for k, v in vars(args).items() if k not in skip}
     if args.compile:  # servers and <ffdirect> load models through load_model, which reads it
         os.environ[COMPILE_VARIABLE] = "1"
     try:

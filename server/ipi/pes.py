@@ -14,7 +14,7 @@ project must be installed, e.g. ``pip install -e .``)::
 Parameters: ``model`` (path), ``structure`` (file giving the elements in i-PI's
 order), ``average`` (spec), ``device``, ``dtype``, ``nonperiodic`` (bool); instead of ``model``,
 ``committee`` (two or more paths separated by ``;`` or spaces: a committee, its members'
-results in the extras as :func:`server.protocol.ipi_extras` sends them) with ``committee_serve``
+results in the extras as :func:`mlip_server.protocol.ipi_extras` sends them) with ``committee_serve``
 (``mean`` or ``first``). Batched calls (lists of cells and positions) are evaluated as one batch.
 """
 
@@ -24,11 +24,11 @@ import re
 import numpy as np
 from ipi.pes.dummy import Dummy_driver
 
-from server.core.averaging import Averaging
-from server.core.errors import InputError
-from server.core.evaluator import Evaluator, Structure
-from server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result, ipi_extras
-from server.structures import read_numbers
+from mlip_server.core.averaging import Averaging
+from mlip_server.core.errors import InputError
+from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result, ipi_extras
+from mlip_server.structures import read_numbers
 
 __all__ = ["MLIPDriver"]
 

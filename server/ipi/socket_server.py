@@ -9,7 +9,7 @@ Batching: structures that are pending at the same moment on different connection
 evaluated in one :meth:`Evaluator.compute` call. When one connection of an address has
 sent positions, the server waits at most ``batch_wait`` seconds for the other idle
 connections *of the same address* (e.g. the other beads), then evaluates. Connections of the
-LAMMPS bridge's domain extension (one per MPI rank, :mod:`server.protocol.messages`) form one
+LAMMPS bridge's domain extension (one per MPI rank, :mod:`mlip_server.protocol.messages`) form one
 group: the ranks served by one server are one batch.
 """
 

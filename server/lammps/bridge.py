@@ -15,7 +15,7 @@ Usage (``mpiexec -n K`` optional)::
         --var data water-512.data --write-structure init.xyz
     mlip-server --model m.pt --structure init.xyz --address unix:water
 
-The deck's requirements are in :mod:`server.lammps.deck`.
+The deck's requirements are in :mod:`mlip_server.lammps.deck`.
 
 The fix's global vector carries the server's diagnostics of a rotationally averaged model
 (``mlip-server --average 2i``), for ``thermo_style custom ... f_ID[1] f_ID[2]``:
@@ -97,7 +97,7 @@ DIAGNOSTICS = (
     "direct_net_force",
 )
 EXIT_BAD_INPUT, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 2, 1, 130
-EXIT_STOPPED = 75  # = server.supervision.EXIT_STOPPED: stopped cleanly, a restart file written
+EXIT_STOPPED = 75  # = mlip_server.supervision.EXIT_STOPPED: stopped cleanly, a restart file written
 
 
 class NonFiniteForces(MLIPError):
@@ -164,7 +164,7 @@ class BridgeConfig:
     range_check: bool = True  # domain: check the model's interaction range on the first call
     reconnect_timeout: float = 0.0  # > 0: a lost server is waited for (s) and the force call repeated
     checkpoint_every: int = 0  # > 0: restart files every N steps (needs state)
-    state: str | None = None  # the checkpoint state file (server.lammps.checkpoint)
+    state: str | None = None  # the checkpoint state file (mlip_server.lammps.checkpoint)
     stop_file: str | None = None  # when this file exists: stop cleanly at the next step
     resume: bool = False  # continue from the state file's restart file
     uncertainty_threshold: float | None = None  # domain, a committee: log steps whose spread exceeds it

@@ -1,5 +1,5 @@
-"""The LAMMPS side's two commands: ``mlip-lammps`` (the bridge, :mod:`server.lammps.bridge`) and
-``mlip-lammps-run`` (bridge + server started in order, :mod:`server.lammps.runner`).
+"""The LAMMPS side's two commands: ``mlip-lammps`` (the bridge, :mod:`mlip_server.lammps.bridge`) and
+``mlip-lammps-run`` (bridge + server started in order, :mod:`mlip_server.lammps.runner`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..structures import write_water_data
 from ..supervision import EXIT_STOPPED, Deadline, EventLog, StopSignals
 from . import bridge, checkpoint, runner
 from .bridge import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Bridge, BridgeConfig
-from .deck import pressure_fixes
+from .deck import pressure_fixes, resolve_deck, shipped_decks
 from .mpi import Interrupts, get_comm, preload_mpi
 
 __all__ = ["bridge_main", "build_bridge_parser", "run_main", "build_run_parser"]
@@ -230,9 +230,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "deck",
         nargs="?",
-        help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line, e.g. "
-        "lammps_inputs/in.water-nvt (not with --resume)",
+        help="LAMMPS deck with a 'fix ID all external pf/callback 1 1' line: a file, or a shipped deck "
+        "by name (water-nvt; --list) (not with --resume)",
     )
+    p.add_argument("--list", action="store_true", help="print the shipped decks, then exit")
     p.add_argument(
         "--model",
         default=None,
@@ -412,6 +413,11 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def run_main(argv=None) -> int:
     args = build_run_parser().parse_args(argv)
+    if args.list:
+        print("shipped decks (mlip-run --copy-template lammps_inputs/in.NAME copies one out):")
+        for name in shipped_decks():
+            print(f"  {name}")
+        return 0
     if args.side == "servers":
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.default_int_handler)
@@ -432,16 +438,13 @@ def run_main(argv=None) -> int:
 def _fresh_settings(args) -> dict | None:
     """The run's settings from the command line (None after one error line); written to run.json."""
     if not args.deck:
-        print(f"{RUN}: error: give the LAMMPS deck (e.g. lammps_inputs/in.water-nvt)", file=sys.stderr)
+        print(f"{RUN}: error: give the LAMMPS deck (a file, or a shipped deck: --list)", file=sys.stderr)
         return None
     workdir = Path(args.workdir)
-    deck = Path(args.deck)
-    if not deck.is_file():
-        print(
-            f"{RUN}: error: deck {args.deck!r} not found: pass a LAMMPS input "
-            "such as lammps_inputs/in.water-nvt",
-            file=sys.stderr,
-        )
+    try:
+        deck = resolve_deck(args.deck)
+    except MLIPError as err:
+        print(f"{RUN}: error: {err}", file=sys.stderr)
         return None
     model = _model(args)
     if model is None:
@@ -651,11 +654,11 @@ def _serve_node(args) -> int:
 
 
 def main(argv=None) -> int:
-    """``python -m server.lammps.cli mlip-lammps|mlip-lammps-run ARGS``: either command."""
+    """``python -m mlip_server.lammps.cli mlip-lammps|mlip-lammps-run ARGS``: either command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {BRIDGE: bridge_main, RUN: run_main}
     if not argv or argv[0] not in commands:
-        print(f"usage: python -m server.lammps.cli {{{BRIDGE},{RUN}}} ARGS", file=sys.stderr)
+        print(f"usage: python -m mlip_server.lammps.cli {{{BRIDGE},{RUN}}} ARGS", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

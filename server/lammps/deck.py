@@ -1,7 +1,7 @@
 """LAMMPS decks as the bridge reads them: split after the one ``fix external pf/callback`` line.
 
 The bridge executes the deck's head (up to and including that line) itself, checks the system,
-installs its callback, and then runs the tail; see :mod:`server.lammps.bridge`.
+installs its callback, and then runs the tail; see :mod:`mlip_server.lammps.bridge`.
 
 The deck must contain, at top level (not in an ``include``d file or a loop), once::
 
@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..core.errors import InputError
 
 __all__ = [
+    "resolve_deck",
+    "shipped_decks",
     "DeckError",
     "DeckParts",
     "split_deck",
@@ -37,6 +40,36 @@ __all__ = [
     "command_by_command",
     "refused_for_resume",
 ]
+
+
+def shipped_decks() -> list[str]:
+    """Names of the shipped decks (``water-nvt`` for ``lammps_inputs/in.water-nvt``)."""
+    from ..paths import lammps_inputs_dir
+
+    return sorted(p.name[3:] for p in lammps_inputs_dir().glob("in.*"))
+
+
+def resolve_deck(name: str) -> Path:
+    """The deck file ``name`` names: a file path, or a shipped deck by name (``water-nvt`` or
+    ``in.water-nvt``; :func:`shipped_decks`).
+
+    Raises
+    ------
+    InputError
+        When ``name`` is neither a file nor a shipped deck (one line naming the shipped ones).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    from ..paths import lammps_inputs_dir
+
+    shipped = lammps_inputs_dir() / (path.name if path.name.startswith("in.") else f"in.{path.name}")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise InputError(
+        f"deck {name!r} not found: pass a LAMMPS input file or a shipped deck ({', '.join(shipped_decks())})"
+    )
+
 
 DEFAULT_SKIN = 2.0
 """LAMMPS's neighbour skin in ``units metal`` when the deck has no ``neighbor`` command, Å."""

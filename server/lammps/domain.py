@@ -3,10 +3,10 @@
 Every step each rank sends, on its own connection to a force server, one non-periodic cluster:
 its owned atoms followed by the ghost atoms (LAMMPS's periodic images included) within the
 model's interaction range R of an owned atom, with their atomic numbers (the bridge ↔ server
-extension of :mod:`server.protocol.messages`). The server returns the energy of the owned atoms'
+extension of :mod:`mlip_server.protocol.messages`). The server returns the energy of the owned atoms'
 terms (a model whose energy is a sum of atomic terms, checked at load time), its gradient on
 *every* atom of the cluster and its virial. Ghost forces are sent back to the ranks owning those
-atoms (:class:`server.lammps.ghosts.GhostReturn`), so the owned atoms' forces are exact: an atom's
+atoms (:class:`mlip_server.lammps.ghosts.GhostReturn`), so the owned atoms' forces are exact: an atom's
 energy feels only atoms within R, so the owned atoms' energy is exact with a shell of R, and every
 term that moves an owned atom is some rank's owned term. Energy and virial of the cell are sums
 over ranks (W = −Σ_e g_e ⊗ r_e of the owned terms: exact for NPT). LAMMPS keeps ghosts out to
@@ -25,7 +25,7 @@ forces, and the cell's energy spread (from the copies' energies summed over rank
 spread (from the per-atom variances summed over ranks) are the gather route's numbers (``f_ID[3]``,
 ``f_ID[4]``); the price is K × 3 more columns per ghost row for a K-copy grid. A committee's
 largest per-atom force spread (``f_ID[6]``) above ``--uncertainty-threshold`` gathers the whole
-cell to rank 0 for the :class:`~server.uncertainty.UncertaintyLog` (only then).
+cell to rank 0 for the :class:`~mlip_server.uncertainty.UncertaintyLog` (only then).
 
 The range check: a model that passes messages but does not declare ``interaction_range`` (so is
 taken as local, R = cutoff) would give wrong forces silently. On the first force call the rank
@@ -87,9 +87,9 @@ class DomainForces:
 
     Parameters
     ----------
-    bridge : server.lammps.bridge.Bridge
+    bridge : mlip_server.lammps.bridge.Bridge
         The bridge (its LAMMPS instance, communicator, fix ID, cell).
-    client : server.protocol.HostConnection
+    client : mlip_server.protocol.HostConnection
         This rank's connection to its force server (domain extension).
     info : dict
         The server's model attributes (``interaction_range`` Å, ``dtype``, ...).
@@ -312,7 +312,7 @@ class DomainForces:
 
     def _save_uncertain(self, step, nlocal, x, tags, numbers, owned_rows, base, total):
         """The whole cell, gathered to rank 0 (collective: every rank saw the same largest
-        spread), checked and saved by the :class:`~server.uncertainty.UncertaintyLog`."""
+        spread), checked and saved by the :class:`~mlip_server.uncertainty.UncertaintyLog`."""
         from ..core.graph import CommitteeResult, Result, Structure
 
         m = self.n_members

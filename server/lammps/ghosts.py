@@ -31,7 +31,7 @@ class GhostReturn:
     Parameters
     ----------
     comm
-        mpi4py communicator (or :class:`server.lammps.mpi.SerialComm` for one process).
+        mpi4py communicator (or :class:`mlip_server.lammps.mpi.SerialComm` for one process).
     mpi
         mpi4py's ``MPI`` module (None for one process).
     """

@@ -64,7 +64,7 @@ __all__ = [
 PROG = "mlip-lammps-run"
 HANG_GRACE = 5.0
 """Seconds a server the bridge has lost may take to die by itself before it is stopped (hung)."""
-BRIDGE_PROG = "mlip-lammps"  # python -m server.lammps.cli mlip-lammps ... = the bridge
+BRIDGE_PROG = "mlip-lammps"  # python -m mlip_server.lammps.cli mlip-lammps ... = the bridge
 
 
 def same_error(a: str | None, b: str | None) -> bool:
@@ -154,7 +154,7 @@ class LammpsRun:
     Parameters
     ----------
     deck
-        LAMMPS input (see :mod:`server.lammps.deck`).
+        LAMMPS input (see :mod:`mlip_server.lammps.deck`).
     model
         TorchScript model file.
     elements
@@ -268,7 +268,7 @@ class LammpsRun:
         cmd = [
             sys.executable,
             "-m",
-            "server.lammps.cli",
+            "mlip_server.lammps.cli",
             BRIDGE_PROG,
             str(self.deck),
             "--address",

@@ -225,7 +225,7 @@ def encode_extras(extras: dict) -> bytes:
 
 
 def ipi_extras(result, committee_arrays: bool = True) -> dict:
-    """The extras i-PI is sent for ``result`` (a :class:`server.core.graph.Result`).
+    """The extras i-PI is sent for ``result`` (a :class:`mlip_server.core.graph.Result`).
 
     Its ``extras`` (eV, eV/Å: the project's own diagnostics) and, for a committee, what i-PI's
     ``<ffcommittee parse_json='true'>`` reads, in i-PI's atomic units: ``committee_pot`` [M]
@@ -527,7 +527,7 @@ def send_domainforce(
     members: bool = False,
     rotations: bool = False,
 ) -> None:
-    """Driver: DOMAINFORCE for ``result`` (a :class:`server.core.graph.Result`, eV, eV/Å); with
+    """Driver: DOMAINFORCE for ``result`` (a :class:`mlip_server.core.graph.Result`, eV, eV/Å); with
     ``members``, int32 M and the M member energies and forces of a committee (M = 0 otherwise);
     with ``rotations``, int32 K and the K rotated copies' weights, energies and forces (K = 0
     for a raw evaluation)."""

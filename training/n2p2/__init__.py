@@ -1,11 +1,11 @@
 """Behler–Parrinello neural-network potentials in n2p2/RuNNer format as contract models.
 
-* :mod:`training.n2p2.format`: the files (``input.nn``, ``scaling.data``, ``weights.ZZZ.data``)
+* :mod:`mlip_server.training.n2p2.format`: the files (``input.nn``, ``scaling.data``, ``weights.ZZZ.data``)
   → :class:`N2P2Potential` (:func:`read_n2p2`, errors as :class:`N2P2FormatError`);
-* :mod:`training.n2p2.model`: :class:`N2P2Model`, the TorchScript-able module under the model
+* :mod:`mlip_server.training.n2p2.model`: :class:`N2P2Model`, the TorchScript-able module under the model
   contract (Å in, eV out).
 
-    from training.n2p2 import N2P2Model, read_n2p2
+    from mlip_server.training.n2p2 import N2P2Model, read_n2p2
     model = torch.jit.script(N2P2Model(read_n2p2("../shared/data/bpnnp-revpbe0d3")))
 """
 

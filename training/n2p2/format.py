@@ -2,7 +2,7 @@
 ``weights.ZZZ.data`` (ZZZ = atomic number).
 
 :func:`read_n2p2` reads such a directory into an :class:`N2P2Potential` (plain numpy, the
-files' units); :class:`training.n2p2.model.N2P2Model` turns that into a TorchScript module.
+files' units); :class:`mlip_server.training.n2p2.model.N2P2Model` turns that into a TorchScript module.
 
 What is supported (the rest is refused with :class:`N2P2FormatError`):
 
@@ -40,7 +40,7 @@ import ase.data
 import ase.units
 import numpy as np
 
-from server.core.errors import MLIPError
+from mlip_server.core.errors import MLIPError
 
 __all__ = [
     "N2P2FormatError",

@@ -1,7 +1,7 @@
 """The Behler–Parrinello network of an n2p2/RuNNer potential as a TorchScript contract model.
 
-:class:`N2P2Model` takes an :class:`~training.n2p2.format.N2P2Potential` (read by
-:func:`~training.n2p2.format.read_n2p2`) and is a ``torch.nn.Module`` under the project's model
+:class:`N2P2Model` takes an :class:`~mlip_server.training.n2p2.format.N2P2Potential` (read by
+:func:`~mlip_server.training.n2p2.format.read_n2p2`) and is a ``torch.nn.Module`` under the project's model
 contract (ARCHITECTURE.md): ``forward(edge_vectors, edge_index, numbers, structure_index,
 n_structures) -> energies``, with attributes ``cutoff`` (Å) and ``species``.
 
@@ -366,7 +366,7 @@ class _ElementNet(torch.nn.Module):
 class N2P2Model(torch.nn.Module):
     """A Behler–Parrinello potential under the model contract (Å in, eV out).
 
-    Build it from :func:`~training.n2p2.format.read_n2p2` and ``torch.jit.script`` it.
+    Build it from :func:`~mlip_server.training.n2p2.format.read_n2p2` and ``torch.jit.script`` it.
     Computations run in the dtype of ``edge_vectors`` (float64 recommended; parameters are
     kept in float64 and cast).
 
