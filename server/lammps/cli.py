@@ -473,7 +473,7 @@ def _fresh_settings(args) -> dict | None:
     if "${data}" in deck.read_text() and not any(name == "data" for name, _ in variables):
         data = write_water_data(args.molecules, workdir / f"water-{args.molecules}.data")
         print(f"{RUN}: data file {data} ({args.molecules} water molecules; types 1 = O, 2 = H)", flush=True)
-        variables.append(("data", str(data)))
+        variables.append(("data", str(data.resolve())))  # LAMMPS runs in OUT: a path that works there
     why = _uncertainty_problem(args)
     if why is None and args.uncertainty_threshold is not None and args.committee is None:
         why = "--uncertainty-threshold needs --committee A.pt B.pt [...]"
