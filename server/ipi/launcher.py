@@ -709,6 +709,13 @@ def build_parser():
         "ipi_inputs/water-nvt) into --to, to edit the copy; then exit",
     )
     p.add_argument("--to", default=".", metavar="DIR", help="where --copy-template copies to (default: .)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check a start as it would be checked (the experiment, the model file, options the "
+        "experiment does not use, its --structure or --trajectory) without starting or writing "
+        "anything: one line, exit 0, or the error line, exit 2 (what hpc/ templates run first)",
+    )
     p.add_argument("--model", help="TorchScript model (default: the shipped models/water-pet.pt)")
     p.add_argument(
         "--committee",
@@ -853,6 +860,49 @@ def _list_shipped() -> int:
     return 0
 
 
+def check_start(name: str | None, **options) -> str:
+    """``mlip-run EXPERIMENT ... --check``: the checks a start makes before anything runs (the
+    experiment, the model file, options the experiment would not use, its structure or trajectory
+    file) with the experiment rendered into a folder that is removed again; nothing starts.
+
+    Returns
+    -------
+    str
+        One line: what would run.
+
+    Raises
+    ------
+    MLIPError
+        The first problem, in one line (as the start would raise it).
+    """
+    import tempfile
+
+    opts = RunOptions(**options)
+    if opts.resume:
+        raise InputError("--check checks a start: leave out --resume")
+    if name is None:
+        raise InputError("give the experiment to check (mlip-run --list)")
+    meta, template = load_experiment(name)
+    Deadline.from_options(opts.walltime, opts.walltime_margin)
+    RestartBudget(opts.max_server_restarts)
+    if opts.steps is not None and opts.steps < 1:
+        raise InputError(f"--steps {opts.steps}: give 1 or more")
+    model = _models(opts, check=True)
+    if opts.out and Path(opts.out).is_dir() and any(Path(opts.out).iterdir()):
+        raise InputError(f"run folder {opts.out} exists and is not empty: choose another")
+    check_options(name, meta, template, opts)
+    if isinstance(model, list):
+        opts.committee = [str(m) for m in model]
+    else:
+        opts.model = str(model)
+    with tempfile.TemporaryDirectory(prefix="mlip-check-") as tmp:
+        rendered = render(name, opts, Path(tmp), "mlip-check")
+        if "--require-virial" in rendered.server_args:
+            _check_direct_virial(name, model, opts)
+    total = re.search(r"<total_steps>\s*(\d+)", rendered.xml)
+    return f"{name} checked: {total[1] if total else '?'} steps, model {model}; nothing started"
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.list or args.copy_template:
@@ -873,8 +923,15 @@ def main(argv=None) -> int:
             print(f"mlip-run: error: --set {item!r}: use --set NAME=VALUE", file=sys.stderr)
             return 2
         template[k] = v
-    skip = ("experiment", "set", "compile", "list", "copy_template", "to")
+    skip = ("experiment", "set", "compile", "list", "copy_template", "to", "check")
     options = {k: v for k, v in vars(args).items() if k not in skip}
+    if args.check:
+        try:
+            print(f"mlip-run: {check_start(args.experiment, template=template, **options)}")
+            return 0
+        except MLIPError as err:
+            print(f"mlip-run: error: {err}", file=sys.stderr)
+            return 2
     if args.compile:  # servers and <ffdirect> load models through load_model, which reads it
         os.environ[COMPILE_VARIABLE] = "1"
     try:
