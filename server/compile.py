@@ -8,10 +8,12 @@ How a TorchScript file becomes a package (:func:`compile_module`):
 2. the TorchScript graph is converted to an FX graph of aten operations
    (``torch._export.converter``; its int arithmetic is made symbolic, and an integer read from
    a tensor clamped to ``min=k``, e.g. PET's largest neighbour count, is declared ≥ k);
-   an eager ``torch.nn.Module`` (the training checkpoints' route) skips this step, and so does
+   an eager ``torch.nn.Module`` (the training checkpoints' route,
+   ``python -m mlip_server.training.train --export CKPT OUT.pt2``) skips this step, and so does
    a TorchScript model whose code the converter cannot take but whose eager module can be
-   rebuilt from it (:data:`EAGER_TWINS`: the n2p2 teacher; checked equal to the TorchScript
-   module first);
+   rebuilt from it (:func:`eager_twin`: a function registered under the entry-point group
+   :data:`EAGER_TWIN_GROUP`, the n2p2 teacher's by ``mlip_server.training``; checked equal to the
+   TorchScript module first);
 3. the program "energies and ∂E/∂r_e" is traced with ``make_fx`` (symbolic shapes), which
    unfolds ``torch.autograd.grad`` into plain operations (exporting a module that calls autograd
    fails otherwise, pytorch #125984), exported with dynamic numbers of edges, atoms and
@@ -25,6 +27,10 @@ package of a model is compiled on first use into a cache keyed by the model file
 torch version, the device and the dtype (``$MLIP_COMPILE_CACHE``, default
 ``~/.cache/mlip-server/compiled``), reused afterwards; when compiling fails the TorchScript
 model is served, after one warning line.
+
+The server never imports ``mlip_server.training`` (ARCHITECTURE.md, "The floors"): a training
+checkpoint given to mlip-compile is refused with the command that compiles it, and the eager
+modules of TorchScript classes are found through entry points that the training code registers.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ __all__ = [
     "compile_module",
     "compile_file",
     "eager_twin",
+    "eager_twins",
+    "EAGER_TWIN_GROUP",
     "cached_model",
     "cache_dir",
     "file_hash",
@@ -432,23 +440,30 @@ def _check(package, reference, species, cutoff, dtype, device):
                     )
 
 
-EAGER_TWINS = {"N2P2Model": "mlip_server.training.n2p2.model:from_torchscript"}
-"""TorchScript classes (``original_name``) whose code the TorchScript → FX converter cannot take
-(loops over lists of floats, ``while`` loops): ``module:function`` rebuilding the eager module
-from the scripted one, which is traced instead (the n2p2 teacher)."""
+EAGER_TWIN_GROUP = "mlip_server.eager_twins"
+"""The entry-point group of eager twins: TorchScript classes (``original_name``) whose code the
+TorchScript → FX converter cannot take (loops over lists of floats, ``while`` loops), each
+naming ``module:function``, which rebuilds the eager module from the scripted one (traced
+instead). ``mlip_server.training`` registers the n2p2 teacher's in ``pyproject.toml``
+(``N2P2Model``); the server looks the name up and never imports training by name."""
+
+
+def eager_twins() -> dict:
+    """Registered eager twins: TorchScript class name → its entry point (:data:`EAGER_TWIN_GROUP`)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=EAGER_TWIN_GROUP)}
 
 
 def eager_twin(module, source="<in-memory>"):
-    """The eager module of a scripted one listed in :data:`EAGER_TWINS`, checked to give the
-    same energies and edge gradients as the TorchScript module (≤ 1e-12 relative, float64, two
-    batches); ``None`` for other modules. Raises :class:`CompileError` when they disagree."""
-    import importlib
-
-    target = EAGER_TWINS.get(getattr(module, "original_name", None))
-    if target is None:
+    """The eager module of a scripted one whose class has a registered twin
+    (:data:`EAGER_TWIN_GROUP`), checked to give the same energies and edge gradients as the
+    TorchScript module (≤ 1e-12 relative, float64, two batches); ``None`` for other modules.
+    Raises :class:`CompileError` when they disagree."""
+    entry = eager_twins().get(getattr(module, "original_name", None))
+    if entry is None:
         return None
-    name, function = target.split(":")
-    twin = getattr(importlib.import_module(name), function)(module)
+    twin = entry.load()(module)
     for p in twin.parameters():
         p.requires_grad_(False)
     species, cutoff = [int(z) for z in module.species], float(module.cutoff)
@@ -471,28 +486,30 @@ def eager_twin(module, source="<in-memory>"):
     return twin
 
 
+TRAINING_EXPORT = "python -m mlip_server.training.train --export"
+"""The command that compiles a training checkpoint (training/ may import the server, never the
+other way)."""
+
+
 def _load_source(path: str):
-    """A TorchScript file, or a training checkpoint (``training/``: its best model, eager)."""
+    """A TorchScript file; a training checkpoint is refused with the command that compiles it."""
     try:
         return torch.jit.load(path, map_location="cpu")
-    except Exception:  # noqa: BLE001 - not TorchScript: maybe a checkpoint
-        pass
+    except Exception as err:  # noqa: BLE001 - not TorchScript: maybe a checkpoint
+        reason = first_line(err)[:120]
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
+    except Exception:  # noqa: BLE001
+        checkpoint = None
+    if isinstance(checkpoint, dict) and "model_config" in checkpoint:
         raise ModelError(
-            f"{path!r} is neither TorchScript nor a training checkpoint ({first_line(err)[:120]})"
-        ) from None
-    if not (isinstance(checkpoint, dict) and "model_config" in checkpoint):
-        raise ModelError(f"{path!r} is neither TorchScript nor a training checkpoint (no model_config)")
-    # the server reads training/'s files only here and in eager_twin (mlip-compile, --compile)
-    from mlip_server.training.checkpoints import model_from_checkpoint
-
-    return model_from_checkpoint(checkpoint)
+            f"{path!r} is a training checkpoint: compile it with `{TRAINING_EXPORT} {path} OUT.pt2`"
+        )
+    raise ModelError(f"{path!r} is not a TorchScript contract model ({reason})")
 
 
 def compile_file(path, out, device="cpu", dtype=None) -> dict:
-    """:func:`compile_module` of a model file (TorchScript or a training checkpoint)."""
+    """:func:`compile_module` of a TorchScript model file (a training checkpoint: :data:`TRAINING_EXPORT`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelError(f"model file {path!r} not found")
@@ -551,11 +568,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mlip-compile",
         formatter_class=HelpFormatter,
-        description="Compile a contract model (TorchScript file or training checkpoint) into an "
+        description="Compile a contract model (a TorchScript file) into an "
         "AOTInductor package (.pt2) for this machine: energies and edge gradients in one compiled "
         "program (forces and virials are assembled by the server as for TorchScript).",
     )
-    p.add_argument("model", help="TorchScript contract model, or a checkpoint.pt of training/")
+    p.add_argument(
+        "model",
+        help=f"TorchScript contract model (a checkpoint.pt of training/ compiles with `{TRAINING_EXPORT} "
+        "CKPT OUT.pt2`)",
+    )
     p.add_argument("--out", required=True, help="package to write (FILE.pt2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (packages run only there)")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"], help="default: the model's own")

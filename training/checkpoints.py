@@ -86,10 +86,12 @@ def model_from_checkpoint(checkpoint, which: str = "best_model") -> PET:
     return model.float()
 
 
-def export(checkpoint, path) -> str:
+def export(checkpoint, path, device="cpu") -> str:
     """Exports the best model of ``checkpoint`` as TorchScript under the model contract, or,
-    when ``path`` ends in ``.pt2``, as a compiled AOTInductor package for this machine (CPU,
-    float32; traced from the eager model, no TorchScript involved: :mod:`mlip_server.compile`).
+    when ``path`` ends in ``.pt2``, as a compiled AOTInductor package for this machine (float32
+    on ``device``; traced from the eager model, no TorchScript involved:
+    :func:`mlip_server.compile.compile_module`). This is how a checkpoint is compiled: the
+    server's ``mlip-compile`` takes TorchScript files only (it never imports training/).
 
     The file gets attributes ``cutoff`` (Å) and ``species``; the server loads it once (a
     contract check) before it appears under its name.
@@ -99,7 +101,9 @@ def export(checkpoint, path) -> str:
     checkpoint : str, Path or dict
         A checkpoint file or a loaded checkpoint.
     path : str or Path
-        TorchScript file to write.
+        TorchScript file to write (``.pt2``: a compiled package).
+    device : str
+        Where a package runs (``cpu``, ``cuda``, ``cuda:N``; packages only).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def export(checkpoint, path) -> str:
 
         source = checkpoint if not isinstance(checkpoint, dict) else "<checkpoint>"
         digest = file_hash(checkpoint) if not isinstance(checkpoint, dict) else None
-        compile_module(model_from_checkpoint(checkpoint), path, "cpu", "float32", str(source), digest)
+        compile_module(model_from_checkpoint(checkpoint), path, device, "float32", str(source), digest)
         return str(path)
     scripted = to_torchscript(model_from_checkpoint(checkpoint))
     tmp = path.with_name(path.name + ".tmp")

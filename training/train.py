@@ -3,7 +3,7 @@
 Usage::
 
     python -m mlip_server.training.train CONFIG.yaml [--resume] [--device cuda]
-    python -m mlip_server.training.train --export CHECKPOINT OUT.pt
+    python -m mlip_server.training.train --export CHECKPOINT OUT.pt   (OUT.pt2: compiled, --device)
 
 The YAML config (see ``training/configs/water-pet.yaml``; every key has a default in
 :data:`DEFAULTS`)::
@@ -728,7 +728,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("config", nargs="?", help="YAML training config")
     parser.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint.pt")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (overrides the config)")
+    parser.add_argument(
+        "--device", help="cpu, cuda or cuda:N (overrides the config; --export: where a .pt2 package runs)"
+    )
     parser.add_argument(
         "--export",
         nargs=2,
@@ -739,7 +741,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.export:
-            print(export(*args.export))
+            print(export(*args.export, device=args.device or "cpu"))
             return 0
         if not args.config:
             parser.error("give a CONFIG.yaml (or --export CHECKPOINT OUT)")
