@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 
 # the suites of their own targets (test-production, test-lammps-domain, test-compiled; .ci/run runs
 # them too) keep make test within its 15-minute CI budget
-OWN_TARGET_SUITES := tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
+OWN_TARGET_SUITES := tests/test_wheel.py tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
 	tests/test_lammps_metatomic.py tests/test_compiled.py
 test: install lint
 	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
@@ -118,7 +118,7 @@ bench-lammps: install
 	$(PY) bench/lammps_scaling.py $(if $(wildcard $(MODEL)),--model $(MODEL))
 
 clean:
-	rm -rf $(VENV) *.egg-info demo-output
+	rm -rf $(VENV) *.egg-info demo-output dist build
 
 # the SLURM templates of hpc/, submitted unchanged to a real single-node SLURM that
 # hpc/local-slurm/cluster.sh installs when missing (root, apt-get), starts in a temporary folder and
@@ -129,6 +129,17 @@ clean:
 .PHONY: test-compiled
 test-compiled: install
 	MLIP_TEST_COMPILED=1 $(PY) -m pytest -q -ra tests/test_compiled.py
+
+# release checks: the sdist and the wheel (python -m build) into dist/, the wheel checked by
+# check-wheel-contents; make test-wheel installs the wheel into a fresh venv outside the checkout and
+# runs the user's four goals in miniature from an empty folder (tests/test_wheel.py)
+.PHONY: dist test-wheel
+dist: install
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/check-wheel-contents dist/*.whl
+test-wheel: install
+	MLIP_TEST_WHEEL=1 $(PY) -m pytest -q -ra tests/test_wheel.py
 
 .PHONY: test-hpc
 test-hpc: install
