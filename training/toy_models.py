@@ -12,6 +12,9 @@
   ``direct_virial`` (the analytic pair virial) and ``forward_direct``.
 * :class:`WaterToyDirect` — the water toy with a direct head that is the force of its Morse part
   only (≠ −∇E by the non-invariant term; no direct virial), for the direct-force experiments.
+* :class:`DetachedMorse` — the water toy with its H–H and O–O Morse terms computed from edge
+  lengths detached from the autograd graph: forces that are not −∇E (a bug a user's model can have; for
+  ``mlip-server --check``).
 * :class:`TwoHopDensity` — a two-layer "message-passing" toy: atom i's energy depends on its
   neighbours' densities, so on atoms up to 2 × cutoff away; declares (or, for testing the
   bridge's range check, hides) ``interaction_range``.
@@ -31,6 +34,8 @@ __all__ = [
     "AnisotropicPairModel",
     "WaterToyDirect",
     "water_toy_direct",
+    "DetachedMorse",
+    "water_toy_detached",
     "TwoHopDensity",
     "water_toy",
     "export",
@@ -189,6 +194,50 @@ class WaterToyDirect(AnisotropicPairModel):
 def water_toy_direct(anisotropy: float = 0.02, seed: int = 0) -> "WaterToyDirect":
     """:func:`water_toy` with the Morse-only direct head of :class:`WaterToyDirect`."""
     model = WaterToyDirect(species=[1, 8], cutoff=4.0, anisotropy=anisotropy, seed=seed)
+    model.set_pair(1, 8, depth=4.0, r0=0.97, width=2.3)
+    model.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
+    model.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
+    return model
+
+
+class DetachedMorse(AnisotropicPairModel):
+    """:class:`AnisotropicPairModel` whose Morse terms of like-species pairs (H–H, O–O in water)
+    use the edge lengths detached from the autograd graph: the energy is the water toy's, its
+    autograd forces lack those pairs' forces (O–H bonds and the MLP term stay right). A model whose
+    forces are not −∇E of its energy, as one with a stray ``.detach()`` (or ``.item()``, numpy) in
+    part of its energy is."""
+
+    def forward(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        kind = self.lookup[numbers]
+        ki, kj = kind[edge_index[0]], kind[edge_index[1]]
+        d = torch.sqrt((edge_vectors**2).sum(dim=1))
+        d = torch.where(ki == kj, d.detach(), d)
+        fc = 0.5 * (torch.cos(math.pi * d / self.cutoff) + 1.0)
+        fc = torch.where(d < self.cutoff, fc, torch.zeros_like(fc))
+        x = torch.exp(-self.a[ki, kj] * (d - self.r0[ki, kj]))
+        morse = self.depth[ki, kj] * (x * x - 2.0 * x)
+        n = len(self.species)
+        onehot_i = torch.nn.functional.one_hot(ki, n).to(edge_vectors.dtype)
+        onehot_j = torch.nn.functional.one_hot(kj, n).to(edge_vectors.dtype)
+        length = torch.sqrt((edge_vectors**2).sum(dim=1))
+        features = torch.cat(
+            [edge_vectors / self.cutoff, (length / self.cutoff).unsqueeze(1), onehot_i, onehot_j], dim=1
+        )
+        aniso = self.anisotropy * self.mlp(features).squeeze(1) * fc
+        return _sum_per_structure(0.5 * (morse * fc + aniso), edge_index, structure_index, n_structures)
+
+
+def water_toy_detached(anisotropy: float = 0.02, seed: int = 0) -> "DetachedMorse":
+    """:func:`water_toy`'s energy with the H–H and O–O Morse terms outside the autograd graph
+    (:class:`DetachedMorse`): the same energies, forces wrong by those pairs' forces."""
+    model = DetachedMorse(species=[1, 8], cutoff=4.0, anisotropy=anisotropy, seed=seed)
     model.set_pair(1, 8, depth=4.0, r0=0.97, width=2.3)
     model.set_pair(1, 1, depth=0.05, r0=2.0, width=1.5)
     model.set_pair(8, 8, depth=0.1, r0=2.9, width=1.5)
