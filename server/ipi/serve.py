@@ -28,7 +28,8 @@ import sys
 from ..cli_help import HelpFormatter
 from ..core.averaging import DIRECT, VALID_SPECS, Averaging
 from ..core.errors import InputError, MLIPError
-from ..formats import COMPILE_VARIABLE
+from ..loading import COMPILE_VARIABLE
+from ..paths import shipped_model
 from ..structures import read_numbers
 from ..supervision import Heartbeat
 from ..uncertainty import UncertaintyLog
@@ -44,8 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=HelpFormatter,
     )
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="TorchScript model file (the model contract, or metatomic)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--model",
+        help="model file: the TorchScript contract, metatomic, or a compiled .pt2 package "
+        "(default: the shipped models/water-pet.pt)",
+    )
     which.add_argument(
         "--committee",
         nargs="+",
@@ -186,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.model and not args.committee:
+        try:
+            args.model = str(shipped_model())
+        except MLIPError as err:
+            print(f"mlip-server: error: {err}", file=sys.stderr)
+            return 2
     if args.check:
         from ..model_check import check_model
 
@@ -205,7 +216,7 @@ def main(argv=None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    from ..core.evaluator import Evaluator
+    from ..loading import load_evaluator
     from ..protocol import Address
     from .socket_server import ForceServer
 
@@ -233,7 +244,7 @@ def main(argv=None) -> int:
         )
         if args.compile:
             os.environ[COMPILE_VARIABLE] = "1"  # read by load_model (every member of a committee)
-        evaluator = Evaluator(
+        evaluator = load_evaluator(
             args.model or args.committee,
             device=args.device,
             dtype=args.dtype,
