@@ -142,7 +142,7 @@ def test_the_four_goals_in_miniature_from_an_empty_folder(user):
         )
         return done.stdout
 
-    ok("mlip-run", "water-nvt", "--steps", "4", "--molecules", "8")
+    ok("mlip-run", "water-nvt", "--steps", "4", "--molecules", "8", "--stride", "1")
     (nvt,) = (folder / "runs").glob("water-nvt-*")
     rows = [r for r in (nvt / "sim.out").read_text().splitlines() if not r.startswith("#")]
     assert len(rows) == 5  # steps 0..4
