@@ -1,7 +1,8 @@
 """Writing results: plain-text tables, PNG plots (matplotlib, Agg backend) and ``summary.json``.
 
 Every file is written to a temporary name in the output folder and renamed into place, so an
-interrupted or failed analysis never leaves a half-written file. ``summary.json`` holds one
+interrupted or failed analysis never leaves a half-written file; it gets the mode a plain ``open``
+would give it (0666 less the umask, normally 0644). ``summary.json`` holds one
 section per analysis; writing a section keeps the others.
 """
 
@@ -32,6 +33,21 @@ __all__ = [
 SUMMARY = "summary.json"
 
 
+def user_umask() -> int:
+    """The process's umask, read without changing it (Linux: ``/proc/self/status``; elsewhere it is
+    set and restored at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_path(path, write, mode="w"):
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
@@ -39,6 +55,7 @@ def _atomic_path(path, write, mode="w"):
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)
+        os.chmod(tmp, 0o666 & ~user_umask())  # mkstemp makes it 0600: the group reads results too
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

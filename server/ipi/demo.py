@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             seed=2024,
             template={"checkpoint": 20},
             out=str(out),
-            progress=0,
+            progress=10,  # a live bar on a terminal, a line every 10 s in a log
         )
     except MLIPError as err:
         print(f"demo: error: {err}", file=sys.stderr)

@@ -53,7 +53,7 @@ import numpy as np
 
 from ..core.errors import InputError, MLIPError, ProtocolError
 from ..protocol import Address, HostConnection
-from .checkpoint import RESTART_PATTERN, STOP_RESTART, write_json
+from .checkpoint import PROGRESS_FILE, RESTART_PATTERN, STOP_RESTART, write_json
 from .deck import (
     OUTPUT_COMMANDS,
     RESUMABLE_DUMPS,
@@ -202,6 +202,7 @@ class Bridge:
         self.checkpoint_floor = 0  # restart files exist only for steps after this one
         self.last_checkpoint = -1
         self.dumps: dict = {}
+        self._progress_at = float("-inf")  # when progress.json was last written
 
     # -- messages (rank 0) ----------------------------------------------------------
     def say(self, text: str) -> None:
@@ -532,6 +533,8 @@ class Bridge:
         try:
             if self.rank == 0 and self.cfg.checkpoint_every:
                 self._note_checkpoint(int(step))
+            if self.rank == 0 and self.cfg.state:
+                self._note_progress(int(step))
             if self.domain is not None:
                 self._domain_forces(step, nlocal, f)
             else:
@@ -656,6 +659,19 @@ class Bridge:
             suffix = old.name.split(".", 1)[1]
             if suffix.isdigit() and int(suffix) < done - n:
                 old.unlink(missing_ok=True)
+
+    def _note_progress(self, step: int) -> None:
+        """Rank 0, at a force call of ``step``, at most once a second: ``progress.json`` beside the
+        state file (the step, the deck's first and final steps, the timestep in fs)."""
+        now = time.monotonic()
+        if now - self._progress_at < 1.0:
+            return
+        self._progress_at = now
+        dt_fs = 1e3 * float(self.lmp.extract_global("dt"))  # units metal: ps
+        write_json(
+            Path(self.cfg.state).with_name(PROGRESS_FILE),
+            {"step": step, "first_step": self.first_step, "final_step": self.final_step, "dt_fs": dt_fs},
+        )
 
     def save_state(self, restart: str | None, step: int, **extra) -> None:
         if self.rank != 0 or not self.cfg.state:

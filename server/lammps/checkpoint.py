@@ -27,6 +27,7 @@ from ..supervision import atomic_write
 
 __all__ = [
     "STATE_FILE",
+    "PROGRESS_FILE",
     "RUN_FILE",
     "STOP_FILE",
     "RESTART_PATTERN",
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 STATE_FILE = "checkpoint.json"
+PROGRESS_FILE = "progress.json"
+"""Beside the state file, rewritten by the bridge at most once a second: the step LAMMPS is at, the
+deck's first and final steps and the timestep in fs (the launcher's progress display reads it)."""
 RUN_FILE = "run.json"
 STOP_FILE = "STOP"
 RESTART_PATTERN = "restart.*"  # LAMMPS replaces * by the step

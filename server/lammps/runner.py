@@ -36,6 +36,7 @@ Exit status: 0 when both sides finished cleanly, otherwise the failing side's st
 from __future__ import annotations
 
 import collections
+import json
 import re
 import subprocess
 import sys
@@ -45,9 +46,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
+from ..progress import Progress, around_bars
 from ..protocol import Address
 from ..supervision import EXIT_STOPPED, EventLog, RestartBudget, describe_exit
-from .checkpoint import STATE_FILE, STOP_FILE
+from .checkpoint import PROGRESS_FILE, STATE_FILE, STOP_FILE
 from .mpi import find_mpiexec, mpi_env, remove_leftover_shm, shm_files
 
 __all__ = [
@@ -117,8 +119,9 @@ class _Relay:
                 out.write(line)
                 out.flush()
                 if self.echo:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
+                    console = around_bars(sys.stdout)  # above a live progress bar
+                    console.write(line if line.endswith("\n") else line + "\n")
+                    console.flush()
 
     @property
     def text(self) -> str:
@@ -145,6 +148,8 @@ class RunResult:
     message: str
     workdir: Path
     removed_shm: list = field(default_factory=list)
+    seconds_per_step: float | None = None  # the mean since the progress display's first step
+    dt_fs: float | None = None
 
 
 # --------------------------------------------------------------------------- the run
@@ -180,6 +185,9 @@ class LammpsRun:
         force servers (domain only): rank r is served by server r mod ``servers``.
     device
         the servers' device; ``cuda`` with several servers gives server s ``cuda:s`` (one per GPU).
+    progress
+        seconds between the timestamped progress lines on stdout when it is no terminal (a
+        terminal gets a live bar; 0: neither); read from the bridge's ``progress.json``.
     """
 
     def __init__(
@@ -206,6 +214,7 @@ class LammpsRun:
         resume=False,
         stop_event=None,
         deadline=None,
+        progress: float = 10.0,
     ):
         self.deck, self.model = Path(deck).resolve(), resolved_model(model)
         self.elements, self.np = list(elements), int(np)
@@ -246,6 +255,9 @@ class LammpsRun:
             self.bridge_args += ["--stop-file", str(self.stop_file)]
         if resume and "--resume" not in self.bridge_args:
             self.bridge_args.append("--resume")
+        self.progress_every = progress
+        self.progress: Progress | None = None  # made at the bridge's first progress.json
+        self._progress_read = float("-inf")
 
     @property
     def server(self) -> subprocess.Popen | None:
@@ -330,8 +342,10 @@ class LammpsRun:
         if self.events is None:
             self.events = EventLog(self.workdir, prefix=PROG)
         self._shm_before = shm_files()
+        self.events.console = around_bars(self.events.console)  # above a live progress bar
         self.structure.unlink(missing_ok=True)
         self.stop_file.unlink(missing_ok=True)
+        (self.workdir / PROGRESS_FILE).unlink(missing_ok=True)  # a resumed run's: stale
         self.bridge = self._spawn(self.bridge_command(), "lammps.out", env=mpi_env())
         while not self.structure.exists():
             if self.bridge.poll() is not None or (deadline is not None and time.monotonic() > deadline):
@@ -356,6 +370,7 @@ class LammpsRun:
             while True:
                 self._supervise()
                 self._stop_when_asked()
+                self._show_progress()
                 named = [(n, p) for n, p in self._named() if p is not None]
                 ended = [(n, p) for n, p in named if p.poll() is not None]
                 if first is None and ended:
@@ -391,7 +406,30 @@ class LammpsRun:
                 time.sleep(0.05)
         finally:
             removed = self.stop()
-        return self._result(first, message, removed)
+            if self.progress is not None:
+                self._show_progress(force=True)
+                self.progress.close()
+        result = self._result(first, message, removed)
+        if self.progress is not None:
+            result.seconds_per_step = self.progress.meter.seconds_per_step()
+            result.dt_fs = self.progress.timestep_fs
+        return result
+
+    def _show_progress(self, force: bool = False) -> None:
+        """Every half second: the step of the bridge's ``progress.json`` to the progress display."""
+        now = time.monotonic()
+        if not force and now - self._progress_read < 0.5:
+            return
+        self._progress_read = now
+        try:
+            data = json.loads((self.workdir / PROGRESS_FILE).read_text())
+        except (OSError, ValueError):
+            return  # none yet (or being replaced)
+        if self.progress is None:
+            self.progress = Progress(
+                data.get("final_step"), timestep_fs=data.get("dt_fs"), interval=self.progress_every
+            )
+        self.progress.update(int(data["step"]))
 
     def _stop_when_asked(self) -> None:
         """A signal to the launcher or the walltime: the stop file tells the bridge to stop
