@@ -4,7 +4,7 @@ Usage::
 
     mlip-analyse rdf|msd|dipole|orientation|symmetry|uncertainty|all TRAJ [--format FMT] [--out DIR]
                  [--box a b c [alpha beta gamma]] [--reference FILE[:bohr]] [--types O H]
-                 [--timestep FS] [more options: mlip-analyse -h]
+                 [--timestep FS] [the command's options: mlip-analyse COMMAND -h]
     mlip-analyse uncertainty sim.pos_0.extxyz [--committee-forces sim.unc_0]
                  [--committee-energy sim.uncE_0] [--rotational sim.spread_0] [--worst K]
 
@@ -28,19 +28,49 @@ __all__ = ["main", "run", "build_parser", "COMMANDS"]
 COMMANDS = ("rdf", "msd", "dipole", "orientation", "symmetry", "uncertainty", "all")
 
 
+_SUMMARIES = {
+    "rdf": "g_OO, g_OH, g_HH, running coordination numbers and the first shell",
+    "msd": "mean-squared displacement (unwrapped, drift removed) and the self-diffusion coefficient",
+    "dipole": "c_L(r), c_T(r), dipole autocorrelations C1(t), C2(t), tau1, tau2 and the dielectric constant",
+    "orientation": "P(cos theta, phi) of the molecular dipole direction",
+    "symmetry": "symmetry diagnostics of an i-PI run: V_avg - V_raw, conserved-energy drift, L(t) and torque",
+    "uncertainty": "committee force and energy spreads along a run (i-PI extras of mlip-server --committee)",
+    "all": "every analysis that applies to the trajectory",
+}
+_TRAJ_HELP = {
+    "symmetry": "trajectory file, i-PI .out file or run folder",
+    "uncertainty": "trajectory file, committee_force_std extras file or run folder",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mlip-analyse``: one sub-command per analysis, each with only its own options."""
     p = argparse.ArgumentParser(
         prog="mlip-analyse",
         description="RDFs, diffusion, dipole/orientation statistics, symmetry diagnostics and committee "
-        "uncertainty of water trajectories (MDAnalysis). Units: Å, fs, ps, K, eV.",
+        "uncertainty of water trajectories (MDAnalysis). Units: Å, fs, ps, K, eV. "
+        "mlip-analyse COMMAND --help lists a command's options.",
     )
-    p.add_argument("command", choices=COMMANDS, help="analysis to run ('all': every one that applies)")
-    p.add_argument(
-        "traj",
-        metavar="TRAJ",
-        help="trajectory file (for 'symmetry' also an i-PI .out file, for 'uncertainty' also the "
-        "committee_force_std extras file)",
-    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, title="commands")
+    for name, summary in _SUMMARIES.items():
+        _add_arguments(sub.add_parser(name, help=summary, description=summary), name)
+    # a sub-command without an option gets that option's default (run() reads every one)
+    every = argparse.ArgumentParser(add_help=False)
+    _add_arguments(every, "all")
+    defaults = {a.dest: a.default for a in every._actions}
+    for sp in sub.choices.values():
+        own = {a.dest for a in sp._actions}
+        sp.set_defaults(**{k: v for k, v in defaults.items() if k not in own})
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
+    """The arguments of sub-command ``command`` (``all``: every one)."""
+
+    def wants(*commands):
+        return command == "all" or command in commands
+
+    p.add_argument("traj", metavar="TRAJ", help=_TRAJ_HELP.get(command, "trajectory file or run folder"))
     g = p.add_argument_group("input")
     g.add_argument(
         "--format",
@@ -78,86 +108,105 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="MDAnalysis multiprocessing workers for the analyses where they pay (g(r), c_L/c_T; no "
-        "progress bars when > 1)",
+        "progress bars when > 1; default %(default)s)",
     )
     a = p.add_argument_group("analysis settings")
-    a.add_argument(
-        "--reference",
-        action="append",
-        default=[],
-        metavar="FILE[:bohr]",
-        help="reference g(r) to overlay; .gdr files are read as Bohr; repeatable",
-    )
-    a.add_argument("--rmax", type=float, help="largest r for g(r), c_L, c_T in Å (default min(L/2, 8))")
-    a.add_argument("--nbins", type=int, default=200, help="g(r) bins (default %(default)s)")
-    a.add_argument(
-        "--msd-group", choices=("O", "com"), default="O", help="oxygens or molecular centres of mass"
-    )
-    a.add_argument(
-        "--fit-window",
-        nargs=2,
-        type=float,
-        metavar=("T0", "T1"),
-        help="MSD fit window in ps (default 10-50%% of one block)",
-    )
-    a.add_argument(
-        "--viscosity",
-        type=float,
-        metavar="MPAS",
-        help="shear viscosity (mPa s) for the Yeh-Hummer correction",
-    )
-    a.add_argument(
-        "--temperature", type=float, default=300.0, help="K, for Yeh-Hummer and dielectric constant"
-    )
-    a.add_argument(
-        "--charges",
-        nargs="+",
-        metavar="EL=Q",
-        help="point charges in e for the dielectric constant, e.g. O=-0.8476 H=0.4238",
-    )
-    s = p.add_argument_group("symmetry diagnostics")
-    s.add_argument(
-        "--properties", metavar="OUT", help="i-PI properties file (default: PREFIX.out next to TRAJ)"
-    )
-    s.add_argument("--v-raw", metavar="COLUMN", help="raw potential column (default pot_component_raw(0))")
-    s.add_argument(
-        "--v-avg", metavar="COLUMN", help="averaged potential column (default pot_component_raw(1))"
-    )
-    s.add_argument(
-        "--velocities",
-        "--momenta",
-        dest="velocities",
-        metavar="FILE",
-        help="i-PI velocity or momentum trajectory (default: found next to TRAJ)",
-    )
-    s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
-    s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
-    c = p.add_argument_group(
-        "committee uncertainty (i-PI extras files of mlip-server --committee; default: found next to "
-        "TRAJ by its prefix, bead 0 or --beads K)"
-    )
-    c.add_argument(
-        "--committee-forces",
-        metavar="FILE",
-        help="extras file of committee_force_std (per-atom spread, eV/Å), e.g. sim.unc_0",
-    )
-    c.add_argument(
-        "--committee-energy", metavar="FILE", help="extras file of committee_energy_std (eV), e.g. sim.uncE_0"
-    )
-    c.add_argument(
-        "--rotational",
-        metavar="FILE",
-        help="extras file of force_spread_rms (eV/Å; served with averaging, e.g. unix:NAME=2i): the "
-        "rotational spread compared with the committee's",
-    )
-    c.add_argument(
-        "--worst",
-        type=int,
-        default=DEFAULT_WORST,
-        metavar="K",
-        help="frames with the largest max_i sigma_i tabulated per atom (default %(default)s)",
-    )
-    return p
+    if wants("rdf"):
+        a.add_argument(
+            "--reference",
+            action="append",
+            default=[],
+            metavar="FILE[:bohr]",
+            help="reference g(r) to overlay; .gdr files are read as Bohr; repeatable (default: none)",
+        )
+    if wants("rdf", "dipole"):
+        a.add_argument("--rmax", type=float, help="largest r for g(r), c_L, c_T in Å (default min(L/2, 8))")
+    if wants("rdf"):
+        a.add_argument("--nbins", type=int, default=200, help="g(r) bins (default %(default)s)")
+    if wants("msd"):
+        a.add_argument(
+            "--msd-group",
+            choices=("O", "com"),
+            default="O",
+            help="oxygens or molecular centres of mass (default %(default)s)",
+        )
+    if wants("msd"):
+        a.add_argument(
+            "--fit-window",
+            nargs=2,
+            type=float,
+            metavar=("T0", "T1"),
+            help="MSD fit window in ps (default 10-50%% of one block)",
+        )
+    if wants("msd"):
+        a.add_argument(
+            "--viscosity",
+            type=float,
+            metavar="MPAS",
+            help="shear viscosity (mPa s) for the Yeh-Hummer correction",
+        )
+    if wants("msd", "dipole"):
+        a.add_argument(
+            "--temperature",
+            type=float,
+            default=300.0,
+            help="K, for Yeh-Hummer and dielectric constant (default %(default)s)",
+        )
+    if wants("dipole"):
+        a.add_argument(
+            "--charges",
+            nargs="+",
+            metavar="EL=Q",
+            help="point charges in e for the dielectric constant, e.g. O=-0.8476 H=0.4238",
+        )
+    if wants("symmetry"):
+        s = p.add_argument_group("symmetry diagnostics")
+        s.add_argument(
+            "--properties", metavar="OUT", help="i-PI properties file (default: PREFIX.out next to TRAJ)"
+        )
+        s.add_argument(
+            "--v-raw", metavar="COLUMN", help="raw potential column (default pot_component_raw(0))"
+        )
+        s.add_argument(
+            "--v-avg", metavar="COLUMN", help="averaged potential column (default pot_component_raw(1))"
+        )
+        s.add_argument(
+            "--velocities",
+            "--momenta",
+            dest="velocities",
+            metavar="FILE",
+            help="i-PI velocity or momentum trajectory (default: found next to TRAJ)",
+        )
+        s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
+        s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
+    if wants("uncertainty"):
+        c = p.add_argument_group(
+            "committee uncertainty (i-PI extras files of mlip-server --committee; default: found next to "
+            "TRAJ by its prefix, bead 0 or --beads K)"
+        )
+        c.add_argument(
+            "--committee-forces",
+            metavar="FILE",
+            help="extras file of committee_force_std (per-atom spread, eV/Å), e.g. sim.unc_0",
+        )
+        c.add_argument(
+            "--committee-energy",
+            metavar="FILE",
+            help="extras file of committee_energy_std (eV), e.g. sim.uncE_0",
+        )
+        c.add_argument(
+            "--rotational",
+            metavar="FILE",
+            help="extras file of force_spread_rms (eV/Å; served with averaging, e.g. unix:NAME=2i): the "
+            "rotational spread compared with the committee's",
+        )
+        c.add_argument(
+            "--worst",
+            type=int,
+            default=DEFAULT_WORST,
+            metavar="K",
+            help="frames with the largest max_i sigma_i tabulated per atom (default %(default)s)",
+        )
 
 
 def _bead(beads):

@@ -19,7 +19,7 @@ from ase.data import chemical_symbols
 from mlip_server.core.errors import MLIPError
 from mlip_server.training.n2p2 import N2P2Model, read_n2p2
 
-__all__ = ["export", "main"]
+__all__ = ["export", "main", "build_parser"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -65,7 +65,8 @@ def export(data: str, out: str, dtype: str = "float64") -> torch.jit.ScriptModul
     return module
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``mlip-teacher``."""
     parser = argparse.ArgumentParser(
         prog="mlip-teacher",
         description="Export an n2p2/RuNNer Behler-Parrinello potential "
@@ -83,7 +84,12 @@ def main(argv=None) -> int:
         help="dtype of the saved parameters (default float64; the model computes in the "
         "dtype of the edge vectors it is given)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of ``mlip-teacher``; returns the exit status (2 on bad potential files)."""
+    args = build_parser().parse_args(argv)
     try:
         module = export(args.data, args.out, args.dtype)
     except MLIPError as err:

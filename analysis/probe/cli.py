@@ -28,13 +28,19 @@ __all__ = ["main", "build_parser"]
 
 def build_parser():
     p = argparse.ArgumentParser(prog="mlip-probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", help="TorchScript model (contract or metatomic); or --model")
+    p.add_argument("model", nargs="?", help="model file (contract, metatomic or .pt2); or --model")
     p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model (as everywhere else)")
-    p.add_argument("--level", default="quick", choices=sorted(LEVELS))
+    p.add_argument(
+        "--level",
+        default="quick",
+        choices=sorted(LEVELS),
+        help="how long the MD runs are and how fine the reference grid is: quick (minutes to hours on "
+        "a CPU), full (the paper's lengths), tiny (tests) (default %(default)s)",
+    )
     p.add_argument(
         "--report",
         help="markdown report to write (default: runs/probe-<model name>-<date>/probe-<model name>.md "
-        "in the checkout's runs/, its figures and probe.json next to it)",
+        "under ./runs, its figures and probe.json next to it)",
     )
     p.add_argument(
         "--work",
@@ -59,8 +65,14 @@ def build_parser():
         help="two or more models of the same elements: adds section 6, the probed model's rotational "
         "spread against the committee's spread (symmetry breaking vs model uncertainty)",
     )
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (single points and MD servers)")
+    p.add_argument(
+        "--threads", type=int, default=2, help="torch threads for the timings (default %(default)s)"
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N (single points and MD servers; default %(default)s)",
+    )
     return p
 
 

@@ -746,7 +746,12 @@ def build_parser():
     )
     p.add_argument("--beads", type=int, help="path-integral beads (water-pimd*; default: the experiment's)")
     p.add_argument("--stride", type=int, help="output stride, steps (default: the experiment's)")
-    p.add_argument("--average", default="none", help="averaging spec of the averaged endpoint")
+    p.add_argument(
+        "--average",
+        default="none",
+        help="averaging spec of the averaged endpoint (default: the experiment's own, e.g. none for "
+        "water-nvt, 2i for the MTS experiments, which none keeps; 0 switches averaging off there)",
+    )
     p.add_argument(
         "--forces",
         default="conservative",

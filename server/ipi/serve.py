@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="touch FILE after each evaluation (at most every 0.2 s): how mlip-run tells a hung server "
         "from a slow one",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"], help="log detail")
     return p
 
 
