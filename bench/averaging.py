@@ -33,7 +33,8 @@ import numpy as np
 
 from bench.common import default_model, machine, timeit, write
 from mlip_server.core.averaging import Averaging
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box, water_molecule
 
 SPECS = ["none", "i", "2", "2i", "3i"]
@@ -153,9 +154,9 @@ def main(argv=None):
     specs = args.specs.split(",")
     work = Path(tempfile.mkdtemp(prefix="bench-avg-"))
     model, label = (args.model, args.model) if args.model else default_model()
-    ev = Evaluator(model, device=args.device, dtype=args.dtype)  # the automatic chunk size
+    ev = load_evaluator(model, device=args.device, dtype=args.dtype)  # the automatic chunk size
     fixed = {
-        int(n): Evaluator(model, device=args.device, dtype=args.dtype, max_batch_edges=int(n))
+        int(n): load_evaluator(model, device=args.device, dtype=args.dtype, max_batch_edges=int(n))
         for n in args.fixed_chunks.split(",")
         if n
     }

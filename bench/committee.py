@@ -5,7 +5,7 @@
 For water at 192 and 1536 atoms (the 64-molecule DFT cell and the 512-molecule box), times
 (median, neighbour list included, float32) of: one model (the shipped PET); the committee of four
 (``models/committee/``: one neighbour list, members one after the other) through
-``Evaluator([...])``; and the naive alternative, four separate Evaluators called in turn (four
+``load_evaluator([...])``; and the naive alternative, four separate Evaluators called in turn (four
 neighbour lists). Writes ``bench/results/committee.json`` and ``.md``.
 """
 
@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 from bench.common import machine, timeit, write
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.paths import checkout_root
 from mlip_server.structures import water_box
 
@@ -36,9 +37,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     files = [str(checkout_root() / "models" / "committee" / f"{m}.pt") for m in MEMBERS]
     info = machine()
-    single = Evaluator(files[0], device=args.device, dtype="float32")
-    committee = Evaluator(files, device=args.device, dtype="float32")
-    separate = [Evaluator(f, device=args.device, dtype="float32") for f in files]
+    single = load_evaluator(files[0], device=args.device, dtype="float32")
+    committee = load_evaluator(files, device=args.device, dtype="float32")
+    separate = [load_evaluator(f, device=args.device, dtype="float32") for f in files]
     rows = []
     for molecules in (64, 512):
         s = Structure.from_ase(water_box(molecules, seed=1))

@@ -29,6 +29,7 @@ from mlip_server.compile import compile_file
 from mlip_server.core.errors import MLIPError
 from mlip_server.core.evaluator import Evaluator
 from mlip_server.core.graph import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box, water_molecule
 
 __all__ = ["main"]
@@ -84,8 +85,8 @@ def float32_own_error(model: str, device: str = "cpu") -> dict:
     """The TorchScript file in float32 against itself in float64 (raw, max relative): the size of
     float32's own rounding, to read the package's float32 differences against."""
     e32, e64 = (
-        Evaluator(model, device=device, dtype="float32"),
-        Evaluator(model, device=device, dtype="float64"),
+        load_evaluator(model, device=device, dtype="float32"),
+        load_evaluator(model, device=device, dtype="float64"),
     )
     out = {}
     for n in EQUALITY_SIZES:
@@ -107,11 +108,11 @@ def bench_model(
         return row
     row["compile_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pk = Evaluator(str(out), device=device)
+    pk = load_evaluator(str(out), device=device)
     pk.compute([_structure(64)])
     row["load_and_first_call_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ts = Evaluator(model, device=device, dtype=dtype)
+    ts = load_evaluator(model, device=device, dtype=dtype)
     ts.compute([_structure(64)])
     row["torchscript_load_and_first_call_s"] = time.perf_counter() - t0
     row["package_bytes"] = os.path.getsize(out)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import default_model, machine, write
-from mlip_server.core.evaluator import Evaluator
 from mlip_server.core.graph import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.paths import experiments_dir
 from mlip_server.structures import water_box, water_molecule
 
@@ -44,7 +44,7 @@ def _structure(n: int) -> Structure:
 
 def calls(model: str, repeat: int, device: str = "cpu") -> list:
     """Median ms per call of conservative and direct evaluation, alternated."""
-    ev = Evaluator(model, device=device)
+    ev = load_evaluator(model, device=device)
     rows = []
     for n in SIZES:
         s = _structure(n)

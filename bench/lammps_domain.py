@@ -75,8 +75,9 @@ def shells(model: str, range_: float) -> list[dict]:
     """One subdomain, schemes (a) and (b): atoms evaluated and seconds per evaluation."""
     import torch
 
-    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Structure
     from mlip_server.lammps.ghosts import near_owned
+    from mlip_server.loading import load_evaluator
     from mlip_server.structures import water_box
 
     torch.set_num_threads(1)
@@ -84,7 +85,7 @@ def shells(model: str, range_: float) -> list[dict]:
     x = big.get_positions()
     lo, hi = np.full(3, BOX), np.full(3, 3 * BOX)
     owned = np.all((x >= lo) & (x < hi), axis=1)
-    ev = Evaluator(model, dtype="float32")
+    ev = load_evaluator(model, dtype="float32")
     rows = []
     for scheme, depth, counted in (
         ("b: shell R, owned terms", range_, True),

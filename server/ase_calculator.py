@@ -7,6 +7,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .core.averaging import Averaging
 from .core.evaluator import Evaluator, Structure
+from .loading import load_evaluator
 
 __all__ = ["MLIPCalculator"]
 
@@ -22,7 +23,7 @@ class MLIPCalculator(Calculator):
     average : str or Averaging
         Averaging spec (``none``, ``2i``, ``random``, ...).
     device, dtype : str
-        As for :class:`Evaluator`.
+        As for :func:`mlip_server.loading.load_evaluator`.
 
     Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³,
     = −W/V with the virial W symmetrised; periodic cells only), and for averaged
@@ -38,7 +39,7 @@ class MLIPCalculator(Calculator):
         self.evaluator = (
             model
             if isinstance(model, Evaluator)
-            else Evaluator(model, device=device, dtype=dtype, committee_serve=committee_serve)
+            else load_evaluator(model, device=device, dtype=dtype, committee_serve=committee_serve)
         )
         self.committee = None
         self.averaging = Averaging(average) if isinstance(average, str) else average

@@ -535,12 +535,12 @@ def cached_model(path, device="cpu", dtype=None, warn=None):
     warn = warn or log.warning
     path = os.fspath(path)
     if not os.path.isfile(path) or is_package(path) or is_metatomic_file(path):
-        return load_model(path, device, dtype, compile=False)
+        return load_model(path, device, dtype)
     device_t, dtype_t = parse_device(device), parse_dtype(dtype)
     try:
         module = torch.jit.load(path, map_location="cpu")
     except Exception:  # noqa: BLE001 - not TorchScript: the registry says what it is
-        return load_model(path, device, dtype, compile=False)
+        return load_model(path, device, dtype)
     name = str(dtype_t or exported_dtype(module)).replace("torch.", "")
     target = cache_dir() / f"{cache_key(path, device_t, name)}.pt2"
     if target.is_file():
@@ -557,7 +557,7 @@ def cached_model(path, device="cpu", dtype=None, warn=None):
         model = CompiledModel.load(str(target), device_t, dtype_t)
     except Exception as err:  # noqa: BLE001 - any failure falls back
         warn(f"compiling {path} failed ({first_line(err)[:160]}): serving the TorchScript model")
-        return load_model(path, device, dtype, compile=False)
+        return load_model(path, device, dtype)
     log.info("compiled %s in %.0f s", path, time.perf_counter() - start)
     return model
 

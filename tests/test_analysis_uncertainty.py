@@ -18,7 +18,8 @@ from mlip_server.analysis.output import read_table
 from mlip_server.analysis.run_folder import find_run_files
 from mlip_server.analysis.statistics import block_slices
 from mlip_server.analysis.uncertainty import extras_column, read_extras
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box
 
 
@@ -222,7 +223,7 @@ def test_real_committee_run_worst_frame_equals_direct_evaluation(tmp_path, water
     """5 NVT steps of 8 water molecules served by a committee with 2i averaging (i-PI writes
     committee_force_std, committee_energy_std, force_spread_rms): the worst frame found is the
     frame of the largest max_i σ_i of a direct evaluation of every frame, and its σ_i, σ_E and
-    rotational spread equal Evaluator([a, b]).compute(frame, '2i') (positions stored to 1e-8 Å)."""
+    rotational spread equal load_evaluator([a, b]).compute(frame, '2i') (positions stored to 1e-8 Å)."""
     monkeypatch.setattr(ipi_sim, "EXTRAS", RUN_EXTRAS)
     run = ipi_sim.run(
         tmp_path / "run",
@@ -241,7 +242,7 @@ def test_real_committee_run_worst_frame_equals_direct_evaluation(tmp_path, water
     assert s["energy_std_file"].endswith("sim.uncE_0") and s["rotational_file"].endswith("sim.spread_0")
 
     frames = ase.io.read(traj, index=":")
-    ev = Evaluator(list(water_pair))
+    ev = load_evaluator(list(water_pair))
     direct = ev.compute([Structure.from_ase(a) for a in frames], "2i")
     sigma_max = [r.extras["committee_force_std_max"] for r in direct]
     worst = s["worst_frames"][0]["frame"]

@@ -1,6 +1,7 @@
 """The floors of the house (ARCHITECTURE.md, "The floors"), checked on the source: every import of
 every module under ``server/`` (module level and inside functions, parsed with ``ast``) — the
-server never imports training (or analysis, or bench) — and the two routes that used to cross
+server never imports training (or analysis, or bench), the core imports no format, and no
+modules import each other in a circle — and the two routes that used to cross
 floors: a training checkpoint is compiled by training's own command, and the n2p2 teacher's eager
 module is found through the entry point that training registers.
 """
@@ -56,8 +57,9 @@ def _imports(name: str, path: Path) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    """Server module → the server modules its imports execute (a module's parent packages too,
-    except the top package, whose ``__init__`` imports nothing of the server)."""
+    """Server module → the server modules its imports execute: the module imported and its parent
+    packages, except the importer's own (they run before it) and the top package, whose
+    ``__init__`` imports nothing of the server."""
     modules = _server_modules()
     graph = {}
     for name, path in modules.items():
@@ -66,7 +68,7 @@ def _graph() -> dict[str, set[str]]:
             parts = target.split(".")
             for k in range(2, len(parts) + 1):
                 prefix = ".".join(parts[:k])
-                if prefix in modules and prefix != name:
+                if prefix in modules and prefix != name and not name.startswith(prefix + "."):
                     edges.add(prefix)
         graph[name] = edges
     return graph
@@ -89,6 +91,57 @@ def test_server_never_imports_training_analysis_or_bench():
         if any(target == floor or target.startswith(floor + ".") for floor in UPPER_FLOORS)
     ]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_core_imports_no_format_and_nothing_above_it():
+    """``server/core`` evaluates loaded models: it imports no format (nor anything of the server
+    outside the core); model files become Evaluators in ``mlip_server.loading``."""
+    offenders = [
+        f"{name} imports {target}"
+        for name, path in _server_modules().items()
+        if name.startswith("mlip_server.core")
+        for target in sorted(_imports(name, path))
+        if target.startswith(PACKAGE + ".") and not target.startswith("mlip_server.core")
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), and self-imports."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1 or v in graph[v]:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_in_the_server():
+    """No circle among the server's modules, counting imports inside functions too (a lazy import
+    hides a circle from Python, not from a reader)."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # the finder works
+    assert not _cycles(_graph()), _cycles(_graph())
 
 
 def test_a_training_checkpoint_given_to_mlip_compile_names_the_training_command(tmp_path):

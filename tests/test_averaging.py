@@ -7,7 +7,8 @@ from test_evaluator import finite_difference_forces, strain_derivative_virial
 
 from mlip_server.core.averaging import Averaging
 from mlip_server.core.errors import InputError
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box, water_molecule
 
 
@@ -35,7 +36,7 @@ def test_grid_sizes_match_the_paper():
 
 
 def test_averaging_restores_invariance_monotonically(strongly_anisotropic_model):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     s = _cluster()
     rotations = Rotation.random(4, random_state=7).as_matrix()
     spreads = {}
@@ -51,7 +52,7 @@ def test_averaging_restores_invariance_monotonically(strongly_anisotropic_model)
 
 @pytest.mark.parametrize("spec", ["i", "2i", "lebedev:3i"])
 def test_inversion_specs_are_exactly_inversion_invariant(strongly_anisotropic_model, spec):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     s = _cluster()
     a = ev.compute([s], spec)[0]
     b = ev.compute([_rotated(s, -np.eye(3))], spec)[0]
@@ -61,7 +62,7 @@ def test_inversion_specs_are_exactly_inversion_invariant(strongly_anisotropic_mo
 
 @pytest.mark.parametrize("spec", ["2i", "lebedev:3"])
 def test_batched_average_equals_loop_over_rotations(strongly_anisotropic_model, spec):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     box = water_box(8, seed=3)
     structures = [_cluster(), Structure.from_ase(box)]
     batched = ev.compute(structures, spec)
@@ -77,13 +78,13 @@ def test_batched_average_equals_loop_over_rotations(strongly_anisotropic_model, 
         np.testing.assert_allclose(res.forces, forces, atol=1e-10)
         np.testing.assert_allclose(res.virial, virial, atol=1e-10)
     # chunking by a small memory budget gives the same numbers
-    chunked = Evaluator(strongly_anisotropic_model, max_batch_edges=500).compute(structures, spec)
+    chunked = load_evaluator(strongly_anisotropic_model, max_batch_edges=500).compute(structures, spec)
     for a, b in zip(batched, chunked):
         assert abs(a.energy - b.energy) < 1e-10 and np.abs(a.forces - b.forces).max() < 1e-10
 
 
 def test_averaged_forces_and_virial_are_derivatives(strongly_anisotropic_model):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     box = water_box(8, seed=5)
     s = Structure.from_ase(box)
     s.positions, s.numbers = s.positions[:6], s.numbers[:6]
@@ -101,7 +102,7 @@ def test_averaged_forces_and_virial_are_derivatives(strongly_anisotropic_model):
 
 
 def test_diagnostics_describe_the_symmetry_breaking(strongly_anisotropic_model):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     s = _cluster()
     avg = ev.compute([s], "3i")[0]
     raw = ev.compute([s])[0]
@@ -115,7 +116,7 @@ def test_diagnostics_describe_the_symmetry_breaking(strongly_anisotropic_model):
 
 
 def test_random_rotation_changes_every_call_and_is_reproducible(strongly_anisotropic_model):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     s = _cluster()
     first = [ev.compute([s], a)[0].energy for a in [Averaging("random", seed=1)] * 3]
     again = [ev.compute([s], a)[0].energy for a in [Averaging("random", seed=1)] * 3]

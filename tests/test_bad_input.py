@@ -12,8 +12,9 @@ import torch
 
 from mlip_server import processes
 from mlip_server.core.errors import InputError, ModelError
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
 from mlip_server.ipi.serve import main as server_main
+from mlip_server.loading import load_evaluator
 from mlip_server.protocol import HEADERS
 
 SERVER = [sys.executable, "-m", "mlip_server.ipi.serve"]
@@ -258,7 +259,7 @@ def test_contract_violations(tmp_path, capsys, module, message):
     path = tmp_path / "bad.pt"
     torch.jit.save(torch.jit.script(module), str(path))
     with pytest.raises(ModelError, match="bad.pt"):
-        Evaluator(str(path))
+        load_evaluator(str(path))
     code, line = _run_cli(tmp_path, capsys, path)
     assert code == 2 and message in line
 
@@ -278,7 +279,7 @@ def test_wrong_signature(tmp_path):
     path = tmp_path / "sig.pt"
     torch.jit.save(torch.jit.script(TwoArgs()), str(path))
     with pytest.raises(ModelError, match="failed a dry run"):
-        Evaluator(str(path))
+        load_evaluator(str(path))
 
 
 def test_unknown_element(tmp_path, capsys, toy_model):
@@ -289,7 +290,7 @@ def test_unknown_element(tmp_path, capsys, toy_model):
     )
     assert code == 2 and "[79]" in line
     with pytest.raises(InputError, match=r"79 \(Au\) is not supported"):
-        Evaluator(toy_model).compute([Structure(np.eye(3) * 2, [8, 1, 79])])
+        load_evaluator(toy_model).compute([Structure(np.eye(3) * 2, [8, 1, 79])])
 
 
 def test_unknown_average_spec(tmp_path, capsys, toy_model):
@@ -318,6 +319,6 @@ def test_model_returning_nan_forces_is_reported(tmp_path):
             e = torch.zeros(n_structures, dtype=edge_vectors.dtype)
             return e.index_add(0, structure_index[edge_index[0]], torch.log(d - 1.0))
 
-    ev = Evaluator(torch.jit.script(Sqrt()))
+    ev = load_evaluator(torch.jit.script(Sqrt()))
     with pytest.raises(ModelError, match="non-finite"):
         ev.compute([Structure(np.array([[0.0, 0, 0], [0.5, 0, 0]]), [1, 1])])

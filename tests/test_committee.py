@@ -14,7 +14,8 @@ import pytest
 
 from mlip_server import processes
 from mlip_server.core.errors import ModelError
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.protocol import HARTREE_PER_EV, ipi_extras
 from mlip_server.structures import water_box
 from mlip_server.training.toy_models import LennardJones, export, water_toy
@@ -39,8 +40,8 @@ def argon_structure():
 def test_scaled_lj_committee_is_exact(lj_pair):
     """Members ε and 2ε: mean 1.5 E_A, σ_E = |E_A|/√2, σ_i = |F_A,i|/√2 (sample std, M = 2)."""
     s = argon_structure()
-    one = Evaluator(lj_pair[0]).compute([s])[0]
-    r = Evaluator(list(lj_pair)).compute([s])[0]
+    one = load_evaluator(lj_pair[0]).compute([s])[0]
+    r = load_evaluator(list(lj_pair)).compute([s])[0]
     assert r.energy == pytest.approx(1.5 * one.energy, rel=1e-13)
     np.testing.assert_allclose(r.forces, 1.5 * one.forces, rtol=0, atol=1e-13)
     np.testing.assert_allclose(r.virial, 1.5 * one.virial, rtol=0, atol=1e-12)
@@ -48,7 +49,7 @@ def test_scaled_lj_committee_is_exact(lj_pair):
     f_norm = np.linalg.norm(one.forces, axis=1)
     np.testing.assert_allclose(r.committee.force_std(), f_norm / np.sqrt(2), rtol=1e-12, atol=1e-15)
     assert r.extras["committee_force_std_max"] == pytest.approx(f_norm.max() / np.sqrt(2), rel=1e-12)
-    first = Evaluator(list(lj_pair), committee_serve="first").compute([s])[0]
+    first = load_evaluator(list(lj_pair), committee_serve="first").compute([s])[0]
     assert first.energy == pytest.approx(one.energy, rel=1e-14)
     assert first.extras["committee_energy_std"] == pytest.approx(r.extras["committee_energy_std"], rel=1e-14)
 
@@ -58,10 +59,10 @@ def test_members_equal_separate_evaluations_with_mixed_cutoffs_averaging_and_bat
     raw and averaged over 2i, for several structures in one batch; the ipi extras are those
     arrays in atomic units."""
     structures = [Structure.from_ase(water_box(8, seed=k)) for k in (1, 2, 3)]
-    committee = Evaluator(list(water_pair))
+    committee = load_evaluator(list(water_pair))
     assert committee.cutoff == 4.0
     for spec in ("none", "2i"):
-        alone = [Evaluator(m).compute(structures, spec) for m in water_pair]
+        alone = [load_evaluator(m).compute(structures, spec) for m in water_pair]
         together = committee.compute(structures, spec)
         for k, r in enumerate(together):
             for m in range(2):
@@ -85,17 +86,17 @@ def test_metatomic_member(models_dir, strongly_anisotropic_model):
     meta = export_metatomic(strongly_anisotropic_model, models_dir / "committee-metatomic.pt")
     toy = export(water_toy(seed=2), models_dir / "committee-toy.pt")
     s = Structure.from_ase(water_box(8, seed=4))
-    r = Evaluator([toy, meta]).compute([s])[0]
-    alone = Evaluator(meta).compute([s])[0]
+    r = load_evaluator([toy, meta]).compute([s])[0]
+    alone = load_evaluator(meta).compute([s])[0]
     assert r.committee.energies[1] == pytest.approx(alone.energy, abs=1e-10)
     np.testing.assert_allclose(r.committee.forces[1], alone.forces, atol=1e-10)
 
 
 def test_incompatible_or_missing_members_are_refused(models_dir, water_pair, lj_pair, tmp_path):
     with pytest.raises(ModelError, match="same elements"):
-        Evaluator([water_pair[0], lj_pair[0]])
+        load_evaluator([water_pair[0], lj_pair[0]])
     with pytest.raises(ModelError, match="not found"):
-        Evaluator([water_pair[0], str(tmp_path / "nope.pt")])
+        load_evaluator([water_pair[0], str(tmp_path / "nope.pt")])
     atoms = water_box(8, seed=1)
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     for members, expected in (
@@ -209,7 +210,7 @@ def test_uncertain_structures_are_saved_once_and_complete(tmp_path, water_pair):
     assert len(frames) == 5  # steps 0..4, each once
     assert out.server_log.count("above --uncertainty-threshold") == 5
     assert "5 of 5 structures above" in out.server_log
-    ev = Evaluator(list(water_pair))
+    ev = load_evaluator(list(water_pair))
     for frame, potential in zip(frames, out.properties[:, 3]):
         r = ev.compute([Structure.from_ase(frame)])[0]  # positions stored to 1e-8 Å
         assert frame.get_potential_energy() == pytest.approx(r.energy, abs=1e-6)
@@ -247,7 +248,7 @@ def test_ipi_ffdirect_committee_equals_the_mean_of_members_evaluated_alone(tmp_p
         extra="committee_pot,committee_energy_std",
     )
     assert out.codes == [0, 0], out.ipi_log[-3000:]
-    alone = [Evaluator(m, dtype="float64") for m in water_pair]
+    alone = [load_evaluator(m, dtype="float64") for m in water_pair]
     served = np.zeros((5, 2))  # step, bead
     for bead in range(2):
         frames, forces = out.frames(bead), out.forces(bead)

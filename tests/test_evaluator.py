@@ -7,7 +7,8 @@ import pytest
 from ase.build import bulk
 from ase.calculators.lj import LennardJones as AseLJ
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 
 
 def _energy(ev, positions, numbers, cell, pbc=True):
@@ -46,7 +47,7 @@ def strain_derivative_virial(ev, s: Structure, h=1e-6):
 def test_forces_and_virial_match_finite_differences(request, which, toy_model):
     atoms = request.getfixturevalue(which)
     atoms.rattle(0.05, seed=4)
-    ev = Evaluator(toy_model, dtype="float64")
+    ev = load_evaluator(toy_model, dtype="float64")
     s = Structure.from_ase(atoms)
     if which == "water8":
         assert ev.cutoff > 0.5 * min(atoms.cell.lengths()), "this case must have several images per pair"
@@ -66,7 +67,7 @@ def test_nonperiodic_forces_match_finite_differences(toy_model):
 
     mol = water_molecule() + water_molecule(center=(2.9, 0.3, 0.1))
     s = Structure(mol.positions, mol.numbers)
-    ev = Evaluator(toy_model)
+    ev = load_evaluator(toy_model)
     res = ev.compute([s])[0]
     fd = finite_difference_forces(ev, s)
     assert np.abs(res.forces - fd).max() <= 1e-6 * np.abs(fd).max()
@@ -79,7 +80,7 @@ def test_lennard_jones_matches_ase(lj_model):
     atoms.rattle(0.1, seed=1)
     atoms.set_cell(atoms.cell[:] + np.array([[0, 0, 0], [0.3, 0, 0], [0.2, 0.1, 0]]), scale_atoms=True)
     atoms.calc = AseLJ(epsilon=0.0104, sigma=3.4, rc=8.5)
-    res = Evaluator(lj_model).compute([Structure.from_ase(atoms)])[0]
+    res = load_evaluator(lj_model).compute([Structure.from_ase(atoms)])[0]
     e_ref = atoms.get_potential_energy()
     assert abs(res.energy - e_ref) <= 1e-10 * abs(e_ref)
     assert np.abs(res.forces - atoms.get_forces()).max() <= 1e-10 * np.abs(atoms.get_forces()).max()
@@ -89,7 +90,7 @@ def test_lennard_jones_matches_ase(lj_model):
 
 def test_small_cell_agrees_with_supercell(toy_model, water8):
     """Several images of one pair (cutoff > half cell): E(2×2×2 supercell) = 8 E(cell)."""
-    ev = Evaluator(toy_model)
+    ev = load_evaluator(toy_model)
     small = ev.compute([Structure.from_ase(water8)])[0]
     big = ev.compute([Structure.from_ase(water8 * (2, 2, 2))])[0]
     assert abs(big.energy - 8 * small.energy) < 1e-9 * abs(big.energy)
@@ -97,7 +98,7 @@ def test_small_cell_agrees_with_supercell(toy_model, water8):
 
 
 def test_batch_equals_one_by_one(toy_model, water8, water32_triclinic):
-    ev = Evaluator(toy_model)
+    ev = load_evaluator(toy_model)
     structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
     batched = ev.compute(structures)
     for s, b in zip(structures, batched):
@@ -105,14 +106,14 @@ def test_batch_equals_one_by_one(toy_model, water8, water32_triclinic):
         assert abs(single.energy - b.energy) < 1e-12 * abs(b.energy)
         assert np.abs(single.forces - b.forces).max() < 1e-12
     # a memory budget smaller than one structure still works (one structure per call)
-    tiny = Evaluator(toy_model, max_batch_edges=10).compute(structures)
+    tiny = load_evaluator(toy_model, max_batch_edges=10).compute(structures)
     assert np.allclose([r.energy for r in tiny], [r.energy for r in batched], rtol=1e-13, atol=0)
 
 
 def test_float32_close_to_float64(toy_model, water32_triclinic):
     s = Structure.from_ase(water32_triclinic)
-    r64 = Evaluator(toy_model, dtype="float64").compute([s])[0]
-    r32 = Evaluator(toy_model, dtype="float32").compute([s])[0]
+    r64 = load_evaluator(toy_model, dtype="float64").compute([s])[0]
+    r32 = load_evaluator(toy_model, dtype="float32").compute([s])[0]
     assert abs(r32.energy - r64.energy) < 1e-5 * abs(r64.energy)
     assert np.abs(r32.forces - r64.forces).max() < 1e-4
     assert r32.forces.dtype == np.float64
@@ -123,7 +124,7 @@ def test_ase_calculator_matches_evaluator(toy_model, water32_triclinic):
 
     atoms = water32_triclinic
     atoms.calc = MLIPCalculator(toy_model)
-    res = Evaluator(toy_model).compute([Structure.from_ase(atoms)])[0]
+    res = load_evaluator(toy_model).compute([Structure.from_ase(atoms)])[0]
     assert atoms.get_potential_energy() == pytest.approx(res.energy, rel=1e-14)
     assert np.abs(atoms.get_forces() - res.forces).max() < 1e-14
     sym = 0.5 * (res.virial + res.virial.T)
@@ -139,11 +140,11 @@ def test_the_default_precision_is_the_models_own(models_dir, toy_model, water8):
 
     path = models_dir / "water-toy-float32.pt"
     torch.jit.save(torch.jit.script(water_toy(anisotropy=0.02).float()), str(path))
-    ev32, ev64 = Evaluator(str(path)), Evaluator(str(path), dtype="float64")
+    ev32, ev64 = load_evaluator(str(path)), load_evaluator(str(path), dtype="float64")
     assert ev32.dtype == torch.float32 and not ev32.model.requested_dtype
     assert ev64.dtype == torch.float64 and ev64.model.requested_dtype
-    assert Evaluator(toy_model).dtype == torch.float64
-    assert Evaluator(torch.jit.script(LennardJones())).dtype == torch.float64
+    assert load_evaluator(toy_model).dtype == torch.float64
+    assert load_evaluator(torch.jit.script(LennardJones())).dtype == torch.float64
     s = Structure.from_ase(water8)
     e32, e64 = ev32.compute([s])[0].energy, ev64.compute([s])[0].energy
     assert e32 != e64 and abs(e32 - e64) < 1e-4 * abs(e64)  # the same model, two precisions
@@ -285,7 +286,7 @@ def test_calibration_measures_stops_and_chooses_on_a_controlled_clock(
     per_copy = {1: 1.0, 2: 0.6, 4: 0.5, 8: 0.75, 16: 0.1, 32: 0.1, 37: 0.1}
     clock = _Clock(lambda k: k * per_copy[k])
     monkeypatch.setattr(evaluator_module, "time", clock)
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     calls = clock.attach(ev)
     ev.compute([Structure.from_ase(water8)], "2i")
     (c,) = ev.calibrations.values()
@@ -309,7 +310,7 @@ def test_calibration_within_the_memory_budget_on_a_controlled_clock(
     monkeypatch.setattr(evaluator_module, "time", clock)
     s = Structure.from_ase(water8)
     n_edges = 382
-    ev = Evaluator(strongly_anisotropic_model, memory_budget_edges=6 * n_edges + 10)
+    ev = load_evaluator(strongly_anisotropic_model, memory_budget_edges=6 * n_edges + 10)
     assert len(ev._graph(s, 0).vectors) == n_edges
     calls = clock.attach(ev)
     ev.compute([s], "2i")
@@ -325,7 +326,7 @@ def test_calibration_within_the_memory_budget_on_a_controlled_clock(
 def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, water8, water32_triclinic):
     structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
     budget = 3 * 1856 + 100  # three copies of the larger structure, ~14 of the smaller
-    ev = Evaluator(strongly_anisotropic_model, memory_budget_edges=budget)
+    ev = load_evaluator(strongly_anisotropic_model, memory_budget_edges=budget)
     assert ev.max_batch_edges is None and ev.memory_budget_edges == budget
     calls = _count_model_calls(ev)
     ev.compute(structures, "2i")
@@ -341,7 +342,7 @@ def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, w
 
 
 def test_explicit_max_batch_edges_disables_calibration(strongly_anisotropic_model, water8):
-    ev = Evaluator(strongly_anisotropic_model, max_batch_edges=1000)
+    ev = load_evaluator(strongly_anisotropic_model, max_batch_edges=1000)
     calls = _count_model_calls(ev)
     ev.compute([Structure.from_ase(water8)], "2i")
     assert ev.calibrations == {} and ev.timings["calibration"] == 0.0
@@ -351,9 +352,11 @@ def test_explicit_max_batch_edges_disables_calibration(strongly_anisotropic_mode
 
 def test_auto_and_explicit_chunks_give_the_same_results(strongly_anisotropic_model, water8):
     structures = _beads(water8, 2, seed=1) + [Structure.from_ase(water8)]
-    auto = Evaluator(strongly_anisotropic_model, dtype="float64")
+    auto = load_evaluator(strongly_anisotropic_model, dtype="float64")
     reference = {
-        n: Evaluator(strongly_anisotropic_model, dtype="float64", max_batch_edges=n).compute(structures, "2i")
+        n: load_evaluator(strongly_anisotropic_model, dtype="float64", max_batch_edges=n).compute(
+            structures, "2i"
+        )
         for n in (1, 10**9)  # one copy per call; everything in one call
     }
     for results in (auto.compute(structures, "2i"), auto.compute(structures, "2i"), reference[10**9]):
@@ -366,7 +369,7 @@ def test_auto_and_explicit_chunks_give_the_same_results(strongly_anisotropic_mod
 
 
 def test_calibration_is_cached_per_structure_size(strongly_anisotropic_model, water8):
-    ev = Evaluator(strongly_anisotropic_model)
+    ev = load_evaluator(strongly_anisotropic_model)
     s = Structure.from_ase(water8)
     ev.compute([s])  # one copy: nothing to batch, nothing measured
     assert ev.calibrations == {}
@@ -405,9 +408,9 @@ def test_interaction_range_and_the_atomic_sum_check(models_dir, toy_model):
     from mlip_server.core.errors import ModelError
     from mlip_server.training.pet import PET
 
-    pair = Evaluator(toy_model).model
+    pair = load_evaluator(toy_model).model
     assert not pair.declared_range and pair.interaction_range == pair.cutoff and pair.sums_atomic_energies
-    pet = Evaluator(torch.jit.script(PET(cutoff=3.0, d_model=16, n_heads=2, d_ffn=16, n_layers=2))).model
+    pet = load_evaluator(torch.jit.script(PET(cutoff=3.0, d_model=16, n_heads=2, d_ffn=16, n_layers=2))).model
     assert pet.declared_range and pet.interaction_range == 6.0 and pet.sums_atomic_energies
 
     class Squared(torch.nn.Module):
@@ -426,7 +429,7 @@ def test_interaction_range_and_the_atomic_sum_check(models_dir, toy_model):
             )
             return per_structure**2  # not a sum over atoms
 
-    squared = Evaluator(torch.jit.script(Squared(3.0)).double()).model
+    squared = load_evaluator(torch.jit.script(Squared(3.0)).double()).model
     assert squared.declared_range and not squared.sums_atomic_energies
     with pytest.raises(ModelError, match="interaction_range=1.0 Å below its cutoff"):
-        Evaluator(torch.jit.script(Squared(1.0)).double())
+        load_evaluator(torch.jit.script(Squared(1.0)).double())

@@ -4,7 +4,8 @@ import ipi_sim
 import numpy as np
 import pytest
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 
 
 @pytest.mark.parametrize("mode", ["unix", "inet", "shm"])
@@ -17,7 +18,7 @@ def test_nvt_energies_and_forces_equal_a_direct_evaluation(tmp_path, toy_model, 
     assert "EXIT received" in out.server_log
     frames, forces = out.frames(), out.forces()
     assert len(frames) == 21 and len(out.properties) == 21 and forces.shape == (21, 24, 3)
-    ev = Evaluator(toy_model, dtype="float64")
+    ev = load_evaluator(toy_model, dtype="float64")
     for step in (0, 10, 20):
         atoms = frames[step]
         atoms.numbers = water8.numbers

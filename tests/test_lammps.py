@@ -258,11 +258,12 @@ def test_water_nve_conserves_energy_and_matches_the_evaluator(tmp_path, toy_mode
     # measured: max |ΔE| ≈ 7e-4 eV/atom while the toy model heats the box by ~450 eV
     assert drift / n < 2.5e-3, drift / n
     assert drift < 0.01 * heat, (drift, heat)  # forces are the gradient of the energy LAMMPS reports
-    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Structure
+    from mlip_server.loading import load_evaluator
 
     frame = read_dump(tmp_path / "water-nve.lammpstrj", ["O", "H"])
     assert frame.get_chemical_formula() == "H256O128" and frame.pbc.all()
-    evaluator = Evaluator(toy_model)
+    evaluator = load_evaluator(toy_model)
     averaged = evaluator.compute([Structure.from_ase(frame)], "i")[0].energy
     raw = evaluator.compute([Structure.from_ase(frame)])[0].energy
     assert averaged == pytest.approx(t["PotEng"][-1], rel=1e-10, abs=0)

@@ -123,9 +123,10 @@ def test_replay_evaluates_every_frame_with_every_spec(tmp_path, toy_model):
         == 0
     )
     data = np.loadtxt(tmp_path / "run" / "sim.out")
-    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Structure
+    from mlip_server.loading import load_evaluator
 
-    ev = Evaluator(toy_model)
+    ev = load_evaluator(toy_model)
     for k, atoms in enumerate(frames):  # step k+1 holds frame k
         s = Structure.from_ase(atoms)
         assert data[k + 1, 1] == pytest.approx(ev.compute([s])[0].energy, abs=2e-6)

@@ -6,8 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
 from mlip_server.ipi.launcher import main as mlip_run
+from mlip_server.loading import load_evaluator
 
 RUN = [sys.executable, "-m", "mlip_server.ipi.launcher"]
 
@@ -31,7 +32,7 @@ def test_committee_run_serves_the_mean_and_resumes_with_it(tmp_path, water_pair)
     start = ase.io.read(run / "sim.pos_0.extxyz", index=0)
     np.testing.assert_allclose(start.positions, atoms.positions, atol=1e-6)
     s = Structure.from_ase(start)
-    members = [Evaluator(m).compute([s])[0].energy for m in water_pair]
+    members = [load_evaluator(m).compute([s])[0].energy for m in water_pair]
     potential = np.loadtxt(run / "sim.out", ndmin=2)[0, 5]  # potential{electronvolt}
     assert abs(members[0] - members[1]) > 1e-2  # the members differ
     assert potential == pytest.approx(np.mean(members), abs=1e-5)

@@ -18,9 +18,10 @@ from metatensor.torch import Labels, TensorBlock, TensorMap  # noqa: E402
 
 from mlip_server import processes  # noqa: E402
 from mlip_server.core.errors import ModelError  # noqa: E402
-from mlip_server.core.evaluator import Evaluator, Structure  # noqa: E402
+from mlip_server.core.evaluator import Structure  # noqa: E402
 from mlip_server.core.graph import build_graph  # noqa: E402
 from mlip_server.formats.metatomic import MetatomicModel, is_metatomic_file  # noqa: E402
+from mlip_server.loading import load_evaluator  # noqa: E402
 from mlip_server.structures import water_box  # noqa: E402
 from mlip_server.training.export_metatomic import export_metatomic  # noqa: E402
 
@@ -98,7 +99,7 @@ def test_detects_metatomic_files(metatomic_model, strongly_anisotropic_model):
 
 
 def test_equals_the_contract_model_it_wraps(metatomic_model, strongly_anisotropic_model):
-    ours, wrapped = Evaluator(strongly_anisotropic_model), Evaluator(metatomic_model)
+    ours, wrapped = load_evaluator(strongly_anisotropic_model), load_evaluator(metatomic_model)
     assert isinstance(wrapped.model, MetatomicModel) and wrapped.cutoff == ours.cutoff
     structures = _structures()
     for spec in ("none", "2i"):
@@ -112,7 +113,7 @@ def test_equals_the_contract_model_it_wraps(metatomic_model, strongly_anisotropi
 
 
 def test_half_lists_forces_and_virial_are_derivatives(half_list_model):
-    ev = Evaluator(half_list_model)
+    ev = load_evaluator(half_list_model)
     assert ev.cutoff == 3.5
     s = _structures()[0]
     res = ev.compute([s])[0]
@@ -261,7 +262,7 @@ def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, metatomic_m
     assert codes[0] == 0 and codes[2] == 0, (tmp_path / "server.log").read_text()[-2000:]
     props = np.loadtxt(tmp_path / "sim.out")
     assert len(props) == 7
-    raw_energy = Evaluator(metatomic_model).compute([Structure.from_ase(atoms)])[0].energy
+    raw_energy = load_evaluator(metatomic_model).compute([Structure.from_ase(atoms)])[0].energy
     assert abs(props[0, 1] - raw_energy / 27.211386245988) > 1e-4  # averaging changes the energy here
     np.testing.assert_allclose(props[:, 2], props[:, 1], rtol=1e-10, atol=0)
 
@@ -305,7 +306,7 @@ def test_owned_atoms_and_per_atom_outputs_equal_the_contract_model(
     """A LAMMPS rank's cluster (the first atoms owned, the rest ghosts) through ``selected_atoms``
     and the per-atom ``energy`` output: the same energy, forces on every atom, virial, atomic
     energies and per-atom virials as the contract model; per-atom virials sum to the virial."""
-    ours, wrapped = Evaluator(strongly_anisotropic_model), Evaluator(metatomic_model)
+    ours, wrapped = load_evaluator(strongly_anisotropic_model), load_evaluator(metatomic_model)
     assert wrapped.model.sums_atomic_energies and wrapped.model.per_atom_energies
     cluster = _structures()[1]
     for owned, per_atom in [(4, False), (4, True), (None, True)]:
@@ -334,7 +335,9 @@ def test_a_model_that_ignores_selected_atoms_is_refused_for_subsets(half_list_mo
     assert "ignores selected_atoms" in model.subset_refusal
     assert "use --decomposition gather" in model.subset_refusal
     s = _structures()[1]
-    g = Evaluator(model).compute([Structure(s.positions, s.numbers)])[0]  # the whole structure still works
+    g = load_evaluator(model).compute([Structure(s.positions, s.numbers)])[
+        0
+    ]  # the whole structure still works
     assert abs(g.energy) > 0
     with pytest.raises(ModelError, match="cannot be asked for"):
         model.evaluate([(_graph(model, Structure(s.positions, s.numbers, owned=3)), np.eye(3))])
@@ -349,10 +352,12 @@ def test_variant_outputs_are_declared_and_energy_is_served(models_dir, strongly_
     module = mta.load_atomistic_model(path)
     assert set(module.capabilities().outputs.keys()) == {"energy", "energy/double"}
     s = _structures()[1]
-    plain = Evaluator(strongly_anisotropic_model).compute([Structure(s.positions, s.numbers, owned=5)])[0]
-    served = Evaluator(path).compute([Structure(s.positions, s.numbers, owned=5)])[0]
+    plain = load_evaluator(strongly_anisotropic_model).compute([Structure(s.positions, s.numbers, owned=5)])[
+        0
+    ]
+    served = load_evaluator(path).compute([Structure(s.positions, s.numbers, owned=5)])[0]
     assert served.energy == pytest.approx(plain.energy, rel=1e-12)
-    full = Evaluator(path).compute([Structure(s.positions, s.numbers)])[0].energy
+    full = load_evaluator(path).compute([Structure(s.positions, s.numbers)])[0].energy
 
     from ase import Atoms
 
@@ -395,11 +400,11 @@ def system_energy_model(models_dir, strongly_anisotropic_model):
 def test_a_model_without_per_atom_energies_serves_subsets_but_refuses_per_atom(
     system_energy_model, strongly_anisotropic_model
 ):
-    ev = Evaluator(system_energy_model)
+    ev = load_evaluator(system_energy_model)
     assert ev.model.sums_atomic_energies and not ev.model.per_atom_energies
     s = _structures()[1]
     owned = Structure(s.positions, s.numbers, owned=4)
-    a, b = Evaluator(strongly_anisotropic_model).compute([owned])[0], ev.compute([owned])[0]
+    a, b = load_evaluator(strongly_anisotropic_model).compute([owned])[0], ev.compute([owned])[0]
     assert b.energy == pytest.approx(a.energy, rel=1e-12)
     np.testing.assert_allclose(b.forces, a.forces, rtol=0, atol=1e-11)
     with pytest.raises(ModelError, match="no per-atom energy output.*run without --per-atom"):
@@ -424,7 +429,7 @@ def test_non_conservative_outputs_equal_the_contract_direct_head(direct_metatomi
     contract model's direct head: whole cells (net force removed, virial −σV), averaged, and a
     domain rank's cluster (selected atoms: the owned atoms' forces)."""
     contract, exported = direct_metatomic
-    ours, theirs = Evaluator(contract), Evaluator(exported)
+    ours, theirs = load_evaluator(contract), load_evaluator(exported)
     assert isinstance(theirs.model, MetatomicModel)
     assert theirs.model.direct_forces and theirs.model.direct_virial
     atoms = water_box(8, seed=5)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box, water_molecule
 from mlip_server.training import data as data_mod
 from mlip_server.training import train as train_mod
@@ -54,7 +55,7 @@ def pet_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ev64(pet_file):
-    return Evaluator(pet_file, dtype="float64")
+    return load_evaluator(pet_file, dtype="float64")
 
 
 def _energy(ev, positions, numbers, cell=None, pbc=False):
@@ -87,7 +88,7 @@ def test_float32_agrees_with_float64(pet_file, ev64):
     atoms = water_box(8, seed=3)
     s = Structure.from_ase(atoms)
     r64 = ev64.compute([s])[0]
-    r32 = Evaluator(pet_file, dtype="float32").compute([s])[0]
+    r32 = load_evaluator(pet_file, dtype="float32").compute([s])[0]
     assert abs(r32.energy - r64.energy) < 1e-5 * abs(r64.energy)
     assert np.abs(r32.forces - r64.forces).max() < 1e-3 * np.abs(r64.forces).max()
 
@@ -215,7 +216,7 @@ def _labelled_frames(tmp_path, n, name="frames.extxyz"):
     if path.exists():
         return str(path)
     labeller = AnisotropicPairModel(species=[1, 8], cutoff=3.5, anisotropy=0.3, seed=1)
-    ev = Evaluator(export_toy(labeller, tmp_path / "labeller.pt"))
+    ev = load_evaluator(export_toy(labeller, tmp_path / "labeller.pt"))
     frames = []
     for k in range(n):
         atoms = water_box(8, seed=10 + k)
@@ -261,7 +262,7 @@ def test_tiny_training_loss_falls_checkpoints_resumes_and_exports(tmp_path):
 
     # the exported best model obeys the contract and loads in the server
     model_path = tmp_path / "run" / train_mod.EXPORT
-    ev = Evaluator(str(model_path), dtype="float32")
+    ev = load_evaluator(str(model_path), dtype="float32")
     assert ev.cutoff == config["model"]["cutoff"] and sorted(ev.model.species) == [1, 8]
     res = ev.compute([Structure.from_ase(water_box(8, seed=20))])[0]
     assert np.isfinite(res.energy) and np.isfinite(res.forces).all()
@@ -272,7 +273,7 @@ def test_tiny_training_loss_falls_checkpoints_resumes_and_exports(tmp_path):
     # and the command line exports the same model
     out = tmp_path / "cli.pt"
     assert train_mod.main(["--export", str(ckpt_path), str(out)]) == 0
-    res2 = Evaluator(str(out), dtype="float32").compute([Structure.from_ase(water_box(8, seed=20))])[0]
+    res2 = load_evaluator(str(out), dtype="float32").compute([Structure.from_ase(water_box(8, seed=20))])[0]
     assert res2.energy == res.energy
 
     # init_from starts a new run (fresh optimiser) from the best weights of this one
@@ -383,12 +384,13 @@ def test_short_range_wall_only_acts_below_r0(tmp_path, toy_model):
     exactly k·(r0 − r)³ per pair (each pair once, although the list holds it twice)."""
     import torch
 
-    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Structure
+    from mlip_server.loading import load_evaluator
     from mlip_server.structures import water_box
     from mlip_server.training.short_range import add_wall
 
     walled = add_wall(toy_model, tmp_path / "walled.pt", k=50.0)
-    plain, wall = Evaluator(toy_model), Evaluator(walled)
+    plain, wall = load_evaluator(toy_model), load_evaluator(walled)
     box = Structure.from_ase(water_box(8, seed=2))  # closest O–O well above 2 Å
     a, b = plain.compute([box])[0], wall.compute([box])[0]
     assert b.energy == a.energy and np.array_equal(b.forces, a.forces)
@@ -415,7 +417,7 @@ def test_direct_head_keeps_the_pet_bitwise_is_local_and_learns(tmp_path):
     for q in model.pet.parameters():
         q.requires_grad_(False)
     frames = [water_box(8, seed=k) for k in range(4)]
-    conservative = Evaluator(str(plain))
+    conservative = load_evaluator(str(plain))
     items = cache(model.pet, frames, conservative)
     before = rmse(model, items[3:])
     fit_head(model, items[:3], items[3:], epochs=6, lr=5e-3, log=lambda line: None)
@@ -423,7 +425,7 @@ def test_direct_head_keeps_the_pet_bitwise_is_local_and_learns(tmp_path):
     assert after < 0.8 * before, (before, after)
     with_head = tmp_path / "with-head.pt"
     torch.jit.save(direct_to_torchscript(model), str(with_head))
-    a, b = Evaluator(str(plain)), Evaluator(str(with_head))
+    a, b = load_evaluator(str(plain)), load_evaluator(str(with_head))
     s = Structure.from_ase(water_box(8, seed=11))
     ra, rb = a.compute([s])[0], b.compute([s])[0]
     assert ra.energy == rb.energy and np.array_equal(ra.forces, rb.forces)

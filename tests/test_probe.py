@@ -118,20 +118,22 @@ def test_committee_section_equals_separately_evaluated_members(
     model over the grid, σ_i of the two grid-averaged members (M = 2: σ_i = |F_i^a − F_i^b| / √2),
     and the ratio of their RMS per component."""
     from mlip_server.analysis.probe.static import committee_vs_rotation
-    from mlip_server.core.evaluator import Evaluator
     from mlip_server.core.graph import Structure
+    from mlip_server.loading import load_evaluator
 
     frames = [water8, water8[:3]]  # the liquid box and one gas-phase molecule
     members = [strongly_anisotropic_model, second_anisotropic_model]
     kw = dict(device="cpu", dtype="float64")
     com = committee_vs_rotation(
-        Evaluator(strongly_anisotropic_model, **kw), Evaluator(members, **kw), frames, "2i"
+        load_evaluator(strongly_anisotropic_model, **kw), load_evaluator(members, **kw), frames, "2i"
     )
     rot_sq = com_sq = 0.0
     for atoms, row in zip(frames, com["frames"]):
         s = Structure.from_ase(atoms)
-        rot = Evaluator(strongly_anisotropic_model, **kw).compute([s], "2i")[0].extras["force_spread_rms"]
-        fa, fb = (Evaluator(m, **kw).compute([s], "2i")[0].forces for m in members)
+        rot = (
+            load_evaluator(strongly_anisotropic_model, **kw).compute([s], "2i")[0].extras["force_spread_rms"]
+        )
+        fa, fb = (load_evaluator(m, **kw).compute([s], "2i")[0].forces for m in members)
         sigma = np.linalg.norm(np.asarray(fa) - np.asarray(fb), axis=1) / np.sqrt(2)
         n3 = 3 * len(atoms)
         expect = np.sqrt((sigma**2).sum() / n3)

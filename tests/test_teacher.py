@@ -18,8 +18,9 @@ import pytest
 import torch
 from ase import Atoms
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
 from mlip_server.core.neighbors import neighbor_list
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_molecule
 from mlip_server.training.n2p2 import N2P2FormatError, N2P2Model, read_n2p2
 
@@ -66,7 +67,7 @@ def scripted(eager):
 
 @pytest.fixture(scope="module")
 def evaluator(scripted):
-    return Evaluator(scripted, device="cpu", dtype="float64")
+    return load_evaluator(scripted, device="cpu", dtype="float64")
 
 
 def _rotation(seed):
@@ -535,7 +536,7 @@ def test_synthetic_network_matches_independent_reference(tmp_path):
     spec = _synthetic_network(tmp_path, rng)
     model = torch.jit.script(N2P2Model(read_n2p2(tmp_path)))
     assert model.species == [1, 6, 8] and abs(model.cutoff - 10.0 * ase.units.Bohr) < 1e-12
-    evaluator = Evaluator(model, device="cpu", dtype="float64")
+    evaluator = load_evaluator(model, device="cpu", dtype="float64")
     cluster = Atoms("OHHCOHC", positions=rng.uniform(0.0, 4.0, (7, 3)))
     while np.min(cluster.get_all_distances() + 9 * np.eye(7)) < 0.9:
         cluster.positions = rng.uniform(0.0, 4.0, (7, 3))

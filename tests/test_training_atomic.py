@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.structures import water_box
 from mlip_server.training import atomic_energies as atomic_mod
 from mlip_server.training import data as data_mod
@@ -31,7 +32,7 @@ def teacher(tmp_path_factory):
 
 
 def _frames(path, teacher, n, atomic=True):
-    ev = Evaluator(teacher, dtype="float64")
+    ev = load_evaluator(teacher, dtype="float64")
     frames = []
     for k in range(n):
         atoms = water_box(8, seed=10 + k)

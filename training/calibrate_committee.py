@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from mlip_server import machine
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.paths import checkout_root
 
 MEMBERS = {
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     frames = ase.io.read(args.dft, index=":")
     frames = frames[:: max(1, len(frames) // args.frames)][: args.frames]
     files = member_files(root)
-    ev = Evaluator(files, dtype="float32")
+    ev = load_evaluator(files, dtype="float32")
     member_f, member_e, ref_f, ref_e = [], [], [], []
     for k in range(0, len(frames), 8):
         chunk = frames[k : k + 8]

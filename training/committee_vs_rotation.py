@@ -39,7 +39,7 @@ def main(argv=None) -> int:
 
     from mlip_server.analysis.probe.pipeline import load_dataset
     from mlip_server.analysis.probe.static import committee_vs_rotation
-    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.loading import load_evaluator
 
     torch.set_num_threads(1)
     root = checkout_root()
@@ -47,8 +47,8 @@ def main(argv=None) -> int:
     members = [str(root / "models/committee" / f"{m}.pt") for m in args.members]
     t0 = time.monotonic()
     result = committee_vs_rotation(
-        Evaluator(str(root / "models/water-pet.pt"), dtype="float64"),
-        Evaluator(members, dtype="float64"),
+        load_evaluator(str(root / "models/water-pet.pt"), dtype="float64"),
+        load_evaluator(members, dtype="float64"),
         frames,
         args.grid,
     )

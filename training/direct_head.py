@@ -316,11 +316,11 @@ def evaluate(model_path: str, teacher_path, dft_path, held_out_path) -> dict:
     frames; and the net force the server removed (mean |ΣF|, eV/Å)."""
     from ase.io import read
 
-    from mlip_server.core.evaluator import Evaluator
     from mlip_server.core.graph import Structure
+    from mlip_server.loading import load_evaluator
 
-    ev = Evaluator(model_path)
-    teacher = Evaluator(teacher_path) if teacher_path else None
+    ev = load_evaluator(model_path)
+    teacher = load_evaluator(teacher_path) if teacher_path else None
     out = {}
     for name, path in (("dft_test", dft_path), ("held_out_md", held_out_path)):
         if not path:
@@ -395,7 +395,7 @@ def main(argv=None) -> int:
         p.error("training needs --checkpoint and --out")
     from ase.io import read
 
-    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.loading import load_evaluator
 
     from .checkpoints import model_from_checkpoint
 
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
     pet = model_from_checkpoint(checkpoint).float().eval()
     for q in pet.parameters():
         q.requires_grad_(False)
-    conservative = Evaluator(args.model)
+    conservative = load_evaluator(args.model)
     t0 = time.perf_counter()
     cached = folder / "tokens.pt"  # tokens and targets of this checkpoint and these frames
     if cached.exists():

@@ -23,6 +23,7 @@ import torch
 
 from mlip_server import machine, metrics
 from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.paths import checkout_root
 
 __all__ = ["accuracy", "symmetry_breaking", "speed", "main", "DISTORTED_SOURCES"]
@@ -119,13 +120,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ev = Evaluator(args.model, dtype="float32")
+    ev = load_evaluator(args.model, dtype="float32")
     report = {"model": args.model, "torch_threads": args.threads}
     if Path(args.dft).is_file():
         dft = ase.io.read(args.dft, index=":")
         report["dft"] = accuracy(ev, dft)
         report["symmetry_breaking"] = symmetry_breaking(
-            Evaluator(args.model, dtype="float64"), dft[: args.symmetry_frames], args.grid
+            load_evaluator(args.model, dtype="float64"), dft[: args.symmetry_frames], args.grid
         )
     if Path(args.val).is_file():
         val = ase.io.read(args.val, index=":")

@@ -363,9 +363,10 @@ def _read_complete(path):
 
 def label(frames: dict, teacher: str, device: str, batch: int):
     """Energies and forces of the teacher (float64) stored in the Atoms (info/arrays)."""
-    from mlip_server.core.evaluator import Evaluator, Structure
+    from mlip_server.core.evaluator import Structure
+    from mlip_server.loading import load_evaluator
 
-    ev = Evaluator(teacher, device=device, dtype="float64")
+    ev = load_evaluator(teacher, device=device, dtype="float64")
     for name, atoms in frames.items():
         for start in range(0, len(atoms), batch):
             chunk = atoms[start : start + batch]

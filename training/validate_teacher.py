@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from mlip_server import machine, metrics  # noqa: E402
 from mlip_server.core.errors import MLIPError  # noqa: E402
 from mlip_server.core.evaluator import Evaluator, Structure  # noqa: E402
+from mlip_server.loading import load_evaluator
 
 __all__ = [
     "evaluate_frames",
@@ -245,7 +246,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
 
     try:
-        evaluator = Evaluator(args.model, device=args.device, dtype=args.dtype)
+        evaluator = load_evaluator(args.model, device=args.device, dtype=args.dtype)
         frames = _read_frames(args.dft, args.frames)
         t0 = time.perf_counter()
         validation = evaluate_frames(evaluator, frames)

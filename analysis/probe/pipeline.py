@@ -104,10 +104,10 @@ def _single_points(model, device, frames, description, level, ice_dir, committee
     torch thread (they run next to the MD)."""
     import torch
 
-    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.loading import load_evaluator
 
     torch.set_num_threads(1)
-    ev64 = Evaluator(model, device=device, dtype="float64")
+    ev64 = load_evaluator(model, device=device, dtype="float64")
     print("probe: convergence of the grids", flush=True)
     out = {"convergence": static.convergence(ev64, frames, level.grids, level.reference_grid)}
     out["convergence"]["description"] = description
@@ -175,13 +175,13 @@ def probe(
     """
     import torch
 
-    from mlip_server.core.evaluator import Evaluator
+    from mlip_server.loading import load_evaluator
 
     lvl = LEVELS[level]
     t_start = time.monotonic()
     # the committee is loaded (and checked) before anything runs
     committee_ev = (
-        Evaluator([str(m) for m in committee], device=device, dtype="float64") if committee else None
+        load_evaluator([str(m) for m in committee], device=device, dtype="float64") if committee else None
     )
     report_path = Path(report_path or default_report(model))
     figures = report_path.with_suffix("")
@@ -198,7 +198,7 @@ def probe(
     # 2. cost, on the idle machine, as MD serves the model (float32)
     print("probe: timing the grids", flush=True)
     torch.set_num_threads(threads)
-    ev32 = Evaluator(model, device=device, dtype="float32")
+    ev32 = load_evaluator(model, device=device, dtype="float32")
     cost = static.timings(ev32, liquid, lvl.grids, repeats=lvl.timing_repeats)
     cost.update({"threads": threads, "repeats": lvl.timing_repeats})
     results["cost"] = cost

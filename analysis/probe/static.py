@@ -161,7 +161,7 @@ def committee_vs_rotation(ev: Evaluator, committee: Evaluator, frames, grid: str
     ev : Evaluator
         The probed model.
     committee : Evaluator
-        The committee (``Evaluator([a.pt, b.pt, ...])``).
+        The committee (``load_evaluator([a.pt, b.pt, ...])``).
     frames : list of ase.Atoms
         The structures (Å).
     grid : str

@@ -1,7 +1,8 @@
 """A committee of models evaluated as one model: the spread of its members is the uncertainty.
 
-``mlip-server --committee a.pt b.pt c.pt`` (and ``Evaluator([a, b, c])``) loads every member
-(contract or metatomic files, the same species; cutoffs may differ) into a :class:`Committee`,
+``mlip-server --committee a.pt b.pt c.pt`` (and ``load_evaluator([a, b, c])``,
+:func:`mlip_server.loading.load_committee`) loads every member (contract or metatomic files, the
+same species; cutoffs may differ) into a :class:`Committee`,
 which the Evaluator uses like any other model: it builds **one** neighbour list per structure at
 the largest member cutoff, and each member is given that list cut to its own cutoff (pairs closer
 than the member's cutoff; metatomic members cut their own requests out of it). Each member
@@ -25,14 +26,12 @@ the M members (ddof = 1, i-PI's ``committee_uncertainty`` convention, no α resc
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .errors import ModelError
 from .graph import CommitteeResult, CopyResult, Graph
 
-__all__ = ["Committee", "load_committee", "committee_statistics", "SERVE_CHOICES"]
+__all__ = ["Committee", "committee_statistics", "SERVE_CHOICES"]
 
 SERVE_CHOICES = ("mean", "first")
 
@@ -150,13 +149,3 @@ def committee_statistics(c: CommitteeResult) -> dict:
         "committee_energy_std": float(np.std(c.energies, ddof=1)),
         "committee_force_std_max": float(std.max()) if std.size else 0.0,
     }
-
-
-def load_committee(models, device="cpu", dtype=None, serve: str = "mean") -> Committee:
-    """Loads every member file (any registered format) and checks they fit together."""
-    from ..formats import load_model
-
-    missing = [m for m in models if isinstance(m, (str, os.PathLike)) and not os.path.isfile(m)]
-    if missing:
-        raise ModelError(f"committee member {os.fspath(missing[0])!r} not found: check the --committee paths")
-    return Committee([load_model(m, device, dtype) for m in models], serve=serve)

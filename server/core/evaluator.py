@@ -1,7 +1,9 @@
 """The Evaluator: structures in, energies, forces and virials out, batched.
 
 Every force provider of the project (the i-PI socket server, the ASE calculator,
-the i-PI in-process PES, the LAMMPS bridge) calls :meth:`Evaluator.compute`.
+the i-PI in-process PES, the LAMMPS bridge) calls :meth:`Evaluator.compute`. The Evaluator
+takes a model that is already loaded (the core imports no format): a model file becomes an
+Evaluator through :func:`mlip_server.loading.load_evaluator`.
 
 Physics (ARCHITECTURE.md, "the model contract"). For each structure the server builds the full
 neighbour list; the model sees only edge vectors r_e = x_j - x_i + S·cell. With
@@ -42,9 +44,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..formats import load_model
 from .averaging import Averaging
-from .committee import committee_statistics, load_committee
+from .committee import committee_statistics
 from .errors import ModelError
 from .graph import CommitteeResult, Graph, Result, Structure, build_graph
 
@@ -69,19 +70,16 @@ CALIBRATION_TOLERANCE = 0.10
 
 
 class Evaluator:
-    """Evaluates a model (any format of :mod:`mlip_server.formats`) on lists of structures.
+    """Evaluates a loaded model on lists of structures.
 
     Parameters
     ----------
-    model : str, torch.jit.ScriptModule, ModelAdapter, or a list of them
-        A model file, a scripted contract module, or a loaded model; a list (two or more) is a
-        committee (:mod:`mlip_server.core.committee`): one neighbour list, every member evaluated,
-        the mean served (or the first member, ``committee_serve="first"``).
-    device : str
-        ``cpu``, ``cuda`` or ``cuda:N``.
-    dtype : str, optional
-        ``float32`` or ``float64`` (model and edge vectors; results are float64); None: the
-        model's own precision (see :func:`mlip_server.formats.load_model`).
+    model : ModelAdapter or Committee
+        A loaded model (any format of :mod:`mlip_server.formats`), or a
+        :class:`~mlip_server.core.committee.Committee` of them: one neighbour list, every member
+        evaluated, the mean served (or the first member). Its ``device`` and ``dtype`` are the
+        Evaluator's (model and edge vectors; results are float64). Model files:
+        :func:`mlip_server.loading.load_evaluator` (device, dtype, committees, ``--compile``).
     max_batch_edges : int, optional
         Edges per model call (rotated copies count), fixed: no measurement. None ("auto"): chosen
         per structure size by timing the model (module docstring), within ``memory_budget_edges``.
@@ -90,8 +88,6 @@ class Evaluator:
     memory_budget_edges : int, optional
         The most edges the automatic choice may put in one model call; None: the device's entry
         of :data:`DEFAULT_MAX_BATCH_EDGES`. Ignored when ``max_batch_edges`` is given.
-    committee_serve : str
-        For a committee: ``"mean"`` (default) or ``"first"``.
 
     Attributes
     ----------
@@ -115,17 +111,16 @@ class Evaluator:
     def __init__(
         self,
         model,
-        device="cpu",
-        dtype=None,
         max_batch_edges: Optional[int] = None,
         min_distance: float = 0.1,
         memory_budget_edges: Optional[int] = None,
-        committee_serve: str = "mean",
     ):
-        if isinstance(model, (list, tuple)):
-            self.model = load_committee(model, device, dtype, serve=committee_serve)
-        else:
-            self.model = load_model(model, device, dtype)
+        if not callable(getattr(model, "evaluate", None)):  # a file name, a list, a scripted module
+            raise TypeError(
+                f"Evaluator takes a loaded model (a ModelAdapter or a Committee), not a "
+                f"{type(model).__name__}: load files with mlip_server.loading.load_evaluator(model, ...)"
+            )
+        self.model = model
         self.device, self.dtype = self.model.device, self.model.dtype
         self.max_batch_edges = None if max_batch_edges is None else int(max_batch_edges)
         if memory_budget_edges is None:

@@ -5,7 +5,9 @@ Each module of this package is one format and registers itself with two module c
 one new file. :func:`load_model` asks the formats, highest ``priority`` first, whether they
 recognise a file: ``compiled`` (AOTInductor ``.pt2`` packages of ``mlip-compile``), ``metatomic``
 (``AtomisticModel`` archives), then ``contract`` (any other TorchScript file: the project's
-model contract, ARCHITECTURE.md).
+model contract, ARCHITECTURE.md). Serving a file as its compiled package (``--compile``) is
+:func:`mlip_server.loading.load_model`, one floor up (formats import neither the compiler nor the
+evaluation core's Evaluator).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from ..core.errors import ModelError
 from .base import ModelAdapter, parse_device, parse_dtype
 
-__all__ = ["load_model", "formats", "ModelAdapter", "parse_device", "parse_dtype", "COMPILE_VARIABLE"]
+__all__ = ["load_model", "formats", "ModelAdapter", "parse_device", "parse_dtype"]
 
 
 def formats() -> dict[str, type[ModelAdapter]]:
@@ -35,12 +37,7 @@ def formats() -> dict[str, type[ModelAdapter]]:
     return dict(sorted(found.items(), key=lambda item: -item[1].priority))
 
 
-COMPILE_VARIABLE = "MLIP_COMPILE"
-"""Set to 1 (``--compile`` of mlip-server, mlip-run, mlip-lammps-run does) to serve contract
-TorchScript files as compiled packages from the cache (:func:`mlip_server.compile.cached_model`)."""
-
-
-def load_model(model, device="cpu", dtype=None, compile=None) -> ModelAdapter:
+def load_model(model, device="cpu", dtype=None) -> ModelAdapter:
     """Loads a model file of any registered format (or wraps a scripted contract module).
 
     Parameters
@@ -53,10 +50,6 @@ def load_model(model, device="cpu", dtype=None, compile=None) -> ModelAdapter:
         ``float32`` or ``float64``: contract models are cast to it; None (the default): the
         precision the model was exported in (contract: its parameters' dtype, float64 for a
         model without floating parameters; metatomic: the dtype it declares, always).
-    compile : bool, optional
-        Serve a TorchScript contract file as its AOTInductor package, compiled on first use into
-        the cache (TorchScript after one warning line when that fails); None: whether
-        ``$MLIP_COMPILE`` is set to 1.
 
     Raises
     ------
@@ -75,12 +68,6 @@ def load_model(model, device="cpu", dtype=None, compile=None) -> ModelAdapter:
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ModelError(f"model file {path!r} not found: pass --model PATH to a TorchScript file")
-    if compile is None:
-        compile = os.environ.get(COMPILE_VARIABLE, "").strip().lower() in ("1", "true", "yes")
-    if compile:
-        from ..compile import cached_model
-
-        return cached_model(path, device, dtype)
     for cls in formats().values():
         if cls.recognizes(path):
             return cls.load(path, device, dtype)

@@ -48,7 +48,7 @@ from pathlib import Path
 from .. import processes
 from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
-from ..formats import COMPILE_VARIABLE
+from ..loading import COMPILE_VARIABLE
 from ..paths import runs_dir, shipped_model
 from ..supervision import (
     EXIT_STOPPED,
@@ -223,7 +223,7 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
 def _check_direct_virial(name: str, model, opts: RunOptions) -> None:
     """Refuses, before anything starts, a run that needs the pressure on direct forces of a model
     without a direct virial (the server would refuse it too, after i-PI started)."""
-    from ..formats import load_model
+    from ..loading import load_model
 
     models = model if isinstance(model, list) else [model]
     lacking = [m for m in models if not load_model(str(m), "cpu", opts.dtype).direct_virial]

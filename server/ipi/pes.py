@@ -26,7 +26,8 @@ from ipi.pes.dummy import Dummy_driver
 
 from mlip_server.core.averaging import Averaging
 from mlip_server.core.errors import InputError
-from mlip_server.core.evaluator import Evaluator, Structure
+from mlip_server.core.evaluator import Structure
+from mlip_server.loading import load_evaluator
 from mlip_server.protocol import BOHR_PER_ANGSTROM, cell_to_rows, encode_result, ipi_extras
 from mlip_server.structures import read_numbers
 
@@ -62,7 +63,7 @@ class MLIPDriver(Dummy_driver):
             raise InputError("the PES needs structure=FILE (the elements, in i-PI's atom order)")
         if committee is not None:
             model = [p for p in re.split(r"[;\s]+", str(committee)) if p]
-        self.evaluator = Evaluator(model, device=device, dtype=dtype, committee_serve=committee_serve)
+        self.evaluator = load_evaluator(model, device=device, dtype=dtype, committee_serve=committee_serve)
         self.numbers = read_numbers(structure)
         self.averaging = Averaging(average)
         self.nonperiodic = _bool(nonperiodic)
