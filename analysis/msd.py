@@ -92,6 +92,8 @@ class MSD(AnalysisBase):
     viscosity : shear viscosity in mPa s for the Yeh-Hummer correction (None: not applied)
     temperature : K, used with ``viscosity``
 
+    Notes
+    -----
     Results: ``time`` (ps), ``msd`` (Å²), ``msd_err``, ``D``, ``D_err`` (Å²/ps), ``D_1e5cm2s``,
     ``D_1e5cm2s_err``, ``fit_window``, ``intercept``, and with a viscosity ``D_yh``,
     ``yh_correction`` (Å²/ps).

@@ -25,6 +25,8 @@ class MLIPCalculator(Calculator):
     device, dtype : str
         As for :func:`mlip_server.loading.load_evaluator`.
 
+    Notes
+    -----
     Results: ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), ``stress`` (eV/Å³,
     = −W/V with the virial W symmetrised; periodic cells only), and for averaged
     models the diagnostics in ``results["extras"]``; for a committee also
