@@ -11,6 +11,7 @@ import ase.io
 import ipi_sim
 import numpy as np
 import pytest
+from refusals import assert_refused
 
 from mlip_server import processes
 from mlip_server.core.errors import ModelError
@@ -111,8 +112,7 @@ def test_incompatible_or_missing_members_are_refused(models_dir, water_pair, lj_
             text=True,
             timeout=60,
         )
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr
+        assert_refused(proc, expected)
 
 
 COMMITTEE_INPUT = """<simulation verbosity='low' floatformat='%25.16e' safe_stride='1000'>

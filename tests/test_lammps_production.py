@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from refusals import assert_refused
 from test_lammps import (
     BRIDGE,
     HAVE_MPI4PY,
@@ -249,15 +250,14 @@ def test_hard_kill_then_resume_cuts_the_outputs_back(tmp_path, lj_model, referen
 def test_bad_resume_and_walltime_are_one_line_errors(tmp_path, lj_model):
     (tmp_path / "empty").mkdir()
     for done in (_resume(tmp_path / "empty"), _resume(tmp_path / "nowhere")):
-        assert done.returncode == 2 and "is not a run folder" in done.stderr, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
+        assert_refused(done, "is not a run folder")
     bad = subprocess.run(
         _launcher(_deck(tmp_path), "--model", lj_model, "-e", "Ar", "--walltime", "1:2:3:4"),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and "--walltime '1:2:3:4'" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert_refused(bad, "--walltime '1:2:3:4'")
     # a run stopped by its walltime, then its restart file damaged
     proc = _start(tmp_path, lj_model, "--walltime", "00:00:21")
     out = proc.communicate(timeout=90)[0]
@@ -265,6 +265,4 @@ def test_bad_resume_and_walltime_are_one_line_errors(tmp_path, lj_model):
     run = tmp_path / "run"
     (run / "restart.stop").write_bytes(b"garbage")
     done = _resume(run)
-    assert done.returncode == 2 and "is corrupt" in done.stderr and len(done.stderr.splitlines()) == 1, (
-        done.stderr
-    )
+    assert_refused(done, "is corrupt")

@@ -12,6 +12,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from refusals import assert_refused
 
 from mlip_server.ipi.experiments import experiments
 from mlip_server.ipi.launcher import main as mlip_run
@@ -370,8 +371,7 @@ def test_options_the_experiment_ignores_are_refused(tmp_path, toy_model, args, w
     done = subprocess.run(
         RUN + args + ["--model", toy_model, "--out", str(run)], capture_output=True, text=True, timeout=60
     )
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr
+    assert_refused(done, words)
     assert not run.exists()  # nothing of a refused run stays behind
 
 
@@ -395,4 +395,4 @@ def test_closing_line_names_the_files_and_the_next_command(tmp_path, toy_model):
     u = load_universe(str(run / "sim.pos_0.extxyz"), beads="centroid")
     assert u._mlip_dt_ps == pytest.approx(0.5e-3)  # no --timestep needed: 0.25 fs x stride 2
     refused = subprocess.run(RUN + ["--resume", str(run), "--beads", "4"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "leave out --beads (the run has 2)" in refused.stderr
+    assert_refused(refused, "leave out --beads (the run has 2)")

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
+from refusals import assert_refused
 
 mta = pytest.importorskip(
     "metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]"
@@ -293,10 +294,7 @@ def test_server_cli_reports_a_metatomic_model(tmp_path, metatomic_model):
         text=True,
         timeout=120,
     )
-    assert out.returncode == 2
-    lines = [line for line in out.stderr.splitlines() if "error" in line]
-    assert len(lines) == 1 and "atomic numbers [11, 17]" in lines[0], out.stderr
-    assert "metatomic model" in out.stderr
+    assert_refused(out, "atomic numbers [11, 17]", "metatomic model")
 
 
 # --------------------------------------------------------------------------- subsets of atoms

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from refusals import assert_refused
 
 from mlip_server.ipi.run_folder import trim_outputs
 from mlip_server.supervision import EXIT_STOPPED, Deadline, describe_exit, parse_walltime
@@ -198,9 +199,7 @@ def _mlip_run(args) -> subprocess.CompletedProcess:
 
 def test_bad_resume_and_walltime_input(tmp_path, toy_model):
     def refused(args, words):
-        done = _mlip_run(args)
-        lines = done.stderr.strip().splitlines()
-        assert done.returncode == 2 and len(lines) == 1 and words in lines[0], done.stderr
+        assert_refused(_mlip_run(args), words)
 
     refused(["--resume", str(tmp_path)], "not an mlip-run run folder")
     refused(["--resume", str(tmp_path / "nothing")], "no such folder")

@@ -251,6 +251,16 @@ def main(argv=None) -> int:
             max_batch_edges=args.max_batch_edges,
             committee_serve=args.committee_serve,
         )
+        # refusals first: a refused start prints one line, not the model's description before it
+        check_direct(
+            evaluator.model, [(str(a), specs[a.spec or average]) for a in addresses], args.require_virial
+        )
+        unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
+        if unknown:
+            raise InputError(
+                f"{args.structure} contains atomic numbers {unknown} that {evaluator.model.label} "
+                f"{evaluator.model.path} does not support (species {evaluator.model.species})"
+            )
         if args.committee is not None:
             log.info(
                 "committee of %d (serving the %s): %s",
@@ -275,15 +285,6 @@ def main(argv=None) -> int:
             "declared" if m.declared_range else "not declared: assumed local",
             "is" if m.sums_atomic_energies else "is NOT",
         )
-        check_direct(
-            evaluator.model, [(str(a), specs[a.spec or average]) for a in addresses], args.require_virial
-        )
-        unknown = [] if numbers is None else sorted(set(numbers.tolist()) - set(evaluator.model.species))
-        if unknown:
-            raise InputError(
-                f"{args.structure} contains atomic numbers {unknown} that model {evaluator.model.path} "
-                f"does not support (species {evaluator.model.species})"
-            )
     except MLIPError as err:
         print(f"mlip-server: error: {err}", file=sys.stderr)
         return 2
