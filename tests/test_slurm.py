@@ -3,7 +3,10 @@
 ``make test-hpc`` starts a single-node SLURM of its own (hpc/local-slurm/cluster.sh: Debian's
 slurm-wlm and munge, installed when missing) and runs these tests with ``MLIP_SLURM_CLUSTER``
 set; everywhere else (``make test``) they are skipped, so ``make test`` never starts SLURM.
-Settings reach the templates only through environment variables and sbatch options. Outcomes
+Settings reach the templates only through the environment variables hpc/README.md shows and sbatch
+options, as a user who installed the package submits them: each test copies the template out with
+``mlip-run --copy-template hpc/NAME.slurm`` and gives ``VENV`` (this checkout's virtual environment,
+where the package is installed) or puts the mlip-* commands on PATH instead. Outcomes
 come from SLURM itself (the cluster's job completion log: one record per finished job with its
 state and exit code) and from the files the jobs wrote.
 """
@@ -15,18 +18,19 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from mlip_server.paths import checkout_root
-from mlip_server.structures import write_water_data
+from mlip_server.paths import checkout_root, copy_shipped
 
 ROOT = checkout_root()
-IPI_TEMPLATE = ROOT / "hpc" / "ipi-cpu-server-gpu.slurm"
-LAMMPS_TEMPLATE = ROOT / "hpc" / "lammps-domain.slurm"
+VENV = Path(sys.prefix)  # the virtual environment the package is installed in (make install: .venv)
+IPI_TEMPLATE = "hpc/ipi-cpu-server-gpu.slurm"
+LAMMPS_TEMPLATE = "hpc/lammps-domain.slurm"
 CLUSTER = os.environ.get("MLIP_SLURM_CLUSTER")
 JOBCOMP = os.environ.get("MLIP_SLURM_JOBCOMP")
 
@@ -41,16 +45,41 @@ else:
 pytestmark = pytest.mark.skipif(_skip is not None, reason=_skip or "")
 
 
-def _env(**settings) -> dict:
-    """The submission environment: this checkout as PROJECT, one thread per process."""
-    env = dict(os.environ, PROJECT=str(ROOT), OMP_NUM_THREADS="1")
+SETTINGS = {
+    "VENV", "MODEL", "EXPERIMENT", "BEADS", "STEPS", "MOLECULES", "STRUCTURE", "TRAJECTORY", "DEVICE",
+    "DTYPE", "LAYOUT", "MLIP_ARGS", "RUN", "CHAIN", "CHAIN_MAX", "DECK", "DATA", "ELEMENTS", "VARS",
+    "NODES", "RANKS", "SERVERS", "CHECKPOINT_EVERY",
+}  # fmt: skip
+"""The templates' settings as hpc/README.md lists them: the only variables the tests give."""
+
+
+def _env(venv: bool = True, **settings) -> dict:
+    """The submission environment: the settings (documented ones only), one thread per process, no
+    settings of the caller's; ``venv``: VENV names the package's virtual environment, else its
+    commands are on PATH (as after module load or conda activate)."""
+    assert set(settings) <= SETTINGS, set(settings) - SETTINGS
+    env = {k: v for k, v in os.environ.items() if k not in SETTINGS | {"VIRTUAL_ENV", "PROJECT"}}
+    env["OMP_NUM_THREADS"] = "1"
+    if venv:
+        env["VENV"] = str(VENV)
+    else:
+        env["PATH"] = f"{VENV / 'bin'}:{env['PATH']}"
     env.update({k: str(v) for k, v in settings.items()})
     return env
 
 
-def _sbatch(script: Path, options: list[str], cwd: Path, env: dict) -> int:
+def _copy_template(name: str, folder: Path) -> Path:
+    """The user's copy of a shipped template, as ``mlip-run --copy-template NAME --to FOLDER`` makes
+    it (its function, in this process: the command's start-up is not what is tested here)."""
+    copy = copy_shipped(name, folder)
+    assert copy.read_text() == (ROOT / name).read_text()  # the shipped file, unchanged
+    return copy
+
+
+def _sbatch(template: str, options: list[str], cwd: Path, env: dict) -> int:
+    script = _copy_template(template, cwd)
     done = subprocess.run(
-        ["sbatch", "--parsable", *options, str(script)],
+        ["sbatch", "--parsable", *options, script.name],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -75,6 +104,8 @@ def _records() -> list[dict]:
 
 def _queued(name: str) -> list[str]:
     done = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i %T"], capture_output=True, text=True)
+    if done.returncode != 0:  # a busy controller: ask again, never take it for an empty queue
+        return [f"unknown ({done.stderr.strip()})"]
     return done.stdout.split("\n") if done.stdout.strip() else []
 
 
@@ -108,45 +139,82 @@ def _events(run: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- LAMMPS
-def test_lammps_domain_template_on_one_node_two_ranks(tmp_path, toy_model):
-    """hpc/lammps-domain.slurm, NODES=1 RANKS=2 SERVERS=1 DEVICE=cpu: a 64-molecule box, 4 steps,
-    two MPI ranks launched by srun, one force server serving both over node-local unix sockets."""
-    write_water_data(64, tmp_path / "water.data", seed=5)
-    name = _name("lammps")
+def _thermo_steps(log: Path) -> list[int]:
+    """The steps of every thermo row of a LAMMPS log (all runs, in file order): the rows under a
+    ``Step ...`` header made of as many numbers as it has columns (a run stopped cleanly ends
+    without its ``Loop time`` line; warnings may come between rows)."""
+    steps, columns = [], 0
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["Step"]:
+            columns = len(words)
+        elif columns and len(words) == columns and re.fullmatch(r"[-+.\deE ]+", line.strip()):
+            steps.append(int(words[0]))
+        elif line.startswith("Loop time"):
+            columns = 0
+    return steps
+
+
+def _dump_steps(dump: Path) -> list[int]:
+    lines = dump.read_text().splitlines()
+    return [int(lines[k + 1]) for k, line in enumerate(lines) if line.startswith("ITEM: TIMESTEP")]
+
+
+LAMMPS_STEPS = 1600  # 250-330 steps per 1-minute job on 2 loaded cores (~600 idle): 3 jobs idle, 5-7 loaded
+CHAIN_TIMEOUT = 12 * 90  # s: CHAIN_MAX = 12 jobs of ~1 minute and their scheduling
+
+
+@pytest.mark.timeout(CHAIN_TIMEOUT + 120)
+def test_lammps_template_walltime_chain_continues_itself(tmp_path, toy_model):
+    """hpc/lammps-domain.slurm as shipped (its default deck, water-large, whose data file nothing but
+    the template's mlip-lammps-run builds) on one node, 2 MPI ranks, one force server, --time=00:01:00:
+    every job stops cleanly before its time limit (restart file, exit 75), the template submits itself
+    again and the next job resumes in place, until the deck's LAMMPS_STEPS steps are done. Every
+    step is in the LAMMPS log exactly once, in order; every dump frame too."""
+    name = _name("lchain")
     env = _env(
         MODEL=toy_model,
-        DECK=ROOT / "lammps_inputs" / "in.water-nvt",
-        VARS="--var data water.data --var steps 4 --var thermo 1 --var dump 2",
-        NODES=1,
-        RANKS=2,
-        SERVERS=1,
+        MOLECULES=64,
+        STEPS=LAMMPS_STEPS,
+        VARS="--var nx 1 --var ny 1 --var nz 1 --var thermo 1 --var dump 50",
         DEVICE="cpu",
+        CHECKPOINT_EVERY=50,
+        CHAIN_MAX=CHAIN_TIMEOUT // 90,
     )
-    job = _sbatch(
+    first = _sbatch(
         LAMMPS_TEMPLATE,
-        [f"--job-name={name}", "--nodes=1", "--ntasks=2", "--time=00:05:00", "--output=job-%j.out"],
+        [f"--job-name={name}", "--time=00:01:00", "--nodes=1", "--ntasks=2", "--output=chain.out"],
         tmp_path,
         env,
     )
-    (record,) = _wait_for_name(name, 240)
-    output = (tmp_path / f"job-{job}.out").read_text()
-    servers = (tmp_path / f"servers-{job}.log").read_text()
-    assert (record["JobId"], record["JobState"], record["ExitCode"]) == (str(job), "COMPLETED", "0:0"), (
-        output[-3000:] + servers[-2000:]
-    )
-    assert (record["NodeCnt"], record["ProcCnt"]) == ("1", "2")
-    # LAMMPS ran on two MPI ranks, steps 0..4 in its thermo output, and wrote its final data
-    log = (tmp_path / "log.lammps").read_text()
-    assert "on 2 procs for 4 steps" in log
-    thermo = re.findall(r"^\s+(\d+)\s+[-\d.]+\s", log.split("Step")[1], re.M)
-    assert [int(s) for s in thermo[:5]] == [0, 1, 2, 3, 4]
-    assert (tmp_path / "water-nvt.final.data").exists()
-    # one server process on the node served both ranks' sockets (rank r on /tmp/ipi_mlip-JOB-r)
-    for rank in (0, 1):
-        assert f"connected to unix:/tmp/ipi_mlip-{job}-{rank}" in servers
-        assert f"unix:/tmp/ipi_mlip-{job}-{rank}: EXIT received" in servers
-    timings = json.loads((tmp_path / f"bridge-{job}.json").read_text())
-    assert timings
+    records = _wait_for_name(name, CHAIN_TIMEOUT)
+    output = (tmp_path / "chain.out").read_text()
+    run = tmp_path / f"lammps-{first}"
+    assert len(records) >= 3, output[-5000:]
+    assert records[0]["JobId"] == str(first)
+    assert all((r["JobState"], r["ExitCode"]) == ("COMPLETED", "0:0") for r in records), output[-5000:]
+    assert {(r["TimeLimit"], r["NodeCnt"], r["ProcCnt"]) for r in records} == {("1", "1", "2")}
+    for before, after in zip(records, records[1:]):
+        assert after["StartTime"] >= before["EndTime"]
+    assert output.count("stopped before the time limit; job") == len(records) - 1
+    assert len(re.findall(r"^mlip-lammps job \d+: resuming", output, re.M)) == len(records) - 1
+    assert output.rstrip().endswith(f"the run is done ({run})")
+    # mlip-lammps-run built the deck's data file and ran it on 2 ranks, domain-decomposed
+    assert (run / "water-64.data").exists()
+    settings = json.loads((run / "run.json").read_text())
+    assert (settings["np"], settings["decomposition"], settings["servers"]) == (2, "domain", 1)
+    assert "1 by 1 by 2 MPI processor grid" in (run / "log.lammps").read_text()
+    # a walltime stop and a resume per job boundary, then done; every step once, in order
+    events = _events(run)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("stopped") == kinds.count("resume") == len(records) - 1
+    assert kinds[-1] == "done"
+    assert all("time limit" in e["message"] for e in events if e["event"] == "stop")
+    resumes = [e["step"] for e in events if e["event"] == "resume"]
+    assert resumes == sorted(resumes) and 0 < resumes[0] and resumes[-1] < LAMMPS_STEPS
+    assert _thermo_steps(run / "log.lammps") == list(range(LAMMPS_STEPS + 1))
+    assert _dump_steps(run / "water-large.lammpstrj") == list(range(0, LAMMPS_STEPS + 1, 50))
+    assert json.loads((run / "checkpoint.json").read_text()).get("done")
 
 
 # --------------------------------------------------------------------------- i-PI
@@ -156,20 +224,27 @@ IPI_SETTINGS = dict(EXPERIMENT="water-nvt", MOLECULES=8, BEADS="", DEVICE="cpu",
 CHAIN_STEPS = 24000  # ~6000 steps per 1-minute job on 2 idle cores (5.8 ms/step): ~4 jobs
 
 
+@pytest.mark.timeout(CHAIN_TIMEOUT + 120)
 def test_ipi_template_walltime_chain_continues_itself(tmp_path, toy_model):
     """--time=00:01:00 (SLURM's shortest limit) and a run of CHAIN_STEPS steps (about 4 such jobs
     at full speed of 2 idle cores, more when they are shared): every job stops cleanly before its
     time limit, the template submits itself again with the same options and the next job resumes
     RUN in place, until the run is done. Every step is in sim.out exactly once, in order."""
     name = _name("chain")
-    env = _env(MODEL=toy_model, STEPS=CHAIN_STEPS, MLIP_ARGS="--stride 1", CHAIN_MAX=12, **IPI_SETTINGS)
+    env = _env(
+        MODEL=toy_model,
+        STEPS=CHAIN_STEPS,
+        MLIP_ARGS="--stride 1",
+        CHAIN_MAX=CHAIN_TIMEOUT // 90,
+        **IPI_SETTINGS,
+    )
     first = _sbatch(
         IPI_TEMPLATE,
         [f"--job-name={name}", "--time=00:01:00", "--ntasks=1", "--cpus-per-task=2", "--output=chain.out"],
         tmp_path,
         env,
     )
-    records = _wait_for_name(name, 12 * 90)
+    records = _wait_for_name(name, CHAIN_TIMEOUT)
     output = (tmp_path / "chain.out").read_text()
     run = tmp_path / f"run-{first}"
     # SLURM's view: >= 3 jobs, one after the other, every one with the first one's options, all
@@ -240,3 +315,47 @@ def test_ipi_template_signals(tmp_path, toy_model, how):
     assert len(stopped) == 1 and stopped[0]["step"] > 0, events
     rows = _rows(run / "sim.out")
     assert rows == list(range(0, 10 * len(rows), 10))  # a clean stop: every output step up to it once
+
+
+def test_ipi_template_experiment_without_molecules(tmp_path, toy_model):
+    """An experiment that takes no --molecules (molecule-nve: one molecule) runs through the template
+    as documented; the mlip-* commands come from PATH here (no VENV), as after a module load or conda
+    activate. (water-pimd-rpc-mts on a STRUCTURE file: tests/test_hpc.py, without SLURM.)"""
+    experiment = "molecule-nve"
+    name = _name(experiment)
+    settings = dict(MODEL=toy_model, EXPERIMENT=experiment, STEPS=4, DEVICE="cpu", DTYPE="float64")
+    job = _sbatch(
+        IPI_TEMPLATE,
+        [f"--job-name={name}", "--time=00:05:00", "--ntasks=1", "--cpus-per-task=2", "--output=job.out"],
+        tmp_path,
+        _env(venv=False, **settings),
+    )
+    (record,) = _wait_for_name(name, 300)
+    output = (tmp_path / "job.out").read_text()
+    run = tmp_path / f"run-{job}"
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), output[-3000:]
+    assert output.rstrip().endswith(f"the run is done ({run})")
+    options = json.loads((run / "run.json").read_text())["options"]
+    assert options["molecules"] is None and options["steps"] == 4
+    assert _events(run)[-1]["event"] == "done"
+
+
+BAD_SETTINGS = [
+    (IPI_TEMPLATE, dict(EXPERIMENT="molecule-nve", MOLECULES=8), "molecule-nve does not use --molecules"),
+    (LAMMPS_TEMPLATE, dict(MODEL="missing.pt"), "MODEL=missing.pt: no such file"),
+]
+"""Two of tests/test_hpc.py's wrong settings, here as SLURM jobs (their state and exit code)."""
+
+
+@pytest.mark.parametrize("template, settings, line", BAD_SETTINGS, ids=["ipi-molecules", "lammps-model"])
+def test_templates_refuse_a_wrong_setting_in_one_line(tmp_path, template, settings, line):
+    """A missing or wrong setting: the job's whole output is one line naming it, exit status 2,
+    before anything starts (no run folder, no i-PI, no LAMMPS)."""
+    name = _name("bad")
+    env = _env(DEVICE="cpu", **settings)
+    _sbatch(template, [f"--job-name={name}", "--time=00:02:00", "--output=job.out"], tmp_path, env)
+    (record,) = _wait_for_name(name, 120)
+    output = (tmp_path / "job.out").read_text()
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), output
+    assert len(output.splitlines()) == 1 and line in output and ": error: " in output, output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["job.out", Path(template).name])
