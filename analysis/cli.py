@@ -4,7 +4,7 @@ Usage::
 
     mlip-analyse rdf|msd|dipole|orientation|symmetry|uncertainty|all TRAJ [--format FMT] [--out DIR]
                  [--box a b c [alpha beta gamma]] [--reference FILE[:bohr]] [--types O H]
-                 [--timestep FS] [the command's options: mlip-analyse COMMAND -h]
+                 [--frame-interval FS] [the command's options: mlip-analyse COMMAND -h]
     mlip-analyse uncertainty sim.pos_0.extxyz [--committee-forces sim.unc_0]
                  [--committee-energy sim.uncE_0] [--rotational sim.spread_0] [--worst K]
 
@@ -87,7 +87,15 @@ def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument(
         "--types", nargs="+", metavar="EL", help="element of LAMMPS atom type 1, 2, ... (e.g. O H)"
     )
-    g.add_argument("--timestep", type=float, metavar="FS", help="time between stored frames, fs")
+    g.add_argument(
+        "--frame-interval",
+        "--timestep",
+        dest="timestep",
+        type=float,
+        metavar="FS",
+        help="time between stored frames, fs (default: from the run's sim.out or the frames' steps); "
+        "--timestep is its old name, deprecated (mlip-run's --timestep is the MD step)",
+    )
     g.add_argument(
         "--beads",
         metavar="centroid|all|K",
@@ -177,7 +185,14 @@ def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
             metavar="FILE",
             help="i-PI velocity or momentum trajectory (default: found next to TRAJ)",
         )
-        s.add_argument("--forces", metavar="FILE", help="i-PI force trajectory (default: found next to TRAJ)")
+        s.add_argument(
+            "--force-file",
+            "--forces",
+            dest="forces",
+            metavar="FILE",
+            help="i-PI force trajectory (default: found next to TRAJ); --forces is its old name, deprecated "
+            "(mlip-run's --forces chooses conservative or direct forces)",
+        )
         s.add_argument("--n-molecules", type=int, help="molecules for the per-molecule energy drift")
     if wants("uncertainty"):
         c = p.add_argument_group(
@@ -304,7 +319,7 @@ def run(args) -> dict:
             f"or --beads K for {args.command}"
         )
     if args.timestep is not None and args.timestep <= 0:
-        raise AnalysisInputError("--timestep must be positive (fs between stored frames)")
+        raise AnalysisInputError("--frame-interval must be positive (fs between stored frames)")
     for ref in args.reference:
         from .reference import parse_spec
 

@@ -147,5 +147,5 @@ def time_axis(props: PropertyTable, dt_ps=None) -> np.ndarray:
     if dt_ps:
         return np.arange(n) * float(dt_ps)
     raise AnalysisInputError(
-        "the properties file has no time{picosecond} column: pass --timestep (fs between lines)"
+        "the properties file has no time{picosecond} column: pass --frame-interval (fs between lines)"
     )

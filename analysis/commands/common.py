@@ -23,7 +23,7 @@ __all__ = [
     "input_info",
 ]
 
-TIMESTEP_FIX = "pass --timestep FS (time between stored frames, fs)"
+TIMESTEP_FIX = "pass --frame-interval FS (time between stored frames, fs)"
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``mlip-analyse dipole``: c_L(r), c_T(r), C1(t), C2(t) and the dielectric constant
-(:mod:`mlip_server.analysis.dipoles`) -> ``dipole_correlation.dat``, ``dipole_acf.dat`` (with --timestep),
-``dipole.png``, summary section ``dipole``. Units: r in Å, t in ps, charges in e, μ in D."""
+(:mod:`mlip_server.analysis.dipoles`) -> ``dipole_correlation.dat``, ``dipole_acf.dat`` (with the frame
+interval), ``dipole.png``, summary section ``dipole``. Units: r in Å, t in ps, charges in e, μ in D."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def dipole(u, opt: Options) -> dict:
 
 
 def _autocorrelation(u, water, opt: Options, summary: dict):
-    """C1(t), C2(t) and τ1, τ2 (ps) into ``summary``; their results, or None without --timestep."""
+    """C1(t), C2(t) and τ1, τ2 (ps) into ``summary``; their results, or None without --frame-interval."""
     from ..dipoles import DipoleAutocorrelation
 
     if opt.dt_ps is None:

@@ -97,7 +97,7 @@ def _properties_diagnostics(props_path: str, opt: Options, n_molecules, d: _Diag
     else:
         d.notes.append(
             "ΔV skipped: no pot_component_raw(0)/(1) columns (pass --v-raw and --v-avg) "
-            "or no time axis (--timestep)"
+            "or no time axis (--frame-interval)"
         )
     if "conserved" in props and t is not None:
         d.summary["conserved"] = conserved_drift(t, props["conserved"], n_molecules(), opt.n_blocks)
