@@ -11,6 +11,8 @@ includes is extracted:
   every shipped experiment, deck and SLURM template it names must exist (``mlip_server.paths``);
 * ``sbatch`` lines name a shipped template and shipped experiments/decks in their variables,
   ``python -m`` lines an importable module, ``make`` lines a target of the Makefile;
+* cheap commands (``mlip-run --list``, ``--copy-template``, ``mlip-lammps-run --list``) are run in
+  a temporary folder and must exit 0;
 * the README's relative links point at files of the checkout, and its contract model passes
   ``mlip-server --check``.
 
@@ -22,11 +24,15 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import importlib.util
+import io
+import os
 import re
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +174,30 @@ def check_mlip(words: list[str]) -> list[str]:
     return problems
 
 
+# commands that take a second or two: they are run (in a temporary folder), not only parsed
+CHEAP = {
+    "mlip-run": ("mlip_server.ipi.launcher", "main", ("--list", "--copy-template")),
+    "mlip-lammps-run": ("mlip_server.lammps.cli", "run_main", ("--list",)),
+}
+
+
+def run_cheap(words: list[str]) -> list[str]:
+    """Runs ``words`` when it is a cheap command (``--list``, ``--copy-template``); its problems."""
+    command, argv = words[0], words[1:]
+    if command not in CHEAP or not any(a in CHEAP[command][2] for a in argv):
+        return []
+    module, func, _ = CHEAP[command]
+    main = getattr(importlib.import_module(module), func)
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as folder, contextlib.redirect_stdout(io.StringIO()):
+        os.chdir(folder)
+        try:
+            status = main(argv)
+        finally:
+            os.chdir(here)
+    return [] if status in (0, None) else [f"{' '.join(words)}: exit status {status}"]
+
+
 MAKE_TARGETS = set(re.findall(r"^([\w.-]+)\s*:(?!=)", (ROOT / "Makefile").read_text(), re.M))
 
 
@@ -183,7 +213,7 @@ def check_command(words: list[str]) -> list[str]:
         starts = [i for i, w in enumerate(words) if w.startswith("mlip-")]
         words = words[starts[0] :] if starts else words
     if words[0].startswith("mlip-"):
-        return check_mlip(words)
+        return check_mlip(words) or run_cheap(words)
     head = words[0]
     problems = []
     if head == "sbatch":
@@ -296,6 +326,8 @@ def test_checks_catch_a_renamed_flag_a_wrong_name_and_a_broken_block(tmp_path):
     assert check_command(shlex.split("EXPERIMENT=water-pimmd sbatch --nodes=1 ipi-cpu-server-gpu.slurm"))
     assert check_command(shlex.split("python -m mlip_server.no_such_module"))
     assert check_command(shlex.split("make no-such-target"))
+    assert run_cheap(shlex.split("mlip-run --copy-template hpc/lammps-domain.slurm")) == []  # run, exit 0
+    assert run_cheap(shlex.split("mlip-run --copy-template hpc/nope.slurm"))  # run, exit 2
     page = tmp_path / "page.md"
     page.write_text(
         "text\n\n<!-- docs-test: skip-gpu -->\n```python\nx = 1\n```\n\n```python\nraise ValueError\n```\n"
