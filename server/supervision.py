@@ -287,12 +287,14 @@ class StallWatch:
 
 
 class RestartBudget:
-    """At most ``limit`` restarts of a run's servers (``--max-server-restarts``; 0: fail fast)."""
+    """At most ``limit`` restarts (``--max-server-restarts`` of a run's servers, ``--max-ipi-restarts``
+    of its i-PI: ``flag``; 0: fail fast)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, flag: str = "--max-server-restarts"):
         if limit < 0:
-            raise InputError(f"--max-server-restarts {limit}: give 0 (fail fast) or more")
+            raise InputError(f"{flag} {limit}: give 0 (fail fast) or more")
         self.limit = int(limit)
+        self.flag = flag
         self.used = 0
 
     def take(self) -> bool:

@@ -83,6 +83,9 @@ class RunOptions:
     """Force servers sharing the connections (one per GPU); connection k on server k mod S."""
     max_server_restarts: int = 3
     """Restarts of a server that died or hung, per launch (0: the run fails at once)."""
+    max_ipi_restarts: int = 2
+    """Restarts of i-PI killed by a signal (the OOM killer's SIGKILL), per launch, each from the run's
+    latest readable checkpoint in place (0: the run fails at once, resumable by hand)."""
     stall_timeout: float | None = None
     """Seconds without an evaluation after which a server counts as hung (None: 10 x the longest
     gap seen, at least 120 s; a new server has 600 s for its first). Also i-PI's socket

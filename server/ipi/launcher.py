@@ -64,6 +64,7 @@ from .experiments import RunOptions, check_options, experiments, load_experiment
 from .run_folder import (
     RESUME_FILE,
     RUN_FILE,
+    checkpoints,
     last_step,
     latest_checkpoint,
     output_files,
@@ -104,6 +105,8 @@ class _Launch:
     model: Path | list  # a list of paths: a committee
     server_args: list
     total_steps: int
+    run_id: str = ""
+    """The socket names' prefix of this launch (a restarted i-PI opens the same sockets)."""
 
 
 def run_experiment(
@@ -158,6 +161,7 @@ def run_experiment(
         )
     deadline = Deadline.from_options(opts.walltime, opts.walltime_margin)  # refuses a bad walltime
     RestartBudget(opts.max_server_restarts)  # refuses a negative count before anything starts
+    RestartBudget(opts.max_ipi_restarts, "--max-ipi-restarts")
     run_id = processes.unique_name("mlip")
     if opts.resume:
         launch = _prepare_resume(name, opts, run_id, out)
@@ -179,6 +183,7 @@ def _record_options(opts: RunOptions) -> dict:
         "progress",
         "out",
         "max_server_restarts",
+        "max_ipi_restarts",
         "stall_timeout",
     }
     return {k: v for k, v in asdict(opts).items() if k not in skip}
@@ -217,7 +222,7 @@ def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
     total = int(re.search(r"<total_steps>\s*(\d+)", rendered.xml).group(1))
     write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
     print(f"mlip-run: {name} in {folder}", file=out, flush=True)
-    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total, run_id)
 
 
 def _check_direct_virial(name: str, model, opts: RunOptions) -> None:
@@ -281,12 +286,7 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
             f"{path.name} is unreadable (cut short by a kill?): not used",
             file=path.name,
         )
-    for socket in re.findall(
-        r"<ffsocket[^>]*mode=['\"](?:unix|shm)['\"][^>]*>.*?<address>\s*([^<\s]+)", checkpoint.text, re.S
-    ):
-        path = Path(processes.unix_socket_path(socket))  # a hard stop left the last launch's sockets
-        path.unlink(missing_ok=True)
-    cut = trim_outputs(folder, checkpoint.step, output_prefix(checkpoint.text))
+    rendered, cut = _continue_in_place(name, opts, folder, run_id, checkpoint)
     if cut:
         events.record(
             "trim",
@@ -295,13 +295,6 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
             step=checkpoint.step,
             removed=cut,
         )
-    rendered = render_resume(name, opts, folder, run_id, checkpoint.text)
-    atomic_write(folder / RESUME_FILE, rendered.xml)
-    for stale in ("RESTART", *(p.name for p in folder.glob("*.restart"))):
-        if stale != RESUME_FILE and (folder / stale).exists():
-            (folder / stale).unlink()  # resume.xml now holds the latest state
-    for backup in folder.glob("#*#"):
-        backup.unlink()
     events.record(
         "resume",
         f"resuming {name} in {folder} from step {checkpoint.step} ({checkpoint.path.name}) to step {total}",
@@ -310,7 +303,28 @@ def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _La
     )
     record["total_steps"] = total
     write_run(folder, record)
-    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total)
+    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total, run_id)
+
+
+def _continue_in_place(name: str, opts: RunOptions, folder: Path, run_id: str, checkpoint) -> tuple:
+    """i-PI's continuation of run ``folder`` from ``checkpoint``: the sockets a killed i-PI left
+    removed, the output rows past the checkpoint cut (every step once), ``resume.xml`` written
+    (socket names of ``run_id``), the older checkpoints and i-PI's backups removed. Returns the
+    rendered input and the rows cut per file."""
+    for socket in re.findall(
+        r"<ffsocket[^>]*mode=['\"](?:unix|shm)['\"][^>]*>.*?<address>\s*([^<\s]+)", checkpoint.text, re.S
+    ):
+        path = Path(processes.unix_socket_path(socket))  # a hard stop left the last launch's sockets
+        path.unlink(missing_ok=True)
+    cut = trim_outputs(folder, checkpoint.step, output_prefix(checkpoint.text))
+    rendered = render_resume(name, opts, folder, run_id, checkpoint.text)
+    atomic_write(folder / RESUME_FILE, rendered.xml)
+    for stale in ("RESTART", *(p.name for p in folder.glob("*.restart"))):
+        if stale != RESUME_FILE and (folder / stale).exists():
+            (folder / stale).unlink()  # resume.xml now holds the latest state
+    for backup in folder.glob("#*#"):
+        backup.unlink()
+    return rendered, cut
 
 
 def _analysis_hint(folder: Path, prefix: str) -> str:
@@ -345,13 +359,11 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
     )
     env = _env(opts)
     events = EventLog(folder, out)
-    ipi = None
+    ipi = _SupervisedIpi(launch, opts, env, events)
     servers = []
     try:
         with StopSignals(stop) as signals:
-            ipi = processes.start_ipi(rendered.xml_name, folder, env=env)
-            for s in rendered.sockets:
-                processes.wait_for_socket(s, ipi, timeout=120)
+            ipi.start()
             if opts.side == "both" and rendered.addresses:
                 servers = _servers(launch, spec, opts, env, events)
                 for server in servers:
@@ -361,10 +373,90 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
         events.record("interrupted", "interrupted twice: stopping i-PI and the server now", action="kill")
         return RunResult(130, folder, "interrupted", time.monotonic() - t0)
     finally:
-        processes.stop([ipi] + [server.proc for server in servers], rendered.sockets)
-        if ipi is not None:
-            processes.remove_ipi_shm(ipi.pid)
+        processes.stop([ipi.proc] + [server.proc for server in servers], launch.rendered.sockets)
+        if ipi.proc is not None:
+            processes.remove_ipi_shm(ipi.proc.pid)
     return _verdict(outcome, launch, events, out, time.monotonic() - t0)
+
+
+class _SupervisedIpi:
+    """The run's i-PI, restarted in place when a signal it did not ask for ends it (the OOM killer's
+    SIGKILL, a crash): from the run's latest readable checkpoint, the outputs cut back to it (every
+    step once), on the same sockets, up to ``--max-ipi-restarts`` times per launch; the servers
+    (whose connections ended with it) are started again with it."""
+
+    def __init__(self, launch: _Launch, opts: RunOptions, env, events: EventLog):
+        self.launch, self.opts, self.env, self.events = launch, opts, env, events
+        self.budget = RestartBudget(opts.max_ipi_restarts, "--max-ipi-restarts")
+        self.proc = None
+        self.starts = 0
+        self.spent = None
+        """What ended the run when the budget was spent (for the closing line)."""
+
+    def start(self) -> None:
+        log = "ipi.log" if self.starts == 0 else f"ipi.restart-{self.starts}.log"
+        self.proc = processes.start_ipi(self.launch.rendered.xml_name, self.launch.folder, log, self.env)
+        self.starts += 1
+        for s in self.launch.rendered.sockets:
+            processes.wait_for_socket(s, self.proc, timeout=120)
+
+    def poll(self):
+        return self.proc.poll()
+
+    def send_signal(self, signum) -> None:
+        self.proc.send_signal(signum)
+
+    def recover(self, servers: list, step) -> bool:
+        """After i-PI ended: True when it was killed by a signal and has been restarted (with the
+        servers); False when it ended on its own (done, stopped, an error) or no restart is left."""
+        code = self.proc.returncode
+        if code is None or code >= 0:
+            return False
+        status = describe_exit(code)
+        what = f"i-PI (pid {self.proc.pid}) {status} at step {step if step is not None else '?'}"
+        processes.stop([server.proc for server in servers])  # their connections ended with i-PI
+        processes.stop([], self.launch.rendered.sockets)  # a killed i-PI leaves its sockets
+        processes.remove_ipi_shm(self.proc.pid)
+        if not self.budget.take():
+            spent = f"no restarts left ({self.budget.flag} {self.budget.limit})"
+            self.spent = f"{what}; {spent}"
+            self.events.record(
+                "crash", f"{what}: {spent}", process="i-PI", status=status, step=step, action="give up"
+            )
+            return False
+        origin = self._back_to_checkpoint()
+        self.events.record(
+            "crash",
+            f"{what}: restarting it from {origin} ({self.budget.used} of {self.budget.limit})",
+            process="i-PI",
+            status=status,
+            step=step,
+            action="restart",
+        )
+        self.start()
+        for server in servers:
+            server.start()
+        return True
+
+    def _back_to_checkpoint(self) -> str:
+        """Prepares the restart from the latest readable checkpoint (before the first one: from the
+        start, the outputs removed); returns where from, in words."""
+        launch = self.launch
+        good, bad = checkpoints(launch.folder)
+        passed = f"; {', '.join(p.name for p in bad)} unreadable, passed over" if bad else ""
+        if good:
+            checkpoint = max(good, key=lambda c: c.step)
+            launch.rendered, cut = _continue_in_place(
+                launch.name, self.opts, launch.folder, launch.run_id, checkpoint
+            )
+            origin = f"its checkpoint of step {checkpoint.step} ({checkpoint.path.name})"
+        else:  # killed before its first checkpoint: the fresh input again, on empty outputs
+            cut = trim_outputs(launch.folder, -1, output_prefix(launch.rendered.xml))
+            for path in bad:
+                path.unlink()
+            origin = "the start (no checkpoint yet)"
+        rows = sum(cut.values())
+        return origin + passed + (f", {rows} output records past it cut" if rows else "")
 
 
 class _SupervisedServer:
@@ -488,6 +580,8 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
     while True:
         code = ipi.poll()
         if code is not None:
+            if stopping is None and ipi.recover(servers, last_step(folder, prefix)):
+                continue  # killed from outside: restarted from its latest checkpoint
             break
         if stopping is None:
             if signals.event.is_set():
@@ -504,6 +598,8 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
                 ipi.send_signal(signal.SIGTERM)
         for server in servers if stopping is None else ():
             fault = server.fault()
+            if fault is not None and ipi.poll() is not None:
+                break  # i-PI ended first and the server's connections with it: i-PI's turn above
             if fault is not None and not server.recover(*fault, last_step(folder, prefix)):
                 failure = fault[1]
                 stopping = "failure"
@@ -520,7 +616,7 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
             server.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             processes.stop([server.proc])
-    return {"ipi": code, "failure": failure, "stopping": stopping}
+    return {"ipi": code, "ipi_spent": ipi.spent, "failure": failure, "stopping": stopping}
 
 
 def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float) -> RunResult:
@@ -532,6 +628,12 @@ def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float)
     if outcome["failure"] is not None:
         message = f"failed: {outcome['failure']}; stopped at {where}: fix it, then mlip-run --resume {folder}"
         events.record("failed", message, step=step, action="stop")
+        return RunResult(1, folder, message, wall)
+    if outcome.get("ipi_spent"):
+        message = (
+            f"failed: {outcome['ipi_spent']}; stopped at {where}: continue with `mlip-run --resume {folder}`"
+        )
+        events.record("failed", message, step=step, process="i-PI", status=describe_exit(outcome["ipi"]))
         return RunResult(1, folder, message, wall)
     if outcome["ipi"] != 0:
         message = f"failed: i-PI {describe_exit(outcome['ipi'])}: see {folder}/ipi.log"
@@ -804,6 +906,14 @@ def build_parser():
         default=3,
         metavar="N",
         help="restarts of a server that died or hung, per launch (0: fail at once; default 3)",
+    )
+    g.add_argument(
+        "--max-ipi-restarts",
+        type=int,
+        default=2,
+        metavar="N",
+        help="restarts of i-PI killed by a signal (the OOM killer), per launch, each from the run's latest "
+        "checkpoint in place (0: fail at once; default 2)",
     )
     g.add_argument(
         "--stall-timeout",
