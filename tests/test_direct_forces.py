@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
+from ipi.utils import mathtools
 from refusals import assert_refused
 
-from mlip_server.core.averaging import Averaging
 from mlip_server.core.errors import ModelError
 from mlip_server.core.evaluator import Structure
 from mlip_server.loading import load_evaluator
-from mlip_server.training.toy_models import LennardJonesDirect, export
+from mlip_server.training.toy_models import LennardJonesDirect, LennardJonesDirectCubic, export
 
 BIAS = np.array([0.1, -0.2, 0.3])
 
@@ -58,45 +58,61 @@ def test_served_direct_forces_are_the_head_minus_its_mean(lj_direct, argon):
     assert direct.extras["direct_net_force"] == pytest.approx(net, rel=1e-12) and net > 1.0
 
 
-def test_direct_endpoint_runs_no_backward_pass(lj_direct, argon, monkeypatch):
+def test_direct_endpoint_builds_no_autograd_graph(lj_direct, argon):
+    """No backward pass, and no graph for one: an op records tensors for backward only when one
+    of its inputs requires grad, so with a pack hook on every saved tensor a direct call (plain or
+    averaged) must record none; the same hook sees a conservative call's graph."""
     ev = load_evaluator(lj_direct)
-    calls = {"grad": 0, "backward": 0}
-    real_grad, real_backward = torch.autograd.grad, torch.Tensor.backward
+    saved = []
 
-    def grad(*args, **kwargs):
-        calls["grad"] += 1
-        return real_grad(*args, **kwargs)
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
 
-    def backward(self, *args, **kwargs):
-        calls["backward"] += 1
-        return real_backward(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", grad)
-    monkeypatch.setattr(torch.Tensor, "backward", backward)
     s = Structure.from_ase(argon)
-    ev.compute([s, s], ["direct", "direct+2i"])
-    assert calls == {"grad": 0, "backward": 0}
-    ev.compute([s])  # the instrument sees a conservative call
-    assert calls["grad"] == 1
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        ev.compute([s, s], ["direct", "direct+2i"])
+        assert saved == [], f"the direct endpoint recorded {len(saved)} tensors for a backward pass"
+        ev.compute([s])  # the instrument sees a conservative call
+    assert len(saved) > 0
 
 
-def test_direct_averaging_composes_with_rotations(lj_direct, argon):
+@pytest.fixture(scope="module")
+def lj_direct_cubic(models_dir) -> str:
+    return export(LennardJonesDirectCubic(bias=BIAS.tolist(), cubic=0.05), models_dir / "lj-direct-cubic.pt")
+
+
+def test_direct_averaging_composes_with_rotations(lj_direct, lj_direct_cubic, argon):
+    """``direct+2i`` is the weighted mean of the rotated-back raw direct forces over i-PI's own
+    order-2 Legendre grid plus inversion, taken here from ``ipi.utils.mathtools`` (not from
+    :class:`Averaging`). The head's cubic term is odd in each edge direction (inversion does not
+    cancel it) and of angular order 3: the ``i``, ``2i`` and ``3i`` averages differ by > 1e-2 eV/Å,
+    so the grid the spec names is the one checked. Tolerance 1e-12 eV/Å: the same float64
+    evaluations summed in another order, at positions rotated with ~1e-15 Å rounding."""
+    # the constant bias (the head's model-frame term) cancels between R and -R: -grad E is left
     ev = load_evaluator(lj_direct)
     s = Structure.from_ase(argon)
     conservative = ev.compute([s])[0]
+    np.testing.assert_allclose(
+        ev.compute([s], "direct+2i")[0].forces, conservative.forces, rtol=0, atol=1e-12
+    )
+
+    ev = load_evaluator(lj_direct_cubic)
     averaged = ev.compute([s], "direct+2i")[0]
-    # the model-frame term cancels between R and -R; what is left is -grad E
-    np.testing.assert_allclose(averaged.forces, conservative.forces, rtol=0, atol=1e-12)
-    # and it is the weighted mean of rotated-back raw direct forces
-    rot = Averaging("2i").rotations()
-    manual = np.zeros_like(averaged.forces)
-    for r, w in zip(rot.matrices, rot.weights):
-        rotated = Structure.from_ase(argon)
-        rotated.positions = argon.positions @ r.T
-        rotated.cell = np.array(argon.cell) @ r.T
-        manual += w * ev.compute([rotated], "direct")[0].forces @ r
-    np.testing.assert_allclose(averaged.forces, manual, rtol=0, atol=1e-11)
-    assert averaged.extras["n_rotations"] == int((rot.weights > 0).sum())
+    quadrature = mathtools.get_rotation_quadrature_legendre(2)
+    manual, total = np.zeros_like(averaged.forces), 0.0
+    for r, w, _ in quadrature:
+        for m in (np.asarray(r), -np.asarray(r)):  # the grid and its inversion, same weights
+            rotated = Structure.from_ase(argon)
+            rotated.positions = argon.positions @ m.T
+            rotated.cell = np.array(argon.cell) @ m.T
+            manual += w * ev.compute([rotated], "direct")[0].forces @ m
+            total += w
+    np.testing.assert_allclose(averaged.forces, manual / total, rtol=0, atol=1e-12)
+    assert averaged.extras["n_rotations"] == 2 * len(quadrature) == 36
+    for other in ("direct+i", "direct+3i"):
+        assert np.abs(ev.compute([s], other)[0].forces - averaged.forces).max() > 1e-2, other
+    assert np.abs(averaged.forces - conservative.forces).max() > 1e-2  # the cubic term is not cancelled
 
 
 def test_direct_committee_reports_direct_spreads(models_dir, argon):

@@ -10,6 +10,9 @@
   (``direct_forces`` = −∇E plus ``bias`` × the atom's neighbour count: a net force to remove and a
   term fixed in the model's frame, which averaging over a grid with inversion cancels),
   ``direct_virial`` (the analytic pair virial) and ``forward_direct``.
+* :class:`LennardJonesDirectCubic` — :class:`LennardJonesDirect` whose head also has a term odd in
+  each edge's direction and of angular order 3 (``cubic`` × Σ_j (u_x³, u_y³, u_z³)): inversion does
+  not cancel it and a coarse rotation grid does not average it to a covariant force.
 * :class:`WaterToyDirect` — the water toy with a direct head that is the force of its Morse part
   only (≠ −∇E by the non-invariant term; no direct virial), for the direct-force experiments.
 * :class:`DetachedMorse` — the water toy with its H–H and O–O Morse terms computed from edge
@@ -31,6 +34,7 @@ import torch
 __all__ = [
     "LennardJones",
     "LennardJonesDirect",
+    "LennardJonesDirectCubic",
     "AnisotropicPairModel",
     "WaterToyDirect",
     "water_toy_direct",
@@ -346,6 +350,36 @@ class LennardJonesDirect(LennardJones):
         energies = self.forward(edge_vectors, edge_index, numbers, structure_index, n_structures)
         forces = self.direct_forces(edge_vectors, edge_index, numbers, structure_index, n_structures)
         return energies, forces
+
+
+class LennardJonesDirectCubic(LennardJonesDirect):
+    """:class:`LennardJonesDirect` whose direct head adds ``cubic`` (eV/Å) × Σ_j (u_x³, u_y³, u_z³)
+    over the unit vectors u = r_ij/|r_ij| of atom i's edges, in the model's frame: odd in u (so the
+    inversion of a grid does not cancel it, unlike the constant ``bias``) and of angular order 3 (so
+    a coarse grid's average keeps a part that depends on the grid). Forces only; the direct virial
+    stays the pair one."""
+
+    def __init__(self, *args, cubic: float = 0.05, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cubic = float(cubic)
+
+    @torch.jit.export
+    def direct_forces(
+        self,
+        edge_vectors: torch.Tensor,
+        edge_index: torch.Tensor,
+        numbers: torch.Tensor,
+        structure_index: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        g = self._pair_gradient(edge_vectors)
+        forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
+        forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
+        counts = torch.bincount(edge_index[0], minlength=numbers.shape[0]).to(g.dtype)
+        u = edge_vectors / torch.sqrt((edge_vectors**2).sum(dim=1, keepdim=True))
+        inside = ((edge_vectors**2).sum(dim=1, keepdim=True) < self.cutoff**2).to(g.dtype)
+        cubic = torch.zeros_like(forces).index_add(0, edge_index[0], self.cubic * inside * u**3)
+        return forces + counts.unsqueeze(1) * self.bias.to(g.dtype) + cubic
 
 
 def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:
