@@ -62,8 +62,8 @@ class PETWithDirectForces(nn.Module):
     """A :class:`~mlip_server.training.pet.PET` plus a direct-force head, under the model contract.
 
     ``forward`` and ``atomic_energies`` are the PET's own (the same code: bitwise the same
-    results); ``direct_forces`` and ``forward_direct`` are the contract's direct methods (README,
-    "the model contract"): one backbone pass gives the energies and the direct forces.
+    results); ``direct_forces`` and ``forward_direct`` are the contract's direct methods
+    (docs/topics/model-contract.md): one backbone pass gives the energies and the direct forces.
 
     Parameters
     ----------

@@ -17,7 +17,7 @@ exist, starts one mlip-server for all endpoints, prints progress, and on exit, e
 stops everything it started and removes its sockets. Socket names are unique per launch
 (``mlip-<PID>-<random>-<endpoint>``): concurrent runs never collide.
 
-Production (README, "Production runs"): the server is supervised — one that dies or hangs (no
+Production (docs/topics/production.md): the server is supervised — one that dies or hangs (no
 evaluation for ``--stall-timeout`` s) is restarted on the same sockets, up to
 ``--max-server-restarts`` times, and i-PI re-sends the request it lost. SIGTERM, SIGINT, SIGUSR1,
 SIGHUP and the walltime (``--walltime``, or the SLURM job's end time) make i-PI stop cleanly and
@@ -883,7 +883,7 @@ def build_parser():
         help="serve the model as an AOTInductor package compiled on first use (mlip-server --compile)",
     )
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="any other template value")
-    g = p.add_argument_group("production (README: 'Production runs')")
+    g = p.add_argument_group("production runs: crashes, hangs, walltime, resume")
     g.add_argument(
         "--resume",
         metavar="RUN",
