@@ -9,6 +9,7 @@ includes is extracted:
 * every shell line that runs an ``mlip-*`` command (also under ``mpiexec``/``srun``) is parsed
   by that command's own parser: every flag must exist and every value must be one it accepts;
   every shipped experiment, deck and SLURM template it names must exist (``mlip_server.paths``);
+* every ``ipi_inputs/…``, ``lammps_inputs/in.…`` and ``hpc/….slurm`` the text names is shipped;
 * ``sbatch`` lines name a shipped template and shipped experiments/decks in their variables,
   ``python -m`` lines an importable module, ``make`` lines a target of the Makefile;
 * cheap commands (``mlip-run --list``, ``--copy-template``, ``mlip-lammps-run --list``) are run in
@@ -298,6 +299,24 @@ def test_readme_links_exist():
     missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
     assert len(text.splitlines()) <= 150, "README.md is the front door: at most 150 lines"
+
+
+SHIPPED_PATH = re.compile(
+    r"(?<![\w/])(ipi_inputs/[\w.-]+(?:/[\w.-]+)?|lammps_inputs/in\.[\w.-]+|hpc/[\w-]+\.slurm)"
+)
+
+
+def test_shipped_files_named_in_the_text_exist():
+    """Every experiment folder, deck and SLURM template the prose names (``ipi_inputs/water-nvt``,
+    ``lammps_inputs/in.water-nvt``, ``hpc/lammps-domain.slurm``) is shipped."""
+    missing = set()
+    for f in doc_files():
+        for m in SHIPPED_PATH.finditer(f.read_text()):
+            name = m.group(1).rstrip(".")
+            if any(_placeholder(part) for part in name.split("/")) or _check_shipped(name) is None:
+                continue
+            missing.add(f"{f.relative_to(ROOT)}: {name}")
+    assert not missing, sorted(missing)
 
 
 def test_user_docs_hold_no_internal_history():
