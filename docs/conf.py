@@ -1,5 +1,6 @@
 """Sphinx configuration of the mlip-server documentation (``make docs``)."""
 
+import logging
 from importlib.metadata import version as _version
 
 project = "mlip-server"
@@ -54,3 +55,6 @@ sphinx_gallery_conf = {
     "show_signature": False,
     "abort_on_example_error": True,
 }
+
+# MDAnalysis reports each analysis step at INFO; the build log keeps warnings only
+logging.getLogger("MDAnalysis").setLevel(logging.WARNING)

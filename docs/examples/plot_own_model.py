@@ -51,18 +51,21 @@ model_file = str(work / "argon-lj.pt")
 torch.jit.save(torch.jit.script(ArgonLJ()), model_file)
 
 # %%
-# A 32-atom fcc argon crystal (atoms slightly displaced), and ``mlip-server --check`` on it: what
-# the server reads from the file, forces against finite differences of the energy, the routes.
+# A 32-atom fcc argon crystal (atoms slightly displaced), and ``mlip-server --check`` on it (the
+# command, here as ``python -m mlip_server.ipi.serve``): what the server reads from the file,
+# forces against finite differences of the energy, the routes.
+import subprocess
+import sys
+
 from ase.build import bulk
 from ase.io import write
-
-from mlip_server.ipi.serve import main as mlip_server
 
 atoms = bulk("Ar", "fcc", a=5.26, cubic=True).repeat((2, 2, 2))
 atoms.rattle(0.05, seed=1)  # off the lattice sites, so that there are forces to check
 write(work / "argon.xyz", atoms)
-status = mlip_server(["--check", "--model", model_file, "--structure", str(work / "argon.xyz")])
-print("mlip-server --check exit status:", status)
+check = ["--check", "--model", model_file, "--structure", str(work / "argon.xyz")]
+done = subprocess.run([sys.executable, "-m", "mlip_server.ipi.serve", *check], capture_output=True, text=True)
+print(done.stdout, f"mlip-server --check exit status: {done.returncode}")
 
 # %%
 # NVE with the ASE calculator, 5 fs steps from 60 K: kinetic, potential and total energy.
