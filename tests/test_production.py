@@ -293,20 +293,34 @@ def test_sigkilled_ipi_of_a_pimd_run_is_restarted_in_place(tmp_path, toy_model, 
 
 
 def test_pimd_run_stopped_and_resumed_has_every_bead_step_once(tmp_path, toy_model, pimd_reference):
-    """SIGTERM to the launcher of a 4-bead run (exit 75, i-PI's RESTART), then --resume: each bead's
-    trajectory, the centroid's and sim.out hold every step once and the uninterrupted run."""
+    """A 4-bead run stopped twice: SIGTERM to the launcher (exit 75, i-PI's RESTART), --resume, then
+    every process SIGKILLed (a lost node: every bead's file and the centroid's hold rows past
+    sim.restart), --resume to the end: each trajectory and sim.out hold every step once and the
+    uninterrupted run."""
     run = tmp_path / "run"
     log = tmp_path / "launcher.log"
     proc = _start(_pimd_options(toy_model) + ["--out", str(run)], log)
-    _wait_for_step(run, 120, proc)
+    _wait_for_step(run, 60, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == EXIT_STOPPED, log.read_text()
     stopped = int(_rows(run)[-1, 0])
-    assert stopped < PIMD_STEPS
+    checkpoint = (stopped // 50 + 1) * 50  # the resumed run's first sim.restart (checkpoint=50)
+    assert checkpoint < PIMD_STEPS, f"the stop came too late (step {stopped}) to stop the run again"
+    proc = _start(["--resume", str(run), "--progress", "0"], log)
+    _wait_for_step(run, checkpoint + 15, proc)
+    children = _children(proc)
+    for pid in (children["ipi"], children["server"], proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert f"from step {stopped} (RESTART)" in log.read_text()
     done = subprocess.run(RUN + ["--resume", str(run), "--progress", "0"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"from step {stopped} (RESTART)" in done.stdout
     _same_pimd_run(run, pimd_reference)
+    trim = next(e for e in _events(run) if e["event"] == "trim")
+    assert trim["step"] == checkpoint and sorted(trim["removed"]) == sorted(
+        [*pimd_reference[1], "sim.out"]
+    ), trim
 
 
 def test_stops_and_resumes_give_every_step_once_and_the_same_trajectory(tmp_path, toy_model, reference):
