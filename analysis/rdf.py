@@ -177,7 +177,8 @@ class BlockRDF(InterRDF):
 
 
 def first_shell(r, g, smooth: int = 5):
-    """First peak (r in Å, g dimensionless) and first minimum after it (r at the upper edge of that bin).
+    """First peak (r in Å, g dimensionless) and first minimum after it (r at the upper edge of that
+    bin).
 
     g is smoothed with a ``smooth``-bin running mean; the first peak is the first local maximum
     above 1, the minimum the first local minimum below 1 after it. Returns
@@ -208,7 +209,7 @@ def first_shell(r, g, smooth: int = 5):
 
 def water_rdfs(universe, water, rmax=None, nbins=200, n_blocks=DEFAULT_BLOCKS, run_kw=None):
     """g_OO, g_OH, g_HH of a water Universe; intramolecular O-H and H-H pairs excluded
-        (``exclusion_block`` on molecule-ordered groups). ``rmax`` in Å (default :func:`default_rmax`),
+    (``exclusion_block`` on molecule-ordered groups). ``rmax`` in Å (default: :func:`default_rmax`),
     ``nbins`` bins from 0 to it. Returns ``{"OO": BlockRDF, ...}`` (r in Å, g dimensionless)."""
     require_box(universe, "g(r)")
     rmax = rmax or default_rmax(universe)
