@@ -331,9 +331,9 @@ def test_stops_and_resumes_give_every_step_once_and_the_same_trajectory(tmp_path
     and SIGKILL of every process (a lost node: rows past the last checkpoint are cut)."""
     run = tmp_path / "run"
     log = tmp_path / "launcher.log"
-    # 1. walltime: 28 s minus a 20 s margin (8 s: past step 0 also on a loaded machine)
+    # 1. walltime: 25 s minus a 20 s margin
     proc = _start(
-        _options(toy_model) + ["--out", str(run), "--walltime", "00:00:28", "--walltime-margin", "20"], log
+        _options(toy_model) + ["--out", str(run), "--walltime", "00:00:25", "--walltime-margin", "20"], log
     )
     assert proc.wait(timeout=120) == EXIT_STOPPED, log.read_text()
     assert f"continue with `mlip-run --resume {run}`" in log.read_text()
