@@ -40,7 +40,7 @@ from mlip_server.supervision import EXIT_STOPPED, Deadline, describe_exit, parse
 
 RUN = [sys.executable, "-m", "mlip_server.ipi.launcher"]
 STEPS = 1200
-SHORT = 600
+SHORT = 400
 """Steps of the runs compared with the first SHORT + 1 rows of the reference (the total steps do
 not enter the dynamics: a shorter run is the reference's beginning, bitwise)."""
 ATOMS = 24  # 8 waters
@@ -194,7 +194,7 @@ def test_sigkilled_ipi_is_restarted_from_its_checkpoint_in_place(tmp_path, toy_m
     run = tmp_path / "run"
     log = tmp_path / "launcher.log"
     proc = _start(_options(toy_model, steps=SHORT) + ["--out", str(run)], log)
-    _wait_for_step(run, 320, proc)
+    _wait_for_step(run, 220, proc)
     os.kill(_children(proc)["ipi"], signal.SIGKILL)
     assert proc.wait(timeout=180) == 0, log.read_text()
     _same_trajectory(_each_step_once(run, SHORT), reference[: SHORT + 1], restarted=True)
@@ -213,7 +213,7 @@ def test_ipi_restart_budget_spent_fails_once_and_resumes(tmp_path, toy_model, re
     run = tmp_path / "run"
     log = tmp_path / "launcher.log"
     proc = _start(_options(toy_model, steps=SHORT) + ["--out", str(run), "--max-ipi-restarts", "0"], log)
-    _wait_for_step(run, 320, proc)
+    _wait_for_step(run, 220, proc)
     os.kill(_children(proc)["ipi"], signal.SIGKILL)
     assert proc.wait(timeout=120) == 1, log.read_text()
     text = log.read_text()
