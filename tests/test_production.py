@@ -13,12 +13,13 @@ one thread, same seed), compared in two ways that follow from the mechanism:
 - i-PI restarted from a checkpoint (``--resume``, i-PI killed): the checkpoint holds positions,
   momenta, cell, thermostat energy with 17 significant digits (``floatformat='%.16e'``: every
   float64 reads back exactly) and the random generator's integer state, yet the restarted i-PI
-  rebuilds its derived state in another order: measured, the kinetic energy first differs in its
-  last bit (2e-16 relative) 4 steps after a restart. MD amplifies such a seed: measured on this
-  system, 8e-15 relative in the potential 350 steps later, ~one e-fold per 100 steps, so at most
-  ~1e-16 x e^10 ~ 2e-12 relative by the end of a 1200-step run. :data:`RESTART_TOL` (1e-10
-  relative, 2.4e-10 eV/atom here) allows 50x that and is 10x below the smallest real fault (a
-  checkpoint of i-PI's default 9 digits seeds 1e-9 at once; a lost or repeated step is ~1e-3).
+  rebuilds its derived state in another order: measured, a restart is often bitwise, else the
+  last bits of the kinetic energy differ a few steps after it. MD amplifies such a ~1e-16 seed:
+  measured on this system, 8e-15 relative in the potential 350 steps later and 1.6e-12 1070 steps
+  later (one e-fold per ~110 steps), so at most ~1e-16 x e^11 ~ 6e-12 relative within a 1200-step
+  run. :data:`RESTART_TOL` (1e-10 of the largest |potential|, 6e-10 eV/atom here) allows 15x
+  that; a checkpoint with 12 digits instead of 17 (a 1e-12 seed) already ends 7e-9 apart, one of
+  i-PI's default 9 digits 4e-6, and a lost or repeated step is ~1e-3.
 """
 
 from __future__ import annotations
