@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -125,6 +126,9 @@ def test_molecules_data_file_is_built_in_the_workdir(tmp_path, toy_model):
     assert done.returncode == 0, done.stdout + done.stderr
     assert (work / "water-8.data").is_file()
     assert f"data file {work / 'water-8.data'}" in done.stdout
+    last = done.stdout.strip().splitlines()[-1]  # the closing line: numbers and the next command
+    assert re.search(r"done: 2 steps in \S+ \(.* [pn]s/day, .* s/step\); mean T [\d.]+ K", last), last
+    assert f"next: mlip-analyse all {work / 'water-nve.lammpstrj'} --types O H" in last
     assert set(lammps_inputs_dir().iterdir()) == shipped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing in the current folder
     settings = json.loads((work / "run.json").read_text())

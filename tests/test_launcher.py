@@ -3,6 +3,7 @@ production faults are in test_production.py)."""
 
 import glob
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -375,20 +376,26 @@ def test_options_the_experiment_ignores_are_refused(tmp_path, toy_model, args, w
     assert not run.exists()  # nothing of a refused run stays behind
 
 
-def test_closing_line_names_the_files_and_the_next_command(tmp_path, toy_model):
+def test_progress_lines_and_closing_line_with_numbers_and_the_next_command(tmp_path, toy_model):
+    """Not a terminal (a batch log): timestamped 'step N/M' lines with the rate; the closing line
+    has the steps, wall time and rate, the mean temperature, the files and the next command."""
     run = tmp_path / "run"
-    args = ["water-pimd", "--beads", "2", "--molecules", "8", "--steps", "4", "--stride", "2"]
+    args = ["water-pimd", "--beads", "2", "--molecules", "8", "--steps", "100", "--stride", "2"]
     done = subprocess.run(
-        RUN + args + ["--model", toy_model, "--out", str(run), "--progress", "0"],
+        RUN + args + ["--model", toy_model, "--out", str(run), "--progress", "0.5"],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    last = done.stdout.strip().splitlines()[-1]
+    lines = done.stdout.strip().splitlines()
+    progress = [line for line in lines if re.match(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] step \d+/100 ", line)]
+    assert progress and re.search(r"[pn]s/day, [\d.e-]+ s/step", progress[-1]), done.stdout
+    last = lines[-1]
+    assert re.search(r"done: 100 steps in \S+ \(.* [pn]s/day, .* s/step\); mean T [\d.]+ K", last), last
     assert "sim.pos_0.extxyz, sim.pos_1.extxyz" in last
     hint = last.split("next: ")[1].split()
-    assert hint[:3] == ["mlip-analyse", "all", str(run / "sim.pos_0.extxyz")]
+    assert hint[:3] == ["mlip-analyse", "all", str(run)]
     assert "--beads" in hint and "centroid" in hint
     from mlip_server.analysis.readers import load_universe
 

@@ -50,6 +50,7 @@ from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
 from ..loading import COMPILE_VARIABLE
 from ..paths import runs_dir, shipped_model
+from ..progress import Progress, around_bars, closing_text
 from ..supervision import (
     EXIT_STOPPED,
     Deadline,
@@ -73,6 +74,7 @@ from .run_folder import (
     trim_outputs,
     write_run,
 )
+from .summary import headline, next_command, timestep_fs
 
 __all__ = ["run_experiment", "run_many", "RunResult", "main", "build_parser"]
 
@@ -146,7 +148,7 @@ def run_experiment(
             f"run_experiment: unknown option {unknown[0]!r} (options: {', '.join(sorted(known))})"
         )
     opts = RunOptions(**options)
-    out = log or sys.stdout
+    out = around_bars(log or sys.stdout)  # a live progress bar never splits a printed line
     t0 = time.monotonic()
     if opts.side not in ("both", "ipi", "server"):
         raise InputError(f"unknown side {opts.side!r}: use both, ipi or server")
@@ -325,16 +327,6 @@ def _continue_in_place(name: str, opts: RunOptions, folder: Path, run_id: str, c
     for backup in folder.glob("#*#"):
         backup.unlink()
     return rendered, cut
-
-
-def _analysis_hint(folder: Path, prefix: str) -> str:
-    """The mlip-analyse command to run next on the run's positions, '' when it wrote none."""
-    positions = sorted(folder.glob(f"{prefix}.pos_*"))
-    if not positions:
-        return ""
-    args = ["mlip-analyse", "all", str(positions[0])]  # the frame interval is read from sim.out
-    args += ["--beads", "centroid"] if len(positions) > 1 else []
-    return "; next: " + " ".join(args + ["--out", str(folder / "analysis")])
 
 
 def _server_args(rendered, opts: RunOptions) -> list:
@@ -577,6 +569,10 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
     stopping = None
     failure = None
     last = time.monotonic()
+    start = last_step(folder, prefix)  # None: a fresh run; else the step a resumed run goes on from
+    progress = Progress(
+        launch.total_steps, timestep_fs=timestep_fs(launch.rendered.xml), out=out, interval=opts.progress
+    )
     while True:
         code = ipi.poll()
         if code is not None:
@@ -605,18 +601,25 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
                 stopping = "failure"
                 ipi.send_signal(signal.SIGTERM)  # i-PI saves a RESTART: nothing is lost
                 break
-        if opts.progress > 0 and time.monotonic() - last > opts.progress:
+        if time.monotonic() - last >= 0.5:  # the last step i-PI wrote: a live bar or a line per --progress s
             last = time.monotonic()
-            step = last_step(folder, prefix)
-            if step is not None:
-                print(f"  step {step}", file=out, flush=True)
+            progress.update(last_step(folder, prefix))
         time.sleep(0.2)
+    progress.update(last_step(folder, prefix))
+    progress.close()
     for server in servers:
         try:  # a server exits on i-PI's EXIT
             server.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             processes.stop([server.proc])
-    return {"ipi": code, "ipi_spent": ipi.spent, "failure": failure, "stopping": stopping}
+    return {
+        "ipi": code,
+        "ipi_spent": ipi.spent,
+        "failure": failure,
+        "stopping": stopping,
+        "start_step": start or 0,
+        "seconds_per_step": progress.meter.seconds_per_step(),
+    }
 
 
 def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float) -> RunResult:
@@ -645,9 +648,18 @@ def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float)
         return RunResult(EXIT_STOPPED, folder, message, wall)
     prefix = output_prefix(launch.rendered.xml)
     outputs = ", ".join(sorted(p.name for p in output_files(folder, prefix)))
+    start = outcome.get("start_step", 0)
+    numbers = closing_text(
+        step - start, wall, outcome.get("seconds_per_step"), timestep_fs(launch.rendered.xml)
+    ) + (f" from step {start}" if start else "")
+    physics = headline(folder, prefix)
+    command = next_command(folder, prefix, launch.name)
     events.record(
         "done",
-        f"done ({total} steps); outputs in {folder}: {outputs}{_analysis_hint(folder, prefix)}",
+        f"done: {numbers}"
+        + (f"; {physics}" if physics else "")
+        + f"; outputs in {folder}: {outputs}"
+        + (f"; next: {command}" if command else ""),
         step=step,
     )
     return RunResult(0, folder, "", wall)
@@ -762,7 +774,8 @@ def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None
         handle = open(logs / f"{name}.log", "w") if logs else open(os.devnull, "w")
         files.append(handle)
         try:
-            results[name] = run_experiment(experiment, stop=stop, log=handle, progress=0, **job)
+            job.setdefault("progress", 10.0 if logs else 0)  # a log gets a progress line every 10 s
+            results[name] = run_experiment(experiment, stop=stop, log=handle, **job)
         except MLIPError as err:
             print(f"mlip-run: error: {err}", file=handle, flush=True)
             results[name] = RunResult(2, Path(job.get("out", ".")), str(err))
@@ -924,7 +937,14 @@ def build_parser():
         "has 600 s for its first)",
     )
     p.add_argument("--out", help="run folder (default: ./runs/EXPERIMENT-DATE-ID under the current folder)")
-    p.add_argument("--progress", type=float, default=10.0, help="seconds between progress lines (0: quiet)")
+    p.add_argument(
+        "--progress",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between the timestamped progress lines of a log (step N/M, ps/day, s/step, time "
+        "left); a terminal shows a live bar instead (0: neither)",
+    )
     p.add_argument(
         "--transport",
         default="unix",

@@ -7,15 +7,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
 from ..paths import shipped_model
+from ..progress import closing_text
 from ..protocol import Address
 from ..structures import write_water_data
 from ..supervision import EXIT_STOPPED, Deadline, EventLog, StopSignals
-from . import bridge, checkpoint, runner
+from . import bridge, checkpoint, runner, summary
 from .bridge import EXIT_BAD_INPUT, EXIT_INTERRUPTED, Bridge, BridgeConfig
 from .deck import pressure_fixes, resolve_deck, shipped_decks
 from .mpi import Interrupts, get_comm, preload_mpi
@@ -377,6 +379,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="do not stream the outputs (they are still in OUT)")
     p.add_argument(
+        "--progress",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between the timestamped progress lines of a log (step N/M, ns/day, s/step, time "
+        "left); a terminal shows a live bar instead (0: neither)",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=int,
         default=0,
@@ -440,7 +450,7 @@ def _fresh_settings(args) -> dict | None:
     if not args.deck:
         print(f"{RUN}: error: give the LAMMPS deck (a file, or a shipped deck: --list)", file=sys.stderr)
         return None
-    workdir = Path(args.workdir)
+    workdir = Path(args.workdir).resolve()  # LAMMPS runs in it: every path it reads is absolute
     try:
         deck = resolve_deck(args.deck)
     except MLIPError as err:
@@ -554,7 +564,9 @@ def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
     kwargs = dict(settings)
     for name in ("deck", "model", "elements"):
         kwargs.pop(name)
+    start = int((checkpoint.read_state(workdir)[1] or {}).get("step", 0)) if resume else None
     stop = StopSignals()
+    t0 = time.monotonic()
     try:
         with stop:
             result = runner.run(
@@ -562,6 +574,7 @@ def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
                 settings["model"],
                 settings["elements"],
                 echo=not args.quiet,
+                progress=args.progress,
                 timeout=args.run_timeout,
                 resume=resume,
                 stop_event=stop.event,
@@ -583,8 +596,27 @@ def _launch(settings: dict, args, deadline, resume: bool, events=None) -> int:
     elif result.code:
         print(f"{RUN}: error: {result.message} (outputs in {result.workdir})", file=sys.stderr)
     else:
-        print(f"{RUN}: done; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)")
+        print(f"{RUN}: {_closing_line(result, settings, start, time.monotonic() - t0)}", flush=True)
     return result.code
+
+
+def _closing_line(result, settings: dict, start: int | None, wall: float) -> str:
+    """``done: N steps in T (rate); mean T ...; outputs in OUT (...); next: mlip-analyse ...``"""
+    state = checkpoint.read_state(result.workdir)[1] or {}
+    first = start if start is not None else state.get("first_step")
+    numbers = ""
+    if state.get("step") is not None and first is not None:
+        steps = int(state["step"]) - int(first)
+        numbers = " " + closing_text(steps, wall, result.seconds_per_step, result.dt_fs)
+        numbers += f" from step {first}" if start else ""
+    physics = summary.headline(result.workdir)
+    command = summary.next_command(result.workdir, settings["elements"], result.dt_fs)
+    return (
+        f"done:{numbers}"
+        + (f"; {physics}" if physics else "")
+        + f"; outputs in {result.workdir} (lammps.out, server.log, log.lammps, dumps)"
+        + (f"; next: {command}" if command else "")
+    )
 
 
 def _uncertainty_problem(args) -> str | None:
