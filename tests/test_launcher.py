@@ -207,22 +207,28 @@ def _cmdline(pid) -> str:
         return "?"
 
 
+def _sockets_of(launcher) -> list:
+    """The i-PI socket files of one launcher (their names carry its PID: processes.unique_name), so
+    that other runs on the machine at the same time do not count."""
+    return glob.glob(f"/tmp/ipi_mlip-{launcher.pid}-*")
+
+
 def test_killing_the_launcher_leaves_nothing_behind(tmp_path, toy_model):
-    before = set(glob.glob("/tmp/ipi_mlip-*"))
     proc, children = _long_run(tmp_path / "run", toy_model, subprocess.PIPE)
+    assert _sockets_of(proc)  # the pattern matches this run's sockets while it runs
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75 and "continue with `mlip-run --resume" in out, (out, err)
     for pid in children:
         assert not _alive(pid)
-    assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
+    assert _sockets_of(proc) == []
 
 
 def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     """SIGKILL leaves the launcher no chance to clean up; its i-PI and server are tied to its life
     (processes.tie_to_parent), receive SIGTERM from the kernel and exit, removing i-PI's socket."""
-    before = set(glob.glob("/tmp/ipi_mlip-*"))
     proc, children = _long_run(tmp_path / "run", toy_model, subprocess.DEVNULL)
+    assert _sockets_of(proc)
     proc.kill()
     proc.wait(timeout=10)
     deadline = time.monotonic() + 60
@@ -233,9 +239,9 @@ def test_sigkilled_launcher_takes_its_children_along(tmp_path, toy_model):
     names = {pid: _cmdline(pid) for pid in alive}
     assert not alive, f"processes {names} outlived their SIGKILLed launcher"
     deadline = time.monotonic() + 10
-    while set(glob.glob("/tmp/ipi_mlip-*")) - before and time.monotonic() < deadline:
+    while _sockets_of(proc) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert set(glob.glob("/tmp/ipi_mlip-*")) - before == set()
+    assert _sockets_of(proc) == []
 
 
 def _tgkill(pid: int, tid: int, sig: int) -> None:

@@ -36,79 +36,51 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 from .. import processes
 from ..cli_help import HelpFormatter
 from ..core.errors import InputError, MLIPError
 from ..loading import COMPILE_VARIABLE
-from ..paths import runs_dir, shipped_model
 from ..progress import Progress, around_bars, closing_text
 from ..supervision import (
     EXIT_STOPPED,
     Deadline,
     EventLog,
     RestartBudget,
-    StallWatch,
     StopSignals,
     atomic_write,
     describe_exit,
 )
-from .experiments import RunOptions, check_options, experiments, load_experiment, render, render_resume
+from .experiments import RunOptions, check_options, experiments, load_experiment, render
+from .launch import (
+    Launch,
+    RunResult,
+    check_direct_virial,
+    model_files,
+    prepare_fresh,
+    prepare_resume,
+    run_env,
+)
 from .run_folder import (
-    RESUME_FILE,
-    RUN_FILE,
-    checkpoints,
     last_step,
     latest_checkpoint,
     output_files,
     output_prefix,
-    read_run,
-    trim_outputs,
-    write_run,
 )
 from .summary import headline, next_command, timestep_fs
+from .supervised import SupervisedIpi, SupervisedServer, start_servers
 
 __all__ = ["run_experiment", "run_many", "RunResult", "main", "build_parser"]
 
-PER_LAUNCH = ("device", "dtype", "threads", "host", "port")
-"""Options a resumed run may change (where it runs, not what it computes): a new job of a
-two-node chain has another i-PI host and port."""
 SERVER_FILE = "server.json"
 """What the ``ipi`` side leaves for the ``server`` side in the run folder."""
-
-
-@dataclass
-class RunResult:
-    """Outcome of one run: exit status (0 done, 75 stopped cleanly, 1 failed, 130 interrupted),
-    folder, message."""
-
-    code: int
-    out: Path
-    message: str = ""
-    wall_s: float = 0.0
-
-
-@dataclass
-class _Launch:
-    """One launch of a run: the folder, the rendered input and what the server needs."""
-
-    name: str
-    folder: Path
-    meta: dict
-    rendered: object
-    model: Path | list  # a list of paths: a committee
-    server_args: list
-    total_steps: int
-    run_id: str = ""
-    """The socket names' prefix of this launch (a restarted i-PI opens the same sockets)."""
 
 
 def run_experiment(
@@ -166,174 +138,17 @@ def run_experiment(
     RestartBudget(opts.max_ipi_restarts, "--max-ipi-restarts")
     run_id = processes.unique_name("mlip")
     if opts.resume:
-        launch = _prepare_resume(name, opts, run_id, out)
+        launch = prepare_resume(name, opts, run_id, out)
         if isinstance(launch, RunResult):
             return launch
     else:
         if name is None:
             raise InputError("give the experiment to run (or --resume RUN to continue one)")
-        launch = _prepare_fresh(name, opts, run_id, out)
+        launch = prepare_fresh(name, opts, run_id, out)
     return _run(launch, opts, out, stop, deadline, t0)
 
 
-def _record_options(opts: RunOptions) -> dict:
-    """The options a resumed run takes over from its start (the per-launch ones excluded)."""
-    skip = {
-        "resume",
-        "walltime",
-        "walltime_margin",
-        "progress",
-        "out",
-        "max_server_restarts",
-        "max_ipi_restarts",
-        "stall_timeout",
-    }
-    return {k: v for k, v in asdict(opts).items() if k not in skip}
-
-
-def _prepare_fresh(name: str, opts: RunOptions, run_id: str, out) -> _Launch:
-    meta = load_experiment(name)[0]  # refuses an unknown experiment before any output
-    opts.device = opts.device or "cpu"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(opts.out or runs_dir() / f"{name}-{stamp}-{run_id.rsplit('-', 1)[-1]}")
-    model = _models(opts, check=opts.side == "both")
-    if folder.exists() and any(folder.iterdir()):
-        hint = (
-            f"continue it with mlip-run --resume {folder}"
-            if (folder / RUN_FILE).exists()
-            else "choose another"
-        )
-        raise InputError(f"run folder {folder} exists and is not empty: {hint}")
-    check_options(name, meta, load_experiment(name)[1], opts)
-    made = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    if isinstance(model, list):
-        opts.committee = [str(m) for m in model]
-    else:
-        opts.model = str(model)
-    try:
-        rendered = render(name, opts, folder, run_id)
-        if "--require-virial" in rendered.server_args:
-            _check_direct_virial(name, model, opts)
-    except MLIPError:
-        if made:
-            shutil.rmtree(folder, ignore_errors=True)  # nothing of a refused run stays behind
-        raise
-    (folder / rendered.xml_name).write_text(rendered.xml)
-    (folder / "endpoints.json").write_text(json.dumps(rendered.endpoints))
-    total = int(re.search(r"<total_steps>\s*(\d+)", rendered.xml).group(1))
-    write_run(folder, {"experiment": name, "total_steps": total, "options": _record_options(opts)})
-    print(f"mlip-run: {name} in {folder}", file=out, flush=True)
-    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total, run_id)
-
-
-def _check_direct_virial(name: str, model, opts: RunOptions) -> None:
-    """Refuses, before anything starts, a run that needs the pressure on direct forces of a model
-    without a direct virial (the server would refuse it too, after i-PI started)."""
-    from ..loading import load_model
-
-    models = model if isinstance(model, list) else [model]
-    lacking = [m for m in models if not load_model(str(m), "cpu", opts.dtype).direct_virial]
-    if lacking:
-        raise InputError(
-            f"{name} needs the pressure but {lacking[0]} has no direct virial: use conservative "
-            "forces (drop --forces direct)"
-        )
-
-
-def _prepare_resume(name: str | None, opts: RunOptions, run_id: str, out) -> _Launch | RunResult:
-    """Continues run ``opts.resume`` in place: the latest readable checkpoint, the outputs cut
-    to its step, fresh socket names. A finished run gives a RunResult with code 0."""
-    folder = Path(opts.resume)
-    record = read_run(folder, name)
-    name = record["experiment"]
-    meta = load_experiment(name)[0]
-    stored = record["options"]
-    defaults = RunOptions()
-    for key, value in stored.items():  # the physics of the run is the run's own
-        given = getattr(opts, key)
-        if key == "model" and given is not None:
-            given = str(Path(given).resolve())
-        if key not in (*PER_LAUNCH, "steps") and given not in (
-            getattr(defaults, key),
-            value,
-        ):
-            flag = "--" + key.replace("_", "-")
-            raise InputError(
-                f"--resume continues {folder} with its own options: leave out {flag} "
-                f"(the run has {value!r}); only --steps, --servers, "
-                f"{', '.join('--' + k for k in PER_LAUNCH)} may change"
-            )
-        if key in PER_LAUNCH:  # where this launch runs: given ones win, else the run's
-            if given == getattr(defaults, key):
-                setattr(opts, key, value)
-        elif key != "steps":
-            setattr(opts, key, value)
-    opts.device = opts.device or "cpu"
-    checkpoint, unreadable = latest_checkpoint(folder)
-    total = opts.steps if opts.steps is not None else checkpoint.total_steps
-    if checkpoint.step >= total:
-        print(f"mlip-run: {folder} is finished (step {checkpoint.step} of {total}): nothing to do", file=out)
-        return RunResult(0, folder, "finished", 0.0)
-    model = [Path(m) for m in opts.committee] if opts.committee else Path(opts.model)
-    missing = [m for m in (model if isinstance(model, list) else [model]) if not m.is_file()]
-    if opts.side == "both" and missing:
-        raise InputError(
-            f"model {missing[0]} of run {folder} not found: restore it (the run needs the same model)"
-        )
-    events = EventLog(folder, out)
-    for path in unreadable:
-        events.record(
-            "corrupt-checkpoint",
-            f"{path.name} is unreadable (cut short by a kill?): not used",
-            file=path.name,
-        )
-    rendered, cut = _continue_in_place(name, opts, folder, run_id, checkpoint)
-    if cut:
-        events.record(
-            "trim",
-            f"cut the rows past step {checkpoint.step} (written after the last checkpoint): "
-            + ", ".join(f"{n} {f}" for f, n in cut.items()),
-            step=checkpoint.step,
-            removed=cut,
-        )
-    events.record(
-        "resume",
-        f"resuming {name} in {folder} from step {checkpoint.step} ({checkpoint.path.name}) to step {total}",
-        step=checkpoint.step,
-        action="resume",
-    )
-    record["total_steps"] = total
-    write_run(folder, record)
-    return _Launch(name, folder, meta, rendered, model, _server_args(rendered, opts), total, run_id)
-
-
-def _continue_in_place(name: str, opts: RunOptions, folder: Path, run_id: str, checkpoint) -> tuple:
-    """i-PI's continuation of run ``folder`` from ``checkpoint``: the sockets a killed i-PI left
-    removed, the output rows past the checkpoint cut (every step once), ``resume.xml`` written
-    (socket names of ``run_id``), the older checkpoints and i-PI's backups removed. Returns the
-    rendered input and the rows cut per file."""
-    for socket in re.findall(
-        r"<ffsocket[^>]*mode=['\"](?:unix|shm)['\"][^>]*>.*?<address>\s*([^<\s]+)", checkpoint.text, re.S
-    ):
-        path = Path(processes.unix_socket_path(socket))  # a hard stop left the last launch's sockets
-        path.unlink(missing_ok=True)
-    cut = trim_outputs(folder, checkpoint.step, output_prefix(checkpoint.text))
-    rendered = render_resume(name, opts, folder, run_id, checkpoint.text)
-    atomic_write(folder / RESUME_FILE, rendered.xml)
-    for stale in ("RESTART", *(p.name for p in folder.glob("*.restart"))):
-        if stale != RESUME_FILE and (folder / stale).exists():
-            (folder / stale).unlink()  # resume.xml now holds the latest state
-    for backup in folder.glob("#*#"):
-        backup.unlink()
-    return rendered, cut
-
-
-def _server_args(rendered, opts: RunOptions) -> list:
-    return rendered.server_args + ["--device", opts.device] + (["--dtype", opts.dtype] if opts.dtype else [])
-
-
-def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResult:
+def _run(launch: Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResult:
     folder, rendered = launch.folder, launch.rendered
     spec = {
         "addresses": rendered.addresses,
@@ -349,15 +164,15 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
         file=out,
         flush=True,
     )
-    env = _env(opts)
+    env = run_env(opts)
     events = EventLog(folder, out)
-    ipi = _SupervisedIpi(launch, opts, env, events)
+    ipi = SupervisedIpi(launch, opts, env, events)
     servers = []
     try:
         with StopSignals(stop) as signals:
             ipi.start()
             if opts.side == "both" and rendered.addresses:
-                servers = _servers(launch, spec, opts, env, events)
+                servers = start_servers(launch, spec, opts, env, events)
                 for server in servers:
                     server.start()
             outcome = _supervise(ipi, servers, launch, opts, out, events, signals, deadline)
@@ -371,197 +186,7 @@ def _run(launch: _Launch, opts: RunOptions, out, stop, deadline, t0) -> RunResul
     return _verdict(outcome, launch, events, out, time.monotonic() - t0)
 
 
-class _SupervisedIpi:
-    """The run's i-PI, restarted in place when a signal it did not ask for ends it (the OOM killer's
-    SIGKILL, a crash): from the run's latest readable checkpoint, the outputs cut back to it (every
-    step once), on the same sockets, up to ``--max-ipi-restarts`` times per launch; the servers
-    (whose connections ended with it) are started again with it."""
-
-    def __init__(self, launch: _Launch, opts: RunOptions, env, events: EventLog):
-        self.launch, self.opts, self.env, self.events = launch, opts, env, events
-        self.budget = RestartBudget(opts.max_ipi_restarts, "--max-ipi-restarts")
-        self.proc = None
-        self.starts = 0
-        self.spent = None
-        """What ended the run when the budget was spent (for the closing line)."""
-
-    def start(self) -> None:
-        log = "ipi.log" if self.starts == 0 else f"ipi.restart-{self.starts}.log"
-        self.proc = processes.start_ipi(self.launch.rendered.xml_name, self.launch.folder, log, self.env)
-        self.starts += 1
-        for s in self.launch.rendered.sockets:
-            processes.wait_for_socket(s, self.proc, timeout=120)
-
-    def poll(self):
-        return self.proc.poll()
-
-    def send_signal(self, signum) -> None:
-        self.proc.send_signal(signum)
-
-    def recover(self, servers: list, step) -> bool:
-        """After i-PI ended: True when it was killed by a signal and has been restarted (with the
-        servers); False when it ended on its own (done, stopped, an error) or no restart is left."""
-        code = self.proc.returncode
-        if code is None or code >= 0:
-            return False
-        status = describe_exit(code)
-        what = f"i-PI (pid {self.proc.pid}) {status} at step {step if step is not None else '?'}"
-        processes.stop([server.proc for server in servers])  # their connections ended with i-PI
-        processes.stop([], self.launch.rendered.sockets)  # a killed i-PI leaves its sockets
-        processes.remove_ipi_shm(self.proc.pid)
-        if not self.budget.take():
-            spent = f"no restarts left ({self.budget.flag} {self.budget.limit})"
-            self.spent = f"{what}; {spent}"
-            self.events.record(
-                "crash", f"{what}: {spent}", process="i-PI", status=status, step=step, action="give up"
-            )
-            return False
-        origin = self._back_to_checkpoint()
-        self.events.record(
-            "crash",
-            f"{what}: restarting it from {origin} ({self.budget.used} of {self.budget.limit})",
-            process="i-PI",
-            status=status,
-            step=step,
-            action="restart",
-        )
-        self.start()
-        for server in servers:
-            server.start()
-        return True
-
-    def _back_to_checkpoint(self) -> str:
-        """Prepares the restart from the latest readable checkpoint (before the first one: from the
-        start, the outputs removed); returns where from, in words."""
-        launch = self.launch
-        good, bad = checkpoints(launch.folder)
-        passed = f"; {', '.join(p.name for p in bad)} unreadable, passed over" if bad else ""
-        if good:
-            checkpoint = max(good, key=lambda c: c.step)
-            launch.rendered, cut = _continue_in_place(
-                launch.name, self.opts, launch.folder, launch.run_id, checkpoint
-            )
-            origin = f"its checkpoint of step {checkpoint.step} ({checkpoint.path.name})"
-        else:  # killed before its first checkpoint: the fresh input again, on empty outputs
-            cut = trim_outputs(launch.folder, -1, output_prefix(launch.rendered.xml))
-            for path in bad:
-                path.unlink()
-            origin = "the start (no checkpoint yet)"
-        rows = sum(cut.values())
-        return origin + passed + (f", {rows} output records past it cut" if rows else "")
-
-
-class _SupervisedServer:
-    """The run's mlip-server, restarted on the same addresses when it dies or hangs."""
-
-    def __init__(
-        self,
-        folder: Path,
-        model: Path,
-        spec: dict,
-        opts: RunOptions,
-        env,
-        events: EventLog,
-        name: str = "server",
-        budget: RestartBudget | None = None,
-    ):
-        self.folder, self.model, self.spec, self.name = folder, model, spec, name
-        self.opts, self.env, self.events = opts, env, events
-        self.heartbeat = (folder / f"{name}.heartbeat").resolve()
-        self.watch = StallWatch(self.heartbeat, opts.stall_timeout)
-        self.budget = budget or RestartBudget(opts.max_server_restarts)
-        self.proc = None
-        self.starts = 0
-
-    def start(self) -> None:
-        log = f"{self.name}.log" if self.starts == 0 else f"{self.name}.restart-{self.starts}.log"
-        self.proc = processes.start_server(
-            self.model,
-            self.spec["structure"],
-            self.spec["addresses"],
-            self.folder,
-            log=log,
-            extra=self.spec["server_args"] + ["--heartbeat", str(self.heartbeat)],
-            env=self.env,
-        )
-        self.log = self.folder / log
-        self.starts += 1
-        self.watch.reset()
-
-    def fault(self) -> tuple[str, str] | None:
-        """(kind, what) when the server died abnormally or hung; None while it is well (or exited 0)."""
-        code = self.proc.poll()
-        if code is not None:
-            if code == 0:
-                return None
-            return "crash", f"{self.name} (pid {self.proc.pid}) {describe_exit(code)}" + self._error_line(
-                code
-            )
-        quiet = self.watch.stalled()
-        if quiet is not None:
-            return "hang", f"{self.name} (pid {self.proc.pid}) hung: no evaluation for {quiet:.0f} s"
-        return None
-
-    def _error_line(self, code: int) -> str:
-        if code < 0:
-            return ""  # a signal: the log's last line is unrelated
-        lines = self.log.read_text().splitlines() if self.log.exists() else []
-        errors = [line for line in lines if "error:" in line]
-        return f": {errors[-1].strip()}" if errors else f" (see {self.log})"
-
-    def recover(self, kind: str, what: str, step) -> bool:
-        """Records the fault; restarts the server when allowed. False: the run cannot go on."""
-        code = self.proc.poll()
-        if kind == "hang":
-            processes.stop([self.proc], grace=0)
-        fatal = code == 2  # bad model or arguments: a restart would fail the same way
-        allowed = not fatal and self.budget.take()
-        action = "restart" if allowed else "give up"
-        self.events.record(
-            kind,
-            f"{what} at step {step if step is not None else '?'}: "
-            + (
-                f"restarting it on the same addresses ({self.budget.used} of {self.budget.limit})"
-                if allowed
-                else (
-                    "not restarted (bad input)"
-                    if fatal
-                    else f"no restarts left (--max-server-restarts {self.budget.limit})"
-                )
-            ),
-            process=self.name,
-            status=describe_exit(self.proc.poll()),
-            step=step,
-            action=action,
-        )
-        if allowed:
-            self.start()
-        return allowed
-
-
-def _servers(launch: _Launch, spec: dict, opts: RunOptions, env, events: EventLog) -> list:
-    """The run's ``opts.servers`` supervised servers: connection k on server k mod S (a PIMD run's
-    beads split evenly), server k on ``cuda:k`` when the device is ``cuda``; one restart budget."""
-    count = opts.servers
-    if count == 1:
-        return [_SupervisedServer(launch.folder, launch.model, spec, opts, env, events)]
-    addresses = spec["addresses"]
-    if count > len(addresses):
-        raise InputError(f"--servers {count}: the run has only {len(addresses)} connection(s)")
-    budget = RestartBudget(opts.max_server_restarts)
-    servers = []
-    for k in range(count):
-        args = list(spec["server_args"])
-        if opts.device == "cuda":
-            args[args.index("--device") + 1] = f"cuda:{k}"
-        own = {**spec, "addresses": addresses[k::count], "server_args": args}
-        servers.append(
-            _SupervisedServer(launch.folder, launch.model, own, opts, env, events, f"server-{k}", budget)
-        )
-    return servers
-
-
-def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, deadline) -> dict:
+def _supervise(ipi, servers: list, launch: Launch, opts, out, events, signals, deadline) -> dict:
     """Follows i-PI and the server until i-PI ends: restarts a failed server, asks i-PI to stop
     cleanly on a signal or at the deadline. Returns what happened (``ipi`` exit, ``why``)."""
     folder = launch.folder
@@ -622,7 +247,7 @@ def _supervise(ipi, servers: list, launch: _Launch, opts, out, events, signals, 
     }
 
 
-def _verdict(outcome: dict, launch: _Launch, events: EventLog, out, wall: float) -> RunResult:
+def _verdict(outcome: dict, launch: Launch, events: EventLog, out, wall: float) -> RunResult:
     folder = launch.folder
     done = _latest_checkpoint_or_none(folder)
     step = done.step if done else None
@@ -687,7 +312,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
             )
         time.sleep(0.5)
     spec = json.loads(spec_file.read_text())
-    model = _models(opts)
+    model = model_files(opts)
     # this side's own --device and --dtype replace the ipi side's
     server_args, given = [], iter(spec["server_args"])
     for arg in given:
@@ -699,7 +324,7 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
     spec["server_args"] = server_args + ["--connect-timeout", "600"]
     events = EventLog(folder, out)
     events.path = folder / "events-server-side.jsonl"  # the ipi side writes events.jsonl
-    servers = _SupervisedServer(folder, model, spec, opts, _env(opts), events)
+    servers = SupervisedServer(folder, model, spec, opts, run_env(opts), events)
     try:
         with StopSignals(stop) as signals:
             servers.start()
@@ -723,32 +348,6 @@ def _serve_only(name, opts: RunOptions, out, stop, t0) -> RunResult:
         processes.stop([servers.proc])
     events.record("done", "done: server side done (i-PI sent EXIT)")
     return RunResult(0, folder, "", time.monotonic() - t0)
-
-
-def _models(opts: RunOptions, check: bool = True) -> Path | list:
-    """The model file (resolved), or the committee's files (``opts.committee``); with ``check``
-    refuses a missing file in one line."""
-    if opts.committee is not None:
-        if opts.model is not None:
-            raise InputError("give --model or --committee, not both")
-        if len(opts.committee) < 2:
-            raise InputError("--committee needs at least two model files: --committee A.pt B.pt [...]")
-        if opts.transport == "ffdirect":
-            raise InputError("--committee needs a server (--transport unix, shm or inet), not ffdirect")
-        models = [Path(m).resolve() for m in opts.committee]
-    else:
-        models = [Path(opts.model or shipped_model()).resolve()]
-    for m in models if check else []:
-        if not m.is_file():
-            flag = "--committee" if opts.committee is not None else "--model"
-            raise InputError(f"model {m} not found: pass {flag} PATH (a TorchScript or metatomic model file)")
-    return models if opts.committee is not None else models[0]
-
-
-def _env(opts: RunOptions) -> dict | None:
-    if opts.threads is None:
-        return None
-    return dict(os.environ, OMP_NUM_THREADS=str(opts.threads))
 
 
 def run_many(jobs: dict, deadline: float | None = None, logs: Path | None = None) -> dict:
@@ -1022,7 +621,7 @@ def check_start(name: str | None, **options) -> str:
     RestartBudget(opts.max_server_restarts)
     if opts.steps is not None and opts.steps < 1:
         raise InputError(f"--steps {opts.steps}: give 1 or more")
-    model = _models(opts, check=True)
+    model = model_files(opts, check=True)
     if opts.out and Path(opts.out).is_dir() and any(Path(opts.out).iterdir()):
         raise InputError(f"run folder {opts.out} exists and is not empty: choose another")
     check_options(name, meta, template, opts)
@@ -1033,7 +632,7 @@ def check_start(name: str | None, **options) -> str:
     with tempfile.TemporaryDirectory(prefix="mlip-check-") as tmp:
         rendered = render(name, opts, Path(tmp), "mlip-check")
         if "--require-virial" in rendered.server_args:
-            _check_direct_virial(name, model, opts)
+            check_direct_virial(name, model, opts)
     total = re.search(r"<total_steps>\s*(\d+)", rendered.xml)
     return f"{name} checked: {total[1] if total else '?'} steps, model {model}; nothing started"
 
