@@ -30,10 +30,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # the suites of their own targets (test-wheel, test-production, test-lammps-domain, test-compiled,
-# test-hpc; .ci/run runs
+# test-hpc, test-direct-forces; .ci/run runs
 # them too) keep make test within its 15-minute CI budget
 OWN_TARGET_SUITES := tests/test_wheel.py tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
-	tests/test_lammps_metatomic.py tests/test_compiled.py tests/test_hpc.py
+	tests/test_lammps_metatomic.py tests/test_compiled.py tests/test_hpc.py tests/test_direct_forces.py
 test: install lint
 	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
 
@@ -45,6 +45,13 @@ test-production: install
 
 # the domain-decomposed LAMMPS route (MPI ranks, one server per rank or shared) against the gather
 # route and native LAMMPS: contract, direct and metatomic models (selected_atoms, per-atom outputs)
+# direct (non-conservative) forces served through real i-PI and LAMMPS: served values, MTS
+# experiments, averaging, committees, refusals (tests/test_mts_levels.py, which checks the MTS
+# levels in-process, stays in make test)
+.PHONY: test-direct-forces
+test-direct-forces: install
+	$(PY) -m pytest -q -ra tests/test_direct_forces.py
+
 .PHONY: test-lammps-domain
 test-lammps-domain: install
 	$(PY) -m pytest -q -ra tests/test_lammps_domain.py tests/test_lammps_metatomic.py
