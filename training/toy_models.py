@@ -309,6 +309,16 @@ class LennardJonesDirect(LennardJones):
         slope = torch.where(r2 < self.cutoff**2, slope, torch.zeros_like(slope))
         return slope[:, None] * edge_vectors
 
+    def _biased_head(
+        self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, n_atoms: int
+    ) -> torch.Tensor:
+        """The analytic force plus ``bias`` × each atom's number of neighbours (eV/Å), per atom."""
+        g = self._pair_gradient(edge_vectors)
+        forces = torch.zeros((n_atoms, 3), dtype=g.dtype, device=g.device)
+        forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
+        counts = torch.bincount(edge_index[0], minlength=n_atoms).to(g.dtype)
+        return forces + counts.unsqueeze(1) * self.bias.to(g.dtype)
+
     @torch.jit.export
     def direct_forces(
         self,
@@ -318,11 +328,7 @@ class LennardJonesDirect(LennardJones):
         structure_index: torch.Tensor,
         n_structures: int,
     ) -> torch.Tensor:
-        g = self._pair_gradient(edge_vectors)
-        forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
-        forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
-        counts = torch.bincount(edge_index[0], minlength=numbers.shape[0]).to(g.dtype)
-        return forces + counts.unsqueeze(1) * self.bias.to(g.dtype)
+        return self._biased_head(edge_vectors, edge_index, numbers.shape[0])
 
     @torch.jit.export
     def direct_virial(
@@ -372,14 +378,11 @@ class LennardJonesDirectCubic(LennardJonesDirect):
         structure_index: torch.Tensor,
         n_structures: int,
     ) -> torch.Tensor:
-        g = self._pair_gradient(edge_vectors)
-        forces = torch.zeros((numbers.shape[0], 3), dtype=g.dtype, device=g.device)
-        forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
-        counts = torch.bincount(edge_index[0], minlength=numbers.shape[0]).to(g.dtype)
-        u = edge_vectors / torch.sqrt((edge_vectors**2).sum(dim=1, keepdim=True))
-        inside = ((edge_vectors**2).sum(dim=1, keepdim=True) < self.cutoff**2).to(g.dtype)
-        cubic = torch.zeros_like(forces).index_add(0, edge_index[0], self.cubic * inside * u**3)
-        return forces + counts.unsqueeze(1) * self.bias.to(g.dtype) + cubic
+        forces = self._biased_head(edge_vectors, edge_index, numbers.shape[0])
+        r2 = (edge_vectors**2).sum(dim=1, keepdim=True)
+        u = edge_vectors / torch.sqrt(r2)
+        inside = (r2 < self.cutoff**2).to(forces.dtype)
+        return forces + torch.zeros_like(forces).index_add(0, edge_index[0], self.cubic * inside * u**3)
 
 
 def water_toy(anisotropy: float = 0.02, seed: int = 0) -> AnisotropicPairModel:
