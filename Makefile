@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml
 # test-hpc, test-direct-forces; .ci/run runs
 # them too) keep make test within its 15-minute CI budget
 OWN_TARGET_SUITES := tests/test_wheel.py tests/test_production.py tests/test_lammps_production.py tests/test_lammps_domain.py \
-	tests/test_lammps_metatomic.py tests/test_compiled.py tests/test_hpc.py tests/test_direct_forces.py
+	tests/test_lammps_metatomic.py tests/test_compiled.py tests/test_hpc.py tests/test_direct_forces.py \
+	$(wildcard tests/test_family_*.py)
 test: install lint
 	$(PY) -m pytest -q -ra tests $(addprefix --ignore=,$(OWN_TARGET_SUITES))
 
@@ -51,6 +52,16 @@ test-production: install
 .PHONY: test-direct-forces
 test-direct-forces: install
 	$(PY) -m pytest -q -ra tests/test_direct_forces.py
+
+# the model families users have (MACE, NequIP, metatrain's PET): each family's venv (.families/,
+# rebuilt when tests/families/<family>/requirements.txt changes) builds small real models and
+# computes the family's own reference results; the project's venv serves the files
+FAMILIES ?= mace nequip metatrain
+.PHONY: families test-families
+families: install
+	$(PY) tests/families/envs.py $(FAMILIES)
+test-families: families
+	$(PY) -m pytest -q -ra $(wildcard tests/test_family_*.py)
 
 .PHONY: test-lammps-domain
 test-lammps-domain: install

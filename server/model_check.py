@@ -172,6 +172,7 @@ def check_model(model, structure=None, device="cpu", dtype=None, repeats=5) -> t
         m = ev.model
         lines += [
             f"{m.label} {m.path}: loads",
+            *(f"  {line}" for line in m.describe()),
             f"  cutoff {m.cutoff:.4g} Å; species {list(m.species)}; "
             f"{str(m.dtype).removeprefix('torch.')} "
             f"({'requested' if m.requested_dtype else 'its own'}) on {device}",

@@ -86,12 +86,14 @@ class Committee:
     def __len__(self) -> int:
         return len(self.members)
 
-    def describe(self) -> str:
-        """One line per member for logs: format, file, cutoff (Å), precision."""
-        return "; ".join(
-            f"{m.label} {m.path} (cutoff {m.cutoff:.3g} Å, {str(m.dtype).replace('torch.', '')})"
-            for m in self.members
-        )
+    def describe(self) -> list[str]:
+        """One line per member: format, file, cutoff (Å), precision, and what the member's format
+        read from its file (:meth:`~mlip_server.formats.base.ModelAdapter.describe`)."""
+        return [
+            f"member {k}: {m.label} {m.path} (cutoff {m.cutoff:.3g} Å, "
+            f"{str(m.dtype).replace('torch.', '')})" + "".join(f"; {line}" for line in m.describe())
+            for k, m in enumerate(self.members)
+        ]
 
     def evaluate(self, copies, direct: bool = False) -> list[CopyResult]:
         """Every member on every copy (direct forces of each member with ``direct``); the served

@@ -109,6 +109,12 @@ class ModelAdapter:
     direct_forces: bool = False
     direct_virial: bool = False
 
+    def describe(self) -> list[str]:
+        """What the server read from the file beyond cutoff, species and dtype (one short line
+        each: the family, the file's own metadata, how species map to the model's types), for
+        ``mlip-server --check`` and the server's start-up log; none by default."""
+        return []
+
     @classmethod
     def recognizes(cls, path: str) -> bool:
         """Whether the file at ``path`` is of this format (cheap: no loading)."""

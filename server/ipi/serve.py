@@ -266,7 +266,7 @@ def main(argv=None) -> int:
                 "committee of %d (serving the %s): %s",
                 len(evaluator.model),
                 "mean" if args.committee_serve == "mean" else "first member",
-                evaluator.model.describe(),
+                "; ".join(evaluator.model.describe()),
             )
         log.info(
             "%s %s: cutoff %.3g Å, species %s, %s (%s) on %s",
@@ -279,6 +279,9 @@ def main(argv=None) -> int:
             args.device,
         )
         m = evaluator.model
+        if args.committee is None:
+            for line in m.describe():
+                log.info("  %s", line)
         log.info(
             "interaction range %.3g Å (%s); energy %s a sum of atomic terms",
             m.interaction_range,

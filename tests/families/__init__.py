@@ -1,0 +1,1 @@
+"""The model families (MACE, NequIP, metatrain PET): their venvs, model builds and references."""
