@@ -323,6 +323,62 @@ def test_calibration_within_the_memory_budget_on_a_controlled_clock(
     assert calls == [6] * 6 + [1]
 
 
+def test_batching_moves_off_a_choice_made_on_an_inflated_first_measurement(
+    monkeypatch, caplog, strongly_anisotropic_model, water8
+):
+    """Issue 40: a PIMD run whose start-up measurement of 1 copy per call was inflated (another job
+    on the cores: 2.56 s per copy, 1.0 s once the machine is quiet) chose 2 copies per call (1.3 s
+    per copy); the times of the run's own calls, and rechecks of the other measured choices, move
+    it to 1 copy per call, with one log line. Hand-made call times on a controlled clock (the
+    evaluator module's ``time``); the results never depend on the choice."""
+    import logging
+
+    import mlip_server.core.evaluator as evaluator_module
+    from mlip_server.core.evaluator import RECHECK_FIRST
+
+    per_copy = {1: 1.0, 2: 1.3, 4: 1.6, 8: 2.0}
+    clock = _Clock(lambda k: k * per_copy[k], noise=1.0)
+    inflated = {"k=1 calls left": 2}  # the calibration's two timed calls of one copy
+
+    def seconds(k):
+        if k == 1 and inflated["k=1 calls left"]:
+            inflated["k=1 calls left"] -= 1
+            return 2.56
+        return k * per_copy[k]
+
+    clock.call_seconds = seconds
+    monkeypatch.setattr(evaluator_module, "time", clock)
+    ev = load_evaluator(strongly_anisotropic_model, dtype="float64")
+    calls = clock.attach(ev)
+    beads = _beads(water8, 8, seed=7)
+    caplog.set_level(logging.INFO, logger="mlip-server")
+    first = ev.compute(beads)
+    (c,) = ev.calibrations.values()
+    assert c["calibrated"] == pytest.approx({1: 2.56, 2: 1.3, 4: 1.6}) and c["stopped"] == "slower"
+    assert calls == [1] + [1, 1, 2, 2, 4, 4] + [2] * 4 and c["copies_per_call"] == {8: 2}
+    per_request = []
+    for _ in range(2 * RECHECK_FIRST + 2):
+        del calls[:]
+        results = ev.compute(beads)
+        per_request.append(list(calls))
+        for a, b in zip(results, first):
+            assert (
+                abs(a.energy - b.energy) < 1e-12 * abs(b.energy) and np.abs(a.forces - b.forces).max() < 1e-12
+            )
+    # requests 2..8 as chosen; the 8th rechecks k = 4 (the runner-up: measured as slower, the
+    # choice stands), the 16th k = 1 (measured longest ago: now 1.0 s per copy), then k = 1
+    expected = [[2] * 4] * (RECHECK_FIRST - 2) + [[4] * 2] + [[2] * 4] * (RECHECK_FIRST - 1) + [[1] * 8]
+    assert per_request[: len(expected)] == expected
+    assert per_request[len(expected) :] == [[1] * 8] * (len(per_request) - len(expected))
+    assert c["copies_per_call"] == {8: 1} and c["seconds_per_copy"][1] == pytest.approx(1.0)
+    assert c["switches"] == [(2 * RECHECK_FIRST, 8, 2, 1)] and c["rechecks"] == 2
+    moved = [r.getMessage() for r in caplog.records if "copies per call" in r.getMessage()]
+    assert moved == [
+        f"batching of {c['atoms']}-atom structures ({c['edges']} edges): now 1 copies per call for 8 "
+        "(was 2): 1e+03 ms per copy measured against 1.3e+03 ms"
+    ]
+
+
 def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, water8, water32_triclinic):
     structures = [Structure.from_ase(water8), Structure.from_ase(water32_triclinic)]
     budget = 3 * 1856 + 100  # three copies of the larger structure, ~14 of the smaller
@@ -335,7 +391,8 @@ def test_auto_chunks_stay_within_the_memory_budget(strongly_anisotropic_model, w
     for c in ev.calibrations.values():
         assert list(c["copies_per_call"]) == [37]
         # the choice is a measured k whose estimated request time is the least of those measured
-        assert c["copies_per_call"][37] == _fastest(c["seconds_per_copy"], 37)
+        # (by the calibration: the request's own calls, timed too, came after the choice)
+        assert c["copies_per_call"][37] == _fastest(c["calibrated"], 37)
         assert max(c["seconds_per_copy"]) * c["edges"] <= budget and c["cost_s"] > 0
     assert ev.timings["calibration"] > 0
     assert "copies per call" in ev.batching_summary()

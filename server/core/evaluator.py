@@ -35,11 +35,22 @@ measurement, nothing else measures again). Each request then uses the measured k
 its n copies fastest, ceil(n / k) calls of k, as chunks of (k + max(½, 0.1 k)) × edges (room
 for frames of the bucket with a few more edges). The choice changes only which copies share a
 model call, never what is computed.
+
+A choice is not locked in by one noisy measurement (a first call inflated by another job, say):
+every model call is timed anyway, and a call of k copies of one bucket adds its time per copy to
+that k's recent times (the last :data:`RECENT_CALLS`); a k's time per copy is the least of them
+(noise only ever adds time). Every so often (the :data:`RECHECK_FIRST`-th request of a bucket, then
+at doubling intervals while the choice stands, up to :data:`RECHECK_MAX`) one request is evaluated
+with another measured k instead (the one measured longest ago, among those not clearly slower:
+:data:`RECHECK_WITHIN`), the same copies in other calls; when the times then say another k is
+faster, the Evaluator moves to it and logs one line.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -67,6 +78,23 @@ only ever adds time)."""
 
 CALIBRATION_TOLERANCE = 0.10
 """A calibration stops at the first k whose time per copy exceeds the best so far by this fraction."""
+
+RECENT_CALLS = 5
+"""Model calls of k copies whose times per copy are kept per k and bucket; the least counts."""
+
+RECHECK_FIRST = 8
+"""The request of a bucket (counted from its calibration) that first tries the runner-up k."""
+
+RECHECK_MAX = 512
+"""The longest interval, in requests of a bucket, between two rechecks (the interval doubles after
+each round of rechecks that left the choice standing; it starts again at RECHECK_FIRST after a
+change)."""
+
+RECHECK_WITHIN = 3.0
+"""A recheck tries only a k whose estimated time for the request is within this factor of the
+chosen k's (a recheck then costs at most this factor once per interval)."""
+
+log = logging.getLogger("mlip-server")
 
 
 class Evaluator:
@@ -99,10 +127,14 @@ class Evaluator:
         Per bucket (edges per copy rounded up to a power of 2; ``(edges, "direct")`` for direct-force
         calls) the automatic choice:
         ``edges`` and ``atoms`` of the graph it was measured on, ``seconds_per_copy`` {k: s}
-        (wall time per copy of a k-copy call, best of :data:`CALIBRATION_REPEATS`),
-        ``copies_per_call`` {copies needed: k chosen} (the requests of more than one copy so far),
-        ``stopped`` (why the measurement stopped: ``"slower"``, ``"memory budget"`` or
-        ``"copies needed"``) and ``cost_s`` (wall time the measurement took, s).
+        (wall time per copy of a k-copy call: the least of its recent times, ``recent`` {k:
+        deque}, which start with the best of :data:`CALIBRATION_REPEATS` calibration calls,
+        ``calibrated`` {k: s}),
+        ``copies_per_call`` {copies needed: k chosen now} (the requests of more than one copy so
+        far), ``stopped`` (why the measurement stopped: ``"slower"``, ``"memory budget"`` or
+        ``"copies needed"``), ``cost_s`` (wall time the measurement took, s), ``requests``,
+        ``rechecks`` (requests evaluated with another measured k) and ``switches`` (request, copies
+        needed, k before, k after) of each change of choice.
     timings : dict
         Accumulated wall times, s: ``neighbors`` (graphs), ``model`` (model calls),
         ``calibration`` (the measurements above) and ``total`` (everything in :meth:`compute`).
@@ -153,7 +185,9 @@ class Evaluator:
             kind = " (direct)" if isinstance(key, tuple) else ""
             parts.append(
                 f"{c['atoms']} atoms/{c['edges']} edges{kind}: copies per call {chosen or '-'} "
-                f"(ms per copy {tried or '-'}; stopped: {c['stopped']}; took {c['cost_s']:.2f} s)"
+                f"(ms per copy {tried or '-'}; stopped: {c['stopped']}; took {c['cost_s']:.2f} s"
+                + (f"; moved {len(c['switches'])} times in {c['requests']} requests" if c["switches"] else "")
+                + ")"
             )
         return f"measured within {self.memory_budget_edges} edges: " + "; ".join(parts)
 
@@ -223,18 +257,19 @@ class Evaluator:
             items = [(s, k) for s in mine for k in range(len(rotations[s].weights))]
             budgets = self._budgets([graphs[s] for s in mine], [rotations[s] for s in mine], mode)
             budget = dict(zip(mine, budgets))
+            bucket = {s: _bucket(_n_edges(graphs[s]), mode) for s in mine}
             chunk, edges, limit = [], 0, 0
             for item in items:
                 n_edges = _n_edges(graphs[item[0]])
                 # a chunk of mixed structures keeps the smallest of their budgets
                 new_limit = min(limit, budget[item[0]]) if chunk else budget[item[0]]
                 if chunk and edges + n_edges > new_limit:
-                    self._run_chunk(chunk, graphs, rotations, out, mode)
+                    self._run_chunk(chunk, graphs, rotations, out, mode, bucket)
                     chunk, edges, new_limit = [], 0, budget[item[0]]
                 chunk.append(item)
                 edges, limit = edges + n_edges, new_limit
             if chunk:
-                self._run_chunk(chunk, graphs, rotations, out, mode)
+                self._run_chunk(chunk, graphs, rotations, out, mode, bucket)
         return out
 
     # -- the chunk size -------------------------------------------------------------
@@ -247,7 +282,7 @@ class Evaluator:
         needed: dict[int, int] = {}
         for b, rot in zip(buckets, rotations):
             needed[b] = needed.get(b, 0) + len(rot.weights)
-        budgets = []
+        budgets, chosen = [], {}
         for g, b in zip(graphs, buckets):
             c = self.calibrations.get(b)
             if needed[b] > 1 and (
@@ -259,13 +294,73 @@ class Evaluator:
                 # one copy of this size (nothing to batch), or one copy fills the memory budget
                 budgets.append(self.memory_budget_edges)
                 continue
-            k = _copies_per_call(c["seconds_per_copy"], needed[b])
-            if needed[b] > 1:
-                c["copies_per_call"][needed[b]] = k
+            if b not in chosen:
+                chosen[b] = self._choose(c, needed[b])
+            k = chosen[b]
             # room for frames of this size with a few more edges than this one (still k copies)
             budget = int((k + max(0.5, CALIBRATION_TOLERANCE * k)) * _n_edges(g))
             budgets.append(min(budget, self.memory_budget_edges))
         return budgets
+
+    def _choose(self, c: dict, needed: int) -> int:
+        """The copies per call for a request of ``needed`` copies of calibration ``c``: the fastest
+        by the recent times, or, at a recheck (module docstring), another measured k once: the
+        one measured longest ago among those whose estimated request time is within
+        :data:`RECHECK_WITHIN` of the fastest's. A change of the fastest is logged."""
+        sps = c["seconds_per_copy"]
+        k = _copies_per_call(sps, needed)
+        if needed == 1:
+            return k
+        before = c["copies_per_call"].get(needed)
+        c["copies_per_call"][needed] = k
+        if before is not None and before != k:
+            log.info(
+                "batching of %d-atom structures (%d edges): now %d copies per call for %d (was %d): "
+                "%.3g ms per copy measured against %.3g ms",
+                c["atoms"],
+                c["edges"],
+                k,
+                needed,
+                before,
+                1e3 * sps[k],
+                1e3 * sps[before],
+            )
+            c["switches"].append((c["requests"], needed, before, k))
+            c["rechecks_since_change"] = 0
+            c["next_recheck"] = c["requests"] + RECHECK_FIRST
+        c["requests"] += 1
+        if c["requests"] < c["next_recheck"]:
+            return k
+
+        def request_time(j):
+            return -(-needed // j) * j * sps[j]
+
+        others = [
+            j for j in sps if j != k and j <= needed and request_time(j) <= RECHECK_WITHIN * request_time(k)
+        ]
+        if not others:
+            c["next_recheck"] = c["requests"] + RECHECK_MAX
+            return k
+        # the interval doubles after each round that re-measured every candidate
+        rounds = c["rechecks_since_change"] // len(others)
+        c["next_recheck"] = c["requests"] + min(RECHECK_FIRST << rounds, RECHECK_MAX)
+        c["rechecks_since_change"] += 1
+        c["rechecks"] += 1
+        return min(others, key=lambda j: (c["last_measured"].get(j, 0), request_time(j)))
+
+    def _observe(self, bucket, n_copies: int, n_edges: int, seconds: float):
+        """A model call of ``n_copies`` copies of one bucket (``n_edges`` edges in all) took
+        ``seconds``: its time per copy joins that k's recent times (only for a k the calibration
+        tried, and copies within 25 % of the calibrated graph's edges: a bucket spans a factor 2)."""
+        c = self.calibrations.get(bucket)
+        if c is None or n_copies not in c["seconds_per_copy"]:
+            return
+        if abs(n_edges / (n_copies * max(c["edges"], 1)) - 1) > 0.25:
+            return
+        recent = c["recent"].setdefault(n_copies, deque(maxlen=RECENT_CALLS))
+        recent.append(seconds / n_copies)
+        c["seconds_per_copy"][n_copies] = min(recent)
+        c["last_measured"][n_copies] = c["requests"]
 
     def _calibrate(self, g: Graph, bucket, needed: int, direct: bool = False) -> dict:
         """Times the model on k identity copies of ``g`` (k = 1, 2, 4, ..., then ``needed``) and
@@ -280,9 +375,17 @@ class Evaluator:
                 "edges": len(g.vectors),
                 "atoms": len(g.numbers),
                 "seconds_per_copy": {},
+                "calibrated": {},
                 "copies_per_call": {},
                 "stopped": "",
                 "cost_s": 0.0,
+                "recent": {},
+                "requests": 0,
+                "next_recheck": RECHECK_FIRST,
+                "rechecks_since_change": 0,
+                "last_measured": {},
+                "rechecks": 0,
+                "switches": [],
             }
             self.calibrations[bucket] = entry
         per_copy = entry["seconds_per_copy"]
@@ -299,7 +402,8 @@ class Evaluator:
                     t0 = time.perf_counter()
                     self._call([(g, eye)] * k, direct)
                     best_time = min(best_time, time.perf_counter() - t0)
-                per_copy[k] = best_time / k
+                per_copy[k] = entry["calibrated"][k] = best_time / k
+                entry["recent"][k] = deque([per_copy[k]], maxlen=RECENT_CALLS)
                 if per_copy[k] > (1 + CALIBRATION_TOLERANCE) * min(per_copy.values()):
                     entry["stopped"] = "slower"
                     break
@@ -308,11 +412,15 @@ class Evaluator:
         self.timings["calibration"] += spent
         return entry
 
-    def _run_chunk(self, chunk, graphs, rotations, out, direct: bool = False):
+    def _run_chunk(self, chunk, graphs, rotations, out, direct: bool = False, bucket=None):
         copies = [(graphs[s], rotations[s].matrices[k]) for s, k in chunk]
         t0 = time.perf_counter()
         results = self._call(copies, direct)
-        self.timings["model"] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        self.timings["model"] += seconds
+        buckets = {bucket[s] for s, _ in chunk} if bucket else set()
+        if len(buckets) == 1:
+            self._observe(buckets.pop(), len(chunk), sum(len(g.vectors) for g, _ in copies), seconds)
         for (s, k), result in zip(chunk, results):
             self._require_finite(result.energy, result.forces)
             out[s][k] = result
