@@ -6,7 +6,8 @@ venv (tests/families/envs.py), never in the project's.
 MODEL is a pickled MACE model (``torch.save``, as mace_run_train writes it), evaluated in DTYPE
 (float64 or float32, cast as MACE's calculator does); STRUCTURES.npz holds, for each structure
 NAME, ``NAME/positions`` (Å), ``NAME/numbers``, ``NAME/cell`` (rows, Å) and ``NAME/pbc``; OUT.npz
-gets ``NAME/energy`` (eV), ``NAME/forces`` (eV/Å) and, for periodic structures, ``NAME/stress``
+gets ``NAME/energy`` (eV), ``NAME/forces`` (eV/Å), ``NAME/node_energy`` (eV, per atom: E0 +
+interaction terms) and, for periodic structures, ``NAME/stress``
 (eV/Å³, 3×3, ASE's sign: −virial/volume).
 """
 
@@ -49,6 +50,7 @@ def compute(calc, store) -> dict:
         atoms.calc = calc
         out[f"{name}/energy"] = np.float64(atoms.get_potential_energy())
         out[f"{name}/forces"] = np.asarray(atoms.get_forces(), dtype=np.float64)
+        out[f"{name}/node_energy"] = np.asarray(calc.results["node_energy"], dtype=np.float64)
         if pbc.all():
             out[f"{name}/stress"] = np.asarray(atoms.get_stress(voigt=False), dtype=np.float64)
     return out
