@@ -44,7 +44,15 @@ pytestmark = [
     ),
 ]
 
-TOL = 1e-5  # float32
+TOL = 1e-5
+"""Forces (of max |F|) and pressure tensor (of max |P|) of the float32 PET, domain vs gather: each
+force is a float32 sum of ~10² per-edge terms larger than the net force, each virial component a
+sum over every edge (measured 1.4e-6 and 3.4e-6, December 2026)."""
+ENERGY_TOL = float(np.finfo(np.float32).eps) * np.sqrt(192)
+"""The energy, relative: the float32 total is a sum of 192 atomic terms of ~ −155 eV, summed in a
+different order by the two routes (gather: the model's sum over the cell; domain: each rank's owned
+atoms, then MPI), whose rounding grows as eps₃₂·|E|·√N: 1.7e-6, 0.05 eV of the −3×10⁴ eV total
+(2.6e-4 eV per atom; measured 2.3e-7). One atom lost or counted twice is 155 eV."""
 PRESSURE = ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")
 
 
@@ -76,7 +84,7 @@ def pet_gather(tmp_path_factory, pet_metatomic, water64):
     return deck.parent
 
 
-def _same_physics(ref_dir, got_dir, tol=TOL):
+def _same_physics(ref_dir, got_dir, tol=TOL, energy_tol=ENERGY_TOL):
     ref, got = thermo(ref_dir / "log.lammps"), thermo(got_dir / "log.lammps")
     assert len(ref["Step"]) == len(got["Step"]) == 3
     energy = np.abs(got["PotEng"] - ref["PotEng"]).max() / np.abs(ref["PotEng"]).max()
@@ -87,7 +95,7 @@ def _same_physics(ref_dir, got_dir, tol=TOL):
     fb = read_dump(got_dir / "traj.dump", ["O", "H"]).get_forces()
     forces = np.abs(fa - fb).max() / np.abs(fa).max()
     print(f"domain vs gather, relative: energy {energy:.2g}, pressure {pressure:.2g}, forces {forces:.2g}")
-    assert energy <= tol and pressure <= tol and forces <= tol, (energy, pressure, forces)
+    assert energy <= energy_tol and pressure <= tol and forces <= tol, (energy, pressure, forces)
     return got
 
 
