@@ -6,8 +6,8 @@ venv (tests/families/envs.py), never in the project's.
 MODEL is a pickled MACE model (``torch.save``, as mace_run_train writes it), evaluated in DTYPE
 (float64 or float32, cast as MACE's calculator does); STRUCTURES.npz holds, for each structure
 NAME, ``NAME/positions`` (Å), ``NAME/numbers``, ``NAME/cell`` (rows, Å) and ``NAME/pbc``; OUT.npz
-gets ``NAME/energy`` (eV), ``NAME/forces`` (eV/Å), ``NAME/node_energy`` (eV, per atom: E0 +
-interaction terms) and, for periodic structures, ``NAME/stress``
+gets ``NAME/energy`` (eV), ``NAME/forces`` (eV/Å), ``NAME/node_energy`` (eV, per atom: MACE's calculator
+reports the interaction part, each atom's E0 subtracted) and, for periodic structures, ``NAME/stress``
 (eV/Å³, 3×3, ASE's sign: −virial/volume).
 """
 
