@@ -372,9 +372,9 @@ def test_batching_moves_off_a_choice_made_on_an_inflated_first_measurement(
     assert per_request[len(expected) :] == [[1] * 8] * (len(per_request) - len(expected))
     assert c["copies_per_call"] == {8: 1} and c["seconds_per_copy"][1] == pytest.approx(1.0)
     assert c["switches"] == [(2 * RECHECK_FIRST, 8, 2, 1)] and c["rechecks"] == 2
-    moved = [r.getMessage() for r in caplog.records if "copies per call" in r.getMessage()]
+    moved = [r.getMessage() for r in caplog.records if "per model call" in r.getMessage()]
     assert moved == [
-        f"batching of {c['atoms']}-atom structures ({c['edges']} edges): now 1 copies per call for 8 "
+        f"batching of {c['atoms']}-atom structures ({c['edges']} edges): now 1 per model call for 8 copies "
         "(was 2): 1e+03 ms per copy measured against 1.3e+03 ms"
     ]
 

@@ -315,7 +315,7 @@ class Evaluator:
         c["copies_per_call"][needed] = k
         if before is not None and before != k:
             log.info(
-                "batching of %d-atom structures (%d edges): now %d copies per call for %d (was %d): "
+                "batching of %d-atom structures (%d edges): now %d per model call for %d copies (was %d): "
                 "%.3g ms per copy measured against %.3g ms",
                 c["atoms"],
                 c["edges"],
