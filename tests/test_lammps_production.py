@@ -308,6 +308,25 @@ def test_hard_kill_then_resume_cuts_the_outputs_back(tmp_path, lj_model, referen
     assert _frames(run / "traj.dump") == reference[1]
 
 
+def test_walltime_stop_then_resume_equals_an_uninterrupted_run(tmp_path, lj_model, reference):
+    """--walltime 21 s with its 20 s margin: the run stops itself (exit 75, restart.stop written at
+    the step it reached), and --resume finishes it: the uninterrupted run's energies, every thermo
+    row and dump frame once."""
+    proc = _start(tmp_path, lj_model, "--walltime", "00:00:21", "--checkpoint-every", 10)
+    out = proc.communicate(timeout=90)[0]
+    assert proc.returncode == 75, out[-3000:]
+    step = int(re.search(r"stopped at step (\d+) of 60", out)[1])
+    assert 0 < step < 60, out[-3000:]
+    run = tmp_path / "run"
+    assert (run / "restart.stop").exists()
+    done = _resume(run)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr
+    _same_energies(reference[0], thermo(run / "log.lammps"))
+    assert _frames(run / "traj.dump") == reference[1]
+    kinds = [e["event"] for e in read_events(run)]
+    assert "stopped" in kinds and "resume" in kinds and kinds[-1] == "done", kinds
+
+
 def test_bad_resume_and_walltime_are_one_line_errors(tmp_path, lj_model):
     (tmp_path / "empty").mkdir()
     for done in (_resume(tmp_path / "empty"), _resume(tmp_path / "nowhere")):
