@@ -166,8 +166,9 @@ def test_evaluator_and_ase_calculator_equal_nequips_calculator(build, structures
 
 
 def test_rotational_averaging_and_a_committee(build, structures, references):
-    """2i (a Lebedev-free 12-rotation grid × inversion) of an equivariant model = the raw model:
-    every rotated copy's forces and virial come back in the original frame. A committee of the
+    """2i (i-PI's Legendre/Euler grid of order 2, 18 rotations, and their inversions: 36 copies)
+    of an E(3)-equivariant model (parity: true) = the raw model, to rounding: every rotated
+    copy's forces and virial come back in the original frame. A committee of the
     two float64 packages (different architectures) serves the mean of their energies."""
     ice = next(a for a in structures if a.info["name"] == "ice")
     s = Structure.from_ase(ice)
@@ -206,6 +207,29 @@ def test_owned_atoms_of_allegro_equal_the_sum_of_its_atomic_energies(build, stru
         load_evaluator(package(build, "allegro-f64")).compute(
             [Structure(frame.positions, frame.numbers, np.array(frame.cell[:]), frame.pbc, per_atom=True)]
         )
+
+
+def test_structures_below_the_programs_smallest_sizes(tmp_path, build):
+    """nequip-compile's programs take at least 2 atoms and 2 edges: a lone atom and two atoms
+    beyond r_max get two padding atoms beyond the cutoff of each other (no force, no virial, their
+    energies dropped). Allegro's single-frame package = nequip's calculator on them."""
+    from ase import Atoms
+
+    name = "allegro-f64"
+    tiny = [
+        Atoms("O", positions=[[5.0, 5, 5]]),
+        Atoms("OH", positions=[[2.0, 5, 5], [8.0, 5, 5]]),
+        Atoms("OHH", positions=[[5.0, 5, 5], [5.95, 5.1, 5], [9.5, 5, 5]]),  # one pair within r_max
+    ]
+    for atoms in tiny:
+        atoms.set_cell([10.0, 10.0, 10.0])
+    refs = nequip_reference(build, name, tiny, tmp_path)
+    results = load_evaluator(package(build, name)).compute([Structure.from_ase(a) for a in tiny])
+    for atoms, ref, res in zip(tiny, refs, results):
+        assert res.energy == pytest.approx(ref["energy"], rel=1e-12)
+        np.testing.assert_allclose(res.forces, ref["forces"], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.virial, virial_of(ref, atoms), rtol=0, atol=1e-12)
+    assert np.abs(results[2].forces).max() > 1e-3
 
 
 # --------------------------------------------------------------------------- i-PI
@@ -419,11 +443,14 @@ def test_lammps_domain_route_refuses_nequip_in_one_line(tmp_path, build, lammps_
 
 # --------------------------------------------------------------------------- --check, refusals
 def _serve(*args):
+    import os
+
     return subprocess.run(
         [sys.executable, "-m", "mlip_server.ipi.serve", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # --check takes torch's default threads
     )
 
 

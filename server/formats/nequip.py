@@ -423,11 +423,13 @@ class NequIPModel(ModelAdapter):
         origin = np.arange(n)
         if self.images:
             crossing = np.flatnonzero(np.any(shifts != 0, axis=1))
-            if len(crossing):
-                j = edges[1, crossing]
-                extra = pos[j] + shifts[crossing] @ cell
+            if len(crossing):  # one image atom per (atom, shift), as LAMMPS' ghosts
+                keys = np.column_stack([edges[1, crossing], shifts[crossing]])
+                unique, which = np.unique(keys, axis=0, return_inverse=True)
+                j = unique[:, 0]
+                extra = pos[j] + unique[:, 1:] @ cell
                 edges = edges.copy()
-                edges[1, crossing] = n + np.arange(len(crossing))
+                edges[1, crossing] = n + which.reshape(-1)
                 pos = np.concatenate([pos, extra])
                 types = np.concatenate([types, types[j]])
                 origin = np.concatenate([origin, j])
@@ -493,12 +495,20 @@ class NequIPModel(ModelAdapter):
 
     def _call_single(self, frame):
         pos, edges, types, cell, shifts, _ = frame
-        if len(pos) < MIN_SIZE or edges.shape[1] < MIN_SIZE:
-            raise ModelError(
-                f"nequip model {self.path}: a single-frame package needs at least {MIN_SIZE} atoms and "
-                f"{MIN_SIZE} edges within r_max (got {len(pos)} atoms, {edges.shape[1]} edges): "
-                + COMPILE_HINT.format(device=self.device.type)
-            )
+        n = len(pos)
+        padded = n < MIN_SIZE or edges.shape[1] < MIN_SIZE
+        if padded:  # two atoms far away, 1.5 r_max apart: an edge each way beyond the cutoff
+            if "atomic_energy" not in self.outputs:
+                raise ModelError(
+                    f"nequip model {self.path}: a single-frame package needs at least {MIN_SIZE} atoms "
+                    f"and {MIN_SIZE} edges (got {n} atoms, {edges.shape[1]} edges): "
+                    + COMPILE_HINT.format(device=self.device.type)
+                )
+            far = (pos.max(axis=0) if n else np.zeros(3)) + 3 * self.cutoff
+            pos = np.concatenate([pos, [far, far + [1.5 * self.cutoff, 0, 0]]])
+            edges = np.concatenate([edges, [[n, n + 1], [n + 1, n]]], axis=1)
+            types = np.concatenate([types, [0, 0]])
+            shifts = np.concatenate([shifts, np.zeros((2, 3), dtype=shifts.dtype)])
         fields = {
             "pos": self._to(pos, INPUT_DTYPE),
             "edge_index": self._to(edges, torch.int64),
@@ -508,6 +518,8 @@ class NequIPModel(ModelAdapter):
         }
         raw = self.runner(self._tensors(fields))
         atomic, total, forces, virials = self._outputs(raw, [abs(np.linalg.det(cell))])
+        if padded:  # beyond the cutoff the pair adds no force and no virial; drop its energies
+            return atomic[:n], None, forces[:n], virials[0]
         return atomic, None if total is None else total[0], forces, virials[0]
 
     def _call_batched(self, frames):
@@ -515,7 +527,8 @@ class NequIPModel(ModelAdapter):
             return []
         frames = list(frames)
         n_real = len(frames)
-        if n_real < MIN_SIZE:  # a dropped frame: 2 atoms of the first type, one edge each way
+        small = sum(len(f[0]) for f in frames) < MIN_SIZE or sum(f[1].shape[1] for f in frames) < MIN_SIZE
+        if n_real < MIN_SIZE or small:  # a dropped frame: 2 atoms of the first type, an edge each way
             r = 0.5 * self.cutoff
             frames.append(
                 (
