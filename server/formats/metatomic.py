@@ -14,13 +14,17 @@ How it maps onto the Evaluator (the ``ModelAdapter`` interface, ARCHITECTURE.md)
   neighbour vectors x_j − x_i + S·cell built from them, so
   F = −∂E/∂x (eV/Å) and W = −(∂E/∂ε)ᵀ (eV), the same convention as the contract models;
 * averaging evaluates copies with rotated positions and cell (x Rᵀ, cell Rᵀ) in one model
-  call; each copy's forces and virial are rotated back (F R, Rᵀ W R) before the weighted sum.
+  call; each copy's forces and virial are rotated back (F R, Rᵀ W R) before the weighted sum;
+* the interaction range is the declared one, except for metatrain's PET with its feedforward
+  featurizer, whose export declares one cutoff less than its energies reach
+  (:func:`_metatrain_pet_reach`): the LAMMPS domain route's ghost shell uses the longer one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 import zipfile
 
 import numpy as np
@@ -45,6 +49,49 @@ def is_metatomic_file(path: str) -> bool:
             return any(name.endswith("/extra/metatomic-version") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def _archive_versions(path: str) -> dict:
+    """The metatomic-torch and torch versions a metatomic archive records (``extra/`` files)."""
+    found = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                for key, label in (
+                    ("/extra/metatomic-version", "metatomic-torch"),
+                    ("/extra/torch-version", "torch"),
+                ):
+                    if name.endswith(key):
+                        found[label] = archive.read(name).decode(errors="replace").strip()[:40]
+    except (zipfile.BadZipFile, OSError):
+        pass
+    return found
+
+
+def _metatrain_pet_reach(module):
+    """(range Å, why) of a metatrain PET whose energies reach further than the range its export
+    declares, else None.
+
+    metatrain (up to at least 2026.4.1) declares ``num_gnn_layers × cutoff``. With the
+    ``feedforward`` featurizer (its default) the edge features are exchanged with their reversed
+    edges once more after the last GNN layer, and the readout sums them: an atom's energy then
+    depends on atoms up to ``(num_gnn_layers + 1) × cutoff`` away (measured: the owned atoms'
+    energy of a 2-layer, 3.5 Å PET changes between ghost shells of 7 and 10.5 Å, not beyond)."""
+    inner = getattr(module, "module", None)
+    if getattr(inner, "original_name", None) != "PET":
+        return None
+    try:
+        backend = inner.backend
+        featurizer = str(backend.featurizer_type)
+        layers, cutoff = int(backend.num_gnn_layers), float(backend.cutoff)
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return None
+    if featurizer != "feedforward":
+        return None
+    return (layers + 1) * cutoff, (
+        f"metatrain's PET with the feedforward featurizer exchanges edge messages once more "
+        f"after its {layers} GNN layers, so energies reach ({layers} + 1) × {cutoff:.4g} Å"
+    )
 
 
 def _import():
@@ -99,7 +146,12 @@ class MetatomicModel(ModelAdapter):
         self._mta, self._mts = mta, mts
         self.path = path
         try:
-            module = mta.load_atomistic_model(path)
+            with warnings.catch_warnings():
+                # metatrain's PET declares non_conservative_forces next to non_conservative_force
+                # (metatomic's old and new names): metatomic warns at every load, on stderr, where
+                # one-line refusals are read; the new name is the one served
+                warnings.filterwarnings("ignore", r"the '\w+' output name is deprecated", UserWarning)
+                module = mta.load_atomistic_model(path)
         except Exception as err:
             raise ModelError(
                 f"{path!r}: metatomic could not load it ({first_line(err)[:160]}): "
@@ -125,6 +177,14 @@ class MetatomicModel(ModelAdapter):
         # metatomic declares the range itself and selects atoms' energies with selected_atoms
         self.interaction_range = max(float(capabilities.interaction_range), self.cutoff)
         self.declared_range = True
+        self.range_note = None
+        reach = _metatrain_pet_reach(module)
+        if reach is not None and reach[0] > self.interaction_range:
+            self.range_note = (
+                f"interaction range {reach[0]:.4g} Å, not the declared {self.interaction_range:.4g} Å: "
+                f"{reach[1]}"
+            )
+            self.interaction_range = reach[0]
         if not self.cutoff > 0 or not np.isfinite(self.cutoff):
             raise ModelError(
                 f"{path!r}: the metatomic model requests no finite neighbour-list cutoff "
@@ -157,6 +217,51 @@ class MetatomicModel(ModelAdapter):
                 f"metatomic model {path}: the energy of a subset of atoms (LAMMPS domain decomposition, "
                 f"per-atom energies) cannot be asked for: {why}: use --decomposition gather"
             )
+
+    def describe(self) -> list[str]:
+        """What the file says about itself: the architecture (the wrapped module's class, e.g.
+        metatrain's ``PET``) and ``metadata()`` (name, authors, references), the declared
+        capabilities (outputs, atomic types, interaction range, requested lists, dtype, devices)
+        and the metatomic-torch/torch versions it was exported with."""
+        metadata = self.module.metadata()
+        capabilities = self.module.capabilities()
+        architecture = getattr(self.module.module, "original_name", None) or type(self.module.module).__name__
+        who = f"metatomic file of a {architecture} model"
+        if metadata.name:
+            who += f" {metadata.name!r}"
+        if metadata.authors:
+            who += f" by {', '.join(metadata.authors)}"
+        lines = [who]
+        references = [f"{kind}: {', '.join(urls)}" for kind, urls in metadata.references.items() if len(urls)]
+        if references:
+            lines.append("references: " + "; ".join(references))
+        outputs = capabilities.outputs
+        energy = outputs["energy"]
+        served = [f"energy (per {energy.sample_kind}, {energy.unit or 'no unit'})"]
+        served += [name for name in (self._nc_force, self._nc_stress) if name]
+        others = [name for name in outputs.keys() if name != "energy" and name not in served]
+        lines.append("outputs: " + ", ".join(served) + (f"; also {', '.join(others)}" if others else ""))
+        lists = ", ".join(
+            f"{float(r.cutoff):.4g} Å {'full' if r.full_list else 'half'}" for r in self.requests
+        )
+        lines.append(
+            f"atomic types {list(self.species)}; "
+            f"declared interaction range {float(capabilities.interaction_range):.4g} Å; "
+            f"neighbour lists {lists or 'none'}; dtype {capabilities.dtype}; "
+            f"devices {', '.join(capabilities.supported_devices)}"
+        )
+        if self.range_note:
+            lines.append(self.range_note)
+        if self.direct_forces:
+            lines.append(
+                f"direct forces from {self._nc_force}"
+                + (f" and a virial from {self._nc_stress}" if self._nc_stress else ", no direct virial")
+                + " (--forces direct)"
+            )
+        versions = _archive_versions(self.path)
+        if versions:
+            lines.append("exported with " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+        return lines
 
     def evaluate(self, copies, direct: bool = False):
         """Energies (eV), forces [N,3] (eV/Å) and virials [3,3] (eV) of ``copies`` (see
