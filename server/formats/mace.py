@@ -155,6 +155,7 @@ class MaceModel(ModelAdapter):
             if not hasattr(module, "model"):
                 raise ModelError(f"{path!r}: this LAMMPS_MACE export has no 'model': {EXPORT_HINT}")
             inner = module.model
+        self.wrapper_class = name if kind == "lammps" else None
         self.model = inner
         self.model_class = getattr(inner, "original_name", type(inner).__name__)
         missing = [a for a in ("atomic_numbers", "r_max", "num_interactions") if not hasattr(inner, a)]
@@ -186,7 +187,7 @@ class MaceModel(ModelAdapter):
 
     def describe(self) -> list[str]:
         source = (
-            "a LAMMPS export (LAMMPS_MACE of mace_create_lammps_model)"
+            f"a LAMMPS export ({self.wrapper_class}, as mace_create_lammps_model writes)"
             if self.kind == "lammps"
             else "a scripted MACE model"
         )
@@ -199,7 +200,7 @@ class MaceModel(ModelAdapter):
         return [
             f"MACE model ({self.model_class}): {self.num_interactions} interactions, r_max "
             f"{self.r_max:g} Å (interaction range {self.interaction_range:g} Å), from {source}",
-            f"species {species} → one-hot types {types}; E0s (eV) {e0s}; {head}",
+            f"species {species} → one-hot types {types}; " + (f"E0s (eV) {e0s}; " if e0s else "") + head,
         ]
 
     # -- evaluation -------------------------------------------------------------------
