@@ -158,14 +158,28 @@ def bridge_run(workdir: Path, deck: Path, model, elements, np_=1, timeout=120, *
     return result
 
 
+def _orphaned_sockets(before: set) -> set:
+    """Bridge socket files made since ``before`` by this process, or by any process that has
+    ended (``processes.unique_name`` puts the maker's PID in the name: the runner's own
+    subprocesses, ``mlip-lammps-run`` started by a test, included); a live process's socket of a
+    concurrent test session is its own business."""
+    mine = f"ipi_lammps-{os.getpid()}-"
+    left = set()
+    for path in set(Path("/tmp").glob("ipi_lammps-*")) - before:
+        pid = path.name.split("-")[1]
+        if path.name.startswith(mine) or (pid.isdigit() and not Path(f"/proc/{pid}").exists()):
+            left.add(path)
+    return left
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
-    """Every test: no socket files of the bridge and no MPICH shm files left behind."""
-    mine = f"ipi_lammps-{os.getpid()}-*"  # processes.unique_name: runs started by this process
-    sockets_before = set(Path("/tmp").glob(mine))
+    """Every test: no socket files of the bridge (ours or those of the processes it started) and no
+    MPICH shm files left behind."""
+    sockets_before = set(Path("/tmp").glob("ipi_lammps-*"))
     shm_before = shm_files()
     yield
-    left = set(Path("/tmp").glob(mine)) - sockets_before
+    left = _orphaned_sockets(sockets_before)
     shm_left = leftover_shm_files(shm_before)
     for path in list(left) + list(shm_left):
         Path(path).unlink(missing_ok=True)
