@@ -22,6 +22,7 @@ ice cell) and on the configurations the engines produced (i-PI beads, LAMMPS ste
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -330,7 +331,11 @@ def test_ipi_beads_over_a_socket_equal_nequip(tmp_path, build, structures):
             np.array(ref["forces"]),
             what=f"bead {b} step {step}",
         )
-    assert "NequIP/Allegro package of nequip-compile" in (tmp_path / "server.log").read_text()
+    log = (tmp_path / "server.log").read_text()
+    assert "NequIP/Allegro package of nequip-compile" in log
+    # several beads went through one package call ("structures per model call × calls": 4×1, …)
+    sizes = re.findall(r"(\d+)×\d+", log.split("batch sizes")[-1].split(";")[0])
+    assert max(map(int, sizes)) >= 2, log[-1000:]
 
 
 def test_ffdirect_in_process_equals_nequip(tmp_path, build, structures, references):
