@@ -190,12 +190,15 @@ def _ipi_crashes(run: Path) -> list[dict]:
     return [e for e in _events(run) if e["event"] == "crash" and e["process"] == "i-PI"]
 
 
-def test_sigkilled_ipi_is_restarted_from_its_checkpoint_in_place(tmp_path, toy_model, reference):
+@pytest.mark.parametrize("transport", ["unix", "ffdirect"])
+def test_sigkilled_ipi_is_restarted_from_its_checkpoint_in_place(tmp_path, toy_model, reference, transport):
     """i-PI SIGKILLed mid-run (the OOM killer's pick): restarted from sim.restart, the rows past it
-    cut, the server started again; the run finishes by itself with every step once."""
+    cut, the server started again (unix; ffdirect: the model is in i-PI's process, restarted with
+    it); the run finishes by itself with every step once."""
     run = tmp_path / "run"
     log = tmp_path / "launcher.log"
-    proc = _start(_options(toy_model, steps=SHORT) + ["--out", str(run)], log)
+    transport_args = ["--transport", transport] if transport != "unix" else []
+    proc = _start(_options(toy_model, steps=SHORT) + transport_args + ["--out", str(run)], log)
     _wait_for_step(run, 220, proc)
     os.kill(_children(proc)["ipi"], signal.SIGKILL)
     assert proc.wait(timeout=180) == 0, log.read_text()
@@ -443,6 +446,31 @@ def test_two_sides_server_restarts_and_reconnects_over_inet(tmp_path, toy_model,
     _same_trajectory(_each_step_once(run), reference, restarted=False)
     events = [json.loads(line) for line in (run / "events-server-side.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["crash", "done"] and events[0]["action"] == "restart"
+
+
+def test_two_sides_ipi_killed_is_restarted_and_the_server_side_reconnects(tmp_path, toy_model, reference):
+    """--side ipi + --side server over inet: i-PI SIGKILLed on its side is restarted there from its
+    checkpoint on the same port; the server side's server loses its link, is restarted and
+    reconnects; the run finishes with every step once and the uninterrupted trajectory."""
+    from mlip_server.processes import free_port
+
+    run = tmp_path / "run"
+    inet = ["--transport", "inet", "--host", "127.0.0.1", "--port", str(free_port())]
+    ipi_side = _start(
+        _options(toy_model, steps=SHORT) + inet + ["--side", "ipi", "--out", str(run)], tmp_path / "ipi.log"
+    )
+    server_side = _start(
+        ["water-nvt", "--side", "server", "--out", str(run), "--model", str(toy_model), "--dtype", "float64"],
+        tmp_path / "server.log",
+    )
+    _wait_for_step(run, 220, ipi_side)
+    os.kill(_children(ipi_side)["ipi"], signal.SIGKILL)
+    assert ipi_side.wait(timeout=180) == 0, (tmp_path / "ipi.log").read_text()
+    assert server_side.wait(timeout=60) == 0, (tmp_path / "server.log").read_text()
+    _same_trajectory(_each_step_once(run, SHORT), reference[: SHORT + 1], restarted=True)
+    crashes = _ipi_crashes(run)
+    assert len(crashes) == 1 and crashes[0]["action"] == "restart", crashes
+    assert "restarting it on the same addresses" in (tmp_path / "server.log").read_text()
 
 
 def test_two_servers_share_the_beads_and_one_is_restarted_alone(tmp_path, toy_model, pimd_reference):
