@@ -401,7 +401,9 @@ def test_ipi_equals_mace_calculator_on_ipis_configurations(on_demand, run):
         assert np.abs(forces - f_ref).max() <= 1e-10 * np.abs(f_ref).max(), name
     if run == "socket":
         log = (folder / "socket" / "server.log").read_text()
-        assert "MACE model" in log
+        assert "MACE model (ScaleShiftMACE)" in log
+        # the 4 beads of each of the 4 force calls in one model call each
+        assert "batch sizes (structures per model call × calls): 4×4;" in log, log[-2000:]
 
 
 # --------------------------------------------------------------------------- LAMMPS
