@@ -168,6 +168,8 @@ class MaceModel(ModelAdapter):
         self.r_max = float(inner.r_max)
         self.num_interactions = int(inner.num_interactions)
         self.cutoff = self.r_max
+        self._types = torch.full((max(self.species) + 1,), -1, dtype=torch.int64)
+        self._types[torch.tensor(self.species)] = torch.arange(len(self.species))
         self.interaction_range = self.r_max * self.num_interactions
         self.declared_range = True
         self.dtype = _own_dtype(inner)
@@ -246,8 +248,7 @@ class MaceModel(ModelAdapter):
             unit_shifts.append(g.shifts.astype(np.float64))
             shifts.append(g.shifts @ cell)
             counts.append(len(g.numbers))
-        index = {z: k for k, z in enumerate(self.species)}
-        types = torch.tensor([index[int(z)] for z in batch.numbers.tolist()], dtype=torch.int64, device=dev)
+        types = self._types[batch.numbers.to(self._types.device)].to(dev)  # Z → index in atomic_numbers
         node_attrs = torch.nn.functional.one_hot(types, len(self.species)).to(dt)
         counts_t = torch.tensor(counts, dtype=torch.int64, device=dev)
         shift_leaf = torch.from_numpy(np.concatenate(shifts).reshape(-1, 3)).to(device=dev, dtype=dt)
