@@ -257,6 +257,19 @@ def test_ipi_server_equals_ipi_metatomic_driver_and_metatomic_ase(tmp_path, buil
     np.testing.assert_allclose(f0, ref[f"{k}/forces"], rtol=0, atol=1e-10 * np.abs(f0).max())
 
 
+def test_ipi_ffdirect_equals_metatomic_ase(tmp_path, built, structures):
+    """i-PI's <ffdirect> (the server's evaluator inside i-PI, no socket), 2 beads batched: the
+    first step's potential of every bead (at the DFT frame) = metatomic-ase's energy."""
+    out = ipi_sim.run(
+        tmp_path, structures[0], _model(built, "pet64"), steps=2, nbeads=2, batch=2, ffdirect=True
+    )
+    assert out.codes[0] == 0, out.ipi_log[-2000:]
+    energy = _refs(built, "pet64")["0/energy"]
+    assert out.properties.shape == (3, 4)
+    assert abs(out.properties[0, 3] - energy) <= 1e-10 * abs(energy), (out.properties[0, 3], energy)
+    assert np.ptp(out.properties[:, 3]) > 1e-6  # and then it moves
+
+
 def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, built):
     """i-PI's <ffrotations> (legendre 2 + inversion, 36 rotations) around i-PI's own metatomic
     driver on the real PET = our ``2i`` endpoint on the same file: no code of ours on the
