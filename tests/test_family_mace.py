@@ -428,7 +428,12 @@ dump d all custom 1 traj.dump id type x y z fx fy fz {columns}
 dump_modify d sort id format float %.17g
 run 1
 """
-PER_ATOM = "compute pea all pe/atom fix\ncompute pesum all reduce sum c_pea"
+PER_ATOM = """compute pea all pe/atom fix
+compute pesum all reduce sum c_pea
+compute sa all stress/atom NULL virial
+compute ssum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
+variable vol equal vol"""
+PER_ATOM_THERMO = "c_pesum " + " ".join(f"c_ssum[{k}]" for k in range(1, 7)) + " v_vol"
 PRESSURE = ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")
 
 
@@ -437,7 +442,7 @@ def _deck(folder: Path, data: Path, per_atom=False) -> Path:
     text = DECK.format(
         data=data,
         computes=PER_ATOM if per_atom else "",
-        extra="c_pesum" if per_atom else "",
+        extra=PER_ATOM_THERMO if per_atom else "",
         columns="c_pea" if per_atom else "",
         pvir=" ".join(f"c_pvir[{k}]" for k in range(1, 7)),
     )
@@ -508,14 +513,20 @@ def _same_as_gather(gather: Path, got_dir: Path) -> dict:
 def test_lammps_domain_two_ranks_equals_gather_with_mace_node_energies(
     built, ice_data, lammps_gather, tmp_path
 ):
-    """2 ranks with per-atom energies (compute pe/atom): = the gather route; step 0's per-atom
-    energies = MACE's node energies, and sum to PotEng."""
+    """2 ranks with per-atom energies and virials (compute pe/atom, stress/atom): = the gather
+    route; step 0's per-atom energies = MACE's node energies (+ E0s) and sum to PotEng; the
+    per-atom virials sum to the virial."""
     deck = _deck(tmp_path, ice_data, per_atom=True)
     result = domain_run(tmp_path, deck, _file(built), ["O", "H"], 2, bridge_args=["--per-atom"])
     _ok(result)
     assert "interaction range 9 Å (declared)" in result.bridge_output
     got = _same_as_gather(lammps_gather, tmp_path)
     assert np.abs(got["c_pesum"] - got["PotEng"]).max() <= 1e-10 * np.abs(got["PotEng"]).max()
+    # per-atom virials (stress/atom, bar·Å³) sum to the virial: −Σ stress/atom = P_virial × V
+    scale = max(np.abs(got[f"c_pvir[{k}]"] * got["v_vol"]).max() for k in range(1, 7))
+    for k in range(1, 7):
+        total = got[f"c_pvir[{k}]"] * got["v_vol"]
+        assert np.abs(-got[f"c_ssum[{k}]"] - total).max() <= 1e-10 * scale, k
     node = _reference(built)["ice/node_energy"] + _e0s(built, _structures(built)["ice"].numbers)
     rows = _first_dump_frame(tmp_path / "traj.dump", 9)
     assert np.abs(rows[:, 8] - node).max() <= 1e-10 * np.abs(node).max()
