@@ -97,10 +97,13 @@ def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
         "--timestep is its old name, deprecated (mlip-run's --timestep is the MD step)",
     )
     g.add_argument(
+        "--bead",
         "--beads",
+        dest="beads",
         metavar="centroid|all|K",
-        help="i-PI path integrals: the centroid of all bead files prefix.pos_*, every bead (all: the "
-        "bead-averaged, quantum g(r); rdf only) or bead K",
+        help="i-PI path integrals: which beads to read: the centroid of all bead files prefix.pos_*, "
+        "every bead (all: the bead-averaged, quantum g(r); rdf only) or bead K; --beads is its old "
+        "name, deprecated (mlip-run's --beads is the number of beads)",
     )
     g.add_argument("--start", type=int, help="first frame")
     g.add_argument("--stop", type=int, help="frame to stop before")
@@ -197,7 +200,7 @@ def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
     if wants("uncertainty"):
         c = p.add_argument_group(
             "committee uncertainty (i-PI extras files of mlip-server --committee; default: found next to "
-            "TRAJ by its prefix, bead 0 or --beads K)"
+            "TRAJ by its prefix, bead 0 or --bead K)"
         )
         c.add_argument(
             "--committee-forces",
@@ -225,7 +228,7 @@ def _add_arguments(p: argparse.ArgumentParser, command: str) -> None:
 
 
 def _bead(beads):
-    """--beads as the bead whose extras files are read: None for the centroid."""
+    """--bead as the bead whose extras files are read: None for the centroid."""
     if beads is None:
         return 0
     if beads in ("centroid", "all"):
@@ -233,7 +236,7 @@ def _bead(beads):
     try:
         return int(beads)
     except ValueError:
-        raise AnalysisInputError(f"bad --beads {beads!r}: give centroid or a bead index K") from None
+        raise AnalysisInputError(f"bad --bead {beads!r}: give centroid or a bead index K") from None
 
 
 def _charges(items):
@@ -315,8 +318,8 @@ def run(args) -> dict:
         )
     if args.beads == "all" and args.command != "rdf":
         raise AnalysisInputError(
-            "--beads all (every bead's frames) is for g(r): run mlip-analyse rdf, or use --beads centroid "
-            f"or --beads K for {args.command}"
+            "--bead all (every bead's frames) is for g(r): run mlip-analyse rdf, or use --bead centroid "
+            f"or --bead K for {args.command}"
         )
     if args.timestep is not None and args.timestep <= 0:
         raise AnalysisInputError("--frame-interval must be positive (fs between stored frames)")

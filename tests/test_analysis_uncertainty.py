@@ -327,5 +327,5 @@ def test_bad_input_gives_one_error_line(synthetic_run, tmp_path, capsys):
     assert "pass --committee-forces FILE" in _error_line(
         capsys, ["uncertainty", str(lone / "run.pos_0.extxyz")] + out
     )
-    assert "--beads K" in _error_line(capsys, ["uncertainty", pos, "--beads", "centroid"] + out)
+    assert "--bead K" in _error_line(capsys, ["uncertainty", pos, "--beads", "centroid"] + out)
     assert not (tmp_path / "bad" / "summary.json").exists()

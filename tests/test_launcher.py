@@ -402,7 +402,7 @@ def test_progress_lines_and_closing_line_with_numbers_and_the_next_command(tmp_p
     assert "sim.pos_0.extxyz, sim.pos_1.extxyz" in last
     hint = last.split("next: ")[1].split()
     assert hint[:3] == ["mlip-analyse", "all", str(run)]
-    assert "--beads" in hint and "centroid" in hint
+    assert "--bead" in hint and "centroid" in hint
     from mlip_server.analysis.readers import load_universe
 
     u = load_universe(str(run / "sim.pos_0.extxyz"), beads="centroid")

@@ -123,7 +123,7 @@ def test_ipi_headline_next_command_and_timestep(tmp_path):
         (tmp_path / f"sim.pos_{bead}.extxyz").write_text("")
     assert ipi_summary.headline(tmp_path) == "mean T 300.0 K, conserved drift +2 meV/atom/ps"  # 6 meV/3/1 ps
     command = ipi_summary.next_command(tmp_path, "sim", "water-pimd")
-    assert command == f"mlip-analyse all {tmp_path} --beads centroid --out {tmp_path / 'analysis'}"
+    assert command == f"mlip-analyse all {tmp_path} --bead centroid --out {tmp_path / 'analysis'}"
     (tmp_path / "sim.pos_1.extxyz").unlink()  # one positions file (or a centroid file): no --beads
     assert "--beads" not in ipi_summary.next_command(tmp_path, "sim", "water-pimd-rpc-mts")
     assert ipi_summary.next_command(tmp_path, "sim", "molecule-nve").startswith("mlip-analyse symmetry ")

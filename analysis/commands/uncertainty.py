@@ -79,7 +79,7 @@ def uncertainty(traj: str, opt: Options, load) -> dict:
 def _check_options(opt: Options) -> None:
     if opt.bead is None:
         raise AnalysisInputError(
-            "the committee spread is per bead, not of the centroid: pass --beads K (a bead index)"
+            "the committee spread is per bead, not of the centroid: pass --bead K (a bead index)"
         )
     if opt.n_worst < 0:
         raise AnalysisInputError("--worst must be 0 or more (frames tabulated per atom)")

@@ -3,8 +3,8 @@ Analysing a path-integral run: the bead-averaged g(r)
 =====================================================
 
 A path-integral run (``mlip-run water-pimd``) writes one trajectory per bead. The quantum g(r)
-is the average over every bead's frames (``mlip-analyse rdf RUN --beads all``); the g(r) of the
-ring polymers' centroids (``--beads centroid``) is narrower, because the quantum delocalisation
+is the average over every bead's frames (``mlip-analyse rdf RUN --bead all``); the g(r) of the
+ring polymers' centroids (``--bead centroid``) is narrower, because the quantum delocalisation
 of the protons is averaged out. This example runs a short PIMD of 64 water molecules with the
 shipped model on 4 beads and compares the two. (A production run is much longer: in 30 steps the
 curves are noisy and the two differ little; this one shows the commands and the files.)
@@ -25,7 +25,7 @@ result = run_experiment("water-pimd", beads=4, structure=liquid, steps=30, strid
 print(f"exit status {result.code}; files: {sorted(p.name for p in (work / 'run').glob('sim.*'))}")
 
 # %%
-# The analyses: ``mlip-analyse rdf RUN --beads all`` and ``--beads centroid``; each writes
+# The analyses: ``mlip-analyse rdf RUN --bead all`` and ``--bead centroid``; each writes
 # ``rdf.dat`` (r in Å, g and running coordination numbers with block errors), ``rdf.png`` and
 # ``summary.json``.
 import matplotlib.pyplot as plt
@@ -40,7 +40,7 @@ for beads in ("all", "centroid"):
         [
             "rdf",
             str(work / "run"),
-            "--beads",
+            "--bead",
             beads,
             "--out",
             str(out),
@@ -51,7 +51,7 @@ for beads in ("all", "centroid"):
             "80",
         ]
     )
-    print(f"--beads {beads}: exit status {status}")
+    print(f"--bead {beads}: exit status {status}")
     columns = (out / "rdf.dat").read_text().splitlines()[1].lstrip("# ").split()
     g[beads] = dict(zip(columns, np.loadtxt(out / "rdf.dat").T))
 

@@ -4,7 +4,7 @@
 names): the mean temperature, the drift of the conserved quantity per atom and ps, or for a run
 without time (a geometry optimisation) the last potential energy and its change.
 :func:`next_command` is what to do next, as its README says: ``mlip-analyse all RUN`` for
-dynamics with positions (``--beads centroid`` when the run wrote one file per bead),
+dynamics with positions (``--bead centroid`` when the run wrote one file per bead),
 ``mlip-analyse symmetry RUN`` for the molecule (no liquid structure to analyse), the same
 relaxation at the other averaging level for ``ice-geop`` (the two last potentials are the result),
 and where to read a replay's energies (its frames have no time axis to analyse).
@@ -94,7 +94,7 @@ def next_command(folder: Path, prefix: str = "sim", experiment: str | None = Non
     if not trajectories:
         return ""
     beads = sorted(folder.glob(f"{prefix}.pos_*"))
-    extra = ["--beads", "centroid"] if len(beads) > 1 else []
+    extra = ["--bead", "centroid"] if len(beads) > 1 else []
     return shlex.join(["mlip-analyse", "all", str(folder), *extra, *out])
 
 
