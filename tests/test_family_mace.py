@@ -1,12 +1,13 @@
 """MACE models (mace-torch 0.3.16) served by the project's venv (torch only), checked against MACE's
 own ``MACECalculator`` run in the MACE venv (tests/families/envs.py, tests/families/mace/).
 
-The files are real MACE models built by tests/families/mace/build.py (two small ScaleShiftMACE
-models, H and O, 2 interactions, r_max 4.5 Å): the LAMMPS export of MACE's own
+The files are real MACE models built by tests/families/mace/build.py (small ScaleShiftMACE
+models, H and O, 2 interactions, r_max 4.5 Å: a and b, and c with two heads): the LAMMPS export of MACE's own
 ``create_lammps_model`` and the scripted model (``e3nn.util.jit.compile``), float64 and float32.
 
 * in-process Evaluator, both files, both dtypes = MACECalculator on DFT water frames, a molecule
   and an ice cell (energy, forces, stress; per-atom energies = MACE's node energies);
+* a two-head model (pt_head, default): both files serve the default head = MACECalculator's;
 * our ASE calculator; a committee of the two models (mean and members = their references);
 * real i-PI over a socket with 4 beads (one batched model call per step) and ``<ffdirect>``:
   i-PI's energies and forces on i-PI's own configurations = MACECalculator on them;
@@ -180,6 +181,23 @@ def test_evaluator_equals_mace_calculator(built, kind, dtype):
     node = ref[f"{name}/node_energy"] + _e0s(built, s.numbers)  # MACECalculator subtracts E0
     assert np.abs(per_atom.atom_energies - node).max() <= TOL[dtype] * np.abs(node).max()
     assert abs(per_atom.atom_energies.sum() - per_atom.energy) <= TOL[dtype] * abs(per_atom.energy)
+
+
+@pytest.mark.parametrize("kind", ["lammps", "scripted"])
+def test_a_two_head_model_serves_its_default_head(built, kind):
+    """Model c has heads pt_head and default: the LAMMPS export (``--head default``) and the
+    scripted model (the head named default, as MACECalculator picks) = MACECalculator's default
+    head, which differs from pt_head."""
+    structures, ref = _structures(built), _reference(built, "c")
+    other = _reference(built, "c-pt_head")
+    ev = load_evaluator(_file(built, "c", kind=kind))
+    assert (
+        "head 'default' (2 of 2)" in ev.model.describe()[1]
+        and "E0s (eV) H -13.6, O -442" in ev.model.describe()[1]
+    )
+    for (name, s), result in zip(structures.items(), ev.compute(list(structures.values()))):
+        assert_same(result, ref, name, s, "float64")
+        assert abs(result.energy - float(other[f"{name}/energy"])) > 1e-2
 
 
 def test_requested_dtype_casts_the_export(built):

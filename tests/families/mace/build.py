@@ -17,7 +17,9 @@ random initialisation, E0s set; training is not the point of these cross-checks)
 * ``build.json``: what was built (hyper-parameters, files, structures, times).
 
 DTYPE is float64 and float32. Model a: 2 interactions, r_max 4.5 Å, hidden 8x0e+8x1o, max_ell 2,
-correlation 2, species H and O.
+correlation 2, species H and O. Model c has two heads (``pt_head`` and ``default``, different E0s,
+scales and shifts), float64 only: its LAMMPS export is of head ``default``
+(``--head default``), and ``reference-c-pt_head-float64.npz`` holds the other head's results.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ the DFT frames (−469.2 eV)."""
 MODELS = {
     "a": dict(seed=0, r_max=4.5, num_interactions=2, hidden="8x0e+8x1o"),
     "b": dict(seed=1, r_max=4.5, num_interactions=2, hidden="12x0e+12x1o"),
+    "c": dict(seed=2, r_max=4.5, num_interactions=2, hidden="8x0e+8x1o", heads=["pt_head", "default"]),
 }
+"""a and b: a committee of two; c: two heads (as a fine-tuned foundation model has), float64 only."""
+HEAD_E0S = {"pt_head": {1: -13.0, 8: -440.0}, "default": E0S}
 
 
-def make_model(seed: int, r_max: float, num_interactions: int, hidden: str):
+def make_model(seed: int, r_max: float, num_interactions: int, hidden: str, heads=None):
     from e3nn import o3
     from mace import modules
 
@@ -67,13 +72,18 @@ def make_model(seed: int, r_max: float, num_interactions: int, hidden: str):
         num_elements=len(z),
         hidden_irreps=o3.Irreps(hidden),
         MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.array([E0S[k] for k in z]),
+        atomic_energies=(
+            np.array([E0S[k] for k in z])
+            if heads is None
+            else np.array([[HEAD_E0S[h][k] for k in z] for h in heads])
+        ),
         avg_num_neighbors=38.0,
         atomic_numbers=z,
         correlation=2,
         gate=torch.nn.functional.silu,
-        atomic_inter_scale=0.5,
-        atomic_inter_shift=0.0,
+        atomic_inter_scale=0.5 if heads is None else [0.7, 0.5],
+        atomic_inter_shift=0.0 if heads is None else [0.1, 0.0],
+        **({} if heads is None else {"heads": heads}),
     )
 
 
@@ -104,12 +114,14 @@ def structures() -> dict:
     return store
 
 
-def lammps_export(pickled: Path, dtype: str, target: Path):
+def lammps_export(pickled: Path, dtype: str, target: Path, head=None):
     """MACE's own create_lammps_model (the mace_create_lammps_model command) on ``pickled``."""
     from mace.cli import create_lammps_model
 
     argv = sys.argv
     sys.argv = ["mace_create_lammps_model", str(pickled), "--dtype", dtype]
+    if head is not None:
+        sys.argv += ["--head", head]
     try:
         create_lammps_model.main()
     finally:
@@ -132,17 +144,21 @@ def main(argv) -> int:
         pickled = out / f"mace-{name}.model"
         torch.save(model, pickled)
         files = {"pickled": pickled.name}
-        for dtype in DTYPES:
+        heads = hyper.get("heads")
+        for dtype in DTYPES if heads is None else ("float64",):
             lammps = out / f"mace-{name}-{dtype}-lammps.pt"
-            lammps_export(pickled, dtype, lammps)
+            lammps_export(pickled, dtype, lammps, head=None if heads is None else "default")
             cast = copy.deepcopy(model)
             cast = cast.double() if dtype == "float64" else cast.float()
             scripted = out / f"mace-{name}-{dtype}_compiled.model"
             torch.jit.save(jit.compile(cast), str(scripted))
             t1 = time.perf_counter()
-            calc = reference.calculator(copy.deepcopy(model), dtype)
+            calc = reference.calculator(copy.deepcopy(model), dtype, None if heads is None else "default")
             results = reference.compute(calc, store)
             np.savez(out / f"reference-{name}-{dtype}.npz", **results)
+            if heads is not None:  # the other head, to show which one is served
+                calc = reference.calculator(copy.deepcopy(model), dtype, "pt_head")
+                np.savez(out / f"reference-{name}-pt_head-{dtype}.npz", **reference.compute(calc, store))
             print(f"[mace build] {name} {dtype}: references {time.perf_counter() - t1:.1f} s", flush=True)
             files[dtype] = {
                 "lammps": lammps.name,

@@ -1,7 +1,7 @@
 """MACE's own results (its ASE calculator, ``MACECalculator``) on given structures: run in the MACE
 venv (tests/families/envs.py), never in the project's.
 
-    python reference.py MODEL DTYPE STRUCTURES.npz OUT.npz
+    python reference.py MODEL DTYPE STRUCTURES.npz OUT.npz [HEAD]
 
 MODEL is a pickled MACE model (``torch.save``, as mace_run_train writes it), evaluated in DTYPE
 (float64 or float32, cast as MACE's calculator does); STRUCTURES.npz holds, for each structure
@@ -26,12 +26,14 @@ def structure_names(store) -> list:
     return sorted({key.rsplit("/", 1)[0] for key in store.keys()})
 
 
-def calculator(model, dtype: str):
-    """MACE's own ASE calculator for a MACE module (a Python model) in ``dtype``."""
+def calculator(model, dtype: str, head=None):
+    """MACE's own ASE calculator for a MACE module (a Python model) in ``dtype`` (``head``: the
+    head of a multi-head model)."""
     from mace.calculators import MACECalculator
 
     model = model.double() if dtype == "float64" else model.float()
-    return MACECalculator(models=model, device="cpu", default_dtype=dtype)
+    extra = {} if head is None else {"head": head}
+    return MACECalculator(models=model, device="cpu", default_dtype=dtype, **extra)
 
 
 def compute(calc, store) -> dict:
@@ -57,10 +59,10 @@ def compute(calc, store) -> dict:
 
 
 def main(argv) -> int:
-    model_path, dtype, structures, out = argv
+    model_path, dtype, structures, out, *head = argv
     model = torch.load(model_path, map_location="cpu", weights_only=False)
     with np.load(structures) as store:
-        results = compute(calculator(model, dtype), {k: store[k] for k in store.files})
+        results = compute(calculator(model, dtype, *head), {k: store[k] for k in store.files})
     np.savez(out, **results)
     return 0
 
