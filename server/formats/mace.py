@@ -117,9 +117,9 @@ class MaceModel(ModelAdapter):
     """
 
     label = "MACE model"
-    priority = (
-        5  # after compiled (20) and metatomic (10, which serves metatomic-wrapped MACE); before contract
-    )
+    # after compiled (20) and metatomic (10: a metatomic-wrapped MACE is served as metatomic); before
+    # the contract (0), which takes every other TorchScript file
+    priority = 5
 
     @classmethod
     def recognizes(cls, path: str) -> bool:
@@ -157,6 +157,8 @@ class MaceModel(ModelAdapter):
             inner = module.model
         self.wrapper_class = name if kind == "lammps" else None
         self.model = inner
+        for parameter in module.parameters():  # served, never trained (as LAMMPS_MACE does)
+            parameter.requires_grad_(False)
         self.model_class = getattr(inner, "original_name", type(inner).__name__)
         missing = [a for a in ("atomic_numbers", "r_max", "num_interactions") if not hasattr(inner, a)]
         if missing:
@@ -181,7 +183,9 @@ class MaceModel(ModelAdapter):
             self.head = default[0] if default else len(self.heads) - 1
         self.e0s = _e0s(inner, self.head, len(self.species))
         self._jit_optimize = device.type == "cuda"  # as for contract models (formats/contract.py)
-        self.sums_atomic_energies = True  # a sum of node energies by construction (and probed below)
+        # the energy is the sum of MACE's node energies, grouped here by pack()'s structure_index:
+        # any subset of atoms (a domain rank's owned atoms, each atom alone) can be counted
+        self.sums_atomic_energies = True
         self.per_atom_energies = True
         self.requested_dtype = False
         with torch.jit.optimized_execution(self._jit_optimize):
