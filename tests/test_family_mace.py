@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 from families import envs
 from refusals import assert_refused
-from test_lammps import _spec, bridge_run, no_leftovers, read_dump, thermo  # noqa: F401
+from test_lammps import bridge_run, no_leftovers, read_dump, thermo  # noqa: F401 - no_leftovers: autouse
 from test_lammps_domain import _ok, domain_run
 
 from mlip_server import processes
