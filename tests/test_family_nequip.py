@@ -9,7 +9,8 @@ ice cell) and on the configurations the engines produced (i-PI beads, LAMMPS ste
 --reference). Checked:
 
 * in-process Evaluator (all structures in one call) and our ASE calculator = nequip's calculator:
-  energies, forces, virial W = −σV (float64 packages to 1e-10 relative, float32 to 1e-5);
+  energies, forces, virial W = −σV (float64 packages to 1e-10 relative, float32 to 1e-5), and
+  so do the TorchScript files (``--mode torchscript``) of the float64 checkpoints;
 * real i-PI over a socket, 4 beads (one batched package call per step) = nequip on every bead;
 * LAMMPS gather = nequip on the dumped steps; the Allegro package decomposed on 2 and 3 ranks
   (owned atoms' edges only) = gather; NequIP's domain route refused in one line;
@@ -42,7 +43,13 @@ from mlip_server.formats.nequip import NequIPModel, is_nequip_package
 from mlip_server.loading import load_evaluator
 
 F64 = ("nequip-f64", "allegro-f64")
-TOL = {"nequip-f64": 1e-10, "allegro-f64": 1e-10, "nequip-f32": 1e-5}
+TOL = {
+    "nequip-f64": 1e-10,
+    "allegro-f64": 1e-10,
+    "nequip-f32": 1e-5,
+    "nequip-f64.pth": 1e-10,
+    "allegro-f64.pth": 1e-10,
+}
 """Relative tolerances (energy: of |E|; forces and virial: of the largest component). float64:
 the compiled program and nequip's eager model differ by AOTInductor's reordering of sums only
 (measured on the build's structures: energy 4e-16, forces 4e-14, virial 4e-14). float32: the
@@ -69,6 +76,9 @@ def references(build):
 
 
 def package(build, name) -> str:
+    """The AOTInductor package of model ``name``, or its TorchScript file for ``name.pth``."""
+    if name.endswith(".pth"):
+        return str(build / f"{name.removesuffix('.pth')}.nequip.pth")
     return str(build / f"{name}.nequip.pt2")
 
 
@@ -109,10 +119,11 @@ def test_the_format_tells_nequip_packages_from_others(tmp_path, build, toy_model
     assert names.index("nequip") < names.index("compiled") < names.index("contract")
     assert is_nequip_package(package(build, "nequip-f64"))
     assert not is_nequip_package(toy_model)  # a TorchScript zip of the project's contract
-    plain = tmp_path / "copy-without-suffix.pt2"  # recognised by its metadata, not only its name
-    shutil.copy(package(build, "allegro-f64"), plain)
-    assert is_nequip_package(str(plain))
-    assert isinstance(load_model(str(plain)), NequIPModel)
+    for name in ("allegro-f64", "allegro-f64.pth"):  # recognised by the metadata, not the name
+        plain = tmp_path / f"copy-without-suffix-{name}"
+        shutil.copy(package(build, name), plain)
+        assert is_nequip_package(str(plain))
+        assert isinstance(load_model(str(plain)), NequIPModel)
 
 
 def test_what_the_server_reads_from_the_packages(build):
@@ -132,14 +143,24 @@ def test_what_the_server_reads_from_the_packages(build):
     lines = "\n".join(nequip.describe() + allegro.describe())
     assert "types H→1 O→8" in lines and "message passing over 2 hops" in lines
     assert "strictly local" in lines and "periodic images given as atoms" in lines
+    # the TorchScript files (--mode torchscript) of the same checkpoints: the same conclusions
+    nequip_ts, allegro_ts = (load_model(package(build, n)) for n in ("nequip-f64.pth", "allegro-f64.pth"))
+    assert (
+        nequip_ts.torchscript and nequip_ts.batched and nequip_ts.layers == 2 and not nequip_ts.strictly_local
+    )
+    assert allegro_ts.torchscript and allegro_ts.strictly_local and not allegro_ts.images
+    assert "TorchScript file of nequip-compile (--mode torchscript)" in nequip_ts.describe()[0]
 
 
 # --------------------------------------------------------------------------- in-process, ASE
-@pytest.mark.parametrize("name", ["nequip-f64", "allegro-f64", "nequip-f32"])
+@pytest.mark.parametrize(
+    "name", ["nequip-f64", "allegro-f64", "nequip-f32", "nequip-f64.pth", "allegro-f64.pth"]
+)
 def test_evaluator_and_ase_calculator_equal_nequips_calculator(build, structures, references, name):
+    """``name.pth``: the TorchScript file of the same checkpoint (the same references)."""
     from mlip_server.ase_calculator import MLIPCalculator
 
-    refs = references[name]
+    refs = references[name.removesuffix(".pth")]
     assert [r["name"] for r in refs] == [a.info["name"] for a in structures]
     assert {"dft-100", "molecule", "ice"} <= {r["name"] for r in refs}  # the shipped data is here
     ev = load_evaluator(package(build, name))
@@ -480,7 +501,7 @@ def _edited(build, name, tmp_path, edit) -> Path:
     return dst
 
 
-def test_refusals_in_one_line(tmp_path, build):
+def test_refusals_in_one_line(tmp_path, build, toy_model):
     cuda = _edited(build, "nequip-f64", tmp_path, lambda m: {**m, "AOTI_DEVICE_KEY": "cuda"})
     assert_refused(_serve("--check", "--model", cuda), "compiled by nequip-compile for cuda", "--device cpu")
     bare = _edited(
@@ -496,3 +517,7 @@ def test_refusals_in_one_line(tmp_path, build):
         _serve("--check", "--model", package(build, "nequip-f32"), "--dtype", "float64"),
         "is a float32 nequip model, asked for float64",
     )
+    named = tmp_path / "contract.nequip.pth"  # named like nequip's TorchScript, without its extra files
+    shutil.copy(toy_model, named)
+    with pytest.raises(ModelError, match="has no nequip metadata"):
+        load_model(str(named))

@@ -7,7 +7,10 @@ before export) and, in the package's AOTInductor metadata (``<archive>/data/aoti
 ``nequip_aoti_outputs`` (the program's positional inputs and outputs, as nequip's field names),
 ``r_max`` (Å), ``type_names`` (atom type i of the model is ``type_names[i]``), ``model_dtype``,
 ``AOTI_DEVICE_KEY`` (the device it was compiled for). Serving it needs torch only
-(``torch._inductor.aoti_load_package``), never nequip.
+(``torch._inductor.aoti_load_package``), never nequip. nequip's older TorchScript files
+(``--mode torchscript``, ``*.nequip.pth``: the whole model with its forces, a dict of fields in
+and out, ``r_max``/``type_names``/``model_dtype`` as TorchScript extra files) are served the same
+way through ``torch.jit.load``: always many frames per call, cell and shifts given.
 
 What the server gives the program, per copy (graph + rotation R, x' = x Rᵀ, cell' = cell Rᵀ):
 
@@ -49,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 import zipfile
 
 import numpy as np
@@ -91,13 +95,27 @@ def read_nequip_metadata(path: str) -> dict | None:
         return None
 
 
+def is_torchscript_file(path: str) -> bool:
+    """Whether ``path`` is a TorchScript archive with nequip's extra files (``r_max``,
+    ``type_names``): ``nequip-compile --mode torchscript``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {n.split("/", 1)[-1] for n in archive.namelist()}
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return {"extra/r_max", "extra/type_names"} <= names
+
+
 def is_nequip_package(path: str) -> bool:
-    """Whether ``path`` is named like a nequip-compile file or is an AOTInductor package whose
-    metadata holds nequip's keys (cheap: the zip directory and one small JSON file)."""
+    """Whether ``path`` is named like a nequip-compile file, is an AOTInductor package whose
+    metadata holds nequip's keys, or a TorchScript file with nequip's extra files (cheap: the zip
+    directory and one small JSON file)."""
     if path.endswith((".nequip.pt2", ".nequip.pth")):
         return True
     meta = read_nequip_metadata(path)
-    return bool(meta) and (INPUTS_KEY in meta or ("r_max" in meta and "type_names" in meta))
+    if meta:
+        return INPUTS_KEY in meta or ("r_max" in meta and "type_names" in meta)
+    return is_torchscript_file(path)
 
 
 def _custom_ops(path: str) -> list:
@@ -153,10 +171,14 @@ class NequIPModel(ModelAdapter):
 
     Attributes
     ----------
-    runner : AOTICompiledModel
-        The loaded program (a list of input tensors → a list of output tensors).
+    runner : AOTICompiledModel or torch.jit.ScriptModule
+        The loaded program (a list of input tensors → a list of output tensors), or the
+        TorchScript model (a dict of fields → a dict of fields).
     metadata : dict
-        The package's AOTInductor metadata.
+        The package's AOTInductor metadata (a TorchScript file's extra files, with the fields
+        it is given and the ones the server reads).
+    torchscript : bool
+        Whether it is a TorchScript file (``--mode torchscript``).
     inputs, outputs : list of str
         The program's input and output fields, in order.
     type_names : list of str
@@ -168,8 +190,10 @@ class NequIPModel(ModelAdapter):
     strictly_local : bool
         Whether an atom's energy depends only on the edges centred on it (checked at load time).
     layers : int or None
-        How many neighbour hops an atom's energy feels (probed at load time on a chain; None
+        How many neighbour hops an atom's energy feels (probed at load time on chains; None
         without per-atom energies).
+    per_atom_energies : bool
+        False: per-atom virials (``--per-atom``) cannot be formed from the outputs.
     """
 
     label = "nequip model"
@@ -190,7 +214,7 @@ class NequIPModel(ModelAdapter):
         self.strictly_local = False
         self.layers = None
         self.per_atom_energies = False
-        self.probe_note = ""
+        self.torchscript = False
         self._type_of = np.full(max(self.species) + 1, -1, dtype=np.int64)
         self._type_of[self.species] = np.arange(len(self.species))
         self._probing = False
@@ -203,12 +227,8 @@ class NequIPModel(ModelAdapter):
 
     @classmethod
     def load(cls, path, device, dtype) -> "NequIPModel":
-        if path.endswith(".nequip.pth"):
-            raise ModelError(
-                f"{path!r} is a nequip TorchScript file (--mode torchscript, which nequip-compile no "
-                "longer writes with torch >= 2.10): this server serves nequip's AOTInductor packages: "
-                + COMPILE_HINT.format(device=device.type)
-            )
+        if path.endswith(".nequip.pth") or (not read_nequip_metadata(path) and is_torchscript_file(path)):
+            return cls._load_torchscript(path, device, dtype)
         meta = read_nequip_metadata(path)
         missing = [k for k in REQUIRED_METADATA if not meta or k not in meta]
         if missing:
@@ -272,7 +292,12 @@ class NequIPModel(ModelAdapter):
                 "specific to the machine and torch version: compile the model again here with "
                 + COMPILE_HINT.format(device=device.type)
             ) from None
+        return cls._checked(runner, path, meta, device, dtype)
+
+    @classmethod
+    def _checked(cls, runner, path, meta, device, dtype, torchscript=False) -> "NequIPModel":
         model = cls(runner, path, meta, device)
+        model.torchscript = torchscript
         model.requested_dtype = dtype is not None
         if model.images and "atomic_energy" not in model.outputs:
             raise ModelError(
@@ -281,6 +306,50 @@ class NequIPModel(ModelAdapter):
             )
         model._probe()
         return model
+
+    @classmethod
+    def _load_torchscript(cls, path, device, dtype) -> "NequIPModel":
+        """A TorchScript file of ``nequip-compile --mode torchscript`` (nequip < 0.17 with torch <
+        2.10, or nequip's own save function): the whole model with its forces (autograd inside),
+        a dict of fields in and out; its metadata are TorchScript extra files."""
+        extra = {k: "" for k in ("r_max", "type_names", "model_dtype", "per_edge_type_cutoff", "allow_tf32")}
+        try:
+            module = torch.jit.load(path, _extra_files=extra, map_location=device)
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeErrors with long texts
+            raise ModelError(
+                f"{path!r} is not a loadable TorchScript file ({first_line(err)[:120]}): "
+                + COMPILE_HINT.format(device=device.type)
+            ) from None
+        meta = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items() if v}
+        missing = [k for k in ("r_max", "type_names") if k not in meta]
+        if missing:
+            raise ModelError(
+                f"{path!r} has no nequip metadata ({', '.join(missing)} missing from its extra files): "
+                + COMPILE_HINT.format(device=device.type)
+            )
+        own = meta.get("model_dtype", "float64")
+        if dtype is not None and str(dtype).removeprefix("torch.") != own:
+            raise ModelError(
+                f"{path!r} is a {own} nequip model, asked for {str(dtype).removeprefix('torch.')}: a "
+                f"compiled model runs in its own precision: drop --dtype"
+            )
+        if meta.get("per_edge_type_cutoff"):
+            raise ModelError(
+                f"{path!r} uses per-edge-type cutoffs ({meta['per_edge_type_cutoff']}), which this "
+                "server's neighbour list does not apply: serve a model trained without per_edge_type_cutoff"
+            )
+        meta[INPUTS_KEY] = " ".join(
+            ["pos", "edge_index", "atom_types", "cell", "edge_cell_shift", "batch", "num_atoms"]
+        )
+        meta[OUTPUTS_KEY] = "atomic_energy total_energy forces virial"
+        module.eval()
+        try:  # what nequip's own loader does (torch deprecates freeze: no warning on stderr)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = torch.jit.freeze(module)
+        except Exception:  # noqa: BLE001 - an unfrozen module computes the same
+            pass
+        return cls._checked(module, path, meta, device, dtype, torchscript=True)
 
     def _probe(self):
         """Dry run, strict locality (the domain route) and the number of message-passing hops."""
@@ -368,11 +437,18 @@ class NequIPModel(ModelAdapter):
     def describe(self) -> list[str]:
         meta = self.metadata
         names = " ".join(f"{t}→{z}" for t, z in zip(self.type_names, self.species))
+        kind = "TorchScript file" if self.torchscript else "package"
+        how = "--mode torchscript" if self.torchscript else "AOTInductor"
+        where = (
+            "TorchScript (any device)"
+            if self.torchscript
+            else f"compiled for {meta.get('AOTI_DEVICE_KEY')} ({meta.get('AOTI_CPU_ISA') or '-'} "
+            f"{meta.get('AOTI_MACHINE', '')})"
+        )
         lines = [
-            f"NequIP/Allegro package of nequip-compile (AOTInductor): model_dtype {meta.get('model_dtype')}, "
+            f"NequIP/Allegro {kind} of nequip-compile ({how}): model_dtype {meta.get('model_dtype')}, "
             f"r_max {self.cutoff:g} Å, types {names} (by chemical symbol)",
-            f"compiled for {meta.get('AOTI_DEVICE_KEY')} ({meta.get('AOTI_CPU_ISA') or '-'} "
-            f"{meta.get('AOTI_MACHINE', '')}); inputs {meta[INPUTS_KEY]}; outputs {meta[OUTPUTS_KEY]}",
+            f"{where}; inputs {meta[INPUTS_KEY]}; outputs {meta[OUTPUTS_KEY]}",
             (
                 "frames per call: many (a batch program: beads and rotations in one call)"
                 if self.batched
@@ -476,14 +552,18 @@ class NequIPModel(ModelAdapter):
             results.append(result)
         return results
 
-    def _tensors(self, fields: dict) -> list:
-        return [fields[name] for name in self.inputs]
+    def _run(self, fields: dict) -> dict:
+        """The program's outputs (name → tensor) for the input fields."""
+        if self.torchscript:
+            with torch.enable_grad():  # its forces are autograd inside the module
+                out = self.runner(fields)
+            return {k: out[k] for k in self.outputs}
+        return dict(zip(self.outputs, self.runner([fields[name] for name in self.inputs])))
 
     def _to(self, array, dtype):
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=self.device, dtype=dtype)
 
-    def _outputs(self, raw, volumes) -> tuple:
-        out = dict(zip(self.outputs, raw))
+    def _outputs(self, out: dict, volumes) -> tuple:
         as_np = {k: v.detach().to("cpu", torch.float64).numpy() for k, v in out.items()}
         atomic = as_np["atomic_energy"].reshape(-1) if "atomic_energy" in as_np else None
         total = as_np["total_energy"].reshape(-1) if "total_energy" in as_np else None
@@ -516,7 +596,7 @@ class NequIPModel(ModelAdapter):
             "cell": self._to(cell[None], INPUT_DTYPE),
             "edge_cell_shift": self._to(shifts, INPUT_DTYPE),
         }
-        raw = self.runner(self._tensors(fields))
+        raw = self._run(fields)
         atomic, total, forces, virials = self._outputs(raw, [abs(np.linalg.det(cell))])
         if padded:  # beyond the cutoff the pair adds no force and no virial; drop its energies
             return atomic[:n], None, forces[:n], virials[0]
@@ -553,7 +633,7 @@ class NequIPModel(ModelAdapter):
             "batch": self._to(np.repeat(np.arange(len(frames)), sizes), torch.int64),
             "num_atoms": self._to(np.array(sizes), torch.int64),
         }
-        raw = self.runner(self._tensors(fields))
+        raw = self._run(fields)
         volumes = [abs(np.linalg.det(f[3])) for f in frames]
         atomic, total, forces, virials = self._outputs(raw, volumes)
         outs = []

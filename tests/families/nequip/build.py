@@ -17,8 +17,10 @@ Run in the nequip venv (tests/families/envs.py): ``python build.py OUTDIR``. Wri
                                                       as atoms, the LAMMPS domain route
   ============  =======  ========  =================  ===============================
 
-  TorchScript (``--mode torchscript``) is not built: nequip-compile refuses it with torch ≥ 2.10
-  (this venv has torch 2.13);
+  and ``NAME.nequip.pth`` for nequip-f64 and allegro-f64: the TorchScript file of ``--mode
+  torchscript``, which nequip-compile refuses with torch ≥ 2.10 (this venv has torch 2.13) while
+  the function it calls, ``save_torchscript_model``, still works: users of older nequip/torch
+  have such files;
 * ``references.json``: nequip's own ASE calculator (``NequIPCalculator._from_saved_model`` on
   the checkpoint: the eager model, nequip's neighbour list) on the structures of
   :func:`structures` — energy (eV), forces (eV/Å), stress (eV/Å³, ASE's sign, Voigt order);
@@ -238,6 +240,26 @@ def compile_package(name: str, checkpoint: Path, target: str, out: Path) -> Path
     return package
 
 
+TORCHSCRIPT = ("nequip-f64", "allegro-f64")
+
+
+def torchscript_file(name: str, checkpoint: Path, out: Path) -> Path:
+    """What ``nequip-compile CKPT OUT.nequip.pth --mode torchscript --device cpu`` does, minus its
+    refusal of torch >= 2.10: the eager model with nequip's metadata as TorchScript extra files."""
+    from nequip.model.inference_models.torchscript import save_torchscript_model
+    from nequip.model.saved_models.load_utils import load_saved_model
+    from nequip.model.utils import _EAGER_MODEL_KEY
+    from nequip.utils.global_state import get_latest_global_state, set_global_state
+
+    set_global_state(allow_tf32=False)
+    model = load_saved_model(str(checkpoint), _EAGER_MODEL_KEY, "sole_model")
+    metadata = {**model.metadata, **get_latest_global_state(only_metadata_related=True)}
+    metadata = {k: str(int(v)) if isinstance(v, bool) else v for k, v in metadata.items()}
+    path = out / f"{name}.nequip.pth"
+    save_torchscript_model(model, metadata, str(path), "cpu")
+    return path
+
+
 def references(checkpoint: Path, atoms_list) -> list:
     from nequip.integrations.ase import NequIPCalculator
 
@@ -273,6 +295,8 @@ def main(out: Path) -> None:
         ckpt = train(name, family, dtype, out, train_xyz)
         t1 = time.perf_counter()
         compile_package(name, ckpt, target, out)
+        if name in TORCHSCRIPT:
+            torchscript_file(name, ckpt, out)
         t2 = time.perf_counter()
         refs[name] = references(ckpt, structs)
         timing[name] = {"train_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1)}
@@ -280,6 +304,7 @@ def main(out: Path) -> None:
     (out / "references.json").write_text(json.dumps(refs))
     info = {
         "models": {n: dict(zip(("family", "dtype", "target"), v)) for n, v in MODELS.items()},
+        "torchscript": list(TORCHSCRIPT),
         "r_max": R_MAX,
         "timing": timing,
         "dft": DFT.is_file(),
