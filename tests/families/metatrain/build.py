@@ -14,7 +14,8 @@ Writes to OUTDIR:
 * ``pet64b.pt``: a second float64 PET (another seed, energy only, 1 epoch): a committee of two;
 * ``pet32.pt``: a float32 PET (``base_precision: 32``, 1 epoch);
 * ``structures.extxyz``: the reference structures (3 DFT frames not trained on, in their cubic
-  cell, a water molecule, the disordered ice Ih cell of 288 atoms), ``info["name"]`` naming each;
+  cell rounded to 1e-8 Å, a water molecule, the disordered ice Ih cell of 288 atoms),
+  ``info["name"]`` naming each;
 * ``ref-<model>.npz`` (and ``ref-pet64-nc.npz``: the direct heads): reference.py's results;
 * ``build.json``: what was built (models, frames, epochs, seconds).
 
@@ -170,9 +171,10 @@ def reference_structures():
         for k in REFERENCE_FRAMES:
             atoms = ase.io.read(DFT, index=k)
             # the file's cells are cubic but for off-diagonal entries of 5e-7 Å (a Bohr
-            # conversion's rounding); i-PI's abc/angles header (10 decimals) cannot hold those
-            # exactly (forces differ by 5e-10 relative): the references use the cubic cell
-            cell = np.diag(np.diag(atoms.cell[:]))
+            # conversion's rounding) and have 15 digits; i-PI's abc/angles header (10 decimals)
+            # holds neither exactly, and the forces of a cell 4e-11 Å longer differ by 5e-10
+            # relative: the references use the cubic cell rounded to 1e-8 Å
+            cell = np.diag(np.round(np.diag(atoms.cell[:]), 8))
             structures.append(ase.Atoms(atoms.numbers, atoms.positions, cell=cell, pbc=True))
             structures[-1].info["name"] = f"dft-{k}"
     water = molecule("H2O")

@@ -22,20 +22,21 @@ import numpy as np
 
 def references(model: str, frames, non_conservative: bool = False) -> dict:
     """``{f"{k}/{name}": array}`` of metatomic-ase's calculator on ``frames`` (ase.Atoms)."""
+    from ase.calculators.calculator import all_changes
+    from ase.stress import voigt_6_to_full_3x3_stress
     from metatomic_ase import MetatomicCalculator
 
     calc = MetatomicCalculator(model, device="cpu", non_conservative=non_conservative)
     out = {}
     for k, atoms in enumerate(frames):
-        atoms = atoms.copy()
-        atoms.calc = calc
         periodic = bool(atoms.pbc.all())
-        out[f"{k}/energy"] = np.array(atoms.get_potential_energy(), dtype=np.float64)
-        out[f"{k}/forces"] = np.array(atoms.get_forces(), dtype=np.float64)
-        if periodic:
-            out[f"{k}/stress"] = np.array(atoms.get_stress(voigt=False), dtype=np.float64)
-            if not non_conservative:
-                out[f"{k}/energies"] = np.array(atoms.get_potential_energies(), dtype=np.float64)
+        properties = ["energy", "forces"]
+        if periodic:  # per-atom energies in the same call (one evaluation per frame)
+            properties += ["stress"] if non_conservative else ["stress", "energies"]
+        calc.calculate(atoms.copy(), properties, all_changes)
+        for name in properties:
+            value = np.array(calc.results[name], dtype=np.float64)
+            out[f"{k}/{name}"] = voigt_6_to_full_3x3_stress(value) if name == "stress" else value
     return out
 
 
