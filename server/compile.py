@@ -527,14 +527,21 @@ def cached_model(path, device="cpu", dtype=None, warn=None):
     first use; the model as it is (any format) when it is a package already, not a TorchScript
     contract model, or when compiling fails (after one warning line through ``warn``, default
     ``logging.warning``). Returns a :class:`~mlip_server.formats.base.ModelAdapter`."""
-    from .formats import load_model
-    from .formats.compiled import is_package
+    from .formats import formats, load_model
     from .formats.contract import exported_dtype
-    from .formats.metatomic import is_metatomic_file
 
     warn = warn or log.warning
     path = os.fspath(path)
-    if not os.path.isfile(path) or is_package(path) or is_metatomic_file(path):
+    if not os.path.isfile(path):
+        return load_model(path, device, dtype)
+    kind = next((cls for cls in formats().values() if cls.recognizes(path)), None)
+    if kind is None or kind.__name__ != "ContractModel":  # a package already, metatomic, MACE, NequIP...
+        if kind is not None and kind is not CompiledModel:
+            log.info(
+                "--compile: %s is a %s, served as it is (mlip-compile compiles contract models)",
+                path,
+                kind.label,
+            )
         return load_model(path, device, dtype)
     device_t, dtype_t = parse_device(device), parse_dtype(dtype)
     try:
