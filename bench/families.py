@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.common import machine, write
@@ -71,25 +69,12 @@ def _ours(model: str, structures, repeats: int, threads: int) -> dict:
     import ase.io
     import torch
 
+    from bench.family_timing import median_call_seconds
     from mlip_server.ase_calculator import MLIPCalculator
 
     torch.set_num_threads(threads)
     calc = MLIPCalculator(model=model)
-    out = {}
-    for path in structures:
-        atoms = ase.io.read(path)
-        atoms.calc = calc
-        for k in range(3):  # warm-up (TorchScript's profiling runs optimise the first calls)
-            atoms.positions[0, 0] += 1e-4 * (-1) ** k
-            atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-        times = []
-        for k in range(repeats):
-            atoms.positions[0, 0] += 1e-4 * (-1) ** k
-            t0 = time.perf_counter()
-            atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
-            times.append(time.perf_counter() - t0)
-        out[str(path)] = statistics.median(times)
-    return out
+    return {str(path): median_call_seconds(ase.io.read(path), calc, repeats) for path in structures}
 
 
 def _theirs(family: str, model: str, structures, repeats: int, threads: int) -> dict:

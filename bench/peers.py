@@ -34,7 +34,6 @@ import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,28 +174,16 @@ def _run_ipi(work: Path, case: str, side: str, model: str, steps: int, threads: 
 def _ase_times(model: str, atoms, repeats: int, threads: int) -> dict:
     """Median seconds of one energy + forces + stress call: ours vs metatomic-ase's."""
     import torch
-
-    torch.set_num_threads(threads)
     from metatomic_ase import MetatomicCalculator
 
+    from bench.family_timing import median_call_seconds
     from mlip_server.ase_calculator import MLIPCalculator
 
-    out = {}
-    for side, calc in (("ours", MLIPCalculator(model=model)), ("theirs", MetatomicCalculator(model))):
-        a = atoms.copy()
-        a.calc = calc
-        a.get_potential_energy()
-        a.get_stress()
-        times = []
-        for k in range(repeats):
-            a.positions[0, 0] += 1e-4 * (-1) ** k  # a new configuration each time (no cache)
-            t0 = time.perf_counter()
-            a.get_potential_energy()
-            a.get_forces()
-            a.get_stress()
-            times.append(time.perf_counter() - t0)
-        out[side] = statistics.median(times)
-    return out
+    torch.set_num_threads(threads)
+    return {
+        side: median_call_seconds(atoms.copy(), calc, repeats)
+        for side, calc in (("ours", MLIPCalculator(model=model)), ("theirs", MetatomicCalculator(model)))
+    }
 
 
 def _profile(model: str, atoms, work: Path, calls: int = 10) -> dict:
