@@ -209,26 +209,33 @@ def test_rotational_averaging_and_a_committee(build, structures, references):
     assert res.extras["committee_energy_std"] > 1e-3
 
 
-def test_owned_atoms_of_allegro_equal_the_sum_of_its_atomic_energies(build, structures, references):
-    """The domain route's question on a cluster (first atoms owned): the energy of the owned atoms
+def test_owned_atoms_and_per_atom_outputs_of_allegro(build, structures, references):
+    """The domain route's questions on a cluster (first atoms owned): the energy of the owned atoms
     (nequip's own per-atom energies summed) and the forces of that energy on every atom, which sum
-    to zero; NequIP refuses it (the Evaluator's line; the LAMMPS bridge prints the adapter's,
-    which names the reason: see test_lammps_domain_route_refuses_nequip_in_one_line)."""
+    to zero; per atom (``--per-atom``): nequip's atomic energies, and per-atom virials (from each
+    edge's own image atom) that sum to the virial, raw and averaged. NequIP refuses both (the
+    Evaluator's line; the LAMMPS bridge prints the adapter's, which names the reason: see
+    test_lammps_domain_route_refuses_nequip_in_one_line)."""
     frame = structures[0]
     ref = references["allegro-f64"][0]
-    owned = 60
-    s = Structure(frame.positions, frame.numbers, np.array(frame.cell[:]), frame.pbc, owned=owned)
-    res = load_evaluator(package(build, "allegro-f64")).compute([s])[0]
-    want = float(np.sum(ref["energies"][:owned]))
-    assert res.energy == pytest.approx(want, rel=1e-10)
+    cell, owned = np.array(frame.cell[:]), 60
+    ev = load_evaluator(package(build, "allegro-f64"))
+    res = ev.compute([Structure(frame.positions, frame.numbers, cell, frame.pbc, owned=owned)])[0]
+    assert res.energy == pytest.approx(float(np.sum(ref["energies"][:owned])), rel=1e-10)
     assert np.abs(res.forces.sum(axis=0)).max() < 1e-9
     assert np.abs(res.forces[owned:]).max() > 1e-3  # ghosts feel the owned atoms
+    whole = Structure(frame.positions, frame.numbers, cell, frame.pbc)
+    per_atom = Structure(frame.positions, frame.numbers, cell, frame.pbc, per_atom=True)
+    plain = ev.compute([whole])[0]
+    for spec in ("none", "i"):
+        got = ev.compute([per_atom], spec)[0]
+        np.testing.assert_allclose(got.atom_energies, ref["energies"], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got.forces, plain.forces, rtol=0, atol=1e-12)
+        scale = np.abs(plain.virial).max()
+        np.testing.assert_allclose(got.atom_virials.sum(axis=0), plain.virial, rtol=0, atol=1e-10 * scale)
+        assert np.abs(got.atom_virials).max() > 1e-3 * scale
     with pytest.raises(ModelError, match="use --decomposition gather"):
-        load_evaluator(package(build, "nequip-f64")).compute([s])
-    with pytest.raises(ModelError, match="per-atom virials"):
-        load_evaluator(package(build, "allegro-f64")).compute(
-            [Structure(frame.positions, frame.numbers, np.array(frame.cell[:]), frame.pbc, per_atom=True)]
-        )
+        load_evaluator(package(build, "nequip-f64")).compute([per_atom])
 
 
 def test_structures_below_the_programs_smallest_sizes(tmp_path, build):
@@ -384,7 +391,8 @@ neigh_modify every 1 delay 0 check yes
 velocity all create 300.0 4928459 mom yes rot yes dist gaussian loop all
 timestep 0.0005
 fix nve all nve
-thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz
+{computes}
+thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz {extra}
 thermo_modify format float %.17g
 thermo 1
 dump d all custom 1 traj.dump id type x y z fx fy fz
@@ -404,13 +412,20 @@ def lammps_data(tmp_path_factory, structures):
     return path
 
 
-def _lammps(workdir, data, model, np_=1, decomposition="gather", steps=2):
+def _lammps(workdir, data, model, np_=1, decomposition="gather", steps=2, per_atom=False):
+    """LAMMPS through the bridge; ``per_atom``: ``--per-atom`` and the per-atom computes of
+    test_lammps_domain (pe/atom and stress/atom summed, the virial pressure, the volume)."""
     from test_lammps import bridge_run
+    from test_lammps_domain import PER_ATOM, PER_ATOM_THERMO
 
     workdir.mkdir(parents=True, exist_ok=True)
     deck = workdir / "in.ice"
-    deck.write_text(LAMMPS_DECK.format(data=data, steps=steps))
-    return bridge_run(workdir, deck, model, ["O", "H"], np_=np_, decomposition=decomposition, timeout=180)
+    computes, extra = (PER_ATOM, PER_ATOM_THERMO) if per_atom else ("", "")
+    deck.write_text(LAMMPS_DECK.format(data=data, steps=steps, computes=computes, extra=extra))
+    kwargs = {"bridge_args": ["--per-atom"]} if per_atom else {}
+    return bridge_run(
+        workdir, deck, model, ["O", "H"], np_=np_, decomposition=decomposition, timeout=180, **kwargs
+    )
 
 
 def _dumped(workdir):
@@ -424,7 +439,8 @@ def _dumped(workdir):
 def test_lammps_gather_equals_nequip_and_allegro_domain_equals_gather(tmp_path, build, lammps_data):
     """Both float64 packages through the gather route (2 steps): LAMMPS's energy and forces at
     every dumped step = nequip's calculator on those positions. The Allegro package decomposed on
-    2 and 3 ranks = its gather route (energy, pressure tensor, forces to 1e-10)."""
+    2 and 3 ranks = its gather route (energy, pressure tensor, forces to 1e-10); on 2 ranks with
+    --per-atom, the per-atom energies sum to the energy and −Σ stress/atom to P_virial × V."""
     from test_lammps import thermo
 
     for name in F64:
@@ -448,9 +464,22 @@ def test_lammps_gather_equals_nequip_and_allegro_domain_equals_gather(tmp_path, 
     ref_t, ref_f = thermo(gather / "log.lammps"), _dumped(gather)[-1].get_forces()
     for np_ in (2, 3):
         folder = tmp_path / f"domain-{np_}"
-        result = _lammps(folder, lammps_data, package(build, "allegro-f64"), np_=np_, decomposition="domain")
+        result = _lammps(
+            folder,
+            lammps_data,
+            package(build, "allegro-f64"),
+            np_=np_,
+            decomposition="domain",
+            per_atom=np_ == 2,
+        )
         assert result.code == 0, result.message + result.bridge_output[-3000:] + result.server_output[-2000:]
         got = thermo(folder / "log.lammps")
+        if np_ == 2:
+            assert np.abs(got["c_pesum"] - got["PotEng"]).max() <= 1e-10 * np.abs(got["PotEng"]).max()
+            scale = max(np.abs(got[f"c_pvir[{k}]"] * got["v_vol"]).max() for k in range(1, 7))
+            for k in range(1, 7):
+                total = got[f"c_pvir[{k}]"] * got["v_vol"]
+                assert np.abs(-got[f"c_ssum[{k}]"] - total).max() <= 1e-10 * scale, k
         assert "interaction range 4.5 Å" in result.bridge_output
         for key in ("PotEng", "Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz"):
             scale = max(np.abs(ref_t[key]).max(), 1e-3 * np.abs(ref_t["Pxx"]).max())

@@ -45,7 +45,10 @@ with only its own edges equals its energy in the whole, and on chains of growing
 second neighbour is added; the last chain that changes it gives the number of message-passing
 hops (the interaction range, hops × r_max). A NequIP model fails it (its atoms' energies feel
 their neighbours' edges), and its domain route is refused in one line.
-Per-atom virials (``--per-atom``) cannot be formed from the package's outputs: refused.
+Per-atom energies and virials (``--per-atom``: ``compute pe/atom``, ``stress/atom``) of a strictly
+local model: its ``atomic_energy``, and W_i = −½ Σ_{e ∋ i} g_e ⊗ r_e with g_e = ∂E/∂r_e read off
+the program's forces by giving each edge's neighbour an atom of its own (the force on it is −g_e,
+since no other edge involves it); refused for message-passing models.
 """
 
 from __future__ import annotations
@@ -193,7 +196,7 @@ class NequIPModel(ModelAdapter):
         How many neighbour hops an atom's energy feels (probed at load time on chains; None
         without per-atom energies).
     per_atom_energies : bool
-        False: per-atom virials (``--per-atom``) cannot be formed from the outputs.
+        Whether per-atom energies and virials can be given (strictly local models).
     """
 
     label = "nequip model"
@@ -387,7 +390,7 @@ class NequIPModel(ModelAdapter):
                 self.interaction_range, self.declared_range = self.layers * self.cutoff, True
         finally:
             self._probing = False
-        self.sums_atomic_energies = self.strictly_local
+        self.sums_atomic_energies = self.per_atom_energies = self.strictly_local
         if self.strictly_local:
             self.subset_refusal = None
         elif "atomic_energy" not in self.outputs:
@@ -475,19 +478,20 @@ class NequIPModel(ModelAdapter):
                 "without 'direct'"
             )
         if not self._probing:
-            if any(g.per_atom for g, _ in copies):
+            if not self.per_atom_energies and any(g.per_atom for g, _ in copies):
                 raise ModelError(
-                    f"nequip model {self.path}: per-atom virials (--per-atom: compute stress/atom) "
-                    "cannot be formed from the package's outputs (forces and the total virial): run "
-                    "without --per-atom"
+                    f"nequip model {self.path}: per-atom energies and virials (--per-atom: compute "
+                    "pe/atom, stress/atom) need a strictly local model with atomic_energy (Allegro): "
+                    "run without --per-atom"
                 )
             if self.subset_refusal and any(g.groups is not None for g, _ in copies):
                 raise ModelError(self.subset_refusal)
         return self._evaluate(copies, atom_energies=any(g.per_atom for g, _ in copies))
 
     def _frame(self, g, rot):
-        """One copy's program inputs (numpy): positions, edges, types, cell, shifts, and the map
-        of extra image atoms to their originals."""
+        """One copy's program inputs (numpy): positions, edges, types, cell, shifts, the map of
+        extra image atoms to their originals and, for per-atom virials, the edges (centres,
+        neighbours, vectors r_e in the rotated frame) whose neighbour is image atom n + e."""
         n = len(g.numbers)
         pos = g.positions @ rot.T
         cell = _full_cell(g.cell * g.pbc[:, None] if g.pbc.any() else g.cell) @ rot.T
@@ -497,6 +501,17 @@ class NequIPModel(ModelAdapter):
             edges, shifts = edges[:, keep], shifts[keep]
         types = self._type_of[g.numbers]
         origin = np.arange(n)
+        if g.per_atom and self.strictly_local:
+            # every edge's neighbour an atom of its own: the force on it is −∂E/∂r_e (a strictly
+            # local model's atoms feel only their own edges), whence per-atom virials
+            i, j = edges
+            vectors = pos[j] + shifts @ cell - pos[i]
+            pos = np.concatenate([pos, pos[i] + vectors])
+            types = np.concatenate([types, types[j]])
+            origin = np.concatenate([origin, j])
+            edges = np.stack([i, n + np.arange(len(j))])
+            shifts = np.zeros((len(j), 3), dtype=np.int64)
+            return pos, edges, types, cell, shifts, origin, (i, j, vectors)
         if self.images:
             crossing = np.flatnonzero(np.any(shifts != 0, axis=1))
             if len(crossing):  # one image atom per (atom, shift), as LAMMPS' ghosts
@@ -510,7 +525,7 @@ class NequIPModel(ModelAdapter):
                 types = np.concatenate([types, types[j]])
                 origin = np.concatenate([origin, j])
             shifts = np.zeros((edges.shape[1], 3), dtype=np.int64)
-        return pos, edges, types, cell, shifts, origin
+        return pos, edges, types, cell, shifts, origin, None
 
     def _evaluate(self, copies, atom_energies: bool):
         frames = [self._frame(g, rot) for g, rot in copies]
@@ -548,7 +563,13 @@ class NequIPModel(ModelAdapter):
                 groups = g.groups if g.groups is not None else np.arange(n)
                 mine = np.zeros(g.n_groups)
                 np.add.at(mine, groups[groups >= 0], atomic[:n][groups >= 0])
-                result = result._replace(atom_energies=mine, atom_virials=np.zeros((n, 3, 3)))
+                w = np.zeros((n, 3, 3))
+                if frames[k][6] is not None:  # W_i = −½ Σ_{e ∋ i} g_e ⊗ r_e, g_e = −F(image e)
+                    i, j, vectors = frames[k][6]
+                    half = 0.5 * forces[n : n + len(i), :, None] * vectors[:, None, :]
+                    np.add.at(w, i, half)
+                    np.add.at(w, j, half)
+                result = result._replace(atom_energies=mine, atom_virials=rot.T @ w @ rot)
             results.append(result)
         return results
 
@@ -574,7 +595,7 @@ class NequIPModel(ModelAdapter):
         return atomic, total, as_np["forces"].reshape(-1, 3), virials
 
     def _call_single(self, frame):
-        pos, edges, types, cell, shifts, _ = frame
+        pos, edges, types, cell, shifts = frame[:5]
         n = len(pos)
         padded = n < MIN_SIZE or edges.shape[1] < MIN_SIZE
         if padded:  # two atoms far away, 1.5 r_max apart: an edge each way beyond the cutoff
