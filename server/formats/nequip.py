@@ -21,11 +21,13 @@ What the server gives the program, per copy (graph + rotation R, x' = x Rᵀ, ce
   ``pair_nequip``): the cell [B,3,3] (a non-periodic structure gets its box, or a unit box when it
   has none: without periodic shifts the energy does not depend on it, and it keeps the stress
   finite, whence the virial) and the integer shifts S [E,3]; without them (target
-  ``pair_allegro``, the form of LAMMPS' pair style) each edge that crosses the cell gets its
-  periodic image as an extra atom (``x_j + S·cell``), whose force is added back to atom j;
+  ``pair_allegro``, the form of LAMMPS' pair style) every periodic image an edge reaches becomes
+  an extra atom (``x_j + S·cell``, one per atom and shift, like LAMMPS' ghosts), whose force is
+  added back to atom j;
 * with ``batch`` and ``num_atoms`` among the inputs (target ``batch``), all copies of a chunk
   in one call (the program needs at least 2 frames: one small dropped frame pads a single copy);
-  otherwise one call per copy.
+  otherwise one call per copy. Below the programs' smallest sizes (2 atoms, 2 edges: a lone
+  atom) two padding atoms 1.5 r_max apart are added (no force, no virial, energies dropped).
 
 Positions, cells and shifts are float64 whatever the model's ``model_dtype`` (nequip's global
 dtype; the program casts to the model's precision inside).
