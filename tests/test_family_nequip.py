@@ -11,9 +11,12 @@ ice cell) and on the configurations the engines produced (i-PI beads, LAMMPS ste
 * in-process Evaluator (all structures in one call) and our ASE calculator = nequip's calculator:
   energies, forces, virial W = −σV (float64 packages to 1e-10 relative, float32 to 1e-5), and
   so do the TorchScript files (``--mode torchscript``) of the float64 checkpoints;
-* real i-PI over a socket, 4 beads (one batched package call per step) = nequip on every bead;
+* real i-PI over a socket, 4 beads (several per package call) = nequip on every bead and step;
+  i-PI's <ffdirect> = nequip;
 * LAMMPS gather = nequip on the dumped steps; the Allegro package decomposed on 2 and 3 ranks
-  (owned atoms' edges only) = gather; NequIP's domain route refused in one line;
+  (owned atoms' edges only) = gather, with --per-atom on 2 ranks (per-atom energies and
+  stresses sum to the totals); NequIP's domain route refused in one line;
+* structures below the programs' smallest sizes (a lone atom, no edge) = nequip;
 * rotational averaging (2i) = the raw model (both models are equivariant, so this checks that
   every rotated copy is rotated back), a committee of the two packages = the mean of the two;
 * refusals (a package compiled for another device, one without nequip's metadata, a dtype it was
