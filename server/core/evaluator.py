@@ -218,7 +218,8 @@ class Evaluator:
         graphs = [self._graph(s, n) for n, s in enumerate(structures)]
         if not self.model.sums_atomic_energies and any(g.groups is not None for g in graphs):
             raise ModelError(
-                f"model {self.model.path}: the energy of a subset of atoms (domain decomposition, "
+                getattr(self.model, "subset_refusal", None)
+                or f"model {self.model.path}: the energy of a subset of atoms (domain decomposition, "
                 "per-atom energies) was asked for, but its energy is not a sum of atomic terms over "
                 "structure_index (checked at load time): use --decomposition gather"
             )

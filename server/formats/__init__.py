@@ -3,9 +3,11 @@
 Each module of this package is one format and registers itself with two module constants,
 ``__FORMAT_NAME__`` and ``__FORMAT_CLASS__`` (see :mod:`mlip_server.formats.base`); a new format is
 one new file. :func:`load_model` asks the formats, highest ``priority`` first, whether they
-recognise a file: ``compiled`` (AOTInductor ``.pt2`` packages of ``mlip-compile``), ``metatomic``
-(``AtomisticModel`` archives), then ``contract`` (any other TorchScript file: the project's
-model contract, ARCHITECTURE.md). Serving a file as its compiled package (``--compile``) is
+recognise a file: ``nequip`` (NequIP/Allegro files of ``nequip-compile``: ``.nequip.pt2``,
+``.nequip.pth``), ``compiled`` (AOTInductor ``.pt2`` packages of ``mlip-compile``), ``metatomic``
+(``AtomisticModel`` archives: metatrain's PET and every other metatomic model), ``mace`` (MACE's
+TorchScript files), then ``contract`` (any other TorchScript file: the project's model contract,
+ARCHITECTURE.md). Serving a file as its compiled package (``--compile``) is
 :func:`mlip_server.loading.load_model`, one floor up (formats import neither the compiler nor the
 evaluation core's Evaluator).
 """

@@ -200,6 +200,11 @@ def main(argv=None) -> int:
     if args.check:
         from ..model_check import check_model
 
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+
         lines, code = check_model(args.model or args.committee, args.structure, args.device, args.dtype)
         # the report on stdout; a failed check's reason, its last line, alone on stderr
         report, error = (lines, []) if code == 0 else (lines[:-1], lines[-1:])
