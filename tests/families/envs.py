@@ -6,13 +6,14 @@ metatomic files, metatomic-torch) only. So each family gets its own venv, used o
 small real models of the family and to compute the family's own reference results; the
 project's venv (``make install``) serves them.
 
-Layout (all under ``.families/`` of the checkout, ignored by git)::
+Layout (under ``.families/`` of the checkout, ignored by git, or ``$MLIP_FAMILIES_DIR``: CI keeps
+them in ``~/.cache/mlip-server/families``)::
 
     .families/<family>/venv/          python -m venv + pip install -r tests/families/<family>/requirements.txt
     .families/<family>/venv/.stamp    SHA-256 of requirements.txt: rebuilt when the pins change
     .families/<family>/build/         what tests/families/<family>/build.py wrote (model files,
                                       reference results), with build/.stamp = SHA-256 of the
-                                      requirements and of every .py file of the family's folder
+                                      requirements, build.py and reference.py
 
 Usage (what ``make families`` runs; tests call :func:`venv_python` and :func:`built`)::
 
@@ -37,6 +38,9 @@ ROOT = HERE.parents[1]
 FAMILIES = ("mace", "nequip", "metatrain")
 """The families, each a folder of tests/families/ with requirements.txt and build.py."""
 STORE = Path(os.environ.get("MLIP_FAMILIES_DIR", ROOT / ".families"))
+BUILD_INPUTS = ("requirements.txt", "build.py", "reference.py")
+"""The files of a family's folder whose content stamps its build (toy.py, torch-only files for
+make test, is not one of them)."""
 TORCH_PIN = "torch==2.13.0"
 """Installed first, alone, as ``make install`` does (the machine's CPU wheel)."""
 
@@ -83,7 +87,7 @@ def built(family: str, log=print) -> Path:
     folder = family_dir(family)
     out = STORE / family / "build"
     stamp = out / ".stamp"
-    want = _digest([folder / "requirements.txt", *folder.glob("*.py")])
+    want = _digest([folder / name for name in BUILD_INPUTS if (folder / name).exists()])
     if stamp.exists() and stamp.read_text() == want:
         return out
     log(f"[families] building the {family} models in {out}")
