@@ -51,6 +51,20 @@ def first_line(err: BaseException, last: bool = False) -> str:
     return lines[-1] if last else lines[0]
 
 
+def probe_chain(model):
+    """The :class:`~mlip_server.core.graph.Graph` of a 3-atom chain, each atom 0.4 × cutoff from
+    the next (bent a little: nothing collinear), of the model's species in turn: what formats
+    probe a loaded model on (a dry run; whether selected atoms' energies add up to the whole)."""
+    import numpy as np
+
+    from ..core.graph import Structure, build_graph
+
+    d = 0.4 * model.cutoff
+    x = np.array([[0.0, 0, 0], [d, 0.1 * d, 0], [2 * d, 0, 0.1 * d]])
+    z = np.array([model.species[k % len(model.species)] for k in range(3)])
+    return build_graph(Structure(x, z), "probe", set(model.species), model.cutoff, 0.0, model.path)
+
+
 class ModelAdapter:
     """A loaded model of one file format, as the Evaluator sees it.
 

@@ -32,7 +32,7 @@ import torch
 
 from ..core.errors import ModelError
 from ..core.graph import CopyResult
-from .base import ModelAdapter, first_line
+from .base import ModelAdapter, first_line, probe_chain
 
 __all__ = ["MetatomicModel", "is_metatomic_file"]
 
@@ -438,12 +438,8 @@ class MetatomicModel(ModelAdapter):
         """Why the model cannot give the energy of a subset of atoms (None: it can): the energy
         of a 3-atom chain must equal the sum of its atoms' energies, each asked for with
         ``selected_atoms`` (and per atom, when the model has a per-atom energy)."""
-        from ..core.graph import Structure, build_graph
 
-        d = 0.4 * self.cutoff
-        x = np.array([[0.0, 0, 0], [d, 0.1 * d, 0], [2 * d, 0, 0.1 * d]])
-        z = np.array([self.species[k % len(self.species)] for k in range(3)])
-        whole = build_graph(Structure(x, z), "probe", set(self.species), self.cutoff, 0.0, self.path)
+        whole = probe_chain(self)
         eye = np.eye(3)
         copies = []
         for k in range(3):

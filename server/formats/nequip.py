@@ -65,7 +65,7 @@ import torch
 
 from ..core.errors import ModelError
 from ..core.graph import CopyResult
-from .base import ModelAdapter, first_line
+from .base import ModelAdapter, first_line, probe_chain
 
 __all__ = ["NequIPModel", "is_nequip_package", "read_nequip_metadata"]
 
@@ -358,14 +358,10 @@ class NequIPModel(ModelAdapter):
 
     def _probe(self):
         """Dry run, strict locality (the domain route) and the number of message-passing hops."""
-        from ..core.graph import Structure, build_graph
 
         self._probing = True
         try:
-            d = 0.4 * self.cutoff
-            x = np.array([[0.0, 0, 0], [d, 0.1 * d, 0], [2 * d, 0, 0.1 * d]])
-            z = np.array([self.species[k % len(self.species)] for k in range(3)])
-            whole = build_graph(Structure(x, z), "probe", set(self.species), self.cutoff, 0.0, self.path)
+            whole = probe_chain(self)
             eye = np.eye(3)
             try:
                 ref = self.evaluate([(whole, eye)])[0]
