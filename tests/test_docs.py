@@ -5,7 +5,8 @@ includes is extracted:
 
 * python blocks are executed, those of one page in order in one namespace, in a temporary folder
   (a page's later block may use what an earlier one wrote); a block preceded by the comment
-  ``<!-- docs-test: skip-gpu -->`` (or ``skip-cluster``) is only compiled;
+  ``<!-- docs-test: skip-gpu -->`` (or ``skip-cluster``, or ``skip-download`` for a block that
+  fetches a published model, which CI cannot) is only compiled;
 * every shell line that runs an ``mlip-*`` command (also under ``mpiexec``/``srun``) is parsed
   by that command's own parser: every flag must exist and every value must be one it accepts;
   every shipped experiment, deck and SLURM template it names must exist (``mlip_server.paths``);
@@ -43,7 +44,7 @@ from mlip_server.core.errors import MLIPError
 from mlip_server.paths import list_shipped, shipped
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip-(gpu|cluster)\s*-->")
+SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip-(gpu|cluster|download)\s*-->")
 FENCE = re.compile(r"^```(\w+)[^\n]*\n(.*?)^```[ \t]*$", re.S | re.M)
 
 # the console scripts (pyproject.toml [project.scripts]) and their parser-building functions
@@ -73,7 +74,7 @@ class Block:
     line: int
     lang: str
     code: str
-    skip: str | None  # "gpu" / "cluster": not executed
+    skip: str | None  # "gpu" / "cluster" / "download": not executed
 
     def __str__(self):
         return f"{self.path.relative_to(ROOT)}:{self.line}"
@@ -278,7 +279,7 @@ def test_python_blocks_run(page, tmp_path, monkeypatch):
     for n, block in enumerate([b for b in ALL_BLOCKS if b.path == page and b.lang == "python"]):
         compile(block.code, str(block), "exec")
         if block.skip:
-            continue  # needs a GPU or a cluster: compiled only
+            continue  # needs a GPU, a cluster or a download: compiled only
         namespace = run_python(block, tmp_path, namespace, n)
 
 
