@@ -234,6 +234,18 @@ def _profile(model: str, atoms, work: Path, calls: int = 10) -> dict:
     return out
 
 
+def ipi_case(work: Path, case: str, model: str, steps: int, warmup: int, repeats: int, threads: int) -> dict:
+    """``case`` through i-PI served by ours and theirs, interleaved ``repeats`` times (``work`` holds
+    ``init.xyz``): the best median s/step of each side (``ours``, ``theirs``) and every run's."""
+    per = {"ours": [], "theirs": []}
+    for rep in range(repeats):
+        for side in ("ours", "theirs"):
+            times = _run_ipi(work / case / f"{side}-{rep}", case, side, model, steps, threads)
+            per[side].append(float(np.median(times[warmup:])))
+            print(f"{case} {side} #{rep}: {1e3 * per[side][-1]:.1f} ms/step", flush=True)
+    return {**{side: float(min(ts)) for side, ts in per.items()}, "runs": per}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -268,16 +280,7 @@ def main(argv=None) -> int:
                 steps = (
                     args.steps if case in ("classical", "pimd8") else max(args.warmup + 4, args.steps // 3)
                 )
-                per = {"ours": [], "theirs": []}
-                for rep in range(args.repeats):
-                    for side in ("ours", "theirs"):
-                        times = _run_ipi(
-                            work / case / f"{side}-{rep}", case, side, model, steps, args.threads
-                        )
-                        per[side].append(float(np.median(times[args.warmup :])))
-                        print(f"{case} {side} #{rep}: {1e3 * per[side][-1]:.1f} ms/step", flush=True)
-                rows[case] = {side: float(min(ts)) for side, ts in per.items()}
-                rows[case]["runs"] = per
+                rows[case] = ipi_case(work, case, model, steps, args.warmup, args.repeats, args.threads)
             rows[case]["ratio"] = rows[case]["ours"] / rows[case]["theirs"]
     finally:
         if args.keep:
