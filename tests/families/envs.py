@@ -118,9 +118,9 @@ def _run(cmd, cwd=None, timeout: float = 3600) -> subprocess.CompletedProcess:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("families", nargs="*", choices=FAMILIES, help="default: all")
     args = parser.parse_args(argv)
-    for family in args.families:
+    for family in args.families or FAMILIES:
         print(f"[families] {family}: {built(family)}", flush=True)
     return 0
 
