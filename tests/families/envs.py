@@ -118,8 +118,11 @@ def _run(cmd, cwd=None, timeout: float = 3600) -> subprocess.CompletedProcess:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", choices=FAMILIES, help="default: all")
+    parser.add_argument("families", nargs="*", metavar="FAMILY", help=f"{', '.join(FAMILIES)} (default: all)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.families) - set(FAMILIES))
+    if unknown:  # (argparse's choices refuse an empty nargs="*" list under Python 3.11)
+        parser.error(f"unknown family {unknown[0]!r}: choose from {', '.join(FAMILIES)}")
     for family in args.families or FAMILIES:
         print(f"[families] {family}: {built(family)}", flush=True)
     return 0
