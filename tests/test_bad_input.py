@@ -212,6 +212,9 @@ def test_missing_and_garbage_model_files(tmp_path, capsys):
     (tmp_path / "garbage.pt").write_bytes(b"not a model at all")
     code, line = _run_cli(tmp_path, capsys, tmp_path / "garbage.pt")
     assert code == 2 and "is not a TorchScript model" in line and "torch.jit.save" in line
+    assert all(
+        name in line for name in ("metatomic", "mace_create_lammps_model", ".nequip.pt2", "mlip-compile")
+    )
 
 
 class _NoCutoff(torch.nn.Module):

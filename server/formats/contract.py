@@ -70,8 +70,10 @@ class ContractModel(ModelAdapter):
             module = torch.jit.load(path, map_location=device)
         except Exception as err:  # torch raises RuntimeError/ValueError with long texts
             raise ModelError(
-                f"{path!r} is not a TorchScript model ({first_line(err)[:120]}): export it with "
-                "torch.jit.save(torch.jit.script(model), path)"
+                f"{path!r} is not a TorchScript model ({first_line(err)[:100]}), nor of any format the "
+                "server reads (metatomic .pt of mtt export, MACE's mace_create_lammps_model export, "
+                "NequIP's .nequip.pt2/.nequip.pth, mlip-compile's .pt2): export it as one of them, "
+                "e.g. torch.jit.save(torch.jit.script(model), path) for the contract"
             ) from None
         return cls.from_module(module, path, device, dtype)
 
