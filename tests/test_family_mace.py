@@ -42,7 +42,7 @@ import pytest
 from families import envs
 from refusals import assert_refused
 from test_lammps import bridge_run, no_leftovers, read_dump, thermo  # noqa: F401 - no_leftovers: autouse
-from test_lammps_domain import _ok, domain_run
+from test_lammps_domain import _ok, _water_deck, domain_run
 
 from mlip_server import processes
 from mlip_server.ase_calculator import MLIPCalculator
@@ -422,47 +422,21 @@ def test_ipi_equals_mace_calculator_on_ipis_configurations(on_demand, run):
 
 
 # --------------------------------------------------------------------------- LAMMPS
-DECK = """units metal
-atom_style atomic
-boundary p p p
-read_data {data}
-mass 1 15.999
-mass 2 1.008
-fix mlip all external pf/callback 1 1
-neighbor 1.0 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot yes dist gaussian loop all
-timestep 0.0005
-fix nve all nve
-compute pvir all pressure NULL virial
-{computes}
-thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz {pvir} {extra}
-thermo_modify format float %.17g
-thermo 1
-dump d all custom 1 traj.dump id type x y z fx fy fz {columns}
-dump_modify d sort id format float %.17g
-run 1
-"""
-PER_ATOM = """compute pea all pe/atom fix
-compute pesum all reduce sum c_pea
-compute sa all stress/atom NULL virial
-compute ssum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
-variable vol equal vol"""
-PER_ATOM_THERMO = "c_pesum " + " ".join(f"c_ssum[{k}]" for k in range(1, 7)) + " v_vol"
 PRESSURE = ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")
 
 
 def _deck(folder: Path, data: Path, per_atom=False) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    text = DECK.format(
-        data=data,
-        computes=PER_ATOM if per_atom else "",
-        extra=PER_ATOM_THERMO if per_atom else "",
-        columns="c_pea" if per_atom else "",
-        pvir=" ".join(f"c_pvir[{k}]" for k in range(1, 7)),
+    """One step of the water deck, thermo with the virial pressure tensor; ``per_atom``: the per-atom
+    computes too, and pe/atom in the dump."""
+    return _water_deck(
+        folder,
+        data,
+        steps=1,
+        every=1,
+        per_atom=per_atom,
+        virial=True,
+        dump_extra=" c_pea" if per_atom else "",
     )
-    (folder / "in.mace").write_text(text)
-    return folder / "in.mace"
 
 
 def _first_dump_frame(path: Path, columns: int) -> np.ndarray:

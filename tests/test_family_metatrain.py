@@ -35,8 +35,8 @@ import ipi_sim  # noqa: E402
 from families import envs  # noqa: E402
 from ipi.utils.units import unit_to_internal  # noqa: E402
 from test_lammps import bridge_run, no_leftovers, read_dump, thermo, write_data  # noqa: E402, F401
-from test_lammps_domain import PER_ATOM, PER_ATOM_THERMO, WATER_DECK, _ok, domain_run  # noqa: E402
-from test_metatomic import XML, _ipi_metatomic_driver, _read_binary_frames  # noqa: E402
+from test_lammps_domain import _ok, _water_deck, domain_run  # noqa: E402
+from test_metatomic import XML, _ipi_metatomic_driver, _read_binary_frames, ffrotations_around_ipi_driver  # noqa: E402
 
 from mlip_server import processes  # noqa: E402
 from mlip_server.ase_calculator import MLIPCalculator  # noqa: E402
@@ -279,22 +279,7 @@ def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, built):
     reference side. PET is not rotation-invariant, so the average differs from the raw energy."""
     model = _model(built, "pet64")
     atoms = water_box(8, seed=6)
-    ipi_sim.write_init(atoms, tmp_path / "init.xyz")
-    raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
-    (tmp_path / "input.xml").write_text(
-        ipi_sim.FFROTATIONS.format(raw=raw, ours=avg, steps=3, trajectories="")
-    )
-    ipi = processes.start_ipi("input.xml", tmp_path)
-    driver = server = None
-    try:
-        processes.wait_for_socket(raw, ipi)
-        driver = _ipi_metatomic_driver(raw, model, tmp_path)
-        server = processes.start_server(model, "init.xyz", [f"unix:{avg}=2i"], tmp_path)
-        codes = processes.wait([ipi, driver, server], 240)
-    finally:
-        processes.stop([ipi, driver, server], [raw, avg])
-    assert codes[0] == 0 and codes[2] == 0, (tmp_path / "server.log").read_text()[-2000:]
-    props = np.loadtxt(tmp_path / "sim.out")
+    props = ffrotations_around_ipi_driver(tmp_path, model, atoms, steps=3)
     assert len(props) == 4
     raw_energy = load_evaluator(model).compute([Structure.from_ase(atoms)])[0].energy
     assert abs(props[0, 1] - raw_energy * HARTREE) > 1e-7  # averaging changes the energy
@@ -318,21 +303,10 @@ def test_direct_endpoint_equals_ipi_driver_non_conservative(tmp_path, built):
 
 # --------------------------------------------------------------------------- LAMMPS
 PRESSURE = ("Pxx", "Pyy", "Pzz", "Pxy", "Pxz", "Pyz")
-PVIR = "compute pvir all pressure NULL virial"
-PVIR_THERMO = " ".join(f"c_pvir[{k}]" for k in range(1, 7))
 
 
 def _deck(folder, data, per_atom=False):
-    folder.mkdir(parents=True, exist_ok=True)
-    text = WATER_DECK.format(
-        data=data,
-        steps=2,
-        every=1,
-        computes=PER_ATOM if per_atom else PVIR,
-        extra=PER_ATOM_THERMO if per_atom else PVIR_THERMO + " vol",
-    )
-    (folder / "in.water").write_text(text)
-    return folder / "in.water"
+    return _water_deck(folder, data, steps=2, every=1, per_atom=per_atom, virial=True)
 
 
 @pytest.fixture(scope="module")

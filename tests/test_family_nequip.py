@@ -382,28 +382,6 @@ def test_ffdirect_in_process_equals_nequip(tmp_path, build, structures, referenc
 
 
 # --------------------------------------------------------------------------- LAMMPS
-LAMMPS_DECK = """units metal
-atom_style atomic
-boundary p p p
-read_data {data}
-mass 1 15.999
-mass 2 1.008
-fix mlip all external pf/callback 1 1
-neighbor 1.0 bin
-neigh_modify every 1 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot yes dist gaussian loop all
-timestep 0.0005
-fix nve all nve
-{computes}
-thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz {extra}
-thermo_modify format float %.17g
-thermo 1
-dump d all custom 1 traj.dump id type x y z fx fy fz
-dump_modify d sort id format float %.17g
-run {steps}
-"""
-
-
 @pytest.fixture(scope="module")
 def lammps_data(tmp_path_factory, structures):
     """The ice cell (288 atoms, orthorhombic 13.5 × 15.6 × 14.7 Å) as a LAMMPS data file."""
@@ -419,12 +397,9 @@ def _lammps(workdir, data, model, np_=1, decomposition="gather", steps=2, per_at
     """LAMMPS through the bridge; ``per_atom``: ``--per-atom`` and the per-atom computes of
     test_lammps_domain (pe/atom and stress/atom summed, the virial pressure, the volume)."""
     from test_lammps import bridge_run
-    from test_lammps_domain import PER_ATOM, PER_ATOM_THERMO
+    from test_lammps_domain import _water_deck
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    deck = workdir / "in.ice"
-    computes, extra = (PER_ATOM, PER_ATOM_THERMO) if per_atom else ("", "")
-    deck.write_text(LAMMPS_DECK.format(data=data, steps=steps, computes=computes, extra=extra))
+    deck = _water_deck(workdir, data, steps=steps, per_atom=per_atom, every=1)
     kwargs = {"bridge_args": ["--per-atom"]} if per_atom else {}
     return bridge_run(
         workdir, deck, model, ["O", "H"], np_=np_, decomposition=decomposition, timeout=180, **kwargs

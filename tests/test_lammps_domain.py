@@ -68,7 +68,7 @@ fix nve all nve
 thermo_style custom step pe ke etotal press pxx pyy pzz pxy pxz pyz {extra}
 thermo_modify format float %.17g
 thermo {every}
-dump d all custom {every} traj.dump id type x y z fx fy fz
+dump d all custom {every} traj.dump id type x y z fx fy fz{dump_extra}
 dump_modify d sort id format float %.17g
 run {steps}
 """
@@ -79,6 +79,8 @@ compute ssum all reduce sum c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
 compute pvir all pressure NULL virial
 variable vol equal vol"""
 PER_ATOM_THERMO = "c_pesum c_ssum[1] c_ssum[2] c_ssum[3] c_ssum[4] c_ssum[5] c_ssum[6] c_pvir[1] c_pvir[2] c_pvir[3] c_pvir[4] c_pvir[5] c_pvir[6] v_vol"  # noqa: E501
+VIRIAL = "compute pvir all pressure NULL virial"
+VIRIAL_THERMO = " ".join(f"c_pvir[{k}]" for k in range(1, 7)) + " vol"
 
 
 def domain_run(workdir, deck, model, elements, np_, **kwargs):
@@ -132,14 +134,17 @@ def water64(tmp_path_factory):
     return write_water_data(64, tmp_path_factory.mktemp("water64") / "water-64.data", seed=5)
 
 
-def _water_deck(folder: Path, data, steps=10, per_atom=False, every=5) -> Path:
+def _water_deck(folder: Path, data, steps=10, per_atom=False, every=5, virial=False, dump_extra="") -> Path:
+    """The water deck (O, H; NVE from 300 K; thermo and dump every ``every`` steps) written to
+    ``folder/in.water``. ``per_atom``: pe/atom and stress/atom summed, the virial pressure tensor
+    and the volume in thermo; ``virial``: the virial pressure tensor and the volume alone;
+    ``dump_extra``: more dump columns (e.g. ``" c_pea"`` with ``per_atom``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    computes, extra = (
+        (PER_ATOM, PER_ATOM_THERMO) if per_atom else (VIRIAL, VIRIAL_THERMO) if virial else ("", "")
+    )
     text = WATER_DECK.format(
-        data=data,
-        steps=steps,
-        every=every,
-        computes=PER_ATOM if per_atom else "",
-        extra=PER_ATOM_THERMO if per_atom else "",
+        data=data, steps=steps, every=every, computes=computes, extra=extra, dump_extra=dump_extra
     )
     (folder / "in.water").write_text(text)
     return folder / "in.water"

@@ -243,25 +243,32 @@ def test_server_equals_ipi_metatomic_driver(tmp_path, metatomic_model, beads):
         np.testing.assert_allclose(f_ours, f_ipi * ratio, rtol=0, atol=1e-10 * np.abs(f_ours).max())
 
 
-def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, metatomic_model):
-    """i-PI's <ffrotations> (legendre 2 + inversion) around i-PI's own metatomic driver
-    equals our 2i endpoint serving the same file: no code of ours on the reference side."""
-    atoms = water_box(8, seed=6)
+def ffrotations_around_ipi_driver(tmp_path, model, atoms, steps) -> np.ndarray:
+    """An NVE run driven by i-PI's <ffrotations> (legendre 2 + inversion) around i-PI's own
+    metatomic driver serving ``model``, with our ``=2i`` endpoint on the same file evaluated on the
+    same configurations (ipi_sim.FFROTATIONS): ``sim.out`` rows (step, theirs, ours; Hartree)."""
     ipi_sim.write_init(atoms, tmp_path / "init.xyz")
     raw, avg = processes.unique_name("mlip-test"), processes.unique_name("mlip-test")
-    xml = ipi_sim.FFROTATIONS.format(raw=raw, ours=avg, steps=6, trajectories="")
+    xml = ipi_sim.FFROTATIONS.format(raw=raw, ours=avg, steps=steps, trajectories="")
     (tmp_path / "input.xml").write_text(xml)
     ipi = processes.start_ipi("input.xml", tmp_path)
     driver = server = None
     try:
         processes.wait_for_socket(raw, ipi)
-        driver = _ipi_metatomic_driver(raw, metatomic_model, tmp_path)
-        server = processes.start_server(metatomic_model, "init.xyz", [f"unix:{avg}=2i"], tmp_path)
+        driver = _ipi_metatomic_driver(raw, model, tmp_path)
+        server = processes.start_server(model, "init.xyz", [f"unix:{avg}=2i"], tmp_path)
         codes = processes.wait([ipi, driver, server], 240)
     finally:
         processes.stop([ipi, driver, server], [raw, avg])
     assert codes[0] == 0 and codes[2] == 0, (tmp_path / "server.log").read_text()[-2000:]
-    props = np.loadtxt(tmp_path / "sim.out")
+    return np.loadtxt(tmp_path / "sim.out")
+
+
+def test_averaged_equals_ipi_ffrotations_around_ipi_driver(tmp_path, metatomic_model):
+    """i-PI's <ffrotations> (legendre 2 + inversion) around i-PI's own metatomic driver
+    equals our 2i endpoint serving the same file: no code of ours on the reference side."""
+    atoms = water_box(8, seed=6)
+    props = ffrotations_around_ipi_driver(tmp_path, metatomic_model, atoms, steps=6)
     assert len(props) == 7
     raw_energy = load_evaluator(metatomic_model).compute([Structure.from_ase(atoms)])[0].energy
     assert abs(props[0, 1] - raw_energy / 27.211386245988) > 1e-4  # averaging changes the energy here
