@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -77,17 +77,20 @@ def _ours(model: str, structures, repeats: int, threads: int) -> dict:
     return {str(path): median_call_seconds(ase.io.read(path), calc, repeats) for path in structures}
 
 
-def _theirs(family: str, model: str, structures, repeats: int, threads: int) -> dict:
-    sys.path.insert(0, str(checkout_root() / "tests"))
+def _envs():
+    """tests/families/envs.py (the family venvs and builds), importable from the benchmarks."""
+    tests = str(checkout_root() / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
     from families import envs
 
-    python = envs.venv_python(family)
-    script = Path(__file__).with_name("family_timing.py")
-    cmd = [str(python), str(script), family, model, *map(str, structures), "--repeats", str(repeats)]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(cmd + ["--threads", str(threads)], capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise RuntimeError(f"{family}'s own route failed: {done.stderr.strip().splitlines()[-1:]}")
+    return envs
+
+
+def _theirs(family: str, model: str, structures, repeats: int, threads: int) -> dict:
+    script = Path(__file__).with_name("family_timing.py")  # absolute: run_in takes it as it is
+    args = [family, model, *structures, "--repeats", repeats, "--threads", threads]
+    done = _envs().run_in(family, str(script), *args)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -100,41 +103,44 @@ def main(argv=None) -> int:
     p.add_argument("--no-ipi", action="store_true", help="leave out the i-PI comparison of the PET")
     p.add_argument("--ipi-repeats", type=int, default=4, help="interleaved i-PI runs per side (best of)")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(checkout_root() / "tests"))
-    from families import envs
+    envs = _envs()
 
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="mlip-families-"))
-    structures = _structures(work)
-    rows = {}
-    for family in args.families:
-        build = envs.built(family)
-        ours_file, theirs_file = (str(build / name) for name in FILES[family])
-        runs = {"ours": [], "theirs": []}
-        for _ in range(args.rounds):
-            runs["ours"].append(_ours(ours_file, structures, args.repeats, args.threads))
-            runs["theirs"].append(_theirs(family, theirs_file, structures, args.repeats, args.threads))
-        rows[family] = {
-            path.name: {side: min(r[str(path)] for r in runs[side]) for side in runs} for path in structures
-        }
-        for name, row in rows[family].items():
-            row["ratio"] = row["ours"] / row["theirs"]
-            print(
-                f"{family} {name}: ours {1e3 * row['ours']:.1f} ms, theirs {1e3 * row['theirs']:.1f} ms",
-                flush=True,
-            )
-    ipi = None
-    if "metatrain" in args.families and not args.no_ipi:  # the PET through i-PI: ours vs -m metatomic
-        import ase.io
+    try:
+        structures = _structures(work)
+        rows = {}
+        for family in args.families:
+            build = envs.built(family)
+            ours_file, theirs_file = (str(build / name) for name in FILES[family])
+            runs = {"ours": [], "theirs": []}
+            for _ in range(args.rounds):
+                runs["ours"].append(_ours(ours_file, structures, args.repeats, args.threads))
+                runs["theirs"].append(_theirs(family, theirs_file, structures, args.repeats, args.threads))
+            rows[family] = {
+                path.name: {side: min(r[str(path)] for r in runs[side]) for side in runs}
+                for path in structures
+            }
+            for name, row in rows[family].items():
+                row["ratio"] = row["ours"] / row["theirs"]
+                print(
+                    f"{family} {name}: ours {1e3 * row['ours']:.1f} ms, theirs {1e3 * row['theirs']:.1f} ms",
+                    flush=True,
+                )
+        ipi = None
+        if "metatrain" in args.families and not args.no_ipi:  # the PET through i-PI: ours vs -m metatomic
+            import ase.io
 
-        from bench import peers
-        from mlip_server.structures import write_ipi_xyz
+            from bench import peers
+            from mlip_server.structures import write_ipi_xyz
 
-        (work / "ipi").mkdir()
-        write_ipi_xyz(ase.io.read(structures[0]), work / "ipi" / "init.xyz")
-        model = str(envs.built("metatrain") / "pet32.pt")
-        ipi = peers.ipi_case(work / "ipi", "classical", model, 24, 4, args.ipi_repeats, args.threads)
-        ipi["ratio"] = ipi["ours"] / ipi["theirs"]
+            (work / "ipi").mkdir()
+            write_ipi_xyz(ase.io.read(structures[0]), work / "ipi" / "init.xyz")
+            model = str(envs.built("metatrain") / "pet32.pt")
+            ipi = peers.ipi_case(work / "ipi", "classical", model, 24, 4, args.ipi_repeats, args.threads)
+            ipi["ratio"] = ipi["ours"] / ipi["theirs"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     m = machine()
     data = {"machine": m, "load_average_1min": [load_before, os.getloadavg()[0]], "seconds_per_call": rows}
     lines = [

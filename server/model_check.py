@@ -215,8 +215,7 @@ def check_model(model, structure=None, device="cpu", dtype=None, repeats=5) -> t
             + (
                 _route(lambda: ev.compute([replace(s, owned=max(1, len(s.numbers) // 2))]))
                 if m.sums_atomic_energies
-                else "no: "
-                + (getattr(m, "subset_refusal", None) or "its energy is not a sum of atomic terms")
+                else "no: " + (m.subset_refusal or "its energy is not a sum of atomic terms")
             ),
             "  direct (non-conservative) forces: " + _direct(ev, s, result.forces),
         ]

@@ -83,7 +83,7 @@ RECENT_CALLS = 5
 """Model calls of k copies whose times per copy are kept per k and bucket; the least counts."""
 
 RECHECK_FIRST = 8
-"""The request of a bucket (counted from its calibration) that first tries the runner-up k."""
+"""The request of a bucket (counted from its calibration) that first tries another measured k."""
 
 RECHECK_MAX = 512
 """The longest interval, in requests of a bucket, between two rechecks (the interval doubles after
@@ -218,7 +218,7 @@ class Evaluator:
         graphs = [self._graph(s, n) for n, s in enumerate(structures)]
         if not self.model.sums_atomic_energies and any(g.groups is not None for g in graphs):
             raise ModelError(
-                getattr(self.model, "subset_refusal", None)
+                self.model.subset_refusal
                 or f"model {self.model.path}: the energy of a subset of atoms (domain decomposition, "
                 "per-atom energies) was asked for, but its energy is not a sum of atomic terms over "
                 "structure_index (checked at load time): use --decomposition gather"

@@ -99,8 +99,8 @@ def built(family: str, log=print) -> Path:
 
 
 def run_in(family: str, script: str, *args, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Runs tests/families/<family>/<script> with the family's python; raises with its output's
-    tail when it fails."""
+    """Runs tests/families/<family>/<script> (or ``script`` itself, given as an absolute path) with
+    the family's python; raises with its output's tail when it fails."""
     python = venv_python(family)
     return _run([str(python), str(family_dir(family) / script), *map(str, args)], timeout=timeout)
 
