@@ -197,13 +197,12 @@ def main(argv=None) -> int:
         except MLIPError as err:
             print(f"mlip-server: error: {err}", file=sys.stderr)
             return 2
+    if args.threads > 0:  # the dry run's timing and the server's alike
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.check:
         from ..model_check import check_model
-
-        if args.threads > 0:
-            import torch
-
-            torch.set_num_threads(args.threads)
 
         lines, code = check_model(args.model or args.committee, args.structure, args.device, args.dtype)
         # the report on stdout; a failed check's reason, its last line, alone on stderr
@@ -226,10 +225,6 @@ def main(argv=None) -> int:
     from .socket_server import ForceServer
 
     try:
-        import torch
-
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
         addresses = [Address.parse(a) for a in args.address]
         average = default_spec(args.average, args.forces)
         specs = {a.spec or average: Averaging(a.spec or average) for a in addresses}  # refuse bad specs
