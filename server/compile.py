@@ -527,16 +527,16 @@ def cached_model(path, device="cpu", dtype=None, warn=None):
     first use; the model as it is (any format) when it is a package already, not a TorchScript
     contract model, or when compiling fails (after one warning line through ``warn``, default
     ``logging.warning``). Returns a :class:`~mlip_server.formats.base.ModelAdapter`."""
-    from .formats import formats, load_model
-    from .formats.contract import exported_dtype
+    from .formats import format_of, load_model
+    from .formats.contract import ContractModel, exported_dtype
 
     warn = warn or log.warning
     path = os.fspath(path)
     if not os.path.isfile(path):
         return load_model(path, device, dtype)
-    kind = next((cls for cls in formats().values() if cls.recognizes(path)), None)
-    if kind is None or kind.__name__ != "ContractModel":  # a package already, metatomic, MACE, NequIP...
-        if kind is not None and kind is not CompiledModel:
+    kind = format_of(path)
+    if kind is not ContractModel:  # a package already, metatomic, MACE, NequIP...
+        if kind not in (None, CompiledModel):
             log.info(
                 "--compile: %s is a %s, served as it is (mlip-compile compiles contract models)",
                 path,

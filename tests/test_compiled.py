@@ -62,7 +62,16 @@ def _assert_same(results, reference, tol):
 
 
 def test_registry_finds_the_package_first(package):
-    assert list(formats())[0] == "compiled"
+    """Our packages are asked about before metatomic and the contract fallback; nequip's format,
+    asked first of all, does not claim them (it reads nequip's own metadata)."""
+    from mlip_server.formats import format_of
+    from mlip_server.formats.nequip import NequIPModel
+
+    order = list(formats())
+    assert order[0] == "nequip" and order.index("compiled") < order.index("metatomic") < order.index(
+        "contract"
+    )
+    assert not NequIPModel.recognizes(package[0]) and format_of(package[0]) is CompiledModel
     model = load_model(package[0])
     assert isinstance(model, CompiledModel) and model.label == "compiled model"
     assert model.dtype == torch.float64 and model.direct_forces is False

@@ -23,7 +23,7 @@ import torch
 from ..core.errors import ModelError
 from .base import ModelAdapter, parse_device, parse_dtype
 
-__all__ = ["load_model", "formats", "ModelAdapter", "parse_device", "parse_dtype"]
+__all__ = ["load_model", "format_of", "formats", "ModelAdapter", "parse_device", "parse_dtype"]
 
 
 def formats() -> dict[str, type[ModelAdapter]]:
@@ -70,7 +70,13 @@ def load_model(model, device="cpu", dtype=None) -> ModelAdapter:
     path = os.fspath(model)
     if not os.path.isfile(path):
         raise ModelError(f"model file {path!r} not found: pass --model PATH to a TorchScript file")
-    for cls in formats().values():
-        if cls.recognizes(path):
-            return cls.load(path, device, dtype)
-    raise ModelError(f"{path!r} is of no known model format ({', '.join(formats())})")  # pragma: no cover
+    kind = format_of(path)
+    if kind is None:  # pragma: no cover - the contract format takes every file
+        raise ModelError(f"{path!r} is of no known model format ({', '.join(formats())})")
+    return kind.load(path, device, dtype)
+
+
+def format_of(path: str) -> type[ModelAdapter] | None:
+    """The format that recognises the file at ``path`` (asked highest priority first, cheaply: no
+    loading); the contract format, the fallback, takes every file."""
+    return next((cls for cls in formats().values() if cls.recognizes(path)), None)
