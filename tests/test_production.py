@@ -484,7 +484,11 @@ def test_two_servers_share_the_beads_and_one_is_restarted_alone(tmp_path, toy_mo
     pids = subprocess.run(
         ["pgrep", "-f", "-P", str(proc.pid), "server-1.heartbeat"], capture_output=True, text=True
     )
-    os.kill(int(pids.stdout.split()[0]), signal.SIGKILL)
+    pid = int(pids.stdout.split()[0])
+    # two servers on the same cores: OpenMP threads that do not spin (machine.shared_cores_env)
+    policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert f"OMP_WAIT_POLICY={policy}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=180) == 0, (tmp_path / "launcher.log").read_text()
     _same_pimd_run(run, pimd_reference)
     assert (run / "server-1.restart-1.log").exists()  # (it may have connected too late to serve)

@@ -220,6 +220,13 @@ def main(argv=None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    import torch
+
+    from ..machine import wait_policy_hint
+
+    hint = wait_policy_hint(torch.get_num_threads())
+    if hint:
+        logging.getLogger("mlip-server").warning(hint)
     from ..loading import load_evaluator
     from ..protocol import Address
     from .socket_server import ForceServer

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import processes
 from ..core.errors import InputError
+from ..machine import shared_cores_env
 from ..supervision import (
     EventLog,
     RestartBudget,
@@ -206,6 +207,8 @@ def start_servers(launch: Launch, spec: dict, opts: RunOptions, env, events: Eve
     if count > len(addresses):
         raise InputError(f"--servers {count}: the run has only {len(addresses)} connection(s)")
     budget = RestartBudget(opts.max_server_restarts)
+    if opts.device == "cpu":  # the servers share the cores: OpenMP threads must not spin
+        env = shared_cores_env(env)
     servers = []
     for k in range(count):
         args = list(spec["server_args"])

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import processes
+from ..machine import shared_cores_env
 from ..progress import Progress, around_bars
 from ..protocol import Address
 from ..supervision import EXIT_STOPPED, EventLog, RestartBudget, describe_exit
@@ -352,7 +353,7 @@ class LammpsRun:
                 return  # failed (or too slow) before listening: wait() reports it
             time.sleep(0.02)
         for k, cmd in enumerate(self.server_commands()):
-            self.servers.append(self._spawn(cmd, self._server_log(k)))
+            self.servers.append(self._spawn(cmd, self._server_log(k), env=shared_cores_env()))
 
     def _named(self):
         names = (
@@ -517,7 +518,7 @@ class LammpsRun:
                 )
                 self.events.record("failed", self._gave_up, process=name, status=describe_exit(rc))
                 return
-            self.servers[k] = self._spawn(self.server_commands()[k], log, append=True)
+            self.servers[k] = self._spawn(self.server_commands()[k], log, env=shared_cores_env(), append=True)
             self._lost.pop(k, None)
             self._crashed[k] = time.monotonic()
             served = (
@@ -646,7 +647,12 @@ def serve_node(model, address, ranks_per_node, node, n_servers, device, extra=()
         model, node_addresses(address, ranks_per_node, node), n_servers, device, extra
     )
     procs = [
-        subprocess.Popen([str(c) for c in cmd], start_new_session=True, preexec_fn=processes.tie_to_parent)
+        subprocess.Popen(
+            [str(c) for c in cmd],
+            start_new_session=True,
+            preexec_fn=processes.tie_to_parent,
+            env=shared_cores_env(),
+        )
         for cmd in commands
     ]
     try:
