@@ -8,11 +8,13 @@ when ``../shared/data`` is absent; NVT at 300 K, 0.25 fs) twice per repetition, 
 "t/step" line every step), the median over the steps after ``--warmup``. Cases:
 
 * ``classical``: one bead;
+* ``contract``: one bead, ours serving the contract TorchScript file the metatomic file was
+  exported from (what a user of the shipped model runs), theirs the metatomic file;
 * ``pimd8``, ``pimd32``: path integrals, ``<batch_size>`` = beads for both (one batched call);
 * ``2i``: the rotational average as the force (legendre order 2 + inversion, 36 copies): ours is
   one endpoint ``=2i`` (copies batched as its measurement chooses), theirs i-PI's
-  ``<ffrotations>`` around their driver, one copy per call (batching 36 copies in one call of
-  their driver was 7× slower on 2 CPU cores);
+  ``<ffrotations>`` around their driver, one copy per call (``<batch_size>1``: batching the 36
+  copies in one call of their driver made a step 20 s instead of 3 on 2 CPU cores);
 * ``ase`` (in-process, not i-PI): one energy + forces + stress call of our
   :class:`~mlip_server.ase_calculator.MLIPCalculator` vs metatomic-ase's ``MetatomicCalculator``;
 * ``profile`` (in-process, one thread, CPU time of the process, so less sensitive to other jobs):
@@ -20,11 +22,13 @@ when ``../shared/data`` is absent; NVT at 300 K, 0.25 fs) twice per repetition, 
   under cProfile, split into the model's forward, its backward, and everything else (neighbour
   lists, systems, outputs: what is not the model's own arithmetic).
 
-Both sides get the same torch thread count (``--threads``, as OMP_NUM_THREADS and, for ours,
-``--threads``). The machine and its load (1-minute load average before and after) are recorded:
-on a loaded machine the order of the two can flip, so compare only rows of one run.
+Both sides get the same environment and torch thread count (``--threads``, as OMP_NUM_THREADS
+and, for ours, ``--threads``); OpenMP's wait policy is what the caller's environment says (the
+runtime's default unless ``OMP_WAIT_POLICY`` is set). The machine, the policy and its load
+(1-minute load average before and after) are recorded: on a loaded machine the order of the two
+can flip, so compare only rows of one run.
 
-    python -m bench.peers [--model FILE.pt] [--cases classical pimd8 pimd32 2i ase] [--steps 24]
+    python -m bench.peers [--model FILE.pt] [--cases classical contract ... profile] [--steps 24]
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ from mlip_server.structures import water_box, write_ipi_xyz
 
 __all__ = ["main", "step_times"]
 
-CASES = ("classical", "pimd8", "pimd32", "2i", "ase", "profile")
-BEADS = {"classical": 1, "pimd8": 8, "pimd32": 32, "2i": 1}
+CASES = ("classical", "contract", "pimd8", "pimd32", "2i", "ase", "profile")
+BEADS = {"classical": 1, "contract": 1, "pimd8": 8, "pimd32": 32, "2i": 1}
 STEP_LINE = re.compile(r"Average timings at MD step\s+(\d+)\. t/step:\s*([0-9.eE+-]+)")
 
 SOCKET = (
@@ -59,9 +63,7 @@ SOCKET = (
 )
 ROTATIONS = (
     "<ffrotations name='mlip'><grid_mode>legendre</grid_mode><grid_order>2</grid_order>"
-    "<inversion>true</inversion>"
-    + SOCKET.format(name="raw", address="{address}", batch=36)
-    + "</ffrotations>"
+    "<inversion>true</inversion>" + SOCKET.format(name="raw", address="{address}", batch=1) + "</ffrotations>"
 )
 INPUT = """<simulation verbosity='high' safe_stride='100000'>
   <output prefix='sim'><properties stride='1' filename='out'> [step, potential] </properties></output>
@@ -106,8 +108,11 @@ def step_times(log: str) -> list[float]:
     return [float(t) for _, t in STEP_LINE.findall(log)]
 
 
-def _run_ipi(work: Path, case: str, side: str, model: str, steps: int, threads: int) -> list[float]:
-    """One i-PI run of ``case`` served by ``side`` (``ours`` or ``theirs``); i-PI's step times."""
+def _run_ipi(
+    work: Path, case: str, side: str, model: str, steps: int, threads: int, contract: str | None = None
+) -> list[float]:
+    """One i-PI run of ``case`` served by ``side`` (``ours`` or ``theirs``) from the metatomic file
+    ``model`` (ours: the contract file ``contract`` in the ``contract`` case); i-PI's step times."""
     work.mkdir(parents=True)
     address = processes.unique_name("mlip-peers")
     beads = BEADS[case]
@@ -134,7 +139,8 @@ def _run_ipi(work: Path, case: str, side: str, model: str, steps: int, threads: 
         spec = "=2i" if case == "2i" else ""
         client = [
             str(bin_dir / "mlip-server"),
-            "--model", model, "--structure", "init.xyz", "--address", f"unix:{address}{spec}",
+            "--model", contract if case == "contract" else model,
+            "--structure", "init.xyz", "--address", f"unix:{address}{spec}",
             "--threads", str(threads),
         ]  # fmt: skip
     else:
@@ -234,13 +240,22 @@ def _profile(model: str, atoms, work: Path, calls: int = 10) -> dict:
     return out
 
 
-def ipi_case(work: Path, case: str, model: str, steps: int, warmup: int, repeats: int, threads: int) -> dict:
+def ipi_case(
+    work: Path,
+    case: str,
+    model: str,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    threads: int,
+    contract: str | None = None,
+) -> dict:
     """``case`` through i-PI served by ours and theirs, interleaved ``repeats`` times (``work`` holds
     ``init.xyz``): the best median s/step of each side (``ours``, ``theirs``) and every run's."""
     per = {"ours": [], "theirs": []}
     for rep in range(repeats):
         for side in ("ours", "theirs"):
-            times = _run_ipi(work / case / f"{side}-{rep}", case, side, model, steps, threads)
+            times = _run_ipi(work / case / f"{side}-{rep}", case, side, model, steps, threads, contract)
             per[side].append(float(np.median(times[warmup:])))
             print(f"{case} {side} #{rep}: {1e3 * per[side][-1]:.1f} ms/step", flush=True)
     return {**{side: float(min(ts)) for side, ts in per.items()}, "runs": per}
@@ -264,6 +279,10 @@ def main(argv=None) -> int:
     atoms, origin = _structure()
     write_ipi_xyz(atoms, work / "init.xyz")
     model = _export(args.model, work)
+    contract = None if model == args.model else args.model
+    if contract is None and "contract" in args.cases:
+        args.cases.remove("contract")
+        print("contract case left out: --model is a metatomic file, not a contract file", flush=True)
     rows = {}
     try:
         for case in args.cases:
@@ -278,9 +297,13 @@ def main(argv=None) -> int:
                 rows[case] = {side: float(min(ts)) for side, ts in per.items()}
             else:
                 steps = (
-                    args.steps if case in ("classical", "pimd8") else max(args.warmup + 4, args.steps // 3)
+                    args.steps
+                    if case in ("classical", "contract", "pimd8")
+                    else max(args.warmup + 4, args.steps // 3)
                 )
-                rows[case] = ipi_case(work, case, model, steps, args.warmup, args.repeats, args.threads)
+                rows[case] = ipi_case(
+                    work, case, model, steps, args.warmup, args.repeats, args.threads, contract
+                )
             rows[case]["ratio"] = rows[case]["ours"] / rows[case]["theirs"]
     finally:
         if args.keep:
@@ -299,6 +322,7 @@ def main(argv=None) -> int:
     }
     names = {
         "classical": "classical NVT (i-PI, s/step)",
+        "contract": "classical NVT, ours serving the contract file (i-PI, s/step)",
         "pimd8": "PIMD, 8 beads, one batched call (i-PI, s/step)",
         "pimd32": "PIMD, 32 beads, one batched call (i-PI, s/step)",
         "2i": "`2i` average as the force: ours `=2i` vs `<ffrotations>` around theirs (i-PI, s/step)",
@@ -310,7 +334,9 @@ def main(argv=None) -> int:
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}; "
         f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after. "
         f"Model: `{Path(args.model).name}` served as its metatomic float32 export; structure: {origin}; "
-        f"{args.threads} torch threads each. i-PI's own per-step timing, median after {args.warmup} "
+        f"{args.threads} torch threads each; OpenMP wait policy "
+        f"{m.get('omp_wait_policy', 'the runtime default')}. "
+        f"i-PI's own per-step timing, median after {args.warmup} "
         f"warm-up steps, best of {args.repeats} interleaved runs per side (`python -m bench.peers`).",
         "",
         "| case | ours | theirs | ours / theirs |",

@@ -222,12 +222,8 @@ def main(argv=None) -> int:
     )
     import torch
 
-    from ..machine import wait_policy_hint
-
-    hint = wait_policy_hint(torch.get_num_threads())
-    if hint:
-        logging.getLogger("mlip-server").warning(hint)
     from ..loading import load_evaluator
+    from ..machine import wait_policy_hint
     from ..protocol import Address
     from .socket_server import ForceServer
 
@@ -295,6 +291,9 @@ def main(argv=None) -> int:
             "declared" if m.declared_range else "not declared: assumed local",
             "is" if m.sums_atomic_energies else "is NOT",
         )
+        hint = wait_policy_hint(torch.get_num_threads())
+        if hint:
+            log.warning("%s", hint)
     except MLIPError as err:
         print(f"mlip-server: error: {err}", file=sys.stderr)
         return 2
