@@ -1,4 +1,5 @@
-"""One description of the machine that produced a number: CPU, cores, threads, torch, GPU.
+"""One description of the machine that produced a number: CPU, cores, threads, torch, GPU; and
+OpenMP's wait policy for servers on shared cores (:func:`shared_cores_env`, :func:`wait_policy_hint`).
 
 Every report that contains timings (``mlip_server.training.validate_teacher``,
 ``mlip_server.training.evaluate_model``,
