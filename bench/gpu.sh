@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU benchmark in one call (at most ~15 minutes on one H100/H200), for a device machine:
+# Every GPU benchmark in one call (the limits add up to 18 minutes; the last, compiled, is the one
+# a 15-minute device budget cuts), for a device machine:
 #   bash bench/gpu.sh            (after `make install`; DEVICE=cuda:1 to pick another GPU)
 # Results go to bench/results/NAME-gpu.json and .md beside the CPU ones (MLIP_BENCH_TAG=gpu),
 # and BENCHMARKS.md is regenerated. Each step has its own time limit, so one slow part cannot
@@ -28,6 +29,8 @@ step 150 transports "$PY" -m bench.server_overhead --device "$DEVICE" --steps 20
 step 180 lammps "$PY" bench/lammps_scaling.py --device "$DEVICE" --replicas 4 --np 1 2 --steps 4 --threads 0
 # direct forces vs conservative, model calls only (the MD comparison is a CPU benchmark)
 step 60 direct "$PY" -m bench.direct_forces --device "$DEVICE" --no-md
+# our server vs i-PI's own metatomic driver on the same file, both on the GPU (one run per side)
+step 120 peers "$PY" -m bench.peers --device "$DEVICE" --cases classical pimd8 2i ase --repeats 1 --steps 12
 # compiled package (AOTInductor, compiled for the GPU here: a few minutes) vs TorchScript
 step 420 compiled "$PY" -m bench.compiled --device "$DEVICE" --repeat 5
 exit $status

@@ -109,7 +109,14 @@ def step_times(log: str) -> list[float]:
 
 
 def _run_ipi(
-    work: Path, case: str, side: str, model: str, steps: int, threads: int, contract: str | None = None
+    work: Path,
+    case: str,
+    side: str,
+    model: str,
+    steps: int,
+    threads: int,
+    contract: str | None = None,
+    device: str = "cpu",
 ) -> list[float]:
     """One i-PI run of ``case`` served by ``side`` (``ours`` or ``theirs``) from the metatomic file
     ``model`` (ours: the contract file ``contract`` in the ``contract`` case); i-PI's step times."""
@@ -141,12 +148,12 @@ def _run_ipi(
             str(bin_dir / "mlip-server"),
             "--model", contract if case == "contract" else model,
             "--structure", "init.xyz", "--address", f"unix:{address}{spec}",
-            "--threads", str(threads),
+            "--threads", str(threads), "--device", device,
         ]  # fmt: skip
     else:
         client = [
             str(bin_dir / "i-pi-py_driver"),
-            "-m", "metatomic", "-o", f"template=init.xyz,model={model}", "-u", "-a", address,
+            "-m", "metatomic", "-o", f"template=init.xyz,model={model},device={device}", "-u", "-a", address,
         ]  # fmt: skip
     client_log = open(work / "client.log", "w")
     try:
@@ -177,7 +184,7 @@ def _run_ipi(
     return times
 
 
-def _ase_times(model: str, atoms, repeats: int, threads: int) -> dict:
+def _ase_times(model: str, atoms, repeats: int, threads: int, device: str = "cpu") -> dict:
     """Median seconds of one energy + forces + stress call: ours vs metatomic-ase's."""
     import torch
     from metatomic_ase import MetatomicCalculator
@@ -188,7 +195,10 @@ def _ase_times(model: str, atoms, repeats: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     return {
         side: median_call_seconds(atoms.copy(), calc, repeats)
-        for side, calc in (("ours", MLIPCalculator(model=model)), ("theirs", MetatomicCalculator(model)))
+        for side, calc in (
+            ("ours", MLIPCalculator(model=model, device=device)),
+            ("theirs", MetatomicCalculator(model, device=device)),
+        )
     }
 
 
@@ -249,13 +259,16 @@ def ipi_case(
     repeats: int,
     threads: int,
     contract: str | None = None,
+    device: str = "cpu",
 ) -> dict:
     """``case`` through i-PI served by ours and theirs, interleaved ``repeats`` times (``work`` holds
     ``init.xyz``): the best median s/step of each side (``ours``, ``theirs``) and every run's."""
     per = {"ours": [], "theirs": []}
     for rep in range(repeats):
         for side in ("ours", "theirs"):
-            times = _run_ipi(work / case / f"{side}-{rep}", case, side, model, steps, threads, contract)
+            times = _run_ipi(
+                work / case / f"{side}-{rep}", case, side, model, steps, threads, contract, device
+            )
             per[side].append(float(np.median(times[warmup:])))
             print(f"{case} {side} #{rep}: {1e3 * per[side][-1]:.1f} ms/step", flush=True)
     return {**{side: float(min(ts)) for side, ts in per.items()}, "runs": per}
@@ -271,6 +284,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=4, help="first steps left out of the median")
     p.add_argument("--repeats", type=int, default=2, help="interleaved repetitions per side")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each side")
+    p.add_argument("--device", default="cpu", help="torch device of both sides (profile: CPU only)")
     p.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = p.parse_args(argv)
 
@@ -287,12 +301,13 @@ def main(argv=None) -> int:
     try:
         for case in args.cases:
             if case == "profile":
-                rows[case] = _profile(model, atoms, work)
+                if args.device == "cpu":
+                    rows[case] = _profile(model, atoms, work)
                 continue
             if case == "ase":
                 per = {"ours": [], "theirs": []}
                 for _ in range(args.repeats):
-                    for side, t in _ase_times(model, atoms, 5, args.threads).items():
+                    for side, t in _ase_times(model, atoms, 5, args.threads, args.device).items():
                         per[side].append(t)
                 rows[case] = {side: float(min(ts)) for side, ts in per.items()}
             else:
@@ -302,7 +317,7 @@ def main(argv=None) -> int:
                     else max(args.warmup + 4, args.steps // 3)
                 )
                 rows[case] = ipi_case(
-                    work, case, model, steps, args.warmup, args.repeats, args.threads, contract
+                    work, case, model, steps, args.warmup, args.repeats, args.threads, contract, args.device
                 )
             rows[case]["ratio"] = rows[case]["ours"] / rows[case]["theirs"]
     finally:
@@ -311,7 +326,7 @@ def main(argv=None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()[0]
-    m = machine()
+    m = machine(args.device)
     data = {
         "machine": m,
         "load_average_1min": {"before": load_before, "after": load_after},
@@ -331,7 +346,8 @@ def main(argv=None) -> int:
     lines = [
         "## Peers: our server vs i-PI's own metatomic driver on the same file",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['date']}; "
+        f"Machine: {m['cpu']}, {m['cores']} cores{', ' + m['gpu'] if 'gpu' in m else ''}, "
+        f"device {args.device}, torch {m['torch']}, {m['date']}; "
         f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after. "
         f"Model: `{Path(args.model).name}` served as its metatomic float32 export; structure: {origin}; "
         f"{args.threads} torch threads each; OpenMP wait policy "
