@@ -48,3 +48,22 @@ def test_wait_policy_hint_only_when_the_cores_are_busy(monkeypatch, load, thread
     assert (hint is not None) == hinted
     if hinted:
         assert "OMP_WAIT_POLICY=PASSIVE" in hint and f"{load:.1f} on 2 CPUs" in hint
+
+
+@pytest.mark.parametrize(
+    "device, ranks, servers, passive",
+    [
+        ("cpu", 1, 1, False),  # one rank, one server: nothing else computes while the server does
+        ("cpu", 2, 1, True),  # MPI ranks poll while the server computes
+        ("cpu", 1, 2, True),  # two servers on the same cores
+        ("cuda", 4, 2, False),  # the GPU computes, the threads wait anyway
+    ],
+)
+def test_lammps_servers_wait_passively_only_next_to_other_busy_processes(
+    monkeypatch, device, ranks, servers, passive
+):
+    from mlip_server.lammps.runner import _server_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    env = _server_env(device, ranks, servers)
+    assert (env is not None and env["OMP_WAIT_POLICY"] == "PASSIVE") == passive

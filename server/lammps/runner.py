@@ -311,6 +311,12 @@ class LammpsRun:
             self.model, self.rank_addresses(), self.n_servers, self.device, self.server_args
         )
 
+    def _server_env(self) -> dict | None:
+        """The servers' environment: OpenMP threads that do not spin (``PASSIVE``) when the servers
+        share the CPU cores with LAMMPS's MPI ranks, which poll while they wait, or with each other;
+        else this process's (one rank, one server: the runtime's default is the faster one)."""
+        return _server_env(self.device, self.np, self.n_servers)
+
     def _spawn(self, cmd, log_name, env=None, append=False) -> subprocess.Popen:
         proc = subprocess.Popen(
             [str(c) for c in cmd],
@@ -353,7 +359,7 @@ class LammpsRun:
                 return  # failed (or too slow) before listening: wait() reports it
             time.sleep(0.02)
         for k, cmd in enumerate(self.server_commands()):
-            self.servers.append(self._spawn(cmd, self._server_log(k), env=shared_cores_env()))
+            self.servers.append(self._spawn(cmd, self._server_log(k), env=self._server_env()))
 
     def _named(self):
         names = (
@@ -518,7 +524,7 @@ class LammpsRun:
                 )
                 self.events.record("failed", self._gave_up, process=name, status=describe_exit(rc))
                 return
-            self.servers[k] = self._spawn(self.server_commands()[k], log, env=shared_cores_env(), append=True)
+            self.servers[k] = self._spawn(self.server_commands()[k], log, env=self._server_env(), append=True)
             self._lost.pop(k, None)
             self._crashed[k] = time.monotonic()
             served = (
@@ -632,6 +638,14 @@ def domain_server_commands(model, addresses, n_servers, device, extra=()) -> lis
     return commands
 
 
+def _server_env(device: str, ranks: int, servers: int) -> dict | None:
+    """``PASSIVE`` OpenMP waits (:func:`mlip_server.machine.shared_cores_env`) for CPU servers next to
+    several MPI ranks or several servers; None (this process's environment) otherwise."""
+    if str(device).startswith("cpu") and (ranks > 1 or servers > 1):
+        return shared_cores_env()
+    return None
+
+
 def node_addresses(address: str, ranks_per_node: int, node: int) -> list[str]:
     """Addresses of the ranks on node ``node`` of a SLURM job with block distribution (ranks
     node·K … node·K + K − 1), each listening on ``ADDRESS-RANK`` / port ``PORT + RANK``."""
@@ -651,7 +665,7 @@ def serve_node(model, address, ranks_per_node, node, n_servers, device, extra=()
             [str(c) for c in cmd],
             start_new_session=True,
             preexec_fn=processes.tie_to_parent,
-            env=shared_cores_env(),
+            env=_server_env(device, ranks_per_node, n_servers),
         )
         for cmd in commands
     ]
