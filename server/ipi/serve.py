@@ -168,7 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a peer closing its socket without EXIT: an error (i-PI crashed; the default) or, after a "
         "completed exchange, the end of that connection (ASE's SocketIOCalculator ends this way)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: torch's default); on cores shared with other busy processes, "
+        "start the server with OMP_WAIT_POLICY=PASSIVE",
+    )
     p.add_argument(
         "--compile",
         action="store_true",
