@@ -17,7 +17,7 @@ import time
 from importlib import metadata
 from typing import Sequence
 
-__all__ = ["describe", "cpu_name", "shared_cores_env", "wait_policy_hint"]
+__all__ = ["describe", "cpu_name", "available_cpus", "shared_cores_env", "wait_policy_hint"]
 
 
 def cpu_name() -> str:
@@ -72,10 +72,7 @@ def describe(device: str | None = None, *, torch: bool = True, packages: Sequenc
         ``torch`` (version) and ``torch_threads`` (intra-op threads now); ``device`` and
         ``gpu`` as above; one key per entry of ``packages``.
     """
-    try:
-        available = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        available = os.cpu_count()
+    available = available_cpus()
     info = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
@@ -110,12 +107,23 @@ def describe(device: str | None = None, *, torch: bool = True, packages: Sequenc
     return info
 
 
-def shared_cores_env(env=None) -> dict:
-    """``env`` (default: this process's environment) with ``OMP_WAIT_POLICY=PASSIVE`` unless it sets
-    a policy: for servers that share their cores with other busy processes (several servers of one
-    run, LAMMPS's MPI ranks, which poll while they wait). Spinning OpenMP threads then take the
-    cores those processes need: measured 2× slower model calls with one competing process on 2
-    cores (``mlip_server`` module docstring)."""
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity; the machine's count where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def shared_cores_env(device: str, shared: bool, env=None) -> dict | None:
+    """The environment for servers on ``device``: ``env`` (None: this process's, inherited), with
+    ``OMP_WAIT_POLICY=PASSIVE`` unless it sets a policy when they run on the CPU and ``shared`` says
+    their cores are shared with other busy processes (several servers of one run, LAMMPS's MPI
+    ranks, which poll while they wait). Spinning OpenMP threads then take the cores those processes
+    need: measured 2× slower model calls with one competing process on 2 cores (``mlip_server``
+    module docstring)."""
+    if not (shared and str(device).startswith("cpu")):
+        return env
     env = dict(os.environ if env is None else env)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return env
@@ -127,10 +135,7 @@ def wait_policy_hint(threads: int) -> str | None:
     ``OMP_WAIT_POLICY`` is set): the fix is ``OMP_WAIT_POLICY=PASSIVE``."""
     if os.environ.get("OMP_WAIT_POLICY") or threads < 2:
         return None
-    try:
-        available = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        available = os.cpu_count() or 1
+    available = available_cpus()
     load = os.getloadavg()[0]
     if load + threads <= available + 0.5:
         return None

@@ -24,8 +24,10 @@ def test_importing_the_package_leaves_the_wait_policy_alone():
 
 
 def test_shared_cores_env_is_passive_unless_the_user_chose():
-    assert machine.shared_cores_env({"PATH": "/bin"}) == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
-    assert machine.shared_cores_env({"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    passive = machine.shared_cores_env("cpu", True, {"PATH": "/bin"})
+    assert passive == {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert machine.shared_cores_env("cpu", True, {"OMP_WAIT_POLICY": "ACTIVE"})["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert machine.shared_cores_env("cpu", False, {"PATH": "/bin"}) == {"PATH": "/bin"}  # alone: as given
 
 
 @pytest.mark.parametrize(

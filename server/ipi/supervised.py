@@ -207,8 +207,7 @@ def start_servers(launch: Launch, spec: dict, opts: RunOptions, env, events: Eve
     if count > len(addresses):
         raise InputError(f"--servers {count}: the run has only {len(addresses)} connection(s)")
     budget = RestartBudget(opts.max_server_restarts)
-    if opts.device == "cpu":  # the servers share the cores: OpenMP threads must not spin
-        env = shared_cores_env(env)
+    env = shared_cores_env(opts.device, count > 1, env)  # CPU servers sharing cores: no spinning
     servers = []
     for k in range(count):
         args = list(spec["server_args"])

@@ -641,9 +641,7 @@ def domain_server_commands(model, addresses, n_servers, device, extra=()) -> lis
 def _server_env(device: str, ranks: int, servers: int) -> dict | None:
     """``PASSIVE`` OpenMP waits (:func:`mlip_server.machine.shared_cores_env`) for CPU servers next to
     several MPI ranks or several servers; None (this process's environment) otherwise."""
-    if str(device).startswith("cpu") and (ranks > 1 or servers > 1):
-        return shared_cores_env()
-    return None
+    return shared_cores_env(device, ranks > 1 or servers > 1)
 
 
 def node_addresses(address: str, ranks_per_node: int, node: int) -> list[str]:
